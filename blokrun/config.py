@@ -1,0 +1,287 @@
+"""Environment -> datasource settings. The only module that reads the environment.
+
+Datasources are declared by ``DATASOURCE_<NAME>_<SETTING>`` variables (seed 000)::
+
+    DATASOURCE_CACHE_TYPE=redis
+    DATASOURCE_CACHE_URL=redis://:secret@localhost:6379/0
+    DATASOURCE_CACHE_TTL=3600
+
+``<NAME>`` may contain underscores (``DATASOURCE_MY_CACHE_URL`` names ``my_cache``): the
+setting is matched from the end against the known suffixes. Unknown settings, unknown types,
+bad numbers and missing required settings are :class:`~blokrun.errors.ConfigError` naming
+the variable; URLs in messages are masked (:func:`mask_url`).
+
+With no ``DATASOURCE_DEFAULT_*`` variable, an embedded ``default`` datasource keeps
+checkpoints on the filesystem under ``$BLOKRUN_HOME`` (``./.blokrun`` when unset), so run
+and resume work with zero set-up.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from blokrun.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_DATASOURCE",
+    "KNOWN_TYPES",
+    "DatasourceSettings",
+    "RunnerSettings",
+    "mask_url",
+    "settings_from_env",
+]
+
+DEFAULT_DATASOURCE = "default"
+
+#: Types a ``DATASOURCE_<NAME>_TYPE`` may name (aliases map to the canonical name).
+KNOWN_TYPES: Mapping[str, str] = {
+    "memory": "memory",
+    "filesystem": "filesystem",
+    "file": "filesystem",
+    "fs": "filesystem",
+    "redis": "redis",
+    "postgresql": "postgresql",
+    "postgres": "postgresql",
+    "mongodb": "mongodb",
+    "mongo": "mongodb",
+    "s3": "s3",
+}
+
+# Longest first, so ENDPOINT_URL wins over URL and SECRET_ACCESS_KEY over KEY-like names.
+_SUFFIXES = (
+    "SECRET_ACCESS_KEY",
+    "ACCESS_KEY_ID",
+    "ENDPOINT_URL",
+    "COLLECTION",
+    "POOL_SIZE",
+    "DATABASE",
+    "TIMEOUT",
+    "PREFIX",
+    "REGION",
+    "TABLE",
+    "FSYNC",
+    "TYPE",
+    "PATH",
+    "URL",
+    "TTL",
+)
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def mask_url(url: str | None) -> str:
+    """``url`` with any password replaced by ``***`` (safe to log)."""
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    masked = f"{user}:***@{hostport}" if user else f":***@{hostport}"
+    return urlunsplit((parts.scheme, masked, parts.path, parts.query, parts.fragment))
+
+
+@dataclass(frozen=True, slots=True)
+class DatasourceSettings:
+    """Everything a driver needs to build its store. Built from the environment or by hand.
+
+    ``timeout`` bounds every operation *and* the connect at start-up (seconds).
+    ``ttl`` is the datasource's default expiry (seconds, ``None`` = never).
+    """
+
+    name: str
+    type: str
+    url: str | None = None
+    path: str | None = None
+    prefix: str = ""
+    ttl: float | None = None
+    table: str | None = None
+    collection: str | None = None
+    database: str | None = None
+    region: str | None = None
+    endpoint_url: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+    pool_size: int | None = None
+    timeout: float = 5.0
+    fsync: bool = True
+
+    def describe(self) -> str:
+        """A one-line, secret-free description (``cache (redis redis://:***@h:6379)``)."""
+        where = mask_url(self.url) or self.path or ""
+        return f"{self.name} ({self.type}{' ' + where if where else ''})"
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerSettings:
+    """What :meth:`blokrun.Runner.from_env` needs: datasources and the home folder."""
+
+    datasources: Mapping[str, DatasourceSettings]
+    home: Path
+
+
+def _var(name: str, setting: str) -> str:
+    return f"DATASOURCE_{name.upper()}_{setting}"
+
+
+def _parse_float(raw: str, variable: str, *, allow_zero: bool) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{variable}={raw!r}: expected a number of seconds", variable=variable
+        ) from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(
+            f"{variable}={raw!r}: expected a positive number of seconds", variable=variable
+        )
+    return value
+
+
+def _parse_bool(raw: str, variable: str) -> bool:
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{variable}={raw!r}: expected true or false", variable=variable)
+
+
+def _build(name: str, raw: Mapping[str, str], configured: list[str]) -> DatasourceSettings:
+    type_var = _var(name, "TYPE")
+    if "TYPE" not in raw:
+        given = ", ".join(sorted(_var(name, s) for s in raw))
+        raise ConfigError(
+            f"{type_var} is missing (datasource {name!r} has {given}); "
+            f"expected one of: {', '.join(sorted(set(KNOWN_TYPES.values())))}",
+            variable=type_var,
+        )
+    type_raw = raw["TYPE"].strip().lower()
+    dtype = KNOWN_TYPES.get(type_raw)
+    if dtype is None:
+        raise ConfigError(
+            f"{type_var}={raw['TYPE']!r}: unknown datasource type; expected one of: "
+            f"{', '.join(sorted(set(KNOWN_TYPES.values())))}",
+            variable=type_var,
+        )
+    url = raw.get("URL") or None
+    if dtype in ("redis", "postgresql", "mongodb", "s3") and not url:
+        var = _var(name, "URL")
+        raise ConfigError(
+            f"{var} is missing: a {dtype} datasource needs a URL "
+            f"(configured datasources: {', '.join(configured)})",
+            variable=var,
+        )
+    if dtype == "filesystem" and not raw.get("PATH"):
+        var = _var(name, "PATH")
+        raise ConfigError(
+            f"{var} is missing: a filesystem datasource needs a folder", variable=var
+        )
+    if url is not None:
+        expected_schemes = {
+            "redis": ("redis", "rediss", "unix"),
+            "postgresql": ("postgresql", "postgres"),
+            "mongodb": ("mongodb", "mongodb+srv"),
+            "s3": ("s3",),
+        }.get(dtype)
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if expected_schemes and scheme not in expected_schemes:
+            var = _var(name, "URL")
+            raise ConfigError(
+                f"{var}={mask_url(url)!r}: expected a URL starting with "
+                f"{' or '.join(s + '://' for s in expected_schemes)}",
+                variable=var,
+            )
+    ttl = _parse_float(raw["TTL"], _var(name, "TTL"), allow_zero=False) if "TTL" in raw else None
+    timeout = (
+        _parse_float(raw["TIMEOUT"], _var(name, "TIMEOUT"), allow_zero=False)
+        if "TIMEOUT" in raw
+        else 5.0
+    )
+    pool_size: int | None = None
+    if "POOL_SIZE" in raw:
+        var = _var(name, "POOL_SIZE")
+        try:
+            pool_size = int(raw["POOL_SIZE"])
+        except ValueError:
+            pool_size = 0
+        if pool_size < 1 or pool_size > 10_000:
+            raise ConfigError(
+                f"{var}={raw['POOL_SIZE']!r}: expected a whole number from 1 to 10000",
+                variable=var,
+            )
+    for setting in ("TABLE", "COLLECTION", "DATABASE"):
+        if setting in raw and not _IDENT_RE.match(raw[setting]):
+            var = _var(name, setting)
+            raise ConfigError(
+                f"{var}={raw[setting]!r}: expected an identifier (letters, digits, _)",
+                variable=var,
+            )
+    return DatasourceSettings(
+        name=name,
+        type=dtype,
+        url=url,
+        path=raw.get("PATH") or None,
+        prefix=raw.get("PREFIX", ""),
+        ttl=ttl,
+        table=raw.get("TABLE") or None,
+        collection=raw.get("COLLECTION") or None,
+        database=raw.get("DATABASE") or None,
+        region=raw.get("REGION") or None,
+        endpoint_url=raw.get("ENDPOINT_URL") or None,
+        access_key_id=raw.get("ACCESS_KEY_ID") or None,
+        secret_access_key=raw.get("SECRET_ACCESS_KEY") or None,
+        pool_size=pool_size,
+        timeout=timeout,
+        fsync=_parse_bool(raw["FSYNC"], _var(name, "FSYNC")) if "FSYNC" in raw else True,
+    )
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> RunnerSettings:
+    """Parse ``DATASOURCE_*`` and ``BLOKRUN_HOME`` from ``environ`` (default ``os.environ``)."""
+    env = os.environ if environ is None else environ
+    grouped: dict[str, dict[str, str]] = {}
+    for var, value in env.items():
+        if not var.startswith("DATASOURCE_"):
+            continue
+        body = var[len("DATASOURCE_") :]
+        for suffix in _SUFFIXES:
+            if body.endswith("_" + suffix) and len(body) > len(suffix) + 1:
+                name = body[: -len(suffix) - 1].lower()
+                break
+        else:
+            raise ConfigError(
+                f"{var}: unknown datasource setting; expected DATASOURCE_<NAME>_<SETTING> "
+                f"with SETTING one of: {', '.join(sorted(_SUFFIXES))}",
+                variable=var,
+            )
+        if not _NAME_RE.match(name):
+            raise ConfigError(
+                f"{var}: datasource name {name!r} must start with a letter and use "
+                "letters, digits and _",
+                variable=var,
+            )
+        grouped.setdefault(name, {})[suffix] = value
+    home = Path(env.get("BLOKRUN_HOME") or ".blokrun")
+    configured = sorted(grouped)
+    datasources = {name: _build(name, raw, configured) for name, raw in sorted(grouped.items())}
+    if DEFAULT_DATASOURCE not in datasources:
+        datasources[DEFAULT_DATASOURCE] = embedded_default(home)
+    return RunnerSettings(datasources=datasources, home=home)
+
+
+def embedded_default(home: Path) -> DatasourceSettings:
+    """The zero-set-up ``default`` datasource: the filesystem under ``home/checkpoints``."""
+    return DatasourceSettings(
+        name=DEFAULT_DATASOURCE, type="filesystem", path=str(home / "checkpoints")
+    )

@@ -1,0 +1,202 @@
+"""A named datasource: a :class:`Store` plus what is written once for every driver.
+
+The wrapper adds, above any driver: the key prefix, key validation, the default TTL, a
+timeout on every operation, and error translation (every failure names the datasource and
+the key; nothing leaks a password). It moves bytes; codecs live in ``blokrun.persistence``.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Self
+
+import anyio
+
+from blokrun.errors import BlokrunError, DatasourceError, DatasourceUnavailable
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+    from types import TracebackType
+
+    from blokrun.config import DatasourceSettings
+    from blokrun.datasources.protocol import Capabilities, Entry, Store
+
+__all__ = ["MAX_KEY_BYTES", "Datasource", "validate_key"]
+
+MAX_KEY_BYTES = 1024
+
+
+def validate_key(key: str) -> None:
+    """Reject keys no driver should see: empty, NUL or other C0 controls, over 1 KiB."""
+    if not isinstance(key, str) or not key:
+        raise DatasourceError(f"invalid key {key!r}: expected a non-empty string")
+    if len(key) > MAX_KEY_BYTES or len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise DatasourceError(
+            f"invalid key {key[:40]!r}...: longer than {MAX_KEY_BYTES} bytes"
+        )
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise DatasourceError(f"invalid key {key!r}: control characters are not allowed")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DatasourceError(f"invalid key {key!r}: not valid unicode") from None
+
+
+class Datasource:
+    """A configured, named store. Use ``async with`` or :meth:`connect` / :meth:`close`."""
+
+    __slots__ = ("_prefix", "_timeout", "name", "settings", "store", "ttl")
+
+    def __init__(self, settings: DatasourceSettings, store: Store) -> None:
+        self.name = settings.name
+        self.settings = settings
+        self.store = store
+        self.ttl = settings.ttl
+        self._prefix = settings.prefix
+        self._timeout = settings.timeout
+
+    def __repr__(self) -> str:
+        return f"Datasource({self.settings.describe()})"
+
+    @property
+    def type(self) -> str:
+        return self.settings.type
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.store.capabilities
+
+    @property
+    def is_connected(self) -> bool:
+        return self.store.is_connected
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect within the datasource's timeout; failures name it, password masked."""
+        async with self._guard(None, "connect"):
+            await self.store.connect()
+
+    async def close(self) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                with anyio.fail_after(self._timeout):
+                    await self.store.close()
+            except TimeoutError:
+                pass
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- error mapping -------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _guard(self, key: str | None, op: str) -> AsyncIterator[None]:
+        try:
+            with anyio.fail_after(self._timeout):
+                yield
+        except TimeoutError:
+            raise DatasourceUnavailable(
+                f"{op} timed out after {self._timeout:g}s ({self.settings.describe()})",
+                datasource=self.name,
+                key=key,
+            ) from None
+        except DatasourceError as exc:
+            if exc.datasource is None:
+                exc.datasource = self.name
+                if exc.key is None:
+                    exc.key = key
+            raise
+        except BlokrunError:
+            raise
+        except OSError as exc:
+            raise DatasourceUnavailable(
+                f"{op} failed: {type(exc).__name__}: {exc} ({self.settings.describe()})",
+                datasource=self.name,
+                key=key,
+            ) from exc
+
+    def _full(self, key: str) -> str:
+        validate_key(key)
+        return self._prefix + key if self._prefix else key
+
+    def _ttl(self, ttl: float | None) -> float | None:
+        value = self.ttl if ttl is None else ttl
+        if value is not None and (not math.isfinite(value) or value <= 0):
+            raise DatasourceError(f"invalid ttl {value!r}: expected a positive number", datasource=self.name)
+        return value
+
+    # -- operations ----------------------------------------------------------------------
+
+    async def save(self, key: str, data: bytes, ttl: float | None = None) -> None:
+        full = self._full(key)
+        async with self._guard(key, "save"):
+            await self.store.save(full, data, self._ttl(ttl))
+
+    async def load(self, key: str) -> bytes | None:
+        full = self._full(key)
+        async with self._guard(key, "load"):
+            return await self.store.load(full)
+
+    async def exists(self, key: str) -> bool:
+        full = self._full(key)
+        async with self._guard(key, "exists"):
+            return await self.store.exists(full)
+
+    async def delete(self, key: str) -> bool:
+        full = self._full(key)
+        async with self._guard(key, "delete"):
+            return await self.store.delete(full)
+
+    async def save_batch(self, entries: Sequence[Entry]) -> None:
+        if not entries:
+            return
+        full = [(self._full(k), d, self._ttl(t)) for k, d, t in entries]
+        async with self._guard(entries[0][0] if len(entries) == 1 else None, "save_batch"):
+            await self.store.save_batch(full)
+
+    async def load_batch(self, keys: Sequence[str]) -> dict[str, bytes]:
+        if not keys:
+            return {}
+        full = [self._full(k) for k in keys]
+        async with self._guard(None, "load_batch"):
+            found = await self.store.load_batch(full)
+        cut = len(self._prefix)
+        return {k[cut:]: v for k, v in found.items()}
+
+    async def delete_batch(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        full = [self._full(k) for k in keys]
+        async with self._guard(None, "delete_batch"):
+            return await self.store.delete_batch(full)
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        """All live keys starting with ``prefix`` (the datasource prefix removed)."""
+        if prefix:
+            validate_key(prefix)
+        cut = len(self._prefix)
+        out: list[str] = []
+        async with self._guard(prefix or None, "keys"):
+            async for k in self.store.keys(self._prefix + prefix):
+                out.append(k[cut:])
+        return out
+
+    async def size(self) -> int:
+        async with self._guard(None, "size"):
+            if not self._prefix:
+                return await self.store.size()
+            n = 0
+            async for _ in self.store.keys(self._prefix):
+                n += 1
+            return n

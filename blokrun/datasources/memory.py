@@ -1,0 +1,95 @@
+"""In-process memory store: for tests and ephemeral runs. Not shared, not durable."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from blokrun.datasources.protocol import Capabilities
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
+    from blokrun.config import DatasourceSettings
+    from blokrun.datasources.protocol import Entry
+
+__all__ = ["MemoryStore", "create"]
+
+_CAPS = Capabilities(native_ttl=True, native_batch=True, atomic_batch=True, durable=False, shared=False)
+
+
+class MemoryStore:
+    """A dict of ``key -> (bytes, expires_at_monotonic | None)``."""
+
+    __slots__ = ("_connected", "_data")
+
+    def __init__(self) -> None:
+        self._data: dict[str, tuple[bytes, float | None]] = {}
+        self._connected = False
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return _CAPS
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected
+
+    async def connect(self) -> None:
+        self._connected = True
+
+    async def close(self) -> None:
+        self._connected = False
+
+    def _live(self, key: str, now: float) -> bytes | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        data, expires = item
+        if expires is not None and expires <= now:
+            del self._data[key]
+            return None
+        return data
+
+    async def save(self, key: str, data: bytes, ttl: float | None = None) -> None:
+        self._data[key] = (bytes(data), None if ttl is None else time.monotonic() + ttl)
+
+    async def load(self, key: str) -> bytes | None:
+        return self._live(key, time.monotonic())
+
+    async def exists(self, key: str) -> bool:
+        return self._live(key, time.monotonic()) is not None
+
+    async def delete(self, key: str) -> bool:
+        return self._data.pop(key, None) is not None
+
+    async def save_batch(self, entries: Sequence[Entry]) -> None:
+        now = time.monotonic()
+        for key, data, ttl in entries:
+            self._data[key] = (bytes(data), None if ttl is None else now + ttl)
+
+    async def load_batch(self, keys: Sequence[str]) -> dict[str, bytes]:
+        now = time.monotonic()
+        out: dict[str, bytes] = {}
+        for key in keys:
+            data = self._live(key, now)
+            if data is not None:
+                out[key] = data
+        return out
+
+    async def delete_batch(self, keys: Sequence[str]) -> int:
+        return sum(self._data.pop(k, None) is not None for k in keys)
+
+    async def keys(self, prefix: str = "") -> AsyncIterator[str]:
+        now = time.monotonic()
+        for key in [k for k in self._data if k.startswith(prefix)]:
+            if self._live(key, now) is not None:
+                yield key
+
+    async def size(self) -> int:
+        now = time.monotonic()
+        return sum(self._live(k, now) is not None for k in list(self._data))
+
+
+def create(settings: DatasourceSettings) -> MemoryStore:
+    return MemoryStore()

@@ -1,0 +1,111 @@
+"""The storage contract every datasource driver implements.
+
+A driver is a :class:`Store`: a small async key-value store that **moves bytes**. It knows
+nothing about workflows, checkpoints, codecs, key prefixes or timeouts: those are written
+once above it, in :class:`blokrun.datasources.datasource.Datasource`.
+
+Rules every driver follows (the contract suite in ``tests/contract`` checks them):
+
+* Keys are non-empty ``str`` of at most 1024 UTF-8 bytes without NUL (checked above the
+  driver). Any other character may appear -- ``/``, ``..``, spaces, unicode -- and the
+  driver must store it safely (no path traversal, no injection) and return it unchanged
+  from :meth:`Store.keys`.
+* ``ttl`` is in seconds (float); ``None`` means no expiry. An expired key is never
+  returned by ``load``, ``load_batch``, ``exists``, ``keys`` or counted by ``size``,
+  whether or not the server expires keys itself.
+* ``save`` replaces the whole value atomically: a concurrent reader sees the old or the
+  new bytes, never a mix.
+* Library exceptions are translated at the driver boundary: connection problems raise
+  :class:`~blokrun.errors.DatasourceUnavailable`, other failures
+  :class:`~blokrun.errors.DatasourceError` (``raise ... from exc``). The wrapper adds
+  the datasource name and key.
+* A driver closes only what it opened: a client injected by the caller is left open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
+__all__ = ["Capabilities", "Entry", "Store"]
+
+#: One item of a batch save: ``(key, data, ttl_seconds_or_None)``.
+Entry: TypeAlias = "tuple[str, bytes, float | None]"
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """Fast paths a driver has, so the layers above can use them.
+
+    native_ttl
+        The server expires keys itself (Redis ``PX``, Mongo TTL index); otherwise the
+        driver stores the expiry and filters on read.
+    native_batch
+        ``save_batch`` / ``load_batch`` cost one round trip (pipeline, one statement,
+        one thread hop) rather than one per key.
+    atomic_batch
+        ``save_batch`` is all-or-nothing (a transaction).
+    durable
+        A completed ``save`` survives a crash of this process *and* of the machine
+        (fsync / committed transaction). The memory driver is not durable.
+    shared
+        Other processes see the data (false for the memory driver).
+    """
+
+    native_ttl: bool = False
+    native_batch: bool = False
+    atomic_batch: bool = False
+    durable: bool = True
+    shared: bool = True
+
+
+@runtime_checkable
+class Store(Protocol):
+    """An async byte store. See the module docstring for the rules."""
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    @property
+    def is_connected(self) -> bool: ...
+
+    async def connect(self) -> None:
+        """Open connections / pools and create schema if needed. Idempotent."""
+
+    async def close(self) -> None:
+        """Release what :meth:`connect` opened. Idempotent."""
+
+    async def save(self, key: str, data: bytes, ttl: float | None = None) -> None:
+        """Store ``data`` under ``key``, replacing any previous value."""
+
+    async def load(self, key: str) -> bytes | None:
+        """The bytes under ``key``, or ``None`` if absent or expired."""
+
+    async def exists(self, key: str) -> bool:
+        """Whether a live value is stored under ``key``."""
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; ``True`` if something was removed."""
+
+    async def save_batch(self, entries: Sequence[Entry]) -> None:
+        """Store many entries; see :attr:`Capabilities.native_batch`."""
+
+    async def load_batch(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """The live values among ``keys`` (absent or expired keys are left out)."""
+
+    async def delete_batch(self, keys: Sequence[str]) -> int:
+        """Remove many keys; returns how many were removed (best effort count)."""
+
+    def keys(self, prefix: str = "") -> AsyncIterator[str]:
+        """Iterate the live keys that start with ``prefix`` (any order, each once).
+
+        Must stream (SCAN with a large COUNT, server-side cursor, paginated listing):
+        never load every key in one reply.
+        """
+        ...
+
+    async def size(self) -> int:
+        """How many live keys the store holds."""

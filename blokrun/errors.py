@@ -1,0 +1,187 @@
+"""The one exception tree of blokrun.
+
+Every error blokrun raises on purpose derives from :class:`BlokrunError`; driver
+exceptions are translated at the driver boundary (``raise ... from exc``) so callers
+never need to import a driver library to catch a failure::
+
+    BlokrunError
+    ├── ConfigError                 bad DATASOURCE_* / BLOKRUN_* environment (names the variable)
+    ├── WorkflowError               a workflow file that cannot be used (file, $.json.path, expected)
+    │   └── ExpressionError         a ${...} expression that does not parse or evaluate
+    ├── DatasourceError             a datasource operation failed (names the datasource, key)
+    │   ├── DatasourceUnavailable   cannot connect / timed out / server went away
+    │   ├── DatasourceAccessError   ctx.datasource() on a name the workflow did not list
+    │   ├── MissingExtraError       the driver's optional dependency is not installed
+    │   └── RecordError             stored bytes that fail their checksum or cannot be decoded
+    │       └── FormatVersionError  a record written by a newer blokrun
+    ├── ValueNotStorable            a step produced a value that cannot be checkpointed (names its path)
+    └── RunError                    a run failed (carries request_id and step)
+        ├── StepFailed              the step's node raised; ``__cause__`` is the node's exception
+        ├── CheckpointError         saving a checkpoint failed (names datasource and key)
+        └── ResumeError             a run cannot be resumed
+            ├── RunNotFound         no head record and no checkpoint for the request id
+            └── DefinitionChanged   the workflow changed steps that already ran (use force)
+
+Messages never contain secrets: URLs go through :func:`blokrun.config.mask_url` first.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BlokrunError",
+    "CheckpointError",
+    "ConfigError",
+    "DatasourceAccessError",
+    "DatasourceError",
+    "DatasourceUnavailable",
+    "DefinitionChanged",
+    "ExpressionError",
+    "FormatVersionError",
+    "MissingExtraError",
+    "RecordError",
+    "ResumeError",
+    "RunError",
+    "RunNotFound",
+    "StepFailed",
+    "ValueNotStorable",
+    "WorkflowError",
+]
+
+
+class BlokrunError(Exception):
+    """Base class of every error raised by blokrun."""
+
+
+class ConfigError(BlokrunError):
+    """The environment configuration is unusable; the message names the variable."""
+
+    def __init__(self, message: str, *, variable: str | None = None) -> None:
+        super().__init__(message)
+        self.variable = variable
+
+
+class WorkflowError(BlokrunError):
+    """A workflow definition cannot be used.
+
+    ``source`` is the file (or ``<dict>``), ``path`` the JSON path (``$.steps[2].inputs.url``).
+    """
+
+    def __init__(self, message: str, *, source: str = "<workflow>", path: str = "$") -> None:
+        self.source = source
+        self.path = path
+        self.detail = message
+        super().__init__(f"{source}: {path}: {message}")
+
+
+class ExpressionError(WorkflowError):
+    """An expression does not parse (at load) or cannot be evaluated (at run time)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expression: str = "",
+        column: int | None = None,
+        source: str = "<workflow>",
+        path: str = "$",
+    ) -> None:
+        self.expression = expression
+        self.column = column
+        where = f" (column {column})" if column is not None else ""
+        text = f"{message}{where}" + (f" in {expression!r}" if expression else "")
+        super().__init__(text, source=source, path=path)
+
+
+class DatasourceError(BlokrunError):
+    """A datasource operation failed.
+
+    Drivers raise it without ``datasource``; the :class:`~blokrun.datasources.Datasource`
+    wrapper fills in the datasource name and the key before it reaches the caller.
+    """
+
+    def __init__(self, message: str, *, datasource: str | None = None, key: str | None = None):
+        super().__init__(message)
+        self.detail = message
+        self.datasource = datasource
+        self.key = key
+
+    def __str__(self) -> str:
+        parts = []
+        if self.datasource is not None:
+            parts.append(f"datasource {self.datasource!r}")
+        if self.key is not None:
+            parts.append(f"key {self.key!r}")
+        return (", ".join(parts) + ": " if parts else "") + self.detail
+
+
+class DatasourceUnavailable(DatasourceError):
+    """The datasource cannot be reached (connect failed, timed out, server went away)."""
+
+
+class DatasourceAccessError(DatasourceError):
+    """A step asked for a datasource its workflow does not list."""
+
+
+class MissingExtraError(DatasourceError):
+    """The optional dependency of a driver is not installed."""
+
+
+class RecordError(DatasourceError):
+    """Stored bytes that fail their checksum or cannot be decoded."""
+
+
+class FormatVersionError(RecordError):
+    """A record written by a newer version of blokrun."""
+
+
+class ValueNotStorable(BlokrunError):
+    """A value cannot be checkpointed; ``path`` says where it is (``vars.report.rows[3]``)."""
+
+    def __init__(self, message: str, *, path: str, type_name: str) -> None:
+        self.path = path
+        self.type_name = type_name
+        super().__init__(f"{path}: {message} (type {type_name})")
+
+
+class RunError(BlokrunError):
+    """A run failed; carries the request id and, when known, the step."""
+
+    def __init__(self, message: str, *, request_id: str, step: str | None = None) -> None:
+        self.request_id = request_id
+        self.step = step
+        self.detail = message
+        where = f"run {request_id}" + (f", step {step!r}" if step else "")
+        super().__init__(f"{where}: {message}")
+
+
+class StepFailed(RunError):
+    """The node of a step raised; the original exception is ``__cause__``."""
+
+
+class CheckpointError(RunError):
+    """Saving a checkpoint failed; no later step ran."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request_id: str,
+        step: str | None,
+        datasource: str | None,
+        key: str | None,
+    ) -> None:
+        self.datasource = datasource
+        self.key = key
+        super().__init__(message, request_id=request_id, step=step)
+
+
+class ResumeError(RunError):
+    """A run cannot be resumed."""
+
+
+class RunNotFound(ResumeError):
+    """Nothing is stored for this request id on any checkpoint datasource."""
+
+
+class DefinitionChanged(ResumeError):
+    """The workflow given for a resume changed steps that already ran."""

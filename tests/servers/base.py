@@ -1,0 +1,76 @@
+"""What every throwaway server offers to the tests."""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+from blokrun.config import DatasourceSettings
+
+
+class ServerUnavailable(Exception):
+    """The server cannot be started on this machine; the message says why (used as skip reason)."""
+
+
+class ThrowawayServer(Protocol):
+    driver: str  # the datasource type it serves ("redis", ...)
+    label: str  # test-id label, e.g. "mongodb-mongoeco-emulator"
+
+    def settings(self, name: str = "ds", **overrides: object) -> DatasourceSettings:
+        """Settings that reach this server (overrides: prefix, ttl, timeout, table, ...)."""
+        ...
+
+    def stop(self) -> None:
+        """Stop the server (for outage tests and at session end). Idempotent."""
+        ...
+
+    def start(self) -> None:
+        """Start it again after :meth:`stop`, same port and data folder."""
+        ...
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout: float = 15.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise ServerUnavailable(f"nothing listened on {host}:{port} after {timeout}s") from None
+            time.sleep(0.02)
+
+
+@dataclass
+class LocalServer:
+    """The memory and filesystem 'servers': no process, just settings."""
+
+    driver: str
+    label: str
+    workdir: Path
+    _counter: list[int] = field(default_factory=lambda: [0])
+
+    def settings(self, name: str = "ds", **overrides: object) -> DatasourceSettings:
+        self._counter[0] += 1
+        base = DatasourceSettings(
+            name=name,
+            type=self.driver,
+            path=str(self.workdir / f"store-{self._counter[0]}") if self.driver == "filesystem" else None,
+        )
+        return replace(base, **overrides)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
