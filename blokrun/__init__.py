@@ -1,0 +1,75 @@
+"""blokrun: async JSON workflows that checkpoint after every step and resume where they failed.
+
+::
+
+    from blokrun import Runner
+
+    async with Runner.from_env() as runner:
+        result = await runner.run("workflow.json", inputs={"user": 42})
+        ...
+        result = await runner.resume(request_id)
+"""
+
+from __future__ import annotations
+
+from blokrun.config import DatasourceSettings
+from blokrun.context import Context
+from blokrun.datasources import Datasource, Store
+from blokrun.errors import (
+    BlokrunError,
+    CheckpointError,
+    ConfigError,
+    DatasourceAccessError,
+    DatasourceError,
+    DatasourceUnavailable,
+    DefinitionChanged,
+    ExpressionError,
+    FormatVersionError,
+    MissingExtraError,
+    RecordError,
+    ResumeError,
+    RunError,
+    RunNotFound,
+    StepFailed,
+    ValueNotStorable,
+    WorkflowError,
+)
+from blokrun.execution.hooks import Hook, RunState, StepOutcome
+from blokrun.runner import CheckpointInfo, RunInfo, RunResult, Runner
+from blokrun.spec.loader import Workflow, load_workflow
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlokrunError",
+    "CheckpointError",
+    "CheckpointInfo",
+    "ConfigError",
+    "Context",
+    "Datasource",
+    "DatasourceAccessError",
+    "DatasourceError",
+    "DatasourceSettings",
+    "DatasourceUnavailable",
+    "DefinitionChanged",
+    "ExpressionError",
+    "FormatVersionError",
+    "Hook",
+    "MissingExtraError",
+    "RecordError",
+    "ResumeError",
+    "RunError",
+    "RunInfo",
+    "RunNotFound",
+    "RunResult",
+    "RunState",
+    "Runner",
+    "StepFailed",
+    "StepOutcome",
+    "Store",
+    "ValueNotStorable",
+    "Workflow",
+    "WorkflowError",
+    "__version__",
+    "load_workflow",
+]

@@ -1,0 +1,1 @@
+"""The ``blokrun`` command line: a thin layer over :class:`blokrun.Runner`."""

@@ -1,0 +1,238 @@
+"""``blokrun run | resume | inspect | validate``.
+
+Exit codes: 0 done; 1 the run failed (the message says which step, why, and the exact
+``blokrun resume`` command); 2 bad input, workflow or configuration (nothing ran);
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from blokrun.runner import Runner
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Usage(Exception):
+    """Bad command-line input: printed, exit 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="blokrun",
+        description="Run JSON workflows that checkpoint after every step, and resume them.",
+    )
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="log lines on stderr as text (default) or JSON objects")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   help="default: info on a terminal or with JSON logs, warning when piped")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a workflow file from its first step")
+    run.add_argument("file", help="the workflow JSON file")
+    src = run.add_mutually_exclusive_group()
+    src.add_argument("--input", metavar="JSON", help="the run's inputs as a JSON object")
+    src.add_argument("--input-file", metavar="FILE", help="a file holding the inputs (JSON object)")
+    run.add_argument("--request-id", metavar="ID", help="the run's id (default: a random one)")
+
+    res = sub.add_parser("resume", help="continue a failed or crashed run after its last checkpoint")
+    res.add_argument("request_id", metavar="REQUEST_ID")
+    res.add_argument("--workflow", metavar="FILE",
+                     help="use this workflow file instead of the stored definition")
+    res.add_argument("--force", action="store_true",
+                     help="resume even if --workflow changed steps that already ran")
+
+    ins = sub.add_parser("inspect", help="list a run's checkpoints")
+    ins.add_argument("request_id", metavar="REQUEST_ID")
+    ins.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    val = sub.add_parser("validate", help="check a workflow file without running it")
+    val.add_argument("file")
+    return p
+
+
+def _read_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    import orjson
+
+    if args.input is not None:
+        raw, where = args.input.encode(), "--input"
+    elif args.input_file is not None:
+        where = f"--input-file {args.input_file}"
+        try:
+            raw = Path(args.input_file).read_bytes()
+        except OSError as exc:
+            raise _Usage(f"{where}: cannot read: {exc.strerror or exc}") from None
+    else:
+        return {}
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise _Usage(f"{where}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise _Usage(f"{where}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    sys.stderr.write(f"blokrun: error: {message}\n")
+    raise SystemExit(code)
+
+
+async def _with_runner(args: argparse.Namespace, body: Callable[[Runner], Awaitable[int]]) -> int:
+    from blokrun.cli.output import Progress
+    from blokrun.runner import Runner
+
+    hooks = [Progress(sys.stderr)] if sys.stderr.isatty() and args.command in ("run", "resume") else []
+    runner = Runner.from_env(hooks=hooks, search_paths=[os.getcwd()])
+    async with runner:
+        return await body(runner)
+
+
+async def _cmd_run(args: argparse.Namespace) -> int:
+    from blokrun.cli.output import dump_json
+
+    inputs = _read_inputs(args)
+
+    async def body(runner: Runner) -> int:
+        wf = runner.load(args.file)
+        result = await runner.run(wf, inputs, request_id=args.request_id)
+        dump_json(result.vars, sys.stdout)
+        return EXIT_OK
+
+    return await _with_runner(args, body)
+
+
+async def _cmd_resume(args: argparse.Namespace) -> int:
+    from blokrun.cli.output import dump_json
+
+    async def body(runner: Runner) -> int:
+        result = await runner.resume(args.request_id, workflow=args.workflow, force=args.force)
+        if not result.steps_run:
+            sys.stderr.write(f"run {result.request_id} had already completed; nothing to run\n")
+        elif sys.stderr.isatty():
+            sys.stderr.write(
+                f"resumed {result.request_id}: skipped {len(result.steps_skipped)} completed "
+                f"step(s), ran {len(result.steps_run)}\n"
+            )
+        dump_json(result.vars, sys.stdout)
+        return EXIT_OK
+
+    return await _with_runner(args, body)
+
+
+async def _cmd_inspect(args: argparse.Namespace) -> int:
+    import time
+
+    from blokrun.cli.output import dump_json
+
+    async def body(runner: Runner) -> int:
+        info = await runner.inspect(args.request_id)
+        head = info.head
+        if args.json:
+            dump_json(
+                {
+                    "request_id": info.request_id,
+                    "datasource": info.datasource,
+                    "status": head.status if head else None,
+                    "workflow": head.workflow if head else None,
+                    "error": head.error if head else None,
+                    "checkpoints": [
+                        {"seq": c.seq, "step": c.step, "status": c.status, "time": c.time,
+                         "duration": c.duration, "size": c.size, "key": c.key, "attempt": c.attempt}
+                        for c in info.checkpoints
+                    ],
+                },
+                sys.stdout,
+            )
+            return EXIT_OK
+        out = sys.stdout
+        if head is not None:
+            out.write(f"run {info.request_id}  workflow {head.workflow} {head.version}  "
+                      f"status {head.status}  attempt {head.attempt}  on {info.datasource!r}\n")
+            if head.error:
+                out.write(f"last error ({head.failed_step or 'run'}): {head.error}\n")
+        else:
+            out.write(f"run {info.request_id}  (no head record; found by scanning) on {info.datasource!r}\n")
+        out.write(f"{'seq':>4}  {'step':<24} {'status':<10} {'time (UTC)':<20} {'duration':>9} {'size':>9}\n")
+        for c in info.checkpoints:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c.time))
+            out.write(f"{c.seq:>4}  {c.step:<24} {c.status:<10} {when:<20} "
+                      f"{c.duration * 1000:>7.1f}ms {c.size:>8}B\n")
+        if not info.checkpoints:
+            out.write("(no checkpoints yet)\n")
+        return EXIT_OK
+
+    return await _with_runner(args, body)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from blokrun.runner import Runner
+
+    runner = Runner.from_env(search_paths=[os.getcwd()])
+    wf = runner.load(args.file)
+    sys.stdout.write(
+        f"{args.file}: ok: workflow {wf.name!r} version {wf.version}, {len(wf.steps)} steps, "
+        f"checkpoints to {', '.join(wf.targets) or 'nowhere (persistence disabled)'}\n"
+    )
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from blokrun.errors import (
+        BlokrunError,
+        ConfigError,
+        DatasourceError,
+        ResumeError,
+        RunError,
+        WorkflowError,
+    )
+
+    try:
+        if args.command == "validate":
+            return _cmd_validate(args)
+        handler = {"run": _cmd_run, "resume": _cmd_resume, "inspect": _cmd_inspect}[args.command]
+        return anyio.run(handler, args)
+    except _Usage as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except ResumeError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except RunError as exc:
+        sys.stderr.write(f"blokrun: run failed: {exc}\n")
+        cause = exc.__cause__
+        if cause is not None and os.environ.get("BLOKRUN_TRACEBACK"):
+            import traceback
+
+            traceback.print_exception(cause, file=sys.stderr)
+        sys.stderr.write(
+            f"blokrun: completed steps are checkpointed; to continue after fixing the cause:\n"
+            f"  blokrun resume {exc.request_id}\n"
+        )
+        return EXIT_FAILED
+    except (WorkflowError, ConfigError, DatasourceError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except BlokrunError as exc:
+        _fail(str(exc), EXIT_FAILED)
+    except KeyboardInterrupt:
+        sys.stderr.write("blokrun: interrupted\n")
+        return EXIT_INTERRUPTED
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point of the ``blokrun`` console script."""
+    args = _parser().parse_args(argv)
+    from blokrun.cli.output import configure_logging
+
+    configure_logging(args.log_format, args.log_level, sys.stderr)
+    raise SystemExit(_run(args))

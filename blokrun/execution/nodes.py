@@ -1,0 +1,98 @@
+"""Resolving a step's node to a callable, at load time.
+
+``"type": "module"`` with ``"node": "package.module:function"`` imports a user function;
+``"type": "builtin"`` (the default when the node has no ``:``) names a built-in. A node is
+``async def f(ctx, inputs)`` or a plain ``def f(ctx, inputs)``, which runs in a worker
+thread so it cannot block the event loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from blokrun.errors import WorkflowError
+from blokrun.execution.builtins import BUILTINS
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+__all__ = ["NodeRef", "resolve_node"]
+
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRef:
+    name: str
+    fn: Callable[..., Any]
+    is_async: bool
+    builtin: bool
+    allowed_inputs: frozenset[str] | None = None
+    required_inputs: frozenset[str] = frozenset()
+
+
+def _import(module_name: str, search_paths: Sequence[str]) -> Any:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top = module_name.split(".", 1)[0]
+        if exc.name not in (top, module_name) or not search_paths:
+            raise
+    # Not importable from sys.path: try the workflow's own folder (and the given paths).
+    added = [p for p in search_paths if p not in sys.path]
+    sys.path[:0] = added
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        for p in added:
+            try:
+                sys.path.remove(p)
+            except ValueError:
+                pass
+
+
+def resolve_node(
+    node: str,
+    type_: str | None,
+    *,
+    source: str,
+    path: str,
+    search_paths: Sequence[str] = (),
+) -> NodeRef:
+    kind = type_ or ("module" if ":" in node else "builtin")
+    if kind == "builtin":
+        if node not in BUILTINS:
+            raise WorkflowError(
+                f"unknown built-in node {node!r}; expected one of: {', '.join(sorted(BUILTINS))} "
+                "(or 'package.module:function' for your own)",
+                source=source,
+                path=f"{path}.node",
+            )
+        fn, allowed, required = BUILTINS[node]
+        return NodeRef(node, fn, True, True, allowed, required)
+    if not _MODULE_RE.match(node):
+        raise WorkflowError(
+            f"node {node!r}: expected 'package.module:function'", source=source, path=f"{path}.node"
+        )
+    module_name, _, attr = node.partition(":")
+    try:
+        module = _import(module_name, search_paths)
+    except Exception as exc:  # an import error of the user's module, whatever it is
+        raise WorkflowError(
+            f"node {node!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc}",
+            source=source,
+            path=f"{path}.node",
+        ) from exc
+    fn = getattr(module, attr, None)
+    if fn is None or not callable(fn):
+        raise WorkflowError(
+            f"node {node!r}: module {module_name!r} has no callable {attr!r}",
+            source=source,
+            path=f"{path}.node",
+        )
+    return NodeRef(node, fn, inspect.iscoroutinefunction(fn), False)

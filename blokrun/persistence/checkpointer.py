@@ -1,0 +1,282 @@
+"""The after-step hook that checkpoints a run to every target, concurrently.
+
+Per checkpointed step it encodes the record **once** and sends ``[checkpoint, head]`` as one
+``save_batch`` to each target at the same time (one round trip per target on drivers with
+native batches), so a step's save costs about the slowest target, not the sum. A failed save
+fails the run at once with :class:`~blokrun.errors.CheckpointError` naming the datasource and
+key; no later step runs. The head record is written after the checkpoint within the batch,
+so a crash between the two leaves a head one step behind, which the resumer rolls forward.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from blokrun.errors import BlokrunError, CheckpointError, DatasourceError
+from blokrun.execution.hooks import Hook
+from blokrun.persistence.codec import Kind, dumps_value, encode
+from blokrun.persistence.records import (
+    DefinitionRecord,
+    HeadRecord,
+    RunRecord,
+    definition_key,
+    encode_checkpoint,
+    encode_record,
+    head_key,
+    run_key,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from blokrun.datasources import Datasource, Entry
+    from blokrun.execution.hooks import RunState, StepOutcome
+    from blokrun.expressions import Scope
+    from blokrun.persistence.records import RunStatus
+
+__all__ = ["Checkpointer", "KeyScope", "save_everywhere"]
+
+log = logging.getLogger("blokrun.persistence")
+
+
+class KeyScope:
+    """The expression scope for key patterns: ``ctx.request.id``, ``stepName``, dates."""
+
+    __slots__ = ("_ctx", "_step")
+
+    def __init__(self, run: RunState, step: str) -> None:
+        started = run.started_at
+        self._step = step
+        self._ctx = {
+            "request": {"id": run.request_id, "started_at": started},
+            "workflow": {
+                "name": run.workflow.name,
+                "version": run.workflow.version,
+                "hash": run.workflow.definition_hash,
+            },
+            "vars": run.vars,
+            "timestamp": int(started * 1000),
+            "date": time.strftime("%Y-%m-%d", time.gmtime(started)),
+            "step": step,
+            "idempotency_key": f"{run.request_id}:{step}",
+        }
+
+    def lookup_root(self, name: str) -> Any:
+        if name == "stepName":
+            return self._step
+        return self._ctx
+
+    async def call_datasource(self, name: Any, key: Any) -> Any:
+        raise DatasourceError("ctx.datasource cannot be used in a key")
+
+
+async def save_everywhere(
+    targets: Sequence[Datasource],
+    entries: Sequence[Entry],
+    *,
+    run: RunState,
+    step: str | None,
+    what: str,
+) -> None:
+    """``save_batch(entries)`` on every target at once; raise one CheckpointError on failure."""
+
+    def failure(ds: Datasource, exc: BaseException) -> CheckpointError:
+        key = getattr(exc, "key", None) or entries[0][0]
+        return CheckpointError(
+            f"saving {what} to datasource {ds.name!r} failed (key {key!r}): {exc}",
+            request_id=run.request_id,
+            step=step,
+            datasource=ds.name,
+            key=key,
+        )
+
+    if len(targets) == 1:
+        ds = targets[0]
+        try:
+            await ds.save_batch(entries)
+        except BlokrunError as exc:
+            raise failure(ds, exc) from exc
+        return
+    errors: list[tuple[Datasource, BaseException]] = []
+
+    async def one(ds: Datasource) -> None:
+        try:
+            await ds.save_batch(entries)
+        except BlokrunError as exc:
+            errors.append((ds, exc))
+
+    async with anyio.create_task_group() as tg:
+        for ds in targets:
+            tg.start_soon(one, ds)
+    if errors:
+        first = failure(*errors[0])
+        if len(errors) > 1:
+            others = ", ".join(repr(ds.name) for ds, _ in errors[1:])
+            first = CheckpointError(
+                f"{first.detail}; also failed: {others}",
+                request_id=run.request_id,
+                step=step,
+                datasource=first.datasource,
+                key=first.key,
+            )
+        raise first from errors[0][1]
+
+
+class Checkpointer(Hook):
+    """Writes the run record, checkpoints and head records of runs to their targets."""
+
+    __slots__ = ("_datasources", "_definitions_written")
+
+    def __init__(self, datasources: Mapping[str, Datasource]) -> None:
+        self._datasources = datasources
+        self._definitions_written: set[tuple[str, str]] = set()
+
+    def targets(self, run: RunState) -> list[Datasource]:
+        return [self._datasources[name] for name in run.workflow.targets]
+
+    def _head(self, run: RunState, status: RunStatus, *, error: str | None = None,
+              failed_step: str | None = None, seq: int | None = None,
+              step: str | None = None, key: str | None = None) -> HeadRecord:
+        """A head record; by default it points at the run's latest stored checkpoint."""
+        if seq is None:
+            seq, step, key = run.seq, run.last_step, run.last_key
+        return HeadRecord(
+            request_id=run.request_id,
+            workflow=run.workflow.name,
+            version=run.workflow.version,
+            definition_hash=run.workflow.definition_hash,
+            status=status,
+            seq=seq,
+            step=step,
+            key=key,
+            started_at=run.started_at,
+            updated_at=time.time(),
+            attempt=run.attempt,
+            error=error,
+            failed_step=failed_step,
+        )
+
+    def checkpoint_key(self, run: RunState, step: str) -> str:
+        from blokrun.expressions import render_key
+
+        return render_key(run.workflow.key_template, KeyScope(run, step))
+
+    async def on_run_start(self, run: RunState) -> None:
+        targets = self.targets(run)
+        if not targets:
+            return
+        wf = run.workflow
+        ttl = wf.ttl
+        head = self._head(run, "running")
+        entries: list[Entry] = []
+        if not run.resumed:
+            entries.append(
+                (
+                    run_key(run.request_id),
+                    encode_record(
+                        RunRecord(
+                            request_id=run.request_id,
+                            workflow=wf.name,
+                            version=wf.version,
+                            definition_hash=wf.definition_hash,
+                            inputs=run.inputs,
+                            started_at=run.started_at,
+                            source=wf.source,
+                        )
+                    ),
+                    ttl,
+                )
+            )
+        todo = [ds for ds in targets if (ds.name, wf.definition_hash) not in self._definitions_written]
+        if todo:
+            definition = (
+                definition_key(wf.definition_hash),
+                encode_record(
+                    DefinitionRecord(
+                        definition_hash=wf.definition_hash, document=wf.document, source=wf.source
+                    )
+                ),
+                ttl,
+            )
+            # The definition goes first: a head must never point at a missing definition.
+            await save_everywhere(todo, [definition], run=run, step=None, what="the workflow definition")
+            if ttl is None:
+                self._definitions_written.update((ds.name, wf.definition_hash) for ds in todo)
+        entries.append((head_key(run.request_id), encode_record(head), ttl))
+        await save_everywhere(targets, entries, run=run, step=None, what="the run's start")
+
+    async def after_step(self, run: RunState, outcome: StepOutcome) -> None:
+        step = outcome.step
+        wf = run.workflow
+        targets = self.targets(run)
+        ttl = step.ttl
+        if step.publish is not None:
+            from blokrun.expressions import render_key
+
+            pub = step.publish
+            key = render_key(pub.key, KeyScope(run, step.name))
+            value = encode(Kind.VALUE, dumps_value(outcome.output, path=f"vars.{step.name}"))
+            await save_everywhere(
+                [self._datasources[pub.target]], [(key, value, pub.ttl)],
+                run=run, step=step.name, what="the step's published output",
+            )
+        if not step.checkpoint or not targets:
+            return
+        seq = run.seq + 1
+        key = self.checkpoint_key(run, step.name)
+        now = time.time()
+        record = encode_checkpoint(
+            request_id=run.request_id,
+            workflow=wf.name,
+            version=wf.version,
+            definition_hash=wf.definition_hash,
+            step=step.name,
+            seq=seq,
+            done=run.done,
+            vars=run.vars,
+            started_at=run.started_at,
+            time=now,
+            duration=outcome.duration,
+            attempt=run.attempt,
+        )
+        status: RunStatus = "completed" if outcome.last else "running"
+        head = self._head(run, status, seq=seq, step=step.name, key=key)
+        await save_everywhere(
+            targets,
+            [(key, record, ttl), (head_key(run.request_id), encode_record(head), wf.ttl)],
+            run=run,
+            step=step.name,
+            what="the checkpoint",
+        )
+        run.seq, run.last_step, run.last_key = seq, step.name, key
+        if outcome.last:
+            run.status = "completed"
+
+    async def on_run_end(self, run: RunState, error: BaseException | None) -> None:
+        targets = self.targets(run)
+        if not targets:
+            return
+        if error is None:
+            if run.status == "completed":
+                return  # the last checkpoint already marked the head completed
+            head = self._head(run, "completed")
+            await save_everywhere(targets, [(head_key(run.request_id), encode_record(head), run.workflow.ttl)],
+                                  run=run, step=None, what="the run's completion")
+            return
+        status: RunStatus = "cancelled" if isinstance(error, anyio.get_cancelled_exc_class()) else "failed"
+        failed_step = getattr(error, "step", None)
+        message = getattr(error, "detail", None) or str(error) or type(error).__name__
+        head = self._head(run, status, error=message[:2000], failed_step=failed_step)
+        try:
+            with anyio.CancelScope(shield=True):
+                await save_everywhere(
+                    targets, [(head_key(run.request_id), encode_record(head), run.workflow.ttl)],
+                    run=run, step=None, what="the run's failure status",
+                )
+        except CheckpointError as exc:
+            # The checkpoints are intact; only the status could not be recorded.
+            log.warning("could not record the failure of run %s: %s", run.request_id, exc)

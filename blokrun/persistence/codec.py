@@ -1,0 +1,241 @@
+"""The stored envelope and the value codec.
+
+Every record blokrun writes is ``header + payload``::
+
+    offset 0  magic        b"\\xb1BK"  (never the start of JSON or UTF-8 text)
+           3  version      format version (1); a newer one raises FormatVersionError
+           4  flags        bits 0-1 codec (0 = JSON), bits 2-3 compression (0 = none),
+                           bit 4 encrypted (reserved)
+           5  kind         what the payload is (checkpoint, head, run, definition, value)
+           6  crc32        of the payload, big-endian; a mismatch raises RecordError
+          10  payload
+
+Values are JSON (orjson) plus tagged types that JSON lacks, so they come back as they went
+in: ``datetime``, ``date``, ``time``, ``UUID``, ``Decimal``, ``bytes``, ``set`` and
+``frozenset`` are stored as ``{"$blokrun": "<type>", "v": ...}``. Tuples are stored as
+lists (JSON has no tuple). Anything else -- and circular references -- raises
+:class:`~blokrun.errors.ValueNotStorable` with the path of the offending value. No pickle,
+ever.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import struct
+import uuid
+import zlib
+from decimal import Decimal
+from enum import IntEnum
+from typing import Any
+
+import orjson
+
+from blokrun.errors import FormatVersionError, RecordError, ValueNotStorable
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Kind",
+    "decode",
+    "decode_foreign",
+    "dumps_value",
+    "encode",
+    "find_unstorable",
+    "loads_value",
+]
+
+MAGIC = b"\xb1BK"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct(">3sBBBI")
+_TAG = "$blokrun"
+_TAG_BYTES = b'"$blokrun"'
+_OPTS = (
+    orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+
+
+class Kind(IntEnum):
+    CHECKPOINT = 1
+    HEAD = 2
+    RUN = 3
+    DEFINITION = 4
+    VALUE = 5
+
+
+def _tag(obj: Any) -> Any:
+    if isinstance(obj, dt.datetime):
+        return {_TAG: "datetime", "v": obj.isoformat()}
+    if isinstance(obj, dt.date):
+        return {_TAG: "date", "v": obj.isoformat()}
+    if isinstance(obj, dt.time):
+        return {_TAG: "time", "v": obj.isoformat()}
+    if isinstance(obj, uuid.UUID):
+        return {_TAG: "uuid", "v": str(obj)}
+    if isinstance(obj, Decimal):
+        return {_TAG: "decimal", "v": str(obj)}
+    if isinstance(obj, bytes | bytearray | memoryview):
+        return {_TAG: "bytes", "v": base64.b64encode(bytes(obj)).decode("ascii")}
+    if isinstance(obj, set | frozenset):
+        items = list(obj)
+        try:
+            items.sort()
+        except TypeError:
+            pass
+        return {_TAG: "frozenset" if isinstance(obj, frozenset) else "set", "v": items}
+    if isinstance(obj, str):  # str subclasses (enums) pass through as plain strings
+        return str(obj)
+    if isinstance(obj, int) and not isinstance(obj, bool):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    if isinstance(obj, dict):
+        return dict(obj)
+    if isinstance(obj, list):
+        return list(obj)
+    raise TypeError(type(obj).__name__)
+
+
+_UNTAG = {
+    "datetime": dt.datetime.fromisoformat,
+    "date": dt.date.fromisoformat,
+    "time": dt.time.fromisoformat,
+    "uuid": uuid.UUID,
+    "decimal": Decimal,
+    "bytes": lambda v: base64.b64decode(v),
+    "set": set,
+    "frozenset": frozenset,
+}
+
+
+def _untag(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        tag = obj.get(_TAG)
+        if tag is not None and len(obj) == 2 and "v" in obj and tag in _UNTAG:
+            value = obj["v"]
+            if tag in ("set", "frozenset"):
+                value = [_untag(x) for x in value]
+            return _UNTAG[tag](value)
+        return {k: _untag(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_untag(x) for x in obj]
+    return obj
+
+
+def find_unstorable(value: Any, path: str = "vars") -> ValueNotStorable | None:
+    """The first value under ``value`` that cannot be stored, as an error naming its path."""
+    seen: set[int] = set()
+
+    def walk(obj: Any, where: str) -> ValueNotStorable | None:
+        if obj is None or isinstance(obj, str | bool | int | float):
+            if isinstance(obj, int) and not isinstance(obj, bool) and abs(obj) >= 2**64:
+                return ValueNotStorable(
+                    "integer too large to store (limit 64 bits)", path=where, type_name="int"
+                )
+            if isinstance(obj, float) and obj != obj:  # NaN is stored as null by JSON
+                return ValueNotStorable("NaN cannot be stored", path=where, type_name="float")
+            return None
+        if isinstance(obj, dict | list | tuple | set | frozenset):
+            if id(obj) in seen:
+                return ValueNotStorable(
+                    "circular reference", path=where, type_name=type(obj).__name__
+                )
+            seen.add(id(obj))
+            try:
+                if isinstance(obj, dict):
+                    for k, v in obj.items():
+                        if not isinstance(k, str):
+                            return ValueNotStorable(
+                                f"dict key {k!r} is not a string",
+                                path=where,
+                                type_name=type(k).__name__,
+                            )
+                        child = f"{where}.{k}" if k.isidentifier() else f"{where}[{k!r}]"
+                        if (err := walk(v, child)) is not None:
+                            return err
+                else:
+                    for i, v in enumerate(obj):
+                        if (err := walk(v, f"{where}[{i}]")) is not None:
+                            return err
+            finally:
+                seen.discard(id(obj))
+            return None
+        try:
+            _tag(obj)
+        except TypeError:
+            return ValueNotStorable(
+                "cannot be stored (expected JSON types, datetime, date, time, UUID, "
+                "Decimal, bytes, set)",
+                path=where,
+                type_name=type(obj).__name__,
+            )
+        return None
+
+    return walk(value, path)
+
+
+def dumps_value(value: Any, *, path: str = "vars") -> bytes:
+    """JSON bytes for ``value`` with tagged extra types; unstorable values name their path."""
+    try:
+        return orjson.dumps(value, default=_tag, option=_OPTS)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        err = find_unstorable(value, path)
+        if err is None:
+            err = ValueNotStorable(str(exc), path=path, type_name=type(value).__name__)
+        raise err from None
+
+
+def loads_value(data: bytes) -> Any:
+    obj = orjson.loads(data)
+    if _TAG_BYTES in data:
+        return _untag(obj)
+    return obj
+
+
+def encode(kind: Kind, payload: bytes) -> bytes:
+    """Wrap an already-encoded payload in the envelope."""
+    return _HEADER.pack(MAGIC, FORMAT_VERSION, 0, int(kind), zlib.crc32(payload)) + payload
+
+
+def decode(raw: bytes, *, datasource: str | None = None, key: str | None = None) -> tuple[Kind, bytes]:
+    """Check the envelope of ``raw``; return its kind and payload."""
+    if len(raw) < _HEADER.size or raw[:3] != MAGIC:
+        raise RecordError("not a blokrun record (bad magic or truncated header)", datasource=datasource, key=key)
+    _, version, flags, kind, crc = _HEADER.unpack_from(raw)
+    if version > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"record format version {version} is newer than this blokrun understands "
+            f"({FORMAT_VERSION}): upgrade blokrun",
+            datasource=datasource,
+            key=key,
+        )
+    if flags != 0:
+        raise RecordError(f"unsupported record flags {flags:#04x}", datasource=datasource, key=key)
+    payload = raw[_HEADER.size :]
+    if zlib.crc32(payload) != crc:
+        raise RecordError(
+            "checksum mismatch: the record is corrupt or truncated", datasource=datasource, key=key
+        )
+    try:
+        return Kind(kind), payload
+    except ValueError:
+        raise RecordError(f"unknown record kind {kind}", datasource=datasource, key=key) from None
+
+
+def decode_foreign(raw: bytes, *, datasource: str, key: str) -> Any:
+    """Decode what ``ctx.datasource`` reads: a blokrun record, else JSON, else text, else bytes."""
+    if raw[:3] == MAGIC:
+        _, payload = decode(raw, datasource=datasource, key=key)
+        try:
+            return loads_value(payload)
+        except orjson.JSONDecodeError as exc:
+            raise RecordError(f"payload is not valid JSON: {exc}", datasource=datasource, key=key) from None
+    try:
+        return loads_value(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw

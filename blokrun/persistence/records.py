@@ -1,0 +1,197 @@
+"""What a run stores, and under which keys.
+
+Per run, on every checkpoint target:
+
+* ``<keyPattern>`` (default ``<request_id>-<step>``): a :class:`CheckpointRecord` after each
+  checkpointed step -- the vars as they were after that step, the steps done so far and a
+  sequence number that grows across the whole life of the run (resumes included).
+* ``_blokrun.head.<request_id>``: the :class:`HeadRecord` -- status and latest sequence, so
+  finding a run's latest checkpoint is one read. It is written in the same batch as each
+  checkpoint (one round trip on drivers with native batches), after it.
+* ``_blokrun.run.<request_id>``: the :class:`RunRecord` written once at start: inputs,
+  start time, workflow identity.
+* ``_blokrun.def.<sha256>``: the workflow definition, content-addressed, so ``blokrun
+  resume ID`` needs no file.
+
+Request ids never start with ``_`` (see :func:`validate_request_id`), so these internal keys
+can never collide with a ``<request_id>-*`` checkpoint key.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from blokrun.errors import RecordError
+from blokrun.persistence.codec import Kind, decode, dumps_value, encode, loads_value
+
+__all__ = [
+    "CheckpointRecord",
+    "HeadRecord",
+    "RunRecord",
+    "RunStatus",
+    "decode_record",
+    "definition_key",
+    "encode_record",
+    "head_key",
+    "new_request_id",
+    "run_key",
+    "validate_request_id",
+]
+
+RunStatus = Literal["running", "completed", "failed", "cancelled", "suspended"]
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~:-]{0,199}$")
+
+
+def new_request_id() -> str:
+    """A URL-safe id with 128 random bits (22 characters)."""
+    rid = secrets.token_urlsafe(16)
+    # token_urlsafe may start with '-' or '_': keep ids in the documented alphabet.
+    return rid if rid[0].isalnum() else "r" + rid[1:]
+
+
+def validate_request_id(request_id: object) -> str:
+    """Return ``request_id`` if it is usable, else raise ``ValueError`` saying what is expected."""
+    if not isinstance(request_id, str) or not _REQUEST_ID_RE.match(request_id):
+        shown = repr(request_id) if len(repr(request_id)) <= 80 else repr(request_id)[:77] + "..."
+        raise ValueError(
+            f"invalid request id {shown}: expected 1-200 characters from A-Z a-z 0-9 . _ ~ : -, "
+            "starting with a letter or digit"
+        )
+    return request_id
+
+
+def head_key(request_id: str) -> str:
+    return f"_blokrun.head.{request_id}"
+
+
+def run_key(request_id: str) -> str:
+    return f"_blokrun.run.{request_id}"
+
+
+def definition_key(definition_hash: str) -> str:
+    return f"_blokrun.def.{definition_hash}"
+
+
+class CheckpointRecord(msgspec.Struct, frozen=True, kw_only=True):
+    request_id: str
+    workflow: str
+    version: str
+    definition_hash: str
+    step: str
+    seq: int
+    status: Literal["completed"] = "completed"
+    done: list[str]
+    vars: dict[str, Any]
+    started_at: float
+    time: float
+    duration: float
+    attempt: int = 1
+
+
+class HeadRecord(msgspec.Struct, frozen=True, kw_only=True):
+    request_id: str
+    workflow: str
+    version: str
+    definition_hash: str
+    status: RunStatus
+    seq: int = 0
+    step: str | None = None
+    key: str | None = None
+    started_at: float
+    updated_at: float
+    attempt: int = 1
+    error: str | None = None
+    failed_step: str | None = None
+
+
+class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
+    request_id: str
+    workflow: str
+    version: str
+    definition_hash: str
+    inputs: dict[str, Any]
+    started_at: float
+    source: str | None = None
+
+
+class DefinitionRecord(msgspec.Struct, frozen=True, kw_only=True):
+    definition_hash: str
+    document: dict[str, Any]
+    source: str | None = None
+
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+_KINDS: dict[type[msgspec.Struct], Kind] = {
+    CheckpointRecord: Kind.CHECKPOINT,
+    HeadRecord: Kind.HEAD,
+    RunRecord: Kind.RUN,
+    DefinitionRecord: Kind.DEFINITION,
+}
+_TYPES = {kind: cls for cls, kind in _KINDS.items()}
+
+
+def encode_record(record: msgspec.Struct) -> bytes:
+    kind = _KINDS[type(record)]
+    return encode(kind, dumps_value(msgspec.structs.asdict(record)))
+
+
+def encode_checkpoint(
+    *,
+    request_id: str,
+    workflow: str,
+    version: str,
+    definition_hash: str,
+    step: str,
+    seq: int,
+    done: list[str],
+    vars: dict[str, Any],  # noqa: A002
+    started_at: float,
+    time: float,
+    duration: float,
+    attempt: int,
+) -> bytes:
+    """The hot path: encode a checkpoint without building a Struct first."""
+    payload = dumps_value(
+        {
+            "request_id": request_id,
+            "workflow": workflow,
+            "version": version,
+            "definition_hash": definition_hash,
+            "step": step,
+            "seq": seq,
+            "status": "completed",
+            "done": done,
+            "vars": vars,
+            "started_at": started_at,
+            "time": time,
+            "duration": duration,
+            "attempt": attempt,
+        }
+    )
+    return encode(Kind.CHECKPOINT, payload)
+
+
+def decode_record(
+    raw: bytes, expected: type[T], *, datasource: str | None = None, key: str | None = None
+) -> T:
+    """Decode and validate a stored record of type ``expected``."""
+    kind, payload = decode(raw, datasource=datasource, key=key)
+    if _TYPES.get(kind) is not expected:
+        raise RecordError(
+            f"expected a {expected.__name__}, found a {kind.name.lower()} record",
+            datasource=datasource,
+            key=key,
+        )
+    try:
+        obj = loads_value(payload)
+        return msgspec.convert(obj, expected)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise RecordError(
+            f"stored {expected.__name__} is invalid: {exc}", datasource=datasource, key=key
+        ) from None

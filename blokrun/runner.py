@@ -1,0 +1,422 @@
+"""The public entry point: ``async with Runner.from_env() as runner: await runner.run(...)``.
+
+A Runner owns a set of datasources (built from the environment or given directly), connects
+them all at start-up -- so bad config fails before step 1 -- and runs and resumes workflows
+on them. It holds no global state: several Runners can live in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+import anyio
+import orjson
+
+from blokrun.config import DEFAULT_DATASOURCE, DatasourceSettings, settings_from_env
+from blokrun.datasources import Datasource, build_datasource
+from blokrun.errors import (
+    BlokrunError,
+    ConfigError,
+    DatasourceError,
+    DefinitionChanged,
+    ResumeError,
+    RunNotFound,
+)
+from blokrun.execution.engine import execute
+from blokrun.execution.hooks import CallableHook, Hook, RunState, StepOutcome
+from blokrun.persistence.checkpointer import Checkpointer, KeyScope
+from blokrun.persistence.records import (
+    CheckpointRecord,
+    HeadRecord,
+    RunStatus,
+    decode_record,
+    head_key,
+    new_request_id,
+    validate_request_id,
+)
+from blokrun.persistence.resumer import FoundRun, latest_by_scan, load_definition, locate_run, roll_forward
+from blokrun.spec.loader import Workflow, load_workflow
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["CheckpointInfo", "RunInfo", "RunResult", "Runner"]
+
+log = logging.getLogger("blokrun")
+
+HookLike = Hook | Callable[[RunState, StepOutcome], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """How a run (or a resume) ended."""
+
+    request_id: str
+    status: RunStatus
+    vars: dict[str, Any]
+    steps_run: tuple[str, ...]
+    steps_skipped: tuple[str, ...]
+    resumed: bool
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    key: str
+    step: str
+    seq: int
+    status: str
+    time: float
+    duration: float
+    size: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """What ``blokrun inspect`` shows: the head and every checkpoint of a run, in order."""
+
+    request_id: str
+    datasource: str
+    head: HeadRecord | None
+    checkpoints: tuple[CheckpointInfo, ...]
+
+
+class Runner:
+    """Runs and resumes workflows, checkpointing to its datasources.
+
+    ``datasources``: :class:`Datasource` objects or :class:`DatasourceSettings` (a service
+    that builds its own config), or nothing for the embedded default under ``./.blokrun``.
+    ``hooks``: extra :class:`Hook` objects or ``async def hook(run, outcome)`` after-step
+    functions, run after the checkpoint of each step.
+    """
+
+    def __init__(
+        self,
+        datasources: Iterable[Datasource | DatasourceSettings] | None = None,
+        *,
+        hooks: Iterable[HookLike] = (),
+        search_paths: Iterable[str] = (),
+    ) -> None:
+        built: dict[str, Datasource] = {}
+        if datasources is None:
+            from blokrun.config import embedded_default
+
+            datasources = [embedded_default(Path(".blokrun"))]
+        for item in datasources:
+            ds = item if isinstance(item, Datasource) else build_datasource(item)
+            if ds.name in built:
+                raise ConfigError(f"datasource {ds.name!r} given twice")
+            built[ds.name] = ds
+        self._datasources = built
+        self._checkpointer = Checkpointer(built)
+        self._hooks: list[Hook] = [self._checkpointer]
+        for hook in hooks:
+            self._hooks.append(hook if isinstance(hook, Hook) else CallableHook(hook))
+        self._search_paths = tuple(search_paths)
+        self._stack: AsyncExitStack | None = None
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        hooks: Iterable[HookLike] = (),
+        search_paths: Iterable[str] = (),
+    ) -> Runner:
+        """A Runner for the ``DATASOURCE_*`` variables of ``environ`` (default: ``os.environ``)."""
+        settings = settings_from_env(environ)
+        return cls(settings.datasources.values(), hooks=hooks, search_paths=search_paths)
+
+    @property
+    def datasources(self) -> Mapping[str, Datasource]:
+        return self._datasources
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Connect every datasource at once; fail with one error naming each that failed."""
+        if self._stack is not None:
+            return
+        stack = AsyncExitStack()
+        failures: list[tuple[Datasource, BaseException]] = []
+
+        async def one(ds: Datasource) -> None:
+            try:
+                await ds.connect()
+            except BlokrunError as exc:
+                failures.append((ds, exc))
+
+        async with anyio.create_task_group() as tg:
+            for ds in self._datasources.values():
+                tg.start_soon(one, ds)
+        for ds in self._datasources.values():
+            if ds.is_connected:
+                stack.push_async_callback(ds.close)
+        if failures:
+            await stack.aclose()
+            names = ", ".join(sorted(self._datasources))
+            detail = "; ".join(f"{ds.settings.describe()}: {exc}" for ds, exc in failures)
+            first = failures[0][1]
+            raise DatasourceError(
+                f"cannot start: {detail} (configured datasources: {names})",
+                datasource=failures[0][0].name,
+            ) from first
+        self._stack = stack
+
+    async def close(self) -> None:
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            await stack.aclose()
+
+    # -- workflows -----------------------------------------------------------------------------
+
+    def load(
+        self, source: str | Path | Mapping[str, Any] | Workflow, *, name: str | None = None
+    ) -> Workflow:
+        """Load and validate a workflow against this runner's datasources."""
+        if isinstance(source, Workflow):
+            return source
+        return load_workflow(
+            source,
+            available_datasources=self._datasources.keys(),
+            default_targets=(DEFAULT_DATASOURCE,) if DEFAULT_DATASOURCE in self._datasources else (),
+            search_paths=self._search_paths,
+            name=name,
+        )
+
+    def _require_connected(self) -> None:
+        if self._stack is None:
+            raise BlokrunError("the Runner is not started: use 'async with runner:' or await runner.connect()")
+
+    async def run(
+        self,
+        workflow: str | Path | Mapping[str, Any] | Workflow,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> RunResult:
+        """Run a workflow from its first step. Raises :class:`~blokrun.errors.RunError` on failure."""
+        self._require_connected()
+        wf = self.load(workflow)
+        if request_id is None:
+            rid = new_request_id()
+        else:
+            try:
+                rid = validate_request_id(request_id)
+            except ValueError as exc:
+                raise ConfigError(str(exc), variable="request_id") from None
+        if inputs is not None and not isinstance(inputs, Mapping):
+            raise ConfigError(f"inputs must be a JSON object, got {type(inputs).__name__}", variable="inputs")
+        initial = dict(inputs or {})
+        run = RunState(
+            request_id=rid,
+            workflow=wf,
+            vars=dict(initial),
+            inputs=initial,
+            started_at=time.time(),
+        )
+        return await self._drive(run)
+
+    async def _drive(self, run: RunState) -> RunResult:
+        started = time.perf_counter()
+        skipped = tuple(run.done)
+        try:
+            for hook in self._hooks:
+                await hook.on_run_start(run)
+            await execute(run, datasources=self._datasources, hooks=self._hooks)
+        except BaseException as exc:
+            run.status = "cancelled" if isinstance(exc, anyio.get_cancelled_exc_class()) else "failed"
+            for hook in self._hooks:
+                try:
+                    with anyio.CancelScope(shield=True):
+                        await hook.on_run_end(run, exc)
+                except Exception:  # a failing hook must not hide the run's own error
+                    log.exception("on_run_end hook failed for run %s", run.request_id)
+            raise
+        run.status = "completed"
+        for hook in self._hooks:
+            await hook.on_run_end(run, None)
+        return RunResult(
+            request_id=run.request_id,
+            status="completed",
+            vars=run.vars,
+            steps_run=tuple(run.steps_run),
+            steps_skipped=skipped,
+            resumed=run.resumed,
+            duration=time.perf_counter() - started,
+        )
+
+    # -- resume ----------------------------------------------------------------------------------
+
+    def _scan_prefix(self, request_id: str, wf: Workflow | None) -> str:
+        if wf is None:
+            return f"{request_id}-"
+        sentinel = "\x00"
+        probe = RunState(request_id=request_id, workflow=wf, vars={}, inputs={}, started_at=0.0)
+        from blokrun.expressions import render_key
+
+        rendered = render_key(wf.key_template, KeyScope(probe, sentinel))
+        return rendered.split(sentinel, 1)[0]
+
+    async def _locate(self, request_id: str, wf: Workflow | None) -> FoundRun:
+        try:
+            validate_request_id(request_id)
+        except ValueError as exc:
+            raise RunNotFound(str(exc), request_id=str(request_id)[:200]) from None
+        candidates = (
+            [self._datasources[n] for n in wf.targets] if wf is not None and wf.targets
+            else list(self._datasources.values())
+        )
+        found = await locate_run(request_id, candidates, scan_prefix=self._scan_prefix(request_id, wf))
+        if found is None:
+            where = ", ".join(repr(ds.name) for ds in candidates)
+            raise RunNotFound(
+                f"no checkpoint or run record found on {where}", request_id=request_id
+            )
+        return found
+
+    async def resume(
+        self,
+        request_id: str,
+        *,
+        workflow: str | Path | Mapping[str, Any] | Workflow | None = None,
+        force: bool = False,
+    ) -> RunResult:
+        """Continue a failed or crashed run after its latest checkpoint.
+
+        Idempotent: completed steps never run again, and resuming a completed run returns
+        its final vars without running anything. The definition comes from the checkpoint
+        datasource unless ``workflow`` is given; a given workflow that changed steps which
+        already ran is refused (:class:`~blokrun.errors.DefinitionChanged`) unless ``force``.
+        """
+        self._require_connected()
+        given = self.load(workflow) if workflow is not None else None
+        found = await self._locate(request_id, given)
+        stored = await load_definition(found)
+        if given is not None:
+            wf = given
+            if stored is not None and stored.definition_hash != wf.definition_hash and not force:
+                self._check_unchanged(request_id, stored.document, wf, found)
+        elif stored is not None:
+            wf = self.load(stored.document, name=stored.source)
+        else:
+            raise ResumeError(
+                "the workflow definition is not stored with the run; pass the workflow "
+                "(blokrun resume ID --workflow FILE)",
+                request_id=request_id,
+            )
+        scope_run = RunState(request_id=request_id, workflow=wf, vars={}, inputs={}, started_at=0.0)
+        if found.checkpoint is not None:
+            scope_run.started_at = found.checkpoint.started_at
+        await roll_forward(found, wf.step_names, lambda step: self._checkpointer.checkpoint_key(scope_run, step))
+        ckpt = found.checkpoint
+        head = found.head
+        if ckpt is not None:
+            vars_ = dict(ckpt.vars)
+            done = [s for s in ckpt.done]
+            started_at, seq = ckpt.started_at, ckpt.seq
+        elif found.run is not None:
+            vars_, done = dict(found.run.inputs), []
+            started_at, seq = found.run.started_at, 0
+        else:
+            raise ResumeError(
+                "the run's start record is missing and it has no checkpoint: nothing to resume from",
+                request_id=request_id,
+            )
+        attempt = (head.attempt if head is not None else (ckpt.attempt if ckpt else 1)) + 1
+        run = RunState(
+            request_id=request_id,
+            workflow=wf,
+            vars=vars_,
+            inputs=dict(found.run.inputs) if found.run is not None else {},
+            started_at=started_at,
+            attempt=attempt,
+            seq=seq,
+            done=done,
+            resumed=True,
+        )
+        if ckpt is not None:
+            run.last_step, run.last_key = ckpt.step, self._checkpointer.checkpoint_key(run, ckpt.step)
+        remaining = [s for s in wf.step_names if s not in set(done)]
+        if not remaining:
+            if head is None or head.status != "completed":
+                for hook in self._hooks:
+                    await hook.on_run_end(run, None)
+            return RunResult(
+                request_id=request_id, status="completed", vars=run.vars, steps_run=(),
+                steps_skipped=tuple(done), resumed=True, duration=0.0,
+            )
+        log.info("resuming run %s after %s (%d steps done)", request_id, ckpt.step if ckpt else "its start", len(done))
+        return await self._drive(run)
+
+    def _check_unchanged(self, request_id: str, stored: Mapping[str, Any], wf: Workflow, found: FoundRun) -> None:
+        done = found.checkpoint.done if found.checkpoint is not None else []
+        old_steps = {s.get("name"): s for s in stored.get("steps", []) if isinstance(s, dict)}
+        new_steps = {s.name: s for s in wf.steps}
+        changed = []
+        for name in done:
+            new = new_steps.get(name)
+            if new is None:
+                changed.append(f"{name!r} (removed)")
+            elif orjson.dumps(old_steps.get(name), option=orjson.OPT_SORT_KEYS) != orjson.dumps(
+                wf.document["steps"][new.index], option=orjson.OPT_SORT_KEYS
+            ):
+                changed.append(f"{name!r} (changed)")
+        if changed:
+            raise DefinitionChanged(
+                f"the workflow changed steps that already ran: {', '.join(changed)}; "
+                "resume with the original definition (omit --workflow) or pass --force "
+                "to continue with the new one anyway",
+                request_id=request_id,
+            )
+
+    # -- inspection -------------------------------------------------------------------------------
+
+    async def inspect(self, request_id: str) -> RunInfo:
+        """The run's head and every checkpoint, ordered by sequence number."""
+        self._require_connected()
+        found = await self._locate(request_id, None)
+        ds = found.datasource
+        stored = await load_definition(found)
+        wf = self.load(stored.document, name=stored.source) if stored is not None else None
+        prefix = self._scan_prefix(request_id, wf)
+        keys = await ds.keys(prefix)
+        infos: list[CheckpointInfo] = []
+        for start in range(0, len(keys), 500):
+            for key, raw in (await ds.load_batch(keys[start : start + 500])).items():
+                try:
+                    rec = decode_record(raw, CheckpointRecord, datasource=ds.name, key=key)
+                except BlokrunError:
+                    continue
+                if rec.request_id != request_id:
+                    continue
+                infos.append(
+                    CheckpointInfo(key, rec.step, rec.seq, rec.status, rec.time, rec.duration, len(raw), rec.attempt)
+                )
+        infos.sort(key=lambda i: i.seq)
+        return RunInfo(request_id, ds.name, found.head, tuple(infos))
+
+    async def head(self, request_id: str) -> HeadRecord | None:
+        """The stored head record of a run, or ``None``."""
+        found = await self._locate(request_id, None)
+        return found.head
+

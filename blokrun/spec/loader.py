@@ -1,0 +1,314 @@
+"""Loading a workflow: decode, validate, compile expressions, resolve nodes -- once.
+
+Everything that can be wrong with a workflow file is reported here, before any step runs,
+as a :class:`~blokrun.errors.WorkflowError` naming the file, the JSON path and what was
+expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import orjson
+
+from blokrun.errors import WorkflowError
+from blokrun.execution.nodes import NodeRef, resolve_node
+from blokrun.expressions import Compiled, compile_template, compile_value
+from blokrun.spec.model import StepSpec, WorkflowSpec
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Sequence
+
+__all__ = ["MAX_WORKFLOW_BYTES", "Publish", "Step", "Workflow", "load_workflow"]
+
+MAX_WORKFLOW_BYTES = 16 * 1024 * 1024
+_STEP_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_MSGSPEC_PATH_RE = re.compile(r" - at `(\$[^`]*)`$")
+_UNKNOWN_FIELD_RE = re.compile(r"^Object contains unknown field `([^`]*)`$")
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """A step's output also written under ``key`` on ``target``."""
+
+    target: str
+    key: Compiled
+    ttl: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    index: int
+    name: str
+    spec: StepSpec
+    node: NodeRef
+    inputs: Compiled
+    checkpoint: bool
+    publish: Publish | None
+    ttl: float | None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Workflow:
+    """A validated, compiled workflow. Immutable; safe to run many times at once."""
+
+    name: str
+    version: str
+    description: str
+    source: str
+    document: dict[str, Any]
+    definition_hash: str
+    datasources: tuple[str, ...]
+    persistence_enabled: bool
+    targets: tuple[str, ...]
+    key_pattern: str
+    key_template: Compiled
+    ttl: float | None
+    steps: tuple[Step, ...]
+
+    def step(self, name: str) -> Step:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+    @property
+    def step_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.steps)
+
+
+def definition_hash(document: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of a workflow document (key order does not matter)."""
+    return hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _field_names(cls: type[msgspec.Struct]) -> list[str]:
+    return list(cls.__struct_encode_fields__)
+
+
+def _translate_validation(exc: msgspec.ValidationError, source: str) -> WorkflowError:
+    message = str(exc)
+    path = "$"
+    if (m := _MSGSPEC_PATH_RE.search(message)) is not None:
+        path = m.group(1)
+        message = message[: m.start()]
+    if (m := _UNKNOWN_FIELD_RE.match(message)) is not None:
+        field_name = m.group(1)
+        parent = path
+        allowed: list[str] = []
+        if re.fullmatch(r"\$\.steps\[\d+\]", parent):
+            allowed = _field_names(StepSpec)
+        elif parent == "$":
+            allowed = _field_names(WorkflowSpec)
+        elif parent == "$.persistence":
+            from blokrun.spec.model import PersistenceSpec
+
+            allowed = _field_names(PersistenceSpec)
+        elif parent.endswith(".persistence"):
+            from blokrun.spec.model import StepPersistenceSpec
+
+            allowed = _field_names(StepPersistenceSpec)
+        hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""
+        return WorkflowError(f"unknown field {field_name!r}{hint}", source=source, path=f"{path}.{field_name}")
+    message = message[0].lower() + message[1:] if message else message
+    message = message.replace("`", "'")
+    return WorkflowError(message, source=source, path=path)
+
+
+def _read(
+    source: str | Path | Mapping[str, Any], name: str | None
+) -> tuple[dict[str, Any], str, Path | None]:
+    if isinstance(source, Mapping):
+        return dict(source), name or "<dict>", None
+    path = Path(source)
+    name = str(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_WORKFLOW_BYTES:
+            raise WorkflowError(
+                f"file is {size} bytes; expected at most {MAX_WORKFLOW_BYTES}", source=name
+            )
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise WorkflowError("file not found", source=name) from None
+    except IsADirectoryError:
+        raise WorkflowError("is a directory, expected a workflow JSON file", source=name) from None
+    except OSError as exc:
+        raise WorkflowError(f"cannot read: {exc.strerror or exc}", source=name) from None
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise WorkflowError(
+            f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", source=name
+        ) from None
+    if not isinstance(document, dict):
+        raise WorkflowError(
+            f"expected a JSON object at the top level, found {type(document).__name__}",
+            source=name,
+        )
+    return document, name, path
+
+
+def _positive(value: float | None, source: str, path: str) -> float | None:
+    if value is not None and not (value > 0 and value != float("inf")):
+        raise WorkflowError(f"expected a positive number of seconds, got {value!r}", source=source, path=path)
+    return value
+
+
+def load_workflow(
+    source: str | Path | Mapping[str, Any],
+    *,
+    available_datasources: Collection[str] | None = None,
+    default_targets: Sequence[str] = ("default",),
+    search_paths: Sequence[str] = (),
+    name: str | None = None,
+) -> Workflow:
+    """Load and validate a workflow file (or an already-parsed document).
+
+    ``available_datasources``: the configured names; when given, every name the workflow
+    uses must be among them. ``default_targets``: the checkpoint targets of a workflow that
+    names none. ``search_paths``: folders to import ``module`` nodes from when they are not
+    on ``sys.path`` (the workflow file's own folder is always tried). ``name``: what to call
+    a document given as a mapping in messages (default ``<dict>``); when it is the path of
+    a file, that file's folder is searched for modules too.
+    """
+    document, name, path = _read(source, name)
+    if path is None and name and not name.startswith("<"):
+        search_paths = [*search_paths, str(Path(name).resolve().parent)]
+    try:
+        spec = msgspec.convert(document, WorkflowSpec)
+    except msgspec.ValidationError as exc:
+        raise _translate_validation(exc, name) from None
+
+    paths = list(search_paths)
+    if path is not None:
+        paths.append(str(path.resolve().parent))
+
+    def err(message: str, at: str) -> WorkflowError:
+        return WorkflowError(message, source=name, path=at)
+
+    configured = sorted(available_datasources) if available_datasources is not None else None
+
+    def check_configured(ds: str, at: str) -> None:
+        if configured is not None and ds not in configured:
+            raise err(
+                f"datasource {ds!r} is not configured; configured: {', '.join(configured) or 'none'}"
+                " (set DATASOURCE_<NAME>_TYPE and friends)",
+                at,
+            )
+
+    if not spec.name.strip():
+        raise err("expected a non-empty workflow name", "$.name")
+    if not spec.steps:
+        raise err("expected at least one step", "$.steps")
+    for i, ds in enumerate(spec.datasources):
+        check_configured(ds, f"$.datasources[{i}]")
+        if spec.datasources.index(ds) != i:
+            raise err(f"datasource {ds!r} listed twice", f"$.datasources[{i}]")
+
+    pers = spec.persistence
+    targets = tuple(pers.targets) if pers.targets is not None else tuple(default_targets)
+    if pers.enabled and not targets:
+        raise err("expected at least one checkpoint target", "$.persistence.targets")
+    for i, ds in enumerate(targets):
+        at = f"$.persistence.targets[{i}]" if pers.targets is not None else "$.persistence.targets"
+        check_configured(ds, at)
+    key_template = compile_template(pers.key_pattern, source=name, path="$.persistence.keyPattern")
+    if "${stepName}" not in pers.key_pattern.replace(" ", "") or "${ctx.request.id}" not in pers.key_pattern.replace(" ", ""):
+        raise err(
+            "keyPattern must contain ${ctx.request.id} and ${stepName}, so every run and step "
+            "gets its own key",
+            "$.persistence.keyPattern",
+        )
+    if key_template.uses_datasource:
+        raise err("keyPattern cannot call ctx.datasource", "$.persistence.keyPattern")
+    wf_ttl = _positive(pers.ttl, name, "$.persistence.ttl")
+
+    steps: list[Step] = []
+    seen: dict[str, int] = {}
+    for i, s in enumerate(spec.steps):
+        at = f"$.steps[{i}]"
+        if not _STEP_NAME_RE.match(s.name):
+            raise err(
+                f"step name {s.name!r}: expected 1-128 characters from A-Z a-z 0-9 _ . -",
+                f"{at}.name",
+            )
+        if s.name in seen:
+            raise err(f"duplicate step name {s.name!r} (also $.steps[{seen[s.name]}])", f"{at}.name")
+        seen[s.name] = i
+        node = resolve_node(s.node, s.type, source=name, path=at, search_paths=paths)
+        if node.allowed_inputs is not None:
+            for key in s.inputs:
+                if key not in node.allowed_inputs:
+                    raise err(
+                        f"built-in {node.name!r} takes no input {key!r}; expected: "
+                        f"{', '.join(sorted(node.allowed_inputs))}",
+                        f"{at}.inputs.{key}",
+                    )
+        for key in sorted(node.required_inputs - set(s.inputs)):
+            raise err(f"built-in {node.name!r} needs input {key!r}", f"{at}.inputs")
+        inputs = compile_value(s.inputs, source=name, path=f"{at}.inputs")
+        for ds in sorted(inputs.datasources):
+            if ds not in spec.datasources:
+                raise err(
+                    f"ctx.datasource({ds!r}, ...) but the workflow's datasources are: "
+                    f"{', '.join(spec.datasources) or 'none'} (add it to $.datasources)",
+                    f"{at}.inputs",
+                )
+        sp = s.persistence
+        checkpoint = pers.enabled and (
+            sp.enabled if sp is not None and sp.enabled is not None else pers.auto_save
+        )
+        if sp is not None and sp.enabled and not pers.enabled:
+            raise err(
+                "checkpoint asked for this step but $.persistence.enabled is false",
+                f"{at}.persistence.enabled",
+            )
+        step_ttl = _positive(sp.ttl, name, f"{at}.persistence.ttl") if sp is not None else None
+        publish: Publish | None = None
+        if sp is not None and (sp.target is not None or sp.key is not None):
+            if sp.target is None or sp.key is None:
+                missing = "target" if sp.target is None else "key"
+                raise err(
+                    f"publishing a step's output needs both target and key; {missing} is missing",
+                    f"{at}.persistence.{missing}",
+                )
+            check_configured(sp.target, f"{at}.persistence.target")
+            key = compile_template(sp.key, source=name, path=f"{at}.persistence.key")
+            if key.uses_datasource:
+                raise err("a publish key cannot call ctx.datasource", f"{at}.persistence.key")
+            publish = Publish(sp.target, key, step_ttl if step_ttl is not None else wf_ttl)
+        steps.append(
+            Step(
+                index=i,
+                name=s.name,
+                spec=s,
+                node=node,
+                inputs=inputs,
+                checkpoint=checkpoint,
+                publish=publish,
+                ttl=step_ttl if step_ttl is not None else wf_ttl,
+            )
+        )
+
+    return Workflow(
+        name=spec.name,
+        version=spec.version,
+        description=spec.description,
+        source=name,
+        document=document,
+        definition_hash=definition_hash(document),
+        datasources=tuple(spec.datasources),
+        persistence_enabled=pers.enabled,
+        targets=targets if pers.enabled else (),
+        key_pattern=pers.key_pattern,
+        key_template=key_template,
+        ttl=wf_ttl,
+        steps=tuple(steps),
+    )

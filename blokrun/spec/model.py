@@ -1,0 +1,64 @@
+"""The workflow file format: frozen, strict msgspec structs, decoded once.
+
+Unknown fields and wrong types are errors that carry the JSON path (``$.steps[2].inputs``);
+semantic checks (duplicate names, datasources, expressions, nodes) are in ``loader``.
+Field names follow the seed specification (``autoSave``, ``keyPattern``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "DEFAULT_KEY_PATTERN",
+    "PersistenceSpec",
+    "StepPersistenceSpec",
+    "StepSpec",
+    "WorkflowSpec",
+]
+
+DEFAULT_KEY_PATTERN = "${ctx.request.id}-${stepName}"
+
+
+class PersistenceSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
+    """Workflow-level persistence: checkpoints after every step, to ``targets``."""
+
+    enabled: bool = True
+    auto_save: bool = True
+    key_pattern: str = DEFAULT_KEY_PATTERN
+    targets: list[str] | None = None
+    ttl: float | None = None
+
+
+class StepPersistenceSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Step-level control.
+
+    ``enabled: false`` skips this step's checkpoint (``true`` checkpoints it even when the
+    workflow has ``autoSave: false``). ``target`` + ``key`` also publish the step's output
+    under ``key`` on ``target`` (another workflow can read it with ``ctx.datasource``).
+    """
+
+    enabled: bool | None = None
+    target: str | None = None
+    key: str | None = None
+    ttl: float | None = None
+
+
+class StepSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    node: str
+    type: Literal["module", "builtin"] | None = None
+    description: str = ""
+    inputs: dict[str, Any] = msgspec.field(default_factory=dict)
+    persistence: StepPersistenceSpec | None = None
+
+
+class WorkflowSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    steps: list[StepSpec]
+    version: str = "0"
+    description: str = ""
+    datasources: list[str] = msgspec.field(default_factory=list)
+    persistence: PersistenceSpec = msgspec.field(default_factory=PersistenceSpec)
