@@ -286,7 +286,10 @@ class Runner:
             [self._datasources[n] for n in wf.targets] if wf is not None and wf.targets
             else list(self._datasources.values())
         )
-        found = await locate_run(request_id, candidates, scan_prefix=self._scan_prefix(request_id, wf))
+        found = await locate_run(
+            request_id, candidates, scan_prefix=self._scan_prefix(request_id, wf),
+            workflow=wf.name if wf is not None else None,
+        )
         if found is None:
             where = ", ".join(repr(ds.name) for ds in candidates)
             raise RunNotFound(

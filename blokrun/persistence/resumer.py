@@ -93,9 +93,13 @@ async def _read_head(ds: Datasource, request_id: str) -> FoundRun:
 
 async def latest_by_scan(
     ds: Datasource, request_id: str, prefix: str, *, below_seq: int | None = None,
-    warnings: list[str] | None = None,
+    workflow: str | None = None, warnings: list[str] | None = None,
 ) -> CheckpointRecord | None:
-    """The highest-sequence checkpoint of ``request_id`` among keys starting with ``prefix``."""
+    """The highest-sequence checkpoint of ``request_id`` among keys starting with ``prefix``.
+
+    Records of another run (``job-2`` under the prefix ``job-``) or, when ``workflow`` is
+    given, of another workflow are skipped.
+    """
     warnings = warnings if warnings is not None else []
     keys = await ds.keys(prefix)
     best: CheckpointRecord | None = None
@@ -110,6 +114,8 @@ async def latest_by_scan(
                 continue
             if rec.request_id != request_id:
                 continue  # run 'job' never takes the keys of run 'job-2'
+            if workflow is not None and rec.workflow != workflow:
+                continue
             if below_seq is not None and rec.seq >= below_seq:
                 continue
             if best is None or rec.seq > best.seq:
@@ -118,7 +124,8 @@ async def latest_by_scan(
 
 
 async def locate_run(
-    request_id: str, datasources: Sequence[Datasource], *, scan_prefix: str
+    request_id: str, datasources: Sequence[Datasource], *, scan_prefix: str,
+    workflow: str | None = None,
 ) -> FoundRun | None:
     """Find the run on whichever datasource holds its latest checkpoint; ``None`` if nowhere."""
     results: list[FoundRun | BaseException] = []
@@ -139,11 +146,14 @@ async def locate_run(
                             f"{head.key!r}, which is missing; scanning for the previous checkpoint"
                         )
                     found.checkpoint = await latest_by_scan(
-                        ds, request_id, scan_prefix, below_seq=head.seq, warnings=found.warnings
+                        ds, request_id, scan_prefix, below_seq=head.seq,
+                        workflow=head.workflow, warnings=found.warnings,
                     )
             elif head is None:
                 found.checkpoint = await latest_by_scan(
-                    ds, request_id, scan_prefix, warnings=found.warnings
+                    ds, request_id, scan_prefix,
+                    workflow=found.run.workflow if found.run is not None else workflow,
+                    warnings=found.warnings,
                 )
             results.append(found)
         except BlokrunError as exc:

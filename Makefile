@@ -1,0 +1,44 @@
+# blokrun — every target works on a fresh Debian machine (root installs server packages).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-fast servers bench lint typecheck check clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+## run: the quickstart on the embedded default (a run that fails half-way, then its resume)
+run: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/quickstart/run.sh
+
+## servers: install what the throwaway test servers need (redis-server, PostgreSQL, mongoeco)
+servers: $(STAMP)
+	@for script in .ci/setup/*.sh; do [ -f "$$script" ] && bash "$$script" || exit 1; done
+
+## test: install everything the tests need, then run the whole suite
+test: servers
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -x -q
+
+## bench: the blokrun benchmarks; prints a table and writes benchmarks/RESULTS.md
+bench: servers
+	$(BIN)/python -m benchmarks
+
+lint: $(STAMP)
+	$(BIN)/ruff check blokrun tests examples benchmarks
+	$(BIN)/ruff format --check blokrun tests examples benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) .blokrun .pytest_cache .mypy_cache .ruff_cache

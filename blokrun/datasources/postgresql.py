@@ -1,0 +1,342 @@
+"""PostgreSQL store on an asyncpg pool: one row per key, one round trip per operation.
+
+Schema (``settings.table``, default ``blokrun_store``)::
+
+    key text COLLATE "C" PRIMARY KEY, data bytea NOT NULL,
+    expires_at timestamptz NULL, updated_at timestamptz NOT NULL DEFAULT now()
+
+It is created by versioned migrations on the first :meth:`PostgresStore.connect`: the
+applied versions of each table are recorded in ``blokrun_migrations``, and pending ones run
+in one transaction under ``pg_advisory_xact_lock``, so two processes connecting at once
+never race on ``CREATE TABLE`` (the loser waits, then finds nothing left to do). A table
+migrated by a newer blokrun is refused rather than misread.
+
+Design decisions:
+
+* ``COLLATE "C"`` on the key makes the primary-key btree order keys by code point (UTF-8
+  byte order, whatever the database locale), so ``keys(prefix)`` is a plain range
+  ``key >= prefix AND key < successor(prefix)`` served by that index: no LIKE, so no
+  metacharacter (``%``, ``_``, ``\\``) needs escaping and the plan stays an index scan
+  even as a generic (cached) plan. The contract tests ``EXPLAIN`` it.
+* ``keys()`` uses keyset pagination (``key > last ORDER BY key LIMIT 1000``): each page
+  borrows a connection for one query and gives it back before yielding, so an abandoned
+  iteration holds no connection, transaction or cursor.
+* Expiry is stored as ``expires_at = now() + ttl`` and filtered with the server's
+  ``now()`` on every read (no client/server clock skew). PostgreSQL does not expire rows:
+  an expired row stays until overwritten, deleted or removed by :meth:`purge_expired`,
+  and is never returned or counted meanwhile.
+* Every write is ``INSERT ... ON CONFLICT (key) DO UPDATE`` (atomic replace).
+  ``save_batch`` is one statement over ``unnest`` arrays, hence atomic: for 1,000 rows of
+  1 KB we measured 23-34 ms against 33-46 ms for ``executemany`` in a transaction (and
+  12 vs 21 ms for 100-byte rows). Duplicate keys are collapsed first (last one wins),
+  because one statement cannot update a row twice. ``load_batch`` and ``delete_batch``
+  use ``key = ANY($1)``.
+* The pool's reset query is disabled: by default asyncpg sends ``SELECT
+  pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` each time a connection
+  goes back to the pool, a hidden second round trip per operation (measured: a pooled
+  1 KB load took 250 us without it, 470 us with it). We pass
+  ``reset=_keep_session`` (a no-op): asyncpg still rolls back a transaction left open, and
+  this driver never changes session state (no ``SET``, ``LISTEN``, session advisory locks
+  or cursors outside a transaction). An injected pool keeps its own ``reset`` policy.
+* Bounds: ``timeout`` (connect) and ``command_timeout`` (every query) are
+  ``settings.timeout``, and so is the wait for a free pooled connection.
+* Errors: connection-level failures (socket errors, timeouts, SQLSTATE classes 08, 28, 53,
+  57) become :class:`DatasourceUnavailable`, naming the URL with its password masked
+  (and the password scrubbed from the library's text); anything else is
+  :class:`DatasourceError`. All SQL is parameterised; the table name is checked as an
+  identifier and always quoted.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import anyio
+import asyncpg  # type: ignore[import-untyped,unused-ignore]  # asyncpg ships no type hints
+
+from blokrun.config import mask_url
+from blokrun.datasources.protocol import Capabilities
+from blokrun.errors import DatasourceError, DatasourceUnavailable
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
+    from blokrun.config import DatasourceSettings
+    from blokrun.datasources.protocol import Entry
+
+__all__ = ["PostgresStore", "create", "prefix_end"]
+
+DEFAULT_TABLE = "blokrun_store"
+DEFAULT_POOL_SIZE = 10
+PAGE = 1000
+_CAPS = Capabilities(native_ttl=False, native_batch=True, atomic_batch=True)
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_LOCK_ID = 0x626C6F6B72756E  # "blokrun": the advisory lock serialising migrations
+_UNAVAILABLE_SQLSTATE = ("08", "28", "53", "57")
+_LIVE = "(expires_at IS NULL OR expires_at > now())"
+_UPSERT = (
+    "ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data, expires_at = EXCLUDED.expires_at, "
+    "updated_at = now()"
+)
+_SQL = {  # {t}: the quoted table
+    "save": "INSERT INTO {t} (key, data, expires_at) "
+    "VALUES ($1, $2, now() + make_interval(secs => $3)) {upsert}",
+    "save_batch": "INSERT INTO {t} (key, data, expires_at) "
+    "SELECT k, d, now() + make_interval(secs => s) "
+    "FROM unnest($1::text[], $2::bytea[], $3::float8[]) AS u(k, d, s) {upsert}",
+    "load": "SELECT data FROM {t} WHERE key = $1 AND {live}",
+    "exists": "SELECT EXISTS (SELECT FROM {t} WHERE key = $1 AND {live})",
+    "delete": "DELETE FROM {t} WHERE key = $1 RETURNING {live}",
+    "load_batch": "SELECT key, data FROM {t} WHERE key = ANY($1::text[]) AND {live}",
+    "delete_batch": "WITH gone AS (DELETE FROM {t} WHERE key = ANY($1::text[]) "
+    "RETURNING expires_at) SELECT count(*) FILTER (WHERE {live}) FROM gone",
+    "keys": "SELECT key FROM {t} WHERE key >= $1 AND key > $2 AND key < $3 AND {live} "
+    "ORDER BY key LIMIT {page}",
+    "keys_open": "SELECT key FROM {t} WHERE key >= $1 AND key > $2 AND {live} "
+    "ORDER BY key LIMIT {page}",
+    "size": "SELECT count(*) FROM {t} WHERE {live}",
+    "purge": "DELETE FROM {t} WHERE expires_at <= now()",
+}
+_MIGRATIONS = (  # append only: version N is _MIGRATIONS[N - 1]
+    """CREATE TABLE IF NOT EXISTS {t} (
+        key text COLLATE "C" PRIMARY KEY,
+        data bytea NOT NULL,
+        expires_at timestamptz NULL,
+        updated_at timestamptz NOT NULL DEFAULT now())""",
+)
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The least string above every string starting with ``prefix`` (code-point order).
+
+    ``None`` when there is none (empty prefix, or only U+10FFFF characters).
+    """
+    chars = list(prefix)
+    while chars:
+        code = ord(chars.pop()) + 1
+        if code <= 0x10FFFF:
+            return "".join(chars) + chr(0xE000 if 0xD800 <= code <= 0xDFFF else code)
+    return None
+
+
+async def _keep_session(connection: Any) -> None:
+    """Pool ``reset`` hook: nothing to undo (see the module docstring)."""
+
+
+class PostgresStore:
+    """A table of ``key -> bytea``; see the module docstring."""
+
+    __slots__ = ("_owned", "_password", "_pool", "_pool_size", "_ready", "_sql", "_table",
+                 "_timeout", "_url", "_where")  # fmt: skip
+
+    def __init__(
+        self,
+        url: str | None,
+        *,
+        table: str = DEFAULT_TABLE,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        timeout: float = 5.0,
+        pool: Any = None,
+    ) -> None:
+        if not _IDENT.match(table):
+            raise DatasourceError(f"invalid table name {table!r}: expected an identifier")
+        if url is None and pool is None:
+            raise DatasourceError("a postgresql datasource needs a URL or a pool")
+        self._url, self._table, self._pool_size, self._timeout = url, table, pool_size, timeout
+        self._pool: Any = pool
+        self._owned = pool is None
+        self._ready = False
+        self._where = mask_url(url) if url else "an injected asyncpg pool"
+        try:
+            self._password = urlsplit(url).password if url else None
+        except ValueError:
+            self._password = None
+        # The table name is a checked identifier, quoted; values are always $n parameters.
+        fill = {"t": f'"{table}"', "live": _LIVE, "page": PAGE, "upsert": _UPSERT}
+        self._sql = {name: sql.format(**fill) for name, sql in _SQL.items()}
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return _CAPS
+
+    @property
+    def is_connected(self) -> bool:
+        return self._ready and self._pool is not None and not self._pool.is_closing()
+
+    @property
+    def table(self) -> str:
+        return self._table
+
+    # -- errors -------------------------------------------------------------------------------
+
+    def _error(self, exc: BaseException, op: str) -> DatasourceError:
+        text = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, TimeoutError) and not str(exc):
+            text = f"timed out after {self._timeout:g}s"
+        if self._password:
+            text = text.replace(self._password, "***")
+        state = str(getattr(exc, "sqlstate", "") or "")
+        if (
+            isinstance(exc, OSError | asyncpg.PostgresConnectionError)
+            or state[:2] in _UNAVAILABLE_SQLSTATE
+            or (isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc))
+        ):
+            return DatasourceUnavailable(f"{op}: PostgreSQL at {self._where} unavailable: {text}")
+        return DatasourceError(f"{op}: PostgreSQL at {self._where} failed: {text}")
+
+    @asynccontextmanager
+    async def _conn(self, op: str) -> AsyncIterator[Any]:
+        if self._pool is None:
+            raise DatasourceError(f"{op}: not connected (call connect() first)")
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as con:
+                yield con
+        except DatasourceError:
+            raise
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise self._error(exc, op) from exc
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        if self.is_connected:
+            return
+        try:
+            with anyio.fail_after(self._timeout):
+                if self._owned:
+                    self._pool = await asyncpg.create_pool(
+                        self._url,
+                        min_size=1,
+                        max_size=self._pool_size,
+                        timeout=self._timeout,
+                        command_timeout=self._timeout,
+                        reset=_keep_session,
+                    )
+                await self._migrate()
+        except BaseException as exc:
+            if self._owned and self._pool is not None:
+                self._pool.terminate()
+                self._pool = None
+            if isinstance(exc, OSError | asyncpg.PostgresError | asyncpg.InterfaceError):
+                raise self._error(exc, "connect") from exc
+            if isinstance(exc, ValueError):  # a URL asyncpg cannot parse
+                raise DatasourceError(f"connect: bad URL {self._where}: {exc}") from exc
+            raise
+        self._ready = True
+
+    async def _migrate(self) -> None:
+        async with self._conn("migrate") as con, con.transaction():
+            await con.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
+            await con.execute(
+                "CREATE TABLE IF NOT EXISTS blokrun_migrations (table_name text NOT NULL, "
+                "version integer NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), "
+                "PRIMARY KEY (table_name, version))"
+            )
+            done: int = await con.fetchval(
+                "SELECT coalesce(max(version), 0) FROM blokrun_migrations WHERE table_name = $1",
+                self._table,
+            )
+            if done > len(_MIGRATIONS):
+                raise DatasourceError(
+                    f"table {self._table!r} is at schema version {done}, newer than this "
+                    f"blokrun knows ({len(_MIGRATIONS)}): upgrade blokrun"
+                )
+            for version in range(done + 1, len(_MIGRATIONS) + 1):
+                await con.execute(_MIGRATIONS[version - 1].format(t=f'"{self._table}"'))
+                await con.execute(
+                    "INSERT INTO blokrun_migrations (table_name, version) VALUES ($1, $2)",
+                    self._table,
+                    version,
+                )
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, (None if self._owned else self._pool)
+        self._ready = False
+        if pool is None or not self._owned:
+            return
+        with anyio.move_on_after(self._timeout) as scope:
+            await pool.close()
+        if scope.cancelled_caught:
+            pool.terminate()
+
+    # -- the contract --------------------------------------------------------------------------
+
+    async def save(self, key: str, data: bytes, ttl: float | None = None) -> None:
+        async with self._conn("save") as con:
+            await con.execute(self._sql["save"], key, data, ttl)
+
+    async def load(self, key: str) -> bytes | None:
+        async with self._conn("load") as con:
+            data: bytes | None = await con.fetchval(self._sql["load"], key)
+        return data
+
+    async def exists(self, key: str) -> bool:
+        async with self._conn("exists") as con:
+            found: bool = await con.fetchval(self._sql["exists"], key)
+        return found
+
+    async def delete(self, key: str) -> bool:
+        async with self._conn("delete") as con:
+            live: bool | None = await con.fetchval(self._sql["delete"], key)
+        return live is True
+
+    async def save_batch(self, entries: Sequence[Entry]) -> None:
+        latest = {key: (data, ttl) for key, data, ttl in entries}
+        if not latest:
+            return
+        args = (list(latest), [d for d, _ in latest.values()], [t for _, t in latest.values()])
+        async with self._conn("save_batch") as con:
+            await con.execute(self._sql["save_batch"], *args)
+
+    async def load_batch(self, keys: Sequence[str]) -> dict[str, bytes]:
+        if not keys:
+            return {}
+        async with self._conn("load_batch") as con:
+            rows = await con.fetch(self._sql["load_batch"], list(keys))
+        return {row[0]: row[1] for row in rows}
+
+    async def delete_batch(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        async with self._conn("delete_batch") as con:
+            n: int = await con.fetchval(self._sql["delete_batch"], list(keys))
+        return n
+
+    async def keys(self, prefix: str = "") -> AsyncIterator[str]:
+        end = prefix_end(prefix)
+        sql = self._sql["keys_open" if end is None else "keys"]
+        last = ""
+        while True:
+            async with self._conn("keys") as con:  # one page per borrowed connection
+                args = (prefix, last) if end is None else (prefix, last, end)
+                rows = await con.fetch(sql, *args)
+            for row in rows:
+                yield row[0]
+            if len(rows) < PAGE:
+                return
+            last = rows[-1][0]
+
+    async def size(self) -> int:
+        async with self._conn("size") as con:
+            n: int = await con.fetchval(self._sql["size"])
+        return n
+
+    async def purge_expired(self) -> int:
+        """Delete expired rows (reads already ignore them); returns how many went."""
+        async with self._conn("purge_expired") as con:
+            status: str = await con.execute(self._sql["purge"])
+        return int(status.rsplit(" ", 1)[-1])
+
+
+def create(settings: DatasourceSettings) -> PostgresStore:
+    if not settings.url:
+        raise DatasourceError("a postgresql datasource needs a URL (DATASOURCE_<NAME>_URL)")
+    return PostgresStore(
+        settings.url,
+        table=settings.table or DEFAULT_TABLE,
+        pool_size=settings.pool_size or DEFAULT_POOL_SIZE,
+        timeout=settings.timeout,
+    )

@@ -1,0 +1,71 @@
+"""Nodes used by the integration tests. ``CALLS`` records every node call in this process;
+``LEDGER`` (env ``WF_LEDGER``) records calls across processes for the crash tests."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+CALLS: list[tuple[str, str]] = []  # (request_id, step)
+FAIL_AT: set[str] = set()  # step names that raise while listed
+THREADS: dict[str, int] = {}
+
+
+def _ledger(ctx: Any, what: str = "") -> None:
+    CALLS.append((ctx.request.id, ctx.step))
+    path = os.environ.get("WF_LEDGER")
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"{ctx.request.id} {ctx.step}{' ' + what if what else ''}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+async def add(ctx: Any, inputs: dict[str, Any]) -> Any:
+    _ledger(ctx)
+    if ctx.step in FAIL_AT or os.environ.get("WF_FAIL_AT") == ctx.step:
+        raise RuntimeError(f"{ctx.step} failed on purpose")
+    ctx.vars["total"] = ctx.vars.get("total", 0) + inputs.get("n", 1)
+    return {"seen_total": ctx.vars["total"]}
+
+
+def sync_add(ctx: Any, inputs: dict[str, Any]) -> Any:
+    _ledger(ctx)
+    THREADS[ctx.step] = threading.get_ident()
+    ctx.vars["total"] = ctx.vars.get("total", 0) + inputs.get("n", 1)
+    return inputs.get("n", 1)
+
+
+async def nothing(ctx: Any, inputs: dict[str, Any]) -> None:
+    _ledger(ctx)
+    ctx.vars["touched"] = True
+
+
+async def echo(ctx: Any, inputs: dict[str, Any]) -> Any:
+    _ledger(ctx)
+    return inputs
+
+
+async def bad_value(ctx: Any, inputs: dict[str, Any]) -> Any:
+    _ledger(ctx)
+    return {"report": {"rows": [1, 2, 3, object()]}}
+
+
+async def read_ds(ctx: Any, inputs: dict[str, Any]) -> Any:
+    _ledger(ctx)
+    return await ctx.datasource(inputs["name"], inputs["key"])
+
+
+def hang_once(ctx: Any, inputs: dict[str, Any]) -> Any:
+    """Marks that it started, then sleeps while WF_HANG is set (the crash test kills us here)."""
+    _ledger(ctx, "start")
+    marker = os.environ.get("WF_HANG")
+    if marker:
+        with open(marker, "w", encoding="utf-8") as fh:
+            fh.write("started")
+        time.sleep(60)
+    ctx.vars["total"] = ctx.vars.get("total", 0) + 100
+    _ledger(ctx, "end")
+    return "survived"
