@@ -66,11 +66,12 @@ class WorkflowError(BlokrunError):
     ``source`` is the file (or ``<dict>``), ``path`` the JSON path (``$.steps[2].inputs.url``).
     """
 
-    def __init__(self, message: str, *, source: str = "<workflow>", path: str = "$") -> None:
+    def __init__(self, message: str, *, source: str = "<workflow>", path: str | None = "$") -> None:
         self.source = source
         self.path = path
         self.detail = message
-        super().__init__(f"{source}: {path}: {message}")
+        where = f"{source}: {path}" if path else source
+        super().__init__(f"{where}: {message}")
 
 
 class ExpressionError(WorkflowError):

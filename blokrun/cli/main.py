@@ -88,28 +88,43 @@ def _fail(message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
-async def _with_runner(args: argparse.Namespace, body: Callable[[Runner], Awaitable[int]]) -> int:
+def _runner(args: argparse.Namespace) -> Runner:
     from blokrun.cli.output import Progress
     from blokrun.runner import Runner
 
     hooks = [Progress(sys.stderr)] if sys.stderr.isatty() and args.command in ("run", "resume") else []
-    runner = Runner.from_env(hooks=hooks, search_paths=[os.getcwd()])
+    return Runner.from_env(hooks=hooks, search_paths=[os.getcwd()])
+
+
+async def _with_runner(
+    args: argparse.Namespace, body: Callable[[Runner], Awaitable[int]], runner: Runner | None = None
+) -> int:
+    runner = runner or _runner(args)
     async with runner:
         return await body(runner)
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
     from blokrun.cli.output import dump_json
+    from blokrun.errors import ConfigError
+    from blokrun.persistence.records import validate_request_id
 
+    # Everything that can be checked without a datasource is checked before connecting.
     inputs = _read_inputs(args)
+    if args.request_id is not None:
+        try:
+            validate_request_id(args.request_id)
+        except ValueError as exc:
+            raise ConfigError(f"--request-id: {exc}") from None
+    runner = _runner(args)
+    wf = runner.load(args.file)
 
     async def body(runner: Runner) -> int:
-        wf = runner.load(args.file)
         result = await runner.run(wf, inputs, request_id=args.request_id)
         dump_json(result.vars, sys.stdout)
         return EXIT_OK
 
-    return await _with_runner(args, body)
+    return await _with_runner(args, body, runner)
 
 
 async def _cmd_resume(args: argparse.Namespace) -> int:

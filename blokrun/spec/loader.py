@@ -132,20 +132,20 @@ def _read(
         size = path.stat().st_size
         if size > MAX_WORKFLOW_BYTES:
             raise WorkflowError(
-                f"file is {size} bytes; expected at most {MAX_WORKFLOW_BYTES}", source=name
+                f"file is {size} bytes; expected at most {MAX_WORKFLOW_BYTES}", source=name, path=None
             )
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise WorkflowError("file not found", source=name) from None
+        raise WorkflowError("file not found", source=name, path=None) from None
     except IsADirectoryError:
-        raise WorkflowError("is a directory, expected a workflow JSON file", source=name) from None
+        raise WorkflowError("is a directory, expected a workflow JSON file", source=name, path=None) from None
     except OSError as exc:
-        raise WorkflowError(f"cannot read: {exc.strerror or exc}", source=name) from None
+        raise WorkflowError(f"cannot read: {exc.strerror or exc}", source=name, path=None) from None
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise WorkflowError(
-            f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", source=name
+            f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", source=name, path=None
         ) from None
     if not isinstance(document, dict):
         raise WorkflowError(

@@ -1,0 +1,199 @@
+"""The ``blokrun`` command in real subprocesses: exit codes, output, and SIGKILL then resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+NODE = "tests.integration.wfnodes"
+
+
+def cli_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATASOURCE_", "WF_", "BLOKRUN_"))}
+    env["BLOKRUN_HOME"] = str(home)
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env
+
+
+def blokrun(home: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "blokrun", *args],
+        cwd=REPO,
+        env=cli_env(home, **extra),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def write_wf(tmp_path: Path, doc: dict[str, Any], name: str = "wf.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def linear(n: int, node: str = "add") -> dict[str, Any]:
+    return {
+        "name": "cli-linear",
+        "version": "1",
+        "steps": [{"name": f"s{i}", "node": f"{NODE}:{node}", "inputs": {"n": i}} for i in range(1, n + 1)],
+    }
+
+
+def test_run_prints_the_final_vars_as_json_and_exits_0(tmp_path: Path) -> None:
+    wf = write_wf(tmp_path, linear(3))
+    proc = blokrun(tmp_path, "run", str(wf), "--input", '{"total": 10}', "--request-id", "cli-1")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["total"] == 16 and out["s3"] == {"seen_total": 16}
+    assert proc.stderr == ""  # piped: quiet
+
+
+def test_input_file_is_read(tmp_path: Path) -> None:
+    wf = write_wf(tmp_path, linear(1))
+    (tmp_path / "in.json").write_text('{"total": 41}')
+    proc = blokrun(tmp_path, "run", str(wf), "--input-file", str(tmp_path / "in.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["total"] == 42
+
+
+def test_a_failed_step_exits_1_with_the_step_the_error_and_the_resume_command(tmp_path: Path) -> None:
+    wf = write_wf(tmp_path, linear(3))
+    proc = blokrun(tmp_path, "run", str(wf), "--request-id", "cli-fail", WF_FAIL_AT="s2")
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert "step 's2'" in proc.stderr
+    assert "RuntimeError: s2 failed on purpose" in proc.stderr
+    assert "blokrun resume cli-fail" in proc.stderr
+    resumed = blokrun(tmp_path, "resume", "cli-fail")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["total"] == 6
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "{wf}", "--input", "{not json"], "--input: invalid JSON at line 1, column 2"),
+        (["run", "{wf}", "--input", "[1, 2]"], "--input: expected a JSON object, got list"),
+        (["run", "{wf}", "--input-file", "{tmp}/missing.json"], "missing.json: cannot read"),
+        (["run", "{tmp}/nope.json"], "nope.json: file not found"),
+        (["run", "{bad}"], "bad.json: $.steps[0].colour: unknown field 'colour'"),
+        (["run", "{wf}", "--request-id", "../../etc/passwd"], "invalid request id '../../etc/passwd'"),
+        (["resume", "no-such-run"], "run no-such-run: no checkpoint or run record found on 'default'"),
+        (["validate", "{bad}"], "unknown field 'colour'; expected one of: name, node"),
+        (["run", "{wf}", "--input", "{}", "--input-file", "x"], "not allowed with argument"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message_naming_what_is_wrong(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    wf = write_wf(tmp_path, linear(1))
+    bad = write_wf(tmp_path, {"name": "b", "steps": [{"name": "a", "node": "set", "colour": 1}]}, "bad.json")
+    subs = {"{wf}": str(wf), "{bad}": str(bad), "{tmp}": str(tmp_path)}
+    argv = []
+    for a in args:
+        for k, v in subs.items():
+            a = a.replace(k, v)
+        argv.append(a)
+    proc = blokrun(tmp_path, *argv)
+    assert proc.returncode == 2, proc.stderr
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr
+    stored = tmp_path / "checkpoints"
+    assert not stored.exists() or not any(stored.iterdir())  # nothing written
+
+
+def test_bad_datasource_config_exits_2_naming_the_variable_and_masking_the_password(tmp_path: Path) -> None:
+    wf = write_wf(tmp_path, linear(1))
+    proc = blokrun(
+        tmp_path, "run", str(wf),
+        DATASOURCE_CACHE_TYPE="redis", DATASOURCE_CACHE_URL="http://user:hunter2@localhost:6379",
+    )
+    assert proc.returncode == 2
+    assert "DATASOURCE_CACHE_URL" in proc.stderr and "redis://" in proc.stderr
+    assert "hunter2" not in proc.stderr
+    proc = blokrun(tmp_path, "run", str(wf), DATASOURCE_CACHE_TYPE="cassandra")
+    assert proc.returncode == 2
+    assert "DATASOURCE_CACHE_TYPE='cassandra': unknown datasource type" in proc.stderr
+
+
+def test_validate_reports_ok(tmp_path: Path) -> None:
+    wf = write_wf(tmp_path, linear(2))
+    proc = blokrun(tmp_path, "validate", str(wf))
+    assert proc.returncode == 0
+    assert "ok: workflow 'cli-linear' version 1, 2 steps, checkpoints to default" in proc.stdout
+
+
+def test_inspect_lists_step_time_status_and_size(tmp_path: Path) -> None:
+    wf = write_wf(tmp_path, linear(3))
+    assert blokrun(tmp_path, "run", str(wf), "--request-id", "ins", WF_FAIL_AT="s3").returncode == 1
+    proc = blokrun(tmp_path, "inspect", "ins")
+    assert proc.returncode == 0, proc.stderr
+    assert "status failed" in proc.stdout and "RuntimeError: s3 failed on purpose" in proc.stdout
+    rows = [line.split() for line in proc.stdout.splitlines() if line.strip().startswith(("1 ", "2 "))]
+    assert [r[1] for r in rows] == ["s1", "s2"]
+    as_json = json.loads(blokrun(tmp_path, "inspect", "ins", "--json").stdout)
+    assert [c["step"] for c in as_json["checkpoints"]] == ["s1", "s2"]
+    assert all(c["size"] > 0 for c in as_json["checkpoints"])
+    assert as_json["status"] == "failed"
+
+
+def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
+    wf = write_wf(tmp_path, {"name": "logs", "steps": [{"name": "say", "node": "log", "inputs": {"message": "hello ${ctx.request.id}"}}]})
+    proc = blokrun(tmp_path, "--log-format", "json", "run", str(wf), "--request-id", "lg-1")
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stderr.splitlines()]
+    said = [r for r in records if r["message"] == "hello lg-1"]
+    assert said and said[0]["step"] == "say" and said[0]["request_id"] == "lg-1" and said[0]["level"] == "info"
+
+
+def test_sigkill_in_the_middle_of_a_step_then_resume_completes_the_run(tmp_path: Path) -> None:
+    """Kill -9 during step 3 of 4: steps 1-2 ran once, step 3 is re-run, step 4 once."""
+    doc = linear(4)
+    doc["steps"][2]["node"] = f"{NODE}:hang_once"
+    wf = write_wf(tmp_path, doc)
+    ledger = tmp_path / "ledger.txt"
+    marker = tmp_path / "hanging"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "blokrun", "run", str(wf), "--request-id", "kill-1", "--input", '{"total": 0}'],
+        cwd=REPO,
+        env=cli_env(tmp_path, WF_LEDGER=str(ledger), WF_HANG=str(marker)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "step 3 never started"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+    resumed = blokrun(tmp_path, "resume", "kill-1", WF_LEDGER=str(ledger))
+    assert resumed.returncode == 0, resumed.stderr
+    final = json.loads(resumed.stdout)
+    assert final["total"] == 1 + 2 + 100 + 4
+    assert final["s3"] == "survived"
+    lines = ledger.read_text().splitlines()
+    assert lines.count("kill-1 s1") == 1
+    assert lines.count("kill-1 s2") == 1
+    assert lines.count("kill-1 s3 start") == 2  # the step in flight runs again (at-least-once)
+    assert lines.count("kill-1 s3 end") == 1
+    assert lines.count("kill-1 s4") == 1
