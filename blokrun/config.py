@@ -21,12 +21,15 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from blokrun.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "DEFAULT_DATASOURCE",
@@ -184,9 +187,7 @@ def _build(name: str, raw: Mapping[str, str], configured: list[str]) -> Datasour
         )
     if dtype == "filesystem" and not raw.get("PATH"):
         var = _var(name, "PATH")
-        raise ConfigError(
-            f"{var} is missing: a filesystem datasource needs a folder", variable=var
-        )
+        raise ConfigError(f"{var} is missing: a filesystem datasource needs a folder", variable=var)
     if url is not None:
         expected_schemes = {
             "redis": ("redis", "rediss", "unix"),

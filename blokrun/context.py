@@ -7,7 +7,6 @@ JSON when it parses, else as UTF-8 text, else returned as bytes.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +14,7 @@ from blokrun.errors import DatasourceAccessError
 from blokrun.persistence.codec import decode_foreign
 
 if TYPE_CHECKING:
+    import logging
     from collections.abc import Mapping
 
     from blokrun.datasources import Datasource
@@ -55,7 +55,7 @@ class Context:
         *,
         request: RequestInfo,
         workflow: WorkflowInfo,
-        vars: dict[str, Any],  # noqa: A002 - the spec's name
+        vars: dict[str, Any],
         datasources: Mapping[str, Datasource],
         allowed: tuple[str, ...],
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger],

@@ -6,7 +6,7 @@ never need to import a driver library to catch a failure::
 
     BlokrunError
     ├── ConfigError                 bad DATASOURCE_* / BLOKRUN_* environment (names the variable)
-    ├── WorkflowError               a workflow file that cannot be used (file, $.json.path, expected)
+    ├── WorkflowError               an unusable workflow file (file, $.json.path, expected)
     │   └── ExpressionError         a ${...} expression that does not parse or evaluate
     ├── DatasourceError             a datasource operation failed (names the datasource, key)
     │   ├── DatasourceUnavailable   cannot connect / timed out / server went away
@@ -14,7 +14,7 @@ never need to import a driver library to catch a failure::
     │   ├── MissingExtraError       the driver's optional dependency is not installed
     │   └── RecordError             stored bytes that fail their checksum or cannot be decoded
     │       └── FormatVersionError  a record written by a newer blokrun
-    ├── ValueNotStorable            a step produced a value that cannot be checkpointed (names its path)
+    ├── ValueNotStorable            a value that cannot be checkpointed (names its path)
     └── RunError                    a run failed (carries request_id and step)
         ├── StepFailed              the step's node raised; ``__cause__`` is the node's exception
         ├── CheckpointError         saving a checkpoint failed (names datasource and key)

@@ -36,11 +36,15 @@ from blokrun.persistence.records import (
     HeadRecord,
     RunStatus,
     decode_record,
-    head_key,
     new_request_id,
     validate_request_id,
 )
-from blokrun.persistence.resumer import FoundRun, latest_by_scan, load_definition, locate_run, roll_forward
+from blokrun.persistence.resumer import (
+    FoundRun,
+    load_definition,
+    locate_run,
+    roll_forward,
+)
 from blokrun.spec.loader import Workflow, load_workflow
 
 if TYPE_CHECKING:
@@ -198,14 +202,18 @@ class Runner:
         return load_workflow(
             source,
             available_datasources=self._datasources.keys(),
-            default_targets=(DEFAULT_DATASOURCE,) if DEFAULT_DATASOURCE in self._datasources else (),
+            default_targets=(DEFAULT_DATASOURCE,)
+            if DEFAULT_DATASOURCE in self._datasources
+            else (),
             search_paths=self._search_paths,
             name=name,
         )
 
     def _require_connected(self) -> None:
         if self._stack is None:
-            raise BlokrunError("the Runner is not started: use 'async with runner:' or await runner.connect()")
+            raise BlokrunError(
+                "the Runner is not started: use 'async with runner:' or await runner.connect()"
+            )
 
     async def run(
         self,
@@ -214,7 +222,7 @@ class Runner:
         *,
         request_id: str | None = None,
     ) -> RunResult:
-        """Run a workflow from its first step. Raises :class:`~blokrun.errors.RunError` on failure."""
+        """Run a workflow from its first step; :class:`~blokrun.errors.RunError` on failure."""
         self._require_connected()
         wf = self.load(workflow)
         if request_id is None:
@@ -225,7 +233,9 @@ class Runner:
             except ValueError as exc:
                 raise ConfigError(str(exc), variable="request_id") from None
         if inputs is not None and not isinstance(inputs, Mapping):
-            raise ConfigError(f"inputs must be a JSON object, got {type(inputs).__name__}", variable="inputs")
+            raise ConfigError(
+                f"inputs must be a JSON object, got {type(inputs).__name__}", variable="inputs"
+            )
         initial = dict(inputs or {})
         run = RunState(
             request_id=rid,
@@ -244,7 +254,9 @@ class Runner:
                 await hook.on_run_start(run)
             await execute(run, datasources=self._datasources, hooks=self._hooks)
         except BaseException as exc:
-            run.status = "cancelled" if isinstance(exc, anyio.get_cancelled_exc_class()) else "failed"
+            run.status = (
+                "cancelled" if isinstance(exc, anyio.get_cancelled_exc_class()) else "failed"
+            )
             for hook in self._hooks:
                 try:
                     with anyio.CancelScope(shield=True):
@@ -283,11 +295,14 @@ class Runner:
         except ValueError as exc:
             raise RunNotFound(str(exc), request_id=str(request_id)[:200]) from None
         candidates = (
-            [self._datasources[n] for n in wf.targets] if wf is not None and wf.targets
+            [self._datasources[n] for n in wf.targets]
+            if wf is not None and wf.targets
             else list(self._datasources.values())
         )
         found = await locate_run(
-            request_id, candidates, scan_prefix=self._scan_prefix(request_id, wf),
+            request_id,
+            candidates,
+            scan_prefix=self._scan_prefix(request_id, wf),
             workflow=wf.name if wf is not None else None,
         )
         if found is None:
@@ -330,7 +345,9 @@ class Runner:
         scope_run = RunState(request_id=request_id, workflow=wf, vars={}, inputs={}, started_at=0.0)
         if found.checkpoint is not None:
             scope_run.started_at = found.checkpoint.started_at
-        await roll_forward(found, wf.step_names, lambda step: self._checkpointer.checkpoint_key(scope_run, step))
+        await roll_forward(
+            found, wf.step_names, lambda step: self._checkpointer.checkpoint_key(scope_run, step)
+        )
         ckpt = found.checkpoint
         head = found.head
         if ckpt is not None:
@@ -342,7 +359,8 @@ class Runner:
             started_at, seq = found.run.started_at, 0
         else:
             raise ResumeError(
-                "the run's start record is missing and it has no checkpoint: nothing to resume from",
+                "the run's start record is missing and it has no checkpoint: "
+                "nothing to resume from",
                 request_id=request_id,
             )
         attempt = (head.attempt if head is not None else (ckpt.attempt if ckpt else 1)) + 1
@@ -358,20 +376,35 @@ class Runner:
             resumed=True,
         )
         if ckpt is not None:
-            run.last_step, run.last_key = ckpt.step, self._checkpointer.checkpoint_key(run, ckpt.step)
+            run.last_step, run.last_key = (
+                ckpt.step,
+                self._checkpointer.checkpoint_key(run, ckpt.step),
+            )
         remaining = [s for s in wf.step_names if s not in set(done)]
         if not remaining:
             if head is None or head.status != "completed":
                 for hook in self._hooks:
                     await hook.on_run_end(run, None)
             return RunResult(
-                request_id=request_id, status="completed", vars=run.vars, steps_run=(),
-                steps_skipped=tuple(done), resumed=True, duration=0.0,
+                request_id=request_id,
+                status="completed",
+                vars=run.vars,
+                steps_run=(),
+                steps_skipped=tuple(done),
+                resumed=True,
+                duration=0.0,
             )
-        log.info("resuming run %s after %s (%d steps done)", request_id, ckpt.step if ckpt else "its start", len(done))
+        log.info(
+            "resuming run %s after %s (%d steps done)",
+            request_id,
+            ckpt.step if ckpt else "its start",
+            len(done),
+        )
         return await self._drive(run)
 
-    def _check_unchanged(self, request_id: str, stored: Mapping[str, Any], wf: Workflow, found: FoundRun) -> None:
+    def _check_unchanged(
+        self, request_id: str, stored: Mapping[str, Any], wf: Workflow, found: FoundRun
+    ) -> None:
         done = found.checkpoint.done if found.checkpoint is not None else []
         old_steps = {s.get("name"): s for s in stored.get("steps", []) if isinstance(s, dict)}
         new_steps = {s.name: s for s in wf.steps}
@@ -413,7 +446,16 @@ class Runner:
                 if rec.request_id != request_id:
                     continue
                 infos.append(
-                    CheckpointInfo(key, rec.step, rec.seq, rec.status, rec.time, rec.duration, len(raw), rec.attempt)
+                    CheckpointInfo(
+                        key,
+                        rec.step,
+                        rec.seq,
+                        rec.status,
+                        rec.time,
+                        rec.duration,
+                        len(raw),
+                        rec.attempt,
+                    )
                 )
         infos.sort(key=lambda i: i.seq)
         return RunInfo(request_id, ds.name, found.head, tuple(infos))
@@ -422,4 +464,3 @@ class Runner:
         """The stored head record of a run, or ``None``."""
         found = await self._locate(request_id, None)
         return found.head
-

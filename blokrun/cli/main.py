@@ -32,10 +32,17 @@ def _parser() -> argparse.ArgumentParser:
         prog="blokrun",
         description="Run JSON workflows that checkpoint after every step, and resume them.",
     )
-    p.add_argument("--log-format", choices=("text", "json"), default="text",
-                   help="log lines on stderr as text (default) or JSON objects")
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
-                   help="default: info on a terminal or with JSON logs, warning when piped")
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines on stderr as text (default) or JSON objects",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="default: info on a terminal or with JSON logs, warning when piped",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a workflow file from its first step")
@@ -45,12 +52,18 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--input-file", metavar="FILE", help="a file holding the inputs (JSON object)")
     run.add_argument("--request-id", metavar="ID", help="the run's id (default: a random one)")
 
-    res = sub.add_parser("resume", help="continue a failed or crashed run after its last checkpoint")
+    res = sub.add_parser(
+        "resume", help="continue a failed or crashed run after its last checkpoint"
+    )
     res.add_argument("request_id", metavar="REQUEST_ID")
-    res.add_argument("--workflow", metavar="FILE",
-                     help="use this workflow file instead of the stored definition")
-    res.add_argument("--force", action="store_true",
-                     help="resume even if --workflow changed steps that already ran")
+    res.add_argument(
+        "--workflow", metavar="FILE", help="use this workflow file instead of the stored definition"
+    )
+    res.add_argument(
+        "--force",
+        action="store_true",
+        help="resume even if --workflow changed steps that already ran",
+    )
 
     ins = sub.add_parser("inspect", help="list a run's checkpoints")
     ins.add_argument("request_id", metavar="REQUEST_ID")
@@ -77,7 +90,9 @@ def _read_inputs(args: argparse.Namespace) -> dict[str, Any]:
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise _Usage(f"{where}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        raise _Usage(
+            f"{where}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
     if not isinstance(value, dict):
         raise _Usage(f"{where}: expected a JSON object, got {type(value).__name__}")
     return value
@@ -92,7 +107,9 @@ def _runner(args: argparse.Namespace) -> Runner:
     from blokrun.cli.output import Progress
     from blokrun.runner import Runner
 
-    hooks = [Progress(sys.stderr)] if sys.stderr.isatty() and args.command in ("run", "resume") else []
+    hooks = (
+        [Progress(sys.stderr)] if sys.stderr.isatty() and args.command in ("run", "resume") else []
+    )
     return Runner.from_env(hooks=hooks, search_paths=[os.getcwd()])
 
 
@@ -162,8 +179,16 @@ async def _cmd_inspect(args: argparse.Namespace) -> int:
                     "workflow": head.workflow if head else None,
                     "error": head.error if head else None,
                     "checkpoints": [
-                        {"seq": c.seq, "step": c.step, "status": c.status, "time": c.time,
-                         "duration": c.duration, "size": c.size, "key": c.key, "attempt": c.attempt}
+                        {
+                            "seq": c.seq,
+                            "step": c.step,
+                            "status": c.status,
+                            "time": c.time,
+                            "duration": c.duration,
+                            "size": c.size,
+                            "key": c.key,
+                            "attempt": c.attempt,
+                        }
                         for c in info.checkpoints
                     ],
                 },
@@ -172,17 +197,27 @@ async def _cmd_inspect(args: argparse.Namespace) -> int:
             return EXIT_OK
         out = sys.stdout
         if head is not None:
-            out.write(f"run {info.request_id}  workflow {head.workflow} {head.version}  "
-                      f"status {head.status}  attempt {head.attempt}  on {info.datasource!r}\n")
+            out.write(
+                f"run {info.request_id}  workflow {head.workflow} {head.version}  "
+                f"status {head.status}  attempt {head.attempt}  on {info.datasource!r}\n"
+            )
             if head.error:
                 out.write(f"last error ({head.failed_step or 'run'}): {head.error}\n")
         else:
-            out.write(f"run {info.request_id}  (no head record; found by scanning) on {info.datasource!r}\n")
-        out.write(f"{'seq':>4}  {'step':<24} {'status':<10} {'time (UTC)':<20} {'duration':>9} {'size':>9}\n")
+            out.write(
+                f"run {info.request_id}  (no head record; found by scanning) "
+                f"on {info.datasource!r}\n"
+            )
+        out.write(
+            f"{'seq':>4}  {'step':<24} {'status':<10} {'time (UTC)':<20} "
+            f"{'duration':>9} {'size':>9}\n"
+        )
         for c in info.checkpoints:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c.time))
-            out.write(f"{c.seq:>4}  {c.step:<24} {c.status:<10} {when:<20} "
-                      f"{c.duration * 1000:>7.1f}ms {c.size:>8}B\n")
+            out.write(
+                f"{c.seq:>4}  {c.step:<24} {c.status:<10} {when:<20} "
+                f"{c.duration * 1000:>7.1f}ms {c.size:>8}B\n"
+            )
         if not info.checkpoints:
             out.write("(no checkpoints yet)\n")
         return EXIT_OK

@@ -86,9 +86,7 @@ class Progress(Hook):
 
     async def before_step(self, run: RunState, step: Step) -> None:
         self._t0 = time.perf_counter()
-        self._stream.write(
-            f"\r[{step.index + 1}/{len(run.workflow.steps)}] {step.name} ...\x1b[K"
-        )
+        self._stream.write(f"\r[{step.index + 1}/{len(run.workflow.steps)}] {step.name} ...\x1b[K")
         self._stream.flush()
 
     async def after_step(self, run: RunState, outcome: StepOutcome) -> None:

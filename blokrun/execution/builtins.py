@@ -22,7 +22,12 @@ if TYPE_CHECKING:
 
 __all__ = ["BUILTINS", "NodeFailure"]
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 class NodeFailure(Exception):
@@ -42,7 +47,12 @@ async def log(ctx: Context, inputs: dict[str, Any]) -> None:
 
 async def sleep(ctx: Context, inputs: dict[str, Any]) -> None:
     seconds = inputs.get("seconds", 0)
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds < 0:
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not math.isfinite(seconds)
+        or seconds < 0
+    ):
         raise ValueError(f"sleep: seconds must be a non-negative number, got {seconds!r}")
     await anyio.sleep(seconds)
 
@@ -56,7 +66,12 @@ async def fail(ctx: Context, inputs: dict[str, Any]) -> None:
 
 
 #: name -> (function, allowed input names or None for any, required input names)
-BUILTINS: dict[str, tuple[Callable[[Context, dict[str, Any]], Awaitable[Any]], frozenset[str] | None, frozenset[str]]] = {
+BUILTINS: dict[
+    str,
+    tuple[
+        Callable[[Context, dict[str, Any]], Awaitable[Any]], frozenset[str] | None, frozenset[str]
+    ],
+] = {
     "set": (set_vars, None, frozenset()),
     "log": (log, frozenset({"message", "level"}), frozenset({"message"})),
     "sleep": (sleep, frozenset({"seconds"}), frozenset({"seconds"})),

@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 __all__ = ["NodeRef", "resolve_node"]
 
-_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+_MODULE_RE = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +90,11 @@ def resolve_node(
             source=source,
             path=f"{path}.node",
         ) from exc
-    fn = getattr(module, attr, None)
-    if fn is None or not callable(fn):
+    found: Any = getattr(module, attr, None)
+    if found is None or not callable(found):
         raise WorkflowError(
             f"node {node!r}: module {module_name!r} has no callable {attr!r}",
             source=source,
             path=f"{path}.node",
         )
-    return NodeRef(node, fn, inspect.iscoroutinefunction(fn), False)
+    return NodeRef(node, found, inspect.iscoroutinefunction(found), False)

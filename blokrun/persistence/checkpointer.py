@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
     from blokrun.datasources import Datasource, Entry
     from blokrun.execution.hooks import RunState, StepOutcome
-    from blokrun.expressions import Scope
     from blokrun.persistence.records import RunStatus
 
 __all__ = ["Checkpointer", "KeyScope", "save_everywhere"]
@@ -138,9 +137,17 @@ class Checkpointer(Hook):
     def targets(self, run: RunState) -> list[Datasource]:
         return [self._datasources[name] for name in run.workflow.targets]
 
-    def _head(self, run: RunState, status: RunStatus, *, error: str | None = None,
-              failed_step: str | None = None, seq: int | None = None,
-              step: str | None = None, key: str | None = None) -> HeadRecord:
+    def _head(
+        self,
+        run: RunState,
+        status: RunStatus,
+        *,
+        error: str | None = None,
+        failed_step: str | None = None,
+        seq: int | None = None,
+        step: str | None = None,
+        key: str | None = None,
+    ) -> HeadRecord:
         """A head record; by default it points at the run's latest stored checkpoint."""
         if seq is None:
             seq, step, key = run.seq, run.last_step, run.last_key
@@ -191,7 +198,9 @@ class Checkpointer(Hook):
                     ttl,
                 )
             )
-        todo = [ds for ds in targets if (ds.name, wf.definition_hash) not in self._definitions_written]
+        todo = [
+            ds for ds in targets if (ds.name, wf.definition_hash) not in self._definitions_written
+        ]
         if todo:
             definition = (
                 definition_key(wf.definition_hash),
@@ -203,7 +212,9 @@ class Checkpointer(Hook):
                 ttl,
             )
             # The definition goes first: a head must never point at a missing definition.
-            await save_everywhere(todo, [definition], run=run, step=None, what="the workflow definition")
+            await save_everywhere(
+                todo, [definition], run=run, step=None, what="the workflow definition"
+            )
             if ttl is None:
                 self._definitions_written.update((ds.name, wf.definition_hash) for ds in todo)
         entries.append((head_key(run.request_id), encode_record(head), ttl))
@@ -221,8 +232,11 @@ class Checkpointer(Hook):
             key = render_key(pub.key, KeyScope(run, step.name))
             value = encode(Kind.VALUE, dumps_value(outcome.output, path=f"vars.{step.name}"))
             await save_everywhere(
-                [self._datasources[pub.target]], [(key, value, pub.ttl)],
-                run=run, step=step.name, what="the step's published output",
+                [self._datasources[pub.target]],
+                [(key, value, pub.ttl)],
+                run=run,
+                step=step.name,
+                what="the step's published output",
             )
         if not step.checkpoint or not targets:
             return
@@ -264,18 +278,28 @@ class Checkpointer(Hook):
             if run.status == "completed":
                 return  # the last checkpoint already marked the head completed
             head = self._head(run, "completed")
-            await save_everywhere(targets, [(head_key(run.request_id), encode_record(head), run.workflow.ttl)],
-                                  run=run, step=None, what="the run's completion")
+            await save_everywhere(
+                targets,
+                [(head_key(run.request_id), encode_record(head), run.workflow.ttl)],
+                run=run,
+                step=None,
+                what="the run's completion",
+            )
             return
-        status: RunStatus = "cancelled" if isinstance(error, anyio.get_cancelled_exc_class()) else "failed"
+        status: RunStatus = (
+            "cancelled" if isinstance(error, anyio.get_cancelled_exc_class()) else "failed"
+        )
         failed_step = getattr(error, "step", None)
         message = getattr(error, "detail", None) or str(error) or type(error).__name__
         head = self._head(run, status, error=message[:2000], failed_step=failed_step)
         try:
             with anyio.CancelScope(shield=True):
                 await save_everywhere(
-                    targets, [(head_key(run.request_id), encode_record(head), run.workflow.ttl)],
-                    run=run, step=None, what="the run's failure status",
+                    targets,
+                    [(head_key(run.request_id), encode_record(head), run.workflow.ttl)],
+                    run=run,
+                    step=None,
+                    what="the run's failure status",
                 )
         except CheckpointError as exc:
             # The checkpoints are intact; only the status could not be recorded.

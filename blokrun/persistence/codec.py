@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import math
 import struct
 import uuid
 import zlib
@@ -103,7 +104,7 @@ _UNTAG = {
     "time": dt.time.fromisoformat,
     "uuid": uuid.UUID,
     "decimal": Decimal,
-    "bytes": lambda v: base64.b64decode(v),
+    "bytes": base64.b64decode,
     "set": set,
     "frozenset": frozenset,
 }
@@ -133,7 +134,7 @@ def find_unstorable(value: Any, path: str = "vars") -> ValueNotStorable | None:
                 return ValueNotStorable(
                     "integer too large to store (limit 64 bits)", path=where, type_name="int"
                 )
-            if isinstance(obj, float) and obj != obj:  # NaN is stored as null by JSON
+            if isinstance(obj, float) and math.isnan(obj):  # JSON would store NaN as null
                 return ValueNotStorable("NaN cannot be stored", path=where, type_name="float")
             return None
         if isinstance(obj, dict | list | tuple | set | frozenset):
@@ -198,10 +199,14 @@ def encode(kind: Kind, payload: bytes) -> bytes:
     return _HEADER.pack(MAGIC, FORMAT_VERSION, 0, int(kind), zlib.crc32(payload)) + payload
 
 
-def decode(raw: bytes, *, datasource: str | None = None, key: str | None = None) -> tuple[Kind, bytes]:
+def decode(
+    raw: bytes, *, datasource: str | None = None, key: str | None = None
+) -> tuple[Kind, bytes]:
     """Check the envelope of ``raw``; return its kind and payload."""
     if len(raw) < _HEADER.size or raw[:3] != MAGIC:
-        raise RecordError("not a blokrun record (bad magic or truncated header)", datasource=datasource, key=key)
+        raise RecordError(
+            "not a blokrun record (bad magic or truncated header)", datasource=datasource, key=key
+        )
     _, version, flags, kind, crc = _HEADER.unpack_from(raw)
     if version > FORMAT_VERSION:
         raise FormatVersionError(
@@ -230,7 +235,9 @@ def decode_foreign(raw: bytes, *, datasource: str, key: str) -> Any:
         try:
             return loads_value(payload)
         except orjson.JSONDecodeError as exc:
-            raise RecordError(f"payload is not valid JSON: {exc}", datasource=datasource, key=key) from None
+            raise RecordError(
+                f"payload is not valid JSON: {exc}", datasource=datasource, key=key
+            ) from None
     try:
         return loads_value(raw)
     except orjson.JSONDecodeError:

@@ -150,7 +150,7 @@ def encode_checkpoint(
     step: str,
     seq: int,
     done: list[str],
-    vars: dict[str, Any],  # noqa: A002
+    vars: dict[str, Any],
     started_at: float,
     time: float,
     duration: float,

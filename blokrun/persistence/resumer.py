@@ -21,9 +21,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-import msgspec
-
 import anyio
+import msgspec
 
 from blokrun.errors import BlokrunError, RecordError
 from blokrun.persistence.records import (
@@ -92,8 +91,13 @@ async def _read_head(ds: Datasource, request_id: str) -> FoundRun:
 
 
 async def latest_by_scan(
-    ds: Datasource, request_id: str, prefix: str, *, below_seq: int | None = None,
-    workflow: str | None = None, warnings: list[str] | None = None,
+    ds: Datasource,
+    request_id: str,
+    prefix: str,
+    *,
+    below_seq: int | None = None,
+    workflow: str | None = None,
+    warnings: list[str] | None = None,
 ) -> CheckpointRecord | None:
     """The highest-sequence checkpoint of ``request_id`` among keys starting with ``prefix``.
 
@@ -124,7 +128,10 @@ async def latest_by_scan(
 
 
 async def locate_run(
-    request_id: str, datasources: Sequence[Datasource], *, scan_prefix: str,
+    request_id: str,
+    datasources: Sequence[Datasource],
+    *,
+    scan_prefix: str,
     workflow: str | None = None,
 ) -> FoundRun | None:
     """Find the run on whichever datasource holds its latest checkpoint; ``None`` if nowhere."""
@@ -146,12 +153,18 @@ async def locate_run(
                             f"{head.key!r}, which is missing; scanning for the previous checkpoint"
                         )
                     found.checkpoint = await latest_by_scan(
-                        ds, request_id, scan_prefix, below_seq=head.seq,
-                        workflow=head.workflow, warnings=found.warnings,
+                        ds,
+                        request_id,
+                        scan_prefix,
+                        below_seq=head.seq,
+                        workflow=head.workflow,
+                        warnings=found.warnings,
                     )
             elif head is None:
                 found.checkpoint = await latest_by_scan(
-                    ds, request_id, scan_prefix,
+                    ds,
+                    request_id,
+                    scan_prefix,
                     workflow=found.run.workflow if found.run is not None else workflow,
                     warnings=found.warnings,
                 )
@@ -163,7 +176,9 @@ async def locate_run(
         for ds in datasources:
             tg.start_soon(probe, ds)
     candidates = [r for r in results if isinstance(r, FoundRun)]
-    known = [f for f in candidates if f.head is not None or f.run is not None or f.checkpoint is not None]
+    known = [
+        f for f in candidates if f.head is not None or f.run is not None or f.checkpoint is not None
+    ]
     if not known:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:

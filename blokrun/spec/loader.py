@@ -115,7 +115,9 @@ def _translate_validation(exc: msgspec.ValidationError, source: str) -> Workflow
 
             allowed = _field_names(StepPersistenceSpec)
         hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""
-        return WorkflowError(f"unknown field {field_name!r}{hint}", source=source, path=f"{path}.{field_name}")
+        return WorkflowError(
+            f"unknown field {field_name!r}{hint}", source=source, path=f"{path}.{field_name}"
+        )
     message = message[0].lower() + message[1:] if message else message
     message = message.replace("`", "'")
     return WorkflowError(message, source=source, path=path)
@@ -132,20 +134,26 @@ def _read(
         size = path.stat().st_size
         if size > MAX_WORKFLOW_BYTES:
             raise WorkflowError(
-                f"file is {size} bytes; expected at most {MAX_WORKFLOW_BYTES}", source=name, path=None
+                f"file is {size} bytes; expected at most {MAX_WORKFLOW_BYTES}",
+                source=name,
+                path=None,
             )
         raw = path.read_bytes()
     except FileNotFoundError:
         raise WorkflowError("file not found", source=name, path=None) from None
     except IsADirectoryError:
-        raise WorkflowError("is a directory, expected a workflow JSON file", source=name, path=None) from None
+        raise WorkflowError(
+            "is a directory, expected a workflow JSON file", source=name, path=None
+        ) from None
     except OSError as exc:
         raise WorkflowError(f"cannot read: {exc.strerror or exc}", source=name, path=None) from None
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise WorkflowError(
-            f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", source=name, path=None
+            f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+            source=name,
+            path=None,
         ) from None
     if not isinstance(document, dict):
         raise WorkflowError(
@@ -157,7 +165,9 @@ def _read(
 
 def _positive(value: float | None, source: str, path: str) -> float | None:
     if value is not None and not (value > 0 and value != float("inf")):
-        raise WorkflowError(f"expected a positive number of seconds, got {value!r}", source=source, path=path)
+        raise WorkflowError(
+            f"expected a positive number of seconds, got {value!r}", source=source, path=path
+        )
     return value
 
 
@@ -198,7 +208,8 @@ def load_workflow(
     def check_configured(ds: str, at: str) -> None:
         if configured is not None and ds not in configured:
             raise err(
-                f"datasource {ds!r} is not configured; configured: {', '.join(configured) or 'none'}"
+                f"datasource {ds!r} is not configured; configured: "
+                f"{', '.join(configured) or 'none'}"
                 " (set DATASOURCE_<NAME>_TYPE and friends)",
                 at,
             )
@@ -220,7 +231,9 @@ def load_workflow(
         at = f"$.persistence.targets[{i}]" if pers.targets is not None else "$.persistence.targets"
         check_configured(ds, at)
     key_template = compile_template(pers.key_pattern, source=name, path="$.persistence.keyPattern")
-    if "${stepName}" not in pers.key_pattern.replace(" ", "") or "${ctx.request.id}" not in pers.key_pattern.replace(" ", ""):
+    if "${stepName}" not in pers.key_pattern.replace(
+        " ", ""
+    ) or "${ctx.request.id}" not in pers.key_pattern.replace(" ", ""):
         raise err(
             "keyPattern must contain ${ctx.request.id} and ${stepName}, so every run and step "
             "gets its own key",
@@ -240,7 +253,9 @@ def load_workflow(
                 f"{at}.name",
             )
         if s.name in seen:
-            raise err(f"duplicate step name {s.name!r} (also $.steps[{seen[s.name]}])", f"{at}.name")
+            raise err(
+                f"duplicate step name {s.name!r} (also $.steps[{seen[s.name]}])", f"{at}.name"
+            )
         seen[s.name] = i
         node = resolve_node(s.node, s.type, source=name, path=at, search_paths=paths)
         if node.allowed_inputs is not None:
@@ -280,10 +295,10 @@ def load_workflow(
                     f"{at}.persistence.{missing}",
                 )
             check_configured(sp.target, f"{at}.persistence.target")
-            key = compile_template(sp.key, source=name, path=f"{at}.persistence.key")
-            if key.uses_datasource:
+            pub_key = compile_template(sp.key, source=name, path=f"{at}.persistence.key")
+            if pub_key.uses_datasource:
                 raise err("a publish key cannot call ctx.datasource", f"{at}.persistence.key")
-            publish = Publish(sp.target, key, step_ttl if step_ttl is not None else wf_ttl)
+            publish = Publish(sp.target, pub_key, step_ttl if step_ttl is not None else wf_ttl)
         steps.append(
             Step(
                 index=i,

@@ -25,5 +25,12 @@ async def trend(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
     xs = range(n)
     ys = [m["revenue"] for m in series]
     mx, my = (n - 1) / 2, sum(ys) / n
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
-    return {"days": n, "first": series[0]["day"], "last": series[-1]["day"], "revenue_slope_per_day": round(slope, 4)}
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
+    return {
+        "days": n,
+        "first": series[0]["day"],
+        "last": series[-1]["day"],
+        "revenue_slope_per_day": round(slope, 4),
+    }

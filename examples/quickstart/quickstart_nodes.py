@@ -40,7 +40,10 @@ def charge_payment(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
     if os.environ.get("PAYMENT_PROVIDER_DOWN"):
         raise ConnectionError("payment provider unreachable (PAYMENT_PROVIDER_DOWN is set)")
     _ledger(ctx, f"charged {inputs['amount']}")
-    return {"charge_id": "ch_" + inputs["idempotency_key"].replace(":", "_"), "amount": inputs["amount"]}
+    return {
+        "charge_id": "ch_" + inputs["idempotency_key"].replace(":", "_"),
+        "amount": inputs["amount"],
+    }
 
 
 async def send_receipt(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:

@@ -20,12 +20,24 @@ async def process(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
     if extraction is None:
         raise LookupError("no extraction published for this batch yet")
     mine = extraction["partitions"][str(inputs["partition"])]
-    return {"partition": inputs["partition"], "count": len(mine), "sum": sum(mine), "by": ctx.request.id}
+    return {
+        "partition": inputs["partition"],
+        "count": len(mine),
+        "sum": sum(mine),
+        "by": ctx.request.id,
+    }
 
 
 async def merge(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
-    results = [await ctx.datasource("cache", f"partition-{inputs['batch']}-{p}") for p in range(int(inputs["partitions"]))]
+    results = [
+        await ctx.datasource("cache", f"partition-{inputs['batch']}-{p}")
+        for p in range(int(inputs["partitions"]))
+    ]
     missing = [p for p, r in enumerate(results) if r is None]
     if missing:
         raise LookupError(f"partitions without a result: {missing}")
-    return {"count": sum(r["count"] for r in results), "sum": sum(r["sum"] for r in results), "writers": len({r["by"] for r in results})}
+    return {
+        "count": sum(r["count"] for r in results),
+        "sum": sum(r["sum"] for r in results),
+        "writers": len({r["by"] for r in results}),
+    }

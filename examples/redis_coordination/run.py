@@ -27,10 +27,14 @@ def environment(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-async def main(environ: Mapping[str, str] = os.environ, partitions: int = 8, items: int = 10_000) -> dict[str, Any]:
+async def main(
+    environ: Mapping[str, str] = os.environ, partitions: int = 8, items: int = 10_000
+) -> dict[str, Any]:
     batch = uuid.uuid4().hex[:12]
     async with Runner.from_env(environment(environ), search_paths=[str(HERE)]) as runner:
-        await runner.run(HERE / "extract.json", {"batch": batch, "partitions": partitions, "items": items})
+        await runner.run(
+            HERE / "extract.json", {"batch": batch, "partitions": partitions, "items": items}
+        )
         process = runner.load(HERE / "process.json")
         async with anyio.create_task_group() as tg:
             for p in range(partitions):
@@ -38,7 +42,11 @@ async def main(environ: Mapping[str, str] = os.environ, partitions: int = 8, ite
         merged = await runner.run(HERE / "merge.json", {"batch": batch, "partitions": partitions})
     summary = merged.vars["merge"]
     print(f"batch {batch}: {partitions} runs at once; merged {summary}")
-    return {"batch": batch, "summary": summary, "expected": {"count": items, "sum": items * (items - 1) // 2}}
+    return {
+        "batch": batch,
+        "summary": summary,
+        "expected": {"count": items, "sum": items * (items - 1) // 2},
+    }
 
 
 if __name__ == "__main__":

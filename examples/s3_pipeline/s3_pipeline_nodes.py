@@ -23,7 +23,12 @@ async def load_data(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
 async def transform(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
     RUNS.append("transform")
     chunks = inputs["raw"]["chunks"]
-    return {"chunks": [{"count": len(c), "sum": sum(r["value"] for r in c), "max": max(r["value"] for r in c)} for c in chunks]}
+    return {
+        "chunks": [
+            {"count": len(c), "sum": sum(r["value"] for r in c), "max": max(r["value"] for r in c)}
+            for c in chunks
+        ]
+    }
 
 
 async def aggregate(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -32,4 +37,9 @@ async def aggregate(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError("aggregation worker crashed (PIPELINE_FAIL_AGGREGATE is set)")
     chunks = inputs["chunks"]["chunks"]
     count = sum(c["count"] for c in chunks)
-    return {"rows": count, "chunks": len(chunks), "mean": sum(c["sum"] for c in chunks) / count, "max": max(c["max"] for c in chunks)}
+    return {
+        "rows": count,
+        "chunks": len(chunks),
+        "mean": sum(c["sum"] for c in chunks) / count,
+        "max": max(c["max"] for c in chunks),
+    }

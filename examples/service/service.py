@@ -3,7 +3,8 @@
 A tiny JSON-over-HTTP server (standard library only, to keep the example dependency-free;
 use your framework of choice the same way):
 
-    POST /runs                 {"workflow": "...", "inputs": {...}}  start a run in the background -> 202 {"request_id"}
+    POST /runs                 {"workflow": "...", "inputs": {...}}: start a run in the
+                               background -> 202 {"request_id": ...}
     GET  /runs/<id>            the run's stored status (head record)
     POST /runs/<id>/resume     resume a failed run in the background -> 202
 
@@ -63,7 +64,9 @@ class Service:
             from blokrun.persistence.records import new_request_id
 
             rid = doc.get("request_id") or new_request_id()
-            self.tg.start_soon(self._background, rid, self.runner.run(wf, doc.get("inputs") or {}, request_id=rid))
+            self.tg.start_soon(
+                self._background, rid, self.runner.run(wf, doc.get("inputs") or {}, request_id=rid)
+            )
             return 202, {"request_id": rid}
         if method == "GET" and len(parts) == 2 and parts[0] == "runs":
             try:
@@ -114,16 +117,28 @@ class Service:
             except (anyio.EndOfStream, ValueError, TimeoutError):
                 status, payload = 400, {"error": "bad request"}
             out = orjson.dumps(payload)
-            reason = {200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found", 409: "Conflict"}[status]
+            reason = {
+                200: "OK",
+                202: "Accepted",
+                400: "Bad Request",
+                404: "Not Found",
+                409: "Conflict",
+            }[status]
             await stream.send(
                 f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(out)}\r\nConnection: close\r\n\r\n".encode() + out
+                f"Content-Length: {len(out)}\r\nConnection: close\r\n\r\n".encode()
+                + out
             )
 
 
-async def serve(port: int, *, task_status: Any = anyio.TASK_STATUS_IGNORED, runner: Runner | None = None) -> None:
+async def serve(
+    port: int, *, task_status: Any = anyio.TASK_STATUS_IGNORED, runner: Runner | None = None
+) -> None:
     """Serve until cancelled. ``task_status.started`` gets the bound port."""
-    async with runner or Runner.from_env(search_paths=[str(HERE)]) as rt, anyio.create_task_group() as tg:
+    async with (
+        runner or Runner.from_env(search_paths=[str(HERE)]) as rt,
+        anyio.create_task_group() as tg,
+    ):
         service = Service(rt, tg)
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=port)
         bound = listener.extra(anyio.abc.SocketAttribute.local_port)

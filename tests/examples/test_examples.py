@@ -42,7 +42,11 @@ def test_quickstart_fails_half_way_then_resumes_running_each_step_once(tmp_path:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     proc = subprocess.run(
         ["bash", str(EXAMPLES / "quickstart" / "run.sh")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "exit code 1: the run failed" in proc.stdout
@@ -61,7 +65,12 @@ async def test_s3_pipeline_resumes_from_the_failed_step(home: dict[str, str]) ->
     result = out["result"]
     assert result.steps_skipped == ("load-data", "transform")
     assert result.steps_run == ("aggregate", "report")
-    assert result.vars["report"]["summary"] == {"rows": 5000, "chunks": 5, "mean": 499.5, "max": 999}
+    assert result.vars["report"]["summary"] == {
+        "rows": 5000,
+        "chunks": 5,
+        "mean": 499.5,
+        "max": 999,
+    }
     nodes = sys.modules["s3_pipeline_nodes"]
     assert nodes.RUNS.count("load-data") == nodes.RUNS.count("transform") == 1
     assert nodes.RUNS.count("aggregate") == 2
@@ -89,7 +98,8 @@ async def _http(port: int, method: str, path: str, body: Any = None) -> tuple[in
     payload = orjson.dumps(body) if body is not None else b""
     async with await anyio.connect_tcp("127.0.0.1", port) as stream:
         await stream.send(
-            f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload
+            f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
         )
         data = b""
         try:
@@ -121,7 +131,9 @@ async def test_service_runs_in_the_background_and_resumes_a_failed_run(
 
     runner = Runner.from_env(home, search_paths=[str(EXAMPLES / "service")])
     async with anyio.create_task_group() as tg:
-        port = await tg.start(lambda task_status: module.serve(0, task_status=task_status, runner=runner))
+        port = await tg.start(
+            lambda task_status: module.serve(0, task_status=task_status, runner=runner)
+        )
         code, doc = await _http(port, "POST", "/runs", {"inputs": {"email": "ada@example.com"}})
         assert code == 202
         rid = doc["request_id"]

@@ -18,7 +18,9 @@ NODE = "tests.integration.wfnodes"
 
 
 def cli_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATASOURCE_", "WF_", "BLOKRUN_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DATASOURCE_", "WF_", "BLOKRUN_"))
+    }
     env["BLOKRUN_HOME"] = str(home)
     env["PYTHONPATH"] = str(REPO)
     env.update(extra)
@@ -46,7 +48,9 @@ def linear(n: int, node: str = "add") -> dict[str, Any]:
     return {
         "name": "cli-linear",
         "version": "1",
-        "steps": [{"name": f"s{i}", "node": f"{NODE}:{node}", "inputs": {"n": i}} for i in range(1, n + 1)],
+        "steps": [
+            {"name": f"s{i}", "node": f"{NODE}:{node}", "inputs": {"n": i}} for i in range(1, n + 1)
+        ],
     }
 
 
@@ -67,7 +71,9 @@ def test_input_file_is_read(tmp_path: Path) -> None:
     assert json.loads(proc.stdout)["total"] == 42
 
 
-def test_a_failed_step_exits_1_with_the_step_the_error_and_the_resume_command(tmp_path: Path) -> None:
+def test_a_failed_step_exits_1_with_the_step_the_error_and_the_resume_command(
+    tmp_path: Path,
+) -> None:
     wf = write_wf(tmp_path, linear(3))
     proc = blokrun(tmp_path, "run", str(wf), "--request-id", "cli-fail", WF_FAIL_AT="s2")
     assert proc.returncode == 1
@@ -88,8 +94,14 @@ def test_a_failed_step_exits_1_with_the_step_the_error_and_the_resume_command(tm
         (["run", "{wf}", "--input-file", "{tmp}/missing.json"], "missing.json: cannot read"),
         (["run", "{tmp}/nope.json"], "nope.json: file not found"),
         (["run", "{bad}"], "bad.json: $.steps[0].colour: unknown field 'colour'"),
-        (["run", "{wf}", "--request-id", "../../etc/passwd"], "invalid request id '../../etc/passwd'"),
-        (["resume", "no-such-run"], "run no-such-run: no checkpoint or run record found on 'default'"),
+        (
+            ["run", "{wf}", "--request-id", "../../etc/passwd"],
+            "invalid request id '../../etc/passwd'",
+        ),
+        (
+            ["resume", "no-such-run"],
+            "run no-such-run: no checkpoint or run record found on 'default'",
+        ),
         (["validate", "{bad}"], "unknown field 'colour'; expected one of: name, node"),
         (["run", "{wf}", "--input", "{}", "--input-file", "x"], "not allowed with argument"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
@@ -99,13 +111,15 @@ def test_bad_input_exits_2_with_a_message_naming_what_is_wrong(
     tmp_path: Path, args: list[str], expected: str
 ) -> None:
     wf = write_wf(tmp_path, linear(1))
-    bad = write_wf(tmp_path, {"name": "b", "steps": [{"name": "a", "node": "set", "colour": 1}]}, "bad.json")
+    bad = write_wf(
+        tmp_path, {"name": "b", "steps": [{"name": "a", "node": "set", "colour": 1}]}, "bad.json"
+    )
     subs = {"{wf}": str(wf), "{bad}": str(bad), "{tmp}": str(tmp_path)}
     argv = []
-    for a in args:
+    for arg in args:
         for k, v in subs.items():
-            a = a.replace(k, v)
-        argv.append(a)
+            arg = arg.replace(k, v)  # noqa: PLW2901
+        argv.append(arg)
     proc = blokrun(tmp_path, *argv)
     assert proc.returncode == 2, proc.stderr
     assert expected in proc.stderr
@@ -114,11 +128,16 @@ def test_bad_input_exits_2_with_a_message_naming_what_is_wrong(
     assert not stored.exists() or not any(stored.iterdir())  # nothing written
 
 
-def test_bad_datasource_config_exits_2_naming_the_variable_and_masking_the_password(tmp_path: Path) -> None:
+def test_bad_datasource_config_exits_2_naming_the_variable_and_masking_the_password(
+    tmp_path: Path,
+) -> None:
     wf = write_wf(tmp_path, linear(1))
     proc = blokrun(
-        tmp_path, "run", str(wf),
-        DATASOURCE_CACHE_TYPE="redis", DATASOURCE_CACHE_URL="http://user:hunter2@localhost:6379",
+        tmp_path,
+        "run",
+        str(wf),
+        DATASOURCE_CACHE_TYPE="redis",
+        DATASOURCE_CACHE_URL="http://user:hunter2@localhost:6379",
     )
     assert proc.returncode == 2
     assert "DATASOURCE_CACHE_URL" in proc.stderr and "redis://" in proc.stderr
@@ -141,7 +160,9 @@ def test_inspect_lists_step_time_status_and_size(tmp_path: Path) -> None:
     proc = blokrun(tmp_path, "inspect", "ins")
     assert proc.returncode == 0, proc.stderr
     assert "status failed" in proc.stdout and "RuntimeError: s3 failed on purpose" in proc.stdout
-    rows = [line.split() for line in proc.stdout.splitlines() if line.strip().startswith(("1 ", "2 "))]
+    rows = [
+        line.split() for line in proc.stdout.splitlines() if line.strip().startswith(("1 ", "2 "))
+    ]
     assert [r[1] for r in rows] == ["s1", "s2"]
     as_json = json.loads(blokrun(tmp_path, "inspect", "ins", "--json").stdout)
     assert [c["step"] for c in as_json["checkpoints"]] == ["s1", "s2"]
@@ -150,12 +171,25 @@ def test_inspect_lists_step_time_status_and_size(tmp_path: Path) -> None:
 
 
 def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
-    wf = write_wf(tmp_path, {"name": "logs", "steps": [{"name": "say", "node": "log", "inputs": {"message": "hello ${ctx.request.id}"}}]})
+    wf = write_wf(
+        tmp_path,
+        {
+            "name": "logs",
+            "steps": [
+                {"name": "say", "node": "log", "inputs": {"message": "hello ${ctx.request.id}"}}
+            ],
+        },
+    )
     proc = blokrun(tmp_path, "--log-format", "json", "run", str(wf), "--request-id", "lg-1")
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stderr.splitlines()]
     said = [r for r in records if r["message"] == "hello lg-1"]
-    assert said and said[0]["step"] == "say" and said[0]["request_id"] == "lg-1" and said[0]["level"] == "info"
+    assert (
+        said
+        and said[0]["step"] == "say"
+        and said[0]["request_id"] == "lg-1"
+        and said[0]["level"] == "info"
+    )
 
 
 def test_sigkill_in_the_middle_of_a_step_then_resume_completes_the_run(tmp_path: Path) -> None:
@@ -166,7 +200,17 @@ def test_sigkill_in_the_middle_of_a_step_then_resume_completes_the_run(tmp_path:
     ledger = tmp_path / "ledger.txt"
     marker = tmp_path / "hanging"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "blokrun", "run", str(wf), "--request-id", "kill-1", "--input", '{"total": 0}'],
+        [
+            sys.executable,
+            "-m",
+            "blokrun",
+            "run",
+            str(wf),
+            "--request-id",
+            "kill-1",
+            "--input",
+            '{"total": 0}',
+        ],
         cwd=REPO,
         env=cli_env(tmp_path, WF_LEDGER=str(ledger), WF_HANG=str(marker)),
         stdout=subprocess.PIPE,

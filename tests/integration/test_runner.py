@@ -49,7 +49,9 @@ def linear(n: int, *, name: str = "linear", node: str = "add", **extra: Any) -> 
     return {
         "name": name,
         "version": "1",
-        "steps": [{"name": f"s{i}", "node": f"{NODE}:{node}", "inputs": {"n": i}} for i in range(1, n + 1)],
+        "steps": [
+            {"name": f"s{i}", "node": f"{NODE}:{node}", "inputs": {"n": i}} for i in range(1, n + 1)
+        ],
         **extra,
     }
 
@@ -142,7 +144,9 @@ async def test_generated_request_ids_are_url_safe_with_128_random_bits() -> None
         assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{21}", rid), rid  # 22 chars of base64url
 
 
-@pytest.mark.parametrize("bad", ["", "../../etc/passwd", "a\x00b", "x" * 201, "_internal", "sp ace"])
+@pytest.mark.parametrize(
+    "bad", ["", "../../etc/passwd", "a\x00b", "x" * 201, "_internal", "sp ace"]
+)
 async def test_a_bad_request_id_is_refused_before_anything_runs(bad: str) -> None:
     from blokrun import ConfigError
 
@@ -294,7 +298,8 @@ async def test_user_after_step_hooks_see_every_step_after_its_checkpoint() -> No
         seen.append((outcome.step.name, run.seq, stored))
 
     class Timer(Hook):
-        ends: list[str | None] = []
+        def __init__(self) -> None:
+            self.ends: list[str | None] = []
 
         async def on_run_end(self, run: RunState, error: BaseException | None) -> None:
             self.ends.append(run.status)
@@ -327,7 +332,11 @@ async def test_ctx_datasource_reads_only_the_listed_datasources() -> None:
         "datasources": ["cache"],
         "steps": [
             {"name": "get", "node": f"{NODE}:read_ds", "inputs": {"name": "cache", "key": "k1"}},
-            {"name": "expr", "node": f"{NODE}:echo", "inputs": {"v": "${ctx.datasource('cache', 'k-${ctx.request.id}')}"}},
+            {
+                "name": "expr",
+                "node": f"{NODE}:echo",
+                "inputs": {"v": "${ctx.datasource('cache', 'k-${ctx.request.id}')}"},
+            },
             {"name": "sneak", "node": f"{NODE}:read_ds", "inputs": {"name": "other", "key": "k1"}},
         ],
     }
@@ -348,7 +357,9 @@ async def test_ctx_datasource_values_are_copies_and_there_is_no_write_access() -
     wf = {
         "name": "ro",
         "datasources": ["cache"],
-        "steps": [{"name": "get", "node": f"{NODE}:read_ds", "inputs": {"name": "cache", "key": "k"}}],
+        "steps": [
+            {"name": "get", "node": f"{NODE}:read_ds", "inputs": {"name": "cache", "key": "k"}}
+        ],
     }
     async with Runner([mem(), cache]) as runner:
         await cache.save("k", b'{"a": 1}')
@@ -461,7 +472,9 @@ async def test_runs_job_and_job_2_never_mix() -> None:
         with pytest.raises(StepFailed):
             await runner.run(linear(3), {"total": 0}, request_id="job")
         wfnodes.FAIL_AT.clear()
-        await runner.run(linear(3), {"total": 1000}, request_id="job-2")  # keys job-2-s1.. match job-*
+        await runner.run(
+            linear(3), {"total": 1000}, request_id="job-2"
+        )  # keys job-2-s1.. match job-*
         await ds.delete(head_key("job"))
         result = await runner.resume("job")
     assert result.vars["total"] == 6  # job's own s1 checkpoint (1) + s2 + s3
@@ -485,10 +498,18 @@ async def test_another_workflows_checkpoints_are_never_taken() -> None:
         await ds.save(
             "shared-id-s3",
             encode_checkpoint(
-                request_id="shared-id", workflow="theirs", version="1",
-                definition_hash=theirs.definition_hash, step="s3", seq=9,
-                done=["s1", "s2", "s3"], vars={"total": -1}, started_at=0.0, time=0.0,
-                duration=0.0, attempt=1,
+                request_id="shared-id",
+                workflow="theirs",
+                version="1",
+                definition_hash=theirs.definition_hash,
+                step="s3",
+                seq=9,
+                done=["s1", "s2", "s3"],
+                vars={"total": -1},
+                started_at=0.0,
+                time=0.0,
+                duration=0.0,
+                attempt=1,
             ),
         )
         await ds.delete(head_key("shared-id"))
@@ -506,8 +527,15 @@ async def test_a_head_left_one_step_behind_by_a_crash_is_rolled_forward() -> Non
         head = await runner_head(ds, "roll-1")
         from blokrun.persistence.records import encode_record
 
-        stale = HeadRecord(**{**{f: getattr(head, f) for f in head.__struct_fields__},
-                              "seq": 1, "step": "s1", "key": "roll-1-s1", "status": "running"})
+        stale = HeadRecord(
+            **{
+                **{f: getattr(head, f) for f in head.__struct_fields__},
+                "seq": 1,
+                "step": "s1",
+                "key": "roll-1-s1",
+                "status": "running",
+            }
+        )
         await ds.save(head_key("roll-1"), encode_record(stale))
         wfnodes.FAIL_AT.clear()
         result = await runner.resume("roll-1")
@@ -599,7 +627,9 @@ async def test_inspect_lists_the_checkpoints_in_order() -> None:
 
 async def test_a_custom_key_pattern_is_used_and_resume_finds_its_keys() -> None:
     ds = mem()
-    wf = linear(3, persistence={"keyPattern": "runs/${ctx.workflow.name}/${ctx.request.id}/${stepName}"})
+    wf = linear(
+        3, persistence={"keyPattern": "runs/${ctx.workflow.name}/${ctx.request.id}/${stepName}"}
+    )
     wfnodes.FAIL_AT.add("s3")
     async with Runner([ds]) as runner:
         with pytest.raises(StepFailed):

@@ -1,0 +1,1 @@
+"""blokrun's benchmarks: ``python -m benchmarks`` (``make bench``)."""
