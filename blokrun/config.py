@@ -24,7 +24,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
 from blokrun.errors import ConfigError
 
@@ -79,19 +78,29 @@ _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 def mask_url(url: str | None) -> str:
-    """``url`` with any password replaced by ``***`` (safe to log)."""
+    """``url`` with any password replaced by ``***`` (safe to log).
+
+    Masks ``user:password@`` (with or without a scheme, even when the password holds an
+    unquoted ``@``) and ``password=``/``secret=``/``token=`` query parameters.
+    """
     if not url:
         return ""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None and "@" not in parts.netloc:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    masked = f"{user}:***@{hostport}" if user else f":***@{hostport}"
-    return urlunsplit((parts.scheme, masked, parts.path, parts.query, parts.fragment))
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    netloc, slash, tail = rest.partition("/")
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{host}"
+    masked = f"{scheme}{sep}{netloc}{slash}{tail}"
+    if not sep:  # not a well-formed URL (a typo): mask anything shaped like :secret@
+        masked = re.sub(r":[^:@]*@", ":***@", masked)
+    return _SECRET_PARAM_RE.sub(r"\1***", masked)
+
+
+_SECRET_PARAM_RE = re.compile(r"(?i)([?&;](?:password|passwd|pass|pwd|secret|token|sig)=)[^&#;]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +113,7 @@ class DatasourceSettings:
 
     name: str
     type: str
-    url: str | None = None
+    url: str | None = field(default=None, repr=False)
     path: str | None = None
     prefix: str = ""
     ttl: float | None = None
@@ -118,6 +127,9 @@ class DatasourceSettings:
     pool_size: int | None = None
     timeout: float = 5.0
     fsync: bool = True
+
+    def __repr__(self) -> str:
+        return f"DatasourceSettings({self.describe()})"
 
     def describe(self) -> str:
         """A one-line, secret-free description (``cache (redis redis://:***@h:6379)``)."""
@@ -199,8 +211,8 @@ def _build(name: str, raw: Mapping[str, str], configured: list[str]) -> Datasour
         if expected_schemes and scheme not in expected_schemes:
             var = _var(name, "URL")
             raise ConfigError(
-                f"{var}={mask_url(url)!r}: expected a URL starting with "
-                f"{' or '.join(s + '://' for s in expected_schemes)}",
+                f"{var}: scheme {scheme or '(none)'!r} is not right for a {dtype} datasource; "
+                f"expected a URL starting with {' or '.join(s + '://' for s in expected_schemes)}",
                 variable=var,
             )
     ttl = _parse_float(raw["TTL"], _var(name, "TTL"), allow_zero=False) if "TTL" in raw else None
@@ -222,7 +234,7 @@ def _build(name: str, raw: Mapping[str, str], configured: list[str]) -> Datasour
                 variable=var,
             )
     for setting in ("TABLE", "COLLECTION", "DATABASE"):
-        if setting in raw and not _IDENT_RE.match(raw[setting]):
+        if setting in raw and not _IDENT_RE.fullmatch(raw[setting]):
             var = _var(name, setting)
             raise ConfigError(
                 f"{var}={raw[setting]!r}: expected an identifier (letters, digits, _)",
@@ -266,7 +278,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> RunnerSetting
                 f"with SETTING one of: {', '.join(sorted(_SUFFIXES))}",
                 variable=var,
             )
-        if not _NAME_RE.match(name):
+        if not _NAME_RE.fullmatch(name):
             raise ConfigError(
                 f"{var}: datasource name {name!r} must start with a letter and use "
                 "letters, digits and _",

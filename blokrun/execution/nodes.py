@@ -77,14 +77,14 @@ def resolve_node(
             )
         fn, allowed, required = BUILTINS[node]
         return NodeRef(node, fn, True, True, allowed, required)
-    if not _MODULE_RE.match(node):
+    if not _MODULE_RE.fullmatch(node):
         raise WorkflowError(
             f"node {node!r}: expected 'package.module:function'", source=source, path=f"{path}.node"
         )
     module_name, _, attr = node.partition(":")
     try:
         module = _import(module_name, search_paths)
-    except Exception as exc:  # an import error of the user's module, whatever it is
+    except (Exception, SystemExit) as exc:  # whatever the user's module raises on import
         raise WorkflowError(
             f"node {node!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc}",
             source=source,

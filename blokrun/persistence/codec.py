@@ -11,11 +11,13 @@ Every record blokrun writes is ``header + payload``::
           10  payload
 
 Values are JSON (orjson) plus tagged types that JSON lacks, so they come back as they went
-in: ``datetime``, ``date``, ``time``, ``UUID``, ``Decimal``, ``bytes``, ``set`` and
-``frozenset`` are stored as ``{"$blokrun": "<type>", "v": ...}``. Tuples are stored as
-lists (JSON has no tuple). Anything else -- and circular references -- raises
-:class:`~blokrun.errors.ValueNotStorable` with the path of the offending value. No pickle,
-ever.
+in: ``datetime``, ``date``, ``time``, ``Decimal``, ``bytes``, ``set`` and ``frozenset`` are
+stored as ``{"$blokrun": "<type>", "v": ...}`` (a user dict that has a ``"$blokrun"`` key
+is escaped as ``{"$blokrun": "dict", "v": {...}}``). Tuples are stored as lists (JSON has
+no tuple; tuples inside a set come back as tuples). UUIDs are stored as their string form.
+NaN, infinities, integers outside [-2**63, 2**64), non-string dict keys, circular
+references and any other type raise :class:`~blokrun.errors.ValueNotStorable` with the path
+of the offending value. No pickle, ever.
 """
 
 from __future__ import annotations
@@ -105,18 +107,26 @@ _UNTAG = {
     "uuid": uuid.UUID,
     "decimal": Decimal,
     "bytes": base64.b64decode,
-    "set": set,
-    "frozenset": frozenset,
+    "set": lambda v: {_tuples(x) for x in v},
+    "frozenset": lambda v: frozenset(_tuples(x) for x in v),
+    "dict": lambda v: v,
 }
+
+
+def _tuples(obj: Any) -> Any:
+    """Set members were tuples when they were lists (a list cannot be in a set)."""
+    return tuple(_tuples(x) for x in obj) if isinstance(obj, list) else obj
 
 
 def _untag(obj: Any) -> Any:
     if isinstance(obj, dict):
         tag = obj.get(_TAG)
-        if tag is not None and len(obj) == 2 and "v" in obj and tag in _UNTAG:
+        if isinstance(tag, str) and len(obj) == 2 and "v" in obj and tag in _UNTAG:
             value = obj["v"]
             if tag in ("set", "frozenset"):
                 value = [_untag(x) for x in value]
+            elif tag == "dict":
+                return {k: _untag(v) for k, v in value.items()}
             return _UNTAG[tag](value)
         return {k: _untag(v) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -130,12 +140,18 @@ def find_unstorable(value: Any, path: str = "vars") -> ValueNotStorable | None:
 
     def walk(obj: Any, where: str) -> ValueNotStorable | None:
         if obj is None or isinstance(obj, str | bool | int | float):
-            if isinstance(obj, int) and not isinstance(obj, bool) and abs(obj) >= 2**64:
+            if isinstance(obj, int) and not isinstance(obj, bool) and not -(2**63) <= obj < 2**64:
                 return ValueNotStorable(
-                    "integer too large to store (limit 64 bits)", path=where, type_name="int"
+                    "integer out of the storable range [-2**63, 2**64)",
+                    path=where,
+                    type_name="int",
                 )
-            if isinstance(obj, float) and math.isnan(obj):  # JSON would store NaN as null
-                return ValueNotStorable("NaN cannot be stored", path=where, type_name="float")
+            if isinstance(obj, float) and not math.isfinite(obj):  # JSON would store null
+                return ValueNotStorable(
+                    f"{obj} cannot be stored (JSON has no NaN or infinity)",
+                    path=where,
+                    type_name="float",
+                )
             return None
         if isinstance(obj, dict | list | tuple | set | frozenset):
             if id(obj) in seen:
@@ -176,15 +192,40 @@ def find_unstorable(value: Any, path: str = "vars") -> ValueNotStorable | None:
     return walk(value, path)
 
 
+def _has_tag_key(obj: Any) -> bool:
+    if isinstance(obj, dict):
+        return _TAG in obj or any(_has_tag_key(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return any(_has_tag_key(v) for v in obj)
+    return False
+
+
+def _escape(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        inner = {k: _escape(v) for k, v in obj.items()}
+        return {_TAG: "dict", "v": inner} if _TAG in obj else inner
+    if isinstance(obj, list | tuple):
+        return [_escape(v) for v in obj]
+    return obj
+
+
 def dumps_value(value: Any, *, path: str = "vars") -> bytes:
     """JSON bytes for ``value`` with tagged extra types; unstorable values name their path."""
     try:
-        return orjson.dumps(value, default=_tag, option=_OPTS)
+        out = orjson.dumps(value, default=_tag, option=_OPTS)
     except (TypeError, orjson.JSONEncodeError) as exc:
         err = find_unstorable(value, path)
         if err is None:
             err = ValueNotStorable(str(exc), path=path, type_name=type(value).__name__)
         raise err from None
+    # orjson writes NaN and infinities as null, and a user dict may look like a tag: only
+    # then is the value walked (most states have neither).
+    if b"null" in out or _TAG_BYTES in out:
+        if (err := find_unstorable(value, path)) is not None:
+            raise err
+        if _TAG_BYTES in out and _has_tag_key(value):
+            out = orjson.dumps(_escape(value), default=_tag, option=_OPTS)
+    return out
 
 
 def loads_value(data: bytes) -> Any:
@@ -234,13 +275,13 @@ def decode_foreign(raw: bytes, *, datasource: str, key: str) -> Any:
         _, payload = decode(raw, datasource=datasource, key=key)
         try:
             return loads_value(payload)
-        except orjson.JSONDecodeError as exc:
+        except (ValueError, TypeError, ArithmeticError) as exc:
             raise RecordError(
                 f"payload is not valid JSON: {exc}", datasource=datasource, key=key
             ) from None
     try:
         return loads_value(raw)
-    except orjson.JSONDecodeError:
+    except (ValueError, TypeError, ArithmeticError):
         pass
     try:
         return raw.decode("utf-8")

@@ -56,7 +56,7 @@ def new_request_id() -> str:
 
 def validate_request_id(request_id: object) -> str:
     """Return ``request_id`` if it is usable, else raise ``ValueError`` saying what is expected."""
-    if not isinstance(request_id, str) or not _REQUEST_ID_RE.match(request_id):
+    if not isinstance(request_id, str) or not _REQUEST_ID_RE.fullmatch(request_id):
         shown = repr(request_id) if len(repr(request_id)) <= 80 else repr(request_id)[:77] + "..."
         raise ValueError(
             f"invalid request id {shown}: expected 1-200 characters from A-Z a-z 0-9 . _ ~ : -, "
@@ -191,7 +191,7 @@ def decode_record(
     try:
         obj = loads_value(payload)
         return msgspec.convert(obj, expected)
-    except (msgspec.ValidationError, ValueError) as exc:
+    except (msgspec.ValidationError, ValueError, TypeError, ArithmeticError) as exc:
         raise RecordError(
             f"stored {expected.__name__} is invalid: {exc}", datasource=datasource, key=key
         ) from None

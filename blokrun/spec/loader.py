@@ -29,7 +29,7 @@ __all__ = ["MAX_WORKFLOW_BYTES", "Publish", "Step", "Workflow", "load_workflow"]
 
 MAX_WORKFLOW_BYTES = 16 * 1024 * 1024
 _STEP_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_MSGSPEC_PATH_RE = re.compile(r" - at `(\$[^`]*)`$")
+_MSGSPEC_PATH_RE = re.compile(r" - at `(?:key` in `)?(\$[^`]*)`$")
 _UNKNOWN_FIELD_RE = re.compile(r"^Object contains unknown field `([^`]*)`$")
 
 
@@ -189,6 +189,11 @@ def load_workflow(
     a file, that file's folder is searched for modules too.
     """
     document, name, path = _read(source, name)
+    try:
+        canonical = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:
+        raise WorkflowError(f"the workflow is not plain JSON: {exc}", source=name) from None
+    document = orjson.loads(canonical)  # our own deep copy: the caller's dict can change
     if path is None and name and not name.startswith("<"):
         search_paths = [*search_paths, str(Path(name).resolve().parent)]
     try:
@@ -231,9 +236,8 @@ def load_workflow(
         at = f"$.persistence.targets[{i}]" if pers.targets is not None else "$.persistence.targets"
         check_configured(ds, at)
     key_template = compile_template(pers.key_pattern, source=name, path="$.persistence.keyPattern")
-    if "${stepName}" not in pers.key_pattern.replace(
-        " ", ""
-    ) or "${ctx.request.id}" not in pers.key_pattern.replace(" ", ""):
+    pattern = pers.key_pattern.replace(" ", "").replace("$${", "")
+    if "${stepName}" not in pattern or "${ctx.request.id}" not in pattern:
         raise err(
             "keyPattern must contain ${ctx.request.id} and ${stepName}, so every run and step "
             "gets its own key",
@@ -247,7 +251,7 @@ def load_workflow(
     seen: dict[str, int] = {}
     for i, s in enumerate(spec.steps):
         at = f"$.steps[{i}]"
-        if not _STEP_NAME_RE.match(s.name):
+        if not _STEP_NAME_RE.fullmatch(s.name):
             raise err(
                 f"step name {s.name!r}: expected 1-128 characters from A-Z a-z 0-9 _ . -",
                 f"{at}.name",
@@ -318,7 +322,7 @@ def load_workflow(
         description=spec.description,
         source=name,
         document=document,
-        definition_hash=definition_hash(document),
+        definition_hash=hashlib.sha256(canonical).hexdigest(),
         datasources=tuple(spec.datasources),
         persistence_enabled=pers.enabled,
         targets=targets if pers.enabled else (),
