@@ -30,9 +30,12 @@ import uuid
 import zlib
 from decimal import Decimal
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 from blokrun.errors import FormatVersionError, RecordError, ValueNotStorable
 
@@ -100,7 +103,7 @@ def _tag(obj: Any) -> Any:
     raise TypeError(type(obj).__name__)
 
 
-_UNTAG = {
+_UNTAG: dict[str, Callable[[Any], Any]] = {
     "datetime": dt.datetime.fromisoformat,
     "date": dt.date.fromisoformat,
     "time": dt.time.fromisoformat,
