@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from anyio.lowlevel import checkpoint
+
 from blokrun.datasources.protocol import Capabilities
 
 if TYPE_CHECKING:
@@ -15,7 +17,9 @@ if TYPE_CHECKING:
 
 __all__ = ["MemoryStore", "create"]
 
-_CAPS = Capabilities(native_ttl=True, native_batch=True, atomic_batch=True, durable=False, shared=False)
+_CAPS = Capabilities(
+    native_ttl=True, native_batch=True, atomic_batch=True, durable=False, shared=False
+)
 
 
 class MemoryStore:
@@ -52,9 +56,11 @@ class MemoryStore:
         return data
 
     async def save(self, key: str, data: bytes, ttl: float | None = None) -> None:
+        await checkpoint()  # yield like a real store, so no caller can starve the loop
         self._data[key] = (bytes(data), None if ttl is None else time.monotonic() + ttl)
 
     async def load(self, key: str) -> bytes | None:
+        await checkpoint()
         return self._live(key, time.monotonic())
 
     async def exists(self, key: str) -> bool:
@@ -64,11 +70,13 @@ class MemoryStore:
         return self._data.pop(key, None) is not None
 
     async def save_batch(self, entries: Sequence[Entry]) -> None:
+        await checkpoint()
         now = time.monotonic()
         for key, data, ttl in entries:
             self._data[key] = (bytes(data), None if ttl is None else now + ttl)
 
     async def load_batch(self, keys: Sequence[str]) -> dict[str, bytes]:
+        await checkpoint()
         now = time.monotonic()
         out: dict[str, bytes] = {}
         for key in keys:

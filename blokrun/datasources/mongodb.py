@@ -17,10 +17,11 @@ of the database named by ``settings.database``, else the URL's path, else ``blok
   expired documents, but its monitor runs only every 60 s, so every read also filters on
   ``expires_at`` (missing/null or in the future). Expiry times come from this process's
   clock, like the read filter, so only clock skew between clients shifts them.
-* ``save`` is one ``replace_one(upsert=True)`` (atomic per document); ``save_batch`` one
-  unordered ``bulk_write`` (not atomic); ``load_batch``/``delete_batch`` use ``$in`` in
-  chunks of 1,000 keys so a query document stays far below the 16 MiB BSON limit (which
-  also caps one value at about 16 MiB).
+* ``save`` is one ``replace_one(upsert=True)`` (atomic per document). ``save_batch`` is
+  one unordered ``bulk_write`` (not atomic); as an unordered bulk may run in any order,
+  only the last entry of a repeated key is sent. ``load_batch``/``delete_batch`` use
+  ``$in`` in chunks of 250 keys (see ``_CHUNK``). BSON caps a document at 16 MiB, so a
+  value must stay a little below that (a larger one is a ``DatasourceError``).
 * Durability: unless the URL sets a write concern, writes use ``j=true`` (acknowledged
   after the journal is on disk), so ``Capabilities.durable`` holds; a URL that weakens it
   (``w=0``, ``journal=false``) gets ``durable=False``.
@@ -64,7 +65,10 @@ __all__ = ["DEFAULT_COLLECTION", "DEFAULT_DATABASE", "MongoStore", "create"]
 DEFAULT_DATABASE = "blokrun"
 DEFAULT_COLLECTION = "blokrun_store"
 TTL_INDEX = "blokrun_expires_at_ttl"
-_CHUNK = 1000  # keys per $in query
+#: Keys per ``$in`` query. mongod would take far more, but the mongoeco emulator compiles
+#: ``$in`` to a chain of SQLite ORs and fails past ~490 keys (SQLite's expression depth
+#: limit of 1000); 250 keeps one query document small too (<= 256 KiB of 1 KiB keys).
+_CHUNK = 250
 _CURSOR_BATCH = 1000  # keys per getMore of keys()
 _CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True, tzinfo=dt.UTC)
 
@@ -234,7 +238,11 @@ class MongoStore:
         if not entries:
             return
         now = _now()
-        ops = [ReplaceOne({"_id": k}, _doc(k, d, t, now), upsert=True) for k, d, t in entries]
+        # An unordered bulk write may run in any order: keep only the last entry per key.
+        last = {k: (d, t) for k, d, t in entries}
+        ops = [
+            ReplaceOne({"_id": k}, _doc(k, d, t, now), upsert=True) for k, (d, t) in last.items()
+        ]
         with self._errors("save_batch"):
             await self.collection.bulk_write(ops, ordered=False)
 

@@ -6,8 +6,8 @@ once above it, in :class:`blokrun.datasources.datasource.Datasource`.
 
 Rules every driver follows (the contract suite in ``tests/contract`` checks them):
 
-* Keys are non-empty ``str`` of at most 1024 UTF-8 bytes without NUL (checked above the
-  driver). Any other character may appear -- ``/``, ``..``, spaces, unicode -- and the
+* Keys are non-empty ``str`` without NUL or other control characters, of at most 1024
+  UTF-8 bytes plus the datasource's ``PREFIX`` (checked above the driver). Any other character may appear -- ``/``, ``..``, spaces, unicode -- and the
   driver must store it safely (no path traversal, no injection) and return it unchanged
   from :meth:`Store.keys`.
 * ``ttl`` is in seconds (float); ``None`` means no expiry. An expired key is never
@@ -97,7 +97,7 @@ class Store(Protocol):
         """The live values among ``keys`` (absent or expired keys are left out)."""
 
     async def delete_batch(self, keys: Sequence[str]) -> int:
-        """Remove many keys; returns how many were removed (best effort count)."""
+        """Remove many keys; returns how many live keys were removed."""
 
     def keys(self, prefix: str = "") -> AsyncIterator[str]:
         """Iterate the live keys that start with ``prefix`` (any order, each once).

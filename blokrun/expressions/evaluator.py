@@ -255,9 +255,9 @@ class _Path(_Op):
     def _bad_step(self, value: Any, keys: Any, i: int) -> Any:
         key = keys[i]
         parent = self._where(keys, i - 1)  # i == 0: the base alone
+        if self.soft and (value is None or key is None):  # through null: missing, for ??
+            return _MISSING
         if value is None:
-            if self.soft:
-                return _MISSING
             raise self._fail(f"{parent} is null", keys, i)
         if isinstance(value, Mapping):
             raise self._fail(f"a mapping needs a string key, got {_kind(key)}", keys, i)
