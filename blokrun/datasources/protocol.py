@@ -7,9 +7,10 @@ once above it, in :class:`blokrun.datasources.datasource.Datasource`.
 Rules every driver follows (the contract suite in ``tests/contract`` checks them):
 
 * Keys are non-empty ``str`` without NUL or other control characters, of at most 1024
-  UTF-8 bytes plus the datasource's ``PREFIX`` (checked above the driver). Any other character may appear -- ``/``, ``..``, spaces, unicode -- and the
-  driver must store it safely (no path traversal, no injection) and return it unchanged
-  from :meth:`Store.keys`.
+  UTF-8 bytes plus the datasource's ``PREFIX`` (checked above the driver). Any other
+  character may appear -- ``/``, ``..``, spaces, unicode -- and the driver must store it
+  safely (no path traversal, no injection) and return it unchanged from
+  :meth:`Store.keys`.
 * ``ttl`` is in seconds (float); ``None`` means no expiry. An expired key is never
   returned by ``load``, ``load_batch``, ``exists``, ``keys`` or counted by ``size``,
   whether or not the server expires keys itself.
