@@ -241,3 +241,82 @@ def test_sigkill_in_the_middle_of_a_step_then_resume_completes_the_run(tmp_path:
     assert lines.count("kill-1 s3 start") == 2  # the step in flight runs again (at-least-once)
     assert lines.count("kill-1 s3 end") == 1
     assert lines.count("kill-1 s4") == 1
+
+
+def test_resume_with_a_changed_workflow_is_refused_unless_forced(tmp_path: Path) -> None:
+    wf = write_wf(tmp_path, linear(3))
+    assert blokrun(tmp_path, "run", str(wf), "--request-id", "chg", WF_FAIL_AT="s3").returncode == 1
+    changed = linear(3)
+    changed["steps"][0]["inputs"] = {"n": 500}
+    other = write_wf(tmp_path, changed, "changed.json")
+    refused = blokrun(tmp_path, "resume", "chg", "--workflow", str(other))
+    assert refused.returncode == 2
+    assert "changed steps that already ran: 's1' (changed)" in refused.stderr
+    assert "--force" in refused.stderr
+    forced = blokrun(tmp_path, "resume", "chg", "--workflow", str(other), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads(forced.stdout)["total"] == 6  # s1's checkpointed result is kept
+
+
+def test_an_unreachable_server_fails_at_start_up_naming_it_with_the_password_masked(
+    tmp_path: Path,
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    wf = write_wf(tmp_path, linear(1))
+    started = time.monotonic()
+    proc = blokrun(
+        tmp_path,
+        "run",
+        str(wf),
+        DATASOURCE_CACHE_TYPE="redis",
+        DATASOURCE_CACHE_URL=f"redis://:hunter2@127.0.0.1:{port}/0",
+        DATASOURCE_CACHE_TIMEOUT="2",
+        WF_LEDGER=str(tmp_path / "ledger"),
+    )
+    assert time.monotonic() - started < 15
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot start" in proc.stderr and "'cache'" in proc.stderr
+    assert f"127.0.0.1:{port}" in proc.stderr
+    assert "configured datasources: cache, default" in proc.stderr
+    assert "hunter2" not in proc.stderr
+    assert not (tmp_path / "ledger").exists()  # no step ran
+
+
+def test_on_a_terminal_stderr_shows_live_progress(tmp_path: Path) -> None:
+    import pty
+
+    wf = write_wf(tmp_path, linear(3))
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "blokrun", "run", str(wf), "--request-id", "tty-1"],
+            cwd=REPO,
+            env=cli_env(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            timeout=60,
+        )
+        os.close(follower)
+        follower = -1
+        chunks = []
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        if follower != -1:
+            os.close(follower)
+        os.close(leader)
+    shown = b"".join(chunks).decode()
+    assert proc.returncode == 0
+    assert "run tty-1: cli-linear (3 steps)" in shown
+    assert "[1/3] s1 ok" in shown and "[3/3] s3 ok" in shown
+    assert json.loads(proc.stdout)["total"] == 6
