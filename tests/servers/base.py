@@ -47,7 +47,9 @@ def wait_for_port(port: int, timeout: float = 15.0, host: str = "127.0.0.1") -> 
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise ServerUnavailable(f"nothing listened on {host}:{port} after {timeout}s") from None
+                raise ServerUnavailable(
+                    f"nothing listened on {host}:{port} after {timeout}s"
+                ) from None
             time.sleep(0.02)
 
 
@@ -65,7 +67,9 @@ class LocalServer:
         base = DatasourceSettings(
             name=name,
             type=self.driver,
-            path=str(self.workdir / f"store-{self._counter[0]}") if self.driver == "filesystem" else None,
+            path=str(self.workdir / f"store-{self._counter[0]}")
+            if self.driver == "filesystem"
+            else None,
         )
         return replace(base, **overrides)  # type: ignore[arg-type]
 
@@ -74,3 +78,28 @@ class LocalServer:
 
     def start(self) -> None:
         pass
+
+
+def settings_env(name: str, settings: DatasourceSettings) -> dict[str, str]:
+    """``DATASOURCE_<NAME>_*`` variables that configure ``settings`` (for CLI / from_env tests)."""
+    var = f"DATASOURCE_{name.upper()}_"
+    env = {var + "TYPE": settings.type}
+    fields = {
+        "URL": settings.url,
+        "PATH": settings.path,
+        "PREFIX": settings.prefix or None,
+        "TTL": settings.ttl,
+        "TABLE": settings.table,
+        "COLLECTION": settings.collection,
+        "DATABASE": settings.database,
+        "REGION": settings.region,
+        "ENDPOINT_URL": settings.endpoint_url,
+        "ACCESS_KEY_ID": settings.access_key_id,
+        "SECRET_ACCESS_KEY": settings.secret_access_key,
+        "POOL_SIZE": settings.pool_size,
+        "TIMEOUT": settings.timeout,
+    }
+    env.update({var + k: str(v) for k, v in fields.items() if v is not None})
+    if not settings.fsync:
+        env[var + "FSYNC"] = "false"
+    return env
