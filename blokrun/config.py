@@ -134,6 +134,8 @@ class DatasourceSettings:
     def describe(self) -> str:
         """A one-line, secret-free description (``cache (redis redis://:***@h:6379)``)."""
         where = mask_url(self.url) or self.path or ""
+        if self.endpoint_url:
+            where += f" at {mask_url(self.endpoint_url)}"
         return f"{self.name} ({self.type}{' ' + where if where else ''})"
 
 

@@ -6,8 +6,8 @@ new default CRC checksums only when an operation requires one, which many S3-com
 servers reject); ``REGION`` defaults to ``us-east-1``; credentials come from
 ``ACCESS_KEY_ID`` / ``SECRET_ACCESS_KEY`` or else the standard AWS chain. One client is
 opened by :meth:`S3Store.connect` (which checks the bucket with ``HeadBucket``), with
-connect/read timeouts of ``TIMEOUT`` and at most 2 attempts per request, so a dead endpoint
-fails fast instead of retrying for a minute.
+connect/read timeouts of ``TIMEOUT`` and 2 attempts per request (``total_max_attempts``:
+botocore's ``max_attempts`` counts retries), so a dead endpoint fails in about a second.
 
 **Object names.** A key is UTF-8 percent-encoded: every byte outside ``[A-Za-z0-9_.-]``
 and a leading ``.`` become ``%XX``. No name has a ``/``, so there are no ``..`` or empty
@@ -24,9 +24,11 @@ carry no metadata, so ``keys()``/``size()`` would need a ``HEAD`` per object to 
 expired ones. To keep that off stores that never use TTLs, the first TTL write of a store
 instance (then hourly) first puts an empty marker object ``<prefix>~ttl``; ``keys()`` looks
 for the marker once per call (after the first page) and only then ``HEAD``s every listed
-object, 32 at a time. Expired objects are not deleted by the driver (a delete could race a
-fresh save); add a bucket lifecycle rule ("expire after N days", N >= your longest TTL) to
-remove them physically -- and let it spare the marker or keep N above the marker's hour.
+object, 32 at a time (on moto, 2 busy CPUs: ``keys()`` over 200 objects takes 0.15 s
+without TTLs, 1.9 s with; moto serves ~100 requests/s, AWS far more in parallel).
+Expired objects are not deleted by the driver (a delete could race a fresh save): add a
+bucket lifecycle rule ("expire after N days", N >= your longest TTL) to remove them, with
+``ObjectSizeGreaterThan: 0`` so that it spares the (empty) marker.
 
 **Batches.** S3 has no multi-object put or get: ``save_batch``/``load_batch`` send one
 request per key, 32 in flight (``POOL_SIZE`` overrides), hence ``native_batch=False``.
@@ -154,27 +156,11 @@ class S3Store:
     async def connect(self) -> None:
         if self._connected:
             return
-        stack = None
-        if self._client is None:
-            endpoint, region, key_id, secret, timeout = self._opts
-            config = Config(
-                connect_timeout=timeout,
-                read_timeout=timeout,
-                retries={"max_attempts": 2, "mode": "standard"},
-                max_pool_connections=self._concurrency,
-                s3={"addressing_style": "path"} if endpoint else None,
-                request_checksum_calculation="when_required" if endpoint else None,
-                response_checksum_validation="when_required" if endpoint else None,
-            )
-            session = aioboto3.Session(
-                aws_access_key_id=key_id, aws_secret_access_key=secret, region_name=region
-            )
-            stack = AsyncExitStack()
-            self._client = await stack.enter_async_context(
-                session.client("s3", endpoint_url=endpoint, config=config)
-            )
+        stack = None if self._client is not None else AsyncExitStack()
         try:
             with self._errors("connect"):
+                if stack is not None:
+                    self._client = await stack.enter_async_context(self._new_client())
                 await self._client.head_bucket(Bucket=self._bucket)
         except BaseException:
             if stack is not None:
@@ -184,6 +170,22 @@ class S3Store:
             raise
         self._stack = stack
         self._connected = True
+
+    def _new_client(self) -> Any:
+        endpoint, region, key_id, secret, timeout = self._opts
+        config = Config(
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            retries={"total_max_attempts": 2, "mode": "standard"},  # 1 retry
+            max_pool_connections=self._concurrency,
+            s3={"addressing_style": "path"} if endpoint else None,
+            request_checksum_calculation="when_required" if endpoint else None,
+            response_checksum_validation="when_required" if endpoint else None,
+        )
+        session = aioboto3.Session(
+            aws_access_key_id=key_id, aws_secret_access_key=secret, region_name=region
+        )
+        return session.client("s3", endpoint_url=endpoint, config=config)
 
     async def close(self) -> None:
         self._connected = False
@@ -260,14 +262,14 @@ class S3Store:
             raise leaf  # noqa: B904 -- keeps the driver's own ``from exc`` cause
 
     async def _head(self, name: str) -> dict[str, str] | None:
-        try:
-            with self._errors("head"):
+        """The object's metadata, ``None`` if it does not exist."""
+        with self._errors("head"):
+            try:
                 resp = await self._client.head_object(Bucket=self._bucket, Key=name)
-        except DatasourceError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, ClientError) and cause.response["Error"].get("Code") in _MISSING:
-                return None
-            raise
+            except ClientError as exc:
+                if exc.response["Error"].get("Code") in _MISSING:
+                    return None
+                raise
         meta: dict[str, str] = resp.get("Metadata", {})
         return meta
 
@@ -291,6 +293,7 @@ class S3Store:
         with self._errors("save"):
             await self._client.put_object(Bucket=self._bucket, Key=self._prefix + _MARKER, Body=b"")
         self._marker_at = time.monotonic()
+        self._ttl_seen = True
 
     async def _put(self, entry: Entry) -> None:
         key, data, ttl = entry
@@ -331,7 +334,8 @@ class S3Store:
     async def save_batch(self, entries: Sequence[Entry]) -> None:
         if any(ttl is not None for _, _, ttl in entries):
             await self._mark_ttl()
-        await self._each(entries, self._put)
+        last = {key: (key, data, ttl) for key, data, ttl in entries}  # a repeated key: last wins
+        await self._each(list(last.values()), self._put)
 
     async def load_batch(self, keys: Sequence[str]) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
