@@ -139,8 +139,34 @@ class PostgresServer:
         return replace(base, **overrides)  # type: ignore[arg-type]
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reap_orphans() -> None:
+    """Stop clusters left by a test session that was killed before its atexit hook ran."""
+    for root in Path(tempfile.gettempdir()).glob("blokrun-pg-*"):
+        try:
+            owner = int((root / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(owner):
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError, ProcessLookupError):
+            pid = int((root / "data" / "postmaster.pid").read_text().split()[0])
+            os.kill(pid, signal.SIGQUIT)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def launch(workdir: Path) -> PostgresServer:
     bindir = _bindir()
+    _reap_orphans()
     as_postgres = os.geteuid() == 0
     if as_postgres:
         try:
@@ -152,6 +178,7 @@ def launch(workdir: Path) -> PostgresServer:
         if shutil.which("runuser") is None:
             raise ServerUnavailable("running as root and no runuser to drop to 'postgres'")
         root = Path(tempfile.mkdtemp(prefix="blokrun-pg-"))
+        (root / "owner.pid").write_text(str(os.getpid()))
         (workdir / "cluster-path.txt").write_text(str(root))
     else:
         root = workdir / "pg"
