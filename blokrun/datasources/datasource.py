@@ -7,6 +7,7 @@ the key; nothing leaks a password). It moves bytes; codecs live in ``blokrun.per
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import re
 from contextlib import asynccontextmanager
@@ -202,6 +203,18 @@ class Datasource:
             async for k in self.store.keys(self._prefix + prefix):
                 out.append(k[cut:])
         return out
+
+    async def match(self, pattern: str) -> list[str]:
+        """Keys matching a glob ``pattern`` (``job-*``, ``run-?-step``; ``[...]`` classes).
+
+        Served by :meth:`keys` with the literal prefix before the first wildcard, then
+        filtered exactly, so ``job-*`` costs a prefix listing, never a full scan.
+        """
+        cut = min((i for i, c in enumerate(pattern) if c in "*?["), default=len(pattern))
+        candidates = await self.keys(pattern[:cut])
+        if cut == len(pattern):
+            return [k for k in candidates if k == pattern]
+        return [k for k in candidates if fnmatch.fnmatchcase(k, pattern)]
 
     async def size(self) -> int:
         async with self._guard(None, "size"):

@@ -711,3 +711,17 @@ async def test_lifecycle(server: ThrowawayServer) -> None:
         assert await ds.load("k2") == b"v2"
     finally:
         await ds.close()
+
+
+async def test_match_takes_glob_patterns_served_by_a_prefix_listing(
+    server: ThrowawayServer,
+) -> None:
+    async with build_datasource(_settings(server)) as ds:
+        await ds.save_batch(
+            [(k, b"v", None) for k in ("job-1-a", "job-10-a", "job-1-b", "job-2-a", "jobx")]
+        )
+        assert sorted(await ds.match("job-1-*")) == ["job-1-a", "job-1-b"]
+        assert sorted(await ds.match("job-?-a")) == ["job-1-a", "job-2-a"]
+        assert sorted(await ds.match("job-[12]-a")) == ["job-1-a", "job-2-a"]
+        assert await ds.match("jobx") == ["jobx"]
+        assert await ds.match("job") == []
