@@ -178,7 +178,9 @@ class Runner:
         if failures:
             await stack.aclose()
             names = ", ".join(sorted(self._datasources))
-            detail = "; ".join(f"{ds.settings.describe()}: {exc}" for ds, exc in failures)
+            detail = "; ".join(
+                f"{ds.settings.describe()}: {getattr(exc, 'detail', exc)}" for ds, exc in failures
+            )
             first = failures[0][1]
             raise DatasourceError(
                 f"cannot start: {detail} (configured datasources: {names})",
