@@ -141,10 +141,17 @@ class DatasourceSettings:
 
 @dataclass(frozen=True, slots=True)
 class RunnerSettings:
-    """What :meth:`blokrun.Runner.from_env` needs: datasources and the home folder."""
+    """What :meth:`blokrun.Runner.from_env` needs.
+
+    ``environ`` is the mapping it was read from, for the parts that parse their own
+    variables (``blokrun.persistence.envelope.Envelope.from_env``).
+    """
 
     datasources: Mapping[str, DatasourceSettings]
     home: Path
+    blob_datasource: str | None = None
+    blob_threshold: int = 256 * 1024
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 def _var(name: str, setting: str) -> str:
@@ -292,7 +299,32 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> RunnerSetting
     datasources = {name: _build(name, raw, configured) for name, raw in sorted(grouped.items())}
     if DEFAULT_DATASOURCE not in datasources:
         datasources[DEFAULT_DATASOURCE] = embedded_default(home)
-    return RunnerSettings(datasources=datasources, home=home)
+    blob_ds = env.get("BLOKRUN_BLOB_DATASOURCE") or None
+    if blob_ds is not None and blob_ds not in datasources:
+        raise ConfigError(
+            f"BLOKRUN_BLOB_DATASOURCE={blob_ds!r} is not a configured datasource; "
+            f"configured: {', '.join(sorted(datasources))}",
+            variable="BLOKRUN_BLOB_DATASOURCE",
+        )
+    threshold = 256 * 1024
+    raw_threshold = env.get("BLOKRUN_BLOB_THRESHOLD")
+    if raw_threshold:
+        try:
+            threshold = int(raw_threshold)
+        except ValueError:
+            threshold = 0
+        if threshold < 1:
+            raise ConfigError(
+                f"BLOKRUN_BLOB_THRESHOLD={raw_threshold!r}: expected a positive number of bytes",
+                variable="BLOKRUN_BLOB_THRESHOLD",
+            )
+    return RunnerSettings(
+        datasources=datasources,
+        home=home,
+        blob_datasource=blob_ds,
+        blob_threshold=threshold,
+        environ=dict(env),
+    )
 
 
 def embedded_default(home: Path) -> DatasourceSettings:

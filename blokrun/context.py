@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from blokrun.errors import DatasourceAccessError
-from blokrun.persistence.codec import decode_foreign
+from blokrun.persistence.codec import Opener, decode_foreign
 
 if TYPE_CHECKING:
     import logging
@@ -48,7 +48,16 @@ class Context:
     (``<request id>:<step>``), to pass to external systems.
     """
 
-    __slots__ = ("_allowed", "_datasources", "logger", "request", "step", "vars", "workflow")
+    __slots__ = (
+        "_allowed",
+        "_datasources",
+        "_envelope",
+        "logger",
+        "request",
+        "step",
+        "vars",
+        "workflow",
+    )
 
     def __init__(
         self,
@@ -59,6 +68,7 @@ class Context:
         datasources: Mapping[str, Datasource],
         allowed: tuple[str, ...],
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        envelope: Opener,
     ) -> None:
         self.request = request
         self.workflow = workflow
@@ -67,6 +77,7 @@ class Context:
         self.step = ""
         self._datasources = datasources
         self._allowed = allowed
+        self._envelope = envelope
 
     @property
     def idempotency_key(self) -> str:
@@ -100,7 +111,7 @@ class Context:
         raw = await self._datasources[name].load(key)
         if raw is None:
             return None
-        return decode_foreign(raw, datasource=name, key=key)
+        return decode_foreign(raw, datasource=name, key=key, envelope=self._envelope)
 
     def as_mapping(self) -> dict[str, Any]:
         """The view expressions see as ``ctx`` (lookups only; no Python attributes)."""

@@ -31,7 +31,9 @@ from blokrun.errors import (
 from blokrun.execution.engine import execute
 from blokrun.execution.hooks import CallableHook, Hook, RunState, StepOutcome
 from blokrun.persistence.checkpointer import Checkpointer, KeyScope
+from blokrun.persistence.envelope import Envelope
 from blokrun.persistence.records import (
+    DEFAULT_ENVELOPE,
     CheckpointRecord,
     HeadRecord,
     RunStatus,
@@ -39,12 +41,8 @@ from blokrun.persistence.records import (
     new_request_id,
     validate_request_id,
 )
-from blokrun.persistence.resumer import (
-    FoundRun,
-    load_definition,
-    locate_run,
-    roll_forward,
-)
+from blokrun.persistence.resumer import FoundRun, Resumer
+from blokrun.persistence.state import BlobPolicy, resolve_blobs
 from blokrun.spec.loader import Workflow, load_workflow
 
 if TYPE_CHECKING:
@@ -98,7 +96,10 @@ class Runner:
     ``datasources``: :class:`Datasource` objects or :class:`DatasourceSettings` (a service
     that builds its own config), or nothing for the embedded default under ``./.blokrun``.
     ``hooks``: extra :class:`Hook` objects or ``async def hook(run, outcome)`` after-step
-    functions, run after the checkpoint of each step.
+    functions, run after the checkpoint of each step. ``envelope``: compression and
+    encryption of stored records (default: zstd above 4 KiB, no encryption).
+    ``blob_datasource``: where top-level values of at least ``blob_threshold`` bytes are
+    stored once, content-addressed, and referenced from checkpoints (default: inline).
     """
 
     def __init__(
@@ -107,6 +108,9 @@ class Runner:
         *,
         hooks: Iterable[HookLike] = (),
         search_paths: Iterable[str] = (),
+        envelope: Envelope | None = None,
+        blob_datasource: str | None = None,
+        blob_threshold: int = 256 * 1024,
     ) -> None:
         built: dict[str, Datasource] = {}
         if datasources is None:
@@ -119,7 +123,21 @@ class Runner:
                 raise ConfigError(f"datasource {ds.name!r} given twice")
             built[ds.name] = ds
         self._datasources = built
-        self._checkpointer = Checkpointer(built)
+        self._envelope = envelope or DEFAULT_ENVELOPE
+        if blob_datasource is not None and blob_datasource not in built:
+            raise ConfigError(
+                f"BLOKRUN_BLOB_DATASOURCE={blob_datasource!r} is not a configured datasource; "
+                f"configured: {', '.join(sorted(built))}",
+                variable="BLOKRUN_BLOB_DATASOURCE",
+            )
+        if blob_threshold < 1:
+            raise ConfigError(
+                f"BLOKRUN_BLOB_THRESHOLD={blob_threshold}: expected a positive number of bytes",
+                variable="BLOKRUN_BLOB_THRESHOLD",
+            )
+        blobs = BlobPolicy(built[blob_datasource] if blob_datasource else None, blob_threshold)
+        self._checkpointer = Checkpointer(built, envelope=self._envelope, blobs=blobs)
+        self._resumer = Resumer(self._envelope)
         self._hooks: list[Hook] = [self._checkpointer]
         for hook in hooks:
             self._hooks.append(hook if isinstance(hook, Hook) else CallableHook(hook))
@@ -134,9 +152,19 @@ class Runner:
         hooks: Iterable[HookLike] = (),
         search_paths: Iterable[str] = (),
     ) -> Runner:
-        """A Runner for the ``DATASOURCE_*`` variables of ``environ`` (default: ``os.environ``)."""
+        """A Runner for the ``DATASOURCE_*`` and ``BLOKRUN_*`` variables of ``environ``.
+
+        ``environ`` defaults to ``os.environ``.
+        """
         settings = settings_from_env(environ)
-        return cls(settings.datasources.values(), hooks=hooks, search_paths=search_paths)
+        return cls(
+            settings.datasources.values(),
+            hooks=hooks,
+            search_paths=search_paths,
+            envelope=Envelope.from_env(settings.environ),
+            blob_datasource=settings.blob_datasource,
+            blob_threshold=settings.blob_threshold,
+        )
 
     @property
     def datasources(self) -> Mapping[str, Datasource]:
@@ -254,7 +282,9 @@ class Runner:
         try:
             for hook in self._hooks:
                 await hook.on_run_start(run)
-            await execute(run, datasources=self._datasources, hooks=self._hooks)
+            await execute(
+                run, datasources=self._datasources, hooks=self._hooks, envelope=self._envelope
+            )
         except BaseException as exc:
             run.status = (
                 "cancelled" if isinstance(exc, anyio.get_cancelled_exc_class()) else "failed"
@@ -301,7 +331,7 @@ class Runner:
             if wf is not None and wf.targets
             else list(self._datasources.values())
         )
-        found = await locate_run(
+        found = await self._resumer.locate(
             request_id,
             candidates,
             scan_prefix=self._scan_prefix(request_id, wf),
@@ -331,7 +361,7 @@ class Runner:
         self._require_connected()
         given = self.load(workflow) if workflow is not None else None
         found = await self._locate(request_id, given)
-        stored = await load_definition(found)
+        stored = await self._resumer.definition(found)
         if given is not None:
             wf = given
             if stored is not None and stored.definition_hash != wf.definition_hash and not force:
@@ -347,14 +377,16 @@ class Runner:
         scope_run = RunState(request_id=request_id, workflow=wf, vars={}, inputs={}, started_at=0.0)
         if found.checkpoint is not None:
             scope_run.started_at = found.checkpoint.started_at
-        await roll_forward(
+        await self._resumer.roll_forward(
             found, wf.step_names, lambda step: self._checkpointer.checkpoint_key(scope_run, step)
         )
-        ckpt = found.checkpoint
+        ckpt, state = await self._resumer.state(found, self._scan_prefix(request_id, wf))
         head = found.head
         if ckpt is not None:
-            vars_ = dict(ckpt.vars)
-            done = [s for s in ckpt.done]
+            vars_ = await resolve_blobs(
+                state, self._datasources, self._envelope, request_id=request_id
+            )
+            done = list(ckpt.done)
             started_at, seq = ckpt.started_at, ckpt.seq
         elif found.run is not None:
             vars_, done = dict(found.run.inputs), []
@@ -434,7 +466,7 @@ class Runner:
         self._require_connected()
         found = await self._locate(request_id, None)
         ds = found.datasource
-        stored = await load_definition(found)
+        stored = await self._resumer.definition(found)
         wf = self.load(stored.document, name=stored.source) if stored is not None else None
         prefix = self._scan_prefix(request_id, wf)
         keys = await ds.keys(prefix)
@@ -442,7 +474,9 @@ class Runner:
         for start in range(0, len(keys), 500):
             for key, raw in (await ds.load_batch(keys[start : start + 500])).items():
                 try:
-                    rec = decode_record(raw, CheckpointRecord, datasource=ds.name, key=key)
+                    rec = decode_record(
+                        raw, CheckpointRecord, datasource=ds.name, key=key, envelope=self._envelope
+                    )
                 except BlokrunError:
                     continue
                 if rec.request_id != request_id:

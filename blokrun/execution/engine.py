@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from blokrun.datasources import Datasource
     from blokrun.execution.hooks import Hook, RunState
+    from blokrun.persistence.codec import Opener
     from blokrun.spec.loader import Step
 
 __all__ = ["execute"]
@@ -63,6 +64,7 @@ async def execute(
     *,
     datasources: Mapping[str, Datasource],
     hooks: Sequence[Hook],
+    envelope: Opener,
 ) -> None:
     """Run every step of ``run.workflow`` not in ``run.done``; raise RunError on failure."""
     wf = run.workflow
@@ -73,6 +75,7 @@ async def execute(
         datasources=datasources,
         allowed=wf.datasources,
         logger=_node_log,
+        envelope=envelope,
     )
     done = set(run.done)
     remaining = [s for s in wf.steps if s.name not in done]

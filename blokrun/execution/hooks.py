@@ -37,6 +37,7 @@ class RunState:
     status: RunStatus = "running"
     resumed: bool = False
     steps_run: list[str] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)  # per-run state of hooks
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,9 @@ import anyio
 
 from blokrun.errors import BlokrunError, CheckpointError, DatasourceError
 from blokrun.execution.hooks import Hook
-from blokrun.persistence.codec import Kind, dumps_value, encode
+from blokrun.persistence.codec import Kind, dumps_value
 from blokrun.persistence.records import (
+    DEFAULT_ENVELOPE,
     DefinitionRecord,
     HeadRecord,
     RunRecord,
@@ -29,12 +30,16 @@ from blokrun.persistence.records import (
     head_key,
     run_key,
 )
+from blokrun.persistence.state import BlobPolicy, StateWriter
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    import msgspec
+
     from blokrun.datasources import Datasource, Entry
     from blokrun.execution.hooks import RunState, StepOutcome
+    from blokrun.persistence.envelope import Envelope
     from blokrun.persistence.records import RunStatus
 
 __all__ = ["Checkpointer", "KeyScope", "save_everywhere"]
@@ -128,11 +133,30 @@ async def save_everywhere(
 class Checkpointer(Hook):
     """Writes the run record, checkpoints and head records of runs to their targets."""
 
-    __slots__ = ("_datasources", "_definitions_written")
+    __slots__ = ("_datasources", "_definitions_written", "_known_blobs", "blobs", "envelope")
 
-    def __init__(self, datasources: Mapping[str, Datasource]) -> None:
+    def __init__(
+        self,
+        datasources: Mapping[str, Datasource],
+        *,
+        envelope: Envelope = DEFAULT_ENVELOPE,
+        blobs: BlobPolicy | None = None,
+    ) -> None:
         self._datasources = datasources
         self._definitions_written: set[tuple[str, str]] = set()
+        self._known_blobs: set[tuple[str, str]] = set()
+        self.envelope = envelope
+        self.blobs = blobs or BlobPolicy()
+
+    def _seal(self, record: msgspec.Struct) -> bytes:
+        return encode_record(record, self.envelope)
+
+    def _writer(self, run: RunState) -> StateWriter:
+        writer = run.extras.get("state_writer")
+        if not isinstance(writer, StateWriter):
+            writer = StateWriter(self.envelope, self.blobs, self._known_blobs)
+            run.extras["state_writer"] = writer
+        return writer
 
     def targets(self, run: RunState) -> list[Datasource]:
         return [self._datasources[name] for name in run.workflow.targets]
@@ -184,7 +208,7 @@ class Checkpointer(Hook):
             entries.append(
                 (
                     run_key(run.request_id),
-                    encode_record(
+                    self._seal(
                         RunRecord(
                             request_id=run.request_id,
                             workflow=wf.name,
@@ -204,7 +228,7 @@ class Checkpointer(Hook):
         if todo:
             definition = (
                 definition_key(wf.definition_hash),
-                encode_record(
+                self._seal(
                     DefinitionRecord(
                         definition_hash=wf.definition_hash, document=wf.document, source=wf.source
                     )
@@ -217,7 +241,7 @@ class Checkpointer(Hook):
             )
             if ttl is None:
                 self._definitions_written.update((ds.name, wf.definition_hash) for ds in todo)
-        entries.append((head_key(run.request_id), encode_record(head), ttl))
+        entries.append((head_key(run.request_id), self._seal(head), ttl))
         await save_everywhere(targets, entries, run=run, step=None, what="the run's start")
 
     async def after_step(self, run: RunState, outcome: StepOutcome) -> None:
@@ -230,7 +254,9 @@ class Checkpointer(Hook):
 
             pub = step.publish
             key = render_key(pub.key, KeyScope(run, step.name))
-            value = encode(Kind.VALUE, dumps_value(outcome.output, path=f"vars.{step.name}"))
+            value = self.envelope.seal(
+                Kind.VALUE, dumps_value(outcome.output, path=f"vars.{step.name}")
+            )
             await save_everywhere(
                 [self._datasources[pub.target]],
                 [(key, value, pub.ttl)],
@@ -242,6 +268,24 @@ class Checkpointer(Hook):
             return
         seq = run.seq + 1
         key = self.checkpoint_key(run, step.name)
+        writer = self._writer(run)
+        try:
+            state = await writer.encode(run.vars, seq, key)
+        except BaseException:
+            writer.forget()
+            raise
+        if state.blobs and self.blobs.datasource is not None:
+            try:
+                # Large values first: a checkpoint never refers to a blob that is not stored.
+                await save_everywhere(
+                    [self.blobs.datasource], [(k, v, None) for k, v in state.blobs],
+                    run=run, step=step.name, what="large values",
+                )  # fmt: skip
+            except BaseException:
+                writer.forget()
+                raise
+            for blob, _ in state.blobs:
+                writer.blob_written(blob)
         now = time.time()
         record = encode_checkpoint(
             request_id=run.request_id,
@@ -251,21 +295,30 @@ class Checkpointer(Hook):
             step=step.name,
             seq=seq,
             done=run.done,
-            vars=run.vars,
+            vars=state.vars,
             started_at=run.started_at,
             time=now,
             duration=outcome.duration,
             attempt=run.attempt,
+            snapshot=state.snapshot,
+            removed=state.removed,
+            base=state.base,
+            chain=state.chain,
+            envelope=self.envelope,
         )
         status: RunStatus = "completed" if outcome.last else "running"
         head = self._head(run, status, seq=seq, step=step.name, key=key)
-        await save_everywhere(
-            targets,
-            [(key, record, ttl), (head_key(run.request_id), encode_record(head), wf.ttl)],
-            run=run,
-            step=step.name,
-            what="the checkpoint",
-        )
+        try:
+            await save_everywhere(
+                targets,
+                [(key, record, ttl), (head_key(run.request_id), self._seal(head), wf.ttl)],
+                run=run,
+                step=step.name,
+                what="the checkpoint",
+            )
+        except BaseException:
+            writer.forget()
+            raise
         run.seq, run.last_step, run.last_key = seq, step.name, key
         if outcome.last:
             run.status = "completed"
@@ -280,7 +333,7 @@ class Checkpointer(Hook):
             head = self._head(run, "completed")
             await save_everywhere(
                 targets,
-                [(head_key(run.request_id), encode_record(head), run.workflow.ttl)],
+                [(head_key(run.request_id), self._seal(head), run.workflow.ttl)],
                 run=run,
                 step=None,
                 what="the run's completion",
@@ -296,7 +349,7 @@ class Checkpointer(Hook):
             with anyio.CancelScope(shield=True):
                 await save_everywhere(
                     targets,
-                    [(head_key(run.request_id), encode_record(head), run.workflow.ttl)],
+                    [(head_key(run.request_id), self._seal(head), run.workflow.ttl)],
                     run=run,
                     step=None,
                     what="the run's failure status",

@@ -1,14 +1,8 @@
-"""The stored envelope and the value codec.
+"""The value codec, and the constants the stored envelope shares.
 
-Every record blokrun writes is ``header + payload``::
-
-    offset 0  magic        b"\\xb1BK"  (never the start of JSON or UTF-8 text)
-           3  version      format version (1); a newer one raises FormatVersionError
-           4  flags        bits 0-1 codec (0 = JSON), bits 2-3 compression (0 = none),
-                           bit 4 encrypted (reserved)
-           5  kind         what the payload is (checkpoint, head, run, definition, value)
-           6  crc32        of the payload, big-endian; a mismatch raises RecordError
-          10  payload
+Records are sealed by :mod:`blokrun.persistence.envelope` (format version, compression,
+encryption, checksum); ``MAGIC`` and :class:`Kind` live here so the envelope and the value
+codec agree without importing each other.
 
 Values are JSON (orjson) plus tagged types that JSON lacks, so they come back as they went
 in: ``datetime``, ``date``, ``time``, ``Decimal``, ``bytes``, ``set`` and ``frozenset`` are
@@ -25,34 +19,27 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import math
-import struct
 import uuid
-import zlib
 from decimal import Decimal
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-from blokrun.errors import FormatVersionError, RecordError, ValueNotStorable
+from blokrun.errors import RecordError, ValueNotStorable
 
 __all__ = [
-    "FORMAT_VERSION",
     "Kind",
-    "decode",
     "decode_foreign",
     "dumps_value",
-    "encode",
     "find_unstorable",
     "loads_value",
 ]
 
 MAGIC = b"\xb1BK"
-FORMAT_VERSION = 1
-_HEADER = struct.Struct(">3sBBBI")
 _TAG = "$blokrun"
 _TAG_BYTES = b'"$blokrun"'
 _OPTS = (
@@ -60,6 +47,14 @@ _OPTS = (
     | orjson.OPT_PASSTHROUGH_SUBCLASS
     | orjson.OPT_PASSTHROUGH_DATACLASS
 )
+
+
+class Opener(Protocol):
+    """What opens a sealed record (:class:`blokrun.persistence.envelope.Envelope`)."""
+
+    def open(
+        self, raw: bytes, *, datasource: str | None = None, key: str | None = None
+    ) -> tuple[Kind, bytes]: ...
 
 
 class Kind(IntEnum):
@@ -238,44 +233,10 @@ def loads_value(data: bytes) -> Any:
     return obj
 
 
-def encode(kind: Kind, payload: bytes) -> bytes:
-    """Wrap an already-encoded payload in the envelope."""
-    return _HEADER.pack(MAGIC, FORMAT_VERSION, 0, int(kind), zlib.crc32(payload)) + payload
-
-
-def decode(
-    raw: bytes, *, datasource: str | None = None, key: str | None = None
-) -> tuple[Kind, bytes]:
-    """Check the envelope of ``raw``; return its kind and payload."""
-    if len(raw) < _HEADER.size or raw[:3] != MAGIC:
-        raise RecordError(
-            "not a blokrun record (bad magic or truncated header)", datasource=datasource, key=key
-        )
-    _, version, flags, kind, crc = _HEADER.unpack_from(raw)
-    if version > FORMAT_VERSION:
-        raise FormatVersionError(
-            f"record format version {version} is newer than this blokrun understands "
-            f"({FORMAT_VERSION}): upgrade blokrun",
-            datasource=datasource,
-            key=key,
-        )
-    if flags != 0:
-        raise RecordError(f"unsupported record flags {flags:#04x}", datasource=datasource, key=key)
-    payload = raw[_HEADER.size :]
-    if zlib.crc32(payload) != crc:
-        raise RecordError(
-            "checksum mismatch: the record is corrupt or truncated", datasource=datasource, key=key
-        )
-    try:
-        return Kind(kind), payload
-    except ValueError:
-        raise RecordError(f"unknown record kind {kind}", datasource=datasource, key=key) from None
-
-
-def decode_foreign(raw: bytes, *, datasource: str, key: str) -> Any:
+def decode_foreign(raw: bytes, *, datasource: str, key: str, envelope: Opener) -> Any:
     """Decode what ``ctx.datasource`` reads: a blokrun record, else JSON, else text, else bytes."""
     if raw[:3] == MAGIC:
-        _, payload = decode(raw, datasource=datasource, key=key)
+        _, payload = envelope.open(raw, datasource=datasource, key=key)
         try:
             return loads_value(payload)
         except (ValueError, TypeError, ArithmeticError) as exc:

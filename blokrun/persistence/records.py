@@ -21,12 +21,21 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
+import orjson
 
 from blokrun.errors import RecordError
-from blokrun.persistence.codec import Kind, decode, dumps_value, encode, loads_value
+from blokrun.persistence.codec import Kind, dumps_value, loads_value
+from blokrun.persistence.envelope import Envelope
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+#: Records sealed with no configuration: zstd (zlib without zstandard) above 4 KiB, no
+#: encryption.
+DEFAULT_ENVELOPE = Envelope.from_env({})
 
 __all__ = [
     "CheckpointRecord",
@@ -91,6 +100,10 @@ class CheckpointRecord(msgspec.Struct, frozen=True, kw_only=True):
     time: float
     duration: float
     attempt: int = 1
+    snapshot: bool = True  # vars holds every top-level var; else only those that changed
+    removed: list[str] = msgspec.field(default_factory=list)  # delta: vars deleted since
+    base: int = 0  # seq of the snapshot this record's chain starts from
+    chain: list[str] = msgspec.field(default_factory=list)  # keys: snapshot, then deltas
 
 
 class HeadRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -136,9 +149,9 @@ _KINDS: dict[type[msgspec.Struct], Kind] = {
 _TYPES = {kind: cls for cls, kind in _KINDS.items()}
 
 
-def encode_record(record: msgspec.Struct) -> bytes:
+def encode_record(record: msgspec.Struct, envelope: Envelope = DEFAULT_ENVELOPE) -> bytes:
     kind = _KINDS[type(record)]
-    return encode(kind, dumps_value(msgspec.structs.asdict(record)))
+    return envelope.seal(kind, dumps_value(msgspec.structs.asdict(record)))
 
 
 def encode_checkpoint(
@@ -150,14 +163,30 @@ def encode_checkpoint(
     step: str,
     seq: int,
     done: list[str],
-    vars: dict[str, Any],
+    vars: Mapping[str, Any],
     started_at: float,
     time: float,
     duration: float,
     attempt: int,
+    snapshot: bool = True,
+    removed: Sequence[str] = (),
+    base: int | None = None,
+    chain: Sequence[str] = (),
+    envelope: Envelope = DEFAULT_ENVELOPE,
 ) -> bytes:
-    """The hot path: encode a checkpoint without building a Struct first."""
-    payload = dumps_value(
+    """The hot path: a checkpoint record without building a Struct first.
+
+    ``vars`` values may be ``orjson.Fragment`` (already serialised by the state writer);
+    plain values are checked here.
+    """
+    if not all(isinstance(v, orjson.Fragment) for v in vars.values()):
+        vars = {
+            k: v
+            if isinstance(v, orjson.Fragment)
+            else orjson.Fragment(dumps_value(v, path=f"vars.{k}"))
+            for k, v in vars.items()
+        }
+    payload = orjson.dumps(
         {
             "request_id": request_id,
             "workflow": workflow,
@@ -172,16 +201,25 @@ def encode_checkpoint(
             "time": time,
             "duration": duration,
             "attempt": attempt,
+            "snapshot": snapshot,
+            "removed": list(removed),
+            "base": seq if base is None else base,
+            "chain": list(chain),
         }
     )
-    return encode(Kind.CHECKPOINT, payload)
+    return envelope.seal(Kind.CHECKPOINT, payload)
 
 
 def decode_record(
-    raw: bytes, expected: type[T], *, datasource: str | None = None, key: str | None = None
+    raw: bytes,
+    expected: type[T],
+    *,
+    datasource: str | None = None,
+    key: str | None = None,
+    envelope: Envelope = DEFAULT_ENVELOPE,
 ) -> T:
     """Decode and validate a stored record of type ``expected``."""
-    kind, payload = decode(raw, datasource=datasource, key=key)
+    kind, payload = envelope.open(raw, datasource=datasource, key=key)
     if _TYPES.get(kind) is not expected:
         raise RecordError(
             f"expected a {expected.__name__}, found a {kind.name.lower()} record",

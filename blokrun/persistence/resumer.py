@@ -1,25 +1,27 @@
-"""Finding a run's latest good checkpoint.
+"""Finding a run's latest good checkpoint, and the state it stands for.
 
 The fast path is O(1): read the run's head record (``_blokrun.head.<id>``) and the checkpoint
-it points at -- two reads, whatever the number of steps. The head is only a hint, though:
+it points at -- two reads, whatever the number of steps -- plus, when that checkpoint is a
+delta, one batched read of its chain. The head is only a hint, though:
 
 * it is written after its checkpoint, so after a crash between the two it can be one step
-  behind: :func:`roll_forward` then probes the next step's key and adopts a newer record
+  behind: :meth:`Resumer.roll_forward` probes the next step's key and adopts a newer record
   of the same run;
 * if it is missing or unreadable, the ``<request_id>-*`` keys are scanned. Unlike sorting
   key strings (where ``s10`` < ``s9`` and run ``job`` would take ``job-2``'s keys), every
-  candidate is decoded and kept only if its ``request_id`` is this run's, and the highest
-  sequence number wins.
+  candidate is decoded and kept only if its ``request_id`` (and workflow) match, and the
+  highest sequence number wins.
 
-A record that fails its checksum or cannot be decoded is never used: the previous good one
-is taken and a warning says so.
+A record that fails its checksum or cannot be decoded is never used silently: the previous
+good checkpoint is taken and a warning says so; a delta whose chain is broken likewise falls
+back to an earlier checkpoint whose chain is whole.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import msgspec
@@ -35,13 +37,15 @@ from blokrun.persistence.records import (
     head_key,
     run_key,
 )
+from blokrun.persistence.state import rebuild_vars
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from blokrun.datasources import Datasource
+    from blokrun.persistence.envelope import Envelope
 
-__all__ = ["FoundRun", "latest_by_scan", "locate_run", "roll_forward"]
+__all__ = ["FoundRun", "Resumer"]
 
 log = logging.getLogger("blokrun.resume")
 T = TypeVar("T", bound=msgspec.Struct)
@@ -51,6 +55,7 @@ T = TypeVar("T", bound=msgspec.Struct)
 class FoundRun:
     """What is stored about a run on the datasource that knows it best."""
 
+    request_id: str
     datasource: Datasource
     head: HeadRecord | None = None
     run: RunRecord | None = None
@@ -69,155 +74,202 @@ class FoundRun:
         return self.checkpoint.seq if self.checkpoint is not None else 0
 
 
-def _decode(
-    raw: bytes | None, cls: type[T], ds: Datasource, key: str, warnings: list[str]
-) -> T | None:
-    if raw is None:
-        return None
-    try:
-        return decode_record(raw, cls, datasource=ds.name, key=key)
-    except RecordError as exc:
-        warnings.append(f"ignored an unreadable record: {exc}")
-        return None
+class Resumer:
+    """Reads what a run stored, through one envelope (the runner's)."""
 
+    __slots__ = ("envelope",)
 
-async def _read_head(ds: Datasource, request_id: str) -> FoundRun:
-    found = FoundRun(ds)
-    hk, rk = head_key(request_id), run_key(request_id)
-    raw = await ds.load_batch([hk, rk])
-    found.head = _decode(raw.get(hk), HeadRecord, ds, hk, found.warnings)
-    found.run = _decode(raw.get(rk), RunRecord, ds, rk, found.warnings)
-    return found
+    def __init__(self, envelope: Envelope) -> None:
+        self.envelope = envelope
 
-
-async def latest_by_scan(
-    ds: Datasource,
-    request_id: str,
-    prefix: str,
-    *,
-    below_seq: int | None = None,
-    workflow: str | None = None,
-    warnings: list[str] | None = None,
-) -> CheckpointRecord | None:
-    """The highest-sequence checkpoint of ``request_id`` among keys starting with ``prefix``.
-
-    Records of another run (``job-2`` under the prefix ``job-``) or, when ``workflow`` is
-    given, of another workflow are skipped.
-    """
-    warnings = warnings if warnings is not None else []
-    keys = await ds.keys(prefix)
-    best: CheckpointRecord | None = None
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
-        for key, raw in (await ds.load_batch(chunk)).items():
-            try:
-                rec = decode_record(raw, CheckpointRecord, datasource=ds.name, key=key)
-            except RecordError as exc:
-                if "found a" not in exc.detail:  # another kind of record is not a warning
-                    warnings.append(f"ignored an unreadable checkpoint: {exc}")
-                continue
-            if rec.request_id != request_id:
-                continue  # run 'job' never takes the keys of run 'job-2'
-            if workflow is not None and rec.workflow != workflow:
-                continue
-            if below_seq is not None and rec.seq >= below_seq:
-                continue
-            if best is None or rec.seq > best.seq:
-                best = rec
-    return best
-
-
-async def locate_run(
-    request_id: str,
-    datasources: Sequence[Datasource],
-    *,
-    scan_prefix: str,
-    workflow: str | None = None,
-) -> FoundRun | None:
-    """Find the run on whichever datasource holds its latest checkpoint; ``None`` if nowhere."""
-    results: list[FoundRun | BaseException] = []
-
-    async def probe(ds: Datasource) -> None:
+    def decode(
+        self, raw: bytes | None, cls: type[T], ds: Datasource, key: str, warnings: list[str]
+    ) -> T | None:
+        if raw is None:
+            return None
         try:
-            found = await _read_head(ds, request_id)
-            head = found.head
-            if head is not None and head.request_id == request_id and head.seq > 0 and head.key:
-                raw = await ds.load(head.key)
-                rec = _decode(raw, CheckpointRecord, ds, head.key, found.warnings)
-                if rec is not None and rec.request_id == request_id and rec.seq == head.seq:
-                    found.checkpoint = rec
-                else:
-                    if rec is None and raw is None:
-                        found.warnings.append(
-                            f"the head of run {request_id} on {ds.name!r} points at "
-                            f"{head.key!r}, which is missing; scanning for the previous checkpoint"
-                        )
-                    found.checkpoint = await latest_by_scan(
-                        ds,
-                        request_id,
-                        scan_prefix,
-                        below_seq=head.seq,
-                        workflow=head.workflow,
-                        warnings=found.warnings,
+            return decode_record(raw, cls, datasource=ds.name, key=key, envelope=self.envelope)
+        except RecordError as exc:
+            warnings.append(f"ignored an unreadable record: {exc}")
+            return None
+
+    async def scan(
+        self,
+        ds: Datasource,
+        request_id: str,
+        prefix: str,
+        *,
+        below_seq: int | None = None,
+        workflow: str | None = None,
+        warnings: list[str] | None = None,
+    ) -> list[CheckpointRecord]:
+        """This run's checkpoints among keys starting with ``prefix``, highest seq first.
+
+        Records of another run (``job-2`` under the prefix ``job-``) or, when ``workflow``
+        is given, of another workflow are skipped.
+        """
+        warnings = warnings if warnings is not None else []
+        keys = await ds.keys(prefix)
+        found: list[CheckpointRecord] = []
+        for start in range(0, len(keys), 500):
+            for key, raw in (await ds.load_batch(keys[start : start + 500])).items():
+                try:
+                    rec = decode_record(
+                        raw, CheckpointRecord, datasource=ds.name, key=key, envelope=self.envelope
                     )
-            elif head is None:
-                found.checkpoint = await latest_by_scan(
-                    ds,
-                    request_id,
-                    scan_prefix,
-                    workflow=found.run.workflow if found.run is not None else workflow,
-                    warnings=found.warnings,
+                except RecordError as exc:
+                    if "found a" not in exc.detail:  # another kind of record is no warning
+                        warnings.append(f"ignored an unreadable checkpoint: {exc}")
+                    continue
+                if rec.request_id != request_id:
+                    continue  # run 'job' never takes the keys of run 'job-2'
+                if workflow is not None and rec.workflow != workflow:
+                    continue
+                if below_seq is not None and rec.seq >= below_seq:
+                    continue
+                found.append(rec)
+        found.sort(key=lambda r: r.seq, reverse=True)
+        return found
+
+    async def _probe(
+        self, ds: Datasource, request_id: str, scan_prefix: str, workflow: str | None
+    ) -> FoundRun:
+        found = FoundRun(request_id, ds)
+        hk, rk = head_key(request_id), run_key(request_id)
+        raw = await ds.load_batch([hk, rk])
+        found.head = self.decode(raw.get(hk), HeadRecord, ds, hk, found.warnings)
+        found.run = self.decode(raw.get(rk), RunRecord, ds, rk, found.warnings)
+        head = found.head
+        if head is not None and head.request_id == request_id and head.seq > 0 and head.key:
+            raw_ckpt = await ds.load(head.key)
+            rec = self.decode(raw_ckpt, CheckpointRecord, ds, head.key, found.warnings)
+            if rec is not None and rec.request_id == request_id and rec.seq == head.seq:
+                found.checkpoint = rec
+                return found
+            if raw_ckpt is None:
+                found.warnings.append(
+                    f"the head of run {request_id} on {ds.name!r} points at {head.key!r}, "
+                    "which is missing; using the previous checkpoint"
                 )
-            results.append(found)
-        except BlokrunError as exc:
-            results.append(exc)
+            older = await self.scan(
+                ds, request_id, scan_prefix, below_seq=head.seq, workflow=head.workflow,
+                warnings=found.warnings,
+            )  # fmt: skip
+            found.checkpoint = older[0] if older else None
+        elif head is None:
+            wf = found.run.workflow if found.run is not None else workflow
+            older = await self.scan(
+                ds, request_id, scan_prefix, workflow=wf, warnings=found.warnings
+            )
+            found.checkpoint = older[0] if older else None
+        return found
 
-    async with anyio.create_task_group() as tg:
-        for ds in datasources:
-            tg.start_soon(probe, ds)
-    candidates = [r for r in results if isinstance(r, FoundRun)]
-    known = [
-        f for f in candidates if f.head is not None or f.run is not None or f.checkpoint is not None
-    ]
-    if not known:
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
-        return None
-    best = max(known, key=lambda f: (f.seq, f.head is not None))
-    for warning in best.warnings:
-        log.warning("%s", warning)
-    return best
+    async def locate(
+        self,
+        request_id: str,
+        datasources: Sequence[Datasource],
+        *,
+        scan_prefix: str,
+        workflow: str | None = None,
+    ) -> FoundRun | None:
+        """Find the run on whichever datasource holds its latest checkpoint; None if nowhere."""
+        results: list[FoundRun | BaseException] = []
 
+        async def probe(ds: Datasource) -> None:
+            try:
+                results.append(await self._probe(ds, request_id, scan_prefix, workflow))
+            except BlokrunError as exc:
+                results.append(exc)
 
-async def load_definition(found: FoundRun) -> DefinitionRecord | None:
-    digest = found.definition_hash
-    if digest is None:
-        return None
-    key = definition_key(digest)
-    raw = await found.datasource.load(key)
-    return _decode(raw, DefinitionRecord, found.datasource, key, found.warnings)
+        async with anyio.create_task_group() as tg:
+            for ds in datasources:
+                tg.start_soon(probe, ds)
+        known = [
+            r for r in results
+            if isinstance(r, FoundRun) and (r.head or r.run or r.checkpoint) is not None
+        ]  # fmt: skip
+        if not known:
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]
+            return None
+        best = max(known, key=lambda f: (f.seq, f.head is not None))
+        for warning in best.warnings:
+            log.warning("%s", warning)
+        best.warnings.clear()
+        return best
 
-
-async def roll_forward(
-    found: FoundRun, step_names: Sequence[str], key_for: Callable[[str], str]
-) -> None:
-    """Adopt checkpoints newer than the one found (a head left behind by a crash)."""
-    while True:
-        done = set(found.checkpoint.done) if found.checkpoint is not None else set()
-        nxt = next((s for s in step_names if s not in done), None)
-        if nxt is None:
-            return
-        key = key_for(nxt)
+    async def definition(self, found: FoundRun) -> DefinitionRecord | None:
+        digest = found.definition_hash
+        if digest is None:
+            return None
+        key = definition_key(digest)
         raw = await found.datasource.load(key)
-        rec = _decode(raw, CheckpointRecord, found.datasource, key, found.warnings)
-        if rec is None or rec.request_id != found_request_id(found) or rec.seq <= found.seq:
-            return
-        found.checkpoint = rec
+        return self.decode(raw, DefinitionRecord, found.datasource, key, found.warnings)
 
+    async def roll_forward(
+        self, found: FoundRun, step_names: Sequence[str], key_for: Callable[[str], str]
+    ) -> None:
+        """Adopt checkpoints newer than the one found (a head left behind by a crash)."""
+        while True:
+            done = set(found.checkpoint.done) if found.checkpoint is not None else set()
+            nxt = next((s for s in step_names if s not in done), None)
+            if nxt is None:
+                return
+            key = key_for(nxt)
+            raw = await found.datasource.load(key)
+            rec = self.decode(raw, CheckpointRecord, found.datasource, key, found.warnings)
+            if rec is None or rec.request_id != found.request_id or rec.seq <= found.seq:
+                return
+            found.checkpoint = rec
 
-def found_request_id(found: FoundRun) -> str:
-    for rec in (found.head, found.run, found.checkpoint):
-        if rec is not None:
-            return rec.request_id
-    raise AssertionError("a found run has at least one record")
+    async def _chain(self, ds: Datasource, rec: CheckpointRecord) -> list[CheckpointRecord] | None:
+        """The records of ``rec``'s chain in order, or None if any is missing or foreign."""
+        if rec.snapshot:
+            return []
+        raw = await ds.load_batch(rec.chain)
+        chain: list[CheckpointRecord] = []
+        previous = rec.base - 1
+        for i, key in enumerate(rec.chain):
+            link = self.decode(raw.get(key), CheckpointRecord, ds, key, [])
+            if (
+                link is None
+                or link.request_id != rec.request_id
+                or link.seq <= previous
+                or link.seq >= rec.seq
+                or link.base != rec.base
+                or (i == 0) != link.snapshot
+            ):
+                return None
+            previous = link.seq
+            chain.append(link)
+        return chain
+
+    async def state(
+        self, found: FoundRun, scan_prefix: str
+    ) -> tuple[CheckpointRecord | None, dict[str, Any]]:
+        """The latest checkpoint whose chain is whole, and the vars it stands for.
+
+        Falls back to earlier checkpoints (with a warning) when a delta's chain is broken.
+        ``(None, {})`` when no usable checkpoint is left.
+        """
+        rec = found.checkpoint
+        ds = found.datasource
+        older: list[CheckpointRecord] | None = None
+        while rec is not None:
+            chain = await self._chain(ds, rec)
+            if chain is not None:
+                return rec, rebuild_vars(rec, chain)
+            log.warning(
+                "checkpoint %s of run %s (seq %d) has a broken chain; using an earlier one",
+                rec.step, rec.request_id, rec.seq,
+            )  # fmt: skip
+            if older is None:
+                workflow = rec.workflow
+                older = await self.scan(
+                    ds, rec.request_id, scan_prefix, below_seq=rec.seq, workflow=workflow
+                )
+            else:
+                older = [r for r in older if r.seq < rec.seq]
+            rec = older[0] if older else None
+        return None, {}
