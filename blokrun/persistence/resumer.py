@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import msgspec
 
-from blokrun.errors import BlokrunError, RecordError
+from blokrun.errors import BlokrunError, FormatVersionError, RecordError, ResumeError
 from blokrun.persistence.records import (
     CheckpointRecord,
     DefinitionRecord,
@@ -89,6 +89,8 @@ class Resumer:
             return None
         try:
             return decode_record(raw, cls, datasource=ds.name, key=key, envelope=self.envelope)
+        except FormatVersionError:
+            raise  # never resume around records a newer blokrun wrote
         except RecordError as exc:
             warnings.append(f"ignored an unreadable record: {exc}")
             return None
@@ -117,6 +119,8 @@ class Resumer:
                     rec = decode_record(
                         raw, CheckpointRecord, datasource=ds.name, key=key, envelope=self.envelope
                     )
+                except FormatVersionError:
+                    raise
                 except RecordError as exc:
                     if "found a" not in exc.detail:  # another kind of record is no warning
                         warnings.append(f"ignored an unreadable checkpoint: {exc}")
@@ -184,6 +188,9 @@ class Resumer:
         async with anyio.create_task_group() as tg:
             for ds in datasources:
                 tg.start_soon(probe, ds)
+        for r in results:
+            if isinstance(r, FormatVersionError):
+                raise r
         known = [
             r for r in results
             if isinstance(r, FoundRun) and (r.head or r.run or r.checkpoint) is not None
@@ -192,6 +199,12 @@ class Resumer:
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors:
                 raise errors[0]
+            unreadable = [w for r in results if isinstance(r, FoundRun) for w in r.warnings]
+            if unreadable:  # records exist but none can be used: say why, not "not found"
+                raise ResumeError(
+                    f"its records exist but cannot be read: {unreadable[0]}",
+                    request_id=request_id,
+                )
             return None
         best = max(known, key=lambda f: (f.seq, f.head is not None))
         for warning in best.warnings:

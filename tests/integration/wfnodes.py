@@ -69,3 +69,33 @@ def hang_once(ctx: Any, inputs: dict[str, Any]) -> Any:
     ctx.vars["total"] = ctx.vars.get("total", 0) + 100
     _ledger(ctx, "end")
     return "survived"
+
+
+def _text(seed: int, size: int) -> str:
+    """Deterministic, incompressible-looking text (so compression cannot flatter a ratio)."""
+    import hashlib
+
+    out = []
+    block = hashlib.sha256(str(seed).encode()).hexdigest()
+    while sum(len(b) for b in out) < size:
+        block = hashlib.sha256(block.encode()).hexdigest()
+        out.append(block)
+    return "".join(out)[:size]
+
+
+async def grow(ctx: Any, inputs: dict[str, Any]) -> None:
+    """Adds one value of ``size`` characters under a new top-level name (no return value)."""
+    ctx.vars[f"chunk-{ctx.step}"] = _text(hash(ctx.step) & 0xFFFF, int(inputs["size"]))
+    ctx.vars["count"] = ctx.vars.get("count", 0) + 1
+
+
+async def big(ctx: Any, inputs: dict[str, Any]) -> Any:
+    """Returns a large value (``size`` characters) that depends only on ``seed``."""
+    _ledger(ctx)
+    return _text(int(inputs["seed"]), int(inputs["size"]))
+
+
+async def drop(ctx: Any, inputs: dict[str, Any]) -> None:
+    _ledger(ctx)
+    for name in inputs["names"]:
+        ctx.vars.pop(name, None)

@@ -1,0 +1,120 @@
+"""Corrupt, truncated and encrypted checkpoints, on every driver."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from blokrun import Runner, StepFailed
+from blokrun.errors import FormatVersionError, ResumeError
+from blokrun.persistence.envelope import Envelope
+from tests.integration import wfnodes
+from tests.servers.base import ThrowawayServer
+
+NODE = "tests.integration.wfnodes"
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> Iterator[None]:
+    wfnodes.CALLS.clear()
+    wfnodes.FAIL_AT.clear()
+    yield
+    wfnodes.FAIL_AT.clear()
+
+
+def linear(n: int) -> dict[str, Any]:
+    return {
+        "name": "integrity",
+        "persistence": {"targets": ["store"]},
+        "steps": [
+            {"name": f"s{i}", "node": f"{NODE}:add", "inputs": {"n": i}} for i in range(1, n + 1)
+        ],
+    }
+
+
+def calls(rid: str) -> list[str]:
+    return [step for r, step in wfnodes.CALLS if r == rid]
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated"])
+async def test_a_damaged_latest_checkpoint_is_detected_and_the_previous_one_used(
+    server: ThrowawayServer, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = server.settings("store", timeout=30.0)
+    rid = f"dmg-{damage[0]}"
+    wfnodes.FAIL_AT.add("s3")
+    async with Runner([settings]) as runner:
+        with pytest.raises(StepFailed):
+            await runner.run(linear(3), {"total": 0}, request_id=rid)
+        store = runner.datasources["store"]
+        raw = await store.load(f"{rid}-s2")
+        assert raw is not None
+        if damage == "flipped byte":
+            broken = bytearray(raw)
+            broken[len(broken) // 2 + 5] ^= 0x40
+            await store.save(f"{rid}-s2", bytes(broken))
+        else:
+            await store.save(f"{rid}-s2", raw[: len(raw) - 7])
+        wfnodes.FAIL_AT.clear()
+        caplog.set_level(logging.WARNING, logger="blokrun")
+        result = await runner.resume(rid)
+    assert result.vars["total"] == 6
+    assert calls(rid) == ["s1", "s2", "s3", "s2", "s3"]  # s2 ran again: its checkpoint was bad
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert f"{rid}-s2" in warned and ("checksum" in warned or "corrupt" in warned)
+
+
+def key_b64(byte: int) -> str:
+    return base64.b64encode(bytes([byte]) * 32).decode()
+
+
+async def test_encrypted_checkpoints_round_trip_and_a_wrong_key_is_refused(tmp_path: Any) -> None:
+    env = {
+        "BLOKRUN_HOME": str(tmp_path),
+        "BLOKRUN_ENCRYPTION_KEY": f"k1:{key_b64(1)}",
+    }
+    wfnodes.FAIL_AT.add("s3")
+    async with Runner.from_env(env) as runner:
+        with pytest.raises(StepFailed):
+            await runner.run(
+                linear(3) | {"persistence": {}},
+                {"total": 0, "secret": "hunter2-plain"},
+                request_id="enc-1",
+            )
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "checkpoints").iterdir())
+    assert b"hunter2-plain" not in stored  # nothing readable without the key
+
+    wrong = env | {"BLOKRUN_ENCRYPTION_KEY": f"k1:{key_b64(2)}"}
+    async with Runner.from_env(wrong) as runner:
+        with pytest.raises(ResumeError) as info:
+            await runner.resume("enc-1")
+    assert "authentication failed" in str(info.value)
+
+    # Rotation: a new active key, the old one kept for reading.
+    rotated = env | {
+        "BLOKRUN_ENCRYPTION_KEY": f"k2:{key_b64(3)}",
+        "BLOKRUN_ENCRYPTION_OLD_KEYS": f"k1:{key_b64(1)}",
+    }
+    wfnodes.FAIL_AT.clear()
+    async with Runner.from_env(rotated) as runner:
+        result = await runner.resume("enc-1")
+    assert result.vars["total"] == 6 and result.vars["secret"] == "hunter2-plain"
+    assert Envelope.from_env(rotated).encrypted
+
+
+async def test_a_record_from_a_newer_blokrun_asks_for_an_upgrade(tmp_path: Any) -> None:
+    from blokrun.persistence.records import head_key
+
+    async with Runner.from_env({"BLOKRUN_HOME": str(tmp_path)}) as runner:
+        await runner.run(linear(1) | {"persistence": {}}, request_id="new-1")
+        store = runner.datasources["default"]
+        raw = bytearray(await store.load("new-1-s1") or b"")
+        raw[3] = 99  # format version
+        await store.save("new-1-s1", bytes(raw))
+        await store.delete(head_key("new-1"))
+        with pytest.raises(FormatVersionError, match="upgrade blokrun"):
+            await runner.resume("new-1")
