@@ -139,6 +139,7 @@ class DefinitionRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 T = TypeVar("T", bound=msgspec.Struct)
+_FREE_FIELDS = frozenset({"vars", "inputs", "document"})
 
 _KINDS: dict[type[msgspec.Struct], Kind] = {
     CheckpointRecord: Kind.CHECKPOINT,
@@ -228,7 +229,18 @@ def decode_record(
         )
     try:
         obj = loads_value(payload)
-        return msgspec.convert(obj, expected)
+        # The free-form JSON fields are not walked by msgspec (it would visit every value
+        # of a 10 MB state): they are checked to be objects and put back as they are.
+        free = {}
+        if isinstance(obj, dict):
+            for name in _FREE_FIELDS.intersection(obj):
+                value = obj[name]
+                if not isinstance(value, dict):
+                    raise ValueError(f"field {name!r} must be an object")
+                free[name] = value
+                obj[name] = {}
+        record = msgspec.convert(obj, expected)
+        return msgspec.structs.replace(record, **free) if free else record
     except (msgspec.ValidationError, ValueError, TypeError, ArithmeticError) as exc:
         raise RecordError(
             f"stored {expected.__name__} is invalid: {exc}", datasource=datasource, key=key

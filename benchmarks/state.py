@@ -1,0 +1,175 @@
+"""Large state: a 10 MB context saved and loaded, and the bytes a growing run writes.
+
+- 10 MB save: a one-step workflow whose step returns ~10 MB of realistic JSON (a list of
+  records with numbers and short strings), checkpointing to the target, minus the same run
+  with persistence off. 10 MB load: ``runner.resume`` of that completed run (head,
+  checkpoint, decode), which returns the 10 MB of vars. Medians of a few runs; default
+  envelope (zstd level 1 above 4 KiB). Targets: the filesystem (fsync on) and Redis.
+- Bytes written: a 200-step run where every step adds a 50 KB value (10 MB in all), stored
+  without compression so the ratio shows the delta design, not zstd; full snapshots at
+  every step would write ~100x.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from benchmarks.harness import Report
+from blokrun import Runner
+from blokrun.config import DatasourceSettings
+from blokrun.datasources import Datasource
+from blokrun.datasources.memory import MemoryStore
+from blokrun.persistence.codec import dumps_value
+from blokrun.persistence.envelope import Envelope
+
+SECTION = "Large state"
+_PAYLOAD: list[dict[str, Any]] = []
+
+
+def payload() -> list[dict[str, Any]]:
+    if not _PAYLOAD:
+        rng = random.Random(7)
+        words = ["alpha", "beta", "gamma", "delta", "kappa", "omega", "sigma", "theta"]
+        while len(dumps_value(_PAYLOAD)) < 10_000_000:
+            _PAYLOAD.extend(
+                {
+                    "id": len(_PAYLOAD) + i,
+                    "price": round(rng.uniform(1, 1000), 2),
+                    "qty": rng.randint(1, 50),
+                    "sku": f"{rng.choice(words)}-{rng.randint(0, 99999):05d}",
+                    "tags": rng.sample(words, 2),
+                }
+                for i in range(5000)
+            )
+    return _PAYLOAD
+
+
+_DOCS: list[str] = []
+
+
+def documents() -> list[str]:
+    """10 MB as ten 1 MB text documents (reports, pages, model outputs)."""
+    if not _DOCS:
+        rng = random.Random(11)
+        alphabet = "abcdefghijklmnopqrstuvwxyz      .,\n"
+        _DOCS.extend("".join(rng.choices(alphabet, k=1_000_000)) for _ in range(10))
+    return _DOCS
+
+
+async def make_big(ctx: Any, inputs: dict[str, Any]) -> Any:
+    return payload() if inputs["shape"] == "records" else documents()
+
+
+def one_step(persist: bool, target: str, shape: str = "records") -> dict[str, Any]:
+    return {
+        "name": f"big-state-{shape}",
+        "persistence": {"enabled": persist, **({"targets": [target]} if persist else {})},
+        "steps": [
+            {"name": "make", "node": "benchmarks.state:make_big", "inputs": {"shape": shape}}
+        ],
+    }
+
+
+async def save_and_load(
+    report: Report, runner: Runner, target: str, label: str, reps: int, shape: str
+) -> None:
+    off = runner.load(one_step(False, target, shape))
+    on = runner.load(one_step(True, target, shape))
+    saves, loads = [], []
+    for i in range(reps):
+        t0 = time.perf_counter()
+        await runner.run(off)
+        base = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rid = f"big-{target}-{shape}-{i}"
+        await runner.run(on, request_id=rid)
+        saves.append(time.perf_counter() - t0 - base)
+        t0 = time.perf_counter()
+        result = await runner.resume(rid)
+        loads.append(time.perf_counter() - t0)
+        assert len(result.vars["make"]) in (len(payload()), len(documents()))
+    data = payload() if shape == "records" else documents()
+    size = len(dumps_value(data))
+    what_shape = "~100k small records" if shape == "records" else "ten 1 MB documents"
+    for what, samples in (("save", saves), ("load", loads)):
+        value = statistics.median(samples)
+        verdict = "meets" if value <= 0.1 else "misses"
+        report.add(
+            SECTION,
+            f"10 MB context {what}, {label}, {shape}",
+            value,
+            "s",
+            f"{size / 1e6:.1f} MB JSON of {what_shape}; median of {reps}; "
+            f"{verdict} the 100 ms goal",
+        )
+
+
+class Counting(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = 0
+
+    async def save_batch(self, entries: Sequence[tuple[str, bytes, float | None]]) -> None:
+        self.written += sum(len(d) for _, d, _ in entries)
+        await super().save_batch(entries)
+
+
+async def growth(report: Report, steps: int = 200, size: int = 50_000) -> None:
+    from tests.integration.wfnodes import grow  # noqa: F401  (the node the workflow names)
+
+    store = Counting()
+    ds = Datasource(DatasourceSettings(name="default", type="memory"), store)
+    wf = {
+        "name": "growing",
+        "steps": [
+            {
+                "name": f"s{i:03d}",
+                "node": "tests.integration.wfnodes:grow",
+                "inputs": {"size": size},
+            }
+            for i in range(steps)
+        ],
+    }
+    async with Runner([ds], envelope=Envelope(compression="none")) as runner:
+        result = await runner.run(wf)
+    produced = len(dumps_value(result.vars))
+    report.add(
+        SECTION,
+        f"{steps}-step run growing to {produced / 1e6:.1f} MB: bytes written / produced",
+        store.written / produced,
+        "x",
+        f"wrote {store.written / 1e6:.1f} MB, no compression; goal <= 2x (full snapshots: ~{steps / 2:.0f}x)",
+    )
+
+
+async def run(report: Report, quick: bool = False) -> None:
+    reps = 2 if quick else 3
+    with tempfile.TemporaryDirectory(prefix="blokrun-bench-state-") as tmp:
+        fs = DatasourceSettings(name="fs", type="filesystem", path=f"{tmp}/fs")
+        async with Runner([fs, DatasourceSettings(name="default", type="memory")]) as runner:
+            for shape in ("documents", "records"):
+                await save_and_load(report, runner, "fs", "filesystem (fsync on)", reps, shape)
+        try:
+            from tests.servers import redis as redis_server
+
+            server = redis_server.launch(__import__("pathlib").Path(tmp))
+        except Exception as exc:  # noqa: BLE001 - any reason the server cannot start is reported
+            report.add(SECTION, "10 MB context on Redis", float("nan"), "s", f"skipped: {exc}")
+        else:
+            try:
+                async with Runner(
+                    [
+                        server.settings("redis", timeout=30.0),
+                        DatasourceSettings(name="default", type="memory"),
+                    ]
+                ) as runner:
+                    for shape in ("documents", "records"):
+                        await save_and_load(report, runner, "redis", "Redis", reps, shape)
+            finally:
+                server.stop()
+    await growth(report)
