@@ -16,16 +16,19 @@ import random
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from benchmarks.harness import Report
 from blokrun import Runner
 from blokrun.config import DatasourceSettings
 from blokrun.datasources import Datasource
 from blokrun.datasources.memory import MemoryStore
 from blokrun.persistence.codec import dumps_value
 from blokrun.persistence.envelope import Envelope
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from benchmarks.harness import Report
 
 SECTION = "Large state"
 _PAYLOAD: list[dict[str, Any]] = []
@@ -143,7 +146,8 @@ async def growth(report: Report, steps: int = 200, size: int = 50_000) -> None:
         f"{steps}-step run growing to {produced / 1e6:.1f} MB: bytes written / produced",
         store.written / produced,
         "x",
-        f"wrote {store.written / 1e6:.1f} MB, no compression; goal <= 2x (full snapshots: ~{steps / 2:.0f}x)",
+        f"wrote {store.written / 1e6:.1f} MB, no compression; goal <= 2x "
+        f"(full snapshots: ~{steps / 2:.0f}x)",
     )
 
 
@@ -158,7 +162,7 @@ async def run(report: Report, quick: bool = False) -> None:
             from tests.servers import redis as redis_server
 
             server = redis_server.launch(__import__("pathlib").Path(tmp))
-        except Exception as exc:  # noqa: BLE001 - any reason the server cannot start is reported
+        except Exception as exc:
             report.add(SECTION, "10 MB context on Redis", float("nan"), "s", f"skipped: {exc}")
         else:
             try:
