@@ -1,14 +1,22 @@
-"""The executor: runs a workflow's remaining steps in order and emits hook events.
+"""The executor: runs a workflow's remaining steps and emits hook events.
 
 It knows nothing about storage: checkpointing is a hook. For each step not yet done it
-evaluates the inputs, calls the node (async in the run's task; sync in a worker thread),
-merges the output into ``vars`` and awaits every hook's ``after_step`` before the next step
-starts -- so a step's checkpoint is durable before the next step runs.
+evaluates the inputs, calls the node (async in the run's task; sync in a worker thread) with
+its timeout and retry policy, merges the output into ``vars`` and awaits every hook's
+``after_step`` -- so a step's checkpoint is durable before any step that depends on it
+starts.
+
+Steps declare ``depends_on`` (by default, the step before). A linear workflow runs in a
+plain loop; otherwise every step whose dependencies are done starts at once in one task
+group. After-step hooks of one run are serialised (checkpoints get consecutive sequence
+numbers) and shielded, so a branch that finished keeps its checkpoint even when a sibling
+fails; a failing branch cancels the running siblings, which are then not done.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,14 +27,15 @@ from blokrun.errors import BlokrunError, RunError, StepFailed, ValueNotStorable
 from blokrun.execution.hooks import StepOutcome
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from blokrun.datasources import Datasource
     from blokrun.execution.hooks import Hook, RunState
     from blokrun.persistence.codec import Opener
-    from blokrun.spec.loader import Step
+    from blokrun.spec.loader import Step, Workflow
+    from blokrun.spec.model import RetrySpec
 
-__all__ = ["execute"]
+__all__ = ["execute", "is_linear"]
 
 _node_log = logging.getLogger("blokrun.node")
 
@@ -52,11 +61,198 @@ class _StepScope:
         return await self._ctx.datasource(name, key)
 
 
+def is_linear(wf: Workflow) -> bool:
+    """Whether every step waits exactly for the one before it (the default)."""
+    return all(
+        s.depends_on == ((wf.steps[i - 1].name,) if i else ()) for i, s in enumerate(wf.steps)
+    )
+
+
+def _retryable(exc: BaseException, retry: RetrySpec) -> bool:
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if retry.on:
+        return bool(names.intersection(retry.on))
+    return not isinstance(exc, BlokrunError)  # a bad expression will not fix itself
+
+
+def _delay(retry: RetrySpec, attempt: int) -> float:
+    base = min(retry.max_delay, retry.delay * retry.backoff ** (attempt - 1))
+    return max(0.0, base * (1 + retry.jitter * (2 * random.random() - 1)))  # noqa: S311
+
+
 async def _call(step: Step, ctx: Context, inputs: dict[str, Any]) -> Any:
     node = step.node
     if node.is_async:
         return await node.fn(ctx, inputs)
-    return await anyio.to_thread.run_sync(node.fn, ctx, inputs)
+    # A thread cannot be interrupted: on timeout or cancellation we stop waiting for it.
+    return await anyio.to_thread.run_sync(node.fn, ctx, inputs, abandon_on_cancel=True)
+
+
+class _Executor:
+    __slots__ = ("_hook_lock", "_make_ctx", "datasources", "envelope", "hooks", "run")
+
+    def __init__(
+        self,
+        run: RunState,
+        datasources: Mapping[str, Datasource],
+        hooks: Sequence[Hook],
+        envelope: Opener,
+    ) -> None:
+        self.run = run
+        self.datasources = datasources
+        self.hooks = hooks
+        self.envelope = envelope
+        self._hook_lock = anyio.Lock()
+        wf = run.workflow
+        request = RequestInfo(run.request_id, run.started_at)
+        info = WorkflowInfo(wf.name, wf.version, wf.definition_hash)
+
+        def make_ctx(step: str) -> Context:
+            ctx = Context(
+                request=request,
+                workflow=info,
+                vars=run.vars,
+                datasources=datasources,
+                allowed=wf.datasources,
+                logger=logging.LoggerAdapter(
+                    _node_log, {"request_id": run.request_id, "step": step}
+                ),
+                envelope=envelope,
+            )
+            ctx.step = step
+            return ctx
+
+        self._make_ctx: Callable[[str], Context] = make_ctx
+
+    async def step(self, step: Step) -> tuple[Any, float, int]:
+        """Run one step with its timeout and retries: (output, seconds, attempts)."""
+        run = self.run
+        ctx = self._make_ctx(step.name)
+        for hook in self.hooks:
+            await hook.before_step(run, step)
+        started = time.perf_counter()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                if step.inputs.is_constant:
+                    inputs = dict(step.inputs.evaluate_static(_StepScope(ctx, step.name)))
+                else:
+                    inputs = await step.inputs.evaluate(_StepScope(ctx, step.name))
+                if step.timeout is None:
+                    output = await _call(step, ctx, inputs)
+                else:
+                    with anyio.fail_after(step.timeout):
+                        output = await _call(step, ctx, inputs)
+                return output, time.perf_counter() - started, attempts
+            except RunError:
+                raise
+            except Exception as exc:
+                retry = step.retry
+                if retry is not None and attempts < retry.attempts and _retryable(exc, retry):
+                    wait = _delay(retry, attempts)
+                    ctx.logger.warning(
+                        "attempt %d of %d failed (%s: %s); retrying in %.2fs",
+                        attempts, retry.attempts, type(exc).__name__, exc, wait,
+                    )  # fmt: skip
+                    await anyio.sleep(wait)
+                    continue
+                raise self._failure(step, exc, attempts) from exc
+
+    def _failure(self, step: Step, exc: Exception, attempts: int) -> StepFailed:
+        if isinstance(exc, TimeoutError) and step.timeout is not None:
+            detail = f"timed out after {step.timeout:g}s"
+        elif isinstance(exc, BlokrunError):
+            detail = str(exc)
+        else:
+            detail = f"{type(exc).__name__}: {exc}"
+        if attempts > 1:
+            detail += f" (after {attempts} attempts)"
+        return StepFailed(detail, request_id=self.run.request_id, step=step.name)
+
+    async def finish(
+        self, step: Step, output: Any, duration: float, attempts: int, *, last: bool
+    ) -> None:
+        """Merge a step's output and run the after-step hooks (its checkpoint first)."""
+        run = self.run
+        async with self._hook_lock:
+            with anyio.CancelScope(shield=True):  # a finished step keeps its checkpoint
+                if output is not None:
+                    run.vars[step.name] = output
+                run.done.append(step.name)
+                run.steps_run.append(step.name)
+                outcome = StepOutcome(step, output, duration, last, attempts)
+                try:
+                    for hook in self.hooks:
+                        await hook.after_step(run, outcome)
+                except ValueNotStorable as exc:
+                    run.done.remove(step.name)
+                    raise StepFailed(
+                        f"returned a value that cannot be stored: {exc}",
+                        request_id=run.request_id,
+                        step=step.name,
+                    ) from exc
+                except RunError:
+                    raise
+                except Exception as exc:
+                    raise RunError(
+                        f"after-step hook failed: {type(exc).__name__}: {exc}",
+                        request_id=run.request_id,
+                        step=step.name,
+                    ) from exc
+
+    async def linear(self, remaining: Sequence[Step]) -> None:
+        for position, step in enumerate(remaining):
+            output, duration, attempts = await self.step(step)
+            await self.finish(step, output, duration, attempts, last=position == len(remaining) - 1)
+
+    async def graph(self, remaining: Sequence[Step]) -> None:
+        done = set(self.run.done)
+        pending = list(remaining)
+        running: set[str] = set()
+
+        async def branch(step: Step) -> None:
+            output, duration, attempts = await self.step(step)
+            running.discard(step.name)
+            await self.finish(step, output, duration, attempts, last=not pending and not running)
+            done.add(step.name)
+            launch()
+
+        def launch() -> None:
+            for step in list(pending):
+                if all(dep in done for dep in step.depends_on):
+                    pending.remove(step)
+                    running.add(step.name)
+                    tg.start_soon(branch, step, name=f"blokrun step {step.name}")
+
+        try:
+            async with anyio.create_task_group() as tg:
+                launch()
+        except BaseExceptionGroup as group:
+            raise _first_failure(group) from None
+        if pending:  # cannot happen with an acyclic graph; guard against a silent stop
+            raise RunError(
+                f"steps never became ready: {', '.join(s.name for s in pending)}",
+                request_id=self.run.request_id,
+            )
+
+
+def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report from a failed parallel level: a step's RunError when there is one."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for exc in leaves:
+        if isinstance(exc, RunError):
+            return exc
+    return leaves[0] if leaves else group
 
 
 async def execute(
@@ -68,60 +264,10 @@ async def execute(
 ) -> None:
     """Run every step of ``run.workflow`` not in ``run.done``; raise RunError on failure."""
     wf = run.workflow
-    ctx = Context(
-        request=RequestInfo(run.request_id, run.started_at),
-        workflow=WorkflowInfo(wf.name, wf.version, wf.definition_hash),
-        vars=run.vars,
-        datasources=datasources,
-        allowed=wf.datasources,
-        logger=_node_log,
-        envelope=envelope,
-    )
     done = set(run.done)
     remaining = [s for s in wf.steps if s.name not in done]
-    for position, step in enumerate(remaining):
-        ctx.step = step.name
-        ctx.logger = logging.LoggerAdapter(
-            _node_log, {"request_id": run.request_id, "step": step.name}
-        )
-        for hook in hooks:
-            await hook.before_step(run, step)
-        started = time.perf_counter()
-        try:
-            if step.inputs.is_constant:
-                inputs = dict(step.inputs.evaluate_static(_StepScope(ctx, step.name)))
-            else:
-                inputs = await step.inputs.evaluate(_StepScope(ctx, step.name))
-            output = await _call(step, ctx, inputs)
-        except RunError:
-            raise
-        except BlokrunError as exc:
-            raise StepFailed(str(exc), request_id=run.request_id, step=step.name) from exc
-        except Exception as exc:
-            raise StepFailed(
-                f"{type(exc).__name__}: {exc}", request_id=run.request_id, step=step.name
-            ) from exc
-        duration = time.perf_counter() - started
-        if output is not None:
-            run.vars[step.name] = output
-        run.done.append(step.name)
-        run.steps_run.append(step.name)
-        outcome = StepOutcome(step, output, duration, position == len(remaining) - 1)
-        try:
-            for hook in hooks:
-                await hook.after_step(run, outcome)
-        except ValueNotStorable as exc:
-            run.done.pop()
-            raise StepFailed(
-                f"returned a value that cannot be stored: {exc}",
-                request_id=run.request_id,
-                step=step.name,
-            ) from exc
-        except RunError:
-            raise
-        except Exception as exc:
-            raise RunError(
-                f"after-step hook failed: {type(exc).__name__}: {exc}",
-                request_id=run.request_id,
-                step=step.name,
-            ) from exc
+    executor = _Executor(run, datasources, hooks, envelope)
+    if is_linear(wf):
+        await executor.linear(remaining)
+    else:
+        await executor.graph(remaining)

@@ -42,12 +42,14 @@ class RunState:
 
 @dataclass(frozen=True, slots=True)
 class StepOutcome:
-    """What a finished step produced. ``last`` is true for the run's final step."""
+    """What a finished step produced. ``last`` is true for the run's final step;
+    ``attempts`` counts the tries its retry policy took."""
 
     step: Step
     output: Any
     duration: float
     last: bool
+    attempts: int = 1
 
 
 class Hook:

@@ -300,6 +300,7 @@ class Checkpointer(Hook):
             time=now,
             duration=outcome.duration,
             attempt=run.attempt,
+            attempts=outcome.attempts,
             snapshot=state.snapshot,
             removed=state.removed,
             base=state.base,

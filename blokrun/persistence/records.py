@@ -51,7 +51,7 @@ __all__ = [
     "validate_request_id",
 ]
 
-RunStatus = Literal["running", "completed", "failed", "cancelled", "suspended"]
+RunStatus = Literal["running", "completed", "failed", "cancelled", "suspended", "dead"]
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~:-]{0,199}$")
 
@@ -100,6 +100,7 @@ class CheckpointRecord(msgspec.Struct, frozen=True, kw_only=True):
     time: float
     duration: float
     attempt: int = 1
+    attempts: int = 1  # tries of this step (retries), within this run attempt
     snapshot: bool = True  # vars holds every top-level var; else only those that changed
     removed: list[str] = msgspec.field(default_factory=list)  # delta: vars deleted since
     base: int = 0  # seq of the snapshot this record's chain starts from
@@ -169,6 +170,7 @@ def encode_checkpoint(
     time: float,
     duration: float,
     attempt: int,
+    attempts: int = 1,
     snapshot: bool = True,
     removed: Sequence[str] = (),
     base: int | None = None,
@@ -202,6 +204,7 @@ def encode_checkpoint(
             "time": time,
             "duration": duration,
             "attempt": attempt,
+            "attempts": attempts,
             "snapshot": snapshot,
             "removed": list(removed),
             "base": seq if base is None else base,

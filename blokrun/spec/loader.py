@@ -20,7 +20,7 @@ import orjson
 from blokrun.errors import WorkflowError
 from blokrun.execution.nodes import NodeRef, resolve_node
 from blokrun.expressions import Compiled, compile_template, compile_value
-from blokrun.spec.model import StepSpec, WorkflowSpec
+from blokrun.spec.model import RetrySpec, StepSpec, WorkflowSpec
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
@@ -52,6 +52,9 @@ class Step:
     checkpoint: bool
     publish: Publish | None
     ttl: float | None
+    depends_on: tuple[str, ...] = ()
+    retry: RetrySpec | None = None
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -169,6 +172,84 @@ def _positive(value: float | None, source: str, path: str) -> float | None:
             f"expected a positive number of seconds, got {value!r}", source=source, path=path
         )
     return value
+
+
+def _dependencies(steps: Sequence[StepSpec], i: int, source: str) -> tuple[str, ...]:
+    """What step ``i`` waits for: its ``depends_on``, or by default the step before it."""
+    s = steps[i]
+    if s.depends_on is None:
+        return (steps[i - 1].name,) if i > 0 else ()
+    names = {x.name for x in steps}
+    for j, dep in enumerate(s.depends_on):
+        at = f"$.steps[{i}].depends_on[{j}]"
+        if dep == s.name:
+            raise WorkflowError(f"step {s.name!r} cannot depend on itself", source=source, path=at)
+        if dep not in names:
+            raise WorkflowError(
+                f"unknown step {dep!r}; expected one of: {', '.join(sorted(names - {s.name}))}",
+                source=source,
+                path=at,
+            )
+        if s.depends_on.index(dep) != j:
+            raise WorkflowError(f"step {dep!r} listed twice", source=source, path=at)
+    return tuple(s.depends_on)
+
+
+def _check_acyclic(steps: Sequence[Step], source: str) -> None:
+    """Reject a dependency cycle, naming the steps on it."""
+    deps = {s.name: s.depends_on for s in steps}
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for dep in deps[name]:
+            if state.get(dep) == 1:
+                cycle = [*path[path.index(dep) :], dep] if dep in path else [name, dep]
+                index = next(s.index for s in steps if s.name == name)
+                raise WorkflowError(
+                    f"dependency cycle: {' -> '.join(cycle)}",
+                    source=source,
+                    path=f"$.steps[{index}].depends_on",
+                )
+            if state.get(dep) is None:
+                visit(dep, [*path, dep])
+        state[name] = 2
+
+    for s in steps:
+        if state.get(s.name) is None:
+            visit(s.name, [s.name])
+
+
+def _retry(spec: RetrySpec | None, source: str, at: str) -> RetrySpec | None:
+    if spec is None:
+        return None
+    base = f"{at}.retry"
+    if spec.attempts < 1 or spec.attempts > 1000:
+        raise WorkflowError("attempts: expected 1 to 1000", source=source, path=f"{base}.attempts")
+    for field_name in ("delay", "max_delay"):
+        value = getattr(spec, field_name)
+        if not (0 <= value < float("inf")):
+            raise WorkflowError(
+                f"{field_name}: expected a non-negative number of seconds",
+                source=source,
+                path=f"{base}.{field_name}",
+            )
+    if not 1 <= spec.backoff <= 100:
+        raise WorkflowError(
+            "backoff: expected a factor from 1 to 100", source=source, path=f"{base}.backoff"
+        )
+    if not 0 <= spec.jitter <= 1:
+        raise WorkflowError(
+            "jitter: expected a fraction from 0 to 1", source=source, path=f"{base}.jitter"
+        )
+    for j, name in enumerate(spec.on):
+        if not name.isidentifier():
+            raise WorkflowError(
+                f"on: {name!r} is not an exception class name",
+                source=source,
+                path=f"{base}.on[{j}]",
+            )
+    return spec
 
 
 def load_workflow(
@@ -313,8 +394,16 @@ def load_workflow(
                 checkpoint=checkpoint,
                 publish=publish,
                 ttl=step_ttl if step_ttl is not None else wf_ttl,
+                depends_on=_dependencies(spec.steps, i, name),
+                retry=_retry(s.retry or spec.defaults.retry, name, at if s.retry else "$.defaults"),
+                timeout=_positive(
+                    s.timeout if s.timeout is not None else spec.defaults.timeout,
+                    name,
+                    f"{at}.timeout" if s.timeout is not None else "$.defaults.timeout",
+                ),
             )
         )
+    _check_acyclic(steps, name)
 
     return Workflow(
         name=spec.name,

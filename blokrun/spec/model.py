@@ -13,6 +13,8 @@ import msgspec
 
 __all__ = [
     "DEFAULT_KEY_PATTERN",
+    "DefaultsSpec",
+    "RetrySpec",
     "PersistenceSpec",
     "StepPersistenceSpec",
     "StepSpec",
@@ -46,6 +48,27 @@ class StepPersistenceSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     ttl: float | None = None
 
 
+class RetrySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Retry a failing step: ``attempts`` in all, waiting ``delay`` seconds before the
+    second, times ``backoff`` before each later one, at most ``max_delay``, randomised by
+    +/- ``jitter`` (a fraction). ``on`` names the exception classes to retry (matched
+    against the class and its bases, e.g. ``ConnectionError``); empty retries any error."""
+
+    attempts: int = 3
+    delay: float = 0.5
+    backoff: float = 2.0
+    max_delay: float = 30.0
+    jitter: float = 0.1
+    on: list[str] = msgspec.field(default_factory=list)
+
+
+class DefaultsSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Workflow-level defaults for every step that does not set its own."""
+
+    retry: RetrySpec | None = None
+    timeout: float | None = None
+
+
 class StepSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     node: str
@@ -53,6 +76,9 @@ class StepSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     description: str = ""
     inputs: dict[str, Any] = msgspec.field(default_factory=dict)
     persistence: StepPersistenceSpec | None = None
+    depends_on: list[str] | None = None
+    retry: RetrySpec | None = None
+    timeout: float | None = None
 
 
 class WorkflowSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -62,3 +88,4 @@ class WorkflowSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     description: str = ""
     datasources: list[str] = msgspec.field(default_factory=list)
     persistence: PersistenceSpec = msgspec.field(default_factory=PersistenceSpec)
+    defaults: DefaultsSpec = msgspec.field(default_factory=DefaultsSpec)
