@@ -27,6 +27,40 @@ class _Usage(Exception):
     """Bad command-line input: printed, exit 2."""
 
 
+class _Interrupted(Exception):
+    """SIGINT or SIGTERM cancelled a run; its checkpoints are intact."""
+
+    def __init__(self, signum: int, request_id: str) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.request_id = request_id
+
+
+async def _cancellable(request_id: str, body: Callable[[], Awaitable[int]]) -> int:
+    """Run ``body``; SIGINT/SIGTERM cancel it (the run records itself as cancelled)."""
+    import signal
+
+    import anyio
+
+    received: list[int] = []
+    result = EXIT_INTERRUPTED
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    received.append(signum)
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch)
+        result = await body()
+        tg.cancel_scope.cancel()
+    if received:
+        raise _Interrupted(received[0], request_id)
+    return result
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="blokrun",
@@ -135,11 +169,17 @@ async def _cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--request-id: {exc}") from None
     runner = _runner(args)
     wf = runner.load(args.file)
+    from blokrun.persistence.records import new_request_id
+
+    request_id = args.request_id or new_request_id()
 
     async def body(runner: Runner) -> int:
-        result = await runner.run(wf, inputs, request_id=args.request_id)
-        dump_json(result.vars, sys.stdout)
-        return EXIT_OK
+        async def go() -> int:
+            result = await runner.run(wf, inputs, request_id=request_id)
+            dump_json(result.vars, sys.stdout)
+            return EXIT_OK
+
+        return await _cancellable(request_id, go)
 
     return await _with_runner(args, body, runner)
 
@@ -148,6 +188,12 @@ async def _cmd_resume(args: argparse.Namespace) -> int:
     from blokrun.cli.output import dump_json
 
     async def body(runner: Runner) -> int:
+        async def go() -> int:
+            return await _resume(runner)
+
+        return await _cancellable(args.request_id, go)
+
+    async def _resume(runner: Runner) -> int:
         result = await runner.resume(args.request_id, workflow=args.workflow, force=args.force)
         if not result.steps_run:
             sys.stderr.write(f"run {result.request_id} had already completed; nothing to run\n")
@@ -256,6 +302,15 @@ def _run(args: argparse.Namespace) -> int:
         return anyio.run(handler, args)
     except _Usage as exc:
         _fail(str(exc), EXIT_USAGE)
+    except _Interrupted as exc:
+        import signal
+
+        name = signal.Signals(exc.signum).name
+        sys.stderr.write(
+            f"blokrun: run {exc.request_id} cancelled by {name}; its checkpoints are intact. "
+            f"To continue:\n  blokrun resume {exc.request_id}\n"
+        )
+        return 128 + exc.signum
     except ResumeError as exc:
         _fail(str(exc), EXIT_USAGE)
     except RunError as exc:

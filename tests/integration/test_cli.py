@@ -320,3 +320,88 @@ def test_on_a_terminal_stderr_shows_live_progress(tmp_path: Path) -> None:
     assert "run tty-1: cli-linear (3 steps)" in shown
     assert "[1/3] s1 ok" in shown and "[3/3] s3 ok" in shown
     assert json.loads(proc.stdout)["total"] == 6
+
+
+def _start_and_wait(
+    tmp_path: Path, wf: Path, rid: str, ledger: Path, marker: Path
+) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "blokrun",
+            "run",
+            str(wf),
+            "--request-id",
+            rid,
+            "--input",
+            '{"total": 0}',
+        ],
+        cwd=REPO,
+        env=cli_env(tmp_path, WF_LEDGER=str(ledger), WF_HANG=str(marker)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the hanging step never started"
+        time.sleep(0.02)
+    return proc
+
+
+def test_sigkill_in_the_middle_of_a_parallel_level_then_resume(tmp_path: Path) -> None:
+    """start -> (a, hang, c) -> join: killed while 'hang' runs, after a and c finished beside it."""
+    doc = {
+        "name": "par-kill",
+        "steps": [
+            {"name": "start", "node": f"{NODE}:add", "inputs": {"n": 1}},
+            {"name": "a", "node": f"{NODE}:add", "inputs": {"n": 10}, "depends_on": ["start"]},
+            {"name": "hang", "node": f"{NODE}:hang_once", "depends_on": ["start"]},
+            {"name": "c", "node": f"{NODE}:add", "inputs": {"n": 1000}, "depends_on": ["start"]},
+            {
+                "name": "join",
+                "node": f"{NODE}:add",
+                "inputs": {"n": 5},
+                "depends_on": ["a", "hang", "c"],
+            },
+        ],
+    }
+    wf = write_wf(tmp_path, doc)
+    ledger, marker = tmp_path / "ledger.txt", tmp_path / "hanging"
+    proc = _start_and_wait(tmp_path, wf, "pk-1", ledger, marker)
+    deadline = time.monotonic() + 30
+    while not all((tmp_path / "checkpoints" / f"pk-1-{s}").exists() for s in ("a", "c")):
+        assert time.monotonic() < deadline, "the sibling branches never checkpointed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    proc.communicate()
+    resumed = blokrun(tmp_path, "resume", "pk-1", WF_LEDGER=str(ledger))
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["total"] == 1 + 10 + 1000 + 100 + 5
+    lines = ledger.read_text().splitlines()
+    for step in ("start", "a", "c", "join"):
+        assert lines.count(f"pk-1 {step}") == 1, (step, lines)
+    assert lines.count("pk-1 hang start") == 2 and lines.count("pk-1 hang end") == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_or_sigterm_cancels_the_run_which_can_then_be_resumed(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    doc = linear(4)
+    doc["steps"][2]["node"] = f"{NODE}:hang_async"
+    wf = write_wf(tmp_path, doc)
+    ledger, marker = tmp_path / "ledger.txt", tmp_path / "hanging"
+    proc = _start_and_wait(tmp_path, wf, "sig-1", ledger, marker)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 128 + sig, err
+    assert f"cancelled by {sig.name}" in err.decode() and "blokrun resume sig-1" in err.decode()
+    status = json.loads(blokrun(tmp_path, "inspect", "sig-1", "--json").stdout)
+    assert status["status"] == "cancelled"
+    assert [c["step"] for c in status["checkpoints"]] == ["s1", "s2"]
+    resumed = blokrun(tmp_path, "resume", "sig-1", WF_LEDGER=str(ledger))
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["total"] == 1 + 2 + 100 + 4

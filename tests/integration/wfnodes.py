@@ -99,3 +99,56 @@ async def drop(ctx: Any, inputs: dict[str, Any]) -> None:
     _ledger(ctx)
     for name in inputs["names"]:
         ctx.vars.pop(name, None)
+
+
+TIMES: dict[tuple[str, str], tuple[float, float]] = {}
+FAILS_LEFT: dict[tuple[str, str], int] = {}
+
+
+async def nap(ctx: Any, inputs: dict[str, Any]) -> Any:
+    """Sleeps ``seconds``; records when it ran; fails when ``fail`` is true."""
+    import anyio
+
+    _ledger(ctx)
+    started = time.monotonic()
+    try:
+        await anyio.sleep(float(inputs.get("seconds", 0)))
+    finally:
+        TIMES[(ctx.request.id, ctx.step)] = (started, time.monotonic())
+    if inputs.get("fail") and ctx.step in FAIL_AT:
+        raise RuntimeError(f"{ctx.step} failed on purpose")
+    return {"slept": inputs.get("seconds", 0)}
+
+
+async def flaky(ctx: Any, inputs: dict[str, Any]) -> Any:
+    """Fails with ``error`` (a builtin exception name) ``times`` times per run, then succeeds."""
+    import builtins
+
+    _ledger(ctx)
+    key = (ctx.request.id, ctx.step)
+    left = FAILS_LEFT.setdefault(key, int(inputs["times"]))
+    if left > 0:
+        FAILS_LEFT[key] = left - 1
+        raise getattr(builtins, inputs.get("error", "ConnectionError"))(f"flaky ({left} left)")
+    return "ok"
+
+
+def slow_sync(ctx: Any, inputs: dict[str, Any]) -> Any:
+    _ledger(ctx)
+    time.sleep(float(inputs["seconds"]))
+    return "late"
+
+
+async def hang_async(ctx: Any, inputs: dict[str, Any]) -> Any:
+    """Like hang_once, but async (cancellable): marks that it started, then waits."""
+    import anyio
+
+    _ledger(ctx, "start")
+    marker = os.environ.get("WF_HANG")
+    if marker:
+        with open(marker, "w", encoding="utf-8") as fh:
+            fh.write("started")
+        await anyio.sleep(60)
+    ctx.vars["total"] = ctx.vars.get("total", 0) + 100
+    _ledger(ctx, "end")
+    return "survived"
