@@ -396,7 +396,7 @@ def test_sigint_or_sigterm_cancels_the_run_which_can_then_be_resumed(
     ledger, marker = tmp_path / "ledger.txt", tmp_path / "hanging"
     proc = _start_and_wait(tmp_path, wf, "sig-1", ledger, marker)
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=20)
+    _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 128 + sig, err
     assert f"cancelled by {sig.name}" in err.decode() and "blokrun resume sig-1" in err.decode()
     status = json.loads(blokrun(tmp_path, "inspect", "sig-1", "--json").stdout)
