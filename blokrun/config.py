@@ -151,6 +151,7 @@ class RunnerSettings:
     home: Path
     blob_datasource: str | None = None
     blob_threshold: int = 256 * 1024
+    max_resumes: int = 10
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
@@ -318,11 +319,24 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> RunnerSetting
                 f"BLOKRUN_BLOB_THRESHOLD={raw_threshold!r}: expected a positive number of bytes",
                 variable="BLOKRUN_BLOB_THRESHOLD",
             )
+    max_resumes = 10
+    raw_max = env.get("BLOKRUN_MAX_RESUMES")
+    if raw_max:
+        try:
+            max_resumes = int(raw_max)
+        except ValueError:
+            max_resumes = -1
+        if max_resumes < 0:
+            raise ConfigError(
+                f"BLOKRUN_MAX_RESUMES={raw_max!r}: expected a whole number >= 0",
+                variable="BLOKRUN_MAX_RESUMES",
+            )
     return RunnerSettings(
         datasources=datasources,
         home=home,
         blob_datasource=blob_ds,
         blob_threshold=threshold,
+        max_resumes=max_resumes,
         environ=dict(env),
     )
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
+import msgspec
 import orjson
 
 from blokrun.config import DEFAULT_DATASOURCE, DatasourceSettings, settings_from_env
@@ -111,6 +112,7 @@ class Runner:
         envelope: Envelope | None = None,
         blob_datasource: str | None = None,
         blob_threshold: int = 256 * 1024,
+        max_resumes: int = 10,
     ) -> None:
         built: dict[str, Datasource] = {}
         if datasources is None:
@@ -138,6 +140,7 @@ class Runner:
         blobs = BlobPolicy(built[blob_datasource] if blob_datasource else None, blob_threshold)
         self._checkpointer = Checkpointer(built, envelope=self._envelope, blobs=blobs)
         self._resumer = Resumer(self._envelope)
+        self.max_resumes = max_resumes
         self._hooks: list[Hook] = [self._checkpointer]
         for hook in hooks:
             self._hooks.append(hook if isinstance(hook, Hook) else CallableHook(hook))
@@ -164,6 +167,7 @@ class Runner:
             envelope=Envelope.from_env(settings.environ),
             blob_datasource=settings.blob_datasource,
             blob_threshold=settings.blob_threshold,
+            max_resumes=settings.max_resumes,
         )
 
     @property
@@ -382,6 +386,8 @@ class Runner:
         )
         ckpt, state = await self._resumer.state(found, self._scan_prefix(request_id, wf))
         head = found.head
+        if head is not None and head.status != "completed" and not force:
+            await self._check_dead_letter(wf, head)
         if ckpt is not None:
             vars_ = await resolve_blobs(
                 state, self._datasources, self._envelope, request_id=request_id
@@ -435,6 +441,23 @@ class Runner:
             len(done),
         )
         return await self._drive(run)
+
+    async def _check_dead_letter(self, wf: Workflow, head: HeadRecord) -> None:
+        """Refuse a run that keeps failing in recovery: mark it dead instead of looping."""
+        resumes = head.attempt - 1
+        if head.status != "dead" and resumes < self.max_resumes:
+            return
+        if head.status != "dead":
+            dead = msgspec.structs.replace(head, status="dead", updated_at=time.time())
+            targets = [self._datasources[n] for n in wf.targets if n in self._datasources]
+            if targets:
+                await _save_head(targets, head.request_id, dead, self._envelope, wf.ttl)
+        raise ResumeError(
+            f"gave up after {resumes} resume attempt(s) (the limit is {self.max_resumes}): "
+            "the run is dead-lettered; fix the cause, then resume with force "
+            "(blokrun resume ID --force)",
+            request_id=head.request_id,
+        )
 
     def _check_unchanged(
         self, request_id: str, stored: Mapping[str, Any], wf: Workflow, found: FoundRun
@@ -500,3 +523,18 @@ class Runner:
         """The stored head record of a run, or ``None``."""
         found = await self._locate(request_id, None)
         return found.head
+
+
+async def _save_head(  # the dead-letter mark, on every target at once
+    targets: list[Datasource],
+    request_id: str,
+    head: HeadRecord,
+    envelope: Envelope,
+    ttl: float | None,
+) -> None:
+    from blokrun.persistence.records import encode_record, head_key
+
+    data = encode_record(head, envelope)
+    async with anyio.create_task_group() as tg:
+        for ds in targets:
+            tg.start_soon(ds.save, head_key(request_id), data, ttl)

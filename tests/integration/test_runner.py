@@ -662,3 +662,27 @@ async def test_the_runner_must_be_started() -> None:
 
     with pytest.raises(BlokrunError, match="not started"):
         await Runner([mem()]).run(linear(1))
+
+
+async def test_a_run_that_keeps_failing_in_recovery_is_dead_lettered() -> None:
+    ds = mem()
+    wfnodes.FAIL_AT.add("s2")
+    runner = Runner([ds], max_resumes=2)
+    async with runner:
+        with pytest.raises(StepFailed):
+            await runner.run(linear(3), request_id="dead-1")
+        for _ in range(2):
+            with pytest.raises(StepFailed):
+                await runner.resume("dead-1")
+        from blokrun import ResumeError
+
+        with pytest.raises(ResumeError, match=r"gave up after 2 resume attempt\(s\).*dead-lettered"):
+            await runner.resume("dead-1")
+        head = await runner_head(ds, "dead-1")
+        assert head.status == "dead"
+        with pytest.raises(ResumeError, match="dead-lettered"):
+            await runner.resume("dead-1")  # stays dead
+        wfnodes.FAIL_AT.clear()
+        result = await runner.resume("dead-1", force=True)  # a human fixed the cause
+    assert result.vars["total"] == 6
+    assert calls("dead-1").count("s2") == 4
