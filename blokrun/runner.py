@@ -379,6 +379,8 @@ class Runner:
                 request_id=request_id,
             )
         scope_run = RunState(request_id=request_id, workflow=wf, vars={}, inputs={}, started_at=0.0)
+        if found.head is not None:
+            scope_run.attempt = found.head.attempt  # a crash left that attempt's keys
         if found.checkpoint is not None:
             scope_run.started_at = found.checkpoint.started_at
         await self._resumer.roll_forward(
@@ -416,10 +418,8 @@ class Runner:
             resumed=True,
         )
         if ckpt is not None:
-            run.last_step, run.last_key = (
-                ckpt.step,
-                self._checkpointer.checkpoint_key(run, ckpt.step),
-            )
+            run.last_step = ckpt.step
+            run.last_key = ckpt.key or self._checkpointer.checkpoint_key(scope_run, ckpt.step)
         remaining = [s for s in wf.step_names if s not in set(done)]
         if not remaining:
             if head is None or head.status != "completed":

@@ -42,20 +42,25 @@ async def _cancellable(request_id: str, body: Callable[[], Awaitable[int]]) -> i
 
     import anyio
 
+    from blokrun.execution.groups import first_failure
+
     received: list[int] = []
     result = EXIT_INTERRUPTED
-    async with anyio.create_task_group() as tg:
+    try:
+        async with anyio.create_task_group() as tg:
 
-        async def watch() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    received.append(signum)
-                    tg.cancel_scope.cancel()
-                    return
+            async def watch() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        received.append(signum)
+                        tg.cancel_scope.cancel()
+                        return
 
-        tg.start_soon(watch)
-        result = await body()
-        tg.cancel_scope.cancel()
+            tg.start_soon(watch)
+            result = await body()
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise first_failure(group) from None
     if received:
         raise _Interrupted(received[0], request_id)
     return result

@@ -24,6 +24,7 @@ import anyio
 
 from blokrun.context import Context, RequestInfo, WorkflowInfo
 from blokrun.errors import BlokrunError, RunError, StepFailed, ValueNotStorable
+from blokrun.execution.groups import first_failure
 from blokrun.execution.hooks import StepOutcome
 
 if TYPE_CHECKING:
@@ -229,30 +230,12 @@ class _Executor:
             async with anyio.create_task_group() as tg:
                 launch()
         except BaseExceptionGroup as group:
-            raise _first_failure(group) from None
+            raise first_failure(group) from None
         if pending:  # cannot happen with an acyclic graph; guard against a silent stop
             raise RunError(
                 f"steps never became ready: {', '.join(s.name for s in pending)}",
                 request_id=self.run.request_id,
             )
-
-
-def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error to report from a failed parallel level: a step's RunError when there is one."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    for exc in leaves:
-        if isinstance(exc, RunError):
-            return exc
-    return leaves[0] if leaves else group
 
 
 async def execute(

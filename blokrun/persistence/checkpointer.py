@@ -192,9 +192,12 @@ class Checkpointer(Hook):
         )
 
     def checkpoint_key(self, run: RunState, step: str) -> str:
+        """The key pattern's key; from the second attempt on, ``~<attempt>`` is appended so
+        a re-run step is recorded beside its earlier checkpoint, not over it (history)."""
         from blokrun.expressions import render_key
 
-        return render_key(run.workflow.key_template, KeyScope(run, step))
+        key = render_key(run.workflow.key_template, KeyScope(run, step))
+        return key if run.attempt <= 1 else f"{key}~{run.attempt}"
 
     async def on_run_start(self, run: RunState) -> None:
         targets = self.targets(run)
@@ -305,6 +308,7 @@ class Checkpointer(Hook):
             removed=state.removed,
             base=state.base,
             chain=state.chain,
+            key=key,
             envelope=self.envelope,
         )
         status: RunStatus = "completed" if outcome.last else "running"

@@ -105,6 +105,7 @@ class CheckpointRecord(msgspec.Struct, frozen=True, kw_only=True):
     removed: list[str] = msgspec.field(default_factory=list)  # delta: vars deleted since
     base: int = 0  # seq of the snapshot this record's chain starts from
     chain: list[str] = msgspec.field(default_factory=list)  # keys: snapshot, then deltas
+    key: str = ""  # where this record is stored
 
 
 class HeadRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -175,6 +176,7 @@ def encode_checkpoint(
     removed: Sequence[str] = (),
     base: int | None = None,
     chain: Sequence[str] = (),
+    key: str = "",
     envelope: Envelope = DEFAULT_ENVELOPE,
 ) -> bytes:
     """The hot path: a checkpoint record without building a Struct first.
@@ -209,6 +211,7 @@ def encode_checkpoint(
             "removed": list(removed),
             "base": seq if base is None else base,
             "chain": list(chain),
+            "key": key,
         }
     )
     return envelope.seal(Kind.CHECKPOINT, payload)
