@@ -49,7 +49,7 @@ from blokrun.spec.loader import Workflow, load_workflow
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["CheckpointInfo", "RunInfo", "RunResult", "Runner"]
+__all__ = ["CheckpointInfo", "ResumePlan", "RunInfo", "RunResult", "Runner"]
 
 log = logging.getLogger("blokrun")
 
@@ -67,6 +67,20 @@ class RunResult:
     steps_skipped: tuple[str, ...]
     resumed: bool
     duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePlan:
+    """Which steps a resume skips (done at the checkpoint it starts from) and runs."""
+
+    request_id: str
+    workflow: str
+    after: str | None  # the step of that checkpoint (None: from the run's start)
+    from_seq: int
+    skip: tuple[str, ...]
+    run: tuple[str, ...]
+    attempt: int  # the attempt number the resume will have
+    head_status: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +368,8 @@ class Runner:
         *,
         workflow: str | Path | Mapping[str, Any] | Workflow | None = None,
         force: bool = False,
+        from_step: str | None = None,
+        set_vars: Mapping[str, Any] | None = None,
     ) -> RunResult:
         """Continue a failed or crashed run after its latest checkpoint.
 
@@ -361,8 +377,57 @@ class Runner:
         its final vars without running anything. The definition comes from the checkpoint
         datasource unless ``workflow`` is given; a given workflow that changed steps which
         already ran is refused (:class:`~blokrun.errors.DefinitionChanged`) unless ``force``.
+
+        ``from_step`` restarts from the checkpoint before that step ran (time travel; the
+        new attempt is recorded beside the old checkpoints, which stay). ``set_vars`` edits
+        vars first: ``{"a.b": 1}`` sets ``vars["a"]["b"]``.
         """
         self._require_connected()
+        run, plan = await self._prepare(request_id, workflow, force, from_step, set_vars)
+        if not plan.run:
+            if plan.head_status != "completed":
+                for hook in self._hooks:
+                    await hook.on_run_end(run, None)
+            return RunResult(
+                request_id=request_id,
+                status="completed",
+                vars=run.vars,
+                steps_run=(),
+                steps_skipped=plan.skip,
+                resumed=True,
+                duration=0.0,
+            )
+        log.info(
+            "resuming run %s after %s (%d steps done)",
+            request_id,
+            plan.after or "its start",
+            len(plan.skip),
+        )
+        return await self._drive(run)
+
+    async def plan_resume(
+        self,
+        request_id: str,
+        *,
+        workflow: str | Path | Mapping[str, Any] | Workflow | None = None,
+        force: bool = False,
+        from_step: str | None = None,
+    ) -> ResumePlan:
+        """What :meth:`resume` would do, without doing it (``blokrun resume --dry-run``)."""
+        self._require_connected()
+        _, plan = await self._prepare(request_id, workflow, force, from_step, None, dry=True)
+        return plan
+
+    async def _prepare(
+        self,
+        request_id: str,
+        workflow: str | Path | Mapping[str, Any] | Workflow | None,
+        force: bool,
+        from_step: str | None,
+        set_vars: Mapping[str, Any] | None,
+        *,
+        dry: bool = False,
+    ) -> tuple[RunState, ResumePlan]:
         given = self.load(workflow) if workflow is not None else None
         found = await self._locate(request_id, given)
         stored = await self._resumer.definition(found)
@@ -378,6 +443,7 @@ class Runner:
                 "(blokrun resume ID --workflow FILE)",
                 request_id=request_id,
             )
+        prefix = self._scan_prefix(request_id, wf)
         scope_run = RunState(request_id=request_id, workflow=wf, vars={}, inputs={}, started_at=0.0)
         if found.head is not None:
             scope_run.attempt = found.head.attempt  # a crash left that attempt's keys
@@ -386,25 +452,40 @@ class Runner:
         await self._resumer.roll_forward(
             found, wf.step_names, lambda step: self._checkpointer.checkpoint_key(scope_run, step)
         )
-        ckpt, state = await self._resumer.state(found, self._scan_prefix(request_id, wf))
+        latest_seq = max(found.seq, found.head.seq if found.head is not None else 0)
+        if from_step is not None:
+            if from_step not in wf.step_names:
+                raise ResumeError(
+                    f"--from-step {from_step!r} is not a step of {wf.name!r}; steps: "
+                    f"{', '.join(wf.step_names)}",
+                    request_id=request_id,
+                )
+            earlier = await self._resumer.scan(
+                found.datasource, request_id, prefix, workflow=found.checkpoint.workflow
+                if found.checkpoint is not None else None,
+            )  # fmt: skip
+            found.checkpoint = next((r for r in earlier if from_step not in r.done), None)
+        ckpt, state = await self._resumer.state(found, prefix)
         head = found.head
-        if head is not None and head.status != "completed" and not force:
+        if head is not None and head.status != "completed" and not force and not dry:
             await self._check_dead_letter(wf, head)
         if ckpt is not None:
             vars_ = await resolve_blobs(
                 state, self._datasources, self._envelope, request_id=request_id
             )
             done = list(ckpt.done)
-            started_at, seq = ckpt.started_at, ckpt.seq
+            started_at = ckpt.started_at
         elif found.run is not None:
             vars_, done = dict(found.run.inputs), []
-            started_at, seq = found.run.started_at, 0
+            started_at = found.run.started_at
         else:
             raise ResumeError(
                 "the run's start record is missing and it has no checkpoint: "
                 "nothing to resume from",
                 request_id=request_id,
             )
+        for path, value in (set_vars or {}).items():
+            _set_path(vars_, path, value, request_id)
         attempt = (head.attempt if head is not None else (ckpt.attempt if ckpt else 1)) + 1
         run = RunState(
             request_id=request_id,
@@ -413,34 +494,25 @@ class Runner:
             inputs=dict(found.run.inputs) if found.run is not None else {},
             started_at=started_at,
             attempt=attempt,
-            seq=seq,
+            seq=max(latest_seq, ckpt.seq if ckpt is not None else 0),
             done=done,
             resumed=True,
         )
         if ckpt is not None:
             run.last_step = ckpt.step
             run.last_key = ckpt.key or self._checkpointer.checkpoint_key(scope_run, ckpt.step)
-        remaining = [s for s in wf.step_names if s not in set(done)]
-        if not remaining:
-            if head is None or head.status != "completed":
-                for hook in self._hooks:
-                    await hook.on_run_end(run, None)
-            return RunResult(
-                request_id=request_id,
-                status="completed",
-                vars=run.vars,
-                steps_run=(),
-                steps_skipped=tuple(done),
-                resumed=True,
-                duration=0.0,
-            )
-        log.info(
-            "resuming run %s after %s (%d steps done)",
-            request_id,
-            ckpt.step if ckpt else "its start",
-            len(done),
+        done_set = set(done)
+        plan = ResumePlan(
+            request_id=request_id,
+            workflow=wf.name,
+            after=ckpt.step if ckpt is not None else None,
+            from_seq=ckpt.seq if ckpt is not None else 0,
+            skip=tuple(s for s in wf.step_names if s in done_set),
+            run=tuple(s for s in wf.step_names if s not in done_set),
+            attempt=attempt,
+            head_status=head.status if head is not None else None,
         )
-        return await self._drive(run)
+        return run, plan
 
     async def _check_dead_letter(self, wf: Workflow, head: HeadRecord) -> None:
         """Refuse a run that keeps failing in recovery: mark it dead instead of looping."""
@@ -519,6 +591,39 @@ class Runner:
         infos.sort(key=lambda i: i.seq)
         return RunInfo(request_id, ds.name, found.head, tuple(infos))
 
+    async def state_at(
+        self, request_id: str, *, step: str | None = None, seq: int | None = None
+    ) -> tuple[CheckpointInfo, dict[str, Any]]:
+        """The vars as they were at a checkpoint: the latest one of ``step``, or number ``seq``."""
+        self._require_connected()
+        found = await self._locate(request_id, None)
+        stored = await self._resumer.definition(found)
+        wf = self.load(stored.document, name=stored.source) if stored is not None else None
+        prefix = self._scan_prefix(request_id, wf)
+        records = await self._resumer.scan(found.datasource, request_id, prefix)
+        if step is not None:
+            chosen = next((r for r in records if r.step == step), None)
+            what = f"step {step!r}"
+        else:
+            chosen = next((r for r in records if r.seq == seq), None)
+            what = f"checkpoint #{seq}"
+        if chosen is None:
+            have = ", ".join(f"#{r.seq} {r.step}" for r in sorted(records, key=lambda r: r.seq))
+            raise ResumeError(f"no checkpoint for {what}; checkpoints: {have or 'none'}",
+                              request_id=request_id)  # fmt: skip
+        found.checkpoint = chosen
+        rec, state = await self._resumer.state(found, prefix)
+        if rec is None or rec.seq != chosen.seq:
+            raise ResumeError(
+                f"the checkpoint for {what} cannot be rebuilt (its chain is broken)",
+                request_id=request_id,
+            )
+        state = await resolve_blobs(state, self._datasources, self._envelope, request_id=request_id)
+        info = CheckpointInfo(
+            rec.key, rec.step, rec.seq, rec.status, rec.time, rec.duration, 0, rec.attempt
+        )
+        return info, state
+
     async def head(self, request_id: str) -> HeadRecord | None:
         """The stored head record of a run, or ``None``."""
         found = await self._locate(request_id, None)
@@ -538,3 +643,23 @@ async def _save_head(  # the dead-letter mark, on every target at once
     async with anyio.create_task_group() as tg:
         for ds in targets:
             tg.start_soon(ds.save, head_key(request_id), data, ttl)
+
+
+def _set_path(vars_: dict[str, Any], path: str, value: Any, request_id: str) -> None:
+    """``vars_["a"]["b"] = value`` for ``path="a.b"``, creating objects on the way."""
+    parts = path.split(".")
+    if not path or any(not p for p in parts):
+        raise ResumeError(f"--set {path!r}: expected a dotted name like a.b", request_id=request_id)
+    target: Any = vars_
+    for i, part in enumerate(parts[:-1]):
+        nxt = target.get(part) if isinstance(target, dict) else None
+        if nxt is None:
+            nxt = target[part] = {}
+        if not isinstance(nxt, dict):
+            where = ".".join(parts[: i + 1])
+            raise ResumeError(
+                f"--set {path!r}: vars.{where} is a {type(nxt).__name__}, not an object",
+                request_id=request_id,
+            )
+        target = nxt
+    target[parts[-1]] = value

@@ -101,16 +101,56 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument(
         "--force",
         action="store_true",
-        help="resume even if --workflow changed steps that already ran",
+        help="resume even if --workflow changed steps that already ran, or the run was "
+        "dead-lettered",
+    )
+    res.add_argument(
+        "--from-step",
+        metavar="NAME",
+        help="restart from the checkpoint before NAME ran (history is kept)",
+    )
+    res.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="edit vars first (VALUE is JSON, else text; KEY may be a.b.c)",
+    )
+    res.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print which steps would be skipped and which would run; run nothing",
     )
 
     ins = sub.add_parser("inspect", help="list a run's checkpoints")
     ins.add_argument("request_id", metavar="REQUEST_ID")
     ins.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ins.add_argument(
+        "--step", metavar="NAME", help="print the context (vars) at that step's checkpoint (or #N)"
+    )
+
+    from blokrun.cli.history import add_diff_parser
+
+    add_diff_parser(sub)
 
     val = sub.add_parser("validate", help="check a workflow file without running it")
     val.add_argument("file")
     return p
+
+
+def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    import orjson
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise _Usage(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            out[key] = raw
+    return out
 
 
 def _read_inputs(args: argparse.Namespace) -> dict[str, Any]:
@@ -198,8 +238,28 @@ async def _cmd_resume(args: argparse.Namespace) -> int:
 
         return await _cancellable(args.request_id, go)
 
+    set_vars = _parse_sets(args.set)
+
     async def _resume(runner: Runner) -> int:
-        result = await runner.resume(args.request_id, workflow=args.workflow, force=args.force)
+        if args.dry_run:
+            plan = await runner.plan_resume(
+                args.request_id, workflow=args.workflow, force=args.force, from_step=args.from_step
+            )
+            after = f"checkpoint #{plan.from_seq} ({plan.after})" if plan.after else "its start"
+            sys.stdout.write(
+                f"run {plan.request_id} ({plan.workflow}) would resume after {after} "
+                f"as attempt {plan.attempt}\n"
+                f"skip: {', '.join(plan.skip) or '(none)'}\n"
+                f"run:  {', '.join(plan.run) or '(none)'}\n"
+            )
+            return EXIT_OK
+        result = await runner.resume(
+            args.request_id,
+            workflow=args.workflow,
+            force=args.force,
+            from_step=args.from_step,
+            set_vars=set_vars,
+        )
         if not result.steps_run:
             sys.stderr.write(f"run {result.request_id} had already completed; nothing to run\n")
         elif sys.stderr.isatty():
@@ -219,6 +279,10 @@ async def _cmd_inspect(args: argparse.Namespace) -> int:
     from blokrun.cli.output import dump_json
 
     async def body(runner: Runner) -> int:
+        if args.step is not None:
+            from blokrun.cli.history import show_step
+
+            return await show_step(args, runner)
         info = await runner.inspect(args.request_id)
         head = info.head
         if args.json:
@@ -260,18 +324,27 @@ async def _cmd_inspect(args: argparse.Namespace) -> int:
                 f"on {info.datasource!r}\n"
             )
         out.write(
-            f"{'seq':>4}  {'step':<24} {'status':<10} {'time (UTC)':<20} "
+            f"{'seq':>4}  {'step':<24} {'status':<10} {'attempt':>7}  {'time (UTC)':<20} "
             f"{'duration':>9} {'size':>9}\n"
         )
         for c in info.checkpoints:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c.time))
             out.write(
-                f"{c.seq:>4}  {c.step:<24} {c.status:<10} {when:<20} "
+                f"{c.seq:>4}  {c.step:<24} {c.status:<10} {c.attempt:>7}  {when:<20} "
                 f"{c.duration * 1000:>7.1f}ms {c.size:>8}B\n"
             )
         if not info.checkpoints:
             out.write("(no checkpoints yet)\n")
         return EXIT_OK
+
+    return await _with_runner(args, body)
+
+
+async def _cmd_diff(args: argparse.Namespace) -> int:
+    from blokrun.cli.history import run_diff
+
+    async def body(runner: Runner) -> int:
+        return await run_diff(args, runner)
 
     return await _with_runner(args, body)
 
@@ -303,7 +376,12 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "validate":
             return _cmd_validate(args)
-        handler = {"run": _cmd_run, "resume": _cmd_resume, "inspect": _cmd_inspect}[args.command]
+        handler = {
+            "run": _cmd_run,
+            "resume": _cmd_resume,
+            "inspect": _cmd_inspect,
+            "diff": _cmd_diff,
+        }[args.command]
         return anyio.run(handler, args)
     except _Usage as exc:
         _fail(str(exc), EXIT_USAGE)
