@@ -7,7 +7,10 @@ on them. It holds no global state: several Runners can live in one process.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
@@ -29,6 +32,7 @@ from blokrun.errors import (
     ResumeError,
     RunNotFound,
 )
+from blokrun.execution.builtins import Suspend
 from blokrun.execution.engine import execute
 from blokrun.execution.hooks import CallableHook, Hook, RunState, StepOutcome
 from blokrun.persistence.checkpointer import Checkpointer, KeyScope
@@ -67,6 +71,10 @@ class RunResult:
     steps_skipped: tuple[str, ...]
     resumed: bool
     duration: float
+    #: for a suspended run: the await-input step, the resume token (shown once), the prompt
+    waiting_step: str | None = None
+    token: str | None = None
+    prompt: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +89,7 @@ class ResumePlan:
     run: tuple[str, ...]
     attempt: int  # the attempt number the resume will have
     head_status: str | None
+    head: HeadRecord | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +312,25 @@ class Runner:
             await execute(
                 run, datasources=self._datasources, hooks=self._hooks, envelope=self._envelope
             )
+        except Suspend as sus:
+            token = secrets.token_urlsafe(16)
+            run.status = "suspended"
+            run.extras["suspension"] = (sus.step, _token_hash(run.request_id, sus.step, token))
+            for hook in self._hooks:
+                with anyio.CancelScope(shield=True):
+                    await hook.on_run_end(run, sus)
+            return RunResult(
+                request_id=run.request_id,
+                status="suspended",
+                vars=run.vars,
+                steps_run=tuple(run.steps_run),
+                steps_skipped=skipped,
+                resumed=run.resumed,
+                duration=time.perf_counter() - started,
+                waiting_step=sus.step,
+                token=token,
+                prompt=sus.prompt,
+            )
         except BaseException as exc:
             run.status = (
                 "cancelled" if isinstance(exc, anyio.get_cancelled_exc_class()) else "failed"
@@ -370,6 +398,8 @@ class Runner:
         force: bool = False,
         from_step: str | None = None,
         set_vars: Mapping[str, Any] | None = None,
+        input: Any = None,
+        token: str | None = None,
     ) -> RunResult:
         """Continue a failed or crashed run after its latest checkpoint.
 
@@ -381,9 +411,14 @@ class Runner:
         ``from_step`` restarts from the checkpoint before that step ran (time travel; the
         new attempt is recorded beside the old checkpoints, which stay). ``set_vars`` edits
         vars first: ``{"a.b": 1}`` sets ``vars["a"]["b"]``.
+
+        A suspended run (an ``await-input`` step) continues only with ``input`` and the
+        ``token`` its suspension returned; a wrong token or input that fails the step's
+        schema is refused and the run stays suspended.
         """
         self._require_connected()
         run, plan = await self._prepare(request_id, workflow, force, from_step, set_vars)
+        self._accept_input(run, plan, input, token)
         if not plan.run:
             if plan.head_status != "completed":
                 for hook in self._hooks:
@@ -404,6 +439,37 @@ class Runner:
             len(plan.skip),
         )
         return await self._drive(run)
+
+    def _accept_input(self, run: RunState, plan: ResumePlan, value: Any, token: str | None) -> None:
+        head = plan.head
+        rid = run.request_id
+        if head is None or head.status != "suspended" or head.waiting_step is None:
+            if token is not None or value is not None:
+                raise ResumeError("is not waiting for input", request_id=rid)
+            return
+        step = head.waiting_step
+        if token is None or value is None:
+            raise ResumeError(
+                f"is suspended at step {step!r} waiting for input: resume it with the input "
+                "and the token its suspension returned (blokrun resume ID --input JSON "
+                "--token TOKEN)",
+                request_id=rid,
+                step=step,
+            )
+        if not hmac.compare_digest(_token_hash(rid, step, token), head.token_hash or ""):
+            raise ResumeError("wrong token for this run and step", request_id=rid, step=step)
+        schema = run.workflow.step(step).spec.inputs.get("schema")
+        if isinstance(schema, dict):
+            from blokrun.execution.schema import validate
+
+            problems = validate(value, schema, "$.input")
+            if problems:
+                raise ResumeError(
+                    f"input refused, the run stays suspended: {'; '.join(problems[:5])}",
+                    request_id=rid,
+                    step=step,
+                )
+        run.extras["provided_input"] = {step: value}
 
     async def plan_resume(
         self,
@@ -467,7 +533,11 @@ class Runner:
             found.checkpoint = next((r for r in earlier if from_step not in r.done), None)
         ckpt, state = await self._resumer.state(found, prefix)
         head = found.head
-        if head is not None and head.status != "completed" and not force and not dry:
+        if (
+            head is not None
+            and head.status not in ("completed", "suspended")
+            and not (force or dry)
+        ):
             await self._check_dead_letter(wf, head)
         if ckpt is not None:
             vars_ = await resolve_blobs(
@@ -511,6 +581,7 @@ class Runner:
             run=tuple(s for s in wf.step_names if s not in done_set),
             attempt=attempt,
             head_status=head.status if head is not None else None,
+            head=head,
         )
         return run, plan
 
@@ -663,3 +734,8 @@ def _set_path(vars_: dict[str, Any], path: str, value: Any, request_id: str) -> 
             )
         target = nxt
     target[parts[-1]] = value
+
+
+def _token_hash(request_id: str, step: str, token: str) -> str:
+    """Tokens are stored hashed, bound to their run and step."""
+    return hashlib.sha256(f"{request_id}:{step}:{token}".encode()).hexdigest()

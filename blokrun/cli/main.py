@@ -2,7 +2,8 @@
 
 Exit codes: 0 done; 1 the run failed (the message says which step, why, and the exact
 ``blokrun resume`` command); 2 bad input, workflow or configuration (nothing ran);
-130 interrupted.
+3 the run is suspended waiting for input (stdout: its request id, step and token);
+130 interrupted (SIGINT; SIGTERM gives 143).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from blokrun.runner import Runner
+    from blokrun.runner import Runner, RunResult
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SUSPENDED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 class _Usage(Exception):
@@ -117,6 +118,13 @@ def _parser() -> argparse.ArgumentParser:
         help="edit vars first (VALUE is JSON, else text; KEY may be a.b.c)",
     )
     res.add_argument(
+        "--input",
+        metavar="JSON",
+        dest="resume_input",
+        help="the input a suspended (await-input) step waits for",
+    )
+    res.add_argument("--token", metavar="TOKEN", help="the token the suspension returned")
+    res.add_argument(
         "--dry-run",
         action="store_true",
         help="print which steps would be skipped and which would run; run nothing",
@@ -177,6 +185,31 @@ def _read_inputs(args: argparse.Namespace) -> dict[str, Any]:
     return value
 
 
+def _report(result: RunResult) -> int:
+    """Final vars on stdout (exit 0), or the suspension and how to continue (exit 3)."""
+    from blokrun.cli.output import dump_json
+
+    if result.status != "suspended":
+        dump_json(result.vars, sys.stdout)
+        return EXIT_OK
+    dump_json(
+        {
+            "request_id": result.request_id,
+            "status": "suspended",
+            "step": result.waiting_step,
+            "prompt": result.prompt,
+            "token": result.token,
+        },
+        sys.stdout,
+    )
+    sys.stderr.write(
+        f"blokrun: run {result.request_id} is suspended at step {result.waiting_step!r}"
+        f"{': ' + result.prompt if result.prompt else ''}. To continue:\n"
+        f"  blokrun resume {result.request_id} --input '<JSON>' --token {result.token}\n"
+    )
+    return EXIT_SUSPENDED
+
+
 def _fail(message: str, code: int) -> NoReturn:
     sys.stderr.write(f"blokrun: error: {message}\n")
     raise SystemExit(code)
@@ -201,7 +234,6 @@ async def _with_runner(
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
-    from blokrun.cli.output import dump_json
     from blokrun.errors import ConfigError
     from blokrun.persistence.records import validate_request_id
 
@@ -221,8 +253,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     async def body(runner: Runner) -> int:
         async def go() -> int:
             result = await runner.run(wf, inputs, request_id=request_id)
-            dump_json(result.vars, sys.stdout)
-            return EXIT_OK
+            return _report(result)
 
         return await _cancellable(request_id, go)
 
@@ -239,6 +270,16 @@ async def _cmd_resume(args: argparse.Namespace) -> int:
         return await _cancellable(args.request_id, go)
 
     set_vars = _parse_sets(args.set)
+    resume_input: Any = None
+    if args.resume_input is not None:
+        import orjson
+
+        try:
+            resume_input = orjson.loads(args.resume_input)
+        except orjson.JSONDecodeError as exc:
+            raise _Usage(
+                f"--input: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+            ) from None
 
     async def _resume(runner: Runner) -> int:
         if args.dry_run:
@@ -259,7 +300,11 @@ async def _cmd_resume(args: argparse.Namespace) -> int:
             force=args.force,
             from_step=args.from_step,
             set_vars=set_vars,
+            input=resume_input,
+            token=args.token,
         )
+        if result.status == "suspended":
+            return _report(result)
         if not result.steps_run:
             sys.stderr.write(f"run {result.request_id} had already completed; nothing to run\n")
         elif sys.stderr.isatty():

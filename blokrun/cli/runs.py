@@ -81,7 +81,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="only runs started since: an age (30m, 12h, 7d) or an ISO date/datetime (UTC)",
     )
     p.add_argument("--limit", type=_limit, default=100, metavar="N", help="at most N runs (100)")
-    p.add_argument("--cursor", metavar="CURSOR", help="the next page, as printed by a previous call")
+    p.add_argument(
+        "--cursor", metavar="CURSOR", help="the next page, as printed by a previous call"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
@@ -99,8 +101,8 @@ def _short(text: str | None, width: int) -> str:
 
 def format_table(runs: list[RunSummary]) -> str:
     """The runs as an aligned text table (times in UTC)."""
-    header = ("REQUEST ID", "WORKFLOW", "STATUS", "STEP", "ATTEMPT", "STARTED (UTC)")
-    header += ("UPDATED (UTC)", "ERROR")
+    header: tuple[str, ...] = ("REQUEST ID", "WORKFLOW", "STATUS", "STEP", "ATTEMPT")
+    header += ("STARTED (UTC)", "UPDATED (UTC)", "ERROR")
     rows = [
         (
             r.request_id,
@@ -117,7 +119,10 @@ def format_table(runs: list[RunSummary]) -> str:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
     lines = []
     for row in [header, *rows]:
-        cells = [cell.ljust(w) if i != 4 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=False))]
+        cells = [
+            cell.ljust(w) if i != 4 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=False))
+        ]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
     return "\n".join(lines) + "\n"
 

@@ -5,6 +5,8 @@
 ``sleep``  wait ``seconds``
 ``echo``   return the inputs (stored as ``ctx.vars[<step name>]``)
 ``fail``   raise :class:`NodeFailure` with ``message`` (guards, demos, tests)
+``await-input``  suspend the run until someone resumes it with input (and its token);
+           ``prompt`` says what is wanted, ``schema`` what the input must look like
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
 
     from blokrun.context import Context
 
-__all__ = ["BUILTINS", "NodeFailure"]
+__all__ = ["BUILTINS", "NodeFailure", "Suspend"]
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -32,6 +34,22 @@ _LEVELS = {
 
 class NodeFailure(Exception):
     """Raised by the ``fail`` built-in."""
+
+
+class Suspend(BaseException):
+    """Raised by ``await-input``: not an error, the run stops here and waits.
+
+    A BaseException so that no ``except Exception`` (retries included) swallows it.
+    """
+
+    def __init__(self, step: str, prompt: str) -> None:
+        super().__init__(step)
+        self.step = step
+        self.prompt = prompt
+
+
+async def await_input(ctx: Context, inputs: dict[str, Any]) -> None:
+    raise Suspend(ctx.step, str(inputs.get("prompt", "")))
 
 
 async def set_vars(ctx: Context, inputs: dict[str, Any]) -> None:
@@ -77,4 +95,5 @@ BUILTINS: dict[
     "sleep": (sleep, frozenset({"seconds"}), frozenset({"seconds"})),
     "echo": (echo, None, frozenset()),
     "fail": (fail, frozenset({"message"}), frozenset()),
+    "await-input": (await_input, frozenset({"prompt", "schema"}), frozenset()),
 }

@@ -128,6 +128,9 @@ class _Executor:
     async def step(self, step: Step) -> tuple[Any, float, int]:
         """Run one step with its timeout and retries: (output, seconds, attempts)."""
         run = self.run
+        provided = run.extras.get("provided_input")
+        if isinstance(provided, dict) and step.name in provided:  # a suspended step's input
+            return provided.pop(step.name), 0.0, 1
         ctx = self._make_ctx(step.name)
         for hook in self.hooks:
             await hook.before_step(run, step)

@@ -15,8 +15,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import msgspec
 
 from blokrun.errors import BlokrunError, CheckpointError, DatasourceError
+from blokrun.execution.builtins import Suspend
 from blokrun.execution.hooks import Hook
 from blokrun.persistence.codec import Kind, dumps_value
 from blokrun.persistence.records import (
@@ -34,8 +36,6 @@ from blokrun.persistence.state import BlobPolicy, StateWriter
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-
-    import msgspec
 
     from blokrun.datasources import Datasource, Entry
     from blokrun.execution.hooks import RunState, StepOutcome
@@ -342,6 +342,19 @@ class Checkpointer(Hook):
                 run=run,
                 step=None,
                 what="the run's completion",
+            )
+            return
+        if isinstance(error, Suspend):
+            step, token_hash = run.extras["suspension"]
+            head = msgspec.structs.replace(
+                self._head(run, "suspended"), waiting_step=step, token_hash=token_hash
+            )
+            await save_everywhere(
+                targets,
+                [(head_key(run.request_id), self._seal(head), run.workflow.ttl)],
+                run=run,
+                step=step,
+                what="the run's suspension",
             )
             return
         status: RunStatus = (

@@ -122,6 +122,8 @@ class HeadRecord(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int = 1
     error: str | None = None
     failed_step: str | None = None
+    waiting_step: str | None = None  # suspended: the await-input step
+    token_hash: str | None = None  # suspended: sha256 of "<id>:<step>:<token>"
 
 
 class RunRecord(msgspec.Struct, frozen=True, kw_only=True):

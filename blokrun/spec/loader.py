@@ -354,6 +354,15 @@ def load_workflow(
         for key in sorted(node.required_inputs - set(s.inputs)):
             raise err(f"built-in {node.name!r} needs input {key!r}", f"{at}.inputs")
         inputs = compile_value(s.inputs, source=name, path=f"{at}.inputs")
+        if node.name == "await-input" and "schema" in s.inputs:
+            from blokrun.execution.schema import check_schema
+
+            if not isinstance(s.inputs["schema"], dict):
+                raise err("expected a JSON schema object", f"{at}.inputs.schema")
+            problems = check_schema(s.inputs["schema"], f"{at}.inputs.schema")
+            if problems:
+                where, _, what = problems[0].partition(": ")
+                raise err(what, where)
         for ds in sorted(inputs.datasources):
             if ds not in spec.datasources:
                 raise err(
