@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -51,7 +52,10 @@ from blokrun.persistence.state import BlobPolicy, resolve_blobs
 from blokrun.spec.loader import Workflow, load_workflow
 
 if TYPE_CHECKING:
+    from datetime import datetime
     from types import TracebackType
+
+    from blokrun.lifecycle import GcReport, ResumeOutcome, RunPage
 
 __all__ = ["CheckpointInfo", "ResumePlan", "RunInfo", "RunResult", "Runner"]
 
@@ -358,14 +362,26 @@ class Runner:
     # -- resume ----------------------------------------------------------------------------------
 
     def _scan_prefix(self, request_id: str, wf: Workflow | None) -> str:
+        """The literal start of every checkpoint key of a run, for the fallback scan.
+
+        The key pattern is rendered for two very different start times and cut at the step
+        name: parts that depend on the time (``${ctx.date}``) end the prefix, so it holds
+        whatever the run's start was. Scanned records are matched by request id anyway.
+        """
         if wf is None:
             return f"{request_id}-"
-        sentinel = "\x00"
-        probe = RunState(request_id=request_id, workflow=wf, vars={}, inputs={}, started_at=0.0)
         from blokrun.expressions import render_key
 
-        rendered = render_key(wf.key_template, KeyScope(probe, sentinel))
-        return rendered.split(sentinel, 1)[0]
+        sentinel = "\x00"
+        rendered = []
+        for started in (0.0, 2_000_000_000.0):
+            probe = RunState(
+                request_id=request_id, workflow=wf, vars={}, inputs={}, started_at=started
+            )
+            rendered.append(
+                render_key(wf.key_template, KeyScope(probe, sentinel)).split(sentinel, 1)[0]
+            )
+        return os.path.commonprefix(rendered)  # noqa: RUF071 - a character prefix is meant
 
     async def _locate(self, request_id: str, wf: Workflow | None) -> FoundRun:
         try:
@@ -699,6 +715,54 @@ class Runner:
         """The stored head record of a run, or ``None``."""
         found = await self._locate(request_id, None)
         return found.head
+
+    # -- run lifecycle (blokrun.lifecycle) ---------------------------------------------------
+
+    @property
+    def envelope(self) -> Envelope:
+        """How this runner seals stored records (compression, encryption)."""
+        return self._envelope
+
+    async def list_runs(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        workflow: str | None = None,
+        since: float | datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """Stored runs, newest first, a page at a time (:func:`blokrun.lifecycle.list_runs`)."""
+        from blokrun.lifecycle import list_runs
+
+        return await list_runs(
+            self, status=status, workflow=workflow, since=since, limit=limit, cursor=cursor
+        )
+
+    async def resume_failed(
+        self, *, workflow: str | None = None, concurrency: int = 4, limit: int | None = None
+    ) -> list[ResumeOutcome]:
+        """Resume every failed run, ``concurrency`` at a time; one outcome per run."""
+        from blokrun.lifecycle import resume_failed
+
+        return await resume_failed(self, workflow=workflow, concurrency=concurrency, limit=limit)
+
+    async def collect_garbage(
+        self,
+        *,
+        completed_older_than: float | None = 7 * 86400,
+        failed_older_than: float | None = 30 * 86400,
+        dry_run: bool = False,
+    ) -> GcReport:
+        """Delete old completed / failed runs and unreferenced blobs (``blokrun gc``)."""
+        from blokrun.lifecycle import collect_garbage
+
+        return await collect_garbage(
+            self,
+            completed_older_than=completed_older_than,
+            failed_older_than=failed_older_than,
+            dry_run=dry_run,
+        )
 
 
 async def _save_head(  # the dead-letter mark, on every target at once

@@ -143,6 +143,11 @@ def _parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="check a workflow file without running it")
     val.add_argument("file")
+
+    from blokrun.cli import gc, runs
+
+    runs.add_parser(sub)
+    gc.add_parser(sub)
     return p
 
 
@@ -394,6 +399,18 @@ async def _cmd_diff(args: argparse.Namespace) -> int:
     return await _with_runner(args, body)
 
 
+async def _cmd_runs(args: argparse.Namespace) -> int:
+    from blokrun.cli import runs
+
+    return await _with_runner(args, lambda runner: runs.run(args, runner))
+
+
+async def _cmd_gc(args: argparse.Namespace) -> int:
+    from blokrun.cli import gc
+
+    return await _with_runner(args, lambda runner: gc.run(args, runner))
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from blokrun.runner import Runner
 
@@ -426,6 +443,8 @@ def _run(args: argparse.Namespace) -> int:
             "resume": _cmd_resume,
             "inspect": _cmd_inspect,
             "diff": _cmd_diff,
+            "runs": _cmd_runs,
+            "gc": _cmd_gc,
         }[args.command]
         return anyio.run(handler, args)
     except _Usage as exc:

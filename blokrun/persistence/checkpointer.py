@@ -133,7 +133,7 @@ async def save_everywhere(
 class Checkpointer(Hook):
     """Writes the run record, checkpoints and head records of runs to their targets."""
 
-    __slots__ = ("_datasources", "_definitions_written", "_known_blobs", "blobs", "envelope")
+    __slots__ = ("_datasources", "_definitions_written", "blobs", "envelope")
 
     def __init__(
         self,
@@ -144,7 +144,6 @@ class Checkpointer(Hook):
     ) -> None:
         self._datasources = datasources
         self._definitions_written: set[tuple[str, str]] = set()
-        self._known_blobs: set[tuple[str, str]] = set()
         self.envelope = envelope
         self.blobs = blobs or BlobPolicy()
 
@@ -154,7 +153,9 @@ class Checkpointer(Hook):
     def _writer(self, run: RunState) -> StateWriter:
         writer = run.extras.get("state_writer")
         if not isinstance(writer, StateWriter):
-            writer = StateWriter(self.envelope, self.blobs, self._known_blobs)
+            # Known blobs are remembered per run, not per process: a blob that gc removed
+            # meanwhile is found missing (one exists() per large value per run) and written.
+            writer = StateWriter(self.envelope, self.blobs, set())
             run.extras["state_writer"] = writer
         return writer
 

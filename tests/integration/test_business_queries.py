@@ -59,7 +59,9 @@ async def test_query_1_s3_intermediate_results_and_resume(
         keys = await storage.keys(f"raw-{out['request_id']}")
         assert keys == [f"raw-{out['request_id']}"]
         assert await storage.exists(f"transformed-{out['request_id']}")
-        assert await storage.exists(f"{out['request_id']}-aggregate~2")  # checkpoints on S3 too (attempt 2)
+        assert await storage.exists(
+            f"{out['request_id']}-aggregate~2"
+        )  # checkpoints on S3 too (attempt 2)
 
 
 async def test_query_2_parallel_runs_coordinate_through_redis(

@@ -110,3 +110,19 @@ def test_cli_dry_run_from_step_set_inspect_step_and_diff(tmp_path: Path) -> None
     assert "~ vars.total: 1 -> 55" in diff.stdout and '+ vars.who = "ops"' in diff.stdout
     table = blokrun(tmp_path, "inspect", "cli-tt").stdout
     assert "attempt" in table and table.count(" s2 ") == 2  # both attempts of s2 are listed
+
+
+async def test_a_key_pattern_with_the_date_is_found_by_inspect_and_the_scan_fallback() -> None:
+    from blokrun.persistence.records import head_key
+
+    wf = linear(3) | {"persistence": {"keyPattern": "ck/${ctx.date}/${ctx.request.id}/${stepName}"}}
+    wfnodes.FAIL_AT.add("s3")
+    async with Runner([mem()]) as runner:
+        with pytest.raises(Exception, match="s3 failed"):
+            await runner.run(wf, {"total": 0}, request_id="dated-1")
+        info = await runner.inspect("dated-1")
+        assert [c.step for c in info.checkpoints] == ["s1", "s2"]
+        await runner.datasources["default"].delete(head_key("dated-1"))
+        wfnodes.FAIL_AT.clear()
+        result = await runner.resume("dated-1")
+    assert result.vars["total"] == 6 and calls("dated-1") == ["s1", "s2", "s3", "s3"]

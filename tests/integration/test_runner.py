@@ -676,7 +676,9 @@ async def test_a_run_that_keeps_failing_in_recovery_is_dead_lettered() -> None:
                 await runner.resume("dead-1")
         from blokrun import ResumeError
 
-        with pytest.raises(ResumeError, match=r"gave up after 2 resume attempt\(s\).*dead-lettered"):
+        with pytest.raises(
+            ResumeError, match=r"gave up after 2 resume attempt\(s\).*dead-lettered"
+        ):
             await runner.resume("dead-1")
         head = await runner_head(ds, "dead-1")
         assert head.status == "dead"

@@ -1,0 +1,374 @@
+"""Finding runs and resuming the failed ones in bulk.
+
+Every run keeps a head record (``_blokrun.head.<id>``: status, workflow, latest step,
+attempt, times, last error) on each of its checkpoint datasources. :func:`iter_runs` lists
+those keys on every datasource of the runner, reads the heads in batches of 500 and, for a
+run found on several datasources, keeps the head with the highest sequence number (then the
+latest ``updated_at``). Unreadable heads are skipped with a warning; nothing else is read.
+
+:func:`list_runs` filters and pages that stream, newest first, with an opaque cursor;
+:func:`resume_failed` resumes every failed run with bounded concurrency.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, get_args
+
+import anyio
+import orjson
+
+from blokrun.errors import BlokrunError, ConfigError, RecordError, RunError
+from blokrun.persistence.records import HeadRecord, RunStatus, decode_record, head_key
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterable
+
+    from blokrun.datasources import Datasource
+    from blokrun.runner import Runner
+
+__all__ = [
+    "HEAD_PREFIX",
+    "ResumeOutcome",
+    "RunPage",
+    "RunSummary",
+    "iter_runs",
+    "list_runs",
+    "resume_failed",
+]
+
+log = logging.getLogger("blokrun.lifecycle")
+
+HEAD_PREFIX = "_blokrun.head."
+BATCH = 500
+STATUSES: frozenset[str] = frozenset(get_args(RunStatus))
+_CURSOR_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """One run as its head record describes it.
+
+    ``datasource`` holds the head that was used (the most advanced one); ``datasources``
+    every checkpoint datasource that has a head for this run.
+    """
+
+    request_id: str
+    workflow: str
+    version: str
+    status: RunStatus
+    step: str | None
+    attempt: int
+    seq: int
+    started_at: float
+    updated_at: float
+    error: str | None
+    failed_step: str | None
+    definition_hash: str
+    datasource: str
+    datasources: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (``datasources`` as a list)."""
+        return {
+            "request_id": self.request_id,
+            "workflow": self.workflow,
+            "version": self.version,
+            "status": self.status,
+            "step": self.step,
+            "attempt": self.attempt,
+            "seq": self.seq,
+            "started_at": self.started_at,
+            "updated_at": self.updated_at,
+            "error": self.error,
+            "failed_step": self.failed_step,
+            "definition_hash": self.definition_hash,
+            "datasource": self.datasource,
+            "datasources": list(self.datasources),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RunPage:
+    """One page of :func:`list_runs`; ``cursor`` fetches the next one (``None``: last page)."""
+
+    runs: list[RunSummary]
+    cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeOutcome:
+    """How resuming one run ended. On failure ``steps_run`` is empty and ``error`` says why
+    (``failed_step`` names the step when a step failed again)."""
+
+    request_id: str
+    ok: bool
+    status: str
+    error: str | None
+    steps_run: tuple[str, ...]
+    failed_step: str | None = None
+
+
+# -- scanning -----------------------------------------------------------------------------------
+
+
+def require_started(runner: Runner) -> None:
+    """Raise unless every datasource of ``runner`` is connected."""
+    if not all(ds.is_connected for ds in runner.datasources.values()):
+        raise BlokrunError(
+            "the Runner is not started: use 'async with runner:' or await runner.connect()"
+        )
+
+
+def decode_head(runner: Runner, ds: Datasource, key: str, raw: bytes) -> HeadRecord | None:
+    """The head stored under ``key``, or ``None`` (with a warning) if it cannot be used."""
+    try:
+        head = decode_record(raw, HeadRecord, datasource=ds.name, key=key, envelope=runner.envelope)
+    except RecordError as exc:
+        log.warning("skipped an unreadable run head: %s", exc)
+        return None
+    if head_key(head.request_id) != key:
+        log.warning(
+            "skipped the head under %r on %r: it belongs to run %r",
+            key, ds.name, head.request_id,
+        )  # fmt: skip
+        return None
+    return head
+
+
+def _newer(candidate: HeadRecord, than: HeadRecord) -> bool:
+    return (candidate.seq, candidate.updated_at) > (than.seq, than.updated_at)
+
+
+async def iter_runs(runner: Runner, *, batch_size: int = BATCH) -> AsyncIterator[RunSummary]:
+    """Every run with a readable head on any datasource of ``runner``, once each.
+
+    Head keys are listed per datasource; the heads themselves are read ``batch_size`` runs
+    at a time, so memory holds the key names and one batch of records. Order: unspecified.
+    """
+    require_started(runner)
+    where: dict[str, list[str]] = {}  # request id -> names of datasources with its head
+    for ds in runner.datasources.values():
+        for key in await ds.keys(HEAD_PREFIX):
+            rid = key[len(HEAD_PREFIX) :]
+            if rid:
+                where.setdefault(rid, []).append(ds.name)
+    rids = list(where)
+    for start in range(0, len(rids), batch_size):
+        chunk = rids[start : start + batch_size]
+        per_ds: dict[str, list[str]] = {}
+        for rid in chunk:
+            for name in where[rid]:
+                per_ds.setdefault(name, []).append(head_key(rid))
+        best: dict[str, tuple[HeadRecord, str]] = {}
+        for name, keys in per_ds.items():
+            ds = runner.datasources[name]
+            found = await ds.load_batch(keys)
+            for key in keys:
+                raw = found.get(key)
+                if raw is None:
+                    continue  # deleted or expired since the listing
+                head = decode_head(runner, ds, key, raw)
+                if head is None:
+                    continue
+                known = best.get(head.request_id)
+                if known is None or _newer(head, known[0]):
+                    best[head.request_id] = (head, name)
+        for rid in chunk:
+            if rid in best:
+                head, name = best[rid]
+                yield RunSummary(
+                    request_id=head.request_id,
+                    workflow=head.workflow,
+                    version=head.version,
+                    status=head.status,
+                    step=head.step,
+                    attempt=head.attempt,
+                    seq=head.seq,
+                    started_at=head.started_at,
+                    updated_at=head.updated_at,
+                    error=head.error,
+                    failed_step=head.failed_step,
+                    definition_hash=head.definition_hash,
+                    datasource=name,
+                    datasources=tuple(where[rid]),
+                )
+
+
+# -- listing --------------------------------------------------------------------------------------
+
+
+def _order(run: RunSummary) -> tuple[float, str]:
+    """Sort key: newest first, ties by request id."""
+    return (-run.started_at, run.request_id)
+
+
+def _statuses(status: str | Iterable[str] | None) -> frozenset[str] | None:
+    if status is None:
+        return None
+    wanted = frozenset([status] if isinstance(status, str) else status)
+    unknown = sorted(wanted - STATUSES)
+    if unknown:
+        raise ConfigError(
+            f"unknown run status {', '.join(map(repr, unknown))}; "
+            f"expected one of: {', '.join(sorted(STATUSES))}",
+            variable="status",
+        )
+    return wanted
+
+
+def since_timestamp(since: float | datetime | None) -> float | None:
+    """Unix seconds for ``since`` (a naive datetime is taken as UTC)."""
+    if since is None:
+        return None
+    if isinstance(since, datetime):
+        return (since if since.tzinfo else since.replace(tzinfo=UTC)).timestamp()
+    if isinstance(since, bool) or not isinstance(since, int | float):
+        raise ConfigError(
+            f"since: expected unix seconds or a datetime, got {type(since).__name__}",
+            variable="since",
+        )
+    return float(since)
+
+
+def encode_cursor(run: RunSummary) -> str:
+    data = orjson.dumps([_CURSOR_VERSION, run.started_at, run.request_id])
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """The sort key of the last run of the previous page."""
+    try:
+        data = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        version, started_at, rid = orjson.loads(data)
+        if version != _CURSOR_VERSION or not isinstance(rid, str):
+            raise ValueError
+        if isinstance(started_at, bool) or not isinstance(started_at, int | float):
+            raise ValueError
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        shown = cursor if len(cursor) <= 60 else cursor[:57] + "..."
+        raise ConfigError(
+            f"invalid cursor {shown!r}: pass the cursor of a previous page unchanged",
+            variable="cursor",
+        ) from None
+    return (-float(started_at), rid)
+
+
+def _top(
+    items: list[tuple[tuple[float, str], RunSummary]], n: int
+) -> list[tuple[tuple[float, str], RunSummary]]:
+    items.sort(key=lambda item: item[0])
+    del items[n:]
+    return items
+
+
+async def list_runs(
+    runner: Runner,
+    *,
+    status: str | Iterable[str] | None = None,
+    workflow: str | None = None,
+    since: float | datetime | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+) -> RunPage:
+    """Runs stored on the runner's datasources, newest first (by ``started_at``, ties by id).
+
+    ``status``: one status or several; ``workflow``: a workflow name; ``since``: runs started
+    at or after it (unix seconds or a datetime, naive = UTC). At most ``limit`` runs are
+    returned; ``RunPage.cursor`` (opaque) gives the next page when there are more. Paging is
+    stable: runs started after the first page was read sort before the cursor, so they never
+    shift later pages.
+    """
+    statuses = _statuses(status)
+    since_ts = since_timestamp(since)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigError(f"limit {limit!r}: expected a whole number >= 1", variable="limit")
+    after = decode_cursor(cursor) if cursor else None
+    keep: list[tuple[tuple[float, str], RunSummary]] = []
+    pending = 0
+    async for run in iter_runs(runner):
+        if statuses is not None and run.status not in statuses:
+            continue
+        if workflow is not None and run.workflow != workflow:
+            continue
+        if since_ts is not None and run.started_at < since_ts:
+            continue
+        key = _order(run)
+        if after is not None and key <= after:
+            continue
+        keep.append((key, run))
+        pending += 1
+        if pending >= BATCH:  # memory: never more than limit + 1 + BATCH summaries
+            keep, pending = _top(keep, limit + 1), 0
+    keep = _top(keep, limit + 1)
+    runs = [run for _, run in keep[:limit]]
+    return RunPage(runs, encode_cursor(runs[-1]) if len(keep) > limit else None)
+
+
+# -- resuming -------------------------------------------------------------------------------------
+
+
+async def _resume_one(runner: Runner, request_id: str) -> ResumeOutcome:
+    try:
+        result = await runner.resume(request_id)
+    except Exception as exc:  # one run's failure must not stop the others
+        if isinstance(exc, BlokrunError):
+            log.warning("resuming run %s failed: %s", request_id, exc)
+        else:
+            log.exception("resuming run %s failed unexpectedly", request_id)
+        status = "failed"
+        try:
+            head = await runner.head(request_id)
+        except BlokrunError:
+            head = None
+        if head is not None:
+            status = head.status
+        step = exc.step if isinstance(exc, RunError) else None
+        message = str(exc) or type(exc).__name__
+        return ResumeOutcome(request_id, False, status, message, (), step)
+    return ResumeOutcome(request_id, True, result.status, None, result.steps_run)
+
+
+async def resume_failed(
+    runner: Runner,
+    *,
+    workflow: str | None = None,
+    concurrency: int = 4,
+    limit: int | None = None,
+) -> list[ResumeOutcome]:
+    """Resume every failed run (of ``workflow`` if given), at most ``concurrency`` at once.
+
+    Runs are taken newest first; ``limit`` caps how many. Each run's error is caught and
+    reported in its :class:`ResumeOutcome` (``ok=False``), so one failure does not stop the
+    others; outcomes come back in the order the runs were taken. Cancelled and dead-lettered
+    runs are not failed runs and are left alone.
+    """
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ConfigError(
+            f"concurrency {concurrency!r}: expected a whole number >= 1", variable="concurrency"
+        )
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ConfigError(f"limit {limit!r}: expected a whole number >= 0", variable="limit")
+    failed = [
+        run
+        async for run in iter_runs(runner)
+        if run.status == "failed" and (workflow is None or run.workflow == workflow)
+    ]
+    failed.sort(key=_order)
+    if limit is not None:
+        del failed[limit:]
+    outcomes: list[ResumeOutcome | None] = [None] * len(failed)
+    limiter = anyio.CapacityLimiter(concurrency)
+
+    async def one(index: int, request_id: str) -> None:
+        async with limiter:
+            outcomes[index] = await _resume_one(runner, request_id)
+
+    async with anyio.create_task_group() as tg:
+        for index, run in enumerate(failed):
+            tg.start_soon(one, index, run.request_id)
+    return [outcome for outcome in outcomes if outcome is not None]
