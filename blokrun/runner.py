@@ -526,6 +526,14 @@ class Runner:
                 request_id=request_id,
             )
         prefix = self._scan_prefix(request_id, wf)
+        if found.head is None and given is None and prefix != f"{request_id}-":
+            # Located without a definition, by the seed's <id>-* convention: now that the
+            # definition (and its key pattern) is known, scan where the checkpoints really are.
+            better = await self._resumer.scan(
+                found.datasource, request_id, prefix, workflow=wf.name
+            )
+            if better and better[0].seq > found.seq:
+                found.checkpoint = better[0]
         scope_run = RunState(request_id=request_id, workflow=wf, vars={}, inputs={}, started_at=0.0)
         if found.head is not None:
             scope_run.attempt = found.head.attempt  # a crash left that attempt's keys
