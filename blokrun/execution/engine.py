@@ -90,7 +90,7 @@ async def _call(step: Step, ctx: Context, inputs: dict[str, Any]) -> Any:
 
 
 class _Executor:
-    __slots__ = ("_hook_lock", "_make_ctx", "datasources", "envelope", "hooks", "run")
+    __slots__ = ("_hook_lock", "_make_ctx", "datasources", "envelope", "hooks", "parallel", "run")
 
     def __init__(
         self,
@@ -104,6 +104,7 @@ class _Executor:
         self.hooks = hooks
         self.envelope = envelope
         self._hook_lock = anyio.Lock()
+        self.parallel = False
         wf = run.workflow
         request = RequestInfo(run.request_id, run.started_at)
         info = WorkflowInfo(wf.name, wf.version, wf.definition_hash)
@@ -177,33 +178,51 @@ class _Executor:
     async def finish(
         self, step: Step, output: Any, duration: float, attempts: int, *, last: bool
     ) -> None:
-        """Merge a step's output and run the after-step hooks (its checkpoint first)."""
+        """Merge a step's output and run the after-step hooks (its checkpoint first).
+
+        In a parallel graph, hooks of one run take turns (a lock) so checkpoints get
+        consecutive numbers; a step that stores something is shielded from cancellation so a
+        finished branch keeps its checkpoint when a sibling fails. A linear run needs
+        neither lock nor shield for a step that stores nothing (the hot path).
+        """
+        stores = step.checkpoint or step.publish is not None
+        if self.parallel:
+            async with self._hook_lock:
+                with anyio.CancelScope(shield=True):
+                    await self._after(step, output, duration, attempts, last)
+        elif stores:
+            with anyio.CancelScope(shield=True):
+                await self._after(step, output, duration, attempts, last)
+        else:
+            await self._after(step, output, duration, attempts, last)
+
+    async def _after(
+        self, step: Step, output: Any, duration: float, attempts: int, last: bool
+    ) -> None:
         run = self.run
-        async with self._hook_lock:
-            with anyio.CancelScope(shield=True):  # a finished step keeps its checkpoint
-                if output is not None:
-                    run.vars[step.name] = output
-                run.done.append(step.name)
-                run.steps_run.append(step.name)
-                outcome = StepOutcome(step, output, duration, last, attempts)
-                try:
-                    for hook in self.hooks:
-                        await hook.after_step(run, outcome)
-                except ValueNotStorable as exc:
-                    run.done.remove(step.name)
-                    raise StepFailed(
-                        f"returned a value that cannot be stored: {exc}",
-                        request_id=run.request_id,
-                        step=step.name,
-                    ) from exc
-                except RunError:
-                    raise
-                except Exception as exc:
-                    raise RunError(
-                        f"after-step hook failed: {type(exc).__name__}: {exc}",
-                        request_id=run.request_id,
-                        step=step.name,
-                    ) from exc
+        if output is not None:
+            run.vars[step.name] = output
+        run.done.append(step.name)
+        run.steps_run.append(step.name)
+        outcome = StepOutcome(step, output, duration, last, attempts)
+        try:
+            for hook in self.hooks:
+                await hook.after_step(run, outcome)
+        except ValueNotStorable as exc:
+            run.done.remove(step.name)
+            raise StepFailed(
+                f"returned a value that cannot be stored: {exc}",
+                request_id=run.request_id,
+                step=step.name,
+            ) from exc
+        except RunError:
+            raise
+        except Exception as exc:
+            raise RunError(
+                f"after-step hook failed: {type(exc).__name__}: {exc}",
+                request_id=run.request_id,
+                step=step.name,
+            ) from exc
 
     async def linear(self, remaining: Sequence[Step]) -> None:
         for position, step in enumerate(remaining):
@@ -211,6 +230,7 @@ class _Executor:
             await self.finish(step, output, duration, attempts, last=position == len(remaining) - 1)
 
     async def graph(self, remaining: Sequence[Step]) -> None:
+        self.parallel = True
         done = set(self.run.done)
         pending = list(remaining)
         running: set[str] = set()

@@ -156,6 +156,8 @@ _TYPES = {kind: cls for cls, kind in _KINDS.items()}
 
 def encode_record(record: msgspec.Struct, envelope: Envelope = DEFAULT_ENVELOPE) -> bytes:
     kind = _KINDS[type(record)]
+    if isinstance(record, HeadRecord):  # no user data inside: plain JSON, nothing to check
+        return envelope.seal(kind, orjson.dumps(msgspec.structs.asdict(record)))
     return envelope.seal(kind, dumps_value(msgspec.structs.asdict(record)))
 
 
@@ -168,7 +170,7 @@ def encode_checkpoint(
     step: str,
     seq: int,
     done: list[str],
-    vars: Mapping[str, Any],
+    vars: Mapping[str, Any] | orjson.Fragment,
     started_at: float,
     time: float,
     duration: float,
@@ -186,7 +188,9 @@ def encode_checkpoint(
     ``vars`` values may be ``orjson.Fragment`` (already serialised by the state writer);
     plain values are checked here.
     """
-    if not all(isinstance(v, orjson.Fragment) for v in vars.values()):
+    if not isinstance(vars, orjson.Fragment) and not all(
+        isinstance(v, orjson.Fragment) for v in vars.values()
+    ):
         vars = {
             k: v
             if isinstance(v, orjson.Fragment)

@@ -75,7 +75,7 @@ class Encoded:
     """One checkpoint's vars, ready to be spliced into its record."""
 
     snapshot: bool
-    vars: dict[str, orjson.Fragment]
+    vars: dict[str, orjson.Fragment] | orjson.Fragment  # a small snapshot: one fragment
     removed: list[str]
     base: int
     chain: list[str]
@@ -130,6 +130,13 @@ class StateWriter:
 
     async def encode(self, state: Mapping[str, Any], seq: int, key: str) -> Encoded:
         """Encode ``state`` for the checkpoint ``seq`` stored under ``key``."""
+        whole = dumps_value(state)
+        policy = self._blobs
+        if len(whole) < self.small and (
+            policy.datasource is None or len(whole) < policy.threshold
+        ):  # a small state: write it whole, with one serialisation (the hot path)
+            self._chain = None
+            return Encoded(True, orjson.Fragment(whole), [], seq, [], len(whole), [])
         blobs: list[tuple[str, bytes]] = []
         parts = {name: await self._part(name, value, blobs) for name, value in state.items()}
         size = sum(len(p) + len(n) + 4 for n, p in parts.items())
