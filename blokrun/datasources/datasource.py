@@ -85,7 +85,7 @@ class Datasource:
 
     async def connect(self) -> None:
         """Connect within the datasource's timeout; failures name it, password masked."""
-        async with self._guard(None, "connect"):
+        async with self._guard(None, "connect", timer=True):
             await self.store.connect()
 
     async def close(self) -> None:
@@ -111,9 +111,17 @@ class Datasource:
     # -- error mapping -------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _guard(self, key: str | None, op: str) -> AsyncIterator[None]:
+    async def _guard(
+        self, key: str | None, op: str, *, timer: bool | None = None
+    ) -> AsyncIterator[None]:
+        """Translate errors; bound the operation with a timer unless the driver does."""
+        if timer is None:
+            timer = not self.store.capabilities.self_timed
         try:
-            with anyio.fail_after(self._timeout):
+            if timer:
+                with anyio.fail_after(self._timeout):
+                    yield
+            else:
                 yield
         except TimeoutError:
             raise DatasourceUnavailable(

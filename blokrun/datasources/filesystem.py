@@ -45,7 +45,7 @@ _MAGIC = b"BKF1"
 _HEADER = struct.Struct(">4sdH")
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 _MAX_NAME = 200
-_CAPS = Capabilities(native_ttl=False, native_batch=True, atomic_batch=False)
+_CAPS = Capabilities(native_ttl=False, native_batch=True, atomic_batch=False, self_timed=True)
 
 
 def encode_name(key: str) -> str:

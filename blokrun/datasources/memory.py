@@ -18,7 +18,12 @@ if TYPE_CHECKING:
 __all__ = ["MemoryStore", "create"]
 
 _CAPS = Capabilities(
-    native_ttl=True, native_batch=True, atomic_batch=True, durable=False, shared=False
+    native_ttl=True,
+    native_batch=True,
+    atomic_batch=True,
+    durable=False,
+    shared=False,
+    self_timed=True,
 )
 
 

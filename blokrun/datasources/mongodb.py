@@ -126,7 +126,11 @@ class MongoStore:
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(
-            native_ttl=True, native_batch=True, atomic_batch=False, durable=self._durable
+            native_ttl=True,
+            native_batch=True,
+            atomic_batch=False,
+            durable=self._durable,
+            self_timed=True,
         )
 
     @property

@@ -72,7 +72,7 @@ __all__ = ["PostgresStore", "create", "prefix_end"]
 DEFAULT_TABLE = "blokrun_store"
 DEFAULT_POOL_SIZE = 10
 PAGE = 1000
-_CAPS = Capabilities(native_ttl=False, native_batch=True, atomic_batch=True)
+_CAPS = Capabilities(native_ttl=False, native_batch=True, atomic_batch=True, self_timed=True)
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _LOCK_ID = 0x626C6F6B72756E  # "blokrun": the advisory lock serialising migrations
 _UNAVAILABLE_SQLSTATE = ("08", "28", "53", "57")

@@ -54,6 +54,11 @@ class Capabilities:
         (fsync / committed transaction). The memory driver is not durable.
     shared
         Other processes see the data (false for the memory driver).
+    self_timed
+        Every operation is bounded by the driver itself (socket / command timeouts set from
+        ``settings.timeout``), so the wrapper adds no timer per operation. A timer costs a
+        few microseconds and, in asyncio, stays scheduled until its deadline even after
+        the operation ended. Drivers that cannot promise this get the wrapper's timer.
     """
 
     native_ttl: bool = False
@@ -61,6 +66,7 @@ class Capabilities:
     atomic_batch: bool = False
     durable: bool = True
     shared: bool = True
+    self_timed: bool = False
 
 
 @runtime_checkable

@@ -66,7 +66,9 @@ __all__ = ["DEFAULT_POOL_SIZE", "RedisStore", "create", "escape_glob"]
 
 DEFAULT_POOL_SIZE = 32
 SCAN_COUNT = 1000
-_CAPS = Capabilities(native_ttl=True, native_batch=True, atomic_batch=True, durable=False)
+_CAPS = Capabilities(
+    native_ttl=True, native_batch=True, atomic_batch=True, durable=False, self_timed=True
+)
 _GLOB = frozenset(b"*?[]\\")
 
 

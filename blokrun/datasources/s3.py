@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 
 __all__ = ["S3Store", "create", "decode_key", "encode_key"]
 
-_CAPS = Capabilities(native_ttl=False, native_batch=False, atomic_batch=False)
+_CAPS = Capabilities(native_ttl=False, native_batch=False, atomic_batch=False, self_timed=True)
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 _MAX_NAME = 1024  # S3's limit on an object name, in UTF-8 bytes
 _HASHED = 65  # "~" + sha256 hex

@@ -1,0 +1,88 @@
+"""Many runs at once in one process, and memory that stays flat over many runs."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from blokrun import Runner
+from blokrun.config import DatasourceSettings
+from blokrun.datasources import Datasource
+from blokrun.datasources.memory import MemoryStore
+from blokrun.persistence.records import CheckpointRecord, decode_record
+
+NODE = "tests.integration.wfnodes"
+
+
+def workflow(n: int = 5) -> dict[str, Any]:
+    return {
+        "name": "many",
+        "steps": [
+            {"name": f"s{i}", "node": f"{NODE}:add", "inputs": {"n": i}} for i in range(1, n + 1)
+        ],
+    }
+
+
+@pytest.mark.parametrize("kind", ["memory", "filesystem"])
+async def test_100_runs_at_once_all_complete_and_keep_their_own_checkpoints(
+    kind: str, tmp_path: Path
+) -> None:
+    settings = DatasourceSettings(
+        name="default",
+        type=kind,
+        path=str(tmp_path / "ck") if kind == "filesystem" else None,
+        fsync=False,
+    )
+    results: dict[str, int] = {}
+    async with Runner([settings]) as runner:
+        wf = runner.load(workflow())
+
+        async def one(i: int) -> None:
+            result = await runner.run(wf, {"total": i * 1000}, request_id=f"run-{i}")
+            results[result.request_id] = result.vars["total"]
+
+        async with anyio.create_task_group() as tg:
+            for i in range(100):
+                tg.start_soon(one, i)
+        ds = runner.datasources["default"]
+        keys = [k for k in await ds.keys("run-")]
+        records = await ds.load_batch(keys)
+    assert results == {f"run-{i}": i * 1000 + 15 for i in range(100)}
+    assert len(keys) == 100 * 5  # none lost
+    for key, raw in records.items():
+        rec = decode_record(raw, CheckpointRecord)
+        assert key == f"{rec.request_id}-{rec.step}"  # every checkpoint belongs to its run
+        assert rec.vars["total"] == int(rec.request_id.split("-")[1]) * 1000 + sum(
+            range(1, rec.seq + 1)
+        )
+
+
+class DiscardStore(MemoryStore):
+    """Accepts every write and keeps nothing: what remains in memory is the runner's."""
+
+    async def save(self, key: str, data: bytes, ttl: float | None = None) -> None:
+        return None
+
+    async def save_batch(self, entries: Sequence[tuple[str, bytes, float | None]]) -> None:
+        return None
+
+
+@pytest.mark.slow
+async def test_memory_stays_flat_over_10000_runs() -> None:
+    ds = Datasource(DatasourceSettings(name="default", type="memory"), DiscardStore())
+    async with Runner([ds]) as runner:
+        wf = runner.load(workflow(3))
+        for i in range(500):  # warm up caches, pools and lazy imports
+            await runner.run(wf, {"total": 0})
+        gc.collect()
+        before = len(gc.get_objects())
+        for i in range(10_000):
+            await runner.run(wf, {"total": i})
+        gc.collect()
+        after = len(gc.get_objects())
+    assert after - before < 500, (before, after)  # nothing per run (10,000 runs)
