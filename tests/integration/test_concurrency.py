@@ -77,7 +77,7 @@ async def test_memory_stays_flat_over_10000_runs() -> None:
     ds = Datasource(DatasourceSettings(name="default", type="memory"), DiscardStore())
     async with Runner([ds]) as runner:
         wf = runner.load(workflow(3))
-        for i in range(500):  # warm up caches, pools and lazy imports
+        for _ in range(500):  # warm up caches, pools and lazy imports
             await runner.run(wf, {"total": 0})
         gc.collect()
         before = len(gc.get_objects())
