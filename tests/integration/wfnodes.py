@@ -25,6 +25,10 @@ def _ledger(ctx: Any, what: str = "") -> None:
 
 async def add(ctx: Any, inputs: dict[str, Any]) -> Any:
     _ledger(ctx)
+    if os.environ.get("WF_KILL_AT") == ctx.step:  # the crash harness: die inside the step
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
     if ctx.step in FAIL_AT or os.environ.get("WF_FAIL_AT") == ctx.step:
         raise RuntimeError(f"{ctx.step} failed on purpose")
     ctx.vars["total"] = ctx.vars.get("total", 0) + inputs.get("n", 1)

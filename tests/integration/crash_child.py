@@ -1,0 +1,68 @@
+"""A run that kills its own process (SIGKILL) at a chosen point; used by the crash harness.
+
+python -m tests.integration.crash_child HOME REQUEST_ID POINT N
+
+POINT is where the N-th save dies (save 1 stores the workflow definition, save 2 the run's
+start record, save k+2 the checkpoint of step k): ``before`` (nothing of it written), ``between`` (the checkpoint written, not its head
+record), ``after`` (both written, killed before the next step), or ``in-step`` (inside the
+node of step N, after its side effect). With POINT ``none`` the run is resumed instead.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import anyio
+
+from blokrun import Runner
+from blokrun.config import DatasourceSettings
+from blokrun.datasources import Datasource
+from blokrun.datasources.filesystem import FilesystemStore
+
+STEPS = 8
+
+
+def workflow() -> dict[str, object]:
+    return {
+        "name": "crashy",
+        "steps": [
+            {"name": f"s{i}", "node": "tests.integration.wfnodes:add", "inputs": {"n": i}}
+            for i in range(1, STEPS + 1)
+        ],
+    }
+
+
+class Faulty(FilesystemStore):
+    def __init__(self, root: str, point: str, n: int) -> None:
+        super().__init__(root)
+        self.point, self.n, self.calls = point, n, 0
+
+    async def save_batch(self, entries: Sequence[tuple[str, bytes, float | None]]) -> None:
+        self.calls += 1
+        if self.calls == self.n and self.point in ("before", "between", "after"):
+            if self.point == "between":
+                await super().save_batch(entries[:1])
+            elif self.point == "after":
+                await super().save_batch(entries)
+            os.kill(os.getpid(), signal.SIGKILL)
+        await super().save_batch(entries)
+
+
+async def main(home: str, rid: str, point: str, n: int) -> None:
+    settings = DatasourceSettings(name="default", type="filesystem", path=f"{home}/ck")
+    if point == "in-step":
+        os.environ["WF_KILL_AT"] = f"s{n}"
+    store = Faulty(settings.path or "", point, n)
+    async with Runner([Datasource(settings, store)]) as runner:
+        if point == "none":
+            result = await runner.resume(rid)
+        else:
+            result = await runner.run(workflow(), {"total": 0}, request_id=rid)
+        print(result.vars["total"])
+
+
+if __name__ == "__main__":
+    anyio.run(main, sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
