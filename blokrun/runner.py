@@ -542,7 +542,11 @@ class Runner:
         await self._resumer.roll_forward(
             found, wf.step_names, lambda step: self._checkpointer.checkpoint_key(scope_run, step)
         )
-        latest_seq = max(found.seq, found.head.seq if found.head is not None else 0)
+        latest_seq = max(
+            found.seq,
+            found.head.seq if found.head is not None else 0,
+            found.head.high_seq if found.head is not None else 0,
+        )
         if from_step is not None:
             if from_step not in wf.step_names:
                 raise ResumeError(
@@ -555,7 +559,7 @@ class Runner:
                 if found.checkpoint is not None else None,
             )  # fmt: skip
             found.checkpoint = next((r for r in earlier if from_step not in r.done), None)
-        ckpt, state = await self._resumer.state(found, prefix)
+        ckpt, state, refs = await self._resumer.state(found, prefix)
         head = found.head
         if (
             head is not None
@@ -565,7 +569,7 @@ class Runner:
             await self._check_dead_letter(wf, head)
         if ckpt is not None:
             vars_ = await resolve_blobs(
-                state, self._datasources, self._envelope, request_id=request_id
+                state, refs, self._datasources, self._envelope, request_id=request_id
             )
             done = list(ckpt.done)
             started_at = ckpt.started_at
@@ -580,6 +584,8 @@ class Runner:
             )
         for path, value in (set_vars or {}).items():
             _set_path(vars_, path, value, request_id)
+        if head is not None and head.status == "completed" and from_step is None:
+            done = list(wf.step_names)  # even a last step that was not checkpointed
         attempt = (head.attempt if head is not None else (ckpt.attempt if ckpt else 1)) + 1
         run = RunState(
             request_id=request_id,
@@ -589,12 +595,21 @@ class Runner:
             started_at=started_at,
             attempt=attempt,
             seq=max(latest_seq, ckpt.seq if ckpt is not None else 0),
+            last_seq=ckpt.seq if ckpt is not None else 0,
+            recoveries=(head.recoveries if head is not None else 0)
+            + (
+                1
+                if head is None or head.status in ("failed", "cancelled", "running", "dead")
+                else 0
+            ),
             done=done,
             resumed=True,
         )
         if ckpt is not None:
             run.last_step = ckpt.step
             run.last_key = ckpt.key or self._checkpointer.checkpoint_key(scope_run, ckpt.step)
+        if set_vars:
+            run.extras["edited"] = True
         done_set = set(done)
         plan = ResumePlan(
             request_id=request_id,
@@ -611,7 +626,7 @@ class Runner:
 
     async def _check_dead_letter(self, wf: Workflow, head: HeadRecord) -> None:
         """Refuse a run that keeps failing in recovery: mark it dead instead of looping."""
-        resumes = head.attempt - 1
+        resumes = head.recoveries  # waiting for input and answering it does not count
         if head.status != "dead" and resumes < self.max_resumes:
             return
         if head.status != "dead":
@@ -707,13 +722,15 @@ class Runner:
             raise ResumeError(f"no checkpoint for {what}; checkpoints: {have or 'none'}",
                               request_id=request_id)  # fmt: skip
         found.checkpoint = chosen
-        rec, state = await self._resumer.state(found, prefix)
+        rec, state, refs = await self._resumer.state(found, prefix)
         if rec is None or rec.seq != chosen.seq:
             raise ResumeError(
                 f"the checkpoint for {what} cannot be rebuilt (its chain is broken)",
                 request_id=request_id,
             )
-        state = await resolve_blobs(state, self._datasources, self._envelope, request_id=request_id)
+        state = await resolve_blobs(
+            state, refs, self._datasources, self._envelope, request_id=request_id
+        )
         info = CheckpointInfo(
             rec.key, rec.step, rec.seq, rec.status, rec.time, rec.duration, 0, rec.attempt
         )

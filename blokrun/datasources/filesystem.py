@@ -140,7 +140,7 @@ class FilesystemStore:
         expires = 0.0 if ttl is None else time.time() + ttl
         header = _HEADER.pack(_MAGIC, expires, len(key_bytes)) + key_bytes
         tmp = self._root / f".tmp-{secrets.token_hex(8)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # vars may be secret
         try:
             try:
                 view = memoryview(header + data)
@@ -176,10 +176,7 @@ class FilesystemStore:
         if magic != _MAGIC:
             raise DatasourceError(f"file {path.name!r} is not a blokrun file")
         if expires and expires <= now:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            # Not unlinked here: a writer may have replaced the file since we read it.
             return None
         start = _HEADER.size + klen
         stored = blob[_HEADER.size : start].decode("utf-8") if klen else None

@@ -187,8 +187,8 @@ class _Executor:
         """
         stores = step.checkpoint or step.publish is not None
         if self.parallel:
-            async with self._hook_lock:
-                with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):  # shielded while it waits for the lock too
+                async with self._hook_lock:
                     await self._after(step, output, duration, attempts, last)
         elif stores:
             with anyio.CancelScope(shield=True):

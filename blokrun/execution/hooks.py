@@ -30,7 +30,9 @@ class RunState:
     inputs: dict[str, Any]
     started_at: float
     attempt: int = 1
-    seq: int = 0  # the latest stored checkpoint's sequence number (0: none yet)
+    seq: int = 0  # the highest sequence number used by this run so far (allocation)
+    last_seq: int = 0  # the sequence number of the checkpoint the run stands on
+    recoveries: int = 0  # resumes of this run after a failure, cancellation or crash
     last_step: str | None = None  # the step of that checkpoint
     last_key: str | None = None  # and its key
     done: list[str] = field(default_factory=list)

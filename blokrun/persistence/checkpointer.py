@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from blokrun.execution.hooks import RunState, StepOutcome
     from blokrun.persistence.envelope import Envelope
     from blokrun.persistence.records import RunStatus
+    from blokrun.spec.loader import Step
 
 __all__ = ["Checkpointer", "KeyScope", "save_everywhere"]
 
@@ -175,7 +176,7 @@ class Checkpointer(Hook):
     ) -> HeadRecord:
         """A head record; by default it points at the run's latest stored checkpoint."""
         if seq is None:
-            seq, step, key = run.seq, run.last_step, run.last_key
+            seq, step, key = run.last_seq, run.last_step, run.last_key
         return HeadRecord(
             request_id=run.request_id,
             workflow=run.workflow.name,
@@ -190,6 +191,8 @@ class Checkpointer(Hook):
             attempt=run.attempt,
             error=error,
             failed_step=failed_step,
+            high_seq=max(run.seq, seq),
+            recoveries=run.recoveries,
         )
 
     def checkpoint_key(self, run: RunState, step: str) -> str:
@@ -247,12 +250,14 @@ class Checkpointer(Hook):
                 self._definitions_written.update((ds.name, wf.definition_hash) for ds in todo)
         entries.append((head_key(run.request_id), self._seal(head), ttl))
         await save_everywhere(targets, entries, run=run, step=None, what="the run's start")
+        if run.extras.pop("edited", False) and run.last_step is not None:
+            # vars were edited before this attempt (resume --set): store the edit as a new
+            # version of the checkpoint it started from, so it survives a failure.
+            await self._checkpoint(run, wf.step(run.last_step), 0.0, 1, last=False)
 
     async def after_step(self, run: RunState, outcome: StepOutcome) -> None:
         step = outcome.step
-        wf = run.workflow
         targets = self.targets(run)
-        ttl = step.ttl
         if step.publish is not None:
             from blokrun.expressions import render_key
 
@@ -270,6 +275,15 @@ class Checkpointer(Hook):
             )
         if not step.checkpoint or not targets:
             return
+        await self._checkpoint(run, step, outcome.duration, outcome.attempts, last=outcome.last)
+
+    async def _checkpoint(
+        self, run: RunState, step: Step, duration: float, attempts: int, *, last: bool
+    ) -> None:
+        """Write the run's state as it is now as ``step``'s checkpoint, then the head."""
+        wf = run.workflow
+        targets = self.targets(run)
+        ttl = step.ttl
         seq = run.seq + 1
         key = self.checkpoint_key(run, step.name)
         writer = self._writer(run)
@@ -302,17 +316,18 @@ class Checkpointer(Hook):
             vars=state.vars,
             started_at=run.started_at,
             time=now,
-            duration=outcome.duration,
+            duration=duration,
             attempt=run.attempt,
-            attempts=outcome.attempts,
+            attempts=attempts,
             snapshot=state.snapshot,
             removed=state.removed,
             base=state.base,
             chain=state.chain,
             key=key,
+            refs=state.refs,
             envelope=self.envelope,
         )
-        status: RunStatus = "completed" if outcome.last else "running"
+        status: RunStatus = "completed" if last else "running"
         head = self._head(run, status, seq=seq, step=step.name, key=key)
         try:
             await save_everywhere(
@@ -325,16 +340,16 @@ class Checkpointer(Hook):
         except BaseException:
             writer.forget()
             raise
-        run.seq, run.last_step, run.last_key = seq, step.name, key
-        if outcome.last:
-            run.status = "completed"
+        run.seq, run.last_seq, run.last_step, run.last_key = seq, seq, step.name, key
+        if last:
+            run.extras["head_completed"] = True
 
     async def on_run_end(self, run: RunState, error: BaseException | None) -> None:
         targets = self.targets(run)
         if not targets:
             return
         if error is None:
-            if run.status == "completed":
+            if run.extras.get("head_completed"):
                 return  # the last checkpoint already marked the head completed
             head = self._head(run, "completed")
             await save_everywhere(
@@ -362,7 +377,10 @@ class Checkpointer(Hook):
             "cancelled" if isinstance(error, anyio.get_cancelled_exc_class()) else "failed"
         )
         failed_step = getattr(error, "step", None)
-        message = getattr(error, "detail", None) or str(error) or type(error).__name__
+        if status == "cancelled":
+            message = "cancelled (SIGINT, SIGTERM or the caller) while the step ran"
+        else:
+            message = getattr(error, "detail", None) or str(error) or type(error).__name__
         head = self._head(run, status, error=message[:2000], failed_step=failed_step)
         try:
             with anyio.CancelScope(shield=True):

@@ -106,6 +106,7 @@ class CheckpointRecord(msgspec.Struct, frozen=True, kw_only=True):
     base: int = 0  # seq of the snapshot this record's chain starts from
     chain: list[str] = msgspec.field(default_factory=list)  # keys: snapshot, then deltas
     key: str = ""  # where this record is stored
+    refs: list[str] = msgspec.field(default_factory=list)  # vars stored by reference
 
 
 class HeadRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,6 +123,8 @@ class HeadRecord(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int = 1
     error: str | None = None
     failed_step: str | None = None
+    high_seq: int = 0  # the highest sequence number used (history kept by time travel)
+    recoveries: int = 0  # resumes after a failure, cancellation or crash (dead-letter count)
     waiting_step: str | None = None  # suspended: the await-input step
     token_hash: str | None = None  # suspended: sha256 of "<id>:<step>:<token>"
 
@@ -181,6 +184,7 @@ def encode_checkpoint(
     base: int | None = None,
     chain: Sequence[str] = (),
     key: str = "",
+    refs: Sequence[str] = (),
     envelope: Envelope = DEFAULT_ENVELOPE,
 ) -> bytes:
     """The hot path: a checkpoint record without building a Struct first.
@@ -218,6 +222,7 @@ def encode_checkpoint(
             "base": seq if base is None else base,
             "chain": list(chain),
             "key": key,
+            "refs": list(refs),
         }
     )
     return envelope.seal(Kind.CHECKPOINT, payload)

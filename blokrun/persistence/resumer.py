@@ -223,18 +223,37 @@ class Resumer:
     async def roll_forward(
         self, found: FoundRun, step_names: Sequence[str], key_for: Callable[[str], str]
     ) -> None:
-        """Adopt checkpoints newer than the one found (a head left behind by a crash)."""
+        """Adopt checkpoints newer than the one found (a head left behind by a crash).
+
+        Every step not done yet is probed in one batched read (a step that is not
+        checkpointed, or parallel branches that finished out of file order, must not hide
+        a newer record); the newest record of this run wins, until nothing newer is found.
+        """
+        workflow = next(
+            (r.workflow for r in (found.head, found.run, found.checkpoint) if r is not None), None
+        )
         while True:
             done = set(found.checkpoint.done) if found.checkpoint is not None else set()
-            nxt = next((s for s in step_names if s not in done), None)
-            if nxt is None:
+            keys = [key_for(s) for s in step_names if s not in done]
+            if not keys:
                 return
-            key = key_for(nxt)
-            raw = await found.datasource.load(key)
-            rec = self.decode(raw, CheckpointRecord, found.datasource, key, found.warnings)
-            if rec is None or rec.request_id != found.request_id or rec.seq <= found.seq:
+            raw = await found.datasource.load_batch(keys)
+            newer = [
+                rec
+                for key, data in raw.items()
+                if (
+                    rec := self.decode(
+                        data, CheckpointRecord, found.datasource, key, found.warnings
+                    )
+                )
+                is not None
+                and rec.request_id == found.request_id
+                and rec.workflow == workflow  # another workflow's records are never taken
+                and rec.seq > found.seq
+            ]
+            if not newer:
                 return
-            found.checkpoint = rec
+            found.checkpoint = max(newer, key=lambda r: r.seq)
 
     async def _chain(self, ds: Datasource, rec: CheckpointRecord) -> list[CheckpointRecord] | None:
         """The records of ``rec``'s chain in order, or None if any is missing or foreign."""
@@ -260,7 +279,7 @@ class Resumer:
 
     async def state(
         self, found: FoundRun, scan_prefix: str
-    ) -> tuple[CheckpointRecord | None, dict[str, Any]]:
+    ) -> tuple[CheckpointRecord | None, dict[str, Any], set[str]]:
         """The latest checkpoint whose chain is whole, and the vars it stands for.
 
         Falls back to earlier checkpoints (with a warning) when a delta's chain is broken.
@@ -272,7 +291,8 @@ class Resumer:
         while rec is not None:
             chain = await self._chain(ds, rec)
             if chain is not None:
-                return rec, rebuild_vars(rec, chain)
+                state, refs = rebuild_vars(rec, chain)
+                return rec, state, refs
             log.warning(
                 "checkpoint %s of run %s (seq %d) has a broken chain; using an earlier one",
                 rec.step, rec.request_id, rec.seq,
@@ -285,4 +305,4 @@ class Resumer:
             else:
                 older = [r for r in older if r.seq < rec.seq]
             rec = older[0] if older else None
-        return None, {}
+        return None, {}, set()

@@ -81,6 +81,7 @@ class Encoded:
     chain: list[str]
     size: int
     blobs: list[tuple[str, bytes]]  # (key, sealed bytes) still to write
+    refs: list[str] = field(default_factory=list)  # names in vars stored by reference
 
 
 class StateWriter:
@@ -104,11 +105,14 @@ class StateWriter:
         self.small = small
         self.max_chain = max_chain
 
-    async def _part(self, name: str, value: Any, out_blobs: list[tuple[str, bytes]]) -> bytes:
+    async def _part(
+        self, name: str, value: Any, out_blobs: list[tuple[str, bytes]], refs: list[str]
+    ) -> bytes:
         data = dumps_value(value, path=f"vars.{name}")
         policy = self._blobs
         if policy.datasource is None or len(data) < policy.threshold:
             return data
+        refs.append(name)
         digest = hashlib.sha256(data).hexdigest()
         key = blob_key(digest)
         ds = policy.datasource
@@ -136,9 +140,11 @@ class StateWriter:
             policy.datasource is None or len(whole) < policy.threshold
         ):  # a small state: write it whole, with one serialisation (the hot path)
             self._chain = None
-            return Encoded(True, orjson.Fragment(whole), [], seq, [], len(whole), [])
+            return Encoded(True, orjson.Fragment(whole), [], seq, [], len(whole), [], [])
         blobs: list[tuple[str, bytes]] = []
-        parts = {name: await self._part(name, value, blobs) for name, value in state.items()}
+        items = list(state.items())  # parallel branches may add vars while we await below
+        refs: list[str] = []
+        parts = {name: await self._part(name, value, blobs, refs) for name, value in items}
         size = sum(len(p) + len(n) + 4 for n, p in parts.items())
         chain = self._chain
         digests = {n: hashlib.blake2b(p, digest_size=16).digest() for n, p in parts.items()}
@@ -155,6 +161,7 @@ class StateWriter:
                     chain=list(chain.keys),
                     size=delta_size,
                     blobs=blobs,
+                    refs=[n for n in refs if n in changed],
                 )
                 chain.keys.append(key)
                 chain.delta_bytes += delta_size
@@ -169,6 +176,7 @@ class StateWriter:
             chain=[],
             size=size,
             blobs=blobs,
+            refs=refs,
         )
 
     def forget(self) -> None:
@@ -176,17 +184,25 @@ class StateWriter:
         self._chain = None
 
 
-def rebuild_vars(latest: CheckpointRecord, chain: Sequence[CheckpointRecord]) -> dict[str, Any]:
-    """Apply ``chain`` (snapshot first, then deltas, in order) and ``latest`` to get the vars."""
+def rebuild_vars(
+    latest: CheckpointRecord, chain: Sequence[CheckpointRecord]
+) -> tuple[dict[str, Any], set[str]]:
+    """Apply ``chain`` (snapshot first, then deltas, in order) and ``latest``: the vars, and
+    the names among them that are stored by reference (only those are ever resolved, so a
+    user value that merely looks like a reference stays a value)."""
     state: dict[str, Any] = {}
+    refs: set[str] = set()
     for rec in (*chain, latest):
         if rec.snapshot:
-            state = dict(rec.vars)
+            state, refs = dict(rec.vars), set(rec.refs)
         else:
             for name in rec.removed:
                 state.pop(name, None)
+                refs.discard(name)
             state.update(rec.vars)
-    return state
+            refs.difference_update(rec.vars)
+            refs.update(rec.refs)
+    return state, refs
 
 
 def _is_ref(value: Any) -> bool:
@@ -200,13 +216,14 @@ def _is_ref(value: Any) -> bool:
 
 async def resolve_blobs(
     state: dict[str, Any],
+    names: set[str],
     datasources: Mapping[str, Datasource],
     envelope: Envelope,
     *,
     request_id: str,
 ) -> dict[str, Any]:
     """Replace blob references in the top-level vars by their values, checking each digest."""
-    refs = {name: value["v"] for name, value in state.items() if _is_ref(value)}
+    refs = {name: state[name]["v"] for name in names if name in state and _is_ref(state[name])}
     if not refs:
         return state
     by_ds: dict[str, list[str]] = {}
