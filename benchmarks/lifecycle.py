@@ -85,23 +85,41 @@ async def run(report: Report, quick: bool = False) -> None:
             created = time.perf_counter() - t0
             objects_after, blocks_after = live()
             after = rss()
-            report.add(SECTION, f"create {count:,} suspended runs", created, "s",
-                       f"{count / created:,.0f} runs/s, 64 at a time, Redis")
-            report.add(SECTION, f"Python objects held after {count:,} suspended runs",
-                       objects_after - objects_before, "objects",
-                       f"allocator blocks {blocks_after - blocks_before:+,}: nothing per run "
-                       "stays in the process")
-            report.add(SECTION, "process RSS growth while creating them", (after - before) / 1e6,
-                       "MB", f"RSS {before / 1e6:.0f} -> {after / 1e6:.0f} MB: the 64-at-a-time "
-                       "peak and pooled connections, which the allocator keeps, not per-run state")
+            report.add(
+                SECTION,
+                f"create {count:,} suspended runs",
+                created,
+                "s",
+                f"{count / created:,.0f} runs/s, 64 at a time, Redis",
+            )
+            report.add(
+                SECTION,
+                f"Python objects held after {count:,} suspended runs",
+                objects_after - objects_before,
+                "objects",
+                f"allocator blocks {blocks_after - blocks_before:+,}: nothing per run "
+                "stays in the process",
+            )
+            report.add(
+                SECTION,
+                "process RSS growth while creating them",
+                (after - before) / 1e6,
+                "MB",
+                f"RSS {before / 1e6:.0f} -> {after / 1e6:.0f} MB: the 64-at-a-time "
+                "peak and pooled connections, which the allocator keeps, not per-run state",
+            )
             samples = []
             for rid, token in tokens.items():
                 t0 = time.perf_counter()
                 done = await runner.resume(rid, input={"by": "ops"}, token=token)
                 samples.append(time.perf_counter() - t0)
                 assert done.status == "completed"
-            report.add(SECTION, "resume one suspended run (input + token)",
-                       statistics.median(samples), "s",
-                       f"median of {len(samples)}, among {count:,} suspended; Redis")
+            report.add(
+                SECTION,
+                "resume one suspended run (input + token)",
+                statistics.median(samples),
+                "s",
+                f"median of {len(samples)}, among {count:,} suspended; Redis",
+            )
     finally:
         server.stop()

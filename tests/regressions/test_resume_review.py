@@ -112,7 +112,7 @@ async def test_roll_forward_parallel_out_of_order() -> None:
     ds, store = crashing()
     store.crash_key = "rf2-b"  # b finishes first; the crash hits between its checkpoint and head
     async with Runner([ds]) as runner:
-        with pytest.raises(BaseException):  # noqa: B017 - the simulated crash, whatever wraps it
+        with pytest.raises(BaseException):  # noqa: B017 - the simulated crash, whatever wraps it  # noqa: B017 - the simulated crash, whatever wraps it
             await runner.run(wf, {}, request_id="rf2")
     print("b checkpoint stored:", await ds.load("rf2-b") is not None)
     async with Runner([ds]) as runner:
