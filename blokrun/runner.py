@@ -323,17 +323,8 @@ class Runner:
             for hook in self._hooks:
                 with anyio.CancelScope(shield=True):
                     await hook.on_run_end(run, sus)
-            return RunResult(
-                request_id=run.request_id,
-                status="suspended",
-                vars=run.vars,
-                steps_run=tuple(run.steps_run),
-                steps_skipped=skipped,
-                resumed=run.resumed,
-                duration=time.perf_counter() - started,
-                waiting_step=sus.step,
-                token=token,
-                prompt=sus.prompt,
+            return _result(
+                run, skipped, started, waiting_step=sus.step, token=token, prompt=sus.prompt
             )
         except BaseException as exc:
             run.status = (
@@ -349,15 +340,7 @@ class Runner:
         run.status = "completed"
         for hook in self._hooks:
             await hook.on_run_end(run, None)
-        return RunResult(
-            request_id=run.request_id,
-            status="completed",
-            vars=run.vars,
-            steps_run=tuple(run.steps_run),
-            steps_skipped=skipped,
-            resumed=run.resumed,
-            duration=time.perf_counter() - started,
-        )
+        return _result(run, skipped, started)
 
     # -- resume ----------------------------------------------------------------------------------
 
@@ -842,3 +825,19 @@ def _set_path(vars_: dict[str, Any], path: str, value: Any, request_id: str) -> 
 def _token_hash(request_id: str, step: str, token: str) -> str:
     """Tokens are stored hashed, bound to their run and step."""
     return hashlib.sha256(f"{request_id}:{step}:{token}".encode()).hexdigest()
+
+
+def _result(
+    run: RunState, skipped: tuple[str, ...], started: float, **suspension: Any
+) -> RunResult:
+    """How a driven run ended (``suspension``: waiting_step, token, prompt)."""
+    return RunResult(
+        request_id=run.request_id,
+        status=run.status,
+        vars=run.vars,
+        steps_run=tuple(run.steps_run),
+        steps_skipped=skipped,
+        resumed=run.resumed,
+        duration=time.perf_counter() - started,
+        **suspension,
+    )
