@@ -14,13 +14,14 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 import anyio
 
 from blokrun import Runner
-from blokrun.config import DatasourceSettings
-from blokrun.datasources import Datasource
-from blokrun.datasources.filesystem import FilesystemStore
+from blokrun.config import settings_from_env
+from blokrun.datasources import Datasource, create_store
 
 STEPS = 8
 
@@ -35,27 +36,37 @@ def workflow() -> dict[str, object]:
     }
 
 
-class Faulty(FilesystemStore):
-    def __init__(self, root: str, point: str, n: int) -> None:
-        super().__init__(root)
-        self.point, self.n, self.calls = point, n, 0
+class Faulty:
+    """Wraps any store; the N-th ``save_batch`` kills the process at POINT."""
+
+    def __init__(self, inner: Any, point: str, n: int) -> None:
+        self.inner, self.point, self.n, self.calls = inner, point, n, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
     async def save_batch(self, entries: Sequence[tuple[str, bytes, float | None]]) -> None:
         self.calls += 1
         if self.calls == self.n and self.point in ("before", "between", "after"):
             if self.point == "between":
-                await super().save_batch(entries[:1])
+                await self.inner.save_batch(entries[:1])
             elif self.point == "after":
-                await super().save_batch(entries)
+                await self.inner.save_batch(entries)
             os.kill(os.getpid(), signal.SIGKILL)
-        await super().save_batch(entries)
+        await self.inner.save_batch(entries)
 
 
 async def main(home: str, rid: str, point: str, n: int) -> None:
-    settings = DatasourceSettings(name="default", type="filesystem", path=f"{home}/ck")
+    """The datasource is ``default`` from DATASOURCE_DEFAULT_* (the filesystem under HOME
+    when unset), wrapped so it can kill the process."""
+    environ = dict(os.environ)
+    environ.setdefault("BLOKRUN_HOME", home)
+    settings = settings_from_env(environ).datasources["default"]
+    if settings.type == "filesystem":
+        settings = replace(settings, path=f"{home}/ck")
     if point == "in-step":
         os.environ["WF_KILL_AT"] = f"s{n}"
-    store = Faulty(settings.path or "", point, n)
+    store = Faulty(create_store(settings), point, n)
     async with Runner([Datasource(settings, store)]) as runner:
         if point == "none":
             result = await runner.resume(rid)

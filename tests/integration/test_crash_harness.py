@@ -5,7 +5,8 @@ inside a step after its side effect, before a checkpoint save, between a checkpo
 head record, or right after both -- then resumes it in a fresh process. Every step's side
 effect is counted in a ledger file: each step ran exactly once, except the step in flight at
 the crash, which may have run twice (at-least-once for that one), and the final vars are
-right. Filesystem here; see the README's reliability table for the figures.
+right. On the filesystem, Redis and PostgreSQL (throwaway servers); see the README's
+reliability table.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ServerPool
 from tests.integration.crash_child import STEPS
+from tests.servers.base import settings_env
 
 REPO = Path(__file__).resolve().parents[2]
 TRIALS = int(os.environ.get("BLOKRUN_CRASH_TRIALS", "50"))
@@ -28,10 +31,10 @@ EXPECTED = sum(range(1, STEPS + 1))
 
 
 def child(
-    home: Path, rid: str, point: str, n: int, ledger: Path
+    home: Path, rid: str, point: str, n: int, ledger: Path, ds_env: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATASOURCE_", "WF_"))}
-    env.update(PYTHONPATH=str(REPO), WF_LEDGER=str(ledger))
+    env.update(PYTHONPATH=str(REPO), WF_LEDGER=str(ledger), **ds_env)
     return subprocess.run(
         [sys.executable, "-m", "tests.integration.crash_child", str(home), rid, point, str(n)],
         cwd=REPO,
@@ -43,7 +46,11 @@ def child(
 
 
 @pytest.mark.slow
-def test_randomised_sigkill_trials_on_the_filesystem(tmp_path: Path) -> None:
+@pytest.mark.parametrize("driver", ["filesystem", "redis", "postgresql"])
+def test_randomised_sigkill_trials(driver: str, tmp_path: Path, server_pool: ServerPool) -> None:
+    ds_env: dict[str, str] = {}
+    if driver != "filesystem":
+        ds_env = settings_env("default", server_pool.get(driver).settings("default", timeout=30.0))
     rng = random.Random(20261122)
     points = ["in-step", "before", "between", "after"]
     tally: Counter[str] = Counter()
@@ -52,9 +59,9 @@ def test_randomised_sigkill_trials_on_the_filesystem(tmp_path: Path) -> None:
         # save 1 is the stored definition, save 2 the run's start, save k+2 step k's checkpoint
         n = rng.randint(1, STEPS) if point == "in-step" else rng.randint(3, STEPS + 2)
         home, ledger, rid = tmp_path / f"t{trial}", tmp_path / f"t{trial}.ledger", f"trial-{trial}"
-        crashed = child(home, rid, point, n, ledger)
+        crashed = child(home, rid, point, n, ledger, ds_env)
         assert crashed.returncode == -signal.SIGKILL, (trial, point, n, crashed.stderr[-2000:])
-        resumed = child(home, rid, "none", 0, ledger)
+        resumed = child(home, rid, "none", 0, ledger, ds_env)
         assert resumed.returncode == 0, (trial, point, n, resumed.stderr[-2000:])
         assert int(resumed.stdout.strip()) == EXPECTED, (trial, point, n, resumed.stdout)
         counts = Counter(line.split()[1] for line in ledger.read_text().splitlines())
