@@ -747,19 +747,7 @@ class Runner:
             self, status=status, workflow=workflow, since=since, limit=limit, cursor=cursor
         )
 
-    async def runs(
-        self,
-        *,
-        status: str | Iterable[str] | None = None,
-        workflow: str | None = None,
-        since: float | datetime | None = None,
-        limit: int = 100,
-        cursor: str | None = None,
-    ) -> RunPage:
-        """Same as :meth:`list_runs` (the name the CLI command uses: ``blokrun runs``)."""
-        return await self.list_runs(
-            status=status, workflow=workflow, since=since, limit=limit, cursor=cursor
-        )
+    runs = list_runs  # the name the CLI uses too: ``blokrun runs``
 
     async def resume_failed(
         self, *, workflow: str | None = None, concurrency: int = 4, limit: int | None = None

@@ -13,6 +13,7 @@ or ``str.format`` on anything that came from a workflow.
 
 from __future__ import annotations
 
+import abc
 import re
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
@@ -97,7 +98,7 @@ def to_text(value: Any) -> str:
 # -- operations ---------------------------------------------------------------------------
 
 
-class _Op:
+class _Op(abc.ABC):
     """One compiled expression. ``get`` evaluates synchronously, ``aget`` may await."""
 
     __slots__ = ("is_async",)
@@ -105,8 +106,9 @@ class _Op:
     def __init__(self, is_async: bool) -> None:
         self.is_async = is_async
 
+    @abc.abstractmethod
     def get(self, scope: Scope) -> Any:
-        raise NotImplementedError
+        """The value of this expression in ``scope``."""
 
     async def aget(self, scope: Scope) -> Any:
         return self.get(scope)
