@@ -1,0 +1,29 @@
+"""The public façade: every exported name exists, and the list is pinned."""
+
+from __future__ import annotations
+
+import blokrun
+
+EXPECTED = {
+    "BlokrunError", "CheckpointError", "CheckpointInfo", "ConfigError", "Context", "Datasource",
+    "DatasourceAccessError", "DatasourceError", "DatasourceSettings", "DatasourceUnavailable",
+    "DefinitionChanged", "ExpressionError", "FormatVersionError", "Hook", "MissingExtraError",
+    "RecordError", "ResumeError", "RunError", "RunInfo", "RunNotFound", "RunResult", "RunState",
+    "Runner", "StepFailed", "StepOutcome", "Store", "ValueNotStorable", "Workflow",
+    "WorkflowError", "__version__", "load_workflow",
+}  # fmt: skip
+
+
+def test_all_is_pinned_and_every_name_exists() -> None:
+    assert set(blokrun.__all__) == EXPECTED
+    for name in blokrun.__all__:
+        assert hasattr(blokrun, name), name
+
+
+def test_every_error_derives_from_the_one_root() -> None:
+    errors = [
+        getattr(blokrun, n)
+        for n in blokrun.__all__
+        if n.endswith(("Error", "Failed", "Found", "Changed", "Unavailable", "Storable"))
+    ]
+    assert errors and all(issubclass(e, blokrun.BlokrunError) for e in errors)
