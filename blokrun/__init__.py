@@ -35,7 +35,7 @@ from blokrun.errors import (
     WorkflowError,
 )
 from blokrun.execution.hooks import Hook, RunState, StepOutcome
-from blokrun.runner import CheckpointInfo, RunInfo, Runner, RunResult
+from blokrun.runner import CheckpointInfo, ResumePlan, RunInfo, Runner, RunResult
 from blokrun.spec.loader import Workflow, load_workflow
 
 __version__ = "0.1.0"
@@ -58,6 +58,7 @@ __all__ = [
     "MissingExtraError",
     "RecordError",
     "ResumeError",
+    "ResumePlan",
     "RunError",
     "RunInfo",
     "RunNotFound",

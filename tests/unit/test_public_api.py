@@ -8,7 +8,7 @@ EXPECTED = {
     "BlokrunError", "CheckpointError", "CheckpointInfo", "ConfigError", "Context", "Datasource",
     "DatasourceAccessError", "DatasourceError", "DatasourceSettings", "DatasourceUnavailable",
     "DefinitionChanged", "ExpressionError", "FormatVersionError", "Hook", "MissingExtraError",
-    "RecordError", "ResumeError", "RunError", "RunInfo", "RunNotFound", "RunResult", "RunState",
+    "RecordError", "ResumeError", "ResumePlan", "RunError", "RunInfo", "RunNotFound", "RunResult", "RunState",
     "Runner", "StepFailed", "StepOutcome", "Store", "ValueNotStorable", "Workflow",
     "WorkflowError", "__version__", "load_workflow",
 }  # fmt: skip
