@@ -40,10 +40,8 @@ from blokrun.persistence.checkpointer import Checkpointer, KeyScope
 from blokrun.persistence.envelope import Envelope
 from blokrun.persistence.records import (
     DEFAULT_ENVELOPE,
-    CheckpointRecord,
     HeadRecord,
     RunStatus,
-    decode_record,
     new_request_id,
     validate_request_id,
 )
@@ -656,32 +654,17 @@ class Runner:
         ds = found.datasource
         stored = await self._resumer.definition(found)
         wf = self.load(stored.document, name=stored.source) if stored is not None else None
-        prefix = self._scan_prefix(request_id, wf)
-        keys = await ds.keys(prefix)
-        infos: list[CheckpointInfo] = []
-        for start in range(0, len(keys), 500):
-            for key, raw in (await ds.load_batch(keys[start : start + 500])).items():
-                try:
-                    rec = decode_record(
-                        raw, CheckpointRecord, datasource=ds.name, key=key, envelope=self._envelope
-                    )
-                except BlokrunError:
-                    continue
-                if rec.request_id != request_id:
-                    continue
-                infos.append(
-                    CheckpointInfo(
-                        key,
-                        rec.step,
-                        rec.seq,
-                        rec.status,
-                        rec.time,
-                        rec.duration,
-                        len(raw),
-                        rec.attempt,
-                    )
-                )
-        infos.sort(key=lambda i: i.seq)
+        where: dict[int, tuple[str, int]] = {}
+        records = await self._resumer.scan(
+            ds, request_id, self._scan_prefix(request_id, wf), stored=where
+        )
+        infos = [
+            CheckpointInfo(
+                where[r.seq][0], r.step, r.seq, r.status, r.time, r.duration, where[r.seq][1],
+                r.attempt,
+            )
+            for r in reversed(records)
+        ]  # fmt: skip
         return RunInfo(request_id, ds.name, found.head, tuple(infos))
 
     async def state_at(

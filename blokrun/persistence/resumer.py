@@ -104,11 +104,13 @@ class Resumer:
         below_seq: int | None = None,
         workflow: str | None = None,
         warnings: list[str] | None = None,
+        stored: dict[int, tuple[str, int]] | None = None,
     ) -> list[CheckpointRecord]:
         """This run's checkpoints among keys starting with ``prefix``, highest seq first.
 
         Records of another run (``job-2`` under the prefix ``job-``) or, when ``workflow``
-        is given, of another workflow are skipped.
+        is given, of another workflow are skipped. ``stored`` (when given) receives each
+        kept record's key and stored size by sequence number.
         """
         warnings = warnings if warnings is not None else []
         keys = await ds.keys(prefix)
@@ -132,6 +134,8 @@ class Resumer:
                 if below_seq is not None and rec.seq >= below_seq:
                     continue
                 found.append(rec)
+                if stored is not None:
+                    stored[rec.seq] = (key, len(raw))
         found.sort(key=lambda r: r.seq, reverse=True)
         return found
 
