@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from blokrun.datasources.datasource import Datasource, validate_key
-from blokrun.datasources.protocol import Capabilities, Entry, Store
+from blokrun.datasources.protocol import Capabilities, Entry, LeaseState, LeaseStore, Store
 from blokrun.datasources.registry import DRIVERS, create_store
 
 if TYPE_CHECKING:
@@ -20,6 +20,8 @@ __all__ = [
     "Capabilities",
     "Datasource",
     "Entry",
+    "LeaseState",
+    "LeaseStore",
     "Store",
     "build_datasource",
     "create_store",

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from blokrun.config import DatasourceSettings
-    from blokrun.datasources.protocol import Capabilities, Entry, Store
+    from blokrun.datasources.protocol import Capabilities, Entry, LeaseState, LeaseStore, Store
 
 __all__ = ["MAX_KEY_BYTES", "Datasource", "validate_key"]
 
@@ -232,3 +232,49 @@ class Datasource:
             async for _ in self.store.keys(self._prefix):
                 n += 1
             return n
+
+    # -- leases ----------------------------------------------------------------------------
+
+    @property
+    def supports_leases(self) -> bool:
+        return self.store.capabilities.leases
+
+    def _lease_store(self) -> LeaseStore:
+        if not self.store.capabilities.leases:
+            raise DatasourceError(
+                f"the {self.type} driver keeps no leases", datasource=self.name
+            )
+        return self.store  # type: ignore[return-value]  # declared by capabilities.leases
+
+    async def acquire_lease(self, key: str, owner: str, ttl: float) -> LeaseState:
+        """Take the lease ``key`` for ``owner`` if it is free or ours; the stored state."""
+        store, full = self._lease_store(), self._full(key)
+        async with self._guard(key, "acquire_lease"):
+            return await store.acquire_lease(full, owner, ttl)
+
+    async def renew_lease(self, key: str, owner: str, token: int, ttl: float) -> bool:
+        store, full = self._lease_store(), self._full(key)
+        async with self._guard(key, "renew_lease"):
+            return await store.renew_lease(full, owner, token, ttl)
+
+    async def release_lease(self, key: str, owner: str, token: int) -> None:
+        store, full = self._lease_store(), self._full(key)
+        async with self._guard(key, "release_lease"):
+            await store.release_lease(full, owner, token)
+
+    async def save_batch_fenced(self, entries: Sequence[Entry], lease_key: str, token: int) -> bool:
+        """``save_batch`` iff ``token`` is still the latest token of ``lease_key``."""
+        store, fence = self._lease_store(), self._full(lease_key)
+        full = [(self._full(k), d, self._ttl(t)) for k, d, t in entries]
+        async with self._guard(entries[0][0] if len(entries) == 1 else None, "save_batch"):
+            return await store.save_batch_fenced(full, fence, token)
+
+    async def read_lease(self, key: str) -> LeaseState | None:
+        store, full = self._lease_store(), self._full(key)
+        async with self._guard(key, "read_lease"):
+            return await store.read_lease(full)
+
+    async def delete_lease(self, key: str) -> bool:
+        store, full = self._lease_store(), self._full(key)
+        async with self._guard(key, "delete_lease"):
+            return await store.delete_lease(full)

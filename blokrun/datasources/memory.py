@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from anyio.lowlevel import checkpoint
 
-from blokrun.datasources.protocol import Capabilities
+from blokrun.datasources.protocol import Capabilities, LeaseState
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -24,16 +24,19 @@ _CAPS = Capabilities(
     durable=False,
     shared=False,
     self_timed=True,
+    leases=True,
+    atomic_fencing=True,
 )
 
 
 class MemoryStore:
     """A dict of ``key -> (bytes, expires_at_monotonic | None)``."""
 
-    __slots__ = ("_connected", "_data")
+    __slots__ = ("_connected", "_data", "_leases")
 
     def __init__(self) -> None:
         self._data: dict[str, tuple[bytes, float | None]] = {}
+        self._leases: dict[str, LeaseState] = {}
         self._connected = False
 
     @property
@@ -102,6 +105,46 @@ class MemoryStore:
     async def size(self) -> int:
         now = time.monotonic()
         return sum(self._live(k, now) is not None for k in list(self._data))
+
+    # -- leases (one event loop: every method below runs without yielding, so it is atomic)
+
+    async def acquire_lease(self, key: str, owner: str, ttl: float) -> LeaseState:
+        await checkpoint()
+        now = time.time()
+        current = self._leases.get(key)
+        if current is not None and current.live(now) and current.owner != owner:
+            return current
+        state = LeaseState(owner, (current.token if current else 0) + 1, now + ttl)
+        self._leases[key] = state
+        return state
+
+    async def renew_lease(self, key: str, owner: str, token: int, ttl: float) -> bool:
+        current = self._leases.get(key)
+        if current is None or current.token != token:
+            return False
+        self._leases[key] = LeaseState(owner, token, time.time() + ttl)
+        return True
+
+    async def release_lease(self, key: str, owner: str, token: int) -> None:
+        current = self._leases.get(key)
+        if current is not None and current.token == token:
+            self._leases[key] = LeaseState(current.owner, token, 0.0)
+
+    async def save_batch_fenced(self, entries: Sequence[Entry], lease_key: str, token: int) -> bool:
+        await checkpoint()
+        current = self._leases.get(lease_key)
+        if current is None or current.token != token:
+            return False
+        now = time.monotonic()
+        for key, data, ttl in entries:
+            self._data[key] = (bytes(data), None if ttl is None else now + ttl)
+        return True
+
+    async def read_lease(self, key: str) -> LeaseState | None:
+        return self._leases.get(key)
+
+    async def delete_lease(self, key: str) -> bool:
+        return self._leases.pop(key, None) is not None
 
 
 def create(settings: DatasourceSettings) -> MemoryStore:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
-__all__ = ["Capabilities", "Entry", "Store"]
+__all__ = ["Capabilities", "Entry", "LeaseState", "LeaseStore", "Store"]
 
 #: One item of a batch save: ``(key, data, ttl_seconds_or_None)``.
 Entry: TypeAlias = "tuple[str, bytes, float | None]"
@@ -59,6 +59,13 @@ class Capabilities:
         ``settings.timeout``), so the wrapper adds no timer per operation. A timer costs a
         few microseconds and, in asyncio, stays scheduled until its deadline even after
         the operation ended. Drivers that cannot promise this get the wrapper's timer.
+    leases
+        The driver is a :class:`LeaseStore`: runs can hold a lease with a fencing token
+        in it, so two processes never drive one run at once.
+    atomic_fencing
+        ``save_batch_fenced`` checks the token and writes in one atomic step (a script, a
+        row lock, a file lock). Otherwise it checks and then writes, which leaves a window
+        of one round trip in which a holder that has just lost its lease can still write.
     """
 
     native_ttl: bool = False
@@ -67,6 +74,24 @@ class Capabilities:
     durable: bool = True
     shared: bool = True
     self_timed: bool = False
+    leases: bool = False
+    atomic_fencing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseState:
+    """A lease as stored: who holds it, its fencing token, until when (unix seconds).
+
+    ``token`` grows by one on every successful :meth:`LeaseStore.acquire_lease` and never
+    goes back, also across releases and expiries: it is the fencing token.
+    """
+
+    owner: str
+    token: int
+    expires_at: float
+
+    def live(self, now: float) -> bool:
+        return self.expires_at > now
 
 
 @runtime_checkable
@@ -116,3 +141,42 @@ class Store(Protocol):
 
     async def size(self) -> int:
         """How many live keys the store holds."""
+
+
+@runtime_checkable
+class LeaseStore(Protocol):
+    """Leases with fencing tokens, kept in the datasource itself.
+
+    ``key`` is the full (prefixed) lease key, ``_blokrun.lease.<request id>``. Rules (the
+    contract suite checks them against every driver, across processes where it can):
+
+    * :meth:`acquire_lease` succeeds when no live lease exists or ``owner`` already holds
+      it; it then stores ``owner``, a token one higher than any token ever issued for
+      ``key``, and ``expires_at = now + ttl`` (server time where the server has a clock).
+      It returns the stored state: the caller holds the lease iff ``state.owner == owner``
+      and the state is fresh; otherwise the state names the live holder.
+    * :meth:`renew_lease` extends the lease iff ``token`` is still the latest token issued
+      (even if the lease expired meanwhile and nobody took it); returns whether it did.
+    * :meth:`release_lease` ends the lease now iff ``token`` is the latest; the token count
+      is kept, so a later holder gets a higher token.
+    * :meth:`save_batch_fenced` stores ``entries`` like ``save_batch`` iff ``token`` is the
+      latest token of ``lease_key``, and returns ``True``; otherwise it writes nothing and
+      returns ``False`` (a stale holder's write is rejected).
+    * :meth:`read_lease` returns the stored state (live or expired), ``None`` if none.
+    * :meth:`delete_lease` forgets the lease and its token count (garbage collection of a
+      finished run); returns whether something was removed.
+    """
+
+    async def acquire_lease(self, key: str, owner: str, ttl: float) -> LeaseState: ...
+
+    async def renew_lease(self, key: str, owner: str, token: int, ttl: float) -> bool: ...
+
+    async def release_lease(self, key: str, owner: str, token: int) -> None: ...
+
+    async def save_batch_fenced(
+        self, entries: Sequence[Entry], lease_key: str, token: int
+    ) -> bool: ...
+
+    async def read_lease(self, key: str) -> LeaseState | None: ...
+
+    async def delete_lease(self, key: str) -> bool: ...

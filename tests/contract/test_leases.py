@@ -1,0 +1,184 @@
+"""The lease contract (``LeaseStore`` in ``blokrun/datasources/protocol.py``) on every driver.
+
+Leases keep two processes from driving one run at once; the fencing token makes a holder
+that lost its lease (paused, partitioned, presumed dead) unable to write. Each test opens
+its own datasources on the shared throwaway server, under a prefix of its own; "two
+processes" are two datasources with their own connections (the cross-process race is in
+``tests/integration/test_leases_runs.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any
+from uuid import uuid4
+
+import anyio
+import pytest
+
+from blokrun.datasources import build_datasource
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from blokrun.datasources import Datasource
+    from tests.servers.base import ThrowawayServer
+
+LEASE = "_blokrun.lease.run-1"
+
+
+@asynccontextmanager
+async def _pair(server: ThrowawayServer, n: int = 2) -> AsyncIterator[list[Datasource]]:
+    """``n`` datasources with their own connections over one prefix (one shared store)."""
+    prefix = f"l-{uuid4().hex[:8]}/"
+    async with AsyncExitStack() as stack:
+        out = []
+        for i in range(n):
+            settings = server.settings(f"lease{i}", prefix=prefix)
+            ds = build_datasource(settings)
+            if server.driver == "memory" and out:
+                ds = out[0]  # one process, one dict: the memory store is not shared
+            else:
+                await stack.enter_async_context(ds)
+            out.append(ds)
+        yield out
+
+
+async def test_a_free_lease_is_taken_and_a_held_one_is_refused(server: ThrowawayServer) -> None:
+    async with _pair(server) as (a, b):
+        assert a.supports_leases and a.capabilities.leases
+        assert await a.read_lease(LEASE) is None
+        mine = await a.acquire_lease(LEASE, "owner-a", 30)
+        assert (mine.owner, mine.token) == ("owner-a", 1)
+        assert mine.expires_at > time.time() + 20
+        theirs = await b.acquire_lease(LEASE, "owner-b", 30)
+        assert theirs.owner == "owner-a"  # refused: the state names the live holder
+        assert theirs.token == 1
+        stored = await b.read_lease(LEASE)
+        assert stored is not None and (stored.owner, stored.token) == ("owner-a", 1)
+        again = await a.acquire_lease(LEASE, "owner-a", 30)  # the holder may re-acquire
+        assert (again.owner, again.token) == ("owner-a", 2)
+
+
+async def test_renew_and_release_follow_the_token(server: ThrowawayServer) -> None:
+    async with _pair(server) as (a, b):
+        first = await a.acquire_lease(LEASE, "owner-a", 30)
+        assert await a.renew_lease(LEASE, "owner-a", first.token, 30) is True
+        assert await a.renew_lease(LEASE, "owner-a", first.token + 7, 30) is False
+        await b.release_lease(LEASE, "owner-b", first.token + 1)  # not the latest: ignored
+        held = await b.acquire_lease(LEASE, "owner-b", 30)
+        assert held.owner == "owner-a"
+        await a.release_lease(LEASE, "owner-a", first.token)
+        taken = await b.acquire_lease(LEASE, "owner-b", 30)
+        assert taken.owner == "owner-b"
+        assert taken.token > first.token  # the count survives a release
+        assert await a.renew_lease(LEASE, "owner-a", first.token, 30) is False
+
+
+async def test_an_expired_lease_can_be_taken_over(server: ThrowawayServer) -> None:
+    ttl = 1.0
+    async with _pair(server) as (a, b):
+        first = await a.acquire_lease(LEASE, "owner-a", ttl)
+        assert (await b.acquire_lease(LEASE, "owner-b", 30)).owner == "owner-a"
+        # Expired but not taken: the holder's token is still the latest, so it may renew.
+        await anyio.sleep(ttl + 0.3)
+        assert await a.renew_lease(LEASE, "owner-a", first.token, ttl) is True
+        await anyio.sleep(ttl + 0.3)
+        taken = await b.acquire_lease(LEASE, "owner-b", 30)
+        assert (taken.owner, taken.token) == ("owner-b", first.token + 1)
+        assert await a.renew_lease(LEASE, "owner-a", first.token, ttl) is False
+
+
+async def test_fenced_writes_stop_when_the_lease_is_taken(server: ThrowawayServer) -> None:
+    async with _pair(server) as (a, b):
+        old = await a.acquire_lease(LEASE, "owner-a", 0.5)
+        assert await a.save_batch_fenced([("k", b"a1", None), ("h", b"a1", None)], LEASE, old.token)
+        assert await a.load("k") == b"a1"
+        await anyio.sleep(0.8)
+        new = await b.acquire_lease(LEASE, "owner-b", 30)
+        assert new.owner == "owner-b"
+        # The stale holder's write is rejected as a whole: nothing of it is stored.
+        assert not await a.save_batch_fenced(
+            [("k", b"a2", None), ("other", b"a2", None)], LEASE, old.token
+        )
+        assert await a.load("k") == b"a1"
+        assert await a.load("other") is None
+        assert await b.save_batch_fenced([("k", b"b1", 60.0)], LEASE, new.token)
+        assert await a.load("k") == b"b1"
+        # A token never issued is rejected too, as is any token for a lease never taken.
+        assert not await b.save_batch_fenced([("k", b"x", None)], LEASE, new.token + 1)
+        assert not await b.save_batch_fenced([("k", b"x", None)], LEASE + "-none", 1)
+        assert await a.load("k") == b"b1"
+
+
+async def test_only_one_of_many_racing_owners_wins(server: ThrowawayServer) -> None:
+    n = 2 if server.driver == "memory" else 6
+    async with _pair(server, n) as stores:
+        results: dict[str, Any] = {}
+
+        async def race(i: int, ds: Datasource) -> None:
+            results[f"o{i}"] = await ds.acquire_lease(LEASE, f"o{i}", 30)
+
+        async with anyio.create_task_group() as tg:
+            for i, ds in enumerate(stores):
+                tg.start_soon(race, i, ds)
+        winners = [owner for owner, state in results.items() if state.owner == owner]
+        assert len(winners) == 1, results
+        assert {state.owner for state in results.values()} == set(winners)
+        assert {state.token for state in results.values()} == {1}
+
+
+async def test_leases_of_different_runs_are_independent_and_keys_are_safe(
+    server: ThrowawayServer,
+) -> None:
+    keys = [
+        "_blokrun.lease.a",
+        "_blokrun.lease.b",
+        "_blokrun.lease.../../etc/passwd",
+        "_blokrun.lease.キー 🚀",
+        "_blokrun.lease." + "x" * 900,
+    ]
+    async with _pair(server) as (a, b):
+        for i, key in enumerate(keys):
+            for _ in range(i + 1):
+                await a.release_lease(key, "o", (await a.acquire_lease(key, "o", 30)).token)
+        for i, key in enumerate(keys):
+            state = await b.read_lease(key)
+            assert state is not None and state.token == i + 1, key
+            assert not state.live(time.time())
+        assert await b.delete_lease(keys[0]) is True
+        assert await b.delete_lease(keys[0]) is False
+        assert await b.read_lease(keys[0]) is None
+        fresh = await b.acquire_lease(keys[0], "o", 30)
+        assert fresh.token == 1  # gc forgot the run, and its count with it
+
+
+async def test_a_stale_holder_cannot_overwrite_after_takeover(server: ThrowawayServer) -> None:
+    """The holder keeps writing while another takes over: once the takeover returned and
+    the new holder wrote, the old holder's writes are rejected and the value stays."""
+    async with _pair(server) as (a, b):
+        old = await a.acquire_lease(LEASE, "owner-a", 0.3)
+        rejected = anyio.Event()
+        taken = anyio.Event()
+
+        async def stale_writer() -> None:
+            i = 0
+            while not rejected.is_set():
+                i += 1
+                ok = await a.save_batch_fenced([("v", b"a%d" % i, None)], LEASE, old.token)
+                if not ok and taken.is_set():
+                    rejected.set()
+                await anyio.sleep(0.01)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stale_writer)
+            await anyio.sleep(0.5)
+            new = await b.acquire_lease(LEASE, "owner-b", 30)
+            assert new.owner == "owner-b"
+            taken.set()
+            assert await b.save_batch_fenced([("v", b"b", None)], LEASE, new.token)
+            with anyio.fail_after(10):
+                await rejected.wait()
+        if b.capabilities.atomic_fencing:
+            assert await b.load("v") == b"b"
