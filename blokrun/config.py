@@ -152,6 +152,7 @@ class RunnerSettings:
     blob_datasource: str | None = None
     blob_threshold: int = 256 * 1024
     max_resumes: int = 10
+    lease_ttl: float | None = 30.0
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
@@ -331,12 +332,28 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> RunnerSetting
                 f"BLOKRUN_MAX_RESUMES={raw_max!r}: expected a whole number >= 0",
                 variable="BLOKRUN_MAX_RESUMES",
             )
+    lease_ttl: float | None = 30.0
+    raw_lease = (env.get("BLOKRUN_LEASE_TTL") or "").strip()
+    if raw_lease.lower() in ("off", "none", "0"):
+        lease_ttl = None
+    elif raw_lease:
+        try:
+            lease_ttl = float(raw_lease)
+        except ValueError:
+            lease_ttl = -1.0
+        if not (0 < lease_ttl < 86400 * 365):
+            raise ConfigError(
+                f"BLOKRUN_LEASE_TTL={raw_lease!r}: expected a number of seconds > 0 "
+                "(how long a run's lease outlives a process that died), or 'off'",
+                variable="BLOKRUN_LEASE_TTL",
+            )
     return RunnerSettings(
         datasources=datasources,
         home=home,
         blob_datasource=blob_ds,
         blob_threshold=threshold,
         max_resumes=max_resumes,
+        lease_ttl=lease_ttl,
         environ=dict(env),
     )
 

@@ -18,8 +18,10 @@ never need to import a driver library to catch a failure::
     └── RunError                    a run failed (carries request_id and step)
         ├── StepFailed              the step's node raised; ``__cause__`` is the node's exception
         ├── CheckpointError         saving a checkpoint failed (names datasource and key)
+        ├── LeaseLost               another process took the run over; this one stopped writing
         └── ResumeError             a run cannot be resumed
             ├── RunNotFound         no head record and no checkpoint for the request id
+            ├── RunBusy             another process holds the run's lease (resumed elsewhere)
             └── DefinitionChanged   the workflow changed steps that already ran (use force)
 
 Messages never contain secrets: URLs go through :func:`blokrun.config.mask_url` first.
@@ -37,9 +39,11 @@ __all__ = [
     "DefinitionChanged",
     "ExpressionError",
     "FormatVersionError",
+    "LeaseLost",
     "MissingExtraError",
     "RecordError",
     "ResumeError",
+    "RunBusy",
     "RunError",
     "RunNotFound",
     "StepFailed",
@@ -176,8 +180,22 @@ class CheckpointError(RunError):
         super().__init__(message, request_id=request_id, step=step)
 
 
+class LeaseLost(RunError):
+    """The run's lease passed to another process (this one was presumed dead): its fencing
+    token is no longer the latest, so the datasource refused its write and it stopped."""
+
+
 class ResumeError(RunError):
     """A run cannot be resumed."""
+
+
+class RunBusy(ResumeError):
+    """Another process holds the run's lease: the run is being run or resumed elsewhere."""
+
+    def __init__(self, message: str, *, request_id: str, owner: str, expires_at: float) -> None:
+        self.owner = owner
+        self.expires_at = expires_at
+        super().__init__(message, request_id=request_id)
 
 
 class RunNotFound(ResumeError):

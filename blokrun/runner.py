@@ -30,6 +30,7 @@ from blokrun.errors import (
     ConfigError,
     DatasourceError,
     DefinitionChanged,
+    LeaseLost,
     ResumeError,
     RunNotFound,
 )
@@ -38,10 +39,13 @@ from blokrun.execution.engine import execute
 from blokrun.execution.hooks import CallableHook, Hook, RunState, StepOutcome
 from blokrun.persistence.checkpointer import Checkpointer, KeyScope
 from blokrun.persistence.envelope import Envelope
+from blokrun.persistence.leases import Lease, acquire
 from blokrun.persistence.records import (
     DEFAULT_ENVELOPE,
     HeadRecord,
     RunStatus,
+    decode_record,
+    head_key,
     new_request_id,
     validate_request_id,
 )
@@ -126,6 +130,9 @@ class Runner:
     encryption of stored records (default: zstd above 4 KiB, no encryption).
     ``blob_datasource``: where top-level values of at least ``blob_threshold`` bytes are
     stored once, content-addressed, and referenced from checkpoints (default: inline).
+    ``lease_ttl``: how long a run's lease outlives a holder that stopped renewing it (see
+    :mod:`blokrun.persistence.leases`); ``None`` turns leases off (one process per run is
+    then the caller's promise).
     """
 
     def __init__(
@@ -138,6 +145,7 @@ class Runner:
         blob_datasource: str | None = None,
         blob_threshold: int = 256 * 1024,
         max_resumes: int = 10,
+        lease_ttl: float | None = 30.0,
     ) -> None:
         built: dict[str, Datasource] = {}
         if datasources is None:
@@ -166,6 +174,12 @@ class Runner:
         self._checkpointer = Checkpointer(built, envelope=self._envelope, blobs=blobs)
         self._resumer = Resumer(self._envelope)
         self.max_resumes = max_resumes
+        if lease_ttl is not None and not (0 < lease_ttl < 86400 * 365):
+            raise ConfigError(
+                f"BLOKRUN_LEASE_TTL={lease_ttl!r}: expected a number of seconds > 0, or off",
+                variable="BLOKRUN_LEASE_TTL",
+            )
+        self.lease_ttl = lease_ttl
         self._hooks: list[Hook] = [self._checkpointer]
         for hook in hooks:
             self._hooks.append(hook if isinstance(hook, Hook) else CallableHook(hook))
@@ -193,6 +207,7 @@ class Runner:
             blob_datasource=settings.blob_datasource,
             blob_threshold=settings.blob_threshold,
             max_resumes=settings.max_resumes,
+            lease_ttl=settings.lease_ttl,
         )
 
     @property
@@ -303,9 +318,51 @@ class Runner:
             inputs=initial,
             started_at=time.time(),
         )
-        return await self._drive(run)
+        lease = await self._acquire(rid, wf)
+        run.lease = lease
+        try:
+            return await self._drive(run)
+        finally:
+            if lease is not None:
+                await lease.release()
+
+    def _lease_datasource(self, wf: Workflow) -> Datasource | None:
+        """Where a run's lease lives: its first target that keeps leases."""
+        if self.lease_ttl is None:
+            return None
+        for name in wf.targets:
+            ds = self._datasources.get(name)
+            if ds is not None and ds.supports_leases:
+                return ds
+        return None
+
+    async def _acquire(self, request_id: str, wf: Workflow) -> Lease | None:
+        ds = self._lease_datasource(wf)
+        if ds is None or self.lease_ttl is None:
+            return None
+        return await acquire(ds, request_id, self.lease_ttl)
 
     async def _drive(self, run: RunState) -> RunResult:
+        lease = run.lease
+        if lease is None:
+            return await self._drive_run(run)
+        result: RunResult | None = None
+        error: BaseException | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lease.heartbeat, tg.cancel_scope)
+            try:
+                result = await self._drive_run(run)
+            except BaseException as exc:  # re-raised below, outside the task group
+                error = exc
+            tg.cancel_scope.cancel()
+        if lease.lost and (error is None or not isinstance(error, LeaseLost)):
+            raise lease.lost_error() from error
+        if error is not None:
+            raise error
+        assert result is not None
+        return result
+
+    async def _drive_run(self, run: RunState) -> RunResult:
         started = time.perf_counter()
         skipped = tuple(run.done)
         try:
@@ -415,6 +472,31 @@ class Runner:
         """
         self._require_connected()
         run, plan = await self._prepare(request_id, workflow, force, from_step, set_vars)
+        lease = await self._acquire(request_id, run.workflow)
+        try:
+            if lease is not None and not await self._unchanged(lease, plan.head):
+                # Another process moved the run on between our read and our lease: read again.
+                run, plan = await self._prepare(request_id, workflow, force, from_step, set_vars)
+            run.lease = lease
+            return await self._resume(run, plan, input, token)
+        finally:
+            if lease is not None:
+                await lease.release()
+
+    async def _unchanged(self, lease: Lease, head: HeadRecord | None) -> bool:
+        """Whether the head record under the lease is the one the resume was planned on."""
+        raw = await lease.datasource.load(head_key(lease.request_id))
+        if raw is None:
+            return head is None
+        try:
+            return decode_record(raw, HeadRecord, envelope=self._envelope) == head
+        except BlokrunError:
+            return False
+
+    async def _resume(
+        self, run: RunState, plan: ResumePlan, input: Any, token: str | None
+    ) -> RunResult:
+        request_id = run.request_id
         self._accept_input(run, plan, input, token)
         if not plan.run:
             if plan.head_status != "completed":

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SUSPENDED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: Another process holds the run's lease (``RunBusy``) or took it over (``LeaseLost``): the
+#: run is not failed, it is someone else's. EX_TEMPFAIL: try again later.
+EXIT_BUSY = 75
 
 
 class _Usage(Exception):
@@ -430,7 +433,9 @@ def _run(args: argparse.Namespace) -> int:
         BlokrunError,
         ConfigError,
         DatasourceError,
+        LeaseLost,
         ResumeError,
+        RunBusy,
         RunError,
         WorkflowError,
     )
@@ -458,6 +463,8 @@ def _run(args: argparse.Namespace) -> int:
             f"To continue:\n  blokrun resume {exc.request_id}\n"
         )
         return 128 + exc.signum
+    except (RunBusy, LeaseLost) as exc:
+        _fail(str(exc), EXIT_BUSY)
     except ResumeError as exc:
         _fail(str(exc), EXIT_USAGE)
     except RunError as exc:

@@ -241,9 +241,7 @@ class Datasource:
 
     def _lease_store(self) -> LeaseStore:
         if not self.store.capabilities.leases:
-            raise DatasourceError(
-                f"the {self.type} driver keeps no leases", datasource=self.name
-            )
+            raise DatasourceError(f"the {self.type} driver keeps no leases", datasource=self.name)
         return self.store  # type: ignore[return-value]  # declared by capabilities.leases
 
     async def acquire_lease(self, key: str, owner: str, ttl: float) -> LeaseState:

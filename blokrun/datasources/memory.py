@@ -78,10 +78,10 @@ class MemoryStore:
         return self._data.pop(key, None) is not None
 
     async def save_batch(self, entries: Sequence[Entry]) -> None:
-        await checkpoint()
         now = time.monotonic()
         for key, data, ttl in entries:
             self._data[key] = (bytes(data), None if ttl is None else now + ttl)
+        await checkpoint()  # after the write, so save_batch_fenced's check stays atomic
 
     async def load_batch(self, keys: Sequence[str]) -> dict[str, bytes]:
         await checkpoint()
@@ -135,9 +135,7 @@ class MemoryStore:
         current = self._leases.get(lease_key)
         if current is None or current.token != token:
             return False
-        now = time.monotonic()
-        for key, data, ttl in entries:
-            self._data[key] = (bytes(data), None if ttl is None else now + ttl)
+        await self.save_batch(entries)  # writes before it first yields: no takeover between
         return True
 
     async def read_lease(self, key: str) -> LeaseState | None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from blokrun.persistence.leases import Lease
     from blokrun.persistence.records import RunStatus
     from blokrun.spec.loader import Step, Workflow
 
@@ -40,6 +41,7 @@ class RunState:
     resumed: bool = False
     steps_run: list[str] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)  # per-run state of hooks
+    lease: Lease | None = None  # the run's lease, when the runner holds one
 
 
 @dataclass(frozen=True, slots=True)

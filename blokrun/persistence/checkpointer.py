@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from blokrun.errors import BlokrunError, CheckpointError, DatasourceError
+from blokrun.errors import BlokrunError, CheckpointError, DatasourceError, LeaseLost
 from blokrun.execution.builtins import Suspend
 from blokrun.execution.hooks import Hook
 from blokrun.persistence.codec import Kind, dumps_value
@@ -99,10 +99,22 @@ async def save_everywhere(
             key=key,
         )
 
+    lease = run.lease
+
+    async def write(ds: Datasource) -> None:
+        if lease is not None and ds is lease.datasource:
+            # Fenced: stored only while this run's lease token is the latest.
+            if lease.lost or not await ds.save_batch_fenced(entries, lease.key, lease.token):
+                raise lease.lost_error(step)
+        else:
+            await ds.save_batch(entries)
+
     if len(targets) == 1:
         ds = targets[0]
         try:
-            await ds.save_batch(entries)
+            await write(ds)
+        except LeaseLost:
+            raise
         except BlokrunError as exc:
             raise failure(ds, exc) from exc
         return
@@ -110,7 +122,7 @@ async def save_everywhere(
 
     async def one(ds: Datasource) -> None:
         try:
-            await ds.save_batch(entries)
+            await write(ds)
         except BlokrunError as exc:
             errors.append((ds, exc))
 
@@ -118,6 +130,9 @@ async def save_everywhere(
         for ds in targets:
             tg.start_soon(one, ds)
     if errors:
+        for _, err in errors:
+            if isinstance(err, LeaseLost):
+                raise err
         first = failure(*errors[0])
         if len(errors) > 1:
             others = ", ".join(repr(ds.name) for ds, _ in errors[1:])
@@ -346,8 +361,8 @@ class Checkpointer(Hook):
 
     async def on_run_end(self, run: RunState, error: BaseException | None) -> None:
         targets = self.targets(run)
-        if not targets:
-            return
+        if not targets or (run.lease is not None and run.lease.lost):
+            return  # another process owns the run now: its status is theirs to write
         if error is None:
             if run.extras.get("head_completed"):
                 return  # the last checkpoint already marked the head completed

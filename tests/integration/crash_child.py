@@ -46,14 +46,28 @@ class Faulty:
         return getattr(self.inner, name)
 
     async def save_batch(self, entries: Sequence[tuple[str, bytes, float | None]]) -> None:
+        await self._fault(entries, self.inner.save_batch)
+        await self.inner.save_batch(entries)
+
+    async def save_batch_fenced(
+        self, entries: Sequence[tuple[str, bytes, float | None]], lease_key: str, token: int
+    ) -> bool:
+        """The run's writes to its lease datasource: the same faults."""
+
+        async def write(part: Sequence[tuple[str, bytes, float | None]]) -> None:
+            assert await self.inner.save_batch_fenced(part, lease_key, token)
+
+        await self._fault(entries, write)
+        return bool(await self.inner.save_batch_fenced(entries, lease_key, token))
+
+    async def _fault(self, entries: Sequence[Any], write: Any) -> None:
         self.calls += 1
         if self.calls == self.n and self.point in ("before", "between", "after"):
             if self.point == "between":
-                await self.inner.save_batch(entries[:1])
+                await write(entries[:1])
             elif self.point == "after":
-                await self.inner.save_batch(entries)
+                await write(entries)
             os.kill(os.getpid(), signal.SIGKILL)
-        await self.inner.save_batch(entries)
 
 
 async def main(home: str, rid: str, point: str, n: int) -> None:

@@ -75,12 +75,9 @@ async def test_dead_letter_after_approvals() -> None:
             raise
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="two resumers of one run are not excluded yet: leases with fencing tokens are issue 6",
-)
-async def test_concurrent_resumes_with_one_token_run_next_step_twice() -> None:
-    """Token is not consumed atomically: two resumes with the same token both proceed."""
+async def test_concurrent_resumes_with_one_token_run_next_step_once() -> None:
+    """Was: the token was not consumed atomically, two resumes with it both proceeded.
+    Now the run's lease lets one through; the other is told the run is busy elsewhere."""
     wf = {
         "name": "w",
         "steps": [
@@ -108,3 +105,4 @@ async def test_concurrent_resumes_with_one_token_run_next_step_twice() -> None:
         calls("tok").count("charge"),
     )
     assert calls("tok").count("charge") == 1
+    assert sorted(type(r).__name__ for r in results) == ["RunBusy", "RunResult"]

@@ -1,0 +1,182 @@
+"""Run leases: one process drives a run at a time, and a presumed-dead holder cannot write.
+
+A run (``run`` or ``resume``) first takes the lease ``_blokrun.lease.<request id>`` in the
+*lease datasource* (by default the first configured datasource that keeps leases, shared
+ones before the in-process memory store). The datasource answers with a **fencing token**,
+one higher than any token issued for that run before. While the run goes on, a heartbeat
+renews the lease every third of its TTL; when it ends the lease is released.
+
+* A second process that asks for the lease while it is live gets :class:`RunBusy` ("being
+  resumed elsewhere") naming the holder and until when it holds it.
+* A holder that dies stops renewing: the lease expires after its TTL and another process
+  may take the run over, with a higher token. A holder that ran on *this* machine (same
+  kernel and PID namespace) and whose process is gone is taken over at once, so
+  ``blokrun resume`` right after a ``kill -9`` does not wait out the TTL.
+* Every checkpoint write of the run to the lease datasource is **fenced**: the datasource
+  stores it only if the run's token is still the latest. A holder that was merely paused
+  (a long GC, a frozen VM, a partition) and comes back after a takeover has its write
+  refused and stops with :class:`LeaseLost` — it never overwrites the new holder's state.
+  Writes to *other* targets of a run are not fenced (the lease datasource is the
+  authority); put the datasource you resume from first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+
+from blokrun.errors import BlokrunError, LeaseLost, RunBusy
+
+if TYPE_CHECKING:
+    from blokrun.datasources import Datasource
+
+__all__ = ["LEASE_PREFIX", "Lease", "acquire", "holder_is_dead", "lease_key", "new_owner"]
+
+log = logging.getLogger("blokrun.leases")
+
+LEASE_PREFIX = "_blokrun.lease."
+
+
+def lease_key(request_id: str) -> str:
+    return LEASE_PREFIX + request_id
+
+
+def _node() -> str:
+    """This kernel and PID namespace: processes that share it can see each other's pids."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+    return hashlib.sha256(f"{boot}|{namespace}".encode()).hexdigest()[:12]
+
+
+_NODE = _node()
+
+
+def new_owner() -> str:
+    """A name for one holder, unique per acquisition: ``host/node:pid:random``."""
+    return f"{socket.gethostname()}/{_NODE}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def holder_is_dead(owner: str) -> bool:
+    """Whether ``owner`` ran in this kernel and PID namespace and its process is gone.
+
+    Only then is it certain the holder will never renew: a holder elsewhere (another
+    machine, container or an unknown format) is presumed alive until its lease expires.
+    """
+    node_part, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if not _NODE or not node_part.endswith("/" + _NODE) or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
+
+
+@dataclass(slots=True)
+class Lease:
+    """A held lease. ``lost`` is set once the datasource refused the token."""
+
+    datasource: Datasource
+    request_id: str
+    key: str
+    owner: str
+    token: int
+    ttl: float
+    expires_at: float
+    lost: bool = False
+    renewals: int = field(default=0)
+
+    def lost_error(self, step: str | None = None) -> LeaseLost:
+        self.lost = True
+        return LeaseLost(
+            f"another process took this run over (lease token {self.token} on datasource "
+            f"{self.datasource.name!r} is no longer the latest); this process stopped "
+            "without writing",
+            request_id=self.request_id,
+            step=step,
+        )
+
+    async def renew(self) -> bool:
+        ok = await self.datasource.renew_lease(self.key, self.owner, self.token, self.ttl)
+        if ok:
+            self.renewals += 1
+            self.expires_at = time.time() + self.ttl
+        else:
+            self.lost = True
+        return ok
+
+    async def heartbeat(self, on_lost: anyio.CancelScope) -> None:
+        """Renew every ``ttl / 3`` until cancelled; cancel ``on_lost`` if the lease is gone.
+
+        A renewal that fails because the datasource is unreachable is retried at the next
+        beat: the run's own fenced writes are what decide, not the heartbeat.
+        """
+        interval = max(self.ttl / 3, 0.05)
+        while True:
+            await anyio.sleep(interval)
+            try:
+                if not await self.renew():
+                    log.warning(
+                        "run %s: lease taken over by another process; stopping",
+                        self.request_id,
+                    )
+                    on_lost.cancel()
+                    return
+            except BlokrunError as exc:
+                log.warning("run %s: could not renew its lease: %s", self.request_id, exc)
+
+    async def release(self) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.datasource.release_lease(self.key, self.owner, self.token)
+            except BlokrunError as exc:  # it expires by itself
+                log.warning("run %s: could not release its lease: %s", self.request_id, exc)
+
+
+async def acquire(ds: Datasource, request_id: str, ttl: float, owner: str | None = None) -> Lease:
+    """Take the run's lease or raise :class:`RunBusy` naming the live holder."""
+    key = lease_key(request_id)
+    me = owner or new_owner()
+    state = await ds.acquire_lease(key, me, ttl)
+    if state.owner != me and holder_is_dead(state.owner):
+        # The holder was killed on this machine (SIGKILL, OOM): take over now rather than
+        # after its TTL. Re-acquiring under its name succeeds only while it still holds the
+        # lease, so of several processes doing this at once one ends up with the lease.
+        log.warning(
+            "run %s: the process holding its lease (%s) is gone; taking over",
+            request_id,
+            state.owner,
+        )
+        dead = await ds.acquire_lease(key, state.owner, ttl)
+        if dead.owner == state.owner:
+            await ds.release_lease(key, dead.owner, dead.token)
+        state = await ds.acquire_lease(key, me, ttl)
+    if state.owner != me:
+        left = max(state.expires_at - time.time(), 0.0)
+        raise RunBusy(
+            f"is being run or resumed elsewhere: its lease on datasource {ds.name!r} is held "
+            f"by {state.owner} for {left:.1f}s more (it is renewed while that process "
+            "lives; if it died, the lease expires and the run can be taken over)",
+            request_id=request_id,
+            owner=state.owner,
+            expires_at=state.expires_at,
+        )
+    return Lease(ds, request_id, key, me, state.token, ttl, state.expires_at)
