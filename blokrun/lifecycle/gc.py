@@ -38,6 +38,7 @@ from blokrun.expressions import compile_template, render_key
 from blokrun.lifecycle.runs import BATCH, decode_head, iter_runs, require_started
 from blokrun.persistence.codec import MAGIC, Kind
 from blokrun.persistence.envelope import FORMAT_VERSION
+from blokrun.persistence.leases import lease_key
 from blokrun.persistence.records import (
     CheckpointRecord,
     DefinitionRecord,
@@ -235,7 +236,13 @@ async def _collect_run(state: _State, run: RunSummary) -> GcRun | None:
     hk, rk = head_key(run.request_id), run_key(run.request_id)
     plans: list[tuple[Datasource, list[str], list[str]]] = []
     total_bytes = checkpoints = keys = 0
+    lk = lease_key(run.request_id)
     for ds in holders:
+        if ds.supports_leases:
+            lease = await ds.read_lease(lk)
+            if lease is not None and lease.live(time.time()):
+                log.info("run %s is being run or resumed (its lease is live); kept", run.request_id)
+                return None
         loaded = await ds.load_batch([hk, rk])
         raw_head = loaded.get(hk)
         if raw_head is not None:
@@ -258,6 +265,8 @@ async def _collect_run(state: _State, run: RunSummary) -> GcRun | None:
             await ds.delete_batch(doomed[start : start + BATCH])
         if hk in records:
             await ds.delete(hk)
+        if ds.supports_leases:
+            await ds.delete_lease(lk)  # and the run's fencing-token count with it
     return GcRun(
         request_id=run.request_id,
         workflow=run.workflow,

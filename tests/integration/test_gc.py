@@ -374,3 +374,20 @@ async def test_cli_output(runner: Runner, capsys: pytest.CaptureFixture[str]) ->
         out
         == "gc: deleted 0 run(s) (0 keys, 0B) and 0 unreferenced blob(s); kept 5 run(s) and 0 blob(s)\n"
     )
+
+
+async def test_gc_keeps_a_run_whose_lease_is_live_and_forgets_the_lease_of_a_removed_one() -> None:
+    from blokrun.persistence.leases import lease_key
+
+    async with Runner([mem("a")]) as runner:
+        for rid in ("old", "busy"):
+            await runner.run(wf(["a"]), {}, request_id=rid)
+            await age(runner, rid, 30)
+        ds = runner.datasources["a"]
+        assert (await ds.read_lease(lease_key("old"))) is not None  # released, kept
+        held = await ds.acquire_lease(lease_key("busy"), "someone-else", 60)
+        assert held.owner == "someone-else"
+        report = await runner.collect_garbage(completed_older_than=DAY)
+        assert [r.request_id for r in report.runs] == ["old"]
+        assert await ds.read_lease(lease_key("old")) is None
+        assert await ds.load(head_key("busy")) is not None
