@@ -26,9 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from blokrun.errors import ConfigError
+from blokrun.spec.model import DURABILITIES
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    from blokrun.spec.model import Durability
 
 __all__ = [
     "DEFAULT_DATASOURCE",
@@ -153,6 +156,7 @@ class RunnerSettings:
     blob_threshold: int = 256 * 1024
     max_resumes: int = 10
     lease_ttl: float | None = 30.0
+    durability: Durability = "sync"
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
@@ -347,6 +351,12 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> RunnerSetting
                 "(how long a run's lease outlives a process that died), or 'off'",
                 variable="BLOKRUN_LEASE_TTL",
             )
+    durability = (env.get("BLOKRUN_DURABILITY") or "sync").strip()
+    if durability not in DURABILITIES:
+        raise ConfigError(
+            f"BLOKRUN_DURABILITY={durability!r}: expected one of {', '.join(DURABILITIES)}",
+            variable="BLOKRUN_DURABILITY",
+        )
     return RunnerSettings(
         datasources=datasources,
         home=home,
@@ -354,6 +364,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> RunnerSetting
         blob_threshold=threshold,
         max_resumes=max_resumes,
         lease_ttl=lease_ttl,
+        durability=durability,
         environ=dict(env),
     )
 

@@ -52,6 +52,7 @@ from blokrun.persistence.records import (
 from blokrun.persistence.resumer import FoundRun, Resumer
 from blokrun.persistence.state import BlobPolicy, resolve_blobs
 from blokrun.spec.loader import Workflow, load_workflow
+from blokrun.spec.model import DURABILITIES, Durability
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -132,7 +133,11 @@ class Runner:
     stored once, content-addressed, and referenced from checkpoints (default: inline).
     ``lease_ttl``: how long a run's lease outlives a holder that stopped renewing it (see
     :mod:`blokrun.persistence.leases`); ``None`` turns leases off (one process per run is
-    then the caller's promise).
+    then the caller's promise). ``durability``: when checkpoints are stored, for workflows
+    that do not say (``persistence.durability``): ``"sync"`` before the next step starts,
+    ``"async"`` while the next step runs (in order; all stored before the run returns;
+    a crash can lose the last step's checkpoint, which then runs again), ``"exit"`` once
+    when the run ends (a crash loses the whole attempt's progress).
     """
 
     def __init__(
@@ -146,6 +151,7 @@ class Runner:
         blob_threshold: int = 256 * 1024,
         max_resumes: int = 10,
         lease_ttl: float | None = 30.0,
+        durability: Durability = "sync",
     ) -> None:
         built: dict[str, Datasource] = {}
         if datasources is None:
@@ -180,6 +186,12 @@ class Runner:
                 variable="BLOKRUN_LEASE_TTL",
             )
         self.lease_ttl = lease_ttl
+        if durability not in DURABILITIES:
+            raise ConfigError(
+                f"BLOKRUN_DURABILITY={durability!r}: expected one of {', '.join(DURABILITIES)}",
+                variable="BLOKRUN_DURABILITY",
+            )
+        self.durability: Durability = durability
         self._hooks: list[Hook] = [self._checkpointer]
         for hook in hooks:
             self._hooks.append(hook if isinstance(hook, Hook) else CallableHook(hook))
@@ -208,6 +220,7 @@ class Runner:
             blob_threshold=settings.blob_threshold,
             max_resumes=settings.max_resumes,
             lease_ttl=settings.lease_ttl,
+            durability=settings.durability,
         )
 
     @property
@@ -343,19 +356,24 @@ class Runner:
         return await acquire(ds, request_id, self.lease_ttl)
 
     async def _drive(self, run: RunState) -> RunResult:
+        run.durability = run.workflow.durability or self.durability
         lease = run.lease
-        if lease is None:
+        if lease is None and run.durability != "async":
             return await self._drive_run(run)
         result: RunResult | None = None
         error: BaseException | None = None
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lease.heartbeat, tg.cancel_scope)
+            if lease is not None:
+                tg.start_soon(lease.heartbeat, tg.cancel_scope)
+            run.background = tg  # write-behind saves; flushed by the run's end
             try:
                 result = await self._drive_run(run)
             except BaseException as exc:  # re-raised below, outside the task group
                 error = exc
+            finally:
+                run.background = None
             tg.cancel_scope.cancel()
-        if lease.lost and (error is None or not isinstance(error, LeaseLost)):
+        if lease is not None and lease.lost and not isinstance(error, LeaseLost):
             raise lease.lost_error() from error
         if error is not None:
             raise error

@@ -14,9 +14,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from anyio.abc import TaskGroup
+
     from blokrun.persistence.leases import Lease
     from blokrun.persistence.records import RunStatus
     from blokrun.spec.loader import Step, Workflow
+    from blokrun.spec.model import Durability
 
 __all__ = ["CallableHook", "Hook", "RunState", "StepOutcome"]
 
@@ -42,6 +45,8 @@ class RunState:
     steps_run: list[str] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)  # per-run state of hooks
     lease: Lease | None = None  # the run's lease, when the runner holds one
+    durability: Durability = "sync"  # when checkpoints are stored (PersistenceSpec)
+    background: TaskGroup | None = None  # where write-behind saves run ("async")
 
 
 @dataclass(frozen=True, slots=True)

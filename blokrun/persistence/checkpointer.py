@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import anyio
 import msgspec
@@ -46,6 +46,20 @@ if TYPE_CHECKING:
 __all__ = ["Checkpointer", "KeyScope", "save_everywhere"]
 
 log = logging.getLogger("blokrun.persistence")
+
+
+_Entries: TypeAlias = "tuple[list[Entry], list[Entry]]"  # (large values, records)
+
+
+class _Pending:
+    """One write-behind save of a run: done when it landed or failed (``error``)."""
+
+    __slots__ = ("before", "done", "error")
+
+    def __init__(self, before: tuple[int, int, str | None, str | None]) -> None:
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+        self.before = before  # the run's (seq, last_seq, last_step, last_key) until it lands
 
 
 class KeyScope:
@@ -290,14 +304,88 @@ class Checkpointer(Hook):
             )
         if not step.checkpoint or not targets:
             return
-        await self._checkpoint(run, step, outcome.duration, outcome.attempts, last=outcome.last)
+        if run.durability == "exit":
+            run.extras["deferred"] = (step, outcome.duration, outcome.attempts, outcome.last)
+            return
+        await self._checkpoint(
+            run,
+            step,
+            outcome.duration,
+            outcome.attempts,
+            last=outcome.last,
+            behind=run.durability == "async" and run.background is not None,
+        )
+
+    async def flush(self, run: RunState) -> None:
+        """Wait for the run's write-behind save, if one is in flight; raise its error."""
+        pending: _Pending | None = run.extras.pop("pending_write", None)
+        if pending is None:
+            return
+        with anyio.CancelScope(shield=True):
+            await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+
+    async def _write_behind(
+        self, run: RunState, writer: StateWriter, step: str, entries: _Entries, pending: _Pending
+    ) -> None:
+        blobs, records = entries
+        try:
+            with anyio.CancelScope(shield=True):  # a started save is finished, not torn
+                await self._store(run, writer, step, blobs, records)
+        except BaseException as exc:
+            pending.error = exc
+            # The run stands on the last checkpoint that was stored, not on this one.
+            run.seq, run.last_seq, run.last_step, run.last_key = pending.before
+            run.extras.pop("head_completed", None)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            pending.done.set()
+
+    async def _store(
+        self,
+        run: RunState,
+        writer: StateWriter,
+        step: str,
+        blobs: list[Entry],
+        entries: list[Entry],
+    ) -> None:
+        """Large values first (a checkpoint never refers to a missing blob), then the
+        checkpoint and head on every target."""
+        try:
+            if blobs and self.blobs.datasource is not None:
+                await save_everywhere(
+                    [self.blobs.datasource], blobs, run=run, step=step, what="large values"
+                )
+                for blob, _, _ in blobs:
+                    writer.blob_written(blob)
+            await save_everywhere(
+                self.targets(run), entries, run=run, step=step, what="the checkpoint"
+            )
+        except BaseException:
+            writer.forget()
+            raise
 
     async def _checkpoint(
-        self, run: RunState, step: Step, duration: float, attempts: int, *, last: bool
+        self,
+        run: RunState,
+        step: Step,
+        duration: float,
+        attempts: int,
+        *,
+        last: bool,
+        behind: bool = False,
     ) -> None:
-        """Write the run's state as it is now as ``step``'s checkpoint, then the head."""
+        """Write the run's state as it is now as ``step``'s checkpoint, then the head.
+
+        ``behind`` (durability "async"): encode now -- the state may change as soon as
+        this returns -- and store in the background while the next step runs; the next
+        checkpoint (or the run's end) first waits for it, so saves stay in order.
+        """
+        if behind:
+            await self.flush(run)
         wf = run.workflow
-        targets = self.targets(run)
         ttl = step.ttl
         seq = run.seq + 1
         key = self.checkpoint_key(run, step.name)
@@ -307,18 +395,6 @@ class Checkpointer(Hook):
         except BaseException:
             writer.forget()
             raise
-        if state.blobs and self.blobs.datasource is not None:
-            try:
-                # Large values first: a checkpoint never refers to a blob that is not stored.
-                await save_everywhere(
-                    [self.blobs.datasource], [(k, v, None) for k, v in state.blobs],
-                    run=run, step=step.name, what="large values",
-                )  # fmt: skip
-            except BaseException:
-                writer.forget()
-                raise
-            for blob, _ in state.blobs:
-                writer.blob_written(blob)
         now = time.time()
         record = encode_checkpoint(
             request_id=run.request_id,
@@ -344,17 +420,19 @@ class Checkpointer(Hook):
         )
         status: RunStatus = "completed" if last else "running"
         head = self._head(run, status, seq=seq, step=step.name, key=key)
-        try:
-            await save_everywhere(
-                targets,
-                [(key, record, ttl), (head_key(run.request_id), self._seal(head), wf.ttl)],
-                run=run,
-                step=step.name,
-                what="the checkpoint",
+        blobs: list[Entry] = [(k, v, None) for k, v in state.blobs]
+        entries: list[Entry] = [
+            (key, record, ttl),
+            (head_key(run.request_id), self._seal(head), wf.ttl),
+        ]
+        if behind and run.background is not None:
+            pending = _Pending((run.seq, run.last_seq, run.last_step, run.last_key))
+            run.extras["pending_write"] = pending
+            run.background.start_soon(
+                self._write_behind, run, writer, step.name, (blobs, entries), pending
             )
-        except BaseException:
-            writer.forget()
-            raise
+        else:
+            await self._store(run, writer, step.name, blobs, entries)
         run.seq, run.last_seq, run.last_step, run.last_key = seq, seq, step.name, key
         if last:
             run.extras["head_completed"] = True
@@ -363,6 +441,17 @@ class Checkpointer(Hook):
         targets = self.targets(run)
         if not targets or (run.lease is not None and run.lease.lost):
             return  # another process owns the run now: its status is theirs to write
+        try:
+            await self.flush(run)  # write-behind: the last save lands before the run ends
+            deferred = run.extras.pop("deferred", None)
+            if deferred is not None:  # durability "exit": the one checkpoint of this attempt
+                step, duration, attempts, last = deferred
+                with anyio.CancelScope(shield=True):
+                    await self._checkpoint(run, step, duration, attempts, last=last)
+        except CheckpointError as exc:
+            if error is None or isinstance(error, Suspend):
+                raise
+            log.warning("run %s: its last checkpoint was not stored: %s", run.request_id, exc)
         if error is None:
             if run.extras.get("head_completed"):
                 return  # the last checkpoint already marked the head completed

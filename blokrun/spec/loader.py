@@ -20,7 +20,7 @@ import orjson
 from blokrun.errors import WorkflowError
 from blokrun.execution.nodes import NodeRef, resolve_node
 from blokrun.expressions import Compiled, compile_template, compile_value
-from blokrun.spec.model import RetrySpec, StepSpec, WorkflowSpec
+from blokrun.spec.model import Durability, RetrySpec, StepSpec, WorkflowSpec
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
@@ -74,6 +74,7 @@ class Workflow:
     key_template: Compiled
     ttl: float | None
     steps: tuple[Step, ...]
+    durability: Durability | None = None  # None: the runner's default
 
     def step(self, name: str) -> Step:
         for step in self.steps:
@@ -123,6 +124,10 @@ def _translate_validation(exc: msgspec.ValidationError, source: str) -> Workflow
         )
     message = message[0].lower() + message[1:] if message else message
     message = message.replace("`", "'")
+    if path == "$.persistence.durability" and message.startswith("invalid enum value"):
+        from blokrun.spec.model import DURABILITIES
+
+        message += f"; expected one of: {', '.join(DURABILITIES)}"
     return WorkflowError(message, source=source, path=path)
 
 
@@ -428,4 +433,5 @@ def load_workflow(
         key_template=key_template,
         ttl=wf_ttl,
         steps=tuple(steps),
+        durability=pers.durability,
     )

@@ -17,11 +17,17 @@ __all__ = [
     "RetrySpec",
     "PersistenceSpec",
     "StepPersistenceSpec",
+    "DURABILITIES",
+    "Durability",
     "StepSpec",
     "WorkflowSpec",
 ]
 
 DEFAULT_KEY_PATTERN = "${ctx.request.id}-${stepName}"
+
+#: When a step's checkpoint is stored; see :class:`PersistenceSpec`.
+Durability = Literal["sync", "async", "exit"]
+DURABILITIES: tuple[Durability, ...] = ("sync", "async", "exit")
 
 
 class PersistenceSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
@@ -32,6 +38,10 @@ class PersistenceSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, r
     key_pattern: str = DEFAULT_KEY_PATTERN
     targets: list[str] | None = None
     ttl: float | None = None
+    #: "sync" (a step's checkpoint is stored before the next step starts), "async"
+    #: (write-behind: it is stored while the next step runs, in order, all flushed before
+    #: the run returns) or "exit" (stored once, when the run ends). None: the runner's.
+    durability: Durability | None = None
 
 
 class StepPersistenceSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

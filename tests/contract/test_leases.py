@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import time
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 import anyio
-import pytest
 
 from blokrun.datasources import build_datasource
 
@@ -32,11 +32,11 @@ LEASE = "_blokrun.lease.run-1"
 async def _pair(server: ThrowawayServer, n: int = 2) -> AsyncIterator[list[Datasource]]:
     """``n`` datasources with their own connections over one prefix (one shared store)."""
     prefix = f"l-{uuid4().hex[:8]}/"
+    base = server.settings("lease0", prefix=prefix)  # one table / database / bucket
     async with AsyncExitStack() as stack:
         out = []
         for i in range(n):
-            settings = server.settings(f"lease{i}", prefix=prefix)
-            ds = build_datasource(settings)
+            ds = build_datasource(replace(base, name=f"lease{i}"))
             if server.driver == "memory" and out:
                 ds = out[0]  # one process, one dict: the memory store is not shared
             else:

@@ -97,9 +97,10 @@ def test_two_resumers_at_once_one_proceeds_the_other_is_told_busy(
         ],
     )
     first = _popen({**env, "WF_FAIL_AT": "s2"}, "run", str(wf), "--request-id", "two")
-    assert first.wait(60) == 1, first.communicate()
+    out = first.communicate(timeout=60)
+    assert first.returncode == 1, out
     resumers = [_popen(env, "resume", "two") for _ in range(2)]
-    outs = [(p.wait(60), *p.communicate()) for p in resumers]
+    outs = [(p.wait(60), *p.communicate(timeout=60)) for p in resumers]
     codes = sorted(code for code, _, _ in outs)
     assert codes == [0, EXIT_BUSY], outs
     busy = next(err for code, _, err in outs if code == EXIT_BUSY)
@@ -140,8 +141,8 @@ def test_a_paused_holder_loses_its_lease_and_its_writes_are_refused(
         assert taker.returncode == 0, taker.stderr
     finally:
         holder.send_signal(signal.SIGCONT)
-    code = holder.wait(60)
-    _, err = holder.communicate()
+    _, err = holder.communicate(timeout=60)
+    code = holder.returncode
     assert code == EXIT_BUSY, err
     assert "another process took this run over" in err, err
     # s2 ran in both (the step in flight at the takeover: at-least-once), s3 only in the taker.
@@ -180,8 +181,7 @@ def test_a_killed_holder_is_taken_over_at_once_on_this_machine(
     holder = _popen(env, "run", str(wf), "--request-id", "killed", "--input", '{"nap": 30}')
     _wait_for(tmp_path, "s2")
     holder.kill()
-    holder.wait(10)
-    holder.communicate()
+    holder.communicate(timeout=10)
 
     async def lease_left() -> Any:
         async with Runner.from_env(env) as runner:

@@ -7,7 +7,8 @@ import blokrun
 EXPECTED = {
     "BlokrunError", "CheckpointError", "CheckpointInfo", "ConfigError", "Context", "Datasource",
     "DatasourceAccessError", "DatasourceError", "DatasourceSettings", "DatasourceUnavailable",
-    "DefinitionChanged", "ExpressionError", "FormatVersionError", "Hook", "MissingExtraError",
+    "DefinitionChanged", "ExpressionError", "FormatVersionError", "Hook", "LeaseLost",
+    "MissingExtraError", "RunBusy",
     "RecordError", "ResumeError", "ResumePlan", "RunError", "RunInfo", "RunNotFound", "RunResult", "RunState",
     "Runner", "StepFailed", "StepOutcome", "Store", "ValueNotStorable", "Workflow",
     "WorkflowError", "__version__", "load_workflow",
