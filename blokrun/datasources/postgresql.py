@@ -5,7 +5,12 @@ Schema (``settings.table``, default ``blokrun_store``)::
     key text COLLATE "C" PRIMARY KEY, data bytea NOT NULL,
     expires_at timestamptz NULL, updated_at timestamptz NOT NULL DEFAULT now()
 
-It is created by versioned migrations on the first :meth:`PostgresStore.connect`: the
+and its leases, in ``<table>_leases`` (schema version 2)::
+
+    key text COLLATE "C" PRIMARY KEY, owner text NOT NULL, token bigint NOT NULL,
+    expires_at timestamptz NOT NULL
+
+Both are created by versioned migrations on the first :meth:`PostgresStore.connect`: the
 applied versions of each table are recorded in ``blokrun_migrations``, and pending ones run
 in one transaction under ``pg_advisory_xact_lock``, so two processes connecting at once
 never race on ``CREATE TABLE`` (the loser waits, then finds nothing left to do). A table
@@ -38,6 +43,20 @@ Design decisions:
   ``reset=_keep_session`` (a no-op): asyncpg still rolls back a transaction left open, and
   this driver never changes session state (no ``SET``, ``LISTEN``, session advisory locks
   or cursors outside a transaction). An injected pool keeps its own ``reset`` policy.
+* Leases (:class:`~blokrun.datasources.protocol.LeaseStore`) are rows of the lease table,
+  timed by the server's ``now()``; each operation is one autocommit statement.
+  ``acquire_lease`` is ``INSERT ... ON CONFLICT DO UPDATE SET token = token + 1 ... WHERE
+  expired OR same owner``: the unique key serialises racing acquirers, so exactly one wins.
+  A refused acquire reads the holder in the same statement (``FOR SHARE``, which follows
+  the row to its newest version); only when the holder's row was inserted after the
+  statement's snapshot (a racing first acquire) is the statement run again. Release sets
+  ``expires_at`` to the epoch and keeps the token; ``delete_lease`` drops the row, and the
+  count with it. A table name too long for ``_leases`` gets a hashed lease table name.
+* Fencing is atomic (``atomic_fencing``): ``save_batch_fenced`` is the ``save_batch``
+  statement behind a CTE that locks the lease row ``FOR SHARE`` where ``token = $n``; the
+  rows are written only if it found one. The lock conflicts with every ``UPDATE`` of the
+  lease row, so an acquire that would raise the token waits for the write to commit, and
+  a write that starts after the acquire committed sees the new token and writes nothing.
 * Bounds: ``timeout`` (connect) and ``command_timeout`` (every query) are
   ``settings.timeout``, and so is the wait for a free pooled connection.
 * Errors: connection-level failures (socket errors, timeouts, SQLSTATE classes 08, 28, 53,
@@ -49,6 +68,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -58,7 +78,7 @@ import anyio
 import asyncpg  # type: ignore[import-untyped,unused-ignore]  # asyncpg ships no type hints
 
 from blokrun.config import mask_url
-from blokrun.datasources.protocol import Capabilities
+from blokrun.datasources.protocol import Capabilities, LeaseState
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 
 if TYPE_CHECKING:
@@ -67,12 +87,19 @@ if TYPE_CHECKING:
     from blokrun.config import DatasourceSettings
     from blokrun.datasources.protocol import Entry
 
-__all__ = ["PostgresStore", "create", "prefix_end"]
+__all__ = ["PostgresStore", "create", "lease_table", "prefix_end"]
 
 DEFAULT_TABLE = "blokrun_store"
 DEFAULT_POOL_SIZE = 10
 PAGE = 1000
-_CAPS = Capabilities(native_ttl=False, native_batch=True, atomic_batch=True, self_timed=True)
+_CAPS = Capabilities(
+    native_ttl=False,
+    native_batch=True,
+    atomic_batch=True,
+    self_timed=True,
+    leases=True,
+    atomic_fencing=True,
+)
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _LOCK_ID = 0x626C6F6B72756E  # "blokrun": the advisory lock serialising migrations
 _UNAVAILABLE_SQLSTATE = ("08", "28", "53", "57")
@@ -81,12 +108,15 @@ _UPSERT = (
     "ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data, expires_at = EXCLUDED.expires_at, "
     "updated_at = now()"
 )
-_SQL = {  # {t}: the quoted table
+_ROWS = (  # the rows of save_batch: $1 keys, $2 data, $3 ttls
+    "SELECT k, d, now() + make_interval(secs => s) "
+    "FROM unnest($1::text[], $2::bytea[], $3::float8[]) AS u(k, d, s)"
+)
+_LEASE = "owner, token, extract(epoch FROM expires_at)::float8"
+_SQL = {  # {t}: the quoted table, {l}: its quoted lease table
     "save": "INSERT INTO {t} (key, data, expires_at) "
     "VALUES ($1, $2, now() + make_interval(secs => $3)) {upsert}",
-    "save_batch": "INSERT INTO {t} (key, data, expires_at) "
-    "SELECT k, d, now() + make_interval(secs => s) "
-    "FROM unnest($1::text[], $2::bytea[], $3::float8[]) AS u(k, d, s) {upsert}",
+    "save_batch": "INSERT INTO {t} (key, data, expires_at) {rows} {upsert}",
     "load": "SELECT data FROM {t} WHERE key = $1 AND {live}",
     "exists": "SELECT EXISTS (SELECT FROM {t} WHERE key = $1 AND {live})",
     "delete": "DELETE FROM {t} WHERE key = $1 RETURNING {live}",
@@ -99,6 +129,22 @@ _SQL = {  # {t}: the quoted table
     "ORDER BY key LIMIT {page}",
     "size": "SELECT count(*) FROM {t} WHERE {live}",
     "purge": "DELETE FROM {t} WHERE expires_at <= now()",
+    # Refused: the holder, read FOR SHARE so that a version newer than the snapshot (the
+    # one ON CONFLICT saw) is followed; empty only if the row is newer than the snapshot.
+    "acquire": "WITH won AS (INSERT INTO {l} AS l (key, owner, token, expires_at) "
+    "VALUES ($1, $2, 1, now() + make_interval(secs => $3)) ON CONFLICT (key) DO UPDATE "
+    "SET owner = EXCLUDED.owner, token = l.token + 1, expires_at = EXCLUDED.expires_at "
+    "WHERE l.expires_at <= now() OR l.owner = EXCLUDED.owner RETURNING {lease}) "
+    "SELECT * FROM won UNION ALL SELECT * FROM (SELECT {lease} FROM {l} "
+    "WHERE key = $1 AND NOT EXISTS (SELECT FROM won) FOR SHARE) AS held",
+    "renew": "UPDATE {l} SET owner = $2, expires_at = now() + make_interval(secs => $4) "
+    "WHERE key = $1 AND token = $3",
+    "release": "UPDATE {l} SET expires_at = 'epoch' WHERE key = $1 AND token = $2",
+    "save_batch_fenced": "WITH fence AS (SELECT FROM {l} WHERE key = $4 AND token = $5 "
+    "FOR SHARE), w AS (INSERT INTO {t} (key, data, expires_at) {rows} "
+    "WHERE EXISTS (SELECT FROM fence) {upsert}) SELECT EXISTS (SELECT FROM fence)",
+    "read_lease": "SELECT {lease} FROM {l} WHERE key = $1",
+    "delete_lease": "DELETE FROM {l} WHERE key = $1",
 }
 _MIGRATIONS = (  # append only: version N is _MIGRATIONS[N - 1]
     """CREATE TABLE IF NOT EXISTS {t} (
@@ -106,7 +152,21 @@ _MIGRATIONS = (  # append only: version N is _MIGRATIONS[N - 1]
         data bytea NOT NULL,
         expires_at timestamptz NULL,
         updated_at timestamptz NOT NULL DEFAULT now())""",
+    """CREATE TABLE IF NOT EXISTS {l} (
+        key text COLLATE "C" PRIMARY KEY,
+        owner text NOT NULL,
+        token bigint NOT NULL,
+        expires_at timestamptz NOT NULL)""",
 )
+_ACQUIRE_TRIES = 5  # a refused acquire re-runs only while racing a first acquire
+
+
+def lease_table(table: str) -> str:
+    """The lease table beside ``table``: ``<table>_leases``, hashed to fit 63 bytes."""
+    if len(table) <= 63 - len("_leases"):
+        return f"{table}_leases"
+    digest = hashlib.sha256(table.encode()).hexdigest()[:8]
+    return f"{table[:47]}_{digest}_leases"
 
 
 def prefix_end(prefix: str) -> str | None:
@@ -129,8 +189,8 @@ async def _keep_session(connection: Any) -> None:
 class PostgresStore:
     """A table of ``key -> bytea``; see the module docstring."""
 
-    __slots__ = ("_owned", "_password", "_pool", "_pool_size", "_ready", "_sql", "_table",
-                 "_timeout", "_url", "_where")  # fmt: skip
+    __slots__ = ("_names", "_owned", "_password", "_pool", "_pool_size", "_ready", "_sql",
+                 "_table", "_timeout", "_url", "_where")  # fmt: skip
 
     def __init__(
         self,
@@ -155,7 +215,9 @@ class PostgresStore:
         except ValueError:
             self._password = None
         # The table name is a checked identifier, quoted; values are always $n parameters.
-        fill = {"t": f'"{table}"', "live": _LIVE, "page": PAGE, "upsert": _UPSERT}
+        self._names = {"t": f'"{table}"', "l": f'"{lease_table(table)}"'}
+        fill = {"live": _LIVE, "page": PAGE, "upsert": _UPSERT, "rows": _ROWS, "lease": _LEASE}
+        fill.update(self._names)
         self._sql = {name: sql.format(**fill) for name, sql in _SQL.items()}
 
     @property
@@ -245,7 +307,7 @@ class PostgresStore:
                     f"blokrun knows ({len(_MIGRATIONS)}): upgrade blokrun"
                 )
             for version in range(done + 1, len(_MIGRATIONS) + 1):
-                await con.execute(_MIGRATIONS[version - 1].format(t=f'"{self._table}"'))
+                await con.execute(_MIGRATIONS[version - 1].format(**self._names))
                 await con.execute(
                     "INSERT INTO blokrun_migrations (table_name, version) VALUES ($1, $2)",
                     self._table,
@@ -284,12 +346,10 @@ class PostgresStore:
         return live is True
 
     async def save_batch(self, entries: Sequence[Entry]) -> None:
-        latest = {key: (data, ttl) for key, data, ttl in entries}
-        if not latest:
+        if not entries:
             return
-        args = (list(latest), [d for d, _ in latest.values()], [t for _, t in latest.values()])
         async with self._conn("save_batch") as con:
-            await con.execute(self._sql["save_batch"], *args)
+            await con.execute(self._sql["save_batch"], *_columns(entries))
 
     async def load_batch(self, keys: Sequence[str]) -> dict[str, bytes]:
         if not keys:
@@ -329,6 +389,51 @@ class PostgresStore:
         async with self._conn("purge_expired") as con:
             status: str = await con.execute(self._sql["purge"])
         return int(status.rsplit(" ", 1)[-1])
+
+    # -- leases (see the module docstring) -------------------------------------------------
+
+    async def acquire_lease(self, key: str, owner: str, ttl: float) -> LeaseState:
+        async with self._conn("acquire_lease") as con:
+            for _ in range(_ACQUIRE_TRIES):
+                row = await con.fetchrow(self._sql["acquire"], key, owner, ttl)
+                if row is not None:
+                    return LeaseState(row[0], row[1], row[2])
+        raise DatasourceError(
+            f"acquire_lease: PostgreSQL at {self._where}: the lease row kept changing "
+            f"({_ACQUIRE_TRIES} tries)"
+        )
+
+    async def renew_lease(self, key: str, owner: str, token: int, ttl: float) -> bool:
+        async with self._conn("renew_lease") as con:
+            status: str = await con.execute(self._sql["renew"], key, owner, token, ttl)
+        return status == "UPDATE 1"
+
+    async def release_lease(self, key: str, owner: str, token: int) -> None:
+        async with self._conn("release_lease") as con:
+            await con.execute(self._sql["release"], key, token)
+
+    async def save_batch_fenced(self, entries: Sequence[Entry], lease_key: str, token: int) -> bool:
+        async with self._conn("save_batch_fenced") as con:
+            args = (*_columns(entries), lease_key, token)
+            held: bool = await con.fetchval(self._sql["save_batch_fenced"], *args)
+        return held
+
+    async def read_lease(self, key: str) -> LeaseState | None:
+        async with self._conn("read_lease") as con:
+            row = await con.fetchrow(self._sql["read_lease"], key)
+        return None if row is None else LeaseState(row[0], row[1], row[2])
+
+    async def delete_lease(self, key: str) -> bool:
+        async with self._conn("delete_lease") as con:
+            status: str = await con.execute(self._sql["delete_lease"], key)
+        return status == "DELETE 1"
+
+
+def _columns(entries: Sequence[Entry]) -> tuple[list[str], list[bytes], list[float | None]]:
+    """``entries`` as the three arrays of the batch upsert, duplicate keys collapsed (last
+    one wins: one statement cannot update a row twice)."""
+    latest = {key: (data, ttl) for key, data, ttl in entries}
+    return list(latest), [d for d, _ in latest.values()], [t for _, t in latest.values()]
 
 
 def create(settings: DatasourceSettings) -> PostgresStore:
