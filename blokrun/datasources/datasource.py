@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Self
 
 import anyio
 
+from blokrun.datasources.groupcommit import GroupCommit
 from blokrun.errors import BlokrunError, DatasourceError, DatasourceUnavailable
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ def validate_key(key: str) -> None:
 class Datasource:
     """A configured, named store. Use ``async with`` or :meth:`connect` / :meth:`close`."""
 
-    __slots__ = ("_prefix", "_timeout", "name", "settings", "store", "ttl")
+    __slots__ = ("_prefix", "_timeout", "group_commit", "name", "settings", "store", "ttl")
 
     def __init__(self, settings: DatasourceSettings, store: Store) -> None:
         self.name = settings.name
@@ -65,6 +66,12 @@ class Datasource:
         self.ttl = settings.ttl
         self._prefix = settings.prefix
         self._timeout = settings.timeout
+        #: Coalesces concurrent saves into one round trip, when the driver can.
+        self.group_commit: GroupCommit | None = (
+            GroupCommit(store.save_groups)  # type: ignore[attr-defined]
+            if store.capabilities.group_commit
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"Datasource({self.settings.describe()})"
@@ -183,7 +190,10 @@ class Datasource:
             return
         full = [(self._full(k), d, self._ttl(t)) for k, d, t in entries]
         async with self._guard(entries[0][0] if len(entries) == 1 else None, "save_batch"):
-            await self.store.save_batch(full)
+            if self.group_commit is not None:
+                await self.group_commit.save(full, None, 0)
+            else:
+                await self.store.save_batch(full)
 
     async def load_batch(self, keys: Sequence[str]) -> dict[str, bytes]:
         if not keys:
@@ -265,6 +275,8 @@ class Datasource:
         store, fence = self._lease_store(), self._full(lease_key)
         full = [(self._full(k), d, self._ttl(t)) for k, d, t in entries]
         async with self._guard(entries[0][0] if len(entries) == 1 else None, "save_batch"):
+            if self.group_commit is not None:
+                return await self.group_commit.save(full, fence, token)
             return await store.save_batch_fenced(full, fence, token)
 
     async def read_lease(self, key: str) -> LeaseState | None:

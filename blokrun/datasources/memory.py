@@ -131,9 +131,9 @@ class MemoryStore:
             self._leases[key] = LeaseState(current.owner, token, 0.0)
 
     async def save_batch_fenced(self, entries: Sequence[Entry], lease_key: str, token: int) -> bool:
-        await checkpoint()
         current = self._leases.get(lease_key)
         if current is None or current.token != token:
+            await checkpoint()
             return False
         await self.save_batch(entries)  # writes before it first yields: no takeover between
         return True

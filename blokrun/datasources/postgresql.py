@@ -85,7 +85,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
     from blokrun.config import DatasourceSettings
-    from blokrun.datasources.protocol import Entry
+    from blokrun.datasources.protocol import Entry, Group
 
 __all__ = ["PostgresStore", "create", "lease_table", "prefix_end"]
 
@@ -99,6 +99,7 @@ _CAPS = Capabilities(
     self_timed=True,
     leases=True,
     atomic_fencing=True,
+    group_commit=True,
 )
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _LOCK_ID = 0x626C6F6B72756E  # "blokrun": the advisory lock serialising migrations
@@ -143,6 +144,17 @@ _SQL = {  # {t}: the quoted table, {l}: its quoted lease table
     "save_batch_fenced": "WITH fence AS (SELECT FROM {l} WHERE key = $4 AND token = $5 "
     "FOR SHARE), w AS (INSERT INTO {t} (key, data, expires_at) {rows} "
     "WHERE EXISTS (SELECT FROM fence) {upsert}) SELECT EXISTS (SELECT FROM fence)",
+    # Group commit: the saves of many runs in one statement. $1-$3 the rows, $4 each row's
+    # group; $5/$6 each group's lease key (NULL: not fenced) and token. Groups whose fence
+    # holds are written (a key twice: the last wins); their numbers are returned.
+    "save_groups": "WITH g AS (SELECT * FROM unnest($5::text[], $6::int8[]) "
+    "WITH ORDINALITY AS g(lk, tok, gi)), "
+    "fence AS (SELECT g.gi FROM g JOIN {l} AS l ON l.key = g.lk AND l.token = g.tok "
+    "FOR SHARE OF l), ok AS (SELECT gi FROM fence UNION ALL SELECT gi FROM g WHERE lk IS NULL), "
+    "w AS (INSERT INTO {t} (key, data, expires_at) SELECT DISTINCT ON (k) k, d, "
+    "now() + make_interval(secs => s) FROM unnest($1::text[], $2::bytea[], $3::float8[], "
+    "$4::int8[]) WITH ORDINALITY AS u(k, d, s, gi, n) WHERE gi IN (SELECT gi FROM ok) "
+    "ORDER BY k, n DESC {upsert}) SELECT coalesce(array_agg(gi), '{{}}') FROM ok",
     "read_lease": "SELECT {lease} FROM {l} WHERE key = $1",
     "delete_lease": "DELETE FROM {l} WHERE key = $1",
 }
@@ -417,6 +429,29 @@ class PostgresStore:
             args = (*_columns(entries), lease_key, token)
             held: bool = await con.fetchval(self._sql["save_batch_fenced"], *args)
         return held
+
+    async def save_groups(self, groups: Sequence[Group]) -> list[bool]:
+        """Many runs' saves in one statement (group commit); per group, whether it was
+        written (``False``: its fence no longer holds). See :class:`Capabilities`."""
+        keys: list[str] = []
+        data: list[bytes] = []
+        ttls: list[float | None] = []
+        owners: list[int] = []
+        for number, (entries, _, _) in enumerate(groups, 1):
+            for key, value, ttl in entries:
+                keys.append(key)
+                data.append(value)
+                ttls.append(ttl)
+                owners.append(number)
+        fences = [lease for _, lease, _ in groups]
+        tokens = [token for _, _, token in groups]
+        async with self._conn("save_groups") as con:
+            written = set(
+                await con.fetchval(
+                    self._sql["save_groups"], keys, data, ttls, owners, fences, tokens
+                )
+            )
+        return [number in written for number in range(1, len(groups) + 1)]
 
     async def read_lease(self, key: str) -> LeaseState | None:
         async with self._conn("read_lease") as con:

@@ -31,10 +31,13 @@ from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
-__all__ = ["Capabilities", "Entry", "LeaseState", "LeaseStore", "Store"]
+__all__ = ["Capabilities", "Entry", "Group", "LeaseState", "LeaseStore", "Store"]
 
 #: One item of a batch save: ``(key, data, ttl_seconds_or_None)``.
 Entry: TypeAlias = "tuple[str, bytes, float | None]"
+#: One run's save in a group commit: ``(entries, lease_key_or_None, token)``; a group with
+#: a lease key is fenced like :meth:`LeaseStore.save_batch_fenced`.
+Group: TypeAlias = "tuple[Sequence[Entry], str | None, int]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,10 @@ class Capabilities:
         ``save_batch_fenced`` checks the token and writes in one atomic step (a script, a
         row lock, a file lock). Otherwise it checks and then writes, which leaves a window
         of one round trip in which a holder that has just lost its lease can still write.
+    group_commit
+        The driver has ``save_groups(groups) -> list[bool]``: the saves of many runs (each
+        fenced or not) in one round trip and one command or statement, each group written
+        all or nothing. The wrapper then coalesces concurrent saves into it.
     """
 
     native_ttl: bool = False
@@ -76,6 +83,7 @@ class Capabilities:
     self_timed: bool = False
     leases: bool = False
     atomic_fencing: bool = False
+    group_commit: bool = False
 
 
 @dataclass(frozen=True, slots=True)
