@@ -16,20 +16,33 @@ Design decisions:
   48 ms in MULTI/EXEC (within run-to-run noise: atomicity is cheap), one ``MSET`` in
   MULTI/EXEC 6-8 ms. The cost is redis-py's ~40 us of CPU per queued command, not the
   server. ``load_batch`` is one ``MGET``, ``delete_batch`` one ``DEL``.
-* **keys(prefix)** walks ``SCAN`` with ``MATCH <escaped prefix>*`` and ``COUNT 1000``, never
-  ``KEYS``: the glob metacharacters ``* ? [ ] \\`` of the prefix are backslash-escaped so
-  the prefix is literal, and every key is checked again with ``startswith``. SCAN may
-  return a key twice while the server resizes its table, so returned keys are remembered
-  to yield each once. Keys that are not UTF-8 cannot have been written by blokrun and are
-  skipped.
+* **keys(prefix)** walks ``SCAN`` with ``MATCH <escaped prefix>*``, ``COUNT 1000`` and
+  ``TYPE string`` (Redis 6+; lease hashes are not values), never ``KEYS``: the glob
+  metacharacters ``* ? [ ] \\`` of the prefix are backslash-escaped so the prefix is
+  literal, and every key is checked again with ``startswith``. SCAN may return a key twice
+  while the server resizes its table, so returned keys are remembered to yield each once.
+  Keys that are not UTF-8 cannot have been written by blokrun and are skipped.
 * **size()** counts with SCAN, not ``DBSIZE``: the wrapper calls it only when the datasource
   has no prefix, i.e. it owns the whole database, but ``DBSIZE`` also counts keys that have
   expired and not been reclaimed yet (the contract forbids counting those) and keys some
   other program wrote that ``keys()`` would skip. Correct beats O(1) here.
+* **Leases** are a hash (``owner``, ``token``, ``expires_ms``) at the lease key, with no
+  Redis TTL, so the token count survives expiry and release (``delete_lease`` drops it).
+  Each operation is one Lua script (``EVALSHA``, reloaded if the server lost it), atomic on
+  the server and timed by its clock (``TIME``: allowed before writes since Redis 5 replicates
+  script effects, the only mode in 7). ``save_batch_fenced`` is one script that compares
+  the token, then writes every entry or none: fencing is atomic (``atomic_fencing``).
+  Measured (2,000 calls of 2 x 1 KB, loopback, busy 2-CPU box): fenced 95-140 us a call,
+  ``save_batch`` 120-175 us (medians): one ``EVALSHA`` costs redis-py less than
+  ``MULTI``/``MSET``/``EXEC``. ``load`` of a lease key is ``None`` (no value there). Limits:
+  Redis Cluster would need the lease and the run's keys in one hash slot (a ``{tag}``);
+  not supported. ``expires_at`` is server time, so ``live()`` on a host whose clock is
+  skewed is off by the skew.
 * **Bounded.** ``socket_connect_timeout`` and ``socket_timeout`` are the datasource timeout;
   the pool blocks at most that long for a free connection (``POOL_SIZE``, default 32) instead
   of failing a burst; one immediate retry on a dropped connection (every command here is
-  idempotent), none on a timeout, so a dead server costs at most one timeout.
+  idempotent; a repeated ``acquire_lease`` only re-takes our own lease with the next
+  token), none on a timeout, so a dead server costs at most one timeout.
 * **Errors.** Connection errors, timeouts and ``OSError`` become ``DatasourceUnavailable``
   naming ``host:port`` (or the socket path); a wrong password and every other Redis error
   become ``DatasourceError``. The password is scrubbed from any library message.
@@ -41,6 +54,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -48,16 +62,18 @@ import anyio
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from blokrun.config import mask_url
-from blokrun.datasources.protocol import Capabilities
+from blokrun.datasources.protocol import Capabilities, LeaseState
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator, Sequence
+
+    from redis.commands.core import AsyncScript
 
     from blokrun.config import DatasourceSettings
     from blokrun.datasources.protocol import Entry
@@ -67,9 +83,93 @@ __all__ = ["DEFAULT_POOL_SIZE", "RedisStore", "create", "escape_glob"]
 DEFAULT_POOL_SIZE = 32
 SCAN_COUNT = 1000
 _CAPS = Capabilities(
-    native_ttl=True, native_batch=True, atomic_batch=True, durable=False, self_timed=True
+    native_ttl=True,
+    native_batch=True,
+    atomic_batch=True,
+    durable=False,
+    self_timed=True,
+    leases=True,
+    atomic_fencing=True,
 )
 _GLOB = frozenset(b"*?[]\\")
+
+# The lease scripts. A lease is a hash at KEYS[1]: owner, token, expires_ms (server clock,
+# unix milliseconds), with no Redis TTL. Numbers are formatted with %d, so the stored fields
+# are plain integers whatever float formatting the server gives a Lua number.
+_NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# ARGV: owner, ttl_ms. Returns {owner, token, expires_ms} as stored.
+_ACQUIRE = (
+    _NOW_MS
+    + """
+local cur = redis.call('HMGET', KEYS[1], 'owner', 'token', 'expires_ms')
+local token = tonumber(cur[2]) or 0
+local expires = tonumber(cur[3]) or 0
+if cur[1] and cur[1] ~= ARGV[1] and expires > now then
+  return {cur[1], token, expires}
+end
+token = token + 1
+expires = now + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', string.format('%d', token),
+           'expires_ms', string.format('%d', expires))
+return {ARGV[1], token, expires}
+"""
+)
+
+# ARGV: owner, token, ttl_ms. Returns 1 if renewed.
+_RENEW = (
+    _NOW_MS
+    + """
+if tonumber(redis.call('HGET', KEYS[1], 'token')) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1],
+           'expires_ms', string.format('%d', now + tonumber(ARGV[3])))
+return 1
+"""
+)
+
+# ARGV: token. Ends the lease now, keeping owner and token.
+_RELEASE = """
+if tonumber(redis.call('HGET', KEYS[1], 'token')) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'expires_ms', '0')
+return 1
+"""
+
+# KEYS: lease, then the entry keys; ARGV: token, then data and px ('' = no TTL) per entry.
+# Nothing is written unless the token is the latest; then every SET runs (SET cannot fail
+# on a key of another type, and once a script has written Redis does not stop it on OOM).
+_SAVE_FENCED = """
+if tonumber(redis.call('HGET', KEYS[1], 'token')) ~= tonumber(ARGV[1]) then return 0 end
+for i = 2, #KEYS do
+  local px = ARGV[2 * i - 1]
+  if px == '' then
+    redis.call('SET', KEYS[i], ARGV[2 * i - 2])
+  else
+    redis.call('SET', KEYS[i], ARGV[2 * i - 2], 'PX', px)
+  end
+end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Scripts:
+    acquire: AsyncScript
+    renew: AsyncScript
+    release: AsyncScript
+    save_fenced: AsyncScript
+
+    @classmethod
+    def register(cls, client: Redis) -> _Scripts:
+        """Hash the scripts for ``client`` (no round trip: loaded on first NOSCRIPT)."""
+        return cls(
+            client.register_script(_ACQUIRE),
+            client.register_script(_RENEW),
+            client.register_script(_RELEASE),
+            client.register_script(_SAVE_FENCED),
+        )
 
 
 def escape_glob(prefix: str) -> bytes:
@@ -122,6 +222,7 @@ class RedisStore:
         "_connected",
         "_owned",
         "_pool_size",
+        "_scripts",
         "_secrets",
         "_timeout",
         "_url",
@@ -145,6 +246,7 @@ class RedisStore:
         self._pool_size = pool_size
         self._timeout = timeout
         self._secrets: tuple[str, ...] = ()
+        self._scripts: _Scripts | None = None
         if url is not None:
             self._where = _where(url)
             self._secrets = _passwords(url)
@@ -198,6 +300,7 @@ class RedisStore:
         else:
             with self._translate("connect"):
                 await self._client.ping()
+        self._scripts = _Scripts.register(self._client)
         self._connected = True
 
     async def close(self) -> None:
@@ -211,6 +314,11 @@ class RedisStore:
         if not self._connected or self._client is None:
             raise DatasourceError(f"redis at {self._where} is not connected; call connect()")
         return self._client
+
+    def _lua(self) -> _Scripts:
+        self._require()
+        assert self._scripts is not None  # registered by connect()
+        return self._scripts
 
     @contextmanager
     def _translate(self, op: str) -> Iterator[None]:
@@ -246,7 +354,12 @@ class RedisStore:
     async def load(self, key: str) -> bytes | None:
         client = self._require()
         with self._translate("load"):
-            value = await client.get(key)
+            try:
+                value = await client.get(key)
+            except ResponseError as exc:
+                if not str(exc).startswith("WRONGTYPE"):
+                    raise
+                return None  # a lease hash (or another program's list, set...): no value
         return cast("bytes | None", value)  # decode_responses=False: always bytes
 
     async def exists(self, key: str) -> bool:
@@ -296,7 +409,9 @@ class RedisStore:
         cursor = 0
         while True:
             with self._translate("keys"):
-                cursor, batch = await client.scan(cursor, match=match, count=SCAN_COUNT)
+                cursor, batch = await client.scan(
+                    cursor, match=match, count=SCAN_COUNT, _type="string"
+                )
             for raw in cast("list[bytes]", batch):
                 if raw in seen:
                     continue
@@ -315,6 +430,57 @@ class RedisStore:
         async for _ in self.keys():
             n += 1
         return n
+
+    # -- leases (one Lua script each, so each is atomic on the server) -----------------------
+
+    async def acquire_lease(self, key: str, owner: str, ttl: float) -> LeaseState:
+        lua = self._lua()
+        with self._translate("acquire_lease"):
+            reply = await lua.acquire(keys=[key], args=[owner, _ttl_ms(ttl)])
+        held, token, expires_ms = cast("list[bytes | int]", reply)
+        assert isinstance(held, bytes) and isinstance(token, int) and isinstance(expires_ms, int)
+        return LeaseState(held.decode("utf-8", "replace"), token, expires_ms / 1000)
+
+    async def renew_lease(self, key: str, owner: str, token: int, ttl: float) -> bool:
+        lua = self._lua()
+        with self._translate("renew_lease"):
+            return bool(await lua.renew(keys=[key], args=[owner, token, _ttl_ms(ttl)]))
+
+    async def release_lease(self, key: str, owner: str, token: int) -> None:
+        lua = self._lua()
+        with self._translate("release_lease"):
+            await lua.release(keys=[key], args=[token])
+
+    async def save_batch_fenced(self, entries: Sequence[Entry], lease_key: str, token: int) -> bool:
+        lua = self._lua()
+        final = {key: (data, ttl) for key, data, ttl in entries}  # a repeated key: last wins
+        args: list[bytes | str | int] = [token]
+        for data, ttl in final.values():
+            args += (data, "" if ttl is None else _ttl_ms(ttl))
+        with self._translate("save_batch"):
+            return bool(await lua.save_fenced(keys=[lease_key, *final], args=args))
+
+    async def read_lease(self, key: str) -> LeaseState | None:
+        client = self._require()
+        with self._translate("read_lease"):
+            raw = cast("dict[bytes, bytes]", await client.hgetall(key))
+        if not raw:
+            return None
+        try:
+            return LeaseState(
+                raw[b"owner"].decode("utf-8", "replace"),
+                int(raw[b"token"]),
+                int(raw[b"expires_ms"]) / 1000,
+            )
+        except (KeyError, ValueError) as exc:
+            raise DatasourceError(
+                f"redis at {self._where}: {key!r} is not a blokrun lease: {exc!r}"
+            ) from exc
+
+    async def delete_lease(self, key: str) -> bool:
+        client = self._require()
+        with self._translate("delete_lease"):
+            return bool(await client.delete(key))
 
 
 def create(settings: DatasourceSettings) -> RedisStore:
