@@ -76,7 +76,7 @@ if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
 
     from blokrun.config import DatasourceSettings
-    from blokrun.datasources.protocol import Entry
+    from blokrun.datasources.protocol import Entry, Group
 
 __all__ = ["DEFAULT_POOL_SIZE", "RedisStore", "create", "escape_glob"]
 
@@ -90,6 +90,7 @@ _CAPS = Capabilities(
     self_timed=True,
     leases=True,
     atomic_fencing=True,
+    group_commit=True,
 )
 _GLOB = frozenset(b"*?[]\\")
 
@@ -153,6 +154,34 @@ end
 return 1
 """
 
+# Group commit: many runs' saves in one script. Per group, ARGV holds its entry count, '1'
+# if fenced (its lease key then comes first in KEYS) and its token, then data and px per
+# entry; KEYS the lease key (if fenced) and the entry keys. Returns 1/0 per group.
+_SAVE_GROUPS = """
+local out, k, a = {}, 1, 1
+while a <= #ARGV do
+  local n, fenced, token = tonumber(ARGV[a]), ARGV[a + 1] == '1', tonumber(ARGV[a + 2])
+  a = a + 3
+  local ok = true
+  if fenced then
+    ok = tonumber(redis.call('HGET', KEYS[k], 'token')) == token
+    k = k + 1
+  end
+  for _ = 1, n do
+    if ok then
+      if ARGV[a + 1] == '' then
+        redis.call('SET', KEYS[k], ARGV[a])
+      else
+        redis.call('SET', KEYS[k], ARGV[a], 'PX', ARGV[a + 1])
+      end
+    end
+    k, a = k + 1, a + 2
+  end
+  out[#out + 1] = ok and 1 or 0
+end
+return out
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class _Scripts:
@@ -160,6 +189,7 @@ class _Scripts:
     renew: AsyncScript
     release: AsyncScript
     save_fenced: AsyncScript
+    save_groups: AsyncScript
 
     @classmethod
     def register(cls, client: Redis) -> _Scripts:
@@ -169,6 +199,7 @@ class _Scripts:
             client.register_script(_RENEW),
             client.register_script(_RELEASE),
             client.register_script(_SAVE_FENCED),
+            client.register_script(_SAVE_GROUPS),
         )
 
 
@@ -459,6 +490,22 @@ class RedisStore:
             args += (data, "" if ttl is None else _ttl_ms(ttl))
         with self._translate("save_batch"):
             return bool(await lua.save_fenced(keys=[lease_key, *final], args=args))
+
+    async def save_groups(self, groups: Sequence[Group]) -> list[bool]:
+        """Many runs' saves in one EVALSHA (group commit); per group, whether it was written."""
+        lua = self._lua()
+        keys: list[str] = []
+        args: list[bytes | str | int] = []
+        for entries, lease_key, token in groups:
+            args += (len(entries), "0" if lease_key is None else "1", token)
+            if lease_key is not None:
+                keys.append(lease_key)
+            for key, data, ttl in entries:
+                keys.append(key)
+                args += (data, "" if ttl is None else _ttl_ms(ttl))
+        with self._translate("save_batch"):
+            reply = await lua.save_groups(keys=keys, args=args)
+        return [bool(x) for x in cast("list[int]", reply)]
 
     async def read_lease(self, key: str) -> LeaseState | None:
         client = self._require()
