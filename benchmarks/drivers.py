@@ -307,5 +307,8 @@ async def run(report: Report, quick: bool = False) -> None:
                     for measure in measures:
                         await measure(report, names[driver], servers[driver], plan(driver, quick))
             await fanout(report, servers, names, quick)
+            from benchmarks import throughput
+
+            await throughput.run_all(report, servers, quick)
         finally:
             await stop_all(servers)
