@@ -28,6 +28,23 @@ of the database named by ``settings.database``, else the URL's path, else ``blok
 * Bounded: ``serverSelectionTimeoutMS`` (a little under ``settings.timeout`` so PyMongo's
   own, more precise error wins the race with the wrapper's deadline), ``connectTimeoutMS``
   and ``socketTimeoutMS`` come from ``settings.timeout``; ``maxPoolSize`` from ``pool_size``.
+* Leases (:class:`~blokrun.datasources.protocol.LeaseStore`) live in ``<collection>_leases``
+  as ``{_id: key, owner, token, expires_at: datetime (UTC)}``, with no TTL index (an expired
+  lease keeps its token count). ``acquire_lease`` is one ``find_one_and_update`` with
+  ``upsert``: filter ``_id`` and (expired or same owner), ``$set`` owner and expiry,
+  ``$inc`` token. A live lease of another owner fails the filter, so the upsert's insert
+  hits the ``_id`` index: ``DuplicateKeyError``, then the holder is read and returned (or,
+  if it was released or deleted meanwhile, the update is tried again). The unique ``_id``
+  serialises racing acquirers, so exactly one wins. ``renew``/``release`` are
+  ``update_one`` filtered on the token; release sets ``expires_at`` to the epoch and keeps
+  the token; ``delete_lease`` removes the document. Times come from this process's clock
+  (as for TTLs). Lease writes use the data's write concern but are always acknowledged
+  (``w=0`` in the URL becomes ``j=true`` for them); lease reads always go to the primary.
+* **Fencing is not atomic** (``atomic_fencing=False``): ``save_batch_fenced`` reads the
+  lease by ``{_id, token}``, then writes like ``save_batch``. A holder that has just lost
+  its lease can therefore still land the one batch it checked before the takeover (a
+  window of one round trip); every later batch is refused. A multi-document transaction
+  would close the window, but needs a replica set and is not used.
 * Errors: ``ConnectionFailure`` (server selection, network timeouts, AutoReconnect) ->
   :class:`DatasourceUnavailable`; any other ``PyMongoError``/``BSONError`` ->
   :class:`DatasourceError`. Messages show the URL masked and never the password.
@@ -44,12 +61,12 @@ from urllib.parse import unquote
 import anyio
 from bson.codec_options import CodecOptions
 from bson.errors import BSONError
-from pymongo import AsyncMongoClient, ReplaceOne
-from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo import AsyncMongoClient, ReadPreference, ReplaceOne, ReturnDocument
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
 from blokrun.config import mask_url
-from blokrun.datasources.protocol import Capabilities
+from blokrun.datasources.protocol import Capabilities, LeaseState
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 
 if TYPE_CHECKING:
@@ -71,6 +88,8 @@ TTL_INDEX = "blokrun_expires_at_ttl"
 _CHUNK = 250
 _CURSOR_BATCH = 1000  # keys per getMore of keys()
 _CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True, tzinfo=dt.UTC)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)  # expires_at of a released lease
+_ACQUIRE_TRIES = 10  # a refused acquire retries only when the holder left meanwhile
 
 Doc = dict[str, Any]
 
@@ -93,6 +112,7 @@ class MongoStore:
         "_collection",
         "_database",
         "_durable",
+        "_leases",
         "_owns_client",
         "_pool_size",
         "_secrets",
@@ -120,6 +140,7 @@ class MongoStore:
         self._timeout = timeout
         self._pool_size = pool_size
         self._coll: AsyncCollection[Doc] | None = None
+        self._leases: AsyncCollection[Doc] | None = None
         self._durable = True
         self._secrets = _secrets_of(self._url)
 
@@ -131,6 +152,8 @@ class MongoStore:
             atomic_batch=False,
             durable=self._durable,
             self_timed=True,
+            leases=True,
+            atomic_fencing=False,
         )
 
     @property
@@ -143,6 +166,13 @@ class MongoStore:
         if self._coll is None:
             raise DatasourceError("the mongodb store is not connected: call connect() first")
         return self._coll
+
+    @property
+    def lease_collection(self) -> AsyncCollection[Doc]:
+        """The collection of leases, ``<collection>_leases`` (after :meth:`connect`)."""
+        if self._leases is None:
+            raise DatasourceError("the mongodb store is not connected: call connect() first")
+        return self._leases
 
     # -- errors ----------------------------------------------------------------------------
 
@@ -196,6 +226,12 @@ class MongoStore:
                 if self._database:
                     db = client.get_database(self._database)
                 coll = db.get_collection(self._collection, codec_options=_CODEC, write_concern=wc)
+                leases = db.get_collection(
+                    f"{self._collection}_leases",
+                    codec_options=_CODEC,
+                    write_concern=wc if wc.acknowledged else WriteConcern(j=True),
+                    read_preference=ReadPreference.PRIMARY,
+                )
                 await client.admin.command("ping")
                 await coll.create_index("expires_at", expireAfterSeconds=0, name=TTL_INDEX)
             except BaseException:
@@ -204,10 +240,10 @@ class MongoStore:
                     with anyio.CancelScope(shield=True):
                         await client.close()
                 raise
-            self._coll = coll
+            self._coll, self._leases = coll, leases
 
     async def close(self) -> None:
-        self._coll = None
+        self._coll = self._leases = None
         if self._owns_client and self._client is not None:
             client, self._client = self._client, None
             await client.close()
@@ -285,6 +321,82 @@ class MongoStore:
     async def size(self) -> int:
         with self._errors("size"):
             return await self.collection.count_documents(_live(_now()))
+
+    # -- leases (see the module docstring) ---------------------------------------------------
+
+    async def acquire_lease(self, key: str, owner: str, ttl: float) -> LeaseState:
+        leases = self.lease_collection
+        with self._errors("acquire_lease"):
+            for _ in range(_ACQUIRE_TRIES):
+                now = _now()
+                try:
+                    doc = await leases.find_one_and_update(
+                        {"_id": key, "$or": [{"expires_at": {"$lte": now}}, {"owner": owner}]},
+                        {
+                            "$set": {"owner": owner, "expires_at": now + dt.timedelta(seconds=ttl)},
+                            "$inc": {"token": 1},
+                        },
+                        upsert=True,
+                        return_document=ReturnDocument.AFTER,
+                    )
+                except DuplicateKeyError:  # held by another owner (or changed meanwhile)
+                    doc = await leases.find_one({"_id": key})
+                    if doc is None:
+                        continue  # deleted meanwhile
+                    held = self._lease(doc)
+                    if held.owner != owner and held.live(_now().timestamp()):
+                        return held
+                    continue  # released or expired meanwhile: try to take it again
+                if doc is not None:
+                    return self._lease(doc)
+        raise DatasourceError(
+            f"acquire_lease failed on MongoDB at {self._where()}: the lease kept changing "
+            f"({_ACQUIRE_TRIES} tries)"
+        )
+
+    async def renew_lease(self, key: str, owner: str, token: int, ttl: float) -> bool:
+        expires = _now() + dt.timedelta(seconds=ttl)
+        with self._errors("renew_lease"):
+            result = await self.lease_collection.update_one(
+                {"_id": key, "token": token}, {"$set": {"owner": owner, "expires_at": expires}}
+            )
+        return result.matched_count == 1
+
+    async def release_lease(self, key: str, owner: str, token: int) -> None:
+        with self._errors("release_lease"):
+            await self.lease_collection.update_one(
+                {"_id": key, "token": token}, {"$set": {"expires_at": _EPOCH}}
+            )
+
+    async def save_batch_fenced(self, entries: Sequence[Entry], lease_key: str, token: int) -> bool:
+        # Check, then write: not atomic (see the module docstring).
+        with self._errors("save_batch_fenced"):
+            held = await self.lease_collection.find_one(
+                {"_id": lease_key, "token": token}, {"_id": 1}
+            )
+        if held is None:
+            return False
+        await self.save_batch(entries)
+        return True
+
+    async def read_lease(self, key: str) -> LeaseState | None:
+        with self._errors("read_lease"):
+            doc = await self.lease_collection.find_one({"_id": key})
+        return None if doc is None else self._lease(doc)
+
+    async def delete_lease(self, key: str) -> bool:
+        with self._errors("delete_lease"):
+            result = await self.lease_collection.delete_one({"_id": key})
+        return result.deleted_count == 1
+
+    def _lease(self, doc: Doc) -> LeaseState:
+        try:
+            return LeaseState(str(doc["owner"]), int(doc["token"]), doc["expires_at"].timestamp())
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DatasourceError(
+                f"lease {str(doc.get('_id'))[:80]!r} on MongoDB at {self._where()} is not a "
+                f"blokrun lease ({type(exc).__name__})"
+            ) from exc
 
 
 def prefix_regex(prefix: str) -> str:

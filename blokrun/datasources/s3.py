@@ -34,12 +34,34 @@ bucket lifecycle rule ("expire after N days", N >= your longest TTL) to remove t
 request per key, 32 in flight (``POOL_SIZE`` overrides), hence ``native_batch=False``.
 ``delete``/``delete_batch`` ``HEAD`` first (S3 reports success for absent keys, and the
 contract wants a count), then ``DeleteObject`` / ``DeleteObjects`` by 1,000.
+
+**Leases** (:class:`~blokrun.datasources.protocol.LeaseStore`). Each lease is a small JSON
+object ``<prefix>~lease/<encoded key>`` (long keys hashed as above) holding ``owner``,
+``token`` and ``expires_at`` (Unix seconds, the writer's clock, like TTLs). No key's name
+starts with ``~``, so ``keys()`` never yields a lease, and only a listing of the whole
+store (no prefix) pages over them, last. Every change is a compare-and-swap with S3
+conditional writes (AWS since 2024; moto 5.2 honours both): read the object and its ETag,
+decide, then ``PutObject`` with ``IfNoneMatch='*'`` (create) or ``IfMatch=<ETag>``
+(replace). On ``412 PreconditionFailed``, ``409 ConditionalRequestConflict`` or ``404``
+(deleted meanwhile) someone else changed it first: re-read and decide again (at most
+``_LEASE_TRIES`` times, with a short jittered pause). Of racing acquirers exactly one
+creates or replaces the object; the others re-read and see the winner. Release sets
+``expires_at`` to 0 and keeps the token; ``delete_lease`` removes the object, and the
+token count with it (so does a lifecycle rule that expires objects: give it N days well
+beyond a run's lifetime). A server that ignores the conditions makes leases unsafe.
+**Fencing is not atomic** (``atomic_fencing=False``): S3 cannot make a write conditional
+on another object, so ``save_batch_fenced`` reads the lease, compares the token, then
+writes like ``save_batch``. A holder that has just lost its lease can therefore still land
+the one batch it checked before the takeover (a window of one lease read plus the write);
+every later batch is refused.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import random
 import time
 from contextlib import AsyncExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
@@ -52,7 +74,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from blokrun.config import mask_url
-from blokrun.datasources.protocol import Capabilities
+from blokrun.datasources.protocol import Capabilities, LeaseState
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 
 if TYPE_CHECKING:
@@ -63,7 +85,14 @@ if TYPE_CHECKING:
 
 __all__ = ["S3Store", "create", "decode_key", "encode_key"]
 
-_CAPS = Capabilities(native_ttl=False, native_batch=False, atomic_batch=False, self_timed=True)
+_CAPS = Capabilities(
+    native_ttl=False,
+    native_batch=False,
+    atomic_batch=False,
+    self_timed=True,
+    leases=True,
+    atomic_fencing=False,
+)
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 _MAX_NAME = 1024  # S3's limit on an object name, in UTF-8 bytes
 _HASHED = 65  # "~" + sha256 hex
@@ -72,6 +101,10 @@ _MARKER_REFRESH = 3600.0
 _META_EXPIRES = "blokrun-expires"
 _META_KEY = "blokrun-key"
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
+_LEASES = "~lease/"  # lease objects: outside every key's name (none starts with "~")
+#: A conditional write lost: the lease changed (or vanished) since it was read.
+_LOST = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}) | _MISSING
+_LEASE_TRIES = 10
 
 
 def encode_key(key: str) -> str:
@@ -218,12 +251,14 @@ class S3Store:
         except BotoCoreError as exc:  # no credentials, bad parameter, ...
             raise DatasourceError(f"{op} failed on {where}: {exc}") from exc
 
-    def _name(self, key: str) -> str:
+    def _name(self, key: str, space: str = "") -> str:
+        """The object name of ``key`` (in the lease namespace ``space`` if given)."""
         enc = encode_key(key)
-        if len(enc) <= self._room:
-            return self._prefix + enc
-        cut = self._cut - (2 if enc[self._cut - 2] == "%" else enc[self._cut - 1] == "%")
-        return f"{self._prefix}{enc[:cut]}~{hashlib.sha256(key.encode()).hexdigest()}"
+        if len(enc) <= self._room - len(space):
+            return self._prefix + space + enc
+        cut = self._cut - len(space)
+        cut -= 2 if enc[cut - 2] == "%" else enc[cut - 1] == "%"
+        return f"{self._prefix}{space}{enc[:cut]}~{hashlib.sha256(key.encode()).hexdigest()}"
 
     def _meta(self, key: str, name: str, ttl: float | None) -> dict[str, str]:
         meta = {} if ttl is None else {_META_EXPIRES: repr(time.time() + ttl)}
@@ -389,6 +424,8 @@ class S3Store:
             for obj in page.get("Contents", []):
                 name: str = obj["Key"]
                 rest = name[len(self._prefix) :]
+                if rest.startswith(_LEASES):
+                    continue  # listed only by a whole-store listing, never a key
                 if _is_hashed(rest):
                     to_check.append((name, None))  # hashed name: the key is in its metadata
                     continue
@@ -408,6 +445,121 @@ class S3Store:
         async for _ in self.keys():
             n += 1
         return n
+
+    # -- leases (see the module docstring) ----------------------------------------------------
+
+    async def _get_lease(self, name: str, op: str) -> tuple[LeaseState | None, str | None]:
+        """The lease stored under ``name`` and its ETag; ``(None, None)`` if there is none."""
+        with self._errors(op):
+            try:
+                resp = await self._client.get_object(Bucket=self._bucket, Key=name)
+            except ClientError as exc:
+                if exc.response["Error"].get("Code") in _MISSING:
+                    return None, None
+                raise
+            async with resp["Body"] as body:
+                raw: bytes = await body.read()
+        try:
+            doc = json.loads(raw)
+            state = LeaseState(str(doc["owner"]), int(doc["token"]), float(doc["expires_at"]))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise DatasourceError(
+                f"{op} failed on bucket {self._bucket!r} at {self._endpoint}: "
+                f"the lease object is not a blokrun lease ({type(exc).__name__})"
+            ) from exc
+        return state, str(resp["ETag"])
+
+    async def _put_lease(self, name: str, state: LeaseState, etag: str | None, op: str) -> bool:
+        """Write ``state`` iff the object is still the one read (``etag``; ``None``: absent).
+
+        ``False`` if it changed meanwhile: the caller re-reads and decides again.
+        """
+        body = json.dumps(
+            {"owner": state.owner, "token": state.token, "expires_at": state.expires_at}
+        ).encode()
+        cond = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+        with self._errors(op):
+            try:
+                await self._client.put_object(
+                    Bucket=self._bucket,
+                    Key=name,
+                    Body=body,
+                    ContentType="application/json",
+                    **cond,
+                )
+            except ClientError as exc:
+                if exc.response["Error"].get("Code") in _LOST:
+                    return False
+                raise
+        return True
+
+    async def _contended(self, op: str, attempt: int) -> None:
+        """Pause before re-reading a lease another writer changed; give up at last."""
+        if attempt >= _LEASE_TRIES:
+            raise DatasourceError(
+                f"{op} failed on bucket {self._bucket!r} at {self._endpoint}: the lease "
+                f"object kept changing ({_LEASE_TRIES} tries)"
+            )
+        await anyio.sleep(random.uniform(0, 0.01 * attempt))  # noqa: S311 -- jitter only
+
+    async def acquire_lease(self, key: str, owner: str, ttl: float) -> LeaseState:
+        name, attempt = self._name(key, _LEASES), 0
+        while True:
+            current, etag = await self._get_lease(name, "acquire_lease")
+            now = time.time()
+            if current is not None and current.live(now) and current.owner != owner:
+                return current
+            state = LeaseState(owner, (current.token if current else 0) + 1, now + ttl)
+            if await self._put_lease(name, state, etag, "acquire_lease"):
+                return state
+            attempt += 1
+            await self._contended("acquire_lease", attempt)
+
+    async def renew_lease(self, key: str, owner: str, token: int, ttl: float) -> bool:
+        name, attempt = self._name(key, _LEASES), 0
+        while True:
+            current, etag = await self._get_lease(name, "renew_lease")
+            if current is None or current.token != token:
+                return False
+            if await self._put_lease(
+                name, LeaseState(owner, token, time.time() + ttl), etag, "renew_lease"
+            ):
+                return True
+            attempt += 1
+            await self._contended("renew_lease", attempt)
+
+    async def release_lease(self, key: str, owner: str, token: int) -> None:
+        name, attempt = self._name(key, _LEASES), 0
+        while True:
+            current, etag = await self._get_lease(name, "release_lease")
+            if current is None or current.token != token or current.expires_at == 0.0:
+                return
+            if await self._put_lease(
+                name, LeaseState(current.owner, token, 0.0), etag, "release_lease"
+            ):
+                return
+            attempt += 1
+            await self._contended("release_lease", attempt)
+
+    async def save_batch_fenced(self, entries: Sequence[Entry], lease_key: str, token: int) -> bool:
+        # Check, then write: not atomic (see the module docstring).
+        current, _ = await self._get_lease(self._name(lease_key, _LEASES), "save_batch_fenced")
+        if current is None or current.token != token:
+            return False
+        await self.save_batch(entries)
+        return True
+
+    async def read_lease(self, key: str) -> LeaseState | None:
+        state, _ = await self._get_lease(self._name(key, _LEASES), "read_lease")
+        return state
+
+    async def delete_lease(self, key: str) -> bool:
+        name = self._name(key, _LEASES)
+        if await self._head(name) is None:
+            return False
+        with self._errors("delete_lease"):
+            await self._client.delete_object(Bucket=self._bucket, Key=name)
+        return True
 
 
 def create(settings: DatasourceSettings) -> S3Store:
