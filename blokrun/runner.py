@@ -186,6 +186,9 @@ class Runner:
                 variable="BLOKRUN_LEASE_TTL",
             )
         self.lease_ttl = lease_ttl
+        #: Leases this runner could not release (the datasource was down): released before
+        #: it next takes that run, so a resume after an outage does not wait out the TTL.
+        self._unreleased: dict[str, Lease] = {}
         if durability not in DURABILITIES:
             raise ConfigError(
                 f"BLOKRUN_DURABILITY={durability!r}: expected one of {', '.join(DURABILITIES)}",
@@ -337,7 +340,7 @@ class Runner:
             return await self._drive(run)
         finally:
             if lease is not None:
-                await lease.release()
+                await self._release(lease)
 
     def _lease_datasource(self, wf: Workflow) -> Datasource | None:
         """Where a run's lease lives: its first target that keeps leases."""
@@ -353,7 +356,14 @@ class Runner:
         ds = self._lease_datasource(wf)
         if ds is None or self.lease_ttl is None:
             return None
+        stale = self._unreleased.pop(request_id, None)
+        if stale is not None and not await stale.release():
+            self._unreleased[request_id] = stale
         return await acquire(ds, request_id, self.lease_ttl)
+
+    async def _release(self, lease: Lease) -> None:
+        if not await lease.release():
+            self._unreleased[lease.request_id] = lease
 
     async def _drive(self, run: RunState) -> RunResult:
         run.durability = run.workflow.durability or self.durability
@@ -499,7 +509,7 @@ class Runner:
             return await self._resume(run, plan, input, token)
         finally:
             if lease is not None:
-                await lease.release()
+                await self._release(lease)
 
     async def _unchanged(self, lease: Lease, head: HeadRecord | None) -> bool:
         """Whether the head record under the lease is the one the resume was planned on."""

@@ -16,10 +16,45 @@ File format: ``b"BKF1"``, expiry (float64 big-endian, Unix seconds, 0 = none), k
 (uint16) and the key (only for hashed names), then the data. Expiry is enforced on read.
 We measured aiofiles at 2-3x the cost of one ``anyio.to_thread`` hop per operation (it
 takes one hop per call), so plain ``os`` calls run inside a single hop.
+
+Leases (:class:`~blokrun.datasources.protocol.LeaseStore`): a lease key maps to ``<name>``
+with the same encoding as a key file, and the lease has two files in the folder whose names
+start with ``.``, which no key file name does, so ``keys()`` and ``size()`` never list them
+(no sub-folder: the folder holds only files):
+
+* ``.lock-<name>``: empty, locked with ``flock``. It is never replaced, so every process
+  locks the same inode. Only :meth:`FilesystemStore.delete_lease` unlinks it, while holding
+  the exclusive lock; whoever then gets a lock on the unlinked inode sees ``st_nlink == 0``
+  and starts over on the path (a fresh inode), so two processes can never both believe they
+  hold the lock on "the" lease.
+* ``.lease-<name>``: the state, JSON ``{"owner", "token", "expires_at"}`` (wall clock
+  ``time.time()``), replaced by temp file + fsync + rename under the exclusive lock, so it
+  is never torn, not even by a crash, and the token count never goes back. It is read
+  without a lock (``read_lease``): a rename is atomic.
+
+``acquire_lease`` / ``renew_lease`` / ``release_lease`` / ``delete_lease`` take the
+exclusive lock. ``save_batch_fenced`` takes the shared lock, reads the token, compares it,
+and only then writes every entry the normal atomic way before it unlocks: a takeover needs
+the exclusive lock, so it waits for an in-flight fenced write, and a fenced write started
+after a takeover sees the new token (``atomic_fencing``). Only ``acquire_lease`` creates a
+lock file; the other calls treat a missing one as "no lease" (the state file is written
+only after its lock file exists and deleted before it). Lock waits poll (``LOCK_NB`` with
+a short back-off) up to the driver's ``timeout`` and then raise
+:class:`~blokrun.errors.DatasourceUnavailable`, so a holder frozen (``SIGSTOP``) in the
+middle of a fenced write cannot hang the others.
+
+``flock`` locks belong to an open file, not to a process (unlike ``fcntl``/``lockf`` record
+locks), so two stores in one process and threads exclude each other too. It is reliable for
+**processes on one machine on a local filesystem**. On NFS, SMB/CIFS and other network or
+FUSE filesystems, ``flock`` may be local to one client, emulated, or not honoured at all:
+leases there are **not** safe, and two machines sharing a folder must not rely on them.
+With ``FSYNC=false`` lease files are not fsynced either: a machine crash may then lose the
+latest token, which is harmless only because every holder on that machine died with it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import secrets
@@ -29,8 +64,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
+import orjson
 
-from blokrun.datasources.protocol import Capabilities
+from blokrun.datasources.protocol import Capabilities, LeaseState
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 
 if TYPE_CHECKING:
@@ -45,7 +81,16 @@ _MAGIC = b"BKF1"
 _HEADER = struct.Struct(">4sdH")
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 _MAX_NAME = 200
-_CAPS = Capabilities(native_ttl=False, native_batch=True, atomic_batch=False, self_timed=True)
+_LOCK = ".lock-"
+_STATE = ".lease-"
+_CAPS = Capabilities(
+    native_ttl=False,
+    native_batch=True,
+    atomic_batch=False,
+    self_timed=True,
+    leases=True,
+    atomic_fencing=True,
+)
 
 
 def encode_name(key: str) -> str:
@@ -82,11 +127,14 @@ def _hashed(key: str) -> str:
 class FilesystemStore:
     """A folder of files; see the module docstring."""
 
-    __slots__ = ("_connected", "_dir_fd", "_fsync", "_root")
+    __slots__ = ("_connected", "_dir_fd", "_fsync", "_root", "_timeout")
 
-    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], *, fsync: bool = True, timeout: float = 5.0
+    ) -> None:
         self._root = Path(root)
         self._fsync = fsync
+        self._timeout = timeout  # bounds a wait for a lease lock
         self._connected = False
         self._dir_fd: int | None = None
 
@@ -139,11 +187,15 @@ class FilesystemStore:
         key_bytes = key.encode("utf-8") if hashed else b""
         expires = 0.0 if ttl is None else time.time() + ttl
         header = _HEADER.pack(_MAGIC, expires, len(key_bytes)) + key_bytes
-        tmp = self._root / f".tmp-{secrets.token_hex(8)}"
+        self._replace(path, header + data)
+
+    def _replace(self, path: Path, blob: bytes) -> None:
+        """Write ``blob`` to a temp file next to ``path``, fsync, rename it over ``path``."""
+        tmp = path.parent / f".tmp-{secrets.token_hex(8)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # vars may be secret
         try:
             try:
-                view = memoryview(header + data)
+                view = memoryview(blob)
                 while view:
                     n = os.write(fd, view)
                     view = view[n:]
@@ -225,7 +277,7 @@ class FilesystemStore:
         with os.scandir(self._root) as it:
             for entry in it:
                 name = entry.name
-                if name.startswith(".tmp-"):
+                if name.startswith("."):  # .tmp-*, .lock-*, .lease-*: never a key's file
                     continue
                 if name.startswith("~"):
                     found = self._read_file(Path(entry.path), now)
@@ -280,8 +332,177 @@ class FilesystemStore:
     async def size(self) -> int:
         return len(await anyio.to_thread.run_sync(self._list, ""))
 
+    # -- leases: sync helpers, each called inside one thread hop ----------------------------
+
+    @staticmethod
+    def _lease_name(key: str) -> str:
+        name = encode_name(key)
+        return _hashed(key) if len(name) > _MAX_NAME else name
+
+    def _lock(self, name: str, *, exclusive: bool, create: bool) -> int | None:
+        """An fd that holds ``flock`` on the lease's lock file (close it to unlock).
+
+        ``None`` if the lock file does not exist and ``create`` is false: no lease.
+        """
+        path = self._root / (_LOCK + name)
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+        deadline: float | None = None
+        delay = 0.0002
+        while True:
+            try:
+                fd = os.open(path, flags, 0o600)
+            except FileNotFoundError:
+                if create:  # the folder itself is gone
+                    raise
+                return None
+            try:
+                while True:
+                    try:
+                        fcntl.flock(fd, mode)
+                        break
+                    except BlockingIOError:
+                        now = time.monotonic()
+                        if deadline is None:
+                            deadline = now + self._timeout
+                        elif now >= deadline:
+                            raise DatasourceUnavailable(
+                                f"lease {name!r} still locked by another holder after "
+                                f"{self._timeout:g}s"
+                            ) from None
+                        time.sleep(delay)
+                        delay = min(delay * 2, 0.005)
+                if os.fstat(fd).st_nlink:
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # delete_lease unlinked it while we waited: lock the new one
+
+    def _read_state(self, name: str) -> LeaseState | None:
+        try:
+            with open(self._root / (_STATE + name), "rb") as fh:
+                raw = fh.read()
+        except FileNotFoundError:
+            return None
+        try:
+            doc = orjson.loads(raw)
+            owner, token, expires_at = doc["owner"], doc["token"], doc["expires_at"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DatasourceError(f"lease file {name!r} is corrupt: {exc}") from exc
+        if (
+            not isinstance(owner, str)
+            or not isinstance(token, int)
+            or isinstance(token, bool)
+            or not isinstance(expires_at, int | float)
+        ):
+            raise DatasourceError(f"lease file {name!r} is corrupt: unexpected field types")
+        return LeaseState(owner, token, float(expires_at))
+
+    def _write_state(self, name: str, state: LeaseState) -> None:
+        doc = {"owner": state.owner, "token": state.token, "expires_at": state.expires_at}
+        self._replace(self._root / (_STATE + name), orjson.dumps(doc))
+        self._sync_dir()
+
+    def _acquire_sync(self, key: str, owner: str, ttl: float) -> LeaseState:
+        name = self._lease_name(key)
+        fd = self._lock(name, exclusive=True, create=True)
+        if fd is None:  # unreachable: create=True opens or raises
+            raise DatasourceError(f"lease {name!r}: no lock file")
+        try:
+            now = time.time()
+            current = self._read_state(name)
+            if current is not None and current.live(now) and current.owner != owner:
+                return current
+            state = LeaseState(owner, (current.token if current else 0) + 1, now + ttl)
+            self._write_state(name, state)
+            return state
+        finally:
+            os.close(fd)
+
+    def _renew_sync(self, key: str, owner: str, token: int, ttl: float) -> bool:
+        name = self._lease_name(key)
+        fd = self._lock(name, exclusive=True, create=False)
+        if fd is None:
+            return False
+        try:
+            current = self._read_state(name)
+            if current is None or current.token != token:
+                return False
+            self._write_state(name, LeaseState(owner, token, time.time() + ttl))
+            return True
+        finally:
+            os.close(fd)
+
+    def _release_sync(self, key: str, token: int) -> None:
+        name = self._lease_name(key)
+        fd = self._lock(name, exclusive=True, create=False)
+        if fd is None:
+            return
+        try:
+            current = self._read_state(name)
+            if current is not None and current.token == token:
+                self._write_state(name, LeaseState(current.owner, token, 0.0))
+        finally:
+            os.close(fd)
+
+    def _save_fenced_sync(self, entries: Sequence[Entry], lease_key: str, token: int) -> bool:
+        name = self._lease_name(lease_key)
+        fd = self._lock(name, exclusive=False, create=False)
+        if fd is None:
+            return False
+        try:  # the shared lock is held until every entry is written: no takeover between
+            current = self._read_state(name)
+            if current is None or current.token != token:
+                return False
+            self._save_sync(entries)
+            return True
+        finally:
+            os.close(fd)
+
+    def _delete_lease_sync(self, key: str) -> bool:
+        name = self._lease_name(key)
+        fd = self._lock(name, exclusive=True, create=False)
+        if fd is None:
+            return False
+        try:
+            try:
+                os.unlink(self._root / (_STATE + name))
+                removed = True
+            except FileNotFoundError:
+                removed = False
+            # Unlinked while we hold it: a waiter on this inode sees st_nlink == 0 and
+            # retries on the path, so no two processes hold "the" lock on different inodes.
+            os.unlink(self._root / (_LOCK + name))
+            self._sync_dir()
+            return removed
+        finally:
+            os.close(fd)
+
+    # -- leases: the contract ----------------------------------------------------------------
+
+    async def acquire_lease(self, key: str, owner: str, ttl: float) -> LeaseState:
+        return await anyio.to_thread.run_sync(self._acquire_sync, key, owner, ttl)
+
+    async def renew_lease(self, key: str, owner: str, token: int, ttl: float) -> bool:
+        return await anyio.to_thread.run_sync(self._renew_sync, key, owner, token, ttl)
+
+    async def release_lease(self, key: str, owner: str, token: int) -> None:
+        await anyio.to_thread.run_sync(self._release_sync, key, token)
+
+    async def save_batch_fenced(self, entries: Sequence[Entry], lease_key: str, token: int) -> bool:
+        return await anyio.to_thread.run_sync(
+            self._save_fenced_sync, list(entries), lease_key, token
+        )
+
+    async def read_lease(self, key: str) -> LeaseState | None:
+        return await anyio.to_thread.run_sync(self._read_state, self._lease_name(key))
+
+    async def delete_lease(self, key: str) -> bool:
+        return await anyio.to_thread.run_sync(self._delete_lease_sync, key)
+
 
 def create(settings: DatasourceSettings) -> FilesystemStore:
     if not settings.path:
         raise DatasourceError("a filesystem datasource needs a path (DATASOURCE_<NAME>_PATH)")
-    return FilesystemStore(settings.path, fsync=settings.fsync)
+    return FilesystemStore(settings.path, fsync=settings.fsync, timeout=settings.timeout)

@@ -62,6 +62,11 @@ def _node() -> str:
 
 _NODE = _node()
 
+#: Owner names of the leases this process holds right now. Process-wide by nature, like
+#: the pid: it lets a new Runner in the same process take over a lease that an earlier
+#: one could not release (its datasource was down), instead of waiting out the TTL.
+_HELD_HERE: set[str] = set()
+
 
 def new_owner() -> str:
     """A name for one holder, unique per acquisition: ``host/node:pid:random``."""
@@ -69,10 +74,11 @@ def new_owner() -> str:
 
 
 def holder_is_dead(owner: str) -> bool:
-    """Whether ``owner`` ran in this kernel and PID namespace and its process is gone.
+    """Whether ``owner`` ran in this kernel and PID namespace and is certainly done: its
+    process is gone, or it is this process and no code here holds that lease any more.
 
-    Only then is it certain the holder will never renew: a holder elsewhere (another
-    machine, container or an unknown format) is presumed alive until its lease expires.
+    A holder elsewhere (another machine, container or an unknown format) is presumed alive
+    until its lease expires.
     """
     node_part, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
@@ -80,7 +86,7 @@ def holder_is_dead(owner: str) -> bool:
         return False
     pid = int(pid_text)
     if pid == os.getpid():
-        return False
+        return owner not in _HELD_HERE  # ours, but whoever held it is done with it
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -143,12 +149,17 @@ class Lease:
             except BlokrunError as exc:
                 log.warning("run %s: could not renew its lease: %s", self.request_id, exc)
 
-    async def release(self) -> None:
+    async def release(self) -> bool:
+        """End the lease now; ``False`` if the datasource could not be reached (it then
+        expires by itself, or the same runner releases it before its next try)."""
+        _HELD_HERE.discard(self.owner)
         with anyio.CancelScope(shield=True):
             try:
                 await self.datasource.release_lease(self.key, self.owner, self.token)
-            except BlokrunError as exc:  # it expires by itself
+            except BlokrunError as exc:
                 log.warning("run %s: could not release its lease: %s", self.request_id, exc)
+                return False
+        return True
 
 
 async def acquire(ds: Datasource, request_id: str, ttl: float, owner: str | None = None) -> Lease:
@@ -179,4 +190,5 @@ async def acquire(ds: Datasource, request_id: str, ttl: float, owner: str | None
             owner=state.owner,
             expires_at=state.expires_at,
         )
+    _HELD_HERE.add(me)
     return Lease(ds, request_id, key, me, state.token, ttl, state.expires_at)

@@ -34,7 +34,7 @@ async def _pair(server: ThrowawayServer, n: int = 2) -> AsyncIterator[list[Datas
     prefix = f"l-{uuid4().hex[:8]}/"
     base = server.settings("lease0", prefix=prefix)  # one table / database / bucket
     async with AsyncExitStack() as stack:
-        out = []
+        out: list[Datasource] = []
         for i in range(n):
             ds = build_datasource(replace(base, name=f"lease{i}"))
             if server.driver == "memory" and out:
