@@ -157,6 +157,7 @@ class RunnerSettings:
     max_resumes: int = 10
     lease_ttl: float | None = 30.0
     durability: Durability = "sync"
+    queue_datasource: str | None = None
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
@@ -351,6 +352,13 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> RunnerSetting
                 "(how long a run's lease outlives a process that died), or 'off'",
                 variable="BLOKRUN_LEASE_TTL",
             )
+    queue_ds = env.get("BLOKRUN_QUEUE_DATASOURCE") or None
+    if queue_ds is not None and queue_ds not in datasources:
+        raise ConfigError(
+            f"BLOKRUN_QUEUE_DATASOURCE={queue_ds!r} is not a configured datasource; "
+            f"configured: {', '.join(sorted(datasources))}",
+            variable="BLOKRUN_QUEUE_DATASOURCE",
+        )
     durability = (env.get("BLOKRUN_DURABILITY") or "sync").strip()
     if durability not in DURABILITIES:
         raise ConfigError(
@@ -365,6 +373,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> RunnerSetting
         max_resumes=max_resumes,
         lease_ttl=lease_ttl,
         durability=durability,
+        queue_datasource=queue_ds,
         environ=dict(env),
     )
 

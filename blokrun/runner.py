@@ -32,6 +32,8 @@ from blokrun.errors import (
     DefinitionChanged,
     LeaseLost,
     ResumeError,
+    RunBusy,
+    RunError,
     RunNotFound,
 )
 from blokrun.execution.builtins import Suspend
@@ -59,6 +61,8 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from blokrun.lifecycle import GcReport, ResumeOutcome, RunPage
+    from blokrun.workers.queue import Queue
+    from blokrun.workers.worker import WorkerStats
 
 __all__ = ["CheckpointInfo", "ResumePlan", "RunInfo", "RunResult", "Runner"]
 
@@ -152,6 +156,7 @@ class Runner:
         max_resumes: int = 10,
         lease_ttl: float | None = 30.0,
         durability: Durability = "sync",
+        queue_datasource: str | None = None,
     ) -> None:
         built: dict[str, Datasource] = {}
         if datasources is None:
@@ -195,6 +200,14 @@ class Runner:
                 variable="BLOKRUN_DURABILITY",
             )
         self.durability: Durability = durability
+        if queue_datasource is not None and queue_datasource not in built:
+            raise ConfigError(
+                f"BLOKRUN_QUEUE_DATASOURCE={queue_datasource!r} is not a configured datasource; "
+                f"configured: {', '.join(sorted(built))}",
+                variable="BLOKRUN_QUEUE_DATASOURCE",
+            )
+        self._queue_datasource = queue_datasource
+        self._queue: Queue | None = None
         self._hooks: list[Hook] = [self._checkpointer]
         for hook in hooks:
             self._hooks.append(hook if isinstance(hook, Hook) else CallableHook(hook))
@@ -224,6 +237,7 @@ class Runner:
             max_resumes=settings.max_resumes,
             lease_ttl=settings.lease_ttl,
             durability=settings.durability,
+            queue_datasource=settings.queue_datasource,
         )
 
     @property
@@ -315,13 +329,7 @@ class Runner:
         """Run a workflow from its first step; :class:`~blokrun.errors.RunError` on failure."""
         self._require_connected()
         wf = self.load(workflow)
-        if request_id is None:
-            rid = new_request_id()
-        else:
-            try:
-                rid = validate_request_id(request_id)
-            except ValueError as exc:
-                raise ConfigError(str(exc), variable="request_id") from None
+        rid = new_request_id() if request_id is None else _checked_request_id(request_id)
         if inputs is not None and not isinstance(inputs, Mapping):
             raise ConfigError(
                 f"inputs must be a JSON object, got {type(inputs).__name__}", variable="inputs"
@@ -817,6 +825,129 @@ class Runner:
         found = await self._locate(request_id, None)
         return found.head
 
+    # -- scale-out (blokrun.workers) -------------------------------------------------------
+
+    async def queue(self) -> Queue:
+        """The run queue: in ``BLOKRUN_QUEUE_DATASOURCE``, else the first Redis or
+        PostgreSQL datasource configured (else a memory one, for one process)."""
+        self._require_connected()
+        if self._queue is None:
+            from blokrun.workers.queue import BACKENDS, open_queue
+
+            name = self._queue_datasource
+            if name is None:
+                kinds = [t for t in BACKENDS if t != "memory"] + ["memory"]
+                candidates = sorted(
+                    (kinds.index(ds.type), i, ds.name)
+                    for i, ds in enumerate(self._datasources.values())
+                    if ds.type in BACKENDS
+                )
+                if not candidates:
+                    raise ConfigError(
+                        "no datasource can hold the run queue: configure a Redis or "
+                        "PostgreSQL datasource (BLOKRUN_QUEUE_DATASOURCE names which)",
+                        variable="BLOKRUN_QUEUE_DATASOURCE",
+                    )
+                name = candidates[0][2]
+            queue = open_queue(self._datasources[name])
+            await queue.setup()
+            self._queue = queue
+        return self._queue
+
+    async def submit(
+        self,
+        workflow: str | Path | Mapping[str, Any] | Workflow,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        request_id: str | None = None,
+        priority: int = 0,
+    ) -> str:
+        """Put a run in the queue for a worker (:meth:`serve`, ``blokrun worker``); its id.
+
+        De-duplicated by request id: if a run with this id is queued, running or stored,
+        nothing is added and the id is returned.
+        """
+        from blokrun.workers.queue import Job
+
+        queue = await self.queue()
+        wf = self.load(workflow)
+        rid = new_request_id() if request_id is None else _checked_request_id(request_id)
+        if inputs is not None and not isinstance(inputs, Mapping):
+            raise ConfigError(
+                f"inputs must be a JSON object, got {type(inputs).__name__}", variable="inputs"
+            )
+        if request_id is not None:
+            try:
+                await self._locate(rid, wf)
+            except RunNotFound:
+                pass
+            else:
+                return rid  # that run exists already
+        job = Job(
+            request_id=rid,
+            workflow=wf.name,
+            document=wf.document,
+            inputs=dict(inputs or {}),
+            priority=priority,
+            enqueued_at=time.time(),
+            source=wf.source,
+        )
+        await queue.enqueue(job)
+        return rid
+
+    async def wait(self, request_id: str, *, poll: float = 0.05) -> RunResult:
+        """Wait until a submitted run ends; its result (completed or suspended), or the
+        :class:`~blokrun.errors.RunError` it failed with. Bound it with ``anyio.fail_after``."""
+        self._require_connected()
+        delay = poll
+        while True:
+            try:
+                head = (await self._locate(request_id, None)).head
+            except RunNotFound:
+                head = None
+            if head is not None and head.status == "completed":
+                try:
+                    return await self.resume(request_id)  # runs nothing: the final vars
+                except RunBusy:
+                    pass  # its worker is still letting go of it
+            elif head is not None and head.status == "suspended":
+                return RunResult(
+                    request_id=request_id, status="suspended", vars={}, steps_run=(),
+                    steps_skipped=(), resumed=False, duration=0.0,
+                    waiting_step=head.waiting_step,
+                )  # fmt: skip
+            elif head is not None and head.status in ("failed", "dead"):
+                raise RunError(
+                    f"{head.status}: {head.error or 'no error recorded'}",
+                    request_id=request_id,
+                    step=head.failed_step,
+                )
+            await anyio.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    async def serve(
+        self,
+        *,
+        concurrency: int = 8,
+        per_workflow: Mapping[str, int] | None = None,
+        stop: anyio.Event | None = None,
+        grace: float = 30.0,
+        max_runs: int | None = None,
+    ) -> WorkerStats:
+        """Be a worker: run queued runs, ``concurrency`` at a time, until ``stop`` is set."""
+        from blokrun.workers.worker import Worker
+
+        worker = Worker(
+            self,
+            await self.queue(),
+            concurrency=concurrency,
+            per_workflow=per_workflow,
+            claim_ttl=self.lease_ttl or 30.0,
+            grace=grace,
+        )
+        await worker.serve(stop, max_runs=max_runs)
+        return worker.stats
+
     # -- run lifecycle (blokrun.lifecycle) ---------------------------------------------------
 
     @property
@@ -901,6 +1032,13 @@ def _set_path(vars_: dict[str, Any], path: str, value: Any, request_id: str) -> 
             )
         target = nxt
     target[parts[-1]] = value
+
+
+def _checked_request_id(request_id: str) -> str:
+    try:
+        return validate_request_id(request_id)
+    except ValueError as exc:
+        raise ConfigError(str(exc), variable="request_id") from None
 
 
 def _token_hash(request_id: str, step: str, token: str) -> str:

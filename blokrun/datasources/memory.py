@@ -32,11 +32,12 @@ _CAPS = Capabilities(
 class MemoryStore:
     """A dict of ``key -> (bytes, expires_at_monotonic | None)``."""
 
-    __slots__ = ("_connected", "_data", "_leases")
+    __slots__ = ("_connected", "_data", "_leases", "extras")
 
     def __init__(self) -> None:
         self._data: dict[str, tuple[bytes, float | None]] = {}
         self._leases: dict[str, LeaseState] = {}
+        self.extras: dict[str, object] = {}  # in-process features kept with the store (queue)
         self._connected = False
 
     @property

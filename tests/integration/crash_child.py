@@ -60,6 +60,17 @@ class Faulty:
         await self._fault(entries, write)
         return bool(await self.inner.save_batch_fenced(entries, lease_key, token))
 
+    async def save_groups(self, groups: Sequence[Any]) -> list[bool]:
+        """Group commit (Redis, PostgreSQL): one run here, so one group per save."""
+        assert len(groups) == 1, groups
+        entries, lease_key, token = groups[0]
+
+        async def write(part: Sequence[tuple[str, bytes, float | None]]) -> None:
+            assert await self.inner.save_groups([(part, lease_key, token)]) == [True]
+
+        await self._fault(entries, write)
+        return list(await self.inner.save_groups(groups))
+
     async def _fault(self, entries: Sequence[Any], write: Any) -> None:
         self.calls += 1
         if self.calls == self.n and self.point in ("before", "between", "after"):

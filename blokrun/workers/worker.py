@@ -1,0 +1,217 @@
+"""A worker: claims runs from the queue, runs them under a concurrency limit, acks them.
+
+* A job delivered for the first time is started with :meth:`Runner.run`; a job delivered
+  again (its worker died, or released it) is **resumed** from its last checkpoint, so no
+  completed step runs twice. The run's lease (with its fencing token) is what keeps two
+  workers from driving one run; the queue claim only hands jobs out.
+* Claims are renewed every third of their TTL while the run goes on; a worker that dies
+  stops renewing, and its jobs go to the other workers after the TTL (at once on the same
+  machine, where the lease of a dead process is taken over immediately).
+* A run that keeps crashing its workers is dead-lettered by the resume after
+  ``Runner.max_resumes`` recoveries (``BLOKRUN_MAX_RESUMES``); its job is then acked.
+* A run that ends -- completed, failed (its steps' retries used up), suspended for input,
+  dead-lettered -- is acked: the queue is for starting runs, not for retrying failures
+  (``runner.resume_failed()`` does that on purpose).
+* Stopping (SIGTERM, ``stop`` set): no new claims; running runs get ``grace`` seconds to
+  finish, then are cancelled (their completed steps are checkpointed) and their jobs
+  released at once for another worker to resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import anyio
+
+from blokrun.errors import BlokrunError, LeaseLost, ResumeError, RunBusy, RunError, RunNotFound
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from blokrun.runner import Runner
+    from blokrun.workers.queue import Claim, Queue
+
+__all__ = ["Worker", "WorkerStats"]
+
+log = logging.getLogger("blokrun.worker")
+
+
+@dataclass
+class WorkerStats:
+    """What a worker did. ``outcomes`` counts runs by how they ended."""
+
+    claimed: int = 0
+    started: int = 0
+    resumed: int = 0
+    released: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+    def count(self, outcome: str) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+
+class Worker:
+    """Serve ``queue`` with ``runner``. Use :meth:`serve`; see the module docstring."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        queue: Queue,
+        *,
+        concurrency: int = 8,
+        per_workflow: Mapping[str, int] | None = None,
+        claim_ttl: float = 30.0,
+        poll: float = 0.05,
+        grace: float = 30.0,
+        name: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency {concurrency}: expected >= 1")
+        self.runner = runner
+        self.queue = queue
+        self.concurrency = concurrency
+        self.per_workflow = dict(per_workflow or {})
+        self.claim_ttl = claim_ttl
+        self.poll = poll
+        self.grace = grace
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stats = WorkerStats()
+        self._running: dict[str, anyio.CancelScope] = {}
+        self._by_workflow: dict[str, int] = {}
+        self._slot_free = anyio.Event()
+
+    async def serve(self, stop: anyio.Event | None = None, *, max_runs: int | None = None) -> None:
+        """Claim and run jobs until ``stop`` is set (or ``max_runs`` ended), then drain."""
+        stop = stop or anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._heartbeat)
+            idle = self.poll
+            while not stop.is_set():
+                if max_runs is not None and sum(self.stats.outcomes.values()) >= max_runs:
+                    break
+                free = self.concurrency - len(self._running)
+                claims = await self.queue.claim(self.name, free, self.claim_ttl) if free else []
+                for claim in claims:
+                    self.stats.claimed += 1
+                    await self._start(tg, claim)
+                if claims:
+                    idle = self.poll
+                    continue
+                # Nothing to do (or no free slot): wait for a slot, the stop, or the poll.
+                with anyio.move_on_after(idle):
+                    self._slot_free = anyio.Event()
+                    async with anyio.create_task_group() as waiter:
+
+                        async def wake(event: anyio.Event) -> None:
+                            await event.wait()
+                            waiter.cancel_scope.cancel()
+
+                        waiter.start_soon(wake, stop)
+                        waiter.start_soon(wake, self._slot_free)
+                idle = min(idle * 2, 1.0) if free else idle
+            await self._drain()
+            tg.cancel_scope.cancel()
+
+    async def _start(self, tg: anyio.abc.TaskGroup, claim: Claim) -> None:
+        job = claim.job
+        limit = self.per_workflow.get(job.workflow)
+        if limit is not None and self._by_workflow.get(job.workflow, 0) >= limit:
+            await self.queue.release(self.name, job.request_id)  # another worker may have room
+            self.stats.released += 1
+            return
+        scope = anyio.CancelScope()
+        self._running[job.request_id] = scope
+        self._by_workflow[job.workflow] = self._by_workflow.get(job.workflow, 0) + 1
+        tg.start_soon(self._run, claim, scope, name=f"blokrun run {job.request_id}")
+
+    async def _run(self, claim: Claim, scope: anyio.CancelScope) -> None:
+        job = claim.job
+        rid = job.request_id
+        outcome = "error"
+        ack = True
+        try:
+            with scope:
+                outcome = await self._drive(claim)
+            if scope.cancelled_caught:
+                outcome, ack = "cancelled", False
+        except RunBusy:
+            outcome, ack = "busy", False  # driven elsewhere; the holder acks when done
+        except LeaseLost:
+            outcome, ack = "taken over", False
+        except ResumeError as exc:
+            outcome = "dead" if "dead-lettered" in str(exc) else "refused"
+            log.warning("run %s: %s", rid, exc)
+        except RunError as exc:
+            outcome = "failed"
+            log.info("run %s failed: %s", rid, exc.detail)
+        except BlokrunError as exc:  # a datasource outage: leave the job for later
+            outcome, ack = "error", False
+            log.warning("run %s: %s", rid, exc)
+        finally:
+            self._running.pop(rid, None)
+            self._by_workflow[job.workflow] -= 1
+            self._slot_free.set()
+        self.stats.count(outcome)
+        with anyio.CancelScope(shield=True):
+            try:
+                if ack:
+                    await self.queue.ack(self.name, rid)
+                else:
+                    await self.queue.release(self.name, rid)
+                    self.stats.released += 1
+            except BlokrunError as exc:  # the claim expires by itself
+                log.warning(
+                    "run %s: could not %s its job: %s", rid, "ack" if ack else "release", exc
+                )
+
+    async def _drive(self, claim: Claim) -> str:
+        job = claim.job
+        if claim.deliveries > 1:
+            try:
+                result = await self.runner.resume(job.request_id)
+            except RunNotFound:
+                pass  # claimed before, but its worker died before the run started
+            else:
+                self.stats.resumed += 1
+                return result.status
+        wf = self.runner.load(job.document, name=job.source)
+        self.stats.started += 1
+        result = await self.runner.run(wf, job.inputs, request_id=job.request_id)
+        return result.status
+
+    async def _heartbeat(self) -> None:
+        interval = max(self.claim_ttl / 3, 0.05)
+        while True:
+            await anyio.sleep(interval)
+            ids = list(self._running)
+            if not ids:
+                continue
+            try:
+                held = await self.queue.renew(self.name, ids, self.claim_ttl)
+            except BlokrunError as exc:
+                log.warning("worker %s: could not renew its claims: %s", self.name, exc)
+                continue
+            for rid in set(ids) - held:
+                # The claim expired and went elsewhere; the run's lease still decides who
+                # drives it, so this run goes on unless its fenced writes are refused.
+                log.warning("worker %s: lost the claim on run %s", self.name, rid)
+
+    async def _drain(self) -> None:
+        """Let running runs finish for ``grace`` seconds, then cancel them."""
+        deadline = time.monotonic() + self.grace
+        while self._running and time.monotonic() < deadline:
+            self._slot_free = anyio.Event()
+            with anyio.move_on_after(min(0.2, max(deadline - time.monotonic(), 0))):
+                await self._slot_free.wait()
+        for scope in list(self._running.values()):
+            scope.cancel()
+        while self._running:  # cancelled runs record their status, then leave
+            self._slot_free = anyio.Event()
+            with anyio.move_on_after(0.1):
+                await self._slot_free.wait()
