@@ -19,6 +19,7 @@ from uuid import uuid4
 import anyio
 import orjson
 
+from benchmarks import nodes
 from benchmarks.harness import Report, median_of
 from benchmarks.runner_overhead import per_step, workflow
 from blokrun import Runner
@@ -153,4 +154,40 @@ async def run_all(report: Report, servers: dict[str, Any], quick: bool) -> None:
     for driver in present:
         await durability(report, driver, servers[driver], quick)
     for driver in present:
+        await resume_warm(report, driver, servers[driver], quick)
+    for driver in present:
         await concurrency(report, driver, servers[driver], quick)
+
+
+RESUME = "Resume a 100-step run (failed at its last step)"
+
+
+def _failing_workflow(n: int) -> dict[str, Any]:
+    steps: list[dict[str, Any]] = [
+        {"name": f"s{i}", "node": "set", "inputs": {f"k{i}": "x" * 40}} for i in range(n - 1)
+    ]
+    steps.append({"name": "last", "node": "benchmarks.nodes:provider"})
+    return {"name": f"resumable-{n}", "persistence": {"targets": ["tp"]}, "steps": steps}
+
+
+async def resume_warm(report: Report, driver: str, server: Any, quick: bool) -> None:
+    """Runs fail at the last step; each is then resumed (the last step now a no-op)."""
+    settings = server.settings("tp", prefix=f"rs-{uuid4().hex[:6]}/")
+    reps = 20 if not quick else 5
+    async with Runner([settings]) as runner:
+        wf = runner.load(_failing_workflow(100))
+        times = []
+        for i in range(reps + 2):
+            rid = f"resume-{i}"
+            nodes.DOWN["now"] = True
+            try:
+                await runner.run(wf, request_id=rid)
+            except Exception:  # the designed failure at the last step
+                pass
+            nodes.DOWN["now"] = False
+            t0 = time.perf_counter()
+            await runner.resume(rid)
+            times.append(time.perf_counter() - t0)
+    value = statistics.median(times[2:])
+    note = f"median of {reps}; head lookup, chain read, lease, 1 step; goal <= 5 ms"
+    report.add(RESUME, f"{driver}: warm, in-process", value, "s", note)

@@ -53,7 +53,7 @@ from blokrun.persistence.records import (
 )
 from blokrun.persistence.resumer import FoundRun, Resumer
 from blokrun.persistence.state import BlobPolicy, resolve_blobs
-from blokrun.spec.loader import Workflow, load_workflow
+from blokrun.spec.loader import Workflow, definition_hash, load_workflow
 from blokrun.spec.model import DURABILITIES, Durability
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from blokrun.lifecycle import GcReport, ResumeOutcome, RunPage
+    from blokrun.persistence.records import DefinitionRecord
     from blokrun.workers.queue import Queue
     from blokrun.workers.worker import WorkerStats
 
@@ -208,6 +209,7 @@ class Runner:
             )
         self._queue_datasource = queue_datasource
         self._queue: Queue | None = None
+        self._compiled: dict[tuple[str, str], Workflow] = {}
         self._hooks: list[Hook] = [self._checkpointer]
         for hook in hooks:
             self._hooks.append(hook if isinstance(hook, Hook) else CallableHook(hook))
@@ -312,6 +314,18 @@ class Runner:
             search_paths=self._search_paths,
             name=name,
         )
+
+    def _load_stored(self, stored: DefinitionRecord) -> Workflow:
+        """The workflow of a stored definition, compiled once per runner (by its hash):
+        resuming a 100-step run should not recompile 100 steps each time."""
+        key = (definition_hash(stored.document), stored.source or "")
+        wf = self._compiled.get(key)
+        if wf is None:
+            wf = self.load(stored.document, name=stored.source)
+            if len(self._compiled) >= 256:
+                self._compiled.pop(next(iter(self._compiled)))
+            self._compiled[key] = wf
+        return wf
 
     def _require_connected(self) -> None:
         if self._stack is None:
@@ -617,7 +631,7 @@ class Runner:
             if stored is not None and stored.definition_hash != wf.definition_hash and not force:
                 self._check_unchanged(request_id, stored.document, wf, found)
         elif stored is not None:
-            wf = self.load(stored.document, name=stored.source)
+            wf = self._load_stored(stored)
         else:
             raise ResumeError(
                 "the workflow definition is not stored with the run; pass the workflow "
@@ -771,7 +785,7 @@ class Runner:
         found = await self._locate(request_id, None)
         ds = found.datasource
         stored = await self._resumer.definition(found)
-        wf = self.load(stored.document, name=stored.source) if stored is not None else None
+        wf = self._load_stored(stored) if stored is not None else None
         where: dict[int, tuple[str, int]] = {}
         records = await self._resumer.scan(
             ds, request_id, self._scan_prefix(request_id, wf), stored=where
@@ -792,7 +806,7 @@ class Runner:
         self._require_connected()
         found = await self._locate(request_id, None)
         stored = await self._resumer.definition(found)
-        wf = self.load(stored.document, name=stored.source) if stored is not None else None
+        wf = self._load_stored(stored) if stored is not None else None
         prefix = self._scan_prefix(request_id, wf)
         records = await self._resumer.scan(found.datasource, request_id, prefix)
         if step is not None:

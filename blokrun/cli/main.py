@@ -147,10 +147,11 @@ def _parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a workflow file without running it")
     val.add_argument("file")
 
-    from blokrun.cli import gc, runs
+    from blokrun.cli import gc, runs, workers
 
     runs.add_parser(sub)
     gc.add_parser(sub)
+    workers.add_parsers(sub)
     return p
 
 
@@ -414,6 +415,25 @@ async def _cmd_gc(args: argparse.Namespace) -> int:
     return await _with_runner(args, lambda runner: gc.run(args, runner))
 
 
+async def _cmd_submit(args: argparse.Namespace) -> int:
+    from blokrun.cli import workers
+
+    inputs = _read_inputs(args)
+    return await _with_runner(args, lambda runner: workers.cmd_submit(args, runner, inputs))
+
+
+async def _cmd_worker(args: argparse.Namespace) -> int:
+    from blokrun.cli import workers
+
+    return await _with_runner(args, lambda runner: workers.cmd_worker(args, runner))
+
+
+async def _cmd_wait(args: argparse.Namespace) -> int:
+    from blokrun.cli import workers
+
+    return await _with_runner(args, lambda runner: workers.cmd_wait(args, runner))
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from blokrun.runner import Runner
 
@@ -450,6 +470,9 @@ def _run(args: argparse.Namespace) -> int:
             "diff": _cmd_diff,
             "runs": _cmd_runs,
             "gc": _cmd_gc,
+            "submit": _cmd_submit,
+            "worker": _cmd_worker,
+            "wait": _cmd_wait,
         }[args.command]
         return anyio.run(handler, args)
     except _Usage as exc:
