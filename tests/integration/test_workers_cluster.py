@@ -131,6 +131,9 @@ def test_300_runs_on_3_workers_one_killed_half_way(
     for raw in records.values():
         rec = decode_record(raw, CheckpointRecord)
         by_run.setdefault(rec.request_id, []).append(rec)
+    taken_over = {rid for rid, chain in by_run.items() if any(r.attempt > 1 for r in chain)}
+    assert taken_over, "the killed worker held no run that another one resumed"
+    assert set(twice_runs := {rid for rid, _ in twice}) <= taken_over, twice_runs
     for rid in ids:
         chain = sorted(by_run[rid], key=lambda r: r.seq)
         assert [r.seq for r in chain] == list(range(1, STEPS + 1)), (rid, chain)
