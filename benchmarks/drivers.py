@@ -310,5 +310,8 @@ async def run(report: Report, quick: bool = False) -> None:
             from benchmarks import throughput
 
             await throughput.run_all(report, servers, quick)
+            from benchmarks import workers
+
+            await workers.run_all(report, servers, quick)
         finally:
             await stop_all(servers)

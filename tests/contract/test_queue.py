@@ -24,12 +24,12 @@ if TYPE_CHECKING:
     from tests.servers.base import ThrowawayServer
 
 BACKENDS = ("memory", "redis", "postgresql")
+#: Only the datasources that can hold the queue: the others are refused by open_queue().
+pytestmark = pytest.mark.parametrize("server", BACKENDS, indirect=True)
 
 
 @asynccontextmanager
 async def _queues(server: ThrowawayServer, n: int = 2) -> AsyncIterator[list[Queue]]:
-    if server.driver not in BACKENDS:
-        pytest.skip(f"{server.driver}: cannot hold the run queue (Redis, PostgreSQL only)")
     base = server.settings("q0", prefix=f"q-{uuid4().hex[:8]}/")
     async with AsyncExitStack() as stack:
         stores: list[Datasource] = []
