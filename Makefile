@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast servers bench lint typecheck check clean
+.PHONY: run test test-fast servers bench bench-peers lint typecheck check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test-fast: $(STAMP)
 ## bench: the blokrun benchmarks; prints a table and writes benchmarks/RESULTS.md
 bench: servers
 	$(BIN)/python -m benchmarks
+
+## bench-peers: blokrun against Burr, LangGraph and DBOS (each installed in its own venv
+## under benchmarks/peers/.venvs); prints a table and writes benchmarks/peers/RESULTS.md
+bench-peers: servers
+	$(BIN)/python -m benchmarks.peers
 
 lint: $(STAMP)
 	$(BIN)/ruff check blokrun tests examples benchmarks

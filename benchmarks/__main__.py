@@ -7,7 +7,7 @@ import time
 
 import anyio
 
-from benchmarks import drivers, lifecycle, runner_overhead, state
+from benchmarks import drivers, lifecycle, runner_overhead, startup, state
 from benchmarks.harness import Report, write_results
 
 INTRO = (
@@ -19,7 +19,7 @@ INTRO = (
 async def main(quick: bool) -> None:
     report = Report()
     t0 = time.perf_counter()
-    for bench in (runner_overhead, drivers, state, lifecycle):
+    for bench in (runner_overhead, startup, drivers, state, lifecycle):
         await bench.run(report, quick=quick)
     write_results(report, INTRO)
     print(f"benchmarks took {time.perf_counter() - t0:.1f}s")

@@ -46,7 +46,7 @@ async def _one(driver: str, server: Any, workers: int, runs: int) -> float:
     env.update(settings_env("default", settings))
     env["PYTHONPATH"] = str(REPO)
     procs = [
-        subprocess.Popen(
+        subprocess.Popen(  # noqa: ASYNC220 - started and left running; nothing awaited on it
             [sys.executable, "-m", "blokrun", "worker", "--concurrency", "16", "--grace", "5"],
             cwd=REPO,
             env=env,
