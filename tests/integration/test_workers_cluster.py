@@ -71,8 +71,7 @@ def test_300_runs_on_3_workers_one_killed_half_way(
     async def submit() -> list[str]:
         async with Runner.from_env(env) as runner:
             return [
-                await runner.submit(_workflow(), {}, request_id=f"run-{i:03d}")
-                for i in range(RUNS)
+                await runner.submit(_workflow(), {}, request_id=f"run-{i:03d}") for i in range(RUNS)
             ]
 
     ids = anyio.run(submit)
@@ -141,3 +140,56 @@ def test_300_runs_on_3_workers_one_killed_half_way(
         for rec in chain:
             done = [*done, rec.step]
             assert list(rec.done) == done, (rid, rec.seq, rec.done)
+
+
+@pytest.mark.parametrize("driver", ["redis", "postgresql"])
+def test_sigterm_stops_taking_work_drains_and_another_worker_finishes(
+    driver: str, tmp_path: Path, server_pool: ServerPool
+) -> None:
+    settings = server_pool.get(driver).settings("default", prefix=f"wt-{uuid4().hex[:8]}/")
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DATASOURCE_", "WF_", "BLOKRUN_"))
+    }
+    env.update(settings_env("default", settings))
+    env["PYTHONPATH"] = str(REPO)
+    env["WF_LEDGER"] = str(tmp_path / "ledger")
+    slow = {
+        "name": "slow",
+        "steps": [
+            {"name": f"s{i}", "node": f"{NODE}:nap", "inputs": {"seconds": 0.4}}
+            for i in range(1, 6)
+        ],
+    }
+
+    async def submit() -> list[str]:
+        async with Runner.from_env(env) as runner:
+            return [await runner.submit(slow, {}, request_id=f"t{i}") for i in range(4)]
+
+    ids = anyio.run(submit)
+    cmd = [sys.executable, "-m", "blokrun", "worker", "--concurrency", "4", "--grace", "0.5"]
+    first = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while len(_ledger(tmp_path / "ledger")) < 8:  # every run is in its second step
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.02)
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=20)
+    assert first.returncode == 0, err
+    assert "SIGTERM: finishing running runs" in err and "4 cancelled" in err, err
+
+    second = subprocess.run(
+        [*cmd[:-4], "--concurrency", "4", "--max-runs", "4"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    assert "4 resumed" in second.stderr, second.stderr
+
+    async def results() -> dict[str, str]:
+        async with Runner.from_env(env) as runner:
+            return {rid: (await runner.wait(rid)).status for rid in ids}
+
+    assert anyio.run(results) == {rid: "completed" for rid in ids}
+    calls = Counter(_ledger(tmp_path / "ledger"))
+    # The step each run was in at SIGTERM ran twice (cancelled, then again); no other did.
+    assert sorted(calls.values()).count(2) <= 4 and max(calls.values()) <= 2, calls
+    assert len(calls) == 4 * 5
