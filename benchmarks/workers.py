@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,20 +46,25 @@ async def _one(driver: str, server: Any, workers: int, runs: int) -> float:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATASOURCE_", "BLOKRUN_"))}
     env.update(settings_env("default", settings))
     env["PYTHONPATH"] = str(REPO)
+    logs = [
+        Path(tempfile.mkstemp(prefix="blokrun-worker-", suffix=".log")[1]) for _ in range(workers)
+    ]
     procs = [
         subprocess.Popen(  # noqa: ASYNC220 - started and left running; nothing awaited on it
             [sys.executable, "-m", "blokrun", "worker", "--concurrency", "16", "--grace", "5"],
             cwd=REPO,
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=log.open("w"),
         )
-        for _ in range(workers)
+        for log in logs
     ]
     try:
         async with Runner.from_env(env) as runner:
             queue = await runner.queue()
-            await anyio.sleep(1.5)  # the workers start (imports, connections) and go idle
+            with anyio.fail_after(60):  # every worker started (imports, connections), idle
+                while not all("ready" in log.read_text() for log in logs):  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
             wf = runner.load(_workflow())
             t0 = time.perf_counter()
             ids = [await runner.submit(wf) for _ in range(runs)]
@@ -76,6 +82,8 @@ async def _one(driver: str, server: Any, workers: int, runs: int) -> float:
             p.terminate()
         for p in procs:
             p.communicate(timeout=30)
+        for log in logs:
+            log.unlink()
     return runs / elapsed
 
 

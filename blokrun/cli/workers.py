@@ -102,6 +102,14 @@ async def cmd_worker(args: argparse.Namespace, runner: Runner) -> int:
                 stop.set()
                 return
 
+    import os
+
+    await runner.queue()  # connect to the queue (and create it) before saying ready
+    sys.stderr.write(
+        f"blokrun worker: ready (pid {os.getpid()}, {args.concurrency} runs at once); "
+        "SIGTERM stops it\n"
+    )
+    sys.stderr.flush()
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch)
         stats = await runner.serve(
