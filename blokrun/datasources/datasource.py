@@ -24,7 +24,14 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from blokrun.config import DatasourceSettings
-    from blokrun.datasources.protocol import Capabilities, Entry, LeaseState, LeaseStore, Store
+    from blokrun.datasources.protocol import (
+        Capabilities,
+        Entry,
+        Group,
+        LeaseState,
+        LeaseStore,
+        Store,
+    )
 
 __all__ = ["MAX_KEY_BYTES", "Datasource", "validate_key"]
 
@@ -68,7 +75,7 @@ class Datasource:
         self._timeout = settings.timeout
         #: Coalesces concurrent saves into one round trip, when the driver can.
         self.group_commit: GroupCommit | None = (
-            GroupCommit(store.save_groups)  # type: ignore[attr-defined]
+            GroupCommit(store.save_groups, self._save_one)  # type: ignore[attr-defined]
             if store.capabilities.group_commit
             else None
         )
@@ -242,6 +249,14 @@ class Datasource:
             async for _ in self.store.keys(self._prefix):
                 n += 1
             return n
+
+    async def _save_one(self, group: Group) -> bool:
+        """A save that found no other to share its round trip with (group commit)."""
+        entries, lease_key, token = group
+        if lease_key is None:
+            await self.store.save_batch(entries)
+            return True
+        return await self._lease_store().save_batch_fenced(entries, lease_key, token)
 
     # -- leases ----------------------------------------------------------------------------
 

@@ -39,10 +39,15 @@ class _Slot:
 class GroupCommit:
     """Coalesces concurrent saves into ``flush(groups) -> list[bool]`` calls."""
 
-    __slots__ = ("_busy", "_flush", "_queue", "flushes", "groups")
+    __slots__ = ("_busy", "_flush", "_one", "_queue", "flushes", "groups")
 
-    def __init__(self, flush: Callable[[Sequence[Group]], Awaitable[list[bool]]]) -> None:
+    def __init__(
+        self,
+        flush: Callable[[Sequence[Group]], Awaitable[list[bool]]],
+        one: Callable[[Group], Awaitable[bool]] | None = None,
+    ) -> None:
         self._flush = flush
+        self._one = one  # a lone save: the driver's plain (cheaper) statement or script
         self._queue: list[_Slot] = []
         self._busy = False
         self.flushes = 0  # counters, for benchmarks and tests
@@ -81,7 +86,10 @@ class GroupCommit:
         batch, self._queue = self._queue[:MAX_GROUPS], self._queue[MAX_GROUPS:]
         try:
             with anyio.CancelScope(shield=True):  # the others wait on this flush
-                results = await self._flush([slot.group for slot in batch])
+                if len(batch) == 1 and self._one is not None:
+                    results = [await self._one(batch[0].group)]
+                else:
+                    results = await self._flush([slot.group for slot in batch])
             self.flushes += 1
             self.groups += len(batch)
             for slot, result in zip(batch, results, strict=True):

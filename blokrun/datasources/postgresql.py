@@ -68,6 +68,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from contextlib import asynccontextmanager
@@ -265,13 +266,24 @@ class PostgresStore:
     async def _conn(self, op: str) -> AsyncIterator[Any]:
         if self._pool is None:
             raise DatasourceError(f"{op}: not connected (call connect() first)")
+        pool = self._pool
         try:
-            async with self._pool.acquire(timeout=self._timeout) as con:
-                yield con
+            # asyncio.timeout, not acquire(timeout=...): on Python 3.11 that is wait_for, a
+            # new task per statement (measured: ~40 us of a ~300 us checkpoint).
+            async with asyncio.timeout(self._timeout):
+                con = await pool.acquire()
+        except TimeoutError as exc:
+            raise self._error(exc, op) from exc
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise self._error(exc, op) from exc
+        try:
+            yield con
         except DatasourceError:
             raise
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise self._error(exc, op) from exc
+        finally:
+            await pool.release(con)
 
     # -- lifecycle ------------------------------------------------------------------------------
 

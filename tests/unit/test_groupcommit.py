@@ -109,3 +109,20 @@ async def test_batches_are_bounded(n: int) -> None:
             tg.start_soon(gc.save, [(f"k{i}", b"v", None)], None, 0)
     assert max(len(b) for b in flush.batches) <= 256
     assert sum(len(b) for b in flush.batches) == n
+
+
+async def test_a_lone_save_takes_the_plain_path_when_there_is_one() -> None:
+    flush = Flusher()
+    lone: list[Group] = []
+
+    async def one(group: Group) -> bool:
+        lone.append(group)
+        return True
+
+    gc = GroupCommit(flush, one)
+    assert await gc.save([("k", b"v", None)], "lease", 2) is True
+    assert lone == [([("k", b"v", None)], "lease", 2)] and flush.batches == []
+    async with anyio.create_task_group() as tg:
+        for i in range(5):
+            tg.start_soon(gc.save, [(f"k{i}", b"v", None)], None, 0)
+    assert len(lone) == 2 and [len(b) for b in flush.batches] == [4]  # one alone, then 4
