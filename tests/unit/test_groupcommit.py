@@ -117,6 +117,7 @@ async def test_a_lone_save_takes_the_plain_path_when_there_is_one() -> None:
 
     async def one(group: Group) -> bool:
         lone.append(group)
+        await anyio.sleep(0.01)  # a round trip: the others queue meanwhile
         return True
 
     gc = GroupCommit(flush, one)
