@@ -110,5 +110,22 @@ def write_results(report: Report, intro: str) -> None:
             section = row.section
             lines += ["", f"## {section}", "", "| measure | value | note |", "|---|---:|---|"]
         lines.append(f"| {row.name} | {fmt(row.value, row.unit)} | {row.note} |")
-    RESULTS.write_text("\n".join(lines) + "\n")
+    RESULTS.write_text("\n".join(lines) + "\n" + peers_section())
     print(f"\nwrote {RESULTS}")
+
+
+PEERS = RESULTS.parent / "peers" / "RESULTS.md"
+
+
+def peers_section() -> str:
+    """The last ``make bench-peers`` table (its own run, its own machine line), if any."""
+    if not PEERS.exists():
+        return ""
+    return "\n" + PEERS.read_text()
+
+
+def merge_peers() -> None:
+    """Put the peers table into RESULTS.md in place of the one there (``make bench-peers``)."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# blokrun benchmark results\n"
+    head = text.split("\n## Peers", 1)[0].rstrip("\n") + "\n"
+    RESULTS.write_text(head + peers_section())
