@@ -19,3 +19,11 @@ async def provider_env(ctx: Any, inputs: dict[str, Any]) -> None:
 
     if os.environ.get("BENCH_PROVIDER_DOWN"):
         raise RuntimeError("the provider is down")
+
+
+def blocking_work(ctx: Any, inputs: dict[str, Any]) -> None:
+    """A step that blocks for ``seconds`` (a blocking client call); blokrun runs it in a
+    worker thread, so the event loop is free meanwhile."""
+    import time
+
+    time.sleep(float(inputs["seconds"]))

@@ -3,8 +3,10 @@
 * **Floor**: one raw round trip that saves the whole context (redis-py ``SET``; asyncpg
   upsert), against blokrun's checkpoint per step on the same server (same ~50 bytes a
   step). Ratio = checkpoint / floor.
-* **Durability**: per-step cost of a checkpointed step that does real work (a 1 ms nap),
-  ``sync`` vs ``async`` (write-behind overlaps the save with the next step) vs ``exit``.
+* **Durability**: per-step cost of a checkpointed step that does real work (2 ms of a
+  blocking call, in a worker thread), ``sync`` vs ``async`` (write-behind overlaps the save
+  with the next step) vs ``exit``. Not an asyncio sleep: asyncio waits for timers in whole
+  milliseconds (epoll), rounded up, so a sub-ms overlap hides behind that rounding.
 * **100 runs at once**: 100 concurrent runs of a 10-step workflow in one process,
   checkpointed steps per second; with and without group commit, with and without leases.
 """
@@ -25,7 +27,7 @@ from benchmarks.runner_overhead import per_step, workflow
 from blokrun import Runner
 
 FLOOR = "Checkpoint vs the floor (one raw round trip saving the context)"
-DURABILITY = "Durability modes (steps that nap 1 ms)"
+DURABILITY = "Durability modes (steps that block 2 ms in a thread)"
 CONCURRENCY = "100 runs of 10 steps at once (checkpointed steps/s)"
 
 
@@ -75,7 +77,12 @@ def _nap_workflow(n: int, durability: str) -> dict[str, Any]:
         "name": f"nap-{durability}-{n}",
         "persistence": {"durability": durability, "targets": ["tp"]},
         "steps": [
-            {"name": f"s{i}", "node": "sleep", "inputs": {"seconds": 0.001}} for i in range(n)
+            {
+                "name": f"s{i}",
+                "node": "benchmarks.nodes:blocking_work",
+                "inputs": {"seconds": 0.002},
+            }
+            for i in range(n)
         ],
     }
 
