@@ -10,6 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m compileall -q blokrun  # bytecode, as a wheel install has it: -80 ms a start
 	touch $(STAMP)
 
 ## run: the quickstart on the embedded default (a run that fails half-way, then its resume)
