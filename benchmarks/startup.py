@@ -34,13 +34,17 @@ def _time(cmd: list[str], env: dict[str, str], expect: int) -> float:
     return elapsed
 
 
+def _compile() -> None:
+    """Bytecode as an installed package has it (pip compiles on install): without it every
+    start compiles ~40 modules (~80 ms here), e.g. under PYTHONDONTWRITEBYTECODE=1."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "blokrun")], check=True)
+
+
 async def run(report: Report, quick: bool = False) -> None:
     reps = 7 if not quick else 3
     exe = Path(sys.executable).parent / "blokrun"
     blokrun = [str(exe)] if exe.exists() else [sys.executable, "-m", "blokrun"]
-    # Bytecode as an installed package has it (pip compiles on install): without it every
-    # start compiles ~40 modules (~80 ms here), e.g. under PYTHONDONTWRITEBYTECODE=1.
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "blokrun")], check=True)
+    _compile()
     with tempfile.TemporaryDirectory(prefix="blokrun-bench-startup-") as tmp:
         wf = Path(tmp) / "small.json"
         steps = [{"name": f"s{i}", "node": "set", "inputs": {f"k{i}": i}} for i in range(4)]
