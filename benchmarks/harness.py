@@ -110,6 +110,11 @@ def write_results(report: Report, intro: str) -> None:
             section = row.section
             lines += ["", f"## {section}", "", "| measure | value | note |", "|---|---:|---|"]
         lines.append(f"| {row.name} | {fmt(row.value, row.unit)} | {row.note} |")
+    from benchmarks.goals import summary
+
+    goals = summary(report)
+    print("\n".join(goals))
+    lines += goals
     RESULTS.write_text("\n".join(lines) + "\n" + peers_section())
     print(f"\nwrote {RESULTS}")
 
