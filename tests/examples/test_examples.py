@@ -153,3 +153,10 @@ async def test_service_runs_in_the_background_and_resumes_a_failed_run(
         tg.cancel_scope.cancel()
     nodes = sys.modules["service_nodes"]
     assert nodes.CREATED.count(rid) == 1  # the resume did not create the account again
+
+
+async def test_workers_example_submits_serves_and_waits(home: dict[str, str]) -> None:
+    module = load_example("workers")
+    results = await module.main(home, images=12)
+    assert len(results) == 12
+    assert all(url.startswith("https://cdn.example/") for url in results.values())
