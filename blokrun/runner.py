@@ -866,7 +866,15 @@ class Runner:
             queue = open_queue(self._datasources[name])
             await queue.setup()
             self._queue = queue
+            self._queue_datasource = name
         return self._queue
+
+    @property
+    def queue_datasource(self) -> Datasource | None:
+        """The datasource holding the run queue, once :meth:`queue` opened it."""
+        if self._queue is None or self._queue_datasource is None:
+            return None
+        return self._datasources[self._queue_datasource]
 
     async def submit(
         self,
@@ -948,7 +956,10 @@ class Runner:
         grace: float = 30.0,
         max_runs: int | None = None,
     ) -> WorkerStats:
-        """Be a worker: run queued runs, ``concurrency`` at a time, until ``stop`` is set."""
+        """Be a worker: run queued runs, ``concurrency`` at a time, until ``stop`` is set.
+
+        ``per_workflow``: ``{workflow name: N}`` caps across every worker of the queue
+        (slot leases in the queue's datasource; see :mod:`blokrun.workers.worker`)."""
         from blokrun.workers.worker import Worker
 
         worker = Worker(

@@ -59,7 +59,8 @@ def add_parsers(subparsers: Any) -> None:
         metavar="NAME=N",
         action="append",
         default=[],
-        help="at most N runs of workflow NAME at once in this worker (repeatable)",
+        help="at most N runs of workflow NAME at once across all workers (repeatable; give "
+        "every worker the same limits)",
     )
     wrk.add_argument(
         "--grace",

@@ -39,11 +39,21 @@ from blokrun.errors import BlokrunError, LeaseLost, RunBusy
 if TYPE_CHECKING:
     from blokrun.datasources import Datasource
 
-__all__ = ["LEASE_PREFIX", "Lease", "acquire", "holder_is_dead", "lease_key", "new_owner"]
+__all__ = [
+    "LEASE_PREFIX",
+    "SLOT_PREFIX",
+    "Lease",
+    "acquire",
+    "holder_is_dead",
+    "lease_key",
+    "new_owner",
+]
 
 log = logging.getLogger("blokrun.leases")
 
 LEASE_PREFIX = "_blokrun.lease."
+#: Workflow concurrency slots of the workers (``blokrun.workers.worker``).
+SLOT_PREFIX = "_blokrun.slot."
 
 
 def lease_key(request_id: str) -> str:
@@ -162,9 +172,17 @@ class Lease:
         return True
 
 
-async def acquire(ds: Datasource, request_id: str, ttl: float, owner: str | None = None) -> Lease:
-    """Take the run's lease or raise :class:`RunBusy` naming the live holder."""
-    key = lease_key(request_id)
+async def acquire(
+    ds: Datasource,
+    request_id: str,
+    ttl: float,
+    owner: str | None = None,
+    *,
+    prefix: str = LEASE_PREFIX,
+) -> Lease:
+    """Take the run's lease (or another lease under ``prefix``) or raise :class:`RunBusy`
+    naming the live holder."""
+    key = prefix + request_id
     me = owner or new_owner()
     state = await ds.acquire_lease(key, me, ttl)
     if state.owner != me and holder_is_dead(state.owner):

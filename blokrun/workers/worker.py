@@ -15,12 +15,18 @@
 * Stopping (SIGTERM, ``stop`` set): no new claims; running runs get ``grace`` seconds to
   finish, then are cancelled (their completed steps are checkpointed) and their jobs
   released at once for another worker to resume.
+* ``per_workflow`` limits are **cluster-wide**: a run of a limited workflow first takes one
+  of its N *slot leases* (``_blokrun.slot.<workflow>.<i>``) in the queue's datasource, held
+  and renewed like a run's lease and released when the run ends; with no slot free the job
+  goes back to the queue for whichever worker finds a slot. A dead worker's slots expire
+  with its claims.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import time
 import uuid
@@ -29,7 +35,16 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from blokrun.errors import BlokrunError, LeaseLost, ResumeError, RunBusy, RunError, RunNotFound
+from blokrun.errors import (
+    BlokrunError,
+    ConfigError,
+    LeaseLost,
+    ResumeError,
+    RunBusy,
+    RunError,
+    RunNotFound,
+)
+from blokrun.persistence.leases import SLOT_PREFIX, Lease, acquire
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -83,6 +98,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stats = WorkerStats()
         self._running: dict[str, anyio.CancelScope] = {}
+        self._slots: dict[str, Lease] = {}  # request id -> the workflow slot it holds
         self._by_workflow: dict[str, int] = {}
         self._slot_free = anyio.Event()
 
@@ -121,10 +137,14 @@ class Worker:
     async def _start(self, tg: anyio.abc.TaskGroup, claim: Claim) -> None:
         job = claim.job
         limit = self.per_workflow.get(job.workflow)
-        if limit is not None and self._by_workflow.get(job.workflow, 0) >= limit:
-            await self.queue.release(self.name, job.request_id)  # another worker may have room
-            self.stats.released += 1
-            return
+        if limit is not None:
+            slot = await self._take_slot(job.workflow, job.request_id, limit)
+            if slot is None:  # every slot is busy, here or elsewhere: back to the queue
+                await self.queue.release(self.name, job.request_id)
+                self.stats.released += 1
+                await anyio.sleep(self.poll)  # let a slot free up before claiming again
+                return
+            self._slots[job.request_id] = slot
         scope = anyio.CancelScope()
         self._running[job.request_id] = scope
         self._by_workflow[job.workflow] = self._by_workflow.get(job.workflow, 0) + 1
@@ -156,6 +176,9 @@ class Worker:
         finally:
             self._running.pop(rid, None)
             self._by_workflow[job.workflow] -= 1
+            slot = self._slots.pop(rid, None)
+            if slot is not None:
+                await slot.release()
             self._slot_free.set()
         self.stats.count(outcome)
         with anyio.CancelScope(shield=True):
@@ -169,6 +192,25 @@ class Worker:
                 log.warning(
                     "run %s: could not %s its job: %s", rid, "ack" if ack else "release", exc
                 )
+
+    async def _take_slot(self, workflow: str, request_id: str, limit: int) -> Lease | None:
+        """One of ``workflow``'s ``limit`` slot leases, tried in random order; or None."""
+        ds = self.runner.queue_datasource
+        if ds is None or not ds.supports_leases:
+            raise ConfigError(
+                "a per-workflow limit needs a queue datasource that keeps leases "
+                "(Redis or PostgreSQL)",
+                variable="BLOKRUN_QUEUE_DATASOURCE",
+            )
+        owner = f"{self.name}:{request_id}"
+        for i in random.sample(range(limit), limit):
+            try:
+                return await acquire(
+                    ds, f"{workflow}.{i}", self.claim_ttl, owner, prefix=SLOT_PREFIX
+                )
+            except RunBusy:
+                continue
+        return None
 
     async def _drive(self, claim: Claim) -> str:
         job = claim.job
@@ -194,6 +236,8 @@ class Worker:
                 continue
             try:
                 held = await self.queue.renew(self.name, ids, self.claim_ttl)
+                for slot in list(self._slots.values()):
+                    await slot.renew()
             except BlokrunError as exc:
                 log.warning("worker %s: could not renew its claims: %s", self.name, exc)
                 continue

@@ -90,15 +90,21 @@ async def test_submit_deduplicates_by_request_id_and_higher_priority_goes_first(
         assert (await (await r.queue()).stats()).waiting == 0
 
 
-async def test_a_per_workflow_limit_holds_inside_a_worker() -> None:
+async def test_a_per_workflow_limit_holds_across_workers() -> None:
     async with runner() as r:
-        for i in range(6):
+        for i in range(8):
             await r.submit(wf("slow", seconds=0.05), request_id=f"s{i}")
             await r.submit(wf("fast"), request_id=f"f{i}")
-        await r.serve(concurrency=6, per_workflow={"slow": 2}, max_runs=12)
-        assert PEAK["slow"] <= 2
-        for i in range(6):
-            assert (await r.wait(f"s{i}")).status == "completed"
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:  # two workers, one cap of 2 for "slow"
+            for _ in range(2):
+                tg.start_soon(lambda: r.serve(concurrency=6, per_workflow={"slow": 2}, stop=stop))
+            with anyio.fail_after(30):
+                for i in range(8):
+                    assert (await r.wait(f"s{i}")).status == "completed"
+                    assert (await r.wait(f"f{i}")).status == "completed"
+            stop.set()
+        assert PEAK["slow"] == 2  # the cap held across both workers (6 + 6 slots), and was used
 
 
 async def test_stopping_drains_then_cancels_and_another_worker_resumes_without_rerunning() -> None:
