@@ -15,14 +15,16 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import anyio
 import orjson
 
 from blokrun.errors import BlokrunError, ConfigError, RecordError, RunError
+from blokrun.persistence.leases import holder_is_dead, lease_key
 from blokrun.persistence.records import HeadRecord, RunStatus, decode_record, head_key
 
 if TYPE_CHECKING:
@@ -45,7 +47,7 @@ log = logging.getLogger("blokrun.lifecycle")
 
 HEAD_PREFIX = "_blokrun.head."
 BATCH = 500
-STATUSES: frozenset[str] = frozenset(get_args(RunStatus))
+STATUSES: frozenset[str] = frozenset((*get_args(RunStatus), "interrupted"))
 _CURSOR_VERSION = 1
 
 
@@ -54,13 +56,15 @@ class RunSummary:
     """One run as its head record describes it.
 
     ``datasource`` holds the head that was used (the most advanced one); ``datasources``
-    every checkpoint datasource that has a head for this run.
+    every checkpoint datasource that has a head for this run. ``status`` is the head's,
+    except ``"interrupted"``: the head says running but the run's lease has expired or its
+    holder's process is gone (a crash) -- nobody is running it; resume it.
     """
 
     request_id: str
     workflow: str
     version: str
-    status: RunStatus
+    status: RunStatus | Literal["interrupted"]
     step: str | None
     attempt: int
     seq: int
@@ -178,6 +182,7 @@ async def iter_runs(runner: Runner, *, batch_size: int = BATCH) -> AsyncIterator
                 known = best.get(head.request_id)
                 if known is None or _newer(head, known[0]):
                     best[head.request_id] = (head, name)
+        interrupted = await _interrupted(runner, best)
         for rid in chunk:
             if rid in best:
                 head, name = best[rid]
@@ -185,7 +190,7 @@ async def iter_runs(runner: Runner, *, batch_size: int = BATCH) -> AsyncIterator
                     request_id=head.request_id,
                     workflow=head.workflow,
                     version=head.version,
-                    status=head.status,
+                    status="interrupted" if rid in interrupted else head.status,
                     step=head.step,
                     attempt=head.attempt,
                     seq=head.seq,
@@ -197,6 +202,22 @@ async def iter_runs(runner: Runner, *, batch_size: int = BATCH) -> AsyncIterator
                     datasource=name,
                     datasources=tuple(where[rid]),
                 )
+
+
+async def _interrupted(runner: Runner, best: dict[str, tuple[HeadRecord, str]]) -> set[str]:
+    """Runs whose head says running but whose lease says nobody is: crashed."""
+    out: set[str] = set()
+    now = time.time()
+    for rid, (head, name) in best.items():
+        ds = runner.datasources[name]
+        if head.status != "running" or not ds.supports_leases:
+            continue
+        lease = await ds.read_lease(lease_key(rid))
+        if lease is None:
+            continue  # leases off, or a blokrun before them: cannot tell
+        if not lease.live(now) or holder_is_dead(lease.owner):
+            out.add(rid)
+    return out
 
 
 # -- listing --------------------------------------------------------------------------------------
@@ -333,6 +354,10 @@ async def _resume_one(runner: Runner, request_id: str) -> ResumeOutcome:
     return ResumeOutcome(request_id, True, result.status, None, result.steps_run)
 
 
+#: What resume_failed picks up: runs that failed, and runs whose process died mid-run.
+_RESUMABLE = frozenset({"failed", "interrupted"})
+
+
 async def resume_failed(
     runner: Runner,
     *,
@@ -340,7 +365,8 @@ async def resume_failed(
     concurrency: int = 4,
     limit: int | None = None,
 ) -> list[ResumeOutcome]:
-    """Resume every failed run (of ``workflow`` if given), at most ``concurrency`` at once.
+    """Resume every failed or interrupted run (of ``workflow`` if given), at most
+    ``concurrency`` at once (interrupted: its process died and its lease ran out).
 
     Runs are taken newest first; ``limit`` caps how many. Each run's error is caught and
     reported in its :class:`ResumeOutcome` (``ok=False``), so one failure does not stop the
@@ -356,7 +382,8 @@ async def resume_failed(
     failed = [
         run
         async for run in iter_runs(runner)
-        if run.status == "failed" and (workflow is None or run.workflow == workflow)
+        if run.status in ("failed", "interrupted")
+        and (workflow is None or run.workflow == workflow)
     ]
     failed.sort(key=_order)
     if limit is not None:

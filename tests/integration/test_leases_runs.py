@@ -228,3 +228,45 @@ async def test_a_live_holder_elsewhere_is_waited_out_until_its_lease_expires(
         after = await ds.read_lease(lease_key("far"))
         assert after is not None and after.token == elsewhere.token + 1
         assert not after.live(time.time())  # released when the run ended
+
+
+def test_a_crashed_run_is_listed_as_interrupted_and_resume_failed_picks_it_up(
+    tmp_path: Path, server_pool: ServerPool
+) -> None:
+    """Two runs in their second step; one process is killed. Its head still says running,
+    but its lease's holder is gone: ``runs()`` says interrupted, and ``resume_failed()``
+    resumes it -- and leaves alone the one that is really running."""
+    env = _env(tmp_path, "filesystem", server_pool, WF_HANG=str(tmp_path / "hang"))
+    wf = _write_wf(
+        tmp_path,
+        [
+            {"name": "s1", "node": f"{NODE}:add"},
+            {"name": "s2", "node": f"{NODE}:hang_once"},
+            {"name": "s3", "node": f"{NODE}:add"},
+        ],
+    )
+    live = _popen(env, "run", str(wf), "--request-id", "live")
+    crashed = _popen(env, "run", str(wf), "--request-id", "crashed")
+    try:
+        deadline = time.monotonic() + 20
+        while _ledger(tmp_path)["s2"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        crashed.kill()
+        crashed.communicate(timeout=10)
+        quiet = {k: v for k, v in env.items() if k != "WF_HANG"}  # s2 no longer hangs
+
+        async def check() -> tuple[dict[str, str], list[Any], dict[str, str]]:
+            async with Runner.from_env(quiet) as runner:
+                before = {r.request_id: r.status for r in (await runner.runs()).runs}
+                outcomes = await runner.resume_failed()
+                after = {r.request_id: r.status for r in (await runner.runs()).runs}
+                return before, outcomes, after
+
+        before, outcomes, after = anyio.run(check)
+        assert before == {"live": "running", "crashed": "interrupted"}
+        assert [(o.request_id, o.ok) for o in outcomes] == [("crashed", True)]
+        assert after == {"live": "running", "crashed": "completed"}
+    finally:
+        live.kill()
+        live.communicate(timeout=10)
