@@ -41,7 +41,7 @@ from blokrun.execution.engine import execute
 from blokrun.execution.hooks import CallableHook, Hook, RunState, StepOutcome
 from blokrun.persistence.checkpointer import Checkpointer, KeyScope
 from blokrun.persistence.envelope import Envelope
-from blokrun.persistence.leases import Lease, acquire
+from blokrun.persistence.leases import Lease, acquire, lease_key
 from blokrun.persistence.records import (
     DEFAULT_ENVELOPE,
     HeadRecord,
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from datetime import datetime
     from types import TracebackType
 
+    from blokrun.datasources import LeaseState
     from blokrun.lifecycle import GcReport, ResumeOutcome, RunPage
     from blokrun.persistence.records import DefinitionRecord
     from blokrun.workers.queue import Queue
@@ -124,6 +125,8 @@ class RunInfo:
     datasource: str
     head: HeadRecord | None
     checkpoints: tuple[CheckpointInfo, ...]
+    #: the run's lease as stored (who holds it, until when), if its datasource keeps leases
+    lease: LeaseState | None = None
 
 
 class Runner:
@@ -797,7 +800,8 @@ class Runner:
             )
             for r in reversed(records)
         ]  # fmt: skip
-        return RunInfo(request_id, ds.name, found.head, tuple(infos))
+        lease = await ds.read_lease(lease_key(request_id)) if ds.supports_leases else None
+        return RunInfo(request_id, ds.name, found.head, tuple(infos), lease)
 
     async def state_at(
         self, request_id: str, *, step: str | None = None, seq: int | None = None

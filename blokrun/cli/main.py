@@ -347,6 +347,11 @@ async def _cmd_inspect(args: argparse.Namespace) -> int:
                     "status": head.status if head else None,
                     "workflow": head.workflow if head else None,
                     "error": head.error if head else None,
+                    "lease": (
+                        {"owner": lease.owner, "token": lease.token, "until": lease.expires_at}
+                        if (lease := info.lease) is not None and lease.live(time.time())
+                        else None
+                    ),
                     "checkpoints": [
                         {
                             "seq": c.seq,
@@ -372,6 +377,13 @@ async def _cmd_inspect(args: argparse.Namespace) -> int:
             )
             if head.error:
                 out.write(f"last error ({head.failed_step or 'run'}): {head.error}\n")
+            lease = info.lease
+            if lease is not None and lease.live(time.time()):
+                left = lease.expires_at - time.time()
+                out.write(
+                    f"being run by {lease.owner} (lease token {lease.token}, "
+                    f"renewed while it lives; {left:.0f}s left)\n"
+                )
         else:
             out.write(
                 f"run {info.request_id}  (no head record; found by scanning) "

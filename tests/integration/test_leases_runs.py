@@ -264,6 +264,11 @@ def test_a_crashed_run_is_listed_as_interrupted_and_resume_failed_picks_it_up(
                 return before, outcomes, after
 
         before, outcomes, after = anyio.run(check)
+        shown = subprocess.run(
+            [sys.executable, "-m", "blokrun", "inspect", "live"],
+            cwd=REPO, env=quiet, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert "being run by " in shown.stdout and f":{live.pid}:" in shown.stdout, shown
         assert before == {"live": "running", "crashed": "interrupted"}
         assert [(o.request_id, o.ok) for o in outcomes] == [("crashed", True)]
         assert after == {"live": "running", "crashed": "completed"}
