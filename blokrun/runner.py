@@ -27,6 +27,7 @@ from blokrun.config import DEFAULT_DATASOURCE, DatasourceSettings, settings_from
 from blokrun.datasources import Datasource, build_datasource
 from blokrun.errors import (
     BlokrunError,
+    CheckpointError,
     ConfigError,
     DatasourceError,
     DefinitionChanged,
@@ -39,7 +40,7 @@ from blokrun.errors import (
 from blokrun.execution.builtins import Suspend
 from blokrun.execution.engine import execute
 from blokrun.execution.hooks import CallableHook, Hook, RunState, StepOutcome
-from blokrun.persistence.checkpointer import Checkpointer, KeyScope
+from blokrun.persistence.checkpointer import Checkpointer, KeyScope, save_everywhere
 from blokrun.persistence.envelope import Envelope
 from blokrun.persistence.leases import Lease, acquire, lease_key
 from blokrun.persistence.records import (
@@ -47,6 +48,7 @@ from blokrun.persistence.records import (
     HeadRecord,
     RunStatus,
     decode_record,
+    encode_record,
     head_key,
     new_request_id,
     validate_request_id,
@@ -446,8 +448,12 @@ class Runner:
                     log.exception("on_run_end hook failed for run %s", run.request_id)
             raise
         run.status = "completed"
-        for hook in self._hooks:
-            await hook.on_run_end(run, None)
+        try:
+            for hook in self._hooks:
+                await hook.on_run_end(run, None)
+        except CheckpointError:  # the last (write-behind or exit) save failed: not completed
+            run.status = "failed"
+            raise
         return _result(run, skipped, started)
 
     # -- resume ----------------------------------------------------------------------------------
@@ -531,6 +537,11 @@ class Runner:
                 # Another process moved the run on between our read and our lease: read again.
                 run, plan = await self._prepare(request_id, workflow, force, from_step, set_vars)
             run.lease = lease
+            head = plan.head
+            if head is not None and head.status not in ("completed", "suspended") and not force:
+                # Only the lease holder may judge (and mark) a run dead: a run being driven
+                # elsewhere gets RunBusy above, never a dead head over its live one.
+                await self._check_dead_letter(run, head)
             return await self._resume(run, plan, input, token)
         finally:
             if lease is not None:
@@ -677,12 +688,6 @@ class Runner:
             found.checkpoint = next((r for r in earlier if from_step not in r.done), None)
         ckpt, state, refs = await self._resumer.state(found, prefix)
         head = found.head
-        if (
-            head is not None
-            and head.status not in ("completed", "suspended")
-            and not (force or dry)
-        ):
-            await self._check_dead_letter(wf, head)
         if ckpt is not None:
             vars_ = await resolve_blobs(
                 state, refs, self._datasources, self._envelope, request_id=request_id
@@ -740,16 +745,19 @@ class Runner:
         )
         return run, plan
 
-    async def _check_dead_letter(self, wf: Workflow, head: HeadRecord) -> None:
-        """Refuse a run that keeps failing in recovery: mark it dead instead of looping."""
+    async def _check_dead_letter(self, run: RunState, head: HeadRecord) -> None:
+        """Refuse a run that keeps failing in recovery: mark it dead instead of looping.
+        Called holding the run's lease: the mark is a fenced write like a checkpoint."""
         resumes = head.recoveries  # waiting for input and answering it does not count
         if head.status != "dead" and resumes < self.max_resumes:
             return
+        wf = run.workflow
         if head.status != "dead":
             dead = msgspec.structs.replace(head, status="dead", updated_at=time.time())
             targets = [self._datasources[n] for n in wf.targets if n in self._datasources]
             if targets:
-                await _save_head(targets, head.request_id, dead, self._envelope, wf.ttl)
+                entry = (head_key(head.request_id), encode_record(dead, self._envelope), wf.ttl)
+                await save_everywhere(targets, [entry], run=run, step=None, what="the dead mark")
         raise ResumeError(
             f"gave up after {resumes} resume attempt(s) (the limit is {self.max_resumes}): "
             "the run is dead-lettered; fix the cause, then resume with force "
@@ -853,10 +861,9 @@ class Runner:
             from blokrun.workers.queue import BACKENDS, open_queue
 
             name = self._queue_datasource
-            if name is None:
-                kinds = [t for t in BACKENDS if t != "memory"] + ["memory"]
+            if name is None:  # the first Redis or PostgreSQL one as configured, else memory
                 candidates = sorted(
-                    (kinds.index(ds.type), i, ds.name)
+                    (ds.type == "memory", i, ds.name)
                     for i, ds in enumerate(self._datasources.values())
                     if ds.type in BACKENDS
                 )
@@ -1026,21 +1033,6 @@ class Runner:
             failed_older_than=failed_older_than,
             dry_run=dry_run,
         )
-
-
-async def _save_head(  # the dead-letter mark, on every target at once
-    targets: list[Datasource],
-    request_id: str,
-    head: HeadRecord,
-    envelope: Envelope,
-    ttl: float | None,
-) -> None:
-    from blokrun.persistence.records import encode_record, head_key
-
-    data = encode_record(head, envelope)
-    async with anyio.create_task_group() as tg:
-        for ds in targets:
-            tg.start_soon(ds.save, head_key(request_id), data, ttl)
 
 
 def _set_path(vars_: dict[str, Any], path: str, value: Any, request_id: str) -> None:

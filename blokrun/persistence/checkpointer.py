@@ -441,6 +441,7 @@ class Checkpointer(Hook):
         targets = self.targets(run)
         if not targets or (run.lease is not None and run.lease.lost):
             return  # another process owns the run now: its status is theirs to write
+        final: CheckpointError | None = None
         try:
             await self.flush(run)  # write-behind: the last save lands before the run ends
             deferred = run.extras.pop("deferred", None)
@@ -450,8 +451,11 @@ class Checkpointer(Hook):
                     await self._checkpoint(run, step, duration, attempts, last=last)
         except CheckpointError as exc:
             if error is None or isinstance(error, Suspend):
-                raise
-            log.warning("run %s: its last checkpoint was not stored: %s", run.request_id, exc)
+                # The run did not complete (or suspend) after all: record it as failed on
+                # the checkpoint it stands on, then report the save's error.
+                final = error = exc
+            else:
+                log.warning("run %s: its last checkpoint was not stored: %s", run.request_id, exc)
         if error is None:
             if run.extras.get("head_completed"):
                 return  # the last checkpoint already marked the head completed
@@ -498,3 +502,5 @@ class Checkpointer(Hook):
         except CheckpointError as exc:
             # The checkpoints are intact; only the status could not be recorded.
             log.warning("could not record the failure of run %s: %s", run.request_id, exc)
+        if final is not None:
+            raise final

@@ -118,6 +118,7 @@ class Lease:
     ttl: float
     expires_at: float
     lost: bool = False
+    released: bool = False
     renewals: int = field(default=0)
 
     def lost_error(self, step: str | None = None) -> LeaseLost:
@@ -130,8 +131,16 @@ class Lease:
             step=step,
         )
 
+    def is_released(self) -> bool:
+        return self.released
+
     async def renew(self) -> bool:
+        if self.released:  # a renewal must never bring back a lease its holder let go
+            return False
         ok = await self.datasource.renew_lease(self.key, self.owner, self.token, self.ttl)
+        if ok and self.is_released():  # released while this renewal was on its way: again
+            await self.datasource.release_lease(self.key, self.owner, self.token)
+            return False
         if ok:
             self.renewals += 1
             self.expires_at = time.time() + self.ttl
@@ -163,6 +172,7 @@ class Lease:
         """End the lease now; ``False`` if the datasource could not be reached (it then
         expires by itself, or the same runner releases it before its next try)."""
         _HELD_HERE.discard(self.owner)
+        self.released = True
         with anyio.CancelScope(shield=True):
             try:
                 await self.datasource.release_lease(self.key, self.owner, self.token)

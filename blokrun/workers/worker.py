@@ -18,8 +18,11 @@
 * ``per_workflow`` limits are **cluster-wide**: a run of a limited workflow first takes one
   of its N *slot leases* (``_blokrun.slot.<workflow>.<i>``) in the queue's datasource, held
   and renewed like a run's lease and released when the run ends; with no slot free the job
-  goes back to the queue for whichever worker finds a slot. A dead worker's slots expire
-  with its claims.
+  is *parked* (kept claimed, at most 4x ``concurrency``) and retried each round, so the jobs
+  behind it are claimed next. A dead worker's slots expire with its claims.
+* A job whose run is busy elsewhere is handed back when the holder's lease would run out
+  (at most a third of a claim), never in a tight loop; a queue outage is logged and the
+  worker backs off (up to 5 s) instead of ending.
 """
 
 from __future__ import annotations
@@ -99,6 +102,9 @@ class Worker:
         self.stats = WorkerStats()
         self._running: dict[str, anyio.CancelScope] = {}
         self._slots: dict[str, Lease] = {}  # request id -> the workflow slot it holds
+        self._parked: dict[str, Claim] = {}  # claimed, waiting for a workflow slot
+        self.park_limit = 4 * concurrency
+        self._stopping = anyio.Event()
         self._by_workflow: dict[str, int] = {}
         self._slot_free = anyio.Event()
 
@@ -111,44 +117,78 @@ class Worker:
             while not stop.is_set():
                 if max_runs is not None and sum(self.stats.outcomes.values()) >= max_runs:
                     break
-                free = self.concurrency - len(self._running)
-                claims = await self.queue.claim(self.name, free, self.claim_ttl) if free else []
-                for claim in claims:
-                    self.stats.claimed += 1
-                    await self._start(tg, claim)
-                if claims:
+                try:
+                    started = await self._round(tg)
+                except BlokrunError as exc:  # the queue's datasource is down: retry later
+                    log.warning("worker %s: %s; retrying in %.1fs", self.name, exc, idle)
+                    started = False
+                    idle = min(idle * 2, 5.0)
+                if started:
                     idle = self.poll
                     continue
-                # Nothing to do (or no free slot): wait for a slot, the stop, or the poll.
-                with anyio.move_on_after(idle):
-                    self._slot_free = anyio.Event()
-                    async with anyio.create_task_group() as waiter:
-
-                        async def wake(event: anyio.Event) -> None:
-                            await event.wait()
-                            waiter.cancel_scope.cancel()
-
-                        waiter.start_soon(wake, stop)
-                        waiter.start_soon(wake, self._slot_free)
-                idle = min(idle * 2, 1.0) if free else idle
+                await self._idle(stop, idle)
+                idle = min(idle * 2, 1.0)
             await self._drain()
+            for rid in list(self._parked):
+                await self._give_back(rid)
             tg.cancel_scope.cancel()
 
-    async def _start(self, tg: anyio.abc.TaskGroup, claim: Claim) -> None:
+    async def _round(self, tg: anyio.abc.TaskGroup) -> bool:
+        """Start parked jobs whose slot came free, then claim; whether anything started."""
+        started = False
+        for claim in list(self._parked.values()):
+            if len(self._running) >= self.concurrency:
+                break
+            if await self._start(tg, claim, parked=True):
+                started = True
+        free = self.concurrency - len(self._running)
+        room = self.park_limit - len(self._parked)
+        if free <= 0 or room <= 0:
+            return started
+        for claim in await self.queue.claim(self.name, min(free, room), self.claim_ttl):
+            self.stats.claimed += 1
+            started = await self._start(tg, claim) or started
+        return started
+
+    async def _idle(self, stop: anyio.Event, seconds: float) -> None:
+        """Wait for a free slot, the stop, or ``seconds``."""
+        with anyio.move_on_after(seconds):
+            self._slot_free = anyio.Event()
+            async with anyio.create_task_group() as waiter:
+
+                async def wake(event: anyio.Event) -> None:
+                    await event.wait()
+                    waiter.cancel_scope.cancel()
+
+                waiter.start_soon(wake, stop)
+                waiter.start_soon(wake, self._slot_free)
+
+    async def _give_back(self, request_id: str) -> None:
+        self._parked.pop(request_id, None)
+        try:
+            await self.queue.release(self.name, request_id)
+            self.stats.released += 1
+        except BlokrunError as exc:  # the claim expires by itself
+            log.warning("worker %s: could not release job %s: %s", self.name, request_id, exc)
+
+    async def _start(self, tg: anyio.abc.TaskGroup, claim: Claim, *, parked: bool = False) -> bool:
+        """Start ``claim``'s run; a capped workflow with no free slot is *parked*: kept
+        claimed (so the jobs behind it are claimed next, not it again) and tried each
+        round. Whether it started."""
         job = claim.job
         limit = self.per_workflow.get(job.workflow)
         if limit is not None:
             slot = await self._take_slot(job.workflow, job.request_id, limit)
-            if slot is None:  # every slot is busy, here or elsewhere: back to the queue
-                await self.queue.release(self.name, job.request_id)
-                self.stats.released += 1
-                await anyio.sleep(self.poll)  # let a slot free up before claiming again
-                return
+            if slot is None:
+                self._parked[job.request_id] = claim
+                return False
             self._slots[job.request_id] = slot
+        self._parked.pop(job.request_id, None)
         scope = anyio.CancelScope()
         self._running[job.request_id] = scope
         self._by_workflow[job.workflow] = self._by_workflow.get(job.workflow, 0) + 1
         tg.start_soon(self._run, claim, scope, name=f"blokrun run {job.request_id}")
+        return True
 
     async def _run(self, claim: Claim, scope: anyio.CancelScope) -> None:
         job = claim.job
@@ -160,8 +200,14 @@ class Worker:
                 outcome = await self._drive(claim)
             if scope.cancelled_caught:
                 outcome, ack = "cancelled", False
-        except RunBusy:
-            outcome, ack = "busy", False  # driven elsewhere; the holder acks when done
+        except RunBusy as exc:
+            # Driven elsewhere (an operator's resume, a worker whose claim expired): hand the
+            # job back, but not at once -- keep it (and this slot) until the holder's lease
+            # would run out, at most a third of a claim, so no worker spins on it.
+            outcome, ack = "busy", False
+            wait = min(max(exc.expires_at - time.time(), self.poll), self.claim_ttl / 3)
+            with anyio.move_on_after(wait):
+                await self._stopping.wait()
         except LeaseLost:
             outcome, ack = "taken over", False
         except ResumeError as exc:
@@ -231,13 +277,14 @@ class Worker:
         interval = max(self.claim_ttl / 3, 0.05)
         while True:
             await anyio.sleep(interval)
-            ids = list(self._running)
+            ids = [*self._running, *self._parked]
             if not ids:
                 continue
             try:
                 held = await self.queue.renew(self.name, ids, self.claim_ttl)
-                for slot in list(self._slots.values()):
-                    await slot.renew()
+                for rid, slot in list(self._slots.items()):
+                    if self._slots.get(rid) is slot:  # not released meanwhile
+                        await slot.renew()
             except BlokrunError as exc:
                 log.warning("worker %s: could not renew its claims: %s", self.name, exc)
                 continue
@@ -248,6 +295,7 @@ class Worker:
 
     async def _drain(self) -> None:
         """Let running runs finish for ``grace`` seconds, then cancel them."""
+        self._stopping.set()
         deadline = time.monotonic() + self.grace
         while self._running and time.monotonic() < deadline:
             self._slot_free = anyio.Event()
