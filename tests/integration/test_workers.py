@@ -161,3 +161,17 @@ async def test_a_run_that_keeps_killing_its_workers_is_dead_lettered() -> None:
         with pytest.raises(RunError, match="dead"):
             await r.wait("poison")
         assert (await (await r.queue()).stats()).waiting == 0  # acked, not looping
+
+
+async def test_no_datasource_that_can_hold_the_queue_is_a_clear_error(tmp_path: Any) -> None:
+    from blokrun import ConfigError
+
+    fs = DatasourceSettings(name="default", type="filesystem", path=str(tmp_path))
+    async with Runner([fs]) as r:
+        with pytest.raises(ConfigError) as info:
+            await r.submit(wf(), {})
+        assert info.value.variable == "BLOKRUN_QUEUE_DATASOURCE"
+        assert "Redis or PostgreSQL" in str(info.value)
+    async with Runner([fs], queue_datasource="default") as r:
+        with pytest.raises(ConfigError, match="cannot hold the run queue"):
+            await r.queue()

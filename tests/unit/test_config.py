@@ -436,3 +436,22 @@ def test_mask_url_with_user_only_keeps_user() -> None:
     masked = mask_url("redis://user@host")
     assert masked.startswith("redis://user")
     assert masked.endswith("@host")
+
+
+@pytest.mark.parametrize("raw", ["abc", "-1", "0.0", "nan", "1e12"])
+def test_a_bad_lease_ttl_names_the_variable(raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_env({"BLOKRUN_LEASE_TTL": raw})
+    assert info.value.variable == "BLOKRUN_LEASE_TTL" and "seconds" in str(info.value)
+
+
+@pytest.mark.parametrize(("raw", "ttl"), [("off", None), ("0", None), ("2.5", 2.5), ("", 30.0)])
+def test_the_lease_ttl_can_be_set_or_turned_off(raw: str, ttl: float | None) -> None:
+    assert settings_from_env({"BLOKRUN_LEASE_TTL": raw}).lease_ttl == ttl
+
+
+def test_an_unknown_queue_datasource_names_the_variable_and_the_choices() -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_env({"BLOKRUN_QUEUE_DATASOURCE": "jobs"})
+    assert info.value.variable == "BLOKRUN_QUEUE_DATASOURCE"
+    assert "'jobs'" in str(info.value) and "default" in str(info.value)
