@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from benchmarks.harness import fmt
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Goal:
     text: str
-    judge: Callable[[dict[str, Row]], tuple[bool, str] | None]  # None: not measured
+    judge: Judge  # None from it: not measured
     cause: str = ""
 
 
@@ -30,31 +30,29 @@ def _get(rows: dict[str, Row], name: str) -> Row | None:
     return None if row is None or math.isnan(row.value) else row
 
 
-def at_most(
-    name: str, limit: float, unit: str
-) -> Callable[[dict[str, Row]], tuple[bool, str] | None]:
+Judge: TypeAlias = "Callable[[dict[str, Row]], tuple[bool, str] | None]"
+
+
+def _bound(name: str, limit: float, unit: str, *, upper: bool) -> Judge:
     def judge(rows: dict[str, Row]) -> tuple[bool, str] | None:
         row = _get(rows, name)
         if row is None:
             return None
-        return row.value <= limit, f"{fmt(row.value, row.unit)} (goal ≤ {fmt(limit, unit)})"
+        met = row.value <= limit if upper else row.value >= limit
+        return met, f"{fmt(row.value, row.unit)} (goal {'≤' if upper else '≥'} {fmt(limit, unit)})"
 
     return judge
 
 
-def at_least(
-    name: str, limit: float, unit: str
-) -> Callable[[dict[str, Row]], tuple[bool, str] | None]:
-    def judge(rows: dict[str, Row]) -> tuple[bool, str] | None:
-        row = _get(rows, name)
-        if row is None:
-            return None
-        return row.value >= limit, f"{fmt(row.value, row.unit)} (goal ≥ {fmt(limit, unit)})"
-
-    return judge
+def at_most(name: str, limit: float, unit: str) -> Judge:
+    return _bound(name, limit, unit, upper=True)
 
 
-def ratio(num: str, den: str, limit: float) -> Callable[[dict[str, Row]], tuple[bool, str] | None]:
+def at_least(name: str, limit: float, unit: str) -> Judge:
+    return _bound(name, limit, unit, upper=False)
+
+
+def ratio(num: str, den: str, limit: float) -> Judge:
     def judge(rows: dict[str, Row]) -> tuple[bool, str] | None:
         a, b = _get(rows, num), _get(rows, den)
         if a is None or b is None:

@@ -29,7 +29,7 @@ from blokrun.errors import ConfigError
 from blokrun.spec.model import DURABILITIES
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
     from blokrun.spec.model import Durability
 
@@ -38,6 +38,9 @@ __all__ = [
     "KNOWN_TYPES",
     "DatasourceSettings",
     "RunnerSettings",
+    "check_datasource",
+    "check_durability",
+    "check_lease_ttl",
     "mask_url",
     "settings_from_env",
 ]
@@ -306,13 +309,9 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> RunnerSetting
     datasources = {name: _build(name, raw, configured) for name, raw in sorted(grouped.items())}
     if DEFAULT_DATASOURCE not in datasources:
         datasources[DEFAULT_DATASOURCE] = embedded_default(home)
-    blob_ds = env.get("BLOKRUN_BLOB_DATASOURCE") or None
-    if blob_ds is not None and blob_ds not in datasources:
-        raise ConfigError(
-            f"BLOKRUN_BLOB_DATASOURCE={blob_ds!r} is not a configured datasource; "
-            f"configured: {', '.join(sorted(datasources))}",
-            variable="BLOKRUN_BLOB_DATASOURCE",
-        )
+    blob_ds = check_datasource(
+        "BLOKRUN_BLOB_DATASOURCE", env.get("BLOKRUN_BLOB_DATASOURCE") or None, datasources
+    )
     threshold = 256 * 1024
     raw_threshold = env.get("BLOKRUN_BLOB_THRESHOLD")
     if raw_threshold:
@@ -346,25 +345,11 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> RunnerSetting
             lease_ttl = float(raw_lease)
         except ValueError:
             lease_ttl = -1.0
-        if not (0 < lease_ttl < 86400 * 365):
-            raise ConfigError(
-                f"BLOKRUN_LEASE_TTL={raw_lease!r}: expected a number of seconds > 0 "
-                "(how long a run's lease outlives a process that died), or 'off'",
-                variable="BLOKRUN_LEASE_TTL",
-            )
-    queue_ds = env.get("BLOKRUN_QUEUE_DATASOURCE") or None
-    if queue_ds is not None and queue_ds not in datasources:
-        raise ConfigError(
-            f"BLOKRUN_QUEUE_DATASOURCE={queue_ds!r} is not a configured datasource; "
-            f"configured: {', '.join(sorted(datasources))}",
-            variable="BLOKRUN_QUEUE_DATASOURCE",
-        )
-    durability = (env.get("BLOKRUN_DURABILITY") or "sync").strip()
-    if durability not in DURABILITIES:
-        raise ConfigError(
-            f"BLOKRUN_DURABILITY={durability!r}: expected one of {', '.join(DURABILITIES)}",
-            variable="BLOKRUN_DURABILITY",
-        )
+        check_lease_ttl(lease_ttl, raw_lease)
+    queue_ds = check_datasource(
+        "BLOKRUN_QUEUE_DATASOURCE", env.get("BLOKRUN_QUEUE_DATASOURCE") or None, datasources
+    )
+    durability = check_durability((env.get("BLOKRUN_DURABILITY") or "sync").strip())
     return RunnerSettings(
         datasources=datasources,
         home=home,
@@ -375,6 +360,38 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> RunnerSetting
         durability=durability,
         queue_datasource=queue_ds,
         environ=dict(env),
+    )
+
+
+def check_datasource(variable: str, name: str | None, configured: Iterable[str]) -> str | None:
+    """``name`` if it is ``None`` or a configured datasource; else an error naming ``variable``."""
+    names = sorted(configured)
+    if name is not None and name not in names:
+        raise ConfigError(
+            f"{variable}={name!r} is not a configured datasource; configured: {', '.join(names)}",
+            variable=variable,
+        )
+    return name
+
+
+def check_lease_ttl(value: float | None, shown: object = None) -> float | None:
+    """A lease TTL in seconds (> 0, under a year) or ``None`` (leases off)."""
+    if value is not None and not (0 < value < 86400 * 365):
+        raise ConfigError(
+            f"BLOKRUN_LEASE_TTL={value if shown is None else shown!r}: expected a number of "
+            "seconds > 0 (how long a run's lease outlives a process that died), or 'off'",
+            variable="BLOKRUN_LEASE_TTL",
+        )
+    return value
+
+
+def check_durability(value: str) -> Durability:
+    for known in DURABILITIES:
+        if value == known:
+            return known
+    raise ConfigError(
+        f"BLOKRUN_DURABILITY={value!r}: expected one of {', '.join(DURABILITIES)}",
+        variable="BLOKRUN_DURABILITY",
     )
 
 

@@ -23,7 +23,14 @@ import anyio
 import msgspec
 import orjson
 
-from blokrun.config import DEFAULT_DATASOURCE, DatasourceSettings, settings_from_env
+from blokrun.config import (
+    DEFAULT_DATASOURCE,
+    DatasourceSettings,
+    check_datasource,
+    check_durability,
+    check_lease_ttl,
+    settings_from_env,
+)
 from blokrun.datasources import Datasource, build_datasource
 from blokrun.errors import (
     BlokrunError,
@@ -56,7 +63,6 @@ from blokrun.persistence.records import (
 from blokrun.persistence.resumer import FoundRun, Resumer
 from blokrun.persistence.state import BlobPolicy, resolve_blobs
 from blokrun.spec.loader import Workflow, definition_hash, load_workflow
-from blokrun.spec.model import DURABILITIES, Durability
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -65,6 +71,7 @@ if TYPE_CHECKING:
     from blokrun.datasources import LeaseState
     from blokrun.lifecycle import GcReport, ResumeOutcome, RunPage
     from blokrun.persistence.records import DefinitionRecord
+    from blokrun.spec.model import Durability
     from blokrun.workers.queue import Queue
     from blokrun.workers.worker import WorkerStats
 
@@ -176,12 +183,7 @@ class Runner:
             built[ds.name] = ds
         self._datasources = built
         self._envelope = envelope or DEFAULT_ENVELOPE
-        if blob_datasource is not None and blob_datasource not in built:
-            raise ConfigError(
-                f"BLOKRUN_BLOB_DATASOURCE={blob_datasource!r} is not a configured datasource; "
-                f"configured: {', '.join(sorted(built))}",
-                variable="BLOKRUN_BLOB_DATASOURCE",
-            )
+        check_datasource("BLOKRUN_BLOB_DATASOURCE", blob_datasource, built)
         if blob_threshold < 1:
             raise ConfigError(
                 f"BLOKRUN_BLOB_THRESHOLD={blob_threshold}: expected a positive number of bytes",
@@ -191,28 +193,14 @@ class Runner:
         self._checkpointer = Checkpointer(built, envelope=self._envelope, blobs=blobs)
         self._resumer = Resumer(self._envelope)
         self.max_resumes = max_resumes
-        if lease_ttl is not None and not (0 < lease_ttl < 86400 * 365):
-            raise ConfigError(
-                f"BLOKRUN_LEASE_TTL={lease_ttl!r}: expected a number of seconds > 0, or off",
-                variable="BLOKRUN_LEASE_TTL",
-            )
-        self.lease_ttl = lease_ttl
+        self.lease_ttl = check_lease_ttl(lease_ttl)
         #: Leases this runner could not release (the datasource was down): released before
         #: it next takes that run, so a resume after an outage does not wait out the TTL.
         self._unreleased: dict[str, Lease] = {}
-        if durability not in DURABILITIES:
-            raise ConfigError(
-                f"BLOKRUN_DURABILITY={durability!r}: expected one of {', '.join(DURABILITIES)}",
-                variable="BLOKRUN_DURABILITY",
-            )
-        self.durability: Durability = durability
-        if queue_datasource is not None and queue_datasource not in built:
-            raise ConfigError(
-                f"BLOKRUN_QUEUE_DATASOURCE={queue_datasource!r} is not a configured datasource; "
-                f"configured: {', '.join(sorted(built))}",
-                variable="BLOKRUN_QUEUE_DATASOURCE",
-            )
-        self._queue_datasource = queue_datasource
+        self.durability: Durability = check_durability(durability)
+        self._queue_datasource = check_datasource(
+            "BLOKRUN_QUEUE_DATASOURCE", queue_datasource, built
+        )
         self._queue: Queue | None = None
         self._compiled: dict[tuple[str, str], Workflow] = {}
         self._hooks: list[Hook] = [self._checkpointer]

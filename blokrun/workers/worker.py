@@ -105,7 +105,6 @@ class Worker:
         self._parked: dict[str, Claim] = {}  # claimed, waiting for a workflow slot
         self.park_limit = 4 * concurrency
         self._stopping = anyio.Event()
-        self._by_workflow: dict[str, int] = {}
         self._slot_free = anyio.Event()
 
     async def serve(self, stop: anyio.Event | None = None, *, max_runs: int | None = None) -> None:
@@ -186,7 +185,6 @@ class Worker:
         self._parked.pop(job.request_id, None)
         scope = anyio.CancelScope()
         self._running[job.request_id] = scope
-        self._by_workflow[job.workflow] = self._by_workflow.get(job.workflow, 0) + 1
         tg.start_soon(self._run, claim, scope, name=f"blokrun run {job.request_id}")
         return True
 
@@ -221,7 +219,6 @@ class Worker:
             log.warning("run %s: %s", rid, exc)
         finally:
             self._running.pop(rid, None)
-            self._by_workflow[job.workflow] -= 1
             slot = self._slots.pop(rid, None)
             if slot is not None:
                 await slot.release()
