@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 from blokrun.config import DatasourceSettings
-from blokrun.context import Context
 from blokrun.datasources import Datasource, Store
 from blokrun.errors import (
     BlokrunError,
@@ -36,9 +35,14 @@ from blokrun.errors import (
     ValueNotStorable,
     WorkflowError,
 )
-from blokrun.execution.hooks import Hook, RunState, StepOutcome
-from blokrun.runner import CheckpointInfo, ResumePlan, RunInfo, Runner, RunResult
-from blokrun.spec.loader import Workflow, load_workflow
+from blokrun.execution.context import Context
+from blokrun.execution.events import RunEnded, RunStarted, StepFinished, StepStarted, Suspension
+from blokrun.execution.hooks import Hook
+from blokrun.execution.workflows import load_workflow
+from blokrun.persistence.history import CheckpointInfo, RunInfo
+from blokrun.persistence.planner import ResumePlan
+from blokrun.runner import Runner, RunResult
+from blokrun.spec.loader import Workflow
 
 __version__ = "0.1.0"
 
@@ -67,11 +71,14 @@ __all__ = [
     "RunInfo",
     "RunNotFound",
     "RunResult",
-    "RunState",
+    "RunEnded",
+    "RunStarted",
     "Runner",
     "StepFailed",
-    "StepOutcome",
+    "StepFinished",
+    "StepStarted",
     "Store",
+    "Suspension",
     "ValueNotStorable",
     "Workflow",
     "WorkflowError",

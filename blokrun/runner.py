@@ -1,27 +1,23 @@
 """The public entry point: ``async with Runner.from_env() as runner: await runner.run(...)``.
 
-A Runner owns a set of datasources (built from the environment or given directly), connects
-them all at start-up -- so bad config fails before step 1 -- and runs and resumes workflows
-on them. It holds no global state: several Runners can live in one process.
+A Runner is a thin facade over two parts: the executor (:mod:`blokrun.execution`), which
+runs steps and emits events, and the run store (:class:`~blokrun.persistence.store.RunStore`),
+which owns everything a run keeps in its datasources. The Runner loads workflows against
+its datasources, and drives an attempt of a run: it takes the run's lease, keeps it alive
+with a heartbeat, hands the executor the store's recorder as the first hook, and returns
+how the attempt ended. It holds no global state: several Runners can live in one process.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import os
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
-import msgspec
-import orjson
 
 from blokrun.config import (
     DEFAULT_DATASOURCE,
@@ -29,57 +25,44 @@ from blokrun.config import (
     check_datasource,
     check_durability,
     check_lease_ttl,
+    embedded_default,
     settings_from_env,
 )
 from blokrun.datasources import Datasource, build_datasource
-from blokrun.errors import (
-    BlokrunError,
-    CheckpointError,
-    ConfigError,
-    DatasourceError,
-    DefinitionChanged,
-    LeaseLost,
-    ResumeError,
-    RunBusy,
-    RunError,
-    RunNotFound,
-)
-from blokrun.execution.builtins import Suspend
-from blokrun.execution.engine import execute
-from blokrun.execution.hooks import CallableHook, Hook, RunState, StepOutcome
-from blokrun.persistence.checkpointer import Checkpointer, KeyScope, save_everywhere
+from blokrun.errors import ConfigError, LeaseLost, RunBusy, RunError, RunNotFound
+from blokrun.execution.engine import Attempt, emit_end, run_attempt
+from blokrun.execution.hooks import CallableHook, Hook
+from blokrun.execution.workflows import load_workflow
+from blokrun.lifecycle import collect_garbage, iter_runs, list_runs, resume_failed
 from blokrun.persistence.envelope import Envelope
-from blokrun.persistence.leases import Lease, acquire, lease_key
-from blokrun.persistence.records import (
-    DEFAULT_ENVELOPE,
-    HeadRecord,
-    RunStatus,
-    decode_record,
-    encode_record,
-    head_key,
-    new_request_id,
-    validate_request_id,
-)
-from blokrun.persistence.resumer import FoundRun, Resumer
-from blokrun.persistence.state import BlobPolicy, resolve_blobs
-from blokrun.spec.loader import Workflow, definition_hash, load_workflow
+from blokrun.persistence.planner import accept_input
+from blokrun.persistence.records import DEFAULT_ENVELOPE, new_request_id, validate_request_id
+from blokrun.persistence.state import BlobPolicy
+from blokrun.persistence.store import RunStore
+from blokrun.spec.loader import Workflow
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from datetime import datetime
     from types import TracebackType
 
-    from blokrun.datasources import LeaseState
-    from blokrun.lifecycle import GcReport, ResumeOutcome, RunPage
-    from blokrun.persistence.records import DefinitionRecord
-    from blokrun.spec.model import Durability
+    from blokrun.execution.events import StepFinished
+    from blokrun.lifecycle import GcReport, ResumeOutcome, RunPage, RunSummary
+    from blokrun.persistence.history import CheckpointInfo, RunInfo
+    from blokrun.persistence.leases import Lease
+    from blokrun.persistence.planner import Prepared, ResumePlan
+    from blokrun.persistence.recorder import RunRecorder
+    from blokrun.persistence.records import HeadRecord
+    from blokrun.types import Durability, RunStatus
     from blokrun.workers.queue import Queue
     from blokrun.workers.worker import WorkerStats
 
-__all__ = ["CheckpointInfo", "ResumePlan", "RunInfo", "RunResult", "Runner"]
+__all__ = ["RunResult", "Runner"]
 
 log = logging.getLogger("blokrun")
 
-HookLike = Hook | Callable[[RunState, StepOutcome], Awaitable[None]]
+HookLike = Hook | Callable[["StepFinished"], Awaitable[None]]
+WorkflowLike = str | Path | Mapping[str, Any] | Workflow
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,53 +82,14 @@ class RunResult:
     prompt: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ResumePlan:
-    """Which steps a resume skips (done at the checkpoint it starts from) and runs."""
-
-    request_id: str
-    workflow: str
-    after: str | None  # the step of that checkpoint (None: from the run's start)
-    from_seq: int
-    skip: tuple[str, ...]
-    run: tuple[str, ...]
-    attempt: int  # the attempt number the resume will have
-    head_status: str | None
-    head: HeadRecord | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CheckpointInfo:
-    key: str
-    step: str
-    seq: int
-    status: str
-    time: float
-    duration: float
-    size: int
-    attempt: int
-
-
-@dataclass(frozen=True, slots=True)
-class RunInfo:
-    """What ``blokrun inspect`` shows: the head and every checkpoint of a run, in order."""
-
-    request_id: str
-    datasource: str
-    head: HeadRecord | None
-    checkpoints: tuple[CheckpointInfo, ...]
-    #: the run's lease as stored (who holds it, until when), if its datasource keeps leases
-    lease: LeaseState | None = None
-
-
 class Runner:
     """Runs and resumes workflows, checkpointing to its datasources.
 
     ``datasources``: :class:`Datasource` objects or :class:`DatasourceSettings` (a service
     that builds its own config), or nothing for the embedded default under ``./.blokrun``.
-    ``hooks``: extra :class:`Hook` objects or ``async def hook(run, outcome)`` after-step
-    functions, run after the checkpoint of each step. ``envelope``: compression and
-    encryption of stored records (default: zstd above 4 KiB, no encryption).
+    ``hooks``: extra :class:`Hook` objects or ``async def hook(event: StepFinished)``
+    after-step functions, run after the checkpoint of each step. ``envelope``: compression
+    and encryption of stored records (default: zstd above 4 KiB, no encryption).
     ``blob_datasource``: where top-level values of at least ``blob_threshold`` bytes are
     stored once, content-addressed, and referenced from checkpoints (default: inline).
     ``lease_ttl``: how long a run's lease outlives a holder that stopped renewing it (see
@@ -173,8 +117,6 @@ class Runner:
     ) -> None:
         built: dict[str, Datasource] = {}
         if datasources is None:
-            from blokrun.config import embedded_default
-
             datasources = [embedded_default(Path(".blokrun"))]
         for item in datasources:
             ds = item if isinstance(item, Datasource) else build_datasource(item)
@@ -182,32 +124,29 @@ class Runner:
                 raise ConfigError(f"datasource {ds.name!r} given twice")
             built[ds.name] = ds
         self._datasources = built
-        self._envelope = envelope or DEFAULT_ENVELOPE
         check_datasource("BLOKRUN_BLOB_DATASOURCE", blob_datasource, built)
         if blob_threshold < 1:
             raise ConfigError(
                 f"BLOKRUN_BLOB_THRESHOLD={blob_threshold}: expected a positive number of bytes",
                 variable="BLOKRUN_BLOB_THRESHOLD",
             )
-        blobs = BlobPolicy(built[blob_datasource] if blob_datasource else None, blob_threshold)
-        self._checkpointer = Checkpointer(built, envelope=self._envelope, blobs=blobs)
-        self._resumer = Resumer(self._envelope)
-        self.max_resumes = max_resumes
-        self.lease_ttl = check_lease_ttl(lease_ttl)
-        #: Leases this runner could not release (the datasource was down): released before
-        #: it next takes that run, so a resume after an outage does not wait out the TTL.
-        self._unreleased: dict[str, Lease] = {}
+        self._store = RunStore(
+            built,
+            envelope=envelope or DEFAULT_ENVELOPE,
+            blobs=BlobPolicy(built[blob_datasource] if blob_datasource else None, blob_threshold),
+            compile=lambda document, source: self.load(document, name=source),
+            lease_ttl=check_lease_ttl(lease_ttl),
+            max_resumes=max_resumes,
+        )
         self.durability: Durability = check_durability(durability)
         self._queue_datasource = check_datasource(
             "BLOKRUN_QUEUE_DATASOURCE", queue_datasource, built
         )
         self._queue: Queue | None = None
-        self._compiled: dict[tuple[str, str], Workflow] = {}
-        self._hooks: list[Hook] = [self._checkpointer]
-        for hook in hooks:
-            self._hooks.append(hook if isinstance(hook, Hook) else CallableHook(hook))
+        self._hooks: list[Hook] = [
+            hook if isinstance(hook, Hook) else CallableHook(hook) for hook in hooks
+        ]
         self._search_paths = tuple(search_paths)
-        self._stack: AsyncExitStack | None = None
 
     @classmethod
     def from_env(
@@ -239,6 +178,24 @@ class Runner:
     def datasources(self) -> Mapping[str, Datasource]:
         return self._datasources
 
+    @property
+    def store(self) -> RunStore:
+        """The run store: everything this runner's runs keep in its datasources."""
+        return self._store
+
+    @property
+    def envelope(self) -> Envelope:
+        """How this runner seals stored records (compression, encryption)."""
+        return self._store.envelope
+
+    @property
+    def lease_ttl(self) -> float | None:
+        return self._store.lease_ttl
+
+    @property
+    def max_resumes(self) -> int:
+        return self._store.max_resumes
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
@@ -255,46 +212,14 @@ class Runner:
 
     async def connect(self) -> None:
         """Connect every datasource at once; fail with one error naming each that failed."""
-        if self._stack is not None:
-            return
-        stack = AsyncExitStack()
-        failures: list[tuple[Datasource, BaseException]] = []
-
-        async def one(ds: Datasource) -> None:
-            try:
-                await ds.connect()
-            except BlokrunError as exc:
-                failures.append((ds, exc))
-
-        async with anyio.create_task_group() as tg:
-            for ds in self._datasources.values():
-                tg.start_soon(one, ds)
-        for ds in self._datasources.values():
-            if ds.is_connected:
-                stack.push_async_callback(ds.close)
-        if failures:
-            await stack.aclose()
-            names = ", ".join(sorted(self._datasources))
-            detail = "; ".join(
-                f"{ds.settings.describe()}: {getattr(exc, 'detail', exc)}" for ds, exc in failures
-            )
-            first = failures[0][1]
-            raise DatasourceError(
-                f"cannot start: {detail} (configured datasources: {names})",
-                datasource=failures[0][0].name,
-            ) from first
-        self._stack = stack
+        await self._store.connect()
 
     async def close(self) -> None:
-        if self._stack is not None:
-            stack, self._stack = self._stack, None
-            await stack.aclose()
+        await self._store.close()
 
     # -- workflows -----------------------------------------------------------------------------
 
-    def load(
-        self, source: str | Path | Mapping[str, Any] | Workflow, *, name: str | None = None
-    ) -> Workflow:
+    def load(self, source: WorkflowLike, *, name: str | None = None) -> Workflow:
         """Load and validate a workflow against this runner's datasources."""
         if isinstance(source, Workflow):
             return source
@@ -308,33 +233,15 @@ class Runner:
             name=name,
         )
 
-    def _load_stored(self, stored: DefinitionRecord) -> Workflow:
-        """The workflow of a stored definition, compiled once per runner (by its hash):
-        resuming a 100-step run should not recompile 100 steps each time."""
-        key = (definition_hash(stored.document), stored.source or "")
-        wf = self._compiled.get(key)
-        if wf is None:
-            wf = self.load(stored.document, name=stored.source)
-            if len(self._compiled) >= 256:
-                self._compiled.pop(next(iter(self._compiled)))
-            self._compiled[key] = wf
-        return wf
-
-    def _require_connected(self) -> None:
-        if self._stack is None:
-            raise BlokrunError(
-                "the Runner is not started: use 'async with runner:' or await runner.connect()"
-            )
-
     async def run(
         self,
-        workflow: str | Path | Mapping[str, Any] | Workflow,
+        workflow: WorkflowLike,
         inputs: Mapping[str, Any] | None = None,
         *,
         request_id: str | None = None,
     ) -> RunResult:
         """Run a workflow from its first step; :class:`~blokrun.errors.RunError` on failure."""
-        self._require_connected()
+        self._store.require_started()
         wf = self.load(workflow)
         rid = new_request_id() if request_id is None else _checked_request_id(request_id)
         if inputs is not None and not isinstance(inputs, Mapping):
@@ -342,160 +249,69 @@ class Runner:
                 f"inputs must be a JSON object, got {type(inputs).__name__}", variable="inputs"
             )
         initial = dict(inputs or {})
-        run = RunState(
-            request_id=rid,
-            workflow=wf,
-            vars=dict(initial),
-            inputs=initial,
-            started_at=time.time(),
-        )
-        lease = await self._acquire(rid, wf)
-        run.lease = lease
+        started_at = time.time()
+        attempt = Attempt(request_id=rid, workflow=wf, vars=dict(initial), started_at=started_at)
+        lease = await self._store.acquire(rid, wf)
         try:
-            return await self._drive(run)
+            recorder = self._store.recorder(
+                request_id=rid,
+                workflow=wf,
+                inputs=initial,
+                started_at=started_at,
+                durability=wf.durability or self.durability,
+                lease=lease,
+            )
+            return await self._drive(attempt, recorder, lease)
         finally:
             if lease is not None:
-                await self._release(lease)
+                await self._store.release(lease)
 
-    def _lease_datasource(self, wf: Workflow) -> Datasource | None:
-        """Where a run's lease lives: its first target that keeps leases."""
-        if self.lease_ttl is None:
-            return None
-        for name in wf.targets:
-            ds = self._datasources.get(name)
-            if ds is not None and ds.supports_leases:
-                return ds
-        return None
-
-    async def _acquire(self, request_id: str, wf: Workflow) -> Lease | None:
-        ds = self._lease_datasource(wf)
-        if ds is None or self.lease_ttl is None:
-            return None
-        stale = self._unreleased.pop(request_id, None)
-        if stale is not None and not await stale.release():
-            self._unreleased[request_id] = stale
-        return await acquire(ds, request_id, self.lease_ttl)
-
-    async def _release(self, lease: Lease) -> None:
-        if not await lease.release():
-            self._unreleased[lease.request_id] = lease
-
-    async def _drive(self, run: RunState) -> RunResult:
-        run.durability = run.workflow.durability or self.durability
-        lease = run.lease
-        if lease is None and run.durability != "async":
-            return await self._drive_run(run)
-        result: RunResult | None = None
-        error: BaseException | None = None
-        async with anyio.create_task_group() as tg:
-            if lease is not None:
-                tg.start_soon(lease.heartbeat, tg.cancel_scope)
-            run.background = tg  # write-behind saves; flushed by the run's end
-            try:
-                result = await self._drive_run(run)
-            except BaseException as exc:  # re-raised below, outside the task group
-                error = exc
-            finally:
-                run.background = None
-            tg.cancel_scope.cancel()
-        if lease is not None and lease.lost and not isinstance(error, LeaseLost):
-            raise lease.lost_error() from error
-        if error is not None:
-            raise error
-        assert result is not None
-        return result
-
-    async def _drive_run(self, run: RunState) -> RunResult:
+    async def _drive(self, run: Attempt, recorder: RunRecorder, lease: Lease | None) -> RunResult:
+        """Drive one attempt: the executor with the recorder first among the hooks, the
+        lease's heartbeat beside it, write-behind saves in the same task group."""
+        hooks = [recorder, *self._hooks] if recorder.targets else self._hooks
         started = time.perf_counter()
         skipped = tuple(run.done)
-        try:
-            for hook in self._hooks:
-                await hook.on_run_start(run)
-            await execute(
-                run, datasources=self._datasources, hooks=self._hooks, envelope=self._envelope
-            )
-        except Suspend as sus:
-            token = secrets.token_urlsafe(16)
-            run.status = "suspended"
-            run.extras["suspension"] = (sus.step, _token_hash(run.request_id, sus.step, token))
-            for hook in self._hooks:
-                with anyio.CancelScope(shield=True):
-                    await hook.on_run_end(run, sus)
-            return _result(
-                run, skipped, started, waiting_step=sus.step, token=token, prompt=sus.prompt
-            )
-        except BaseException as exc:
-            run.status = (
-                "cancelled" if isinstance(exc, anyio.get_cancelled_exc_class()) else "failed"
-            )
-            for hook in self._hooks:
+        if lease is None and recorder.durability != "async":
+            outcome = await run_attempt(run, hooks=hooks, reader=self._store.reads)
+        else:
+            error: BaseException | None = None
+            async with anyio.create_task_group() as tg:
+                if lease is not None:
+                    tg.start_soon(lease.heartbeat, tg.cancel_scope)
+                recorder.background = tg  # write-behind saves; flushed by the run's end
                 try:
-                    with anyio.CancelScope(shield=True):
-                        await hook.on_run_end(run, exc)
-                except Exception:  # a failing hook must not hide the run's own error
-                    log.exception("on_run_end hook failed for run %s", run.request_id)
-            raise
-        run.status = "completed"
-        try:
-            for hook in self._hooks:
-                await hook.on_run_end(run, None)
-        except CheckpointError:  # the last (write-behind or exit) save failed: not completed
-            run.status = "failed"
-            raise
-        return _result(run, skipped, started)
+                    outcome = await run_attempt(run, hooks=hooks, reader=self._store.reads)
+                except BaseException as exc:  # re-raised below, outside the task group
+                    error = exc
+                finally:
+                    recorder.background = None
+                tg.cancel_scope.cancel()
+            if lease is not None and lease.lost and not isinstance(error, LeaseLost):
+                raise lease.lost_error() from error
+            if error is not None:
+                raise error
+        suspension = outcome.suspension
+        return RunResult(
+            request_id=run.request_id,
+            status="suspended" if suspension is not None else "completed",
+            vars=run.vars,
+            steps_run=tuple(run.steps_run),
+            steps_skipped=skipped,
+            resumed=run.resumed,
+            duration=time.perf_counter() - started,
+            waiting_step=suspension.step if suspension is not None else None,
+            token=outcome.token,
+            prompt=suspension.prompt if suspension is not None else None,
+        )
 
     # -- resume ----------------------------------------------------------------------------------
-
-    def _scan_prefix(self, request_id: str, wf: Workflow | None) -> str:
-        """The literal start of every checkpoint key of a run, for the fallback scan.
-
-        The key pattern is rendered for two very different start times and cut at the step
-        name: parts that depend on the time (``${ctx.date}``) end the prefix, so it holds
-        whatever the run's start was. Scanned records are matched by request id anyway.
-        """
-        if wf is None:
-            return f"{request_id}-"
-        from blokrun.expressions import render_key
-
-        sentinel = "\x00"
-        rendered = []
-        for started in (0.0, 2_000_000_000.0):
-            probe = RunState(
-                request_id=request_id, workflow=wf, vars={}, inputs={}, started_at=started
-            )
-            rendered.append(
-                render_key(wf.key_template, KeyScope(probe, sentinel)).split(sentinel, 1)[0]
-            )
-        return os.path.commonprefix(rendered)  # noqa: RUF071 - a character prefix is meant
-
-    async def _locate(self, request_id: str, wf: Workflow | None) -> FoundRun:
-        try:
-            validate_request_id(request_id)
-        except ValueError as exc:
-            raise RunNotFound(str(exc), request_id=str(request_id)[:200]) from None
-        candidates = (
-            [self._datasources[n] for n in wf.targets]
-            if wf is not None and wf.targets
-            else list(self._datasources.values())
-        )
-        found = await self._resumer.locate(
-            request_id,
-            candidates,
-            scan_prefix=self._scan_prefix(request_id, wf),
-            workflow=wf.name if wf is not None else None,
-        )
-        if found is None:
-            where = ", ".join(repr(ds.name) for ds in candidates)
-            raise RunNotFound(
-                f"no checkpoint or run record found on {where}", request_id=request_id
-            )
-        return found
 
     async def resume(
         self,
         request_id: str,
         *,
-        workflow: str | Path | Mapping[str, Any] | Workflow | None = None,
+        workflow: WorkflowLike | None = None,
         force: bool = False,
         from_step: str | None = None,
         set_vars: Mapping[str, Any] | None = None,
@@ -517,45 +333,61 @@ class Runner:
         ``token`` its suspension returned; a wrong token or input that fails the step's
         schema is refused and the run stays suspended.
         """
-        self._require_connected()
-        run, plan = await self._prepare(request_id, workflow, force, from_step, set_vars)
-        lease = await self._acquire(request_id, run.workflow)
+        store = self._store
+        store.require_started()
+        given = self.load(workflow) if workflow is not None else None
+
+        async def prepare() -> Prepared:
+            return await store.planner.plan(
+                request_id, given, force=force, from_step=from_step, set_vars=set_vars
+            )
+
+        prepared = await prepare()
+        lease = await store.acquire(request_id, prepared.workflow)
         try:
-            if lease is not None and not await self._unchanged(lease, plan.head):
+            if lease is not None and not await store.planner.unchanged(lease, prepared.plan.head):
                 # Another process moved the run on between our read and our lease: read again.
-                run, plan = await self._prepare(request_id, workflow, force, from_step, set_vars)
-            run.lease = lease
-            head = plan.head
+                prepared = await prepare()
+            head = prepared.plan.head
             if head is not None and head.status not in ("completed", "suspended") and not force:
                 # Only the lease holder may judge (and mark) a run dead: a run being driven
                 # elsewhere gets RunBusy above, never a dead head over its live one.
-                await self._check_dead_letter(run, head)
-            return await self._resume(run, plan, input, token)
+                await store.check_dead_letter(prepared.workflow, head, lease)
+            return await self._resume(prepared, lease, input, token)
         finally:
             if lease is not None:
-                await self._release(lease)
-
-    async def _unchanged(self, lease: Lease, head: HeadRecord | None) -> bool:
-        """Whether the head record under the lease is the one the resume was planned on."""
-        raw = await lease.datasource.load(head_key(lease.request_id))
-        if raw is None:
-            return head is None
-        try:
-            return decode_record(raw, HeadRecord, envelope=self._envelope) == head
-        except BlokrunError:
-            return False
+                await store.release(lease)
 
     async def _resume(
-        self, run: RunState, plan: ResumePlan, input: Any, token: str | None
+        self, prepared: Prepared, lease: Lease | None, value: Any, token: str | None
     ) -> RunResult:
-        request_id = run.request_id
-        self._accept_input(run, plan, input, token)
+        plan = prepared.plan
+        wf = prepared.workflow
+        run = Attempt(
+            request_id=plan.request_id,
+            workflow=wf,
+            vars=prepared.vars,
+            started_at=prepared.started_at,
+            attempt=prepared.attempt,
+            resumed=True,
+            done=prepared.done,
+            provided=accept_input(prepared, value, token),
+        )
+        recorder = self._store.recorder(
+            request_id=plan.request_id,
+            workflow=wf,
+            inputs=prepared.inputs,
+            started_at=prepared.started_at,
+            durability=wf.durability or self.durability,
+            lease=lease,
+            prepared=prepared,
+        )
         if not plan.run:
             if plan.head_status != "completed":
-                for hook in self._hooks:
-                    await hook.on_run_end(run, None)
+                hooks = [recorder, *self._hooks] if recorder.targets else self._hooks
+                await emit_end(run, hooks, "completed")
             return RunResult(
-                request_id=request_id,
+                request_id=plan.request_id,
                 status="completed",
                 vars=run.vars,
                 steps_run=(),
@@ -565,286 +397,52 @@ class Runner:
             )
         log.info(
             "resuming run %s after %s (%d steps done)",
-            request_id,
+            plan.request_id,
             plan.after or "its start",
             len(plan.skip),
         )
-        return await self._drive(run)
-
-    def _accept_input(self, run: RunState, plan: ResumePlan, value: Any, token: str | None) -> None:
-        head = plan.head
-        rid = run.request_id
-        if head is None or head.status != "suspended" or head.waiting_step is None:
-            if token is not None or value is not None:
-                raise ResumeError("is not waiting for input", request_id=rid)
-            return
-        step = head.waiting_step
-        if token is None or value is None:
-            raise ResumeError(
-                f"is suspended at step {step!r} waiting for input: resume it with the input "
-                "and the token its suspension returned (blokrun resume ID --input JSON "
-                "--token TOKEN)",
-                request_id=rid,
-                step=step,
-            )
-        if not hmac.compare_digest(_token_hash(rid, step, token), head.token_hash or ""):
-            raise ResumeError("wrong token for this run and step", request_id=rid, step=step)
-        schema = run.workflow.step(step).spec.inputs.get("schema")
-        if isinstance(schema, dict):
-            from blokrun.execution.schema import validate
-
-            problems = validate(value, schema, "$.input")
-            if problems:
-                raise ResumeError(
-                    f"input refused, the run stays suspended: {'; '.join(problems[:5])}",
-                    request_id=rid,
-                    step=step,
-                )
-        run.extras["provided_input"] = {step: value}
+        return await self._drive(run, recorder, lease)
 
     async def plan_resume(
         self,
         request_id: str,
         *,
-        workflow: str | Path | Mapping[str, Any] | Workflow | None = None,
+        workflow: WorkflowLike | None = None,
         force: bool = False,
         from_step: str | None = None,
     ) -> ResumePlan:
         """What :meth:`resume` would do, without doing it (``blokrun resume --dry-run``)."""
-        self._require_connected()
-        _, plan = await self._prepare(request_id, workflow, force, from_step, None, dry=True)
-        return plan
-
-    async def _prepare(
-        self,
-        request_id: str,
-        workflow: str | Path | Mapping[str, Any] | Workflow | None,
-        force: bool,
-        from_step: str | None,
-        set_vars: Mapping[str, Any] | None,
-        *,
-        dry: bool = False,
-    ) -> tuple[RunState, ResumePlan]:
+        self._store.require_started()
         given = self.load(workflow) if workflow is not None else None
-        found = await self._locate(request_id, given)
-        stored = await self._resumer.definition(found)
-        if given is not None:
-            wf = given
-            if stored is not None and stored.definition_hash != wf.definition_hash and not force:
-                self._check_unchanged(request_id, stored.document, wf, found)
-        elif stored is not None:
-            wf = self._load_stored(stored)
-        else:
-            raise ResumeError(
-                "the workflow definition is not stored with the run; pass the workflow "
-                "(blokrun resume ID --workflow FILE)",
-                request_id=request_id,
-            )
-        prefix = self._scan_prefix(request_id, wf)
-        if found.head is None and given is None and prefix != f"{request_id}-":
-            # Located without a definition, by the seed's <id>-* convention: now that the
-            # definition (and its key pattern) is known, scan where the checkpoints really are.
-            better = await self._resumer.scan(
-                found.datasource, request_id, prefix, workflow=wf.name
-            )
-            if better and better[0].seq > found.seq:
-                found.checkpoint = better[0]
-        scope_run = RunState(request_id=request_id, workflow=wf, vars={}, inputs={}, started_at=0.0)
-        if found.head is not None:
-            scope_run.attempt = found.head.attempt  # a crash left that attempt's keys
-        if found.checkpoint is not None:
-            scope_run.started_at = found.checkpoint.started_at
-        await self._resumer.roll_forward(
-            found, wf.step_names, lambda step: self._checkpointer.checkpoint_key(scope_run, step)
+        prepared = await self._store.planner.plan(
+            request_id, given, force=force, from_step=from_step
         )
-        latest_seq = max(
-            found.seq,
-            found.head.seq if found.head is not None else 0,
-            found.head.high_seq if found.head is not None else 0,
-        )
-        if from_step is not None:
-            if from_step not in wf.step_names:
-                raise ResumeError(
-                    f"--from-step {from_step!r} is not a step of {wf.name!r}; steps: "
-                    f"{', '.join(wf.step_names)}",
-                    request_id=request_id,
-                )
-            earlier = await self._resumer.scan(
-                found.datasource, request_id, prefix, workflow=found.checkpoint.workflow
-                if found.checkpoint is not None else None,
-            )  # fmt: skip
-            found.checkpoint = next((r for r in earlier if from_step not in r.done), None)
-        ckpt, state, refs = await self._resumer.state(found, prefix)
-        head = found.head
-        if ckpt is not None:
-            vars_ = await resolve_blobs(
-                state, refs, self._datasources, self._envelope, request_id=request_id
-            )
-            done = list(ckpt.done)
-            started_at = ckpt.started_at
-        elif found.run is not None:
-            vars_, done = dict(found.run.inputs), []
-            started_at = found.run.started_at
-        else:
-            raise ResumeError(
-                "the run's start record is missing and it has no checkpoint: "
-                "nothing to resume from",
-                request_id=request_id,
-            )
-        for path, value in (set_vars or {}).items():
-            _set_path(vars_, path, value, request_id)
-        if head is not None and head.status == "completed" and from_step is None:
-            done = list(wf.step_names)  # even a last step that was not checkpointed
-        attempt = (head.attempt if head is not None else (ckpt.attempt if ckpt else 1)) + 1
-        run = RunState(
-            request_id=request_id,
-            workflow=wf,
-            vars=vars_,
-            inputs=dict(found.run.inputs) if found.run is not None else {},
-            started_at=started_at,
-            attempt=attempt,
-            seq=max(latest_seq, ckpt.seq if ckpt is not None else 0),
-            last_seq=ckpt.seq if ckpt is not None else 0,
-            recoveries=(head.recoveries if head is not None else 0)
-            + (
-                1
-                if head is None or head.status in ("failed", "cancelled", "running", "dead")
-                else 0
-            ),
-            done=done,
-            resumed=True,
-        )
-        if ckpt is not None:
-            run.last_step = ckpt.step
-            run.last_key = ckpt.key or self._checkpointer.checkpoint_key(scope_run, ckpt.step)
-        if set_vars:
-            run.extras["edited"] = True
-        done_set = set(done)
-        plan = ResumePlan(
-            request_id=request_id,
-            workflow=wf.name,
-            after=ckpt.step if ckpt is not None else None,
-            from_seq=ckpt.seq if ckpt is not None else 0,
-            skip=tuple(s for s in wf.step_names if s in done_set),
-            run=tuple(s for s in wf.step_names if s not in done_set),
-            attempt=attempt,
-            head_status=head.status if head is not None else None,
-            head=head,
-        )
-        return run, plan
-
-    async def _check_dead_letter(self, run: RunState, head: HeadRecord) -> None:
-        """Refuse a run that keeps failing in recovery: mark it dead instead of looping.
-        Called holding the run's lease: the mark is a fenced write like a checkpoint."""
-        resumes = head.recoveries  # waiting for input and answering it does not count
-        if head.status != "dead" and resumes < self.max_resumes:
-            return
-        wf = run.workflow
-        if head.status != "dead":
-            dead = msgspec.structs.replace(head, status="dead", updated_at=time.time())
-            targets = [self._datasources[n] for n in wf.targets if n in self._datasources]
-            if targets:
-                entry = (head_key(head.request_id), encode_record(dead, self._envelope), wf.ttl)
-                await save_everywhere(targets, [entry], run=run, step=None, what="the dead mark")
-        raise ResumeError(
-            f"gave up after {resumes} resume attempt(s) (the limit is {self.max_resumes}): "
-            "the run is dead-lettered; fix the cause, then resume with force "
-            "(blokrun resume ID --force)",
-            request_id=head.request_id,
-        )
-
-    def _check_unchanged(
-        self, request_id: str, stored: Mapping[str, Any], wf: Workflow, found: FoundRun
-    ) -> None:
-        done = found.checkpoint.done if found.checkpoint is not None else []
-        old_steps = {s.get("name"): s for s in stored.get("steps", []) if isinstance(s, dict)}
-        new_steps = {s.name: s for s in wf.steps}
-        changed = []
-        for name in done:
-            new = new_steps.get(name)
-            if new is None:
-                changed.append(f"{name!r} (removed)")
-            elif orjson.dumps(old_steps.get(name), option=orjson.OPT_SORT_KEYS) != orjson.dumps(
-                wf.document["steps"][new.index], option=orjson.OPT_SORT_KEYS
-            ):
-                changed.append(f"{name!r} (changed)")
-        if changed:
-            raise DefinitionChanged(
-                f"the workflow changed steps that already ran: {', '.join(changed)}; "
-                "resume with the original definition (omit --workflow) or pass --force "
-                "to continue with the new one anyway",
-                request_id=request_id,
-            )
+        return prepared.plan
 
     # -- inspection -------------------------------------------------------------------------------
 
     async def inspect(self, request_id: str) -> RunInfo:
         """The run's head and every checkpoint, ordered by sequence number."""
-        self._require_connected()
-        found = await self._locate(request_id, None)
-        ds = found.datasource
-        stored = await self._resumer.definition(found)
-        wf = self._load_stored(stored) if stored is not None else None
-        where: dict[int, tuple[str, int]] = {}
-        records = await self._resumer.scan(
-            ds, request_id, self._scan_prefix(request_id, wf), stored=where
-        )
-        infos = [
-            CheckpointInfo(
-                where[r.seq][0], r.step, r.seq, r.status, r.time, r.duration, where[r.seq][1],
-                r.attempt,
-            )
-            for r in reversed(records)
-        ]  # fmt: skip
-        lease = await ds.read_lease(lease_key(request_id)) if ds.supports_leases else None
-        return RunInfo(request_id, ds.name, found.head, tuple(infos), lease)
+        self._store.require_started()
+        return await self._store.history.inspect(request_id)
 
     async def state_at(
         self, request_id: str, *, step: str | None = None, seq: int | None = None
     ) -> tuple[CheckpointInfo, dict[str, Any]]:
         """The vars as they were at a checkpoint: the latest one of ``step``, or number ``seq``."""
-        self._require_connected()
-        found = await self._locate(request_id, None)
-        stored = await self._resumer.definition(found)
-        wf = self._load_stored(stored) if stored is not None else None
-        prefix = self._scan_prefix(request_id, wf)
-        records = await self._resumer.scan(found.datasource, request_id, prefix)
-        if step is not None:
-            chosen = next((r for r in records if r.step == step), None)
-            what = f"step {step!r}"
-        else:
-            chosen = next((r for r in records if r.seq == seq), None)
-            what = f"checkpoint #{seq}"
-        if chosen is None:
-            have = ", ".join(f"#{r.seq} {r.step}" for r in sorted(records, key=lambda r: r.seq))
-            raise ResumeError(f"no checkpoint for {what}; checkpoints: {have or 'none'}",
-                              request_id=request_id)  # fmt: skip
-        found.checkpoint = chosen
-        rec, state, refs = await self._resumer.state(found, prefix)
-        if rec is None or rec.seq != chosen.seq:
-            raise ResumeError(
-                f"the checkpoint for {what} cannot be rebuilt (its chain is broken)",
-                request_id=request_id,
-            )
-        state = await resolve_blobs(
-            state, refs, self._datasources, self._envelope, request_id=request_id
-        )
-        info = CheckpointInfo(
-            rec.key, rec.step, rec.seq, rec.status, rec.time, rec.duration, 0, rec.attempt
-        )
-        return info, state
+        self._store.require_started()
+        return await self._store.history.state_at(request_id, step=step, seq=seq)
 
     async def head(self, request_id: str) -> HeadRecord | None:
         """The stored head record of a run, or ``None``."""
-        found = await self._locate(request_id, None)
-        return found.head
+        return await self._store.head(request_id)
 
     # -- scale-out (blokrun.workers) -------------------------------------------------------
 
     async def queue(self) -> Queue:
         """The run queue: in ``BLOKRUN_QUEUE_DATASOURCE``, else the first Redis or
         PostgreSQL datasource configured (else a memory one, for one process)."""
-        self._require_connected()
+        self._store.require_started()
         if self._queue is None:
             from blokrun.workers.queue import BACKENDS, open_queue
 
@@ -899,7 +497,7 @@ class Runner:
             )
         if request_id is not None:
             try:
-                await self._locate(rid, wf)
+                await self._store.planner.locate(rid, wf)
             except RunNotFound:
                 pass
             else:
@@ -919,11 +517,11 @@ class Runner:
     async def wait(self, request_id: str, *, poll: float = 0.05) -> RunResult:
         """Wait until a submitted run ends; its result (completed or suspended), or the
         :class:`~blokrun.errors.RunError` it failed with. Bound it with ``anyio.fail_after``."""
-        self._require_connected()
+        self._store.require_started()
         delay = poll
         while True:
             try:
-                head = (await self._locate(request_id, None)).head
+                head = await self._store.head(request_id)
             except RunNotFound:
                 head = None
             if head is not None and head.status == "completed":
@@ -974,11 +572,6 @@ class Runner:
 
     # -- run lifecycle (blokrun.lifecycle) ---------------------------------------------------
 
-    @property
-    def envelope(self) -> Envelope:
-        """How this runner seals stored records (compression, encryption)."""
-        return self._envelope
-
     async def list_runs(
         self,
         *,
@@ -989,21 +582,24 @@ class Runner:
         cursor: str | None = None,
     ) -> RunPage:
         """Stored runs, newest first, a page at a time (:func:`blokrun.lifecycle.list_runs`)."""
-        from blokrun.lifecycle import list_runs
-
         return await list_runs(
-            self, status=status, workflow=workflow, since=since, limit=limit, cursor=cursor
+            self._store, status=status, workflow=workflow, since=since, limit=limit, cursor=cursor
         )
 
     runs = list_runs  # the name the CLI uses too: ``blokrun runs``
 
+    def iter_runs(self, *, batch_size: int = 500) -> AsyncIterator[RunSummary]:
+        """Every stored run, once each, in no order (:func:`blokrun.lifecycle.iter_runs`)."""
+        return iter_runs(self._store, batch_size=batch_size)
+
     async def resume_failed(
         self, *, workflow: str | None = None, concurrency: int = 4, limit: int | None = None
     ) -> list[ResumeOutcome]:
-        """Resume every failed run, ``concurrency`` at a time; one outcome per run."""
-        from blokrun.lifecycle import resume_failed
-
-        return await resume_failed(self, workflow=workflow, concurrency=concurrency, limit=limit)
+        """Resume every failed or interrupted run, ``concurrency`` at a time; one outcome
+        per run (:func:`blokrun.lifecycle.resume_failed`)."""
+        return await resume_failed(
+            self._store, self.resume, workflow=workflow, concurrency=concurrency, limit=limit
+        )
 
     async def collect_garbage(
         self,
@@ -1013,34 +609,12 @@ class Runner:
         dry_run: bool = False,
     ) -> GcReport:
         """Delete old completed / failed runs and unreferenced blobs (``blokrun gc``)."""
-        from blokrun.lifecycle import collect_garbage
-
         return await collect_garbage(
-            self,
+            self._store,
             completed_older_than=completed_older_than,
             failed_older_than=failed_older_than,
             dry_run=dry_run,
         )
-
-
-def _set_path(vars_: dict[str, Any], path: str, value: Any, request_id: str) -> None:
-    """``vars_["a"]["b"] = value`` for ``path="a.b"``, creating objects on the way."""
-    parts = path.split(".")
-    if not path or any(not p for p in parts):
-        raise ResumeError(f"--set {path!r}: expected a dotted name like a.b", request_id=request_id)
-    target: Any = vars_
-    for i, part in enumerate(parts[:-1]):
-        nxt = target.get(part) if isinstance(target, dict) else None
-        if nxt is None:
-            nxt = target[part] = {}
-        if not isinstance(nxt, dict):
-            where = ".".join(parts[: i + 1])
-            raise ResumeError(
-                f"--set {path!r}: vars.{where} is a {type(nxt).__name__}, not an object",
-                request_id=request_id,
-            )
-        target = nxt
-    target[parts[-1]] = value
 
 
 def _checked_request_id(request_id: str) -> str:
@@ -1048,24 +622,3 @@ def _checked_request_id(request_id: str) -> str:
         return validate_request_id(request_id)
     except ValueError as exc:
         raise ConfigError(str(exc), variable="request_id") from None
-
-
-def _token_hash(request_id: str, step: str, token: str) -> str:
-    """Tokens are stored hashed, bound to their run and step."""
-    return hashlib.sha256(f"{request_id}:{step}:{token}".encode()).hexdigest()
-
-
-def _result(
-    run: RunState, skipped: tuple[str, ...], started: float, **suspension: Any
-) -> RunResult:
-    """How a driven run ended (``suspension``: waiting_step, token, prompt)."""
-    return RunResult(
-        request_id=run.request_id,
-        status=run.status,
-        vars=run.vars,
-        steps_run=tuple(run.steps_run),
-        steps_skipped=skipped,
-        resumed=run.resumed,
-        duration=time.perf_counter() - started,
-        **suspension,
-    )

@@ -126,10 +126,8 @@ def _as_json(report: GcReport) -> dict[str, Any]:
 async def run(args: argparse.Namespace, runner: Runner) -> int:
     """Collect garbage as ``args`` ask, on a started ``runner``; the exit code."""
     from blokrun.cli.output import dump_json
-    from blokrun.lifecycle.gc import collect_garbage
 
-    report = await collect_garbage(
-        runner,
+    report = await runner.collect_garbage(
         completed_older_than=args.completed_older_than,
         failed_older_than=args.failed_older_than,
         dry_run=args.dry_run,

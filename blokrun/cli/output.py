@@ -12,8 +12,7 @@ import orjson
 from blokrun.execution.hooks import Hook
 
 if TYPE_CHECKING:
-    from blokrun.execution.hooks import RunState, StepOutcome
-    from blokrun.spec.loader import Step
+    from blokrun.execution.events import RunEnded, RunStarted, StepFinished, StepStarted
 
 __all__ = ["JsonFormatter", "Progress", "configure_logging", "dump_json"]
 
@@ -74,30 +73,33 @@ class Progress(Hook):
         self._t0 = 0.0
         self._run_t0 = 0.0
 
-    async def on_run_start(self, run: RunState) -> None:
+    async def on_run_start(self, event: RunStarted) -> None:
         self._run_t0 = time.perf_counter()
-        total = len(run.workflow.steps)
-        if run.done:
+        total = len(event.workflow.steps)
+        if event.done:
             self._stream.write(
-                f"resuming {run.request_id}: {len(run.done)} of {total} steps already done\n"
+                f"resuming {event.request_id}: {len(event.done)} of {total} steps already done\n"
             )
         else:
-            self._stream.write(f"run {run.request_id}: {run.workflow.name} ({total} steps)\n")
+            self._stream.write(f"run {event.request_id}: {event.workflow.name} ({total} steps)\n")
 
-    async def before_step(self, run: RunState, step: Step) -> None:
+    async def before_step(self, event: StepStarted) -> None:
+        step = event.step
         self._t0 = time.perf_counter()
-        self._stream.write(f"\r[{step.index + 1}/{len(run.workflow.steps)}] {step.name} ...\x1b[K")
+        self._stream.write(
+            f"\r[{step.index + 1}/{len(event.workflow.steps)}] {step.name} ...\x1b[K"
+        )
         self._stream.flush()
 
-    async def after_step(self, run: RunState, outcome: StepOutcome) -> None:
-        step = outcome.step
+    async def after_step(self, event: StepFinished) -> None:
+        step = event.step
         elapsed = time.perf_counter() - self._t0
         self._stream.write(
-            f"\r[{step.index + 1}/{len(run.workflow.steps)}] {step.name} ok {elapsed:.2f}s"
+            f"\r[{step.index + 1}/{len(event.workflow.steps)}] {step.name} ok {elapsed:.2f}s"
             f" (total {time.perf_counter() - self._run_t0:.2f}s)\x1b[K\n"
         )
         self._stream.flush()
 
-    async def on_run_end(self, run: RunState, error: BaseException | None) -> None:
-        if error is not None:
+    async def on_run_end(self, event: RunEnded) -> None:
+        if event.status != "completed":
             self._stream.write("\x1b[K\n")

@@ -130,10 +130,8 @@ def format_table(runs: list[RunSummary]) -> str:
 async def run(args: argparse.Namespace, runner: Runner) -> int:
     """List runs as ``args`` ask, on a started ``runner``; the exit code."""
     from blokrun.cli.output import dump_json
-    from blokrun.lifecycle.runs import list_runs
 
-    page = await list_runs(
-        runner,
+    page = await runner.list_runs(
         status=args.status,
         workflow=args.workflow,
         since=args.since,

@@ -20,7 +20,7 @@ import anyio
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from blokrun.context import Context
+    from blokrun.execution.context import Context
 
 __all__ = ["BUILTINS", "NodeFailure", "Suspend"]
 

@@ -1,8 +1,11 @@
-"""The executor: runs a workflow's remaining steps and emits hook events.
+"""The executor: runs an attempt of a workflow's remaining steps and emits hook events.
 
-It knows nothing about storage: checkpointing is a hook. For each step not yet done it
-evaluates the inputs, calls the node (async in the run's task; sync in a worker thread) with
-its timeout and retry policy, merges the output into ``vars`` and awaits every hook's
+It knows nothing about storage: checkpointing is a hook, and ``ctx.datasource()`` reads
+through a reader the caller injects. :func:`run_attempt` emits
+:class:`~blokrun.execution.events.RunStarted`, runs every step not yet done, and emits
+:class:`~blokrun.execution.events.RunEnded` however the attempt ends. For each step it
+evaluates the inputs, calls the node (async in the run's task; sync in a worker thread)
+with its timeout and retry policy, merges the output into ``vars`` and awaits every hook's
 ``after_step`` -- so a step's checkpoint is durable before any step that depends on it
 starts.
 
@@ -15,28 +18,74 @@ fails; a failing branch cancels the running siblings, which are then not done.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
+import secrets
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from blokrun.context import Context, RequestInfo, WorkflowInfo
 from blokrun.errors import BlokrunError, RunError, StepFailed, ValueNotStorable
+from blokrun.execution.builtins import Suspend
+from blokrun.execution.context import Context, RequestInfo, WorkflowInfo
+from blokrun.execution.events import RunEnded, RunStarted, StepFinished, StepStarted, Suspension
 from blokrun.execution.groups import first_failure
-from blokrun.execution.hooks import StepOutcome
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
-    from blokrun.datasources import Datasource
-    from blokrun.execution.hooks import Hook, RunState
-    from blokrun.persistence.codec import Opener
+    from blokrun.execution.context import DatasourceReader
+    from blokrun.execution.events import Ending
+    from blokrun.execution.hooks import Hook
     from blokrun.spec.loader import Step, Workflow
     from blokrun.spec.model import RetrySpec
 
-__all__ = ["execute", "is_linear"]
+__all__ = ["Attempt", "Outcome", "emit_end", "is_linear", "run_attempt", "token_hash"]
+
+log = logging.getLogger("blokrun")
+
+
+def token_hash(request_id: str, step: str, token: str) -> str:
+    """How a resume token is stored: hashed, bound to its run and step."""
+    return hashlib.sha256(f"{request_id}:{step}:{token}".encode()).hexdigest()
+
+
+@dataclass(slots=True, eq=False)
+class Attempt:
+    """One attempt of a run as the executor drives it (mutable; owned by the executor).
+
+    ``done`` lists the steps completed so far (before and during this attempt);
+    ``provided`` holds the answer of a suspended ``await-input`` step being resumed.
+    """
+
+    request_id: str
+    workflow: Workflow
+    vars: dict[str, Any]
+    started_at: float
+    attempt: int = 1
+    resumed: bool = False
+    done: list[str] = field(default_factory=list)
+    steps_run: list[str] = field(default_factory=list)
+    provided: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def view(self) -> Mapping[str, Any]:
+        """The vars as hooks get them: read-only by contract (no copy per event)."""
+        return self.vars
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How :func:`run_attempt` ended without an error: completed, or suspended for input
+    (then ``suspension`` and the resume ``token``, shown to the caller once)."""
+
+    status: Ending
+    suspension: Suspension | None = None
+    token: str | None = None
+
 
 _node_log = logging.getLogger("blokrun.node")
 
@@ -90,19 +139,11 @@ async def _call(step: Step, ctx: Context, inputs: dict[str, Any]) -> Any:
 
 
 class _Executor:
-    __slots__ = ("_hook_lock", "_make_ctx", "datasources", "envelope", "hooks", "parallel", "run")
+    __slots__ = ("_hook_lock", "_make_ctx", "hooks", "parallel", "run")
 
-    def __init__(
-        self,
-        run: RunState,
-        datasources: Mapping[str, Datasource],
-        hooks: Sequence[Hook],
-        envelope: Opener,
-    ) -> None:
+    def __init__(self, run: Attempt, hooks: Sequence[Hook], reader: DatasourceReader) -> None:
         self.run = run
-        self.datasources = datasources
         self.hooks = hooks
-        self.envelope = envelope
         self._hook_lock = anyio.Lock()
         self.parallel = False
         wf = run.workflow
@@ -114,12 +155,11 @@ class _Executor:
                 request=request,
                 workflow=info,
                 vars=run.vars,
-                datasources=datasources,
+                reader=reader,
                 allowed=wf.datasources,
                 logger=logging.LoggerAdapter(
                     _node_log, {"request_id": run.request_id, "step": step}
                 ),
-                envelope=envelope,
             )
             ctx.step = step
             return ctx
@@ -129,12 +169,13 @@ class _Executor:
     async def step(self, step: Step) -> tuple[Any, float, int]:
         """Run one step with its timeout and retries: (output, seconds, attempts)."""
         run = self.run
-        provided = run.extras.get("provided_input")
-        if isinstance(provided, dict) and step.name in provided:  # a suspended step's input
-            return provided.pop(step.name), 0.0, 1
+        if step.name in run.provided:  # a suspended step's input
+            return run.provided.pop(step.name), 0.0, 1
         ctx = self._make_ctx(step.name)
-        for hook in self.hooks:
-            await hook.before_step(run, step)
+        if self.hooks:
+            event = StepStarted(run.request_id, run.workflow, run.attempt, step)
+            for hook in self.hooks:
+                await hook.before_step(event)
         started = time.perf_counter()
         attempts = 0
         while True:
@@ -204,10 +245,15 @@ class _Executor:
             run.vars[step.name] = output
         run.done.append(step.name)
         run.steps_run.append(step.name)
-        outcome = StepOutcome(step, output, duration, last, attempts)
+        if not self.hooks:
+            return
+        event = StepFinished(
+            run.request_id, run.workflow, run.attempt, step, output, duration, attempts, last,
+            tuple(run.done), run.view,
+        )  # fmt: skip
         try:
             for hook in self.hooks:
-                await hook.after_step(run, outcome)
+                await hook.after_step(event)
         except ValueNotStorable as exc:
             run.done.remove(step.name)
             raise StepFailed(
@@ -261,19 +307,71 @@ class _Executor:
             )
 
 
-async def execute(
-    run: RunState,
-    *,
-    datasources: Mapping[str, Datasource],
-    hooks: Sequence[Hook],
-    envelope: Opener,
-) -> None:
+async def _execute(run: Attempt, hooks: Sequence[Hook], reader: DatasourceReader) -> None:
     """Run every step of ``run.workflow`` not in ``run.done``; raise RunError on failure."""
     wf = run.workflow
     done = set(run.done)
     remaining = [s for s in wf.steps if s.name not in done]
-    executor = _Executor(run, datasources, hooks, envelope)
+    executor = _Executor(run, hooks, reader)
     if is_linear(wf):
         await executor.linear(remaining)
     else:
         await executor.graph(remaining)
+
+
+async def emit_end(
+    run: Attempt,
+    hooks: Sequence[Hook],
+    status: Ending,
+    error: BaseException | None = None,
+    suspension: Suspension | None = None,
+) -> None:
+    """Tell every hook how the attempt ended (in order; the first error propagates)."""
+    event = RunEnded(
+        run.request_id, run.workflow, run.attempt, status, error, tuple(run.done),
+        tuple(run.steps_run), run.view, suspension,
+    )  # fmt: skip
+    for hook in hooks:
+        await hook.on_run_end(event)
+
+
+async def run_attempt(run: Attempt, *, hooks: Sequence[Hook], reader: DatasourceReader) -> Outcome:
+    """Run one attempt: emit RunStarted, run the remaining steps, emit RunEnded.
+
+    Returns the :class:`Outcome` when the attempt completed or suspended; raises the
+    :class:`~blokrun.errors.RunError` (or cancellation) it failed with otherwise -- after
+    every hook was told (shielded from cancellation, so a cancelled run is still recorded).
+    A hook that fails while a failure is being reported is logged, not raised: it must not
+    hide the run's own error. A hook that fails on completion fails the run.
+    """
+    started = RunStarted(
+        run.request_id, run.workflow, run.attempt, run.resumed, run.started_at,
+        tuple(run.done), run.view,
+    )  # fmt: skip
+    try:
+        for hook in hooks:
+            await hook.on_run_start(started)
+        await _execute(run, hooks, reader)
+    except Suspend as sus:
+        token = secrets.token_urlsafe(16)
+        suspension = Suspension(sus.step, sus.prompt, token_hash(run.request_id, sus.step, token))
+        with anyio.CancelScope(shield=True):
+            await emit_end(run, hooks, "suspended", sus, suspension)
+        return Outcome("suspended", suspension, token)
+    except BaseException as exc:
+        status: Ending = (
+            "cancelled" if isinstance(exc, anyio.get_cancelled_exc_class()) else "failed"
+        )
+        event = RunEnded(
+            run.request_id, run.workflow, run.attempt, status, exc, tuple(run.done),
+            tuple(run.steps_run), run.view,
+        )  # fmt: skip
+        for hook in hooks:
+            try:
+                with anyio.CancelScope(shield=True):
+                    await hook.on_run_end(event)
+            except Exception:  # a failing hook must not hide the run's own error
+                log.exception("on_run_end hook failed for run %s", run.request_id)
+        raise
+    await emit_end(run, hooks, "completed")
+    return Outcome("completed")

@@ -12,30 +12,20 @@ import importlib
 import inspect
 import re
 import sys
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from blokrun.errors import WorkflowError
 from blokrun.execution.builtins import BUILTINS
+from blokrun.spec.nodes import NodeRef
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
 __all__ = ["NodeRef", "resolve_node"]
 
 _MODULE_RE = re.compile(
     r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class NodeRef:
-    name: str
-    fn: Callable[..., Any]
-    is_async: bool
-    builtin: bool
-    allowed_inputs: frozenset[str] | None = None
-    required_inputs: frozenset[str] = frozenset()
 
 
 def _import(module_name: str, search_paths: Sequence[str]) -> Any:

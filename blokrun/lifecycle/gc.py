@@ -35,18 +35,19 @@ from typing import TYPE_CHECKING, Any
 
 from blokrun.errors import BlokrunError, ConfigError, DatasourceError, RecordError
 from blokrun.expressions import compile_template, render_key
-from blokrun.lifecycle.runs import BATCH, decode_head, iter_runs, require_started
+from blokrun.lifecycle.runs import BATCH, decode_head, iter_runs
 from blokrun.persistence.codec import MAGIC, Kind
 from blokrun.persistence.envelope import FORMAT_VERSION
-from blokrun.persistence.leases import lease_key
-from blokrun.persistence.records import (
-    CheckpointRecord,
-    DefinitionRecord,
-    decode_record,
+from blokrun.persistence.keys import (
+    BLOB_PREFIX,
+    INTERNAL_PREFIXES,
+    KeyScope,
     definition_key,
     head_key,
+    lease_key,
     run_key,
 )
+from blokrun.persistence.records import CheckpointRecord, DefinitionRecord, decode_record
 from blokrun.spec.model import DEFAULT_KEY_PATTERN
 
 if TYPE_CHECKING:
@@ -54,15 +55,12 @@ if TYPE_CHECKING:
 
     from blokrun.datasources import Datasource
     from blokrun.lifecycle.runs import RunSummary
-    from blokrun.runner import Runner
+    from blokrun.persistence.store import RunStore
 
 __all__ = ["BLOB_PREFIX", "GcReport", "GcRun", "collect_garbage"]
 
 log = logging.getLogger("blokrun.lifecycle")
 
-BLOB_PREFIX = "_blokrun.blob."
-#: Keys blokrun keeps for itself; never checkpoints.
-INTERNAL_PREFIXES = ("_blokrun.head.", "_blokrun.run.", "_blokrun.def.", BLOB_PREFIX)
 _FAILED_LIKE = ("failed", "cancelled", "dead")
 
 
@@ -104,7 +102,7 @@ class GcReport:
 
 @dataclass(slots=True)
 class _State:
-    runner: Runner
+    store: RunStore
     cutoffs: Mapping[str, float]
     dry_run: bool
     deleted: set[tuple[str, str]] = field(default_factory=set)  # (datasource, key)
@@ -130,31 +128,6 @@ def _eligible(status: str, updated_at: float, cutoffs: Mapping[str, float]) -> b
 # -- finding a run's checkpoints ------------------------------------------------------------------
 
 
-class _PrefixScope:
-    """The key pattern's scope (as the checkpointer builds it) with a sentinel step name."""
-
-    __slots__ = ("_ctx", "_step")
-
-    def __init__(self, run: RunSummary, step: str) -> None:
-        started = run.started_at
-        self._step = step
-        self._ctx = {
-            "request": {"id": run.request_id, "started_at": started},
-            "workflow": {"name": run.workflow, "version": run.version, "hash": run.definition_hash},
-            "vars": {},
-            "timestamp": int(started * 1000),
-            "date": time.strftime("%Y-%m-%d", time.gmtime(started)),
-            "step": step,
-            "idempotency_key": f"{run.request_id}:{step}",
-        }
-
-    def lookup_root(self, name: str) -> Any:
-        return self._step if name == "stepName" else self._ctx
-
-    async def call_datasource(self, name: Any, key: Any) -> Any:
-        raise DatasourceError("ctx.datasource cannot be used in a key")
-
-
 async def _key_pattern(state: _State, ds: Datasource, run: RunSummary) -> str | None:
     """The run's keyPattern from its stored definition on ``ds``; None when it is gone."""
     cache_key = (ds.name, run.definition_hash)
@@ -166,7 +139,7 @@ async def _key_pattern(state: _State, ds: Datasource, run: RunSummary) -> str | 
             try:
                 rec = decode_record(
                     raw, DefinitionRecord, datasource=ds.name, key=key,
-                    envelope=state.runner.envelope,
+                    envelope=state.store.envelope,
                 )  # fmt: skip
                 persistence = rec.document.get("persistence") or {}
                 value = persistence.get("keyPattern", DEFAULT_KEY_PATTERN)
@@ -190,7 +163,16 @@ async def _scan_prefix(state: _State, ds: Datasource, run: RunSummary) -> str:
     sentinel = "\x00"
     try:
         compiled = compile_template(pattern, path="$.persistence.keyPattern")
-        return render_key(compiled, _PrefixScope(run, sentinel)).split(sentinel, 1)[0]
+        scope = KeyScope(
+            request_id=run.request_id,
+            started_at=run.started_at,
+            workflow=run.workflow,
+            version=run.version,
+            definition_hash=run.definition_hash,
+            step=sentinel,
+            vars={},
+        )
+        return render_key(compiled, scope).split(sentinel, 1)[0]
     except BlokrunError:
         # A pattern that reads ctx.vars cannot be rendered without the run's vars: fall back
         # on its literal text (decoded records are checked, so a short prefix is only slower).
@@ -217,7 +199,7 @@ async def _run_checkpoints(state: _State, ds: Datasource, run: RunSummary) -> tu
             try:
                 rec = decode_record(
                     raw, CheckpointRecord, datasource=ds.name, key=key,
-                    envelope=state.runner.envelope,
+                    envelope=state.store.envelope,
                 )  # fmt: skip
             except RecordError as exc:
                 note = f"run {run.request_id}: kept {key!r} on {ds.name!r}, unreadable: {exc}"
@@ -231,8 +213,8 @@ async def _run_checkpoints(state: _State, ds: Datasource, run: RunSummary) -> tu
 
 
 async def _collect_run(state: _State, run: RunSummary) -> GcRun | None:
-    runner = state.runner
-    holders = [runner.datasources[name] for name in run.datasources]
+    store = state.store
+    holders = [store.datasources[name] for name in run.datasources]
     hk, rk = head_key(run.request_id), run_key(run.request_id)
     plans: list[tuple[Datasource, list[str], list[str]]] = []
     total_bytes = checkpoints = keys = 0
@@ -246,7 +228,7 @@ async def _collect_run(state: _State, run: RunSummary) -> GcRun | None:
         loaded = await ds.load_batch([hk, rk])
         raw_head = loaded.get(hk)
         if raw_head is not None:
-            head = decode_head(runner, ds, hk, raw_head)
+            head = decode_head(store, ds, hk, raw_head)
             if head is None or not _eligible(head.status, head.updated_at, state.cutoffs):
                 log.info("run %s changed since it was listed; kept", run.request_id)
                 return None
@@ -302,8 +284,8 @@ def _refs(vars_: Mapping[str, Any]) -> list[str]:
 async def _referenced_blobs(state: _State) -> tuple[set[str], str | None]:
     """Blob keys referenced by the remaining checkpoints, or a reason to keep every blob."""
     referenced: set[str] = set()
-    envelope = state.runner.envelope
-    for ds in state.runner.datasources.values():
+    envelope = state.store.envelope
+    for ds in state.store.datasources.values():
         try:
             keys = [
                 k for k in await ds.keys()
@@ -342,7 +324,7 @@ async def _delete_blobs(state: _State, doomed: list[tuple[str, str]]) -> list[tu
         try:
             for start in range(0, len(mine), BATCH):
                 chunk = mine[start : start + BATCH]
-                await state.runner.datasources[name].delete_batch(chunk)
+                await state.store.datasources[name].delete_batch(chunk)
                 done.extend((name, key) for key in chunk)
         except DatasourceError as exc:
             state.errors.append(f"blobs on {name!r}: {exc}")
@@ -354,14 +336,14 @@ async def _delete_blobs(state: _State, doomed: list[tuple[str, str]]) -> list[tu
 
 
 async def collect_garbage(
-    runner: Runner,
+    store: RunStore,
     *,
     completed_older_than: float | None,
     failed_older_than: float | None,
     dry_run: bool,
     clock: Callable[[], float] = time.time,
 ) -> GcReport:
-    """Delete old runs and unreferenced blobs from every datasource of ``runner``.
+    """Delete old runs and unreferenced blobs from every datasource of ``store``.
 
     ``completed_older_than``: seconds since a completed run's head was last updated before
     it is deleted (``None``: keep completed runs); ``failed_older_than`` likewise for failed,
@@ -369,7 +351,7 @@ async def collect_garbage(
     ``dry_run`` nothing is deleted and the report counts what would be. ``clock`` gives "now"
     (unix seconds). See the module docstring for the order of deletion and the blob rules.
     """
-    require_started(runner)
+    store.require_started()
     _check_age("completed_older_than", completed_older_than)
     _check_age("failed_older_than", failed_older_than)
     now = clock()
@@ -378,11 +360,11 @@ async def collect_garbage(
         cutoffs["completed"] = now - completed_older_than
     if failed_older_than is not None:
         cutoffs.update(dict.fromkeys(_FAILED_LIKE, now - failed_older_than))
-    state = _State(runner, cutoffs, dry_run)
+    state = _State(store, cutoffs, dry_run)
 
     # 1. Blobs that exist now; any written later belongs to a checkpoint still being saved.
     blobs: dict[str, list[str]] = {}
-    for ds in runner.datasources.values():
+    for ds in store.datasources.values():
         listed = await ds.keys(BLOB_PREFIX)
         if listed:
             blobs[ds.name] = listed
@@ -391,7 +373,7 @@ async def collect_garbage(
     gone: list[GcRun] = []
     kept = 0
     candidates: list[RunSummary] = []
-    async for run in iter_runs(runner):
+    async for run in iter_runs(store):
         if _eligible(run.status, run.updated_at, cutoffs):
             candidates.append(run)
         else:

@@ -1,4 +1,4 @@
-"""Finding runs and resuming the failed ones in bulk.
+"""Finding runs: every run's head, across datasources, filtered and paged.
 
 Every run keeps a head record (``_blokrun.head.<id>``: status, workflow, latest step,
 attempt, times, last error) on each of its checkpoint datasources. :func:`iter_runs` lists
@@ -6,8 +6,7 @@ those keys on every datasource of the runner, reads the heads in batches of 500 
 run found on several datasources, keeps the head with the highest sequence number (then the
 latest ``updated_at``). Unreadable heads are skipped with a warning; nothing else is read.
 
-:func:`list_runs` filters and pages that stream, newest first, with an opaque cursor;
-:func:`resume_failed` resumes every failed run with bounded concurrency.
+:func:`list_runs` filters and pages that stream, newest first, with an opaque cursor.
 """
 
 from __future__ import annotations
@@ -20,32 +19,32 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-import anyio
 import orjson
 
-from blokrun.errors import BlokrunError, ConfigError, RecordError, RunError
-from blokrun.persistence.leases import holder_is_dead, lease_key
-from blokrun.persistence.records import HeadRecord, RunStatus, decode_record, head_key
+from blokrun.errors import ConfigError, RecordError
+from blokrun.persistence.keys import HEAD_PREFIX, head_key, lease_key
+from blokrun.persistence.leases import holder_is_dead
+from blokrun.persistence.records import HeadRecord, decode_record
+from blokrun.types import RunStatus
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
 
     from blokrun.datasources import Datasource
-    from blokrun.runner import Runner
+    from blokrun.persistence.store import RunStore
 
 __all__ = [
     "HEAD_PREFIX",
-    "ResumeOutcome",
     "RunPage",
     "RunSummary",
+    "decode_head",
     "iter_runs",
     "list_runs",
-    "resume_failed",
+    "run_order",
 ]
 
 log = logging.getLogger("blokrun.lifecycle")
 
-HEAD_PREFIX = "_blokrun.head."
 BATCH = 500
 STATUSES: frozenset[str] = frozenset((*get_args(RunStatus), "interrupted"))
 _CURSOR_VERSION = 1
@@ -104,34 +103,13 @@ class RunPage:
     cursor: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class ResumeOutcome:
-    """How resuming one run ended. On failure ``steps_run`` is empty and ``error`` says why
-    (``failed_step`` names the step when a step failed again)."""
-
-    request_id: str
-    ok: bool
-    status: str
-    error: str | None
-    steps_run: tuple[str, ...]
-    failed_step: str | None = None
-
-
 # -- scanning -----------------------------------------------------------------------------------
 
 
-def require_started(runner: Runner) -> None:
-    """Raise unless every datasource of ``runner`` is connected."""
-    if not all(ds.is_connected for ds in runner.datasources.values()):
-        raise BlokrunError(
-            "the Runner is not started: use 'async with runner:' or await runner.connect()"
-        )
-
-
-def decode_head(runner: Runner, ds: Datasource, key: str, raw: bytes) -> HeadRecord | None:
+def decode_head(store: RunStore, ds: Datasource, key: str, raw: bytes) -> HeadRecord | None:
     """The head stored under ``key``, or ``None`` (with a warning) if it cannot be used."""
     try:
-        head = decode_record(raw, HeadRecord, datasource=ds.name, key=key, envelope=runner.envelope)
+        head = decode_record(raw, HeadRecord, datasource=ds.name, key=key, envelope=store.envelope)
     except RecordError as exc:
         log.warning("skipped an unreadable run head: %s", exc)
         return None
@@ -148,15 +126,15 @@ def _newer(candidate: HeadRecord, than: HeadRecord) -> bool:
     return (candidate.seq, candidate.updated_at) > (than.seq, than.updated_at)
 
 
-async def iter_runs(runner: Runner, *, batch_size: int = BATCH) -> AsyncIterator[RunSummary]:
-    """Every run with a readable head on any datasource of ``runner``, once each.
+async def iter_runs(store: RunStore, *, batch_size: int = BATCH) -> AsyncIterator[RunSummary]:
+    """Every run with a readable head on any datasource of ``store``, once each.
 
     Head keys are listed per datasource; the heads themselves are read ``batch_size`` runs
     at a time, so memory holds the key names and one batch of records. Order: unspecified.
     """
-    require_started(runner)
+    store.require_started()
     where: dict[str, list[str]] = {}  # request id -> names of datasources with its head
-    for ds in runner.datasources.values():
+    for ds in store.datasources.values():
         for key in await ds.keys(HEAD_PREFIX):
             rid = key[len(HEAD_PREFIX) :]
             if rid:
@@ -170,19 +148,19 @@ async def iter_runs(runner: Runner, *, batch_size: int = BATCH) -> AsyncIterator
                 per_ds.setdefault(name, []).append(head_key(rid))
         best: dict[str, tuple[HeadRecord, str]] = {}
         for name, keys in per_ds.items():
-            ds = runner.datasources[name]
+            ds = store.datasources[name]
             found = await ds.load_batch(keys)
             for key in keys:
                 raw = found.get(key)
                 if raw is None:
                     continue  # deleted or expired since the listing
-                head = decode_head(runner, ds, key, raw)
+                head = decode_head(store, ds, key, raw)
                 if head is None:
                     continue
                 known = best.get(head.request_id)
                 if known is None or _newer(head, known[0]):
                     best[head.request_id] = (head, name)
-        interrupted = await _interrupted(runner, best)
+        interrupted = await _interrupted(store, best)
         for rid in chunk:
             if rid in best:
                 head, name = best[rid]
@@ -204,12 +182,12 @@ async def iter_runs(runner: Runner, *, batch_size: int = BATCH) -> AsyncIterator
                 )
 
 
-async def _interrupted(runner: Runner, best: dict[str, tuple[HeadRecord, str]]) -> set[str]:
+async def _interrupted(store: RunStore, best: dict[str, tuple[HeadRecord, str]]) -> set[str]:
     """Runs whose head says running but whose lease says nobody is: crashed."""
     out: set[str] = set()
     now = time.time()
     for rid, (head, name) in best.items():
-        ds = runner.datasources[name]
+        ds = store.datasources[name]
         if head.status != "running" or not ds.supports_leases:
             continue
         lease = await ds.read_lease(lease_key(rid))
@@ -223,7 +201,7 @@ async def _interrupted(runner: Runner, best: dict[str, tuple[HeadRecord, str]]) 
 # -- listing --------------------------------------------------------------------------------------
 
 
-def _order(run: RunSummary) -> tuple[float, str]:
+def run_order(run: RunSummary) -> tuple[float, str]:
     """Sort key: newest first, ties by request id."""
     return (-run.started_at, run.request_id)
 
@@ -288,7 +266,7 @@ def _top(
 
 
 async def list_runs(
-    runner: Runner,
+    store: RunStore,
     *,
     status: str | Iterable[str] | None = None,
     workflow: str | None = None,
@@ -296,7 +274,7 @@ async def list_runs(
     limit: int = 100,
     cursor: str | None = None,
 ) -> RunPage:
-    """Runs stored on the runner's datasources, newest first (by ``started_at``, ties by id).
+    """Runs stored on the store's datasources, newest first (by ``started_at``, ties by id).
 
     ``status``: one status or several; ``workflow``: a workflow name; ``since``: runs started
     at or after it (unix seconds or a datetime, naive = UTC). At most ``limit`` runs are
@@ -311,14 +289,14 @@ async def list_runs(
     after = decode_cursor(cursor) if cursor else None
     keep: list[tuple[tuple[float, str], RunSummary]] = []
     pending = 0
-    async for run in iter_runs(runner):
+    async for run in iter_runs(store):
         if statuses is not None and run.status not in statuses:
             continue
         if workflow is not None and run.workflow != workflow:
             continue
         if since_ts is not None and run.started_at < since_ts:
             continue
-        key = _order(run)
+        key = run_order(run)
         if after is not None and key <= after:
             continue
         keep.append((key, run))
@@ -328,74 +306,3 @@ async def list_runs(
     keep = _top(keep, limit + 1)
     runs = [run for _, run in keep[:limit]]
     return RunPage(runs, encode_cursor(runs[-1]) if len(keep) > limit else None)
-
-
-# -- resuming -------------------------------------------------------------------------------------
-
-
-async def _resume_one(runner: Runner, request_id: str) -> ResumeOutcome:
-    try:
-        result = await runner.resume(request_id)
-    except Exception as exc:  # one run's failure must not stop the others
-        if isinstance(exc, BlokrunError):
-            log.warning("resuming run %s failed: %s", request_id, exc)
-        else:
-            log.exception("resuming run %s failed unexpectedly", request_id)
-        status = "failed"
-        try:
-            head = await runner.head(request_id)
-        except BlokrunError:
-            head = None
-        if head is not None:
-            status = head.status
-        step = exc.step if isinstance(exc, RunError) else None
-        message = str(exc) or type(exc).__name__
-        return ResumeOutcome(request_id, False, status, message, (), step)
-    return ResumeOutcome(request_id, True, result.status, None, result.steps_run)
-
-
-#: What resume_failed picks up: runs that failed, and runs whose process died mid-run.
-_RESUMABLE = frozenset({"failed", "interrupted"})
-
-
-async def resume_failed(
-    runner: Runner,
-    *,
-    workflow: str | None = None,
-    concurrency: int = 4,
-    limit: int | None = None,
-) -> list[ResumeOutcome]:
-    """Resume every failed or interrupted run (of ``workflow`` if given), at most
-    ``concurrency`` at once (interrupted: its process died and its lease ran out).
-
-    Runs are taken newest first; ``limit`` caps how many. Each run's error is caught and
-    reported in its :class:`ResumeOutcome` (``ok=False``), so one failure does not stop the
-    others; outcomes come back in the order the runs were taken. Cancelled and dead-lettered
-    runs are not failed runs and are left alone.
-    """
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise ConfigError(
-            f"concurrency {concurrency!r}: expected a whole number >= 1", variable="concurrency"
-        )
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ConfigError(f"limit {limit!r}: expected a whole number >= 0", variable="limit")
-    failed = [
-        run
-        async for run in iter_runs(runner)
-        if run.status in ("failed", "interrupted")
-        and (workflow is None or run.workflow == workflow)
-    ]
-    failed.sort(key=_order)
-    if limit is not None:
-        del failed[limit:]
-    outcomes: list[ResumeOutcome | None] = [None] * len(failed)
-    limiter = anyio.CapacityLimiter(concurrency)
-
-    async def one(index: int, request_id: str) -> None:
-        async with limiter:
-            outcomes[index] = await _resume_one(runner, request_id)
-
-    async with anyio.create_task_group() as tg:
-        for index, run in enumerate(failed):
-            tg.start_soon(one, index, run.request_id)
-    return [outcome for outcome in outcomes if outcome is not None]

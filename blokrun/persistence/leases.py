@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from blokrun.errors import BlokrunError, LeaseLost, RunBusy
+from blokrun.persistence.keys import LEASE_PREFIX, SLOT_PREFIX, lease_key
 
 if TYPE_CHECKING:
     from blokrun.datasources import Datasource
@@ -50,14 +51,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("blokrun.leases")
-
-LEASE_PREFIX = "_blokrun.lease."
-#: Workflow concurrency slots of the workers (``blokrun.workers.worker``).
-SLOT_PREFIX = "_blokrun.slot."
-
-
-def lease_key(request_id: str) -> str:
-    return LEASE_PREFIX + request_id
 
 
 def _node() -> str:

@@ -13,8 +13,7 @@ Per run, on every checkpoint target:
 * ``_blokrun.def.<sha256>``: the workflow definition, content-addressed, so ``blokrun
   resume ID`` needs no file.
 
-Request ids never start with ``_`` (see :func:`validate_request_id`), so these internal keys
-can never collide with a ``<request_id>-*`` checkpoint key.
+The keys themselves are made in :mod:`blokrun.persistence.keys`.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ import orjson
 from blokrun.errors import RecordError
 from blokrun.persistence.codec import Kind, dumps_value, loads_value
 from blokrun.persistence.envelope import Envelope
+from blokrun.types import RunStatus
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -39,19 +39,16 @@ DEFAULT_ENVELOPE = Envelope.from_env({})
 
 __all__ = [
     "CheckpointRecord",
+    "DefinitionRecord",
     "HeadRecord",
     "RunRecord",
     "RunStatus",
     "decode_record",
-    "definition_key",
+    "encode_checkpoint",
     "encode_record",
-    "head_key",
     "new_request_id",
-    "run_key",
     "validate_request_id",
 ]
-
-RunStatus = Literal["running", "completed", "failed", "cancelled", "suspended", "dead"]
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~:-]{0,199}$")
 
@@ -72,18 +69,6 @@ def validate_request_id(request_id: object) -> str:
             "starting with a letter or digit"
         )
     return request_id
-
-
-def head_key(request_id: str) -> str:
-    return f"_blokrun.head.{request_id}"
-
-
-def run_key(request_id: str) -> str:
-    return f"_blokrun.run.{request_id}"
-
-
-def definition_key(definition_hash: str) -> str:
-    return f"_blokrun.def.{definition_hash}"
 
 
 class CheckpointRecord(msgspec.Struct, frozen=True, kw_only=True):

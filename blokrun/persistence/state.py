@@ -34,6 +34,7 @@ import orjson
 
 from blokrun.errors import DatasourceError, ResumeError
 from blokrun.persistence.codec import Kind, dumps_value, loads_value
+from blokrun.persistence.keys import blob_key
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -42,13 +43,9 @@ if TYPE_CHECKING:
     from blokrun.persistence.envelope import Envelope
     from blokrun.persistence.records import CheckpointRecord
 
-__all__ = ["BlobPolicy", "Chain", "StateWriter", "blob_key", "resolve_blobs", "rebuild_vars"]
+__all__ = ["BlobPolicy", "Chain", "StateWriter", "rebuild_vars", "resolve_blobs"]
 
 _REF = "ref"
-
-
-def blob_key(sha256: str) -> str:
-    return f"_blokrun.blob.{sha256}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,12 +18,14 @@ import msgspec
 import orjson
 
 from blokrun.errors import WorkflowError
-from blokrun.execution.nodes import NodeRef, resolve_node
 from blokrun.expressions import Compiled, compile_template, compile_value
-from blokrun.spec.model import Durability, RetrySpec, StepSpec, WorkflowSpec
+from blokrun.spec.model import RetrySpec, StepSpec, WorkflowSpec
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
+
+    from blokrun.spec.nodes import NodeRef, NodeResolver
+    from blokrun.types import Durability
 
 __all__ = ["MAX_WORKFLOW_BYTES", "Publish", "Step", "Workflow", "load_workflow"]
 
@@ -75,6 +77,8 @@ class Workflow:
     ttl: float | None
     steps: tuple[Step, ...]
     durability: Durability | None = None  # None: the runner's default
+    #: folders module nodes were looked for in (besides ``sys.path``), absolute
+    search_paths: tuple[str, ...] = ()
 
     def step(self, name: str) -> Step:
         for step in self.steps:
@@ -260,6 +264,7 @@ def _retry(spec: RetrySpec | None, source: str, at: str) -> RetrySpec | None:
 def load_workflow(
     source: str | Path | Mapping[str, Any],
     *,
+    nodes: NodeResolver,
     available_datasources: Collection[str] | None = None,
     default_targets: Sequence[str] = ("default",),
     search_paths: Sequence[str] = (),
@@ -267,6 +272,7 @@ def load_workflow(
 ) -> Workflow:
     """Load and validate a workflow file (or an already-parsed document).
 
+    ``nodes`` resolves each step's node (see :mod:`blokrun.spec.nodes`).
     ``available_datasources``: the configured names; when given, every name the workflow
     uses must be among them. ``default_targets``: the checkpoint targets of a workflow that
     names none. ``search_paths``: folders to import ``module`` nodes from when they are not
@@ -347,7 +353,7 @@ def load_workflow(
                 f"duplicate step name {s.name!r} (also $.steps[{seen[s.name]}])", f"{at}.name"
             )
         seen[s.name] = i
-        node = resolve_node(s.node, s.type, source=name, path=at, search_paths=paths)
+        node = nodes(s.node, s.type, source=name, path=at, search_paths=paths)
         if node.allowed_inputs is not None:
             for key in s.inputs:
                 if key not in node.allowed_inputs:
@@ -434,4 +440,5 @@ def load_workflow(
         ttl=wf_ttl,
         steps=tuple(steps),
         durability=pers.durability,
+        search_paths=tuple(paths),
     )

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from blokrun.types import DURABILITIES, Durability
+
 __all__ = [
     "DEFAULT_KEY_PATTERN",
     "DefaultsSpec",
@@ -24,10 +26,6 @@ __all__ = [
 ]
 
 DEFAULT_KEY_PATTERN = "${ctx.request.id}-${stepName}"
-
-#: When a step's checkpoint is stored; see :class:`PersistenceSpec`.
-Durability = Literal["sync", "async", "exit"]
-DURABILITIES: tuple[Durability, ...] = ("sync", "async", "exit")
 
 
 class PersistenceSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):

@@ -112,7 +112,7 @@ async def test_a_broken_delta_chain_falls_back_to_an_earlier_whole_checkpoint() 
         )
         assert not latest.snapshot and len(latest.chain) >= 2
         await ds.delete(latest.chain[1])  # lose a delta in the middle of the chain
-        from blokrun.persistence.records import head_key
+        from blokrun.persistence.keys import head_key
 
         await ds.delete(head_key("chain-1"))
         result = await runner.resume("chain-1")

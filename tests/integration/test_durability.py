@@ -12,7 +12,8 @@ from blokrun import CheckpointError, ConfigError, Runner, StepFailed, WorkflowEr
 from blokrun.config import DatasourceSettings, settings_from_env
 from blokrun.datasources import Datasource
 from blokrun.datasources.memory import MemoryStore
-from blokrun.persistence.records import CheckpointRecord, HeadRecord, decode_record, head_key
+from blokrun.persistence.keys import head_key
+from blokrun.persistence.records import CheckpointRecord, HeadRecord, decode_record
 from tests.integration import wfnodes
 
 NODE = "tests.integration.wfnodes"

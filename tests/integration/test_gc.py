@@ -16,14 +16,9 @@ from blokrun import ConfigError, Runner, StepFailed
 from blokrun.cli import gc as gc_cli
 from blokrun.config import DatasourceSettings
 from blokrun.datasources import Datasource, build_datasource
-from blokrun.lifecycle import collect_garbage, list_runs
-from blokrun.persistence.records import (
-    HeadRecord,
-    decode_record,
-    encode_record,
-    head_key,
-    run_key,
-)
+from blokrun.lifecycle import collect_garbage
+from blokrun.persistence.keys import head_key, run_key
+from blokrun.persistence.records import HeadRecord, decode_record, encode_record
 from tests.integration import wfnodes
 
 NODE = "tests.integration.wfnodes"
@@ -117,8 +112,8 @@ def run_keys(rid: str, steps: tuple[str, ...] = ("s1", "s2")) -> set[str]:
 async def test_old_runs_go_recent_running_and_suspended_stay(runner: Runner) -> None:
     await populate(runner)
     before = await snapshot(runner)
-    report = await collect_garbage(
-        runner, completed_older_than=7 * DAY, failed_older_than=30 * DAY, dry_run=False
+    report = await runner.collect_garbage(
+        completed_older_than=7 * DAY, failed_older_than=30 * DAY, dry_run=False
     )
     assert sorted(r.request_id for r in report.runs) == ["cancel-40", "fail-40", "job", "old-done"]
     assert report.runs_deleted == 4 and report.runs_kept == 5
@@ -137,38 +132,38 @@ async def test_old_runs_go_recent_running_and_suspended_stay(runner: Runner) -> 
         assert after[name] == before[name] - gone[name]
     assert "job-2-s1" in after["a"]  # run 'job' never took job-2's keys
     assert any(k.startswith("_blokrun.def.") for k in after["a"])  # definitions are kept
-    left = {r.request_id for r in (await list_runs(runner)).runs}
+    left = {r.request_id for r in (await runner.list_runs()).runs}
     assert left == {"new-done", "old-running", "old-susp", "fail-20", "job-2"}
     assert (await runner.resume("job-2")).vars["total"] == 2  # still whole
-    again = await collect_garbage(
-        runner, completed_older_than=7 * DAY, failed_older_than=30 * DAY, dry_run=False
+    again = await runner.collect_garbage(
+        completed_older_than=7 * DAY, failed_older_than=30 * DAY, dry_run=False
     )
     assert again.runs_deleted == 0 and again.keys_deleted == 0
 
 
 async def test_thresholds_apply_per_status(runner: Runner) -> None:
     await populate(runner)
-    report = await collect_garbage(
-        runner, completed_older_than=None, failed_older_than=15 * DAY, dry_run=False
+    report = await runner.collect_garbage(
+        completed_older_than=None, failed_older_than=15 * DAY, dry_run=False
     )
     assert sorted(r.request_id for r in report.runs) == ["cancel-40", "fail-20", "fail-40"]
-    report = await collect_garbage(
-        runner, completed_older_than=0, failed_older_than=None, dry_run=False
+    report = await runner.collect_garbage(
+        completed_older_than=0, failed_older_than=None, dry_run=False
     )
     assert sorted(r.request_id for r in report.runs) == ["job", "job-2", "new-done", "old-done"]
-    left = {r.request_id: r.status for r in (await list_runs(runner)).runs}
+    left = {r.request_id: r.status for r in (await runner.list_runs()).runs}
     # its head says running but its lease was released: listed as interrupted, never collected
     assert left == {"old-running": "interrupted", "old-susp": "suspended"}
 
 
 async def test_clock_decides_the_age(runner: Runner) -> None:
     await runner.run(wf(["a"]), request_id="fresh")
-    kept = await collect_garbage(
-        runner, completed_older_than=7 * DAY, failed_older_than=None, dry_run=False
+    kept = await runner.collect_garbage(
+        completed_older_than=7 * DAY, failed_older_than=None, dry_run=False
     )
     assert kept.runs_deleted == 0 and kept.runs_kept == 1
     later = await collect_garbage(
-        runner,
+        runner.store,
         completed_older_than=7 * DAY,
         failed_older_than=None,
         dry_run=False,
@@ -181,9 +176,9 @@ async def test_dry_run_deletes_nothing_and_reports_the_same(runner: Runner) -> N
     await populate(runner)
     before = await snapshot(runner)
     kw: dict[str, Any] = {"completed_older_than": 7 * DAY, "failed_older_than": 30 * DAY}
-    dry = await collect_garbage(runner, dry_run=True, **kw)
+    dry = await runner.collect_garbage(dry_run=True, **kw)
     assert await snapshot(runner) == before
-    real = await collect_garbage(runner, dry_run=False, **kw)
+    real = await runner.collect_garbage(dry_run=False, **kw)
     assert dry.dry_run and not real.dry_run
     for field in (
         "runs",
@@ -217,8 +212,8 @@ async def test_a_run_resumed_meanwhile_is_kept(
         await age(runner, "racy", 0, status="running")  # someone resumes it meanwhile
 
     monkeypatch.setattr(gc_module, "iter_runs", listed_then_resumed)
-    report = await collect_garbage(
-        runner, completed_older_than=None, failed_older_than=30 * DAY, dry_run=False
+    report = await runner.collect_garbage(
+        completed_older_than=None, failed_older_than=30 * DAY, dry_run=False
     )
     assert report.runs_deleted == 0 and report.runs_kept == 1
     assert "racy-s1" in await runner.datasources["a"].keys()
@@ -231,8 +226,8 @@ async def test_custom_key_pattern_with_the_start_date(runner: Runner) -> None:
     day = time.strftime("%Y-%m-%d", time.gmtime())
     assert f"ck/{day}/dated/s1" in await runner.datasources["a"].keys()
     await age(runner, "dated", 9)
-    report = await collect_garbage(
-        runner, completed_older_than=7 * DAY, failed_older_than=None, dry_run=False
+    report = await runner.collect_garbage(
+        completed_older_than=7 * DAY, failed_older_than=None, dry_run=False
     )
     assert report.checkpoints_deleted == 2 and report.warnings == ()
     left = set(await runner.datasources["a"].keys("ck/"))
@@ -244,8 +239,8 @@ async def test_missing_definition_falls_back_on_the_default_prefix(runner: Runne
     for key in await runner.datasources["a"].keys("_blokrun.def."):
         await runner.datasources["a"].delete(key)
     await age(runner, "nodef", 9)
-    report = await collect_garbage(
-        runner, completed_older_than=7 * DAY, failed_older_than=None, dry_run=False
+    report = await runner.collect_garbage(
+        completed_older_than=7 * DAY, failed_older_than=None, dry_run=False
     )
     assert report.checkpoints_deleted == 2
     assert any("definition is missing" in w for w in report.warnings)
@@ -279,9 +274,9 @@ async def test_unreferenced_blobs_go_referenced_ones_stay(blob_runner: Runner) -
     blobs = await blob_keys(runner)
     assert len(blobs) == 2
     kw: dict[str, Any] = {"completed_older_than": 7 * DAY, "failed_older_than": None}
-    dry = await collect_garbage(runner, dry_run=True, **kw)
+    dry = await runner.collect_garbage(dry_run=True, **kw)
     assert dry.blobs_deleted == 1 and dry.blobs_kept == 1 and await blob_keys(runner) == blobs
-    report = await collect_garbage(runner, dry_run=False, **kw)
+    report = await runner.collect_garbage(dry_run=False, **kw)
     assert report.runs_deleted == 2 and report.blobs_deleted == 1 and report.blobs_kept == 1
     assert report.blob_keys == dry.blob_keys and report.blobs_note is None
     (survivor,) = await blob_keys(runner)
@@ -290,7 +285,7 @@ async def test_unreferenced_blobs_go_referenced_ones_stay(blob_runner: Runner) -
     assert result.vars["make"] == wfnodes._text(2, 5000)
     # once the last run referring to it is gone, so is the blob
     await age(runner, "new-2", 10)
-    final = await collect_garbage(runner, dry_run=False, **kw)
+    final = await runner.collect_garbage(dry_run=False, **kw)
     assert final.blobs_deleted == 1 and await blob_keys(runner) == set()
 
 
@@ -303,8 +298,8 @@ async def test_an_unreadable_checkpoint_keeps_every_blob(blob_runner: Runner) ->
     raw = await ds.load("new-3-after")
     assert raw is not None
     await ds.save("new-3-after", raw[:-1] + bytes([raw[-1] ^ 0xFF]))  # checksum fails
-    report = await collect_garbage(
-        runner, completed_older_than=7 * DAY, failed_older_than=None, dry_run=False
+    report = await runner.collect_garbage(
+        completed_older_than=7 * DAY, failed_older_than=None, dry_run=False
     )
     assert report.runs_deleted == 1
     assert report.blobs_deleted == 0 and report.blobs_kept == 2
@@ -315,10 +310,10 @@ async def test_an_unreadable_checkpoint_keeps_every_blob(blob_runner: Runner) ->
 
 async def test_bad_ages_are_config_errors(runner: Runner) -> None:
     with pytest.raises(ConfigError, match="completed_older_than"):
-        await collect_garbage(runner, completed_older_than=-1, failed_older_than=None, dry_run=True)
+        await runner.collect_garbage(completed_older_than=-1, failed_older_than=None, dry_run=True)
     with pytest.raises(ConfigError, match="failed_older_than"):
-        await collect_garbage(
-            runner, completed_older_than=None, failed_older_than=float("nan"), dry_run=True
+        await runner.collect_garbage(
+            completed_older_than=None, failed_older_than=float("nan"), dry_run=True
         )
 
 
@@ -378,7 +373,7 @@ async def test_cli_output(runner: Runner, capsys: pytest.CaptureFixture[str]) ->
 
 
 async def test_gc_keeps_a_run_whose_lease_is_live_and_forgets_the_lease_of_a_removed_one() -> None:
-    from blokrun.persistence.leases import lease_key
+    from blokrun.persistence.keys import lease_key
 
     async with Runner([mem("a")]) as runner:
         for rid in ("old", "busy"):

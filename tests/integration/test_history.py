@@ -109,7 +109,7 @@ def test_cli_dry_run_from_step_set_inspect_step_and_diff(tmp_path: Path) -> None
 
 
 async def test_a_key_pattern_with_the_date_is_found_by_inspect_and_the_scan_fallback() -> None:
-    from blokrun.persistence.records import head_key
+    from blokrun.persistence.keys import head_key
 
     wf = linear(3) | {"persistence": {"keyPattern": "ck/${ctx.date}/${ctx.request.id}/${stepName}"}}
     wfnodes.FAIL_AT.add("s3")

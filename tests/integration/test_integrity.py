@@ -107,7 +107,7 @@ async def test_encrypted_checkpoints_round_trip_and_a_wrong_key_is_refused(tmp_p
 
 
 async def test_a_record_from_a_newer_blokrun_asks_for_an_upgrade(tmp_path: Any) -> None:
-    from blokrun.persistence.records import head_key
+    from blokrun.persistence.keys import head_key
 
     async with Runner.from_env({"BLOKRUN_HOME": str(tmp_path)}) as runner:
         await runner.run(linear(1) | {"persistence": {}}, request_id="new-1")

@@ -22,7 +22,7 @@ import pytest
 
 from blokrun import RunBusy, Runner
 from blokrun.config import settings_from_env
-from blokrun.persistence.leases import lease_key
+from blokrun.persistence.keys import lease_key
 from tests.servers.base import settings_env
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ from blokrun import ConfigError, Runner, StepFailed
 from blokrun.cli import runs as runs_cli
 from blokrun.config import DatasourceSettings
 from blokrun.datasources import Datasource, build_datasource
-from blokrun.lifecycle import iter_runs, list_runs, resume_failed
-from blokrun.persistence.records import HeadRecord, decode_record, encode_record, head_key
+from blokrun.persistence.keys import head_key
+from blokrun.persistence.records import HeadRecord, decode_record, encode_record
 from tests.integration import wfnodes
 
 NODE = "tests.integration.wfnodes"
@@ -89,27 +89,27 @@ async def make_runs(runner: Runner) -> list[str]:
 
 async def test_lists_every_run_once_newest_first_with_filters(runner: Runner) -> None:
     rids = await make_runs(runner)
-    page = await list_runs(runner)
+    page = await runner.list_runs()
     assert [r.request_id for r in page.runs] == rids[::-1]
     assert page.cursor is None
     both = next(r for r in page.runs if r.request_id == "run-02")
     assert both.datasources == ("a", "b")
     assert both.status == "completed" and both.workflow == "alpha" and both.step == "s2"
-    failed = await list_runs(runner, status="failed")
+    failed = await runner.list_runs(status="failed")
     assert [r.request_id for r in failed.runs] == ["run-24", "run-19", "run-14", "run-09", "run-04"]
     assert all(
         r.failed_step == "s2" and "failed on purpose" in (r.error or "") for r in failed.runs
     )
-    assert {r.status for r in (await list_runs(runner, status=["completed"])).runs} == {"completed"}
-    beta = await list_runs(runner, workflow="beta")
+    assert {r.status for r in (await runner.list_runs(status=["completed"])).runs} == {"completed"}
+    beta = await runner.list_runs(workflow="beta")
     assert [r.request_id for r in beta.runs] == [f"run-{i:02d}" for i in range(23, 0, -2)]
-    since = await list_runs(runner, since=1_700_000_020.0)
+    since = await runner.list_runs(since=1_700_000_020.0)
     assert [r.request_id for r in since.runs] == [f"run-{i:02d}" for i in range(24, 19, -1)]
-    as_dt = await list_runs(runner, since=datetime.fromtimestamp(1_700_000_020, UTC))
+    as_dt = await runner.list_runs(since=datetime.fromtimestamp(1_700_000_020, UTC))
     assert as_dt == since
     naive = datetime.fromtimestamp(1_700_000_020, UTC).replace(tzinfo=None)
-    assert await list_runs(runner, since=naive) == since
-    combined = await list_runs(runner, status="failed", workflow="alpha", since=1_700_000_010)
+    assert await runner.list_runs(since=naive) == since
+    combined = await runner.list_runs(status="failed", workflow="alpha", since=1_700_000_010)
     assert [r.request_id for r in combined.runs] == ["run-24", "run-14"]
 
 
@@ -119,7 +119,7 @@ async def test_pages_are_stable_and_complete(runner: Runner) -> None:
     cursor = None
     sizes = []
     while True:
-        page = await list_runs(runner, limit=7, cursor=cursor)
+        page = await runner.list_runs(limit=7, cursor=cursor)
         sizes.append(len(page.runs))
         seen += [r.request_id for r in page.runs]
         if page.cursor is None:
@@ -130,9 +130,9 @@ async def test_pages_are_stable_and_complete(runner: Runner) -> None:
         cursor = page.cursor
     assert sizes == [7, 7, 7, 4]
     assert seen == rids[::-1]
-    first = await list_runs(runner, limit=7)
+    first = await runner.list_runs(limit=7)
     assert first.runs[0].request_id == "late-run"
-    exact = await list_runs(runner, limit=26)
+    exact = await runner.list_runs(limit=26)
     assert len(exact.runs) == 26 and exact.cursor is None
 
 
@@ -140,8 +140,8 @@ async def test_ties_on_started_at_are_ordered_by_request_id(runner: Runner) -> N
     for rid in ("t-c", "t-a", "t-b"):
         await runner.run(wf("alpha", ["a"]), request_id=rid)
         await rewrite_head(runner.datasources["a"], rid, started_at=1_600_000_000.0)
-    page1 = await list_runs(runner, limit=2)
-    page2 = await list_runs(runner, limit=2, cursor=page1.cursor)
+    page1 = await runner.list_runs(limit=2)
+    page2 = await runner.list_runs(limit=2, cursor=page1.cursor)
     assert [r.request_id for r in page1.runs + page2.runs] == ["t-a", "t-b", "t-c"]
     assert page2.cursor is None
 
@@ -150,15 +150,15 @@ async def test_most_advanced_head_wins_across_datasources(runner: Runner) -> Non
     await runner.run(wf("alpha", ["a", "b"]), request_id="dup")
     # 'b' kept a stale head (left behind, e.g. by an earlier failure)
     await rewrite_head(runner.datasources["b"], "dup", seq=1, status="failed", error="old")
-    (run,) = (await list_runs(runner)).runs
+    (run,) = (await runner.list_runs()).runs
     assert run.status == "completed" and run.seq == 2 and run.datasource == "a"
-    assert (await list_runs(runner, status="failed")).runs == []
+    assert (await runner.list_runs(status="failed")).runs == []
     # same seq: the later update wins
     head = await read_head(runner.datasources["a"], "dup")
     await rewrite_head(
         runner.datasources["b"], "dup", seq=2, status="failed", updated_at=head.updated_at + 5
     )
-    (run,) = (await list_runs(runner)).runs
+    (run,) = (await runner.list_runs()).runs
     assert run.status == "failed" and run.datasource == "b"
 
 
@@ -172,7 +172,7 @@ async def test_unreadable_heads_are_skipped_with_a_warning(
     assert raw is not None
     await runner.datasources["b"].save(head_key("impostor"), raw)  # names another run
     with caplog.at_level(logging.WARNING, logger="blokrun.lifecycle"):
-        page = await list_runs(runner)
+        page = await runner.list_runs()
     assert sorted(r.request_id for r in page.runs) == ["good", "other"]
     assert "broken" in caplog.text and "impostor" in caplog.text
 
@@ -180,26 +180,26 @@ async def test_unreadable_heads_are_skipped_with_a_warning(
 async def test_batches_of_heads_cover_every_run(runner: Runner) -> None:
     for i in range(7):
         await runner.run(wf("alpha", ["a", "b"] if i % 2 else ["b"]), request_id=f"b-{i}")
-    found = [r.request_id async for r in iter_runs(runner, batch_size=2)]
+    found = [r.request_id async for r in runner.iter_runs(batch_size=2)]
     assert sorted(found) == [f"b-{i}" for i in range(7)]
 
 
 async def test_bad_arguments_are_config_errors(runner: Runner) -> None:
     with pytest.raises(ConfigError, match="invalid cursor"):
-        await list_runs(runner, cursor="garbage!")
+        await runner.list_runs(cursor="garbage!")
     with pytest.raises(ConfigError, match="unknown run status 'done'"):
-        await list_runs(runner, status="done")
+        await runner.list_runs(status="done")
     with pytest.raises(ConfigError, match="limit"):
-        await list_runs(runner, limit=0)
+        await runner.list_runs(limit=0)
     with pytest.raises(ConfigError, match="concurrency"):
-        await resume_failed(runner, concurrency=0)
+        await runner.resume_failed(concurrency=0)
 
 
 async def test_needs_a_started_runner(tmp_path: Path) -> None:
     from blokrun import BlokrunError
 
     with pytest.raises(BlokrunError, match="not started"):
-        await list_runs(Runner([mem("a")]))
+        await Runner([mem("a")]).list_runs()
 
 
 # -- resume_failed -----------------------------------------------------------------------------
@@ -230,7 +230,7 @@ async def test_resume_failed_bounded_and_isolated(runner: Runner) -> None:
     wfnodes.TIMES.clear()
     wfnodes.CALLS.clear()
 
-    outcomes = await resume_failed(runner, concurrency=2)
+    outcomes = await runner.resume_failed(concurrency=2)
 
     by_id = {o.request_id: o for o in outcomes}
     assert sorted(by_id) == ["f-0", "f-1", "f-2", "f-3", "f-4", "f-stubborn"]
@@ -247,15 +247,15 @@ async def test_resume_failed_bounded_and_isolated(runner: Runner) -> None:
     assert len(spans) == 6
     overlap = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
     assert overlap == 2
-    statuses = {r.request_id: r.status for r in (await list_runs(runner)).runs}
+    statuses = {r.request_id: r.status for r in (await runner.list_runs()).runs}
     assert statuses["f-stubborn"] == "failed"
     assert all(statuses[f"f-{i}"] == "completed" for i in range(5))
     # the stubborn one again, alone, by workflow
-    again = await resume_failed(runner, workflow="stubborn")
+    again = await runner.resume_failed(workflow="stubborn")
     assert [(o.request_id, o.ok) for o in again] == [("f-stubborn", False)]
     wfnodes.FAIL_AT.clear()
-    assert await resume_failed(runner, workflow="batch") == []
-    assert [o.ok for o in await resume_failed(runner, limit=1)] == [True]
+    assert await runner.resume_failed(workflow="batch") == []
+    assert [o.ok for o in await runner.resume_failed(limit=1)] == [True]
 
 
 async def test_resume_failed_limit_takes_the_newest(runner: Runner) -> None:
@@ -265,7 +265,7 @@ async def test_resume_failed_limit_takes_the_newest(runner: Runner) -> None:
             await runner.run(wf("alpha", ["a"]), request_id=f"L-{i}")
         await rewrite_head(runner.datasources["a"], f"L-{i}", started_at=1_700_000_000.0 + i)
     wfnodes.FAIL_AT.clear()
-    outcomes = await resume_failed(runner, limit=2)
+    outcomes = await runner.resume_failed(limit=2)
     assert [o.request_id for o in outcomes] == ["L-2", "L-1"]
     assert all(o.ok for o in outcomes)
 

@@ -55,8 +55,8 @@ async def test_the_server_stops_mid_run_the_run_fails_fast_and_resumes_after_res
     rid = f"outage-{driver}-{int(second_target)}"
 
     class StopServerAfterS1:
-        async def __call__(self, run: Any, outcome: Any) -> None:
-            if outcome.step.name == "s1":
+        async def __call__(self, event: Any) -> None:
+            if event.step.name == "s1":
                 server.stop()
 
     try:

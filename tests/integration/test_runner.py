@@ -18,16 +18,18 @@ from blokrun import (
     DatasourceError,
     DefinitionChanged,
     Hook,
+    RunEnded,
     Runner,
     RunNotFound,
-    RunState,
     StepFailed,
-    StepOutcome,
+    StepFinished,
+    StepStarted,
 )
 from blokrun.config import DatasourceSettings
 from blokrun.datasources import Capabilities, Datasource, build_datasource
 from blokrun.datasources.memory import MemoryStore
-from blokrun.persistence.records import CheckpointRecord, HeadRecord, decode_record, head_key
+from blokrun.persistence.keys import head_key
+from blokrun.persistence.records import CheckpointRecord, HeadRecord, decode_record
 from tests.integration import wfnodes
 
 NODE = "tests.integration.wfnodes"
@@ -268,19 +270,17 @@ async def test_a_failed_save_fails_the_run_at_once_naming_datasource_and_key() -
     good, _ = slow("good", 0)
     bad, bad_store = slow("bad", 0)
     wf = linear(3, persistence={"targets": ["good", "bad"]})
-    async with Runner([good, bad]) as runner:
-        run = runner.run(wf, request_id="sf-1")
-        bad_store.fail = False
+    bad_store.fail = False
 
-        # Fail from the second checkpoint on.
-        class FailSecond(Hook):
-            async def before_step(self, run: RunState, step: Any) -> None:
-                if step.name == "s2":
-                    bad_store.fail = True
+    # Fail from the second checkpoint on.
+    class FailSecond(Hook):
+        async def before_step(self, event: StepStarted) -> None:
+            if event.step.name == "s2":
+                bad_store.fail = True
 
-        runner._hooks.insert(0, FailSecond())
+    async with Runner([good, bad], hooks=[FailSecond()]) as runner:
         with pytest.raises(CheckpointError) as info:
-            await run
+            await runner.run(wf, request_id="sf-1")
     err = info.value
     assert err.datasource == "bad"
     assert err.key == "sf-1-s2"
@@ -293,16 +293,16 @@ async def test_user_after_step_hooks_see_every_step_after_its_checkpoint() -> No
     ds = mem()
     seen: list[tuple[str, int, bool]] = []
 
-    async def metrics(run: RunState, outcome: StepOutcome) -> None:
-        stored = await ds.exists(f"{run.request_id}-{outcome.step.name}")
-        seen.append((outcome.step.name, run.seq, stored))
+    async def metrics(event: StepFinished) -> None:
+        stored = await ds.exists(f"{event.request_id}-{event.step.name}")
+        seen.append((event.step.name, len(event.done), stored))
 
     class Timer(Hook):
         def __init__(self) -> None:
             self.ends: list[str | None] = []
 
-        async def on_run_end(self, run: RunState, error: BaseException | None) -> None:
-            self.ends.append(run.status)
+        async def on_run_end(self, event: RunEnded) -> None:
+            self.ends.append(event.status)
 
     timer = Timer()
     async with Runner([ds], hooks=[metrics, timer]) as runner:
@@ -489,10 +489,7 @@ async def test_another_workflows_checkpoints_are_never_taken() -> None:
             await runner.run(linear(3, name="mine"), request_id="shared-id")
         wfnodes.FAIL_AT.clear()
         # Another workflow wrote a later checkpoint under a key of the same shape.
-        other = linear(3, name="theirs")
-        other_rt = Runner([ds])
-        other_rt._stack = runner._stack  # share the connected datasource
-        theirs = other_rt.load(other)
+        theirs = runner.load(linear(3, name="theirs"))
         from blokrun.persistence.records import encode_checkpoint
 
         await ds.save(

@@ -219,7 +219,7 @@ async def test_a_transient_claim_error_does_not_end_the_worker() -> None:
 async def test_a_released_slot_is_not_revived_by_the_heartbeat() -> None:
     from blokrun.datasources import Datasource
     from blokrun.datasources.memory import MemoryStore
-    from blokrun.persistence.leases import SLOT_PREFIX
+    from blokrun.persistence.keys import SLOT_PREFIX
     from blokrun.workers.worker import Worker
 
     go = anyio.Event()

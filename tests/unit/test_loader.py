@@ -16,7 +16,8 @@ import pytest
 import blokrun.spec.loader as loader_module
 from blokrun.errors import BlokrunError, ExpressionError, WorkflowError
 from blokrun.execution.builtins import BUILTINS
-from blokrun.spec.loader import Workflow, definition_hash, load_workflow
+from blokrun.execution.workflows import load_workflow
+from blokrun.spec.loader import Workflow, definition_hash
 from tests.unit import nodes_for_loader
 
 WORKFLOW_FIELDS = ["name", "steps", "version", "description", "datasources", "persistence"]

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blokrun.errors import WorkflowError
-from blokrun.spec.loader import load_workflow
+from blokrun.execution.workflows import load_workflow
 
 json_leaf = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=30)

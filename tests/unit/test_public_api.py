@@ -9,8 +9,9 @@ EXPECTED = {
     "DatasourceAccessError", "DatasourceError", "DatasourceSettings", "DatasourceUnavailable",
     "DefinitionChanged", "ExpressionError", "FormatVersionError", "Hook", "LeaseLost",
     "MissingExtraError", "RunBusy",
-    "RecordError", "ResumeError", "ResumePlan", "RunError", "RunInfo", "RunNotFound", "RunResult", "RunState",
-    "Runner", "StepFailed", "StepOutcome", "Store", "ValueNotStorable", "Workflow",
+    "RecordError", "ResumeError", "ResumePlan", "RunEnded", "RunError", "RunInfo", "RunNotFound",
+    "RunResult", "RunStarted", "Runner", "StepFailed", "StepFinished", "StepStarted", "Store",
+    "Suspension", "ValueNotStorable", "Workflow",
     "WorkflowError", "__version__", "load_workflow",
 }  # fmt: skip
 

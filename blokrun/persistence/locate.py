@@ -5,7 +5,7 @@ it points at -- two reads, whatever the number of steps -- plus, when that check
 delta, one batched read of its chain. The head is only a hint, though:
 
 * it is written after its checkpoint, so after a crash between the two it can be one step
-  behind: :meth:`Resumer.roll_forward` probes the next step's key and adopts a newer record
+  behind: :meth:`Locator.roll_forward` probes the next step's key and adopts a newer record
   of the same run;
 * if it is missing or unreadable, the ``<request_id>-*`` keys are scanned. Unlike sorting
   key strings (where ``s10`` < ``s9`` and run ``job`` would take ``job-2``'s keys), every
@@ -27,15 +27,13 @@ import anyio
 import msgspec
 
 from blokrun.errors import BlokrunError, FormatVersionError, RecordError, ResumeError
+from blokrun.persistence.keys import definition_key, head_key, run_key
 from blokrun.persistence.records import (
     CheckpointRecord,
     DefinitionRecord,
     HeadRecord,
     RunRecord,
     decode_record,
-    definition_key,
-    head_key,
-    run_key,
 )
 from blokrun.persistence.state import rebuild_vars
 
@@ -45,7 +43,7 @@ if TYPE_CHECKING:
     from blokrun.datasources import Datasource
     from blokrun.persistence.envelope import Envelope
 
-__all__ = ["FoundRun", "Resumer"]
+__all__ = ["FoundRun", "Locator"]
 
 log = logging.getLogger("blokrun.resume")
 T = TypeVar("T", bound=msgspec.Struct)
@@ -74,8 +72,8 @@ class FoundRun:
         return self.checkpoint.seq if self.checkpoint is not None else 0
 
 
-class Resumer:
-    """Reads what a run stored, through one envelope (the runner's)."""
+class Locator:
+    """Reads what a run stored, through one envelope (the store's)."""
 
     __slots__ = ("envelope",)
 

@@ -1,25 +1,27 @@
 """The run context handed to every node: request, vars, logger, workflow, datasource reads.
 
 ``ctx.datasource(name, key)`` is read-only and limited to the datasources the workflow
-lists; values written by blokrun are decoded from their envelope, anything else is read as
-JSON when it parses, else as UTF-8 text, else returned as bytes.
+lists. The read itself is done by a :data:`DatasourceReader` the caller injects (the
+persistence layer decodes values blokrun wrote from their envelope and reads anything else
+as JSON, else text, else bytes): the executor knows nothing about storage.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from blokrun.errors import DatasourceAccessError
-from blokrun.persistence.codec import Opener, decode_foreign
 
 if TYPE_CHECKING:
     import logging
-    from collections.abc import Mapping
+    from collections.abc import Awaitable, Callable
 
-    from blokrun.datasources import Datasource
+__all__ = ["Context", "DatasourceReader", "RequestInfo", "WorkflowInfo"]
 
-__all__ = ["Context", "RequestInfo", "WorkflowInfo"]
+#: ``await reader(datasource_name, key)``: the value stored there, or ``None``.
+DatasourceReader: TypeAlias = "Callable[[str, str], Awaitable[Any]]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +52,7 @@ class Context:
 
     __slots__ = (
         "_allowed",
-        "_datasources",
-        "_envelope",
+        "_reader",
         "logger",
         "request",
         "step",
@@ -65,19 +66,17 @@ class Context:
         request: RequestInfo,
         workflow: WorkflowInfo,
         vars: dict[str, Any],
-        datasources: Mapping[str, Datasource],
+        reader: DatasourceReader,
         allowed: tuple[str, ...],
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
-        envelope: Opener,
     ) -> None:
         self.request = request
         self.workflow = workflow
         self.vars = vars
         self.logger = logger
         self.step = ""
-        self._datasources = datasources
+        self._reader = reader
         self._allowed = allowed
-        self._envelope = envelope
 
     @property
     def idempotency_key(self) -> str:
@@ -91,8 +90,6 @@ class Context:
     @property
     def date(self) -> str:
         """The run's start date, UTC, ``YYYY-MM-DD`` (stable across resumes)."""
-        import time
-
         return time.strftime("%Y-%m-%d", time.gmtime(self.request.started_at))
 
     async def datasource(self, name: str, key: str) -> Any:
@@ -108,10 +105,7 @@ class Context:
             raise DatasourceAccessError(
                 f"key must be a string, got {type(key).__name__}", datasource=name
             )
-        raw = await self._datasources[name].load(key)
-        if raw is None:
-            return None
-        return decode_foreign(raw, datasource=name, key=key, envelope=self._envelope)
+        return await self._reader(name, key)
 
     def as_mapping(self) -> dict[str, Any]:
         """The view expressions see as ``ctx`` (lookups only; no Python attributes)."""
