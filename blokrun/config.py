@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from blokrun.errors import ConfigError
-from blokrun.spec.model import DURABILITIES
+from blokrun.types import DURABILITIES
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-    from blokrun.spec.model import Durability
+    from blokrun.types import Durability
 
 __all__ = [
     "DEFAULT_DATASOURCE",

@@ -1,19 +1,18 @@
 """The public entry point: ``async with Runner.from_env() as runner: await runner.run(...)``.
 
-A Runner is a thin facade over two parts: the executor (:mod:`blokrun.execution`), which
-runs steps and emits events, and the run store (:class:`~blokrun.persistence.store.RunStore`),
-which owns everything a run keeps in its datasources. The Runner loads workflows against
-its datasources, and drives an attempt of a run: it takes the run's lease, keeps it alive
-with a heartbeat, hands the executor the store's recorder as the first hook, and returns
-how the attempt ended. It holds no global state: several Runners can live in one process.
+A Runner is a thin facade. It builds its datasources (from the environment or given) and
+three parts over them, and delegates to them: the run store
+(:class:`~blokrun.persistence.store.RunStore`, everything runs keep in the datasources:
+locating, planning resumes, history, leases), the driver (:class:`~blokrun.driver.RunDriver`:
+the executor, the store's recorder and the run's lease for one attempt), and the run queue
+(:class:`~blokrun.queues.QueueClient`). It holds no global state: several Runners can live in
+one process. Workers (:mod:`blokrun.workers`) are built on a Runner, not inside it.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -29,16 +28,16 @@ from blokrun.config import (
     settings_from_env,
 )
 from blokrun.datasources import Datasource, build_datasource
-from blokrun.errors import ConfigError, LeaseLost, RunBusy, RunError, RunNotFound
-from blokrun.execution.engine import Attempt, emit_end, run_attempt
+from blokrun.driver import RunDriver, RunResult
+from blokrun.errors import ConfigError, RunBusy, RunError, RunNotFound
 from blokrun.execution.hooks import CallableHook, Hook
 from blokrun.execution.workflows import load_workflow
 from blokrun.lifecycle import collect_garbage, iter_runs, list_runs, resume_failed
 from blokrun.persistence.envelope import Envelope
-from blokrun.persistence.planner import accept_input
 from blokrun.persistence.records import DEFAULT_ENVELOPE, new_request_id, validate_request_id
 from blokrun.persistence.state import BlobPolicy
 from blokrun.persistence.store import RunStore
+from blokrun.queues import Job, QueueClient
 from blokrun.spec.loader import Workflow
 
 if TYPE_CHECKING:
@@ -49,37 +48,15 @@ if TYPE_CHECKING:
     from blokrun.execution.events import StepFinished
     from blokrun.lifecycle import GcReport, ResumeOutcome, RunPage, RunSummary
     from blokrun.persistence.history import CheckpointInfo, RunInfo
-    from blokrun.persistence.leases import Lease
-    from blokrun.persistence.planner import Prepared, ResumePlan
-    from blokrun.persistence.recorder import RunRecorder
+    from blokrun.persistence.planner import ResumePlan
     from blokrun.persistence.records import HeadRecord
-    from blokrun.types import Durability, RunStatus
-    from blokrun.workers.queue import Queue
-    from blokrun.workers.worker import WorkerStats
+    from blokrun.queues import Queue
+    from blokrun.types import Durability
 
 __all__ = ["RunResult", "Runner"]
 
-log = logging.getLogger("blokrun")
-
 HookLike = Hook | Callable[["StepFinished"], Awaitable[None]]
 WorkflowLike = str | Path | Mapping[str, Any] | Workflow
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    """How a run (or a resume) ended."""
-
-    request_id: str
-    status: RunStatus
-    vars: dict[str, Any]
-    steps_run: tuple[str, ...]
-    steps_skipped: tuple[str, ...]
-    resumed: bool
-    duration: float
-    #: for a suspended run: the await-input step, the resume token (shown once), the prompt
-    waiting_step: str | None = None
-    token: str | None = None
-    prompt: str | None = None
 
 
 class Runner:
@@ -138,14 +115,14 @@ class Runner:
             lease_ttl=check_lease_ttl(lease_ttl),
             max_resumes=max_resumes,
         )
-        self.durability: Durability = check_durability(durability)
-        self._queue_datasource = check_datasource(
-            "BLOKRUN_QUEUE_DATASOURCE", queue_datasource, built
+        self._driver = RunDriver(
+            self._store,
+            [hook if isinstance(hook, Hook) else CallableHook(hook) for hook in hooks],
+            check_durability(durability),
         )
-        self._queue: Queue | None = None
-        self._hooks: list[Hook] = [
-            hook if isinstance(hook, Hook) else CallableHook(hook) for hook in hooks
-        ]
+        self._queues = QueueClient(
+            built, check_datasource("BLOKRUN_QUEUE_DATASOURCE", queue_datasource, built)
+        )
         self._search_paths = tuple(search_paths)
 
     @classmethod
@@ -196,6 +173,11 @@ class Runner:
     def max_resumes(self) -> int:
         return self._store.max_resumes
 
+    @property
+    def durability(self) -> Durability:
+        """Checkpoint durability for workflows that do not set ``persistence.durability``."""
+        return self._driver.durability
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
@@ -244,66 +226,7 @@ class Runner:
         self._store.require_started()
         wf = self.load(workflow)
         rid = new_request_id() if request_id is None else _checked_request_id(request_id)
-        if inputs is not None and not isinstance(inputs, Mapping):
-            raise ConfigError(
-                f"inputs must be a JSON object, got {type(inputs).__name__}", variable="inputs"
-            )
-        initial = dict(inputs or {})
-        started_at = time.time()
-        attempt = Attempt(request_id=rid, workflow=wf, vars=dict(initial), started_at=started_at)
-        lease = await self._store.acquire(rid, wf)
-        try:
-            recorder = self._store.recorder(
-                request_id=rid,
-                workflow=wf,
-                inputs=initial,
-                started_at=started_at,
-                durability=wf.durability or self.durability,
-                lease=lease,
-            )
-            return await self._drive(attempt, recorder, lease)
-        finally:
-            if lease is not None:
-                await self._store.release(lease)
-
-    async def _drive(self, run: Attempt, recorder: RunRecorder, lease: Lease | None) -> RunResult:
-        """Drive one attempt: the executor with the recorder first among the hooks, the
-        lease's heartbeat beside it, write-behind saves in the same task group."""
-        hooks = [recorder, *self._hooks] if recorder.targets else self._hooks
-        started = time.perf_counter()
-        skipped = tuple(run.done)
-        if lease is None and recorder.durability != "async":
-            outcome = await run_attempt(run, hooks=hooks, reader=self._store.reads)
-        else:
-            error: BaseException | None = None
-            async with anyio.create_task_group() as tg:
-                if lease is not None:
-                    tg.start_soon(lease.heartbeat, tg.cancel_scope)
-                recorder.background = tg  # write-behind saves; flushed by the run's end
-                try:
-                    outcome = await run_attempt(run, hooks=hooks, reader=self._store.reads)
-                except BaseException as exc:  # re-raised below, outside the task group
-                    error = exc
-                finally:
-                    recorder.background = None
-                tg.cancel_scope.cancel()
-            if lease is not None and lease.lost and not isinstance(error, LeaseLost):
-                raise lease.lost_error() from error
-            if error is not None:
-                raise error
-        suspension = outcome.suspension
-        return RunResult(
-            request_id=run.request_id,
-            status="suspended" if suspension is not None else "completed",
-            vars=run.vars,
-            steps_run=tuple(run.steps_run),
-            steps_skipped=skipped,
-            resumed=run.resumed,
-            duration=time.perf_counter() - started,
-            waiting_step=suspension.step if suspension is not None else None,
-            token=outcome.token,
-            prompt=suspension.prompt if suspension is not None else None,
-        )
+        return await self._driver.run(wf, _checked_inputs(inputs), rid)
 
     # -- resume ----------------------------------------------------------------------------------
 
@@ -333,75 +256,17 @@ class Runner:
         ``token`` its suspension returned; a wrong token or input that fails the step's
         schema is refused and the run stays suspended.
         """
-        store = self._store
-        store.require_started()
+        self._store.require_started()
         given = self.load(workflow) if workflow is not None else None
-
-        async def prepare() -> Prepared:
-            return await store.planner.plan(
-                request_id, given, force=force, from_step=from_step, set_vars=set_vars
-            )
-
-        prepared = await prepare()
-        lease = await store.acquire(request_id, prepared.workflow)
-        try:
-            if lease is not None and not await store.planner.unchanged(lease, prepared.plan.head):
-                # Another process moved the run on between our read and our lease: read again.
-                prepared = await prepare()
-            head = prepared.plan.head
-            if head is not None and head.status not in ("completed", "suspended") and not force:
-                # Only the lease holder may judge (and mark) a run dead: a run being driven
-                # elsewhere gets RunBusy above, never a dead head over its live one.
-                await store.check_dead_letter(prepared.workflow, head, lease)
-            return await self._resume(prepared, lease, input, token)
-        finally:
-            if lease is not None:
-                await store.release(lease)
-
-    async def _resume(
-        self, prepared: Prepared, lease: Lease | None, value: Any, token: str | None
-    ) -> RunResult:
-        plan = prepared.plan
-        wf = prepared.workflow
-        run = Attempt(
-            request_id=plan.request_id,
-            workflow=wf,
-            vars=prepared.vars,
-            started_at=prepared.started_at,
-            attempt=prepared.attempt,
-            resumed=True,
-            done=prepared.done,
-            provided=accept_input(prepared, value, token),
+        return await self._driver.resume(
+            request_id,
+            given,
+            force=force,
+            from_step=from_step,
+            set_vars=set_vars,
+            input=input,
+            token=token,
         )
-        recorder = self._store.recorder(
-            request_id=plan.request_id,
-            workflow=wf,
-            inputs=prepared.inputs,
-            started_at=prepared.started_at,
-            durability=wf.durability or self.durability,
-            lease=lease,
-            prepared=prepared,
-        )
-        if not plan.run:
-            if plan.head_status != "completed":
-                hooks = [recorder, *self._hooks] if recorder.targets else self._hooks
-                await emit_end(run, hooks, "completed")
-            return RunResult(
-                request_id=plan.request_id,
-                status="completed",
-                vars=run.vars,
-                steps_run=(),
-                steps_skipped=plan.skip,
-                resumed=True,
-                duration=0.0,
-            )
-        log.info(
-            "resuming run %s after %s (%d steps done)",
-            plan.request_id,
-            plan.after or "its start",
-            len(plan.skip),
-        )
-        return await self._drive(run, recorder, lease)
 
     async def plan_resume(
         self,
@@ -414,10 +279,7 @@ class Runner:
         """What :meth:`resume` would do, without doing it (``blokrun resume --dry-run``)."""
         self._store.require_started()
         given = self.load(workflow) if workflow is not None else None
-        prepared = await self._store.planner.plan(
-            request_id, given, force=force, from_step=from_step
-        )
-        return prepared.plan
+        return await self._driver.plan(request_id, given, force=force, from_step=from_step)
 
     # -- inspection -------------------------------------------------------------------------------
 
@@ -443,35 +305,12 @@ class Runner:
         """The run queue: in ``BLOKRUN_QUEUE_DATASOURCE``, else the first Redis or
         PostgreSQL datasource configured (else a memory one, for one process)."""
         self._store.require_started()
-        if self._queue is None:
-            from blokrun.workers.queue import BACKENDS, open_queue
-
-            name = self._queue_datasource
-            if name is None:  # the first Redis or PostgreSQL one as configured, else memory
-                candidates = sorted(
-                    (ds.type == "memory", i, ds.name)
-                    for i, ds in enumerate(self._datasources.values())
-                    if ds.type in BACKENDS
-                )
-                if not candidates:
-                    raise ConfigError(
-                        "no datasource can hold the run queue: configure a Redis or "
-                        "PostgreSQL datasource (BLOKRUN_QUEUE_DATASOURCE names which)",
-                        variable="BLOKRUN_QUEUE_DATASOURCE",
-                    )
-                name = candidates[0][2]
-            queue = open_queue(self._datasources[name])
-            await queue.setup()
-            self._queue = queue
-            self._queue_datasource = name
-        return self._queue
+        return await self._queues.queue()
 
     @property
     def queue_datasource(self) -> Datasource | None:
         """The datasource holding the run queue, once :meth:`queue` opened it."""
-        if self._queue is None or self._queue_datasource is None:
-            return None
-        return self._datasources[self._queue_datasource]
+        return self._queues.datasource
 
     async def submit(
         self,
@@ -481,20 +320,15 @@ class Runner:
         request_id: str | None = None,
         priority: int = 0,
     ) -> str:
-        """Put a run in the queue for a worker (:meth:`serve`, ``blokrun worker``); its id.
+        """Put a run in the queue for a worker (``blokrun worker``, :mod:`blokrun.workers`).
 
         De-duplicated by request id: if a run with this id is queued, running or stored,
         nothing is added and the id is returned.
         """
-        from blokrun.workers.queue import Job
-
         queue = await self.queue()
         wf = self.load(workflow)
         rid = new_request_id() if request_id is None else _checked_request_id(request_id)
-        if inputs is not None and not isinstance(inputs, Mapping):
-            raise ConfigError(
-                f"inputs must be a JSON object, got {type(inputs).__name__}", variable="inputs"
-            )
+        initial = _checked_inputs(inputs)
         if request_id is not None:
             try:
                 await self._store.planner.locate(rid, wf)
@@ -506,7 +340,7 @@ class Runner:
             request_id=rid,
             workflow=wf.name,
             document=wf.document,
-            inputs=dict(inputs or {}),
+            inputs=initial,
             priority=priority,
             enqueued_at=time.time(),
             source=wf.source,
@@ -543,32 +377,6 @@ class Runner:
                 )
             await anyio.sleep(delay)
             delay = min(delay * 1.5, 0.5)
-
-    async def serve(
-        self,
-        *,
-        concurrency: int = 8,
-        per_workflow: Mapping[str, int] | None = None,
-        stop: anyio.Event | None = None,
-        grace: float = 30.0,
-        max_runs: int | None = None,
-    ) -> WorkerStats:
-        """Be a worker: run queued runs, ``concurrency`` at a time, until ``stop`` is set.
-
-        ``per_workflow``: ``{workflow name: N}`` caps across every worker of the queue
-        (slot leases in the queue's datasource; see :mod:`blokrun.workers.worker`)."""
-        from blokrun.workers.worker import Worker
-
-        worker = Worker(
-            self,
-            await self.queue(),
-            concurrency=concurrency,
-            per_workflow=per_workflow,
-            claim_ttl=self.lease_ttl or 30.0,
-            grace=grace,
-        )
-        await worker.serve(stop, max_runs=max_runs)
-        return worker.stats
 
     # -- run lifecycle (blokrun.lifecycle) ---------------------------------------------------
 
@@ -615,6 +423,14 @@ class Runner:
             failed_older_than=failed_older_than,
             dry_run=dry_run,
         )
+
+
+def _checked_inputs(inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+    if inputs is not None and not isinstance(inputs, Mapping):
+        raise ConfigError(
+            f"inputs must be a JSON object, got {type(inputs).__name__}", variable="inputs"
+        )
+    return dict(inputs or {})
 
 
 def _checked_request_id(request_id: str) -> str:

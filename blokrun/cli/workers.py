@@ -105,6 +105,8 @@ async def cmd_worker(args: argparse.Namespace, runner: Runner) -> int:
 
     import os
 
+    from blokrun.workers import serve
+
     await runner.queue()  # connect to the queue (and create it) before saying ready
     sys.stderr.write(
         f"blokrun worker: ready (pid {os.getpid()}, {args.concurrency} runs at once); "
@@ -113,7 +115,8 @@ async def cmd_worker(args: argparse.Namespace, runner: Runner) -> int:
     sys.stderr.flush()
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch)
-        stats = await runner.serve(
+        stats = await serve(
+            runner,
             concurrency=args.concurrency,
             per_workflow=limits,
             stop=stop,

@@ -21,11 +21,11 @@ import orjson
 
 from blokrun.errors import BlokrunError, DefinitionChanged, ResumeError, RunNotFound
 from blokrun.execution.engine import token_hash
-from blokrun.execution.schema import validate
 from blokrun.persistence.keys import checkpoint_key, head_key, scan_prefix
 from blokrun.persistence.recorder import Position
 from blokrun.persistence.records import HeadRecord, decode_record, validate_request_id
 from blokrun.persistence.state import resolve_blobs
+from blokrun.spec.schema import validate
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping

@@ -20,6 +20,7 @@ import orjson
 from blokrun.errors import WorkflowError
 from blokrun.expressions import Compiled, compile_template, compile_value
 from blokrun.spec.model import RetrySpec, StepSpec, WorkflowSpec
+from blokrun.spec.schema import check_schema
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
@@ -366,8 +367,6 @@ def load_workflow(
             raise err(f"built-in {node.name!r} needs input {key!r}", f"{at}.inputs")
         inputs = compile_value(s.inputs, source=name, path=f"{at}.inputs")
         if node.name == "await-input" and "schema" in s.inputs:
-            from blokrun.execution.schema import check_schema
-
             if not isinstance(s.inputs["schema"], dict):
                 raise err("expected a JSON schema object", f"{at}.inputs.schema")
             problems = check_schema(s.inputs["schema"], f"{at}.inputs.schema")

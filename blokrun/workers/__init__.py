@@ -1,11 +1,15 @@
-"""Scale-out: a queue of runs in Redis or PostgreSQL, and workers that take from it.
+"""Scale-out: workers that take runs from the run queue (:mod:`blokrun.queues`) and drive
+them with a :class:`~blokrun.runner.Runner`.
 
-This package imports no driver library; :func:`blokrun.workers.queue.open_queue` imports
-the backend for the queue datasource's type on first use.
+::
+
+    async with Runner.from_env() as runner:
+        await serve(runner, concurrency=16, stop=stop_event)
 """
 
 from __future__ import annotations
 
-from blokrun.workers.queue import Claim, Job, Queue, QueueStats
+from blokrun.workers.serve import serve
+from blokrun.workers.worker import Worker, WorkerStats
 
-__all__ = ["Claim", "Job", "Queue", "QueueStats"]
+__all__ = ["Worker", "WorkerStats", "serve"]

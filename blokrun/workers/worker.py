@@ -52,8 +52,8 @@ from blokrun.persistence.leases import SLOT_PREFIX, Lease, acquire
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from blokrun.queues.queue import Claim, Queue
     from blokrun.runner import Runner
-    from blokrun.workers.queue import Claim, Queue
 
 __all__ = ["Worker", "WorkerStats"]
 

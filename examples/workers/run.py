@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 
 from blokrun import Runner
+from blokrun.workers import serve
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,7 +45,7 @@ async def main(environ: Mapping[str, str] = os.environ, images: int = 20) -> dic
         stop = anyio.Event()
         results: dict[str, Any] = {}
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: runner.serve(concurrency=8, stop=stop, grace=5))
+            tg.start_soon(lambda: serve(runner, concurrency=8, stop=stop, grace=5))
             with anyio.fail_after(60):
                 for rid in ids:
                     results[rid] = (await runner.wait(rid)).vars["publish"]["url"]

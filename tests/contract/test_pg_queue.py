@@ -16,8 +16,8 @@ import pytest
 from blokrun.config import DatasourceSettings
 from blokrun.datasources import Datasource, build_datasource
 from blokrun.errors import DatasourceError
-from blokrun.workers.pg_queue import SCHEMA_VERSION, PostgresQueue, queue_table
-from blokrun.workers.queue import Job, open_queue
+from blokrun.queues.pg_queue import SCHEMA_VERSION, PostgresQueue, queue_table
+from blokrun.queues.queue import Job, open_queue
 from tests.servers.postgresql import PostgresServer
 
 pytestmark = pytest.mark.server

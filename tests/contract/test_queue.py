@@ -1,4 +1,4 @@
-"""The run-queue contract (``blokrun/workers/queue.py``) on every backend: memory, Redis
+"""The run-queue contract (``blokrun/queues/queue.py``) on every backend: memory, Redis
 (Streams with a consumer group), PostgreSQL (a table claimed with ``FOR UPDATE SKIP LOCKED``).
 
 "Two workers" are two datasources with their own connections on one store."""
@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from blokrun.datasources import build_datasource
-from blokrun.workers.queue import Job, Queue, open_queue
+from blokrun.queues.queue import Job, Queue, open_queue
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -1,4 +1,4 @@
-"""The Redis run queue (``blokrun/workers/redis_queue.py``) beyond the shared contract: its
+"""The Redis run queue (``blokrun/queues/redis_queue.py``) beyond the shared contract: its
 keys (under the prefix, never values), per-claim TTLs with the age order kept, the cleanup
 of drained streams and idle consumers, ``SCRIPT FLUSH``, and errors without the password.
 """
@@ -16,8 +16,8 @@ import redis.asyncio as aioredis
 from blokrun.datasources.datasource import Datasource
 from blokrun.datasources.registry import create_store
 from blokrun.errors import DatasourceUnavailable
-from blokrun.workers.queue import Job, open_queue
-from blokrun.workers.redis_queue import GROUP, RedisQueue
+from blokrun.queues.queue import Job, open_queue
+from blokrun.queues.redis_queue import GROUP, RedisQueue
 from tests.servers.redis import RedisServer, launch
 
 if TYPE_CHECKING:

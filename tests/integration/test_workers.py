@@ -12,6 +12,7 @@ import pytest
 
 from blokrun import RunError, Runner
 from blokrun.config import DatasourceSettings
+from blokrun.workers import serve
 from tests.integration import wfnodes
 
 NODE = "tests.integration.wfnodes"
@@ -68,7 +69,7 @@ async def test_submitted_runs_are_run_by_a_worker_and_waited_for() -> None:
         stop = anyio.Event()
         results = {}
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: r.serve(concurrency=4, stop=stop))
+            tg.start_soon(lambda: serve(r, concurrency=4, stop=stop))
             with anyio.fail_after(20):
                 for rid in ids:
                     results[rid] = (await r.wait(rid)).vars["total"]
@@ -83,7 +84,7 @@ async def test_submit_deduplicates_by_request_id_and_higher_priority_goes_first(
         assert await r.submit(wf(), request_id="low") == "low"
         assert await r.submit(wf(), request_id="low") == "low"  # queued already
         await r.submit(wf(), request_id="high", priority=5)
-        stats = await r.serve(concurrency=1, max_runs=2)
+        stats = await serve(r, concurrency=1, max_runs=2)
         assert ORDER == ["high", "low"]
         assert stats.outcomes == {"completed": 2}
         await r.submit(wf(), request_id="low")  # stored and completed: not queued again
@@ -98,7 +99,7 @@ async def test_a_per_workflow_limit_holds_across_workers() -> None:
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:  # two workers, one cap of 2 for "slow"
             for _ in range(2):
-                tg.start_soon(lambda: r.serve(concurrency=6, per_workflow={"slow": 2}, stop=stop))
+                tg.start_soon(lambda: serve(r, concurrency=6, per_workflow={"slow": 2}, stop=stop))
             with anyio.fail_after(30):
                 for i in range(8):
                     assert (await r.wait(f"s{i}")).status == "completed"
@@ -113,7 +114,7 @@ async def test_stopping_drains_then_cancels_and_another_worker_resumes_without_r
             await r.submit(wf(steps=6, seconds=0.2), request_id=f"d{i}")
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: r.serve(concurrency=3, stop=stop, grace=0.0))
+            tg.start_soon(lambda: serve(r, concurrency=3, stop=stop, grace=0.0))
             await anyio.sleep(0.5)  # every run is in step b or c
             stop.set()
         heads = [await r.head(f"d{i}") for i in range(3)]
@@ -121,7 +122,7 @@ async def test_stopping_drains_then_cancels_and_another_worker_resumes_without_r
         done_before = {f"d{i}": list((await r.inspect(f"d{i}")).checkpoints) for i in range(3)}
         assert all(done_before.values())
         ORDER.clear()
-        await r.serve(concurrency=3, max_runs=3)  # the released jobs, resumed
+        await serve(r, concurrency=3, max_runs=3)  # the released jobs, resumed
         for i in range(3):
             result = await r.wait(f"d{i}")
             assert result.vars["total"] == 6 + 0  # each of the 6 steps counted once
@@ -150,11 +151,11 @@ async def test_a_run_that_keeps_killing_its_workers_is_dead_lettered() -> None:
         for _ in range(3):  # three workers die in 'boom'
             CRASHES.append(anyio.Event())
             async with anyio.create_task_group() as tg:
-                tg.start_soon(lambda: r.serve(concurrency=1, grace=0.0))
+                tg.start_soon(lambda: serve(r, concurrency=1, grace=0.0))
                 with anyio.fail_after(10):
                     await CRASHES[-1].wait()
                 tg.cancel_scope.cancel()
-        stats = await r.serve(concurrency=1, max_runs=1)
+        stats = await serve(r, concurrency=1, max_runs=1)
         assert stats.outcomes == {"dead": 1}
         head = await r.head("poison")
         assert head is not None and head.status == "dead"

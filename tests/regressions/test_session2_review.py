@@ -15,6 +15,7 @@ import pytest
 from blokrun import Runner
 from blokrun.config import DatasourceSettings
 from blokrun.errors import RunBusy, StepFailed
+from blokrun.workers import serve
 
 HERE = "tests.regressions.test_session2_review"
 GATES: dict[str, anyio.Event] = {}
@@ -103,7 +104,7 @@ async def test_a_capped_workflow_does_not_starve_other_workflows_of_free_slots()
         stop = anyio.Event()
         fast_done = False
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: r.serve(concurrency=2, per_workflow={"slow": 1}, stop=stop))
+            tg.start_soon(lambda: serve(r, concurrency=2, per_workflow={"slow": 1}, stop=stop))
             with anyio.move_on_after(3):  # s1 holds the one "slow" slot; one slot is free
                 fast_done = (await r.wait("f1")).status == "completed"
             GATES.setdefault("slow", anyio.Event()).set()
@@ -162,11 +163,11 @@ async def test_a_busy_run_is_not_reclaimed_in_a_hot_loop() -> None:
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
 
-            async def serve() -> None:
-                stats.append(await r.serve(concurrency=1, stop=stop))
+            async def work() -> None:
+                stats.append(await serve(r, concurrency=1, stop=stop))
 
             stats: list[Any] = []
-            tg.start_soon(serve)
+            tg.start_soon(work)
             await anyio.sleep(1.0)
             stop.set()
         await held.release()
@@ -198,14 +199,14 @@ async def test_a_transient_claim_error_does_not_end_the_worker() -> None:
         result = None
         async with anyio.create_task_group() as tg:
 
-            async def serve() -> None:
+            async def work() -> None:
                 nonlocal error
                 try:
-                    await r.serve(concurrency=1, stop=stop)
+                    await serve(r, concurrency=1, stop=stop)
                 except Exception as exc:  # a group wrapping the blip
                     error = exc
 
-            tg.start_soon(serve)
+            tg.start_soon(work)
             with anyio.move_on_after(3):
                 result = await r.wait("blip1")
             stop.set()

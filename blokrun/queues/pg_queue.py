@@ -58,14 +58,14 @@ import msgspec
 
 from blokrun.datasources.datasource import validate_key
 from blokrun.errors import DatasourceError
-from blokrun.workers.queue import Claim, QueueStats, decode_job, encode_job
+from blokrun.queues.queue import Claim, QueueStats, decode_job, encode_job
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
     from blokrun.datasources import Datasource
     from blokrun.datasources.postgresql import PostgresStore
-    from blokrun.workers.queue import Job
+    from blokrun.queues.queue import Job
 
 __all__ = ["SCHEMA_VERSION", "PostgresQueue", "create", "queue_table"]
 

@@ -66,9 +66,9 @@ class QueueStats(msgspec.Struct, frozen=True):
 
 #: Backend module per datasource type; imported on first use.
 BACKENDS = {
-    "memory": "blokrun.workers.memory_queue",
-    "redis": "blokrun.workers.redis_queue",
-    "postgresql": "blokrun.workers.pg_queue",
+    "memory": "blokrun.queues.memory_queue",
+    "redis": "blokrun.queues.redis_queue",
+    "postgresql": "blokrun.queues.pg_queue",
 }
 
 

@@ -5,7 +5,7 @@ Keys, all under the datasource prefix plus ``_blokrun.queue.`` (none is a string
 
 * ``priorities`` -- sorted set of the priorities in use (member and score: the priority).
 * ``p<priority>`` -- a stream of jobs, entry fields ``job`` (the msgspec-encoded
-  :class:`~blokrun.workers.queue.Job`) and ``rid``, with the consumer group ``blokrun``.
+  :class:`~blokrun.queues.queue.Job`) and ``rid``, with the consumer group ``blokrun``.
   Stream ids are server-time ordered, so a stream is oldest first.
 * ``c<priority>`` -- sorted set: entry id -> claim deadline (server unix ms) of every
   delivered entry of that stream; ``0`` means released.
@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from blokrun.errors import DatasourceError
-from blokrun.workers.queue import Claim, QueueStats, decode_job, encode_job
+from blokrun.queues.queue import Claim, QueueStats, decode_job, encode_job
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 
     from blokrun.datasources import Datasource
     from blokrun.datasources.redis import RedisStore
-    from blokrun.workers.queue import Job
+    from blokrun.queues.queue import Job
 
 __all__ = ["GROUP", "MAX_TTL", "NAMESPACE", "RedisQueue", "create"]
 

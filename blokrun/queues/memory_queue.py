@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from anyio.lowlevel import checkpoint
 
-from blokrun.workers.queue import Claim, Job, QueueStats
+from blokrun.queues.queue import Claim, Job, QueueStats
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
