@@ -10,7 +10,7 @@ number of ``blokrun worker`` processes on any machines share it::
     blokrun wait <printed id>
 
 Without ``DATASOURCE_QUEUE_TYPE`` this script keeps the queue in process memory and runs one
-worker in-process (``runner.serve``) -- the same code path, no server needed.
+worker in-process (``blokrun.workers.serve``) -- the same code path, no server needed.
 """
 
 from __future__ import annotations
