@@ -15,6 +15,7 @@ from __future__ import annotations
 from blokrun.config import DatasourceSettings
 from blokrun.datasources import Datasource, Store
 from blokrun.errors import (
+    ArgumentError,
     BlokrunError,
     CheckpointError,
     ConfigError,
@@ -47,6 +48,7 @@ from blokrun.spec.loader import Workflow
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArgumentError",
     "BlokrunError",
     "CheckpointError",
     "CheckpointInfo",

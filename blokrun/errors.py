@@ -6,6 +6,7 @@ never need to import a driver library to catch a failure::
 
     BlokrunError
     ├── ConfigError                 bad DATASOURCE_* / BLOKRUN_* environment (names the variable)
+    ├── ArgumentError               an unusable argument to the API (names it); also a ValueError
     ├── WorkflowError               an unusable workflow file (file, $.json.path, expected)
     │   └── ExpressionError         a ${...} expression that does not parse or evaluate
     ├── DatasourceError             a datasource operation failed (names the datasource, key)
@@ -30,6 +31,7 @@ Messages never contain secrets: URLs go through :func:`blokrun.config.mask_url` 
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentError",
     "BlokrunError",
     "CheckpointError",
     "ConfigError",
@@ -62,6 +64,14 @@ class ConfigError(BlokrunError):
     def __init__(self, message: str, *, variable: str | None = None) -> None:
         super().__init__(message)
         self.variable = variable
+
+
+class ArgumentError(BlokrunError, ValueError):
+    """An argument given to the Python API is unusable; ``argument`` names it."""
+
+    def __init__(self, message: str, *, argument: str) -> None:
+        super().__init__(message)
+        self.argument = argument
 
 
 class WorkflowError(BlokrunError):

@@ -29,7 +29,7 @@ from blokrun.config import (
 )
 from blokrun.datasources import Datasource, build_datasource
 from blokrun.driver import RunDriver, RunResult
-from blokrun.errors import ConfigError, RunBusy, RunError, RunNotFound
+from blokrun.errors import ArgumentError, ConfigError, RunBusy, RunError, RunNotFound
 from blokrun.execution.hooks import CallableHook, Hook
 from blokrun.execution.workflows import load_workflow
 from blokrun.lifecycle import collect_garbage, iter_runs, list_runs, resume_failed
@@ -98,7 +98,7 @@ class Runner:
         for item in datasources:
             ds = item if isinstance(item, Datasource) else build_datasource(item)
             if ds.name in built:
-                raise ConfigError(f"datasource {ds.name!r} given twice")
+                raise ArgumentError(f"datasource {ds.name!r} given twice", argument="datasources")
             built[ds.name] = ds
         self._datasources = built
         check_datasource("BLOKRUN_BLOB_DATASOURCE", blob_datasource, built)
@@ -365,10 +365,15 @@ class Runner:
                     pass  # its worker is still letting go of it
             elif head is not None and head.status == "suspended":
                 return RunResult(
-                    request_id=request_id, status="suspended", vars={}, steps_run=(),
-                    steps_skipped=(), resumed=False, duration=0.0,
+                    request_id=request_id,
+                    status="suspended",
+                    vars={},
+                    steps_run=(),
+                    steps_skipped=(),
+                    resumed=False,
+                    duration=0.0,
                     waiting_step=head.waiting_step,
-                )  # fmt: skip
+                )
             elif head is not None and head.status in ("failed", "dead"):
                 raise RunError(
                     f"{head.status}: {head.error or 'no error recorded'}",
@@ -427,8 +432,8 @@ class Runner:
 
 def _checked_inputs(inputs: Mapping[str, Any] | None) -> dict[str, Any]:
     if inputs is not None and not isinstance(inputs, Mapping):
-        raise ConfigError(
-            f"inputs must be a JSON object, got {type(inputs).__name__}", variable="inputs"
+        raise ArgumentError(
+            f"inputs must be a JSON object, got {type(inputs).__name__}", argument="inputs"
         )
     return dict(inputs or {})
 
@@ -437,4 +442,4 @@ def _checked_request_id(request_id: str) -> str:
     try:
         return validate_request_id(request_id)
     except ValueError as exc:
-        raise ConfigError(str(exc), variable="request_id") from None
+        raise ArgumentError(str(exc), argument="request_id") from None

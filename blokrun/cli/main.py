@@ -462,6 +462,7 @@ def _run(args: argparse.Namespace) -> int:
     import anyio
 
     from blokrun.errors import (
+        ArgumentError,
         BlokrunError,
         ConfigError,
         DatasourceError,
@@ -514,7 +515,7 @@ def _run(args: argparse.Namespace) -> int:
             f"  blokrun resume {exc.request_id}\n"
         )
         return EXIT_FAILED
-    except (WorkflowError, ConfigError, DatasourceError) as exc:
+    except (WorkflowError, ConfigError, ArgumentError, DatasourceError) as exc:
         _fail(str(exc), EXIT_USAGE)
     except BlokrunError as exc:
         _fail(str(exc), EXIT_FAILED)

@@ -199,8 +199,12 @@ class _Executor:
                     wait = _delay(retry, attempts)
                     ctx.logger.warning(
                         "attempt %d of %d failed (%s: %s); retrying in %.2fs",
-                        attempts, retry.attempts, type(exc).__name__, exc, wait,
-                    )  # fmt: skip
+                        attempts,
+                        retry.attempts,
+                        type(exc).__name__,
+                        exc,
+                        wait,
+                    )
                     await anyio.sleep(wait)
                     continue
                 raise self._failure(step, exc, attempts) from exc
@@ -248,9 +252,17 @@ class _Executor:
         if not self.hooks:
             return
         event = StepFinished(
-            run.request_id, run.workflow, run.attempt, step, output, duration, attempts, last,
-            tuple(run.done), run.view,
-        )  # fmt: skip
+            run.request_id,
+            run.workflow,
+            run.attempt,
+            step,
+            output,
+            duration,
+            attempts,
+            last,
+            tuple(run.done),
+            run.view,
+        )
         try:
             for hook in self.hooks:
                 await hook.after_step(event)
@@ -328,9 +340,16 @@ async def emit_end(
 ) -> None:
     """Tell every hook how the attempt ended (in order; the first error propagates)."""
     event = RunEnded(
-        run.request_id, run.workflow, run.attempt, status, error, tuple(run.done),
-        tuple(run.steps_run), run.view, suspension,
-    )  # fmt: skip
+        run.request_id,
+        run.workflow,
+        run.attempt,
+        status,
+        error,
+        tuple(run.done),
+        tuple(run.steps_run),
+        run.view,
+        suspension,
+    )
     for hook in hooks:
         await hook.on_run_end(event)
 
@@ -345,9 +364,14 @@ async def run_attempt(run: Attempt, *, hooks: Sequence[Hook], reader: Datasource
     hide the run's own error. A hook that fails on completion fails the run.
     """
     started = RunStarted(
-        run.request_id, run.workflow, run.attempt, run.resumed, run.started_at,
-        tuple(run.done), run.view,
-    )  # fmt: skip
+        run.request_id,
+        run.workflow,
+        run.attempt,
+        run.resumed,
+        run.started_at,
+        tuple(run.done),
+        run.view,
+    )
     try:
         for hook in hooks:
             await hook.on_run_start(started)
@@ -363,9 +387,15 @@ async def run_attempt(run: Attempt, *, hooks: Sequence[Hook], reader: Datasource
             "cancelled" if isinstance(exc, anyio.get_cancelled_exc_class()) else "failed"
         )
         event = RunEnded(
-            run.request_id, run.workflow, run.attempt, status, exc, tuple(run.done),
-            tuple(run.steps_run), run.view,
-        )  # fmt: skip
+            run.request_id,
+            run.workflow,
+            run.attempt,
+            status,
+            exc,
+            tuple(run.done),
+            tuple(run.steps_run),
+            run.view,
+        )
         for hook in hooks:
             try:
                 with anyio.CancelScope(shield=True):

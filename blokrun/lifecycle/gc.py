@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from blokrun.errors import BlokrunError, ConfigError, DatasourceError, RecordError
+from blokrun.errors import ArgumentError, BlokrunError, DatasourceError, RecordError
 from blokrun.expressions import compile_template, render_key
 from blokrun.lifecycle.runs import BATCH, decode_head, iter_runs
 from blokrun.persistence.codec import MAGIC, Kind
@@ -115,9 +115,9 @@ def _check_age(name: str, value: float | None) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{name} {value!r}: expected seconds or None", variable=name)
+        raise ArgumentError(f"{name} {value!r}: expected seconds or None", argument=name)
     if value < 0:
-        raise ConfigError(f"{name} {value!r}: expected seconds >= 0", variable=name)
+        raise ArgumentError(f"{name} {value!r}: expected seconds >= 0", argument=name)
 
 
 def _eligible(status: str, updated_at: float, cutoffs: Mapping[str, float]) -> bool:
@@ -138,9 +138,12 @@ async def _key_pattern(state: _State, ds: Datasource, run: RunSummary) -> str | 
         if raw is not None:
             try:
                 rec = decode_record(
-                    raw, DefinitionRecord, datasource=ds.name, key=key,
+                    raw,
+                    DefinitionRecord,
+                    datasource=ds.name,
+                    key=key,
                     envelope=state.store.envelope,
-                )  # fmt: skip
+                )
                 persistence = rec.document.get("persistence") or {}
                 value = persistence.get("keyPattern", DEFAULT_KEY_PATTERN)
                 pattern = value if isinstance(value, str) else None
@@ -198,9 +201,12 @@ async def _run_checkpoints(state: _State, ds: Datasource, run: RunSummary) -> tu
                 continue
             try:
                 rec = decode_record(
-                    raw, CheckpointRecord, datasource=ds.name, key=key,
+                    raw,
+                    CheckpointRecord,
+                    datasource=ds.name,
+                    key=key,
                     envelope=state.store.envelope,
-                )  # fmt: skip
+                )
             except RecordError as exc:
                 note = f"run {run.request_id}: kept {key!r} on {ds.name!r}, unreadable: {exc}"
                 state.warnings.append(note)
@@ -288,9 +294,10 @@ async def _referenced_blobs(state: _State) -> tuple[set[str], str | None]:
     for ds in state.store.datasources.values():
         try:
             keys = [
-                k for k in await ds.keys()
+                k
+                for k in await ds.keys()
                 if _may_be_checkpoint(k) and (ds.name, k) not in state.deleted
-            ]  # fmt: skip
+            ]
             for start in range(0, len(keys), BATCH):
                 loaded = await ds.load_batch(keys[start : start + BATCH])
                 for key, raw in loaded.items():

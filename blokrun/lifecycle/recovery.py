@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
-from blokrun.errors import BlokrunError, ConfigError, RunError
+from blokrun.errors import ArgumentError, BlokrunError, RunError
 from blokrun.lifecycle.runs import iter_runs, run_order
 
 if TYPE_CHECKING:
@@ -93,11 +93,11 @@ async def resume_failed(
     runs are not failed runs and are left alone.
     """
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise ConfigError(
-            f"concurrency {concurrency!r}: expected a whole number >= 1", variable="concurrency"
+        raise ArgumentError(
+            f"concurrency {concurrency!r}: expected a whole number >= 1", argument="concurrency"
         )
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ConfigError(f"limit {limit!r}: expected a whole number >= 0", variable="limit")
+        raise ArgumentError(f"limit {limit!r}: expected a whole number >= 0", argument="limit")
     failed = [
         run
         async for run in iter_runs(store)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import orjson
 
-from blokrun.errors import ConfigError, RecordError
+from blokrun.errors import ArgumentError, RecordError
 from blokrun.persistence.keys import HEAD_PREFIX, head_key, lease_key
 from blokrun.persistence.leases import holder_is_dead
 from blokrun.persistence.records import HeadRecord, decode_record
@@ -116,8 +116,10 @@ def decode_head(store: RunStore, ds: Datasource, key: str, raw: bytes) -> HeadRe
     if head_key(head.request_id) != key:
         log.warning(
             "skipped the head under %r on %r: it belongs to run %r",
-            key, ds.name, head.request_id,
-        )  # fmt: skip
+            key,
+            ds.name,
+            head.request_id,
+        )
         return None
     return head
 
@@ -212,10 +214,10 @@ def _statuses(status: str | Iterable[str] | None) -> frozenset[str] | None:
     wanted = frozenset([status] if isinstance(status, str) else status)
     unknown = sorted(wanted - STATUSES)
     if unknown:
-        raise ConfigError(
+        raise ArgumentError(
             f"unknown run status {', '.join(map(repr, unknown))}; "
             f"expected one of: {', '.join(sorted(STATUSES))}",
-            variable="status",
+            argument="status",
         )
     return wanted
 
@@ -227,9 +229,9 @@ def since_timestamp(since: float | datetime | None) -> float | None:
     if isinstance(since, datetime):
         return (since if since.tzinfo else since.replace(tzinfo=UTC)).timestamp()
     if isinstance(since, bool) or not isinstance(since, int | float):
-        raise ConfigError(
+        raise ArgumentError(
             f"since: expected unix seconds or a datetime, got {type(since).__name__}",
-            variable="since",
+            argument="since",
         )
     return float(since)
 
@@ -250,9 +252,9 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
             raise ValueError
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
         shown = cursor if len(cursor) <= 60 else cursor[:57] + "..."
-        raise ConfigError(
+        raise ArgumentError(
             f"invalid cursor {shown!r}: pass the cursor of a previous page unchanged",
-            variable="cursor",
+            argument="cursor",
         ) from None
     return (-float(started_at), rid)
 
@@ -285,7 +287,7 @@ async def list_runs(
     statuses = _statuses(status)
     since_ts = since_timestamp(since)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ConfigError(f"limit {limit!r}: expected a whole number >= 1", variable="limit")
+        raise ArgumentError(f"limit {limit!r}: expected a whole number >= 1", argument="limit")
     after = decode_cursor(cursor) if cursor else None
     keep: list[tuple[tuple[float, str], RunSummary]] = []
     pending = 0

@@ -158,9 +158,13 @@ class Locator:
                     "which is missing; using the previous checkpoint"
                 )
             older = await self.scan(
-                ds, request_id, scan_prefix, below_seq=head.seq, workflow=head.workflow,
+                ds,
+                request_id,
+                scan_prefix,
+                below_seq=head.seq,
+                workflow=head.workflow,
                 warnings=found.warnings,
-            )  # fmt: skip
+            )
             found.checkpoint = older[0] if older else None
         elif head is None:
             wf = found.run.workflow if found.run is not None else workflow
@@ -194,9 +198,10 @@ class Locator:
             if isinstance(r, FormatVersionError):
                 raise r
         known = [
-            r for r in results
+            r
+            for r in results
             if isinstance(r, FoundRun) and (r.head or r.run or r.checkpoint) is not None
-        ]  # fmt: skip
+        ]
         if not known:
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors:
@@ -297,8 +302,10 @@ class Locator:
                 return rec, state, refs
             log.warning(
                 "checkpoint %s of run %s (seq %d) has a broken chain; using an earlier one",
-                rec.step, rec.request_id, rec.seq,
-            )  # fmt: skip
+                rec.step,
+                rec.request_id,
+                rec.seq,
+            )
             if older is None:
                 workflow = rec.workflow
                 older = await self.scan(

@@ -404,9 +404,13 @@ class RunRecorder(Hook):
             if deferred is not None:  # durability "exit": the one checkpoint of this attempt
                 with anyio.CancelScope(shield=True):
                     await self._checkpoint(
-                        deferred.step, deferred.duration, deferred.attempts, deferred.done,
-                        event.vars, last=deferred.last,
-                    )  # fmt: skip
+                        deferred.step,
+                        deferred.duration,
+                        deferred.attempts,
+                        deferred.done,
+                        event.vars,
+                        last=deferred.last,
+                    )
         except CheckpointError as exc:
             if status in ("completed", "suspended"):
                 # The run did not complete (or suspend) after all: record it as failed on

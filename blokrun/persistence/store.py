@@ -244,9 +244,13 @@ class RunStore:
             if targets:
                 entry = (head_key(head.request_id), encode_record(dead, self._envelope), wf.ttl)
                 await save_everywhere(
-                    targets, [entry], request_id=head.request_id, lease=lease, step=None,
+                    targets,
+                    [entry],
+                    request_id=head.request_id,
+                    lease=lease,
+                    step=None,
                     what="the dead mark",
-                )  # fmt: skip
+                )
         raise ResumeError(
             f"gave up after {resumes} resume attempt(s) (the limit is {self.max_resumes}): "
             "the run is dead-lettered; fix the cause, then resume with force "

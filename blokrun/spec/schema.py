@@ -21,10 +21,22 @@ _TYPES = {
     "array": (list,),
     "null": (type(None),),
 }
-_KEYS = frozenset({
-    "type", "properties", "required", "additionalProperties", "items", "enum",
-    "minLength", "maxLength", "minimum", "maximum", "description", "title",
-})  # fmt: skip
+_KEYS = frozenset(
+    {
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "enum",
+        "minLength",
+        "maxLength",
+        "minimum",
+        "maximum",
+        "description",
+        "title",
+    }
+)
 
 
 def check_schema(schema: Any, path: str = "$") -> list[str]:

@@ -12,7 +12,7 @@ import msgspec
 import orjson
 import pytest
 
-from blokrun import ConfigError, Runner, StepFailed
+from blokrun import ArgumentError, Runner, StepFailed
 from blokrun.cli import gc as gc_cli
 from blokrun.config import DatasourceSettings
 from blokrun.datasources import Datasource, build_datasource
@@ -309,9 +309,9 @@ async def test_an_unreadable_checkpoint_keeps_every_blob(blob_runner: Runner) ->
 
 
 async def test_bad_ages_are_config_errors(runner: Runner) -> None:
-    with pytest.raises(ConfigError, match="completed_older_than"):
+    with pytest.raises(ArgumentError, match="completed_older_than"):
         await runner.collect_garbage(completed_older_than=-1, failed_older_than=None, dry_run=True)
-    with pytest.raises(ConfigError, match="failed_older_than"):
+    with pytest.raises(ArgumentError, match="failed_older_than"):
         await runner.collect_garbage(
             completed_older_than=None, failed_older_than=float("nan"), dry_run=True
         )

@@ -13,7 +13,7 @@ import msgspec
 import orjson
 import pytest
 
-from blokrun import ConfigError, Runner, StepFailed
+from blokrun import ArgumentError, Runner, StepFailed
 from blokrun.cli import runs as runs_cli
 from blokrun.config import DatasourceSettings
 from blokrun.datasources import Datasource, build_datasource
@@ -185,13 +185,13 @@ async def test_batches_of_heads_cover_every_run(runner: Runner) -> None:
 
 
 async def test_bad_arguments_are_config_errors(runner: Runner) -> None:
-    with pytest.raises(ConfigError, match="invalid cursor"):
+    with pytest.raises(ArgumentError, match="invalid cursor"):
         await runner.list_runs(cursor="garbage!")
-    with pytest.raises(ConfigError, match="unknown run status 'done'"):
+    with pytest.raises(ArgumentError, match="unknown run status 'done'"):
         await runner.list_runs(status="done")
-    with pytest.raises(ConfigError, match="limit"):
+    with pytest.raises(ArgumentError, match="limit"):
         await runner.list_runs(limit=0)
-    with pytest.raises(ConfigError, match="concurrency"):
+    with pytest.raises(ArgumentError, match="concurrency"):
         await runner.resume_failed(concurrency=0)
 
 

@@ -150,10 +150,10 @@ async def test_generated_request_ids_are_url_safe_with_128_random_bits() -> None
     "bad", ["", "../../etc/passwd", "a\x00b", "x" * 201, "_internal", "sp ace"]
 )
 async def test_a_bad_request_id_is_refused_before_anything_runs(bad: str) -> None:
-    from blokrun import ConfigError
+    from blokrun import ArgumentError
 
     async with Runner([mem()]) as runner:
-        with pytest.raises(ConfigError, match="invalid request id"):
+        with pytest.raises(ArgumentError, match="invalid request id"):
             await runner.run(linear(1), request_id=bad)
     assert wfnodes.CALLS == []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import blokrun
 
 EXPECTED = {
-    "BlokrunError", "CheckpointError", "CheckpointInfo", "ConfigError", "Context", "Datasource",
+    "ArgumentError", "BlokrunError", "CheckpointError", "CheckpointInfo", "ConfigError", "Context", "Datasource",
     "DatasourceAccessError", "DatasourceError", "DatasourceSettings", "DatasourceUnavailable",
     "DefinitionChanged", "ExpressionError", "FormatVersionError", "Hook", "LeaseLost",
     "MissingExtraError", "RunBusy",
