@@ -29,6 +29,7 @@ from blokrun.config import (
     check_datasource,
     check_durability,
     check_lease_ttl,
+    envelope_from_env,
     settings_from_env,
 )
 from blokrun.datasources import Datasource, build_datasource
@@ -48,7 +49,6 @@ from blokrun.execution.builtins import Suspend
 from blokrun.execution.engine import execute
 from blokrun.execution.hooks import CallableHook, Hook, RunState, StepOutcome
 from blokrun.persistence.checkpointer import Checkpointer, KeyScope, save_everywhere
-from blokrun.persistence.envelope import Envelope
 from blokrun.persistence.leases import Lease, acquire, lease_key
 from blokrun.persistence.records import (
     DEFAULT_ENVELOPE,
@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 
     from blokrun.datasources import LeaseState
     from blokrun.lifecycle import GcReport, ResumeOutcome, RunPage
+    from blokrun.persistence.envelope import Envelope
     from blokrun.persistence.records import DefinitionRecord
     from blokrun.spec.model import Durability
     from blokrun.workers.queue import Queue
@@ -226,7 +227,7 @@ class Runner:
             settings.datasources.values(),
             hooks=hooks,
             search_paths=search_paths,
-            envelope=Envelope.from_env(settings.environ),
+            envelope=envelope_from_env(settings.environ),
             blob_datasource=settings.blob_datasource,
             blob_threshold=settings.blob_threshold,
             max_resumes=settings.max_resumes,

@@ -25,17 +25,9 @@ seals per key: rotate keys long before that.
 Version 1 records (``>3sBBBI``: magic, version 1, flags 0, kind, crc32, then the payload)
 still open, so stores written before v2 stay readable.
 
-Configuration (:meth:`Envelope.from_env` takes the mapping, it reads no global state):
-
-* ``BLOKRUN_ENCRYPTION_KEY`` -- ``<id>:<base64 of 32 bytes>`` or ``<base64 of 32 bytes>``
-  (the id is then the first 8 hex digits of sha256(key)). New records are encrypted with it.
-* ``BLOKRUN_ENCRYPTION_OLD_KEYS`` -- comma-separated entries of the same form, used only to
-  open records (key rotation). Old keys without an active key open encrypted records and
-  write plain ones (the way back from encryption).
-* ``BLOKRUN_COMPRESSION`` -- ``none``, ``zlib`` or ``zstd`` (default zstd when the
-  ``zstandard`` package imports, else zlib).
-* ``BLOKRUN_COMPRESSION_THRESHOLD`` -- payloads of at least this many bytes are compressed
-  (default 4096).
+An Envelope reads no environment: :func:`blokrun.config.envelope_from_env` builds one from
+``BLOKRUN_ENCRYPTION_KEY``, ``BLOKRUN_ENCRYPTION_OLD_KEYS``, ``BLOKRUN_COMPRESSION`` and
+``BLOKRUN_COMPRESSION_THRESHOLD``.
 
 ``cryptography`` is imported only when keys are configured and ``zstandard`` only when zstd
 is configured or a zstd record is opened. Messages and reprs never contain key material.
@@ -77,9 +69,6 @@ same machine, best of 7, ms; AES-GCM (OpenSSL, AES-NI) costs ~2.5 ms per 10 MB):
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import os
 import re
 import struct
@@ -104,9 +93,13 @@ __all__ = [
     "ENCRYPTION_KEY_ENV",
     "ENCRYPTION_OLD_KEYS_ENV",
     "FORMAT_VERSION",
+    "KEY_BYTES",
+    "KEY_ID_RULE",
     "THRESHOLD_ENV",
     "Compression",
     "Envelope",
+    "is_key_id",
+    "zstd_available",
 ]
 
 FORMAT_VERSION: Final = 2
@@ -129,10 +122,9 @@ _ENCRYPTED: Final = 0b0001_0000
 _KNOWN_FLAGS: Final = _CODEC_MASK | _COMPRESSION_MASK | _ENCRYPTED
 _NONCE: Final = 12
 _TAG: Final = 16
-_KEY_BYTES: Final = 32
+KEY_BYTES: Final = 32
+KEY_ID_RULE: Final = "1-64 characters from A-Z a-z 0-9 _ . -"
 _KEY_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_KEY_ID_RULE = "1-64 characters from A-Z a-z 0-9 _ . -"
-_KEY_FORM = "[<id>:]<base64 of 32 random bytes>"
 _DEFAULT_LEVEL: Final = {"zlib": 1, "zstd": 1}
 _ZSTD_MIN_LEVEL: Final = -(1 << 17)
 #: A zstd block of 4 bytes (RLE) expands to at most 128 KiB: no valid frame declares more.
@@ -147,8 +139,14 @@ def _import_zstd() -> ModuleType | None:
     return zstandard
 
 
-def _zstd_available() -> bool:
+def zstd_available() -> bool:
+    """Whether the ``zstandard`` package imports."""
     return _import_zstd() is not None
+
+
+def is_key_id(text: str) -> bool:
+    """Whether ``text`` may name a key (:data:`KEY_ID_RULE`)."""
+    return _KEY_ID_RE.fullmatch(text) is not None
 
 
 class _ZstdContexts(threading.local):
@@ -219,10 +217,10 @@ class Envelope:
         keys = dict(keys or {})
         for kid, material in keys.items():
             if not isinstance(kid, str) or not _KEY_ID_RE.fullmatch(kid):
-                raise ConfigError(f"invalid encryption key id: expected {_KEY_ID_RULE}")
-            if not isinstance(material, bytes | bytearray) or len(material) != _KEY_BYTES:
+                raise ConfigError(f"invalid encryption key id: expected {KEY_ID_RULE}")
+            if not isinstance(material, bytes | bytearray) or len(material) != KEY_BYTES:
                 raise ConfigError(
-                    f"encryption key {kid!r}: expected exactly {_KEY_BYTES} bytes (AES-256)"
+                    f"encryption key {kid!r}: expected exactly {KEY_BYTES} bytes (AES-256)"
                 )
         if active_key is not None and active_key not in keys:
             raise ConfigError(
@@ -241,68 +239,6 @@ class Envelope:
             self._ciphers = {kid: AESGCM(bytes(material)) for kid, material in keys.items()}
         if active_key is not None:
             self._active = (active_key, active_key.encode("ascii"), self._ciphers[active_key])
-
-    # ------------------------------------------------------------------ configuration
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> Envelope:
-        """Build from ``BLOKRUN_ENCRYPTION_*`` and ``BLOKRUN_COMPRESSION*`` in ``environ``.
-
-        Empty variables count as unset. Every bad value is a ConfigError naming its variable;
-        key material never appears in a message.
-        """
-        keys: dict[str, bytes] = {}
-        active: str | None = None
-        raw_key = environ.get(ENCRYPTION_KEY_ENV, "").strip()
-        if raw_key:
-            active, material = _parse_key(raw_key, ENCRYPTION_KEY_ENV, ENCRYPTION_KEY_ENV)
-            keys[active] = material
-        raw_old = environ.get(ENCRYPTION_OLD_KEYS_ENV, "")
-        entries = [e.strip() for e in raw_old.split(",")] if raw_old.strip() else []
-        for number, entry in enumerate(entries, 1):
-            if not entry:
-                continue
-            where = f"{ENCRYPTION_OLD_KEYS_ENV} (entry {number})"
-            kid, material = _parse_key(entry, ENCRYPTION_OLD_KEYS_ENV, where)
-            if kid in keys:
-                raise ConfigError(
-                    f"{where}: key id {kid!r} is already used by "
-                    f"{ENCRYPTION_KEY_ENV if kid == active else 'an earlier entry'}; "
-                    "every key needs its own id",
-                    variable=ENCRYPTION_OLD_KEYS_ENV,
-                )
-            keys[kid] = material
-
-        compression: Compression
-        raw_compression = environ.get(COMPRESSION_ENV, "").strip().lower()
-        if not raw_compression:
-            compression = "zstd" if _zstd_available() else "zlib"
-        elif raw_compression == "none":
-            compression = "none"
-        elif raw_compression == "zlib":
-            compression = "zlib"
-        elif raw_compression == "zstd":
-            compression = "zstd"
-        else:
-            raise ConfigError(
-                f"{COMPRESSION_ENV}={environ[COMPRESSION_ENV]!r}: expected none, zlib or zstd",
-                variable=COMPRESSION_ENV,
-            )
-
-        threshold = 4096
-        raw_threshold = environ.get(THRESHOLD_ENV, "").strip()
-        if raw_threshold:
-            try:
-                threshold = int(raw_threshold)
-            except ValueError:
-                threshold = -1
-            if threshold < 0:
-                raise ConfigError(
-                    f"{THRESHOLD_ENV}={environ[THRESHOLD_ENV]!r}: expected a whole number "
-                    "of bytes >= 0",
-                    variable=THRESHOLD_ENV,
-                )
-        return cls(compression=compression, threshold=threshold, keys=keys, active_key=active)
 
     @property
     def encrypted(self) -> bool:
@@ -492,35 +428,3 @@ class Envelope:
             return ctx.dctx.decompress(body, allow_extra_data=False)
         except (zstd.ZstdError, MemoryError) as exc:
             raise fail(f"zstd decompression failed: {type(exc).__name__} {exc}") from None
-
-
-def _parse_key(text: str, variable: str, where: str) -> tuple[str, bytes]:
-    """``(id, key)`` from ``[<id>:]<base64>``; errors name ``where`` and never echo the key."""
-    kid: str | None = None
-    encoded = text
-    if ":" in text:
-        kid, _, encoded = text.partition(":")
-        kid = kid.strip()
-        encoded = encoded.strip()
-        if not _KEY_ID_RE.fullmatch(kid):
-            raise ConfigError(
-                f"{where}: invalid key id (expected {_KEY_ID_RULE} before the ':'); "
-                f"the value must be {_KEY_FORM}",
-                variable=variable,
-            )
-    normalized = encoded.replace("-", "+").replace("_", "/")  # accept URL-safe base64 too
-    normalized += "=" * (-len(normalized) % 4)
-    try:
-        material = base64.b64decode(normalized, validate=True)
-    except (binascii.Error, ValueError):
-        raise ConfigError(
-            f"{where}: the key is not valid base64; the value must be {_KEY_FORM}",
-            variable=variable,
-        ) from None
-    if len(material) != _KEY_BYTES:
-        raise ConfigError(
-            f"{where}: the key decodes to {len(material)} bytes; AES-256 needs exactly "
-            f"{_KEY_BYTES} (the value must be {_KEY_FORM})",
-            variable=variable,
-        )
-    return kid or hashlib.sha256(material).hexdigest()[:8], material

@@ -26,16 +26,18 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import msgspec
 import orjson
 
+from blokrun.config import envelope_from_env
 from blokrun.errors import RecordError
 from blokrun.persistence.codec import Kind, dumps_value, loads_value
-from blokrun.persistence.envelope import Envelope
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from blokrun.persistence.envelope import Envelope
+
 #: Records sealed with no configuration: zstd (zlib without zstandard) above 4 KiB, no
 #: encryption.
-DEFAULT_ENVELOPE = Envelope.from_env({})
+DEFAULT_ENVELOPE = envelope_from_env({})
 
 __all__ = [
     "CheckpointRecord",
