@@ -436,8 +436,8 @@ def envelope_from_env(environ: Mapping[str, str]) -> Envelope:
         ENCRYPTION_OLD_KEYS_ENV,
         THRESHOLD_ENV,
         Envelope,
-        zstd_available,
     )
+    from blokrun.persistence.envelope.compression import zstd_available
 
     keys: dict[str, bytes] = {}
     active: str | None = None
@@ -499,7 +499,7 @@ def _parse_encryption_key(text: str, variable: str, where: str) -> tuple[str, by
     import binascii
     import hashlib
 
-    from blokrun.persistence.envelope import KEY_BYTES, KEY_ID_RULE, is_key_id
+    from blokrun.persistence.envelope.crypto import KEY_BYTES, KEY_ID_RULE, is_key_id
 
     kid: str | None = None
     encoded = text

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import os
 import random
+import re
 import struct
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import time
 import zlib
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -523,6 +525,17 @@ def test_missing_zstandard(monkeypatch: pytest.MonkeyPatch) -> None:
     assert COMPRESSION_ENV in str(info.value) and "zstandard" in str(info.value)
     assert envelope_from_env({}).describe().startswith("zlib>=")
     assert "zstandard" in str(open_error(Envelope(compression="zlib"), zstd_raw))
+
+
+def test_the_envelope_reads_no_environment() -> None:
+    """blokrun.config is the only module that reads the environment (envelope_from_env)."""
+    import blokrun.persistence.envelope as package
+
+    assert not hasattr(Envelope, "from_env")
+    sources = sorted(Path(package.__file__).parent.glob("*.py"))
+    assert [p.name for p in sources] == ["__init__.py", "compression.py", "crypto.py", "format.py"]
+    for path in sources:
+        assert not re.search(r"\benviron\b|getenv", path.read_text()), path
 
 
 def test_optional_packages_are_imported_only_when_needed() -> None:
