@@ -150,7 +150,7 @@ class RunnerSettings:
     """What :meth:`blokrun.Runner.from_env` needs.
 
     ``environ`` is the mapping it was read from, for the parts that parse their own
-    variables (``blokrun.persistence.envelope.Envelope.from_env``).
+    variables (:func:`envelope_from_env`).
     """
 
     datasources: Mapping[str, DatasourceSettings]
@@ -400,3 +400,132 @@ def embedded_default(home: Path) -> DatasourceSettings:
     return DatasourceSettings(
         name=DEFAULT_DATASOURCE, type="filesystem", path=str(home / "checkpoints")
     )
+
+
+# --------------------------------------------------------------------------- record envelope
+# BLOKRUN_ENCRYPTION_KEY, BLOKRUN_ENCRYPTION_OLD_KEYS, BLOKRUN_COMPRESSION and
+# BLOKRUN_COMPRESSION_THRESHOLD: how records are sealed (blokrun.persistence.envelope).
+
+if TYPE_CHECKING:
+    from blokrun.persistence.envelope import Compression, Envelope
+
+__all__ += ["envelope_from_env"]
+
+_KEY_FORM = "[<id>:]<base64 of 32 random bytes>"
+
+
+def envelope_from_env(environ: Mapping[str, str]) -> Envelope:
+    """The :class:`~blokrun.persistence.envelope.Envelope` the variables of ``environ`` ask for.
+
+    * ``BLOKRUN_ENCRYPTION_KEY`` -- ``<id>:<base64 of 32 bytes>`` or ``<base64 of 32 bytes>``
+      (the id is then the first 8 hex digits of sha256(key)). New records are encrypted with it.
+    * ``BLOKRUN_ENCRYPTION_OLD_KEYS`` -- comma-separated entries of the same form, used only to
+      open records (key rotation). Old keys without an active key open encrypted records and
+      write plain ones (the way back from encryption).
+    * ``BLOKRUN_COMPRESSION`` -- ``none``, ``zlib`` or ``zstd`` (default zstd when the
+      ``zstandard`` package imports, else zlib).
+    * ``BLOKRUN_COMPRESSION_THRESHOLD`` -- payloads of at least this many bytes are compressed
+      (default 4096).
+
+    Empty variables count as unset. Every bad value is a ConfigError naming its variable;
+    key material never appears in a message.
+    """
+    from blokrun.persistence.envelope import (
+        COMPRESSION_ENV,
+        ENCRYPTION_KEY_ENV,
+        ENCRYPTION_OLD_KEYS_ENV,
+        THRESHOLD_ENV,
+        Envelope,
+    )
+    from blokrun.persistence.envelope.compression import zstd_available
+
+    keys: dict[str, bytes] = {}
+    active: str | None = None
+    raw_key = environ.get(ENCRYPTION_KEY_ENV, "").strip()
+    if raw_key:
+        active, material = _parse_encryption_key(raw_key, ENCRYPTION_KEY_ENV, ENCRYPTION_KEY_ENV)
+        keys[active] = material
+    raw_old = environ.get(ENCRYPTION_OLD_KEYS_ENV, "")
+    entries = [e.strip() for e in raw_old.split(",")] if raw_old.strip() else []
+    for number, entry in enumerate(entries, 1):
+        if not entry:
+            continue
+        where = f"{ENCRYPTION_OLD_KEYS_ENV} (entry {number})"
+        kid, material = _parse_encryption_key(entry, ENCRYPTION_OLD_KEYS_ENV, where)
+        if kid in keys:
+            raise ConfigError(
+                f"{where}: key id {kid!r} is already used by "
+                f"{ENCRYPTION_KEY_ENV if kid == active else 'an earlier entry'}; "
+                "every key needs its own id",
+                variable=ENCRYPTION_OLD_KEYS_ENV,
+            )
+        keys[kid] = material
+
+    compression: Compression
+    raw_compression = environ.get(COMPRESSION_ENV, "").strip().lower()
+    if not raw_compression:
+        compression = "zstd" if zstd_available() else "zlib"
+    elif raw_compression == "none":
+        compression = "none"
+    elif raw_compression == "zlib":
+        compression = "zlib"
+    elif raw_compression == "zstd":
+        compression = "zstd"
+    else:
+        raise ConfigError(
+            f"{COMPRESSION_ENV}={environ[COMPRESSION_ENV]!r}: expected none, zlib or zstd",
+            variable=COMPRESSION_ENV,
+        )
+
+    threshold = 4096
+    raw_threshold = environ.get(THRESHOLD_ENV, "").strip()
+    if raw_threshold:
+        try:
+            threshold = int(raw_threshold)
+        except ValueError:
+            threshold = -1
+        if threshold < 0:
+            raise ConfigError(
+                f"{THRESHOLD_ENV}={environ[THRESHOLD_ENV]!r}: expected a whole number "
+                "of bytes >= 0",
+                variable=THRESHOLD_ENV,
+            )
+    return Envelope(compression=compression, threshold=threshold, keys=keys, active_key=active)
+
+
+def _parse_encryption_key(text: str, variable: str, where: str) -> tuple[str, bytes]:
+    """``(id, key)`` from ``[<id>:]<base64>``; errors name ``where`` and never echo the key."""
+    import base64
+    import binascii
+    import hashlib
+
+    from blokrun.persistence.envelope.crypto import KEY_BYTES, KEY_ID_RULE, is_key_id
+
+    kid: str | None = None
+    encoded = text
+    if ":" in text:
+        kid, _, encoded = text.partition(":")
+        kid = kid.strip()
+        encoded = encoded.strip()
+        if not is_key_id(kid):
+            raise ConfigError(
+                f"{where}: invalid key id (expected {KEY_ID_RULE} before the ':'); "
+                f"the value must be {_KEY_FORM}",
+                variable=variable,
+            )
+    normalized = encoded.replace("-", "+").replace("_", "/")  # accept URL-safe base64 too
+    normalized += "=" * (-len(normalized) % 4)
+    try:
+        material = base64.b64decode(normalized, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(
+            f"{where}: the key is not valid base64; the value must be {_KEY_FORM}",
+            variable=variable,
+        ) from None
+    if len(material) != KEY_BYTES:
+        raise ConfigError(
+            f"{where}: the key decodes to {len(material)} bytes; AES-256 needs exactly "
+            f"{KEY_BYTES} (the value must be {_KEY_FORM})",
+            variable=variable,
+        )
+    return kid or hashlib.sha256(material).hexdigest()[:8], material

@@ -25,6 +25,7 @@ from blokrun.config import (
     check_durability,
     check_lease_ttl,
     embedded_default,
+    envelope_from_env,
     settings_from_env,
 )
 from blokrun.datasources import Datasource, build_datasource
@@ -33,7 +34,6 @@ from blokrun.errors import ArgumentError, ConfigError, RunBusy, RunError, RunNot
 from blokrun.execution.hooks import CallableHook, Hook
 from blokrun.execution.workflows import load_workflow
 from blokrun.lifecycle import collect_garbage, iter_runs, list_runs, resume_failed
-from blokrun.persistence.envelope import Envelope
 from blokrun.persistence.records import DEFAULT_ENVELOPE, new_request_id, validate_request_id
 from blokrun.persistence.state import BlobPolicy
 from blokrun.persistence.store import RunStore
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
     from blokrun.execution.events import StepFinished
     from blokrun.lifecycle import GcReport, ResumeOutcome, RunPage, RunSummary
+    from blokrun.persistence.envelope import Envelope
     from blokrun.persistence.history import CheckpointInfo, RunInfo
     from blokrun.persistence.planner import ResumePlan
     from blokrun.persistence.records import HeadRecord
@@ -142,7 +143,7 @@ class Runner:
             settings.datasources.values(),
             hooks=hooks,
             search_paths=search_paths,
-            envelope=Envelope.from_env(settings.environ),
+            envelope=envelope_from_env(settings.environ),
             blob_datasource=settings.blob_datasource,
             blob_threshold=settings.blob_threshold,
             max_resumes=settings.max_resumes,

@@ -4,7 +4,7 @@ Deletes completed runs last updated more than 7 days ago, failed / cancelled / d
 after 30 days (``never`` keeps them), then the large values (blobs) no remaining checkpoint
 refers to; running and suspended runs are never touched. Prints each run deleted (or, with
 ``--dry-run``, that would be) and a summary. Exit 0, or 1 when something could not be
-deleted. Wired into ``blokrun.cli.main`` with :func:`add_parser` and :func:`run`.
+deleted.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from blokrun.cli.common import EXIT_FAILED, EXIT_OK, with_runner
 from blokrun.cli.runs import parse_duration
 
 if TYPE_CHECKING:
@@ -21,9 +22,8 @@ if TYPE_CHECKING:
     from blokrun.lifecycle.gc import GcReport
     from blokrun.runner import Runner
 
-__all__ = ["add_parser", "format_report", "run"]
+__all__ = ["add_parser", "format_report", "handle", "run"]
 
-EXIT_OK, EXIT_FAILED = 0, 1
 _NEVER = frozenset({"never", "off", "none"})
 
 
@@ -56,7 +56,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="delete nothing; print what would be deleted"
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=handle)
     return p
+
+
+async def handle(args: argparse.Namespace) -> int:
+    """Collect garbage as ``args`` ask; the exit code."""
+    return await with_runner(lambda runner: run(args, runner))
 
 
 def _size(n: int) -> str:

@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
+from blokrun.cli.exits import EXIT_OK, EXIT_SUSPENDED
 from blokrun.execution.hooks import Hook
 
 if TYPE_CHECKING:
     from blokrun.execution.events import RunEnded, RunStarted, StepFinished, StepStarted
+    from blokrun.runner import RunResult
 
-__all__ = ["JsonFormatter", "Progress", "configure_logging", "dump_json"]
+__all__ = ["JsonFormatter", "Progress", "configure_logging", "dump_json", "report"]
 
 _RESERVED = frozenset(vars(logging.makeLogRecord({})))
 
@@ -63,6 +65,29 @@ def dump_json(value: Any, stream: TextIO) -> None:
     opts = orjson.OPT_NON_STR_KEYS | (orjson.OPT_INDENT_2 if stream.isatty() else 0)
     stream.write(orjson.dumps(value, default=str, option=opts).decode() + "\n")
     stream.flush()
+
+
+def report(result: RunResult) -> int:
+    """Final vars on stdout (exit 0), or the suspension and how to continue (exit 3)."""
+    if result.status != "suspended":
+        dump_json(result.vars, sys.stdout)
+        return EXIT_OK
+    dump_json(
+        {
+            "request_id": result.request_id,
+            "status": "suspended",
+            "step": result.waiting_step,
+            "prompt": result.prompt,
+            "token": result.token,
+        },
+        sys.stdout,
+    )
+    sys.stderr.write(
+        f"blokrun: run {result.request_id} is suspended at step {result.waiting_step!r}"
+        f"{': ' + result.prompt if result.prompt else ''}. To continue:\n"
+        f"  blokrun resume {result.request_id} --input '<JSON>' --token {result.token}\n"
+    )
+    return EXIT_SUSPENDED
 
 
 class Progress(Hook):

@@ -2,7 +2,6 @@
 
 Lists stored runs newest first: a table on stdout (the cursor of the next page, if any, on
 stderr) or, with ``--json``, one object ``{"runs": [...], "cursor": ...}`` for scripts.
-Wired into ``blokrun.cli.main`` with :func:`add_parser` and :func:`run`.
 """
 
 from __future__ import annotations
@@ -14,13 +13,14 @@ import time
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
+from blokrun.cli.common import EXIT_OK, with_runner
+
 if TYPE_CHECKING:
     from blokrun.lifecycle.runs import RunSummary
     from blokrun.runner import Runner
 
-__all__ = ["add_parser", "parse_duration", "parse_since", "run"]
+__all__ = ["add_parser", "format_table", "handle", "parse_duration", "parse_since", "run"]
 
-EXIT_OK = 0
 _STATUSES = ("running", "interrupted", "completed", "failed", "cancelled", "suspended", "dead")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", re.IGNORECASE)
@@ -85,7 +85,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--cursor", metavar="CURSOR", help="the next page, as printed by a previous call"
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler=handle)
     return p
+
+
+async def handle(args: argparse.Namespace) -> int:
+    """List the runs ``args`` ask for; the exit code."""
+    return await with_runner(lambda runner: run(args, runner))
 
 
 def _when(ts: float) -> str:

@@ -28,6 +28,7 @@ import orjson
 from blokrun.errors import RecordError
 from blokrun.persistence.codec import Kind, dumps_value, loads_value
 from blokrun.persistence.envelope import Envelope
+from blokrun.persistence.envelope.compression import zstd_available
 from blokrun.types import RunStatus
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 #: Records sealed with no configuration: zstd (zlib without zstandard) above 4 KiB, no
 #: encryption.
-DEFAULT_ENVELOPE = Envelope.from_env({})
+DEFAULT_ENVELOPE = Envelope(compression="zstd" if zstd_available() else "zlib")
 
 __all__ = [
     "CheckpointRecord",

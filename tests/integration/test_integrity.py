@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from blokrun import Runner, StepFailed
+from blokrun.config import envelope_from_env
 from blokrun.errors import FormatVersionError, ResumeError
-from blokrun.persistence.envelope import Envelope
 from tests.integration import wfnodes
 from tests.servers.base import ThrowawayServer
 
@@ -103,7 +103,7 @@ async def test_encrypted_checkpoints_round_trip_and_a_wrong_key_is_refused(tmp_p
     async with Runner.from_env(rotated) as runner:
         result = await runner.resume("enc-1")
     assert result.vars["total"] == 6 and result.vars["secret"] == "hunter2-plain"
-    assert Envelope.from_env(rotated).encrypted
+    assert envelope_from_env(rotated).encrypted
 
 
 async def test_a_record_from_a_newer_blokrun_asks_for_an_upgrade(tmp_path: Any) -> None:

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import os
 import random
+import re
 import struct
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import time
 import zlib
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,6 +29,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from blokrun.config import envelope_from_env
 from blokrun.errors import ConfigError, FormatVersionError, RecordError
 from blokrun.persistence.codec import MAGIC, Kind
 from blokrun.persistence.envelope import (
@@ -328,9 +331,9 @@ def test_wrong_key_is_refused() -> None:
 
 
 def test_key_rotation_old_records_open_new_records_use_the_active_key() -> None:
-    old_env = Envelope.from_env({ENCRYPTION_KEY_ENV: f"k1:{b64(KEY1)}"})
+    old_env = envelope_from_env({ENCRYPTION_KEY_ENV: f"k1:{b64(KEY1)}"})
     old_raw = old_env.seal(Kind.CHECKPOINT, b'{"step":1}')
-    rotated = Envelope.from_env(
+    rotated = envelope_from_env(
         {ENCRYPTION_KEY_ENV: f"k2:{b64(KEY2)}", ENCRYPTION_OLD_KEYS_ENV: f"k1:{b64(KEY1)}"}
     )
     assert rotated.open(old_raw) == (Kind.CHECKPOINT, b'{"step":1}')
@@ -341,13 +344,13 @@ def test_key_rotation_old_records_open_new_records_use_the_active_key() -> None:
     err = open_error(old_env, new_raw)
     assert "'k2'" in str(err) and ENCRYPTION_OLD_KEYS_ENV in str(err)
     # Without the old key in OLD_KEYS the old record is refused the same way.
-    err = open_error(Envelope.from_env({ENCRYPTION_KEY_ENV: f"k2:{b64(KEY2)}"}), old_raw)
+    err = open_error(envelope_from_env({ENCRYPTION_KEY_ENV: f"k2:{b64(KEY2)}"}), old_raw)
     assert "'k1'" in str(err) and ENCRYPTION_OLD_KEYS_ENV in str(err)
 
 
 def test_old_keys_only_decrypt_and_seal_in_clear() -> None:
     encrypted = envelope(encrypt=True).seal(Kind.VALUE, b"1")
-    env = Envelope.from_env({ENCRYPTION_OLD_KEYS_ENV: f"k1:{b64(KEY1)}"})
+    env = envelope_from_env({ENCRYPTION_OLD_KEYS_ENV: f"k1:{b64(KEY1)}"})
     assert not env.encrypted
     assert env.open(encrypted) == (Kind.VALUE, b"1")
     assert env.seal(Kind.VALUE, b"1")[4] & ENCRYPTED == 0
@@ -362,7 +365,7 @@ def test_encrypted_record_with_no_key_configured_says_what_to_set() -> None:
 
 
 def test_key_without_id_gets_the_sha256_prefix_as_id() -> None:
-    env = Envelope.from_env({ENCRYPTION_KEY_ENV: b64(KEY1)})
+    env = envelope_from_env({ENCRYPTION_KEY_ENV: b64(KEY1)})
     kid = hashlib.sha256(KEY1).hexdigest()[:8]
     assert parts(env.seal(Kind.HEAD, b"{}"))[0][7:] == kid.encode()
     assert f"'{kid}'" in env.describe()
@@ -371,7 +374,7 @@ def test_key_without_id_gets_the_sha256_prefix_as_id() -> None:
 def test_url_safe_and_unpadded_base64_keys_are_accepted() -> None:
     key = bytes([0xFB, 0xFF] * 16)  # base64 with + and /
     url_safe = base64.urlsafe_b64encode(key).decode().rstrip("=")
-    env = Envelope.from_env({ENCRYPTION_KEY_ENV: f"k:{url_safe}"})
+    env = envelope_from_env({ENCRYPTION_KEY_ENV: f"k:{url_safe}"})
     raw = env.seal(Kind.HEAD, b"{}")
     assert Envelope(keys={"k": key}).open(raw) == (Kind.HEAD, b"{}")
 
@@ -387,21 +390,21 @@ def test_errors_carry_the_datasource_and_key() -> None:
 
 
 def test_from_env_defaults() -> None:
-    env = Envelope.from_env({})
+    env = envelope_from_env({})
     assert not env.encrypted
     assert env.describe() == "zstd>=4096B, not encrypted"
-    assert Envelope.from_env({COMPRESSION_ENV: "", THRESHOLD_ENV: ""}).describe() == (
+    assert envelope_from_env({COMPRESSION_ENV: "", THRESHOLD_ENV: ""}).describe() == (
         "zstd>=4096B, not encrypted"
     )
 
 
 def test_from_env_reads_compression_and_threshold() -> None:
-    env = Envelope.from_env({COMPRESSION_ENV: " ZLIB ", THRESHOLD_ENV: "10"})
+    env = envelope_from_env({COMPRESSION_ENV: " ZLIB ", THRESHOLD_ENV: "10"})
     assert env.describe() == "zlib>=10B, not encrypted"
     raw = env.seal(Kind.VALUE, b"a" * 100)
     assert env.seal(Kind.VALUE, b"a" * 9)[4] == 0
     assert raw[4] == COMPRESSED_FLAG["zlib"]
-    assert Envelope.from_env({COMPRESSION_ENV: "none"}).describe() == (
+    assert envelope_from_env({COMPRESSION_ENV: "none"}).describe() == (
         "no compression, not encrypted"
     )
 
@@ -453,7 +456,7 @@ def test_env_errors_name_their_variable_and_never_the_key(
     environ: dict[str, str], variable: str, expected: str
 ) -> None:
     with pytest.raises(ConfigError) as info:
-        Envelope.from_env(environ)
+        envelope_from_env(environ)
     err = info.value
     message = str(err)
     assert err.variable == variable
@@ -489,7 +492,7 @@ def test_constructor_validates_without_echoing_keys() -> None:
 
 
 def test_describe_and_repr_contain_no_key_material() -> None:
-    env = Envelope.from_env(
+    env = envelope_from_env(
         {ENCRYPTION_KEY_ENV: f"k2:{b64(KEY2)}", ENCRYPTION_OLD_KEYS_ENV: f"k1:{b64(KEY1)}"}
     )
     assert env.describe() == "zstd>=4096B, aes-256-gcm key 'k2' (+1 old)"
@@ -506,7 +509,7 @@ def test_missing_cryptography_is_a_config_error(monkeypatch: pytest.MonkeyPatch)
     raw = envelope(encrypt=True).seal(Kind.HEAD, b"{}")
     monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives.ciphers.aead", None)
     with pytest.raises(ConfigError) as info:
-        Envelope.from_env({ENCRYPTION_KEY_ENV: b64(KEY1)})
+        envelope_from_env({ENCRYPTION_KEY_ENV: b64(KEY1)})
     assert "pip install 'blokrun[crypto]'" in str(info.value)
     assert info.value.variable == ENCRYPTION_KEY_ENV
     # Without keys the package is not needed, and encrypted records get a clear error.
@@ -517,23 +520,35 @@ def test_missing_zstandard(monkeypatch: pytest.MonkeyPatch) -> None:
     zstd_raw = envelope("zstd").seal(Kind.VALUE, compressible())
     monkeypatch.setitem(sys.modules, "zstandard", None)
     with pytest.raises(ConfigError) as info:
-        Envelope.from_env({COMPRESSION_ENV: "zstd"})
+        envelope_from_env({COMPRESSION_ENV: "zstd"})
     assert info.value.variable == COMPRESSION_ENV
     assert COMPRESSION_ENV in str(info.value) and "zstandard" in str(info.value)
-    assert Envelope.from_env({}).describe().startswith("zlib>=")
+    assert envelope_from_env({}).describe().startswith("zlib>=")
     assert "zstandard" in str(open_error(Envelope(compression="zlib"), zstd_raw))
+
+
+def test_the_envelope_reads_no_environment() -> None:
+    """blokrun.config is the only module that reads the environment (envelope_from_env)."""
+    import blokrun.persistence.envelope as package
+
+    assert not hasattr(Envelope, "from_env")
+    sources = sorted(Path(package.__file__).parent.glob("*.py"))
+    assert [p.name for p in sources] == ["__init__.py", "compression.py", "crypto.py", "format.py"]
+    for path in sources:
+        assert not re.search(r"\benviron\b|getenv", path.read_text()), path
 
 
 def test_optional_packages_are_imported_only_when_needed() -> None:
     code = (
         "import sys\n"
+        "from blokrun.config import envelope_from_env\n"
         "from blokrun.persistence.envelope import Envelope\n"
         "from blokrun.persistence.codec import Kind\n"
         "def loaded(): return {m for m in ('zstandard', 'cryptography') if m in sys.modules}\n"
         "before = loaded()\n"
         "e = Envelope(compression='zlib', threshold=0)\n"
         "assert e.open(e.seal(Kind.VALUE, b'x' * 5000))[1] == b'x' * 5000\n"
-        "e = Envelope.from_env({'BLOKRUN_COMPRESSION': 'none'})\n"
+        "e = envelope_from_env({'BLOKRUN_COMPRESSION': 'none'})\n"
         "assert e.open(e.seal(Kind.VALUE, b'x' * 5000))[1] == b'x' * 5000\n"
         "print(sorted(loaded() - before))\n"
     )
