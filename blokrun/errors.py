@@ -22,6 +22,7 @@ never need to import a driver library to catch a failure::
         ├── LeaseLost               another process took the run over; this one stopped writing
         └── ResumeError             a run cannot be resumed
             ├── RunNotFound         no head record and no checkpoint for the request id
+            ├── RunExists           ``run`` with the id of a run that exists (resume it, or restart)
             ├── RunBusy             another process holds the run's lease (resumed elsewhere)
             └── DefinitionChanged   the workflow changed steps that already ran (use force)
 
@@ -47,6 +48,7 @@ __all__ = [
     "ResumeError",
     "RunBusy",
     "RunError",
+    "RunExists",
     "RunNotFound",
     "StepFailed",
     "ValueNotStorable",
@@ -210,6 +212,12 @@ class RunBusy(ResumeError):
 
 class RunNotFound(ResumeError):
     """Nothing is stored for this request id on any checkpoint datasource."""
+
+
+class RunExists(ResumeError):
+    """``run`` was given the request id of a run that exists and did not complete with the
+    same workflow and inputs: continue it with ``resume``, or start it over with
+    ``restart`` (a new incarnation whose records never mix with the old one's)."""
 
 
 class DefinitionChanged(ResumeError):

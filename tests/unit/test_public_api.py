@@ -9,7 +9,7 @@ EXPECTED = {
     "DatasourceAccessError", "DatasourceError", "DatasourceSettings", "DatasourceUnavailable",
     "DefinitionChanged", "ExpressionError", "FormatVersionError", "Hook", "LeaseLost",
     "MissingExtraError", "RunBusy",
-    "RecordError", "ResumeError", "ResumePlan", "RunEnded", "RunError", "RunInfo", "RunNotFound",
+    "RecordError", "ResumeError", "ResumePlan", "RunEnded", "RunError", "RunExists", "RunInfo", "RunNotFound",
     "RunResult", "RunStarted", "Runner", "StepFailed", "StepFinished", "StepStarted", "Store",
     "Suspension", "ValueNotStorable", "Workflow",
     "WorkflowError", "__version__", "load_workflow",
