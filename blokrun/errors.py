@@ -14,7 +14,8 @@ never need to import a driver library to catch a failure::
     │   ├── DatasourceAccessError   ctx.datasource() on a name the workflow did not list
     │   ├── MissingExtraError       the driver's optional dependency is not installed
     │   └── RecordError             stored bytes that fail their checksum or cannot be decoded
-    │       └── FormatVersionError  a record written by a newer blokrun
+    │       ├── FormatVersionError  a record written by a newer blokrun
+    │       └── KeyMissing          a record encrypted with a key this process lacks
     ├── ValueNotStorable            a value that cannot be checkpointed (names its path)
     └── RunError                    a run failed (carries request_id and step)
         ├── StepFailed              the step's node raised; ``__cause__`` is the node's exception
@@ -42,6 +43,7 @@ __all__ = [
     "DefinitionChanged",
     "ExpressionError",
     "FormatVersionError",
+    "KeyMissing",
     "LeaseLost",
     "MissingExtraError",
     "RecordError",
@@ -149,6 +151,22 @@ class RecordError(DatasourceError):
 
 class FormatVersionError(RecordError):
     """A record written by a newer version of blokrun."""
+
+
+class KeyMissing(RecordError):
+    """A record is encrypted with a key this process does not hold (``key_id``). Never
+    read around: a run whose records need a missing key stops, naming the key."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key_id: str,
+        datasource: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        super().__init__(message, datasource=datasource, key=key)
+        self.key_id = key_id
 
 
 class ValueNotStorable(BlokrunError):

@@ -83,6 +83,39 @@ def rebuild(header: bytes, stored: bytes) -> bytes:
     return header + struct.pack(">I", zlib.crc32(stored)) + stored
 
 
+# --------------------------------------------------------------------------- binding
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_a_record_opens_only_under_the_key_it_was_sealed_for(encrypt: bool) -> None:
+    env = envelope("zstd", encrypt=encrypt)
+    raw = env.seal(Kind.CHECKPOINT, compressible(), bind="_blokrun.ckpt.job/1/3")
+    assert env.open(raw, bind="_blokrun.ckpt.job/1/3")[1] == compressible()
+    for elsewhere in ("_blokrun.ckpt.job/1/4", "_blokrun.ckpt.job-2/1/3", "job-2-c", ""):
+        err = open_error_bound(env, raw, elsewhere)
+        assert "written under another key" in str(err), (elsewhere, str(err))
+        if encrypt:  # a forger who recomputes the crc for the new key: the AEAD refuses
+            head, _, stored = parts(raw)
+            forged = head + struct.pack(">I", zlib.crc32(stored, zlib.crc32(elsewhere.encode())))
+            err = open_error_bound(env, forged + stored, elsewhere)
+            assert "authentication failed" in str(err)
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_a_bound_record_cannot_be_downgraded_to_an_unbound_format(encrypt: bool) -> None:
+    env = envelope("none", encrypt=encrypt)
+    raw = bytearray(env.seal(Kind.CHECKPOINT, b'{"a":1}', bind="k/1/1"))
+    raw[3] = 2  # a format without binding: refused where a binding is expected
+    err = open_error_bound(env, bytes(raw), "k/1/1")
+    assert "not bound" in str(err) or "authentication failed" in str(err)
+
+
+def open_error_bound(env: Envelope, raw: bytes, bind: str) -> RecordError:
+    with pytest.raises(RecordError) as info:
+        env.open(raw, datasource="ds", key=bind or "rec", bind=bind)
+    return info.value
+
+
 def flip(raw: bytes, index: int, mask: int = 0x01) -> bytes:
     return raw[:index] + bytes([raw[index] ^ mask]) + raw[index + 1 :]
 
@@ -108,7 +141,7 @@ def test_round_trip_every_kind_compression_and_encryption(
     for payload in (b"", b'{"a":1}', compressible(), os.urandom(6000)):
         raw = env.seal(kind, payload)
         assert raw[:3] == MAGIC
-        assert raw[3] == FORMAT_VERSION == 2
+        assert raw[3] == FORMAT_VERSION == 3
         assert raw[5] == kind
         assert bool(raw[4] & ENCRYPTED) is encrypt
         assert env.open(raw) == (kind, payload)
@@ -155,13 +188,13 @@ def test_any_envelope_opens_any_compression_and_plain_records() -> None:
 def test_unencrypted_layout_matches_the_documented_format() -> None:
     payload = compressible(100)
     raw = envelope("none").seal(Kind.DEFINITION, payload)
-    assert raw == V2.pack(MAGIC, 2, 0, 4, 0) + struct.pack(">I", zlib.crc32(payload)) + payload
+    assert raw == V2.pack(MAGIC, 3, 0, 4, 0) + struct.pack(">I", zlib.crc32(payload)) + payload
 
 
 def test_encrypted_layout_matches_the_documented_format() -> None:
     raw = envelope("none", encrypt=True).seal(Kind.HEAD, b"hello")
     header, crc, stored = parts(raw)
-    assert header == V2.pack(MAGIC, 2, ENCRYPTED, 2, 2) + b"k1"
+    assert header == V2.pack(MAGIC, 3, ENCRYPTED, 2, 2) + b"k1"
     assert crc == zlib.crc32(stored)
     assert len(stored) == 12 + 5 + 16  # nonce + ciphertext + tag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -232,7 +265,7 @@ def test_garbage_is_not_a_blokrun_record() -> None:
 
 def test_newer_format_version_says_to_upgrade() -> None:
     raw = bytearray(envelope().seal(Kind.HEAD, b"{}"))
-    raw[3] = 3
+    raw[3] = FORMAT_VERSION + 1
     with pytest.raises(FormatVersionError) as info:
         envelope().open(bytes(raw), datasource="ds", key="rec")
     assert "upgrade blokrun" in str(info.value)
@@ -254,14 +287,14 @@ def test_key_id_without_encryption_flag_is_refused() -> None:
     header, _, stored = parts(env.seal(Kind.HEAD, b"{}"))
     plain = header[:4] + bytes([header[4] & ~ENCRYPTED]) + header[5:]
     open_error(env, rebuild(plain, stored))
-    no_id = V2.pack(MAGIC, 2, ENCRYPTED, int(Kind.HEAD), 0)
+    no_id = V2.pack(MAGIC, 3, ENCRYPTED, int(Kind.HEAD), 0)
     open_error(env, rebuild(no_id, stored))
 
 
 @pytest.mark.parametrize("compression", ["zlib", "zstd"])
 def test_undecompressable_payload_is_a_record_error(compression: str) -> None:
     env = envelope(compression)
-    header = V2.pack(MAGIC, 2, COMPRESSED_FLAG[compression], int(Kind.VALUE), 0)
+    header = V2.pack(MAGIC, 3, COMPRESSED_FLAG[compression], int(Kind.VALUE), 0)
     good = env.seal(Kind.VALUE, compressible())
     stored = parts(good)[2]
     for bad in (b"", b"garbage", stored[:-5], stored + b"trailing", os.urandom(100)):
@@ -274,7 +307,7 @@ def test_zstd_frame_declaring_an_impossible_size_is_refused_without_allocating()
     frame = zstandard.ZstdCompressor(level=1).compress(b"hello world" * 10)
     # Frame header descriptor: single segment, 8-byte content size of 2**60 bytes.
     forged = frame[:4] + bytes([0b1110_0000]) + struct.pack("<Q", 2**60) + frame[6:]
-    header = V2.pack(MAGIC, 2, COMPRESSED_FLAG["zstd"], int(Kind.VALUE), 0)
+    header = V2.pack(MAGIC, 3, COMPRESSED_FLAG["zstd"], int(Kind.VALUE), 0)
     assert "decompression failed" in str(open_error(envelope(), rebuild(header, forged)))
 
 
@@ -316,7 +349,7 @@ def test_tampered_header_of_an_encrypted_record_fails() -> None:
     # ... at a key id that is not ASCII.
     weird = header[:7] + b"\xff\x00"
     assert "key id" in str(open_error(env, rebuild(weird, stored)))
-    longer = V2.pack(MAGIC, 2, header[4], header[5], 3) + b"k1x"
+    longer = V2.pack(MAGIC, 3, header[4], header[5], 3) + b"k1x"
     assert "'k1x'" in str(open_error(env, rebuild(longer, stored)))
 
 
@@ -703,17 +736,17 @@ def test_property_open_of_forged_records_only_raises_record_errors(
 def test_property_damaged_records_only_raise_record_errors(
     env: Envelope, payload: bytes, index: int, mask: int, cut: int
 ) -> None:
-    raw = env.seal(Kind.CHECKPOINT, payload)
+    raw = env.seal(Kind.CHECKPOINT, payload, bind="run-1/1/5")
     index %= len(raw)
     try:
-        kind, _ = env.open(flip(raw, index, mask))
+        kind, _ = env.open(flip(raw, index, mask), bind="run-1/1/5")
     except RecordError:
         pass
     else:  # only the kind of a plain record is outside the crc (and encryption's AAD)
         assert not env.encrypted and index == 5 and kind != Kind.CHECKPOINT
     if cut < len(raw):
         with pytest.raises(RecordError):
-            env.open(raw[:cut])
+            env.open(raw[:cut], bind="run-1/1/5")
 
 
 # --------------------------------------------------------------------------- benchmark

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from blokrun.errors import RecordError
+from blokrun.errors import KeyMissing, RecordError
 from blokrun.persistence.codec import Kind
 from blokrun.persistence.envelope.compression import (
     COMPRESSION_ENV,
@@ -24,7 +24,12 @@ from blokrun.persistence.envelope.compression import (
     Compression,
     Compressor,
 )
-from blokrun.persistence.envelope.crypto import ENCRYPTION_KEY_ENV, ENCRYPTION_OLD_KEYS_ENV, Keyring
+from blokrun.persistence.envelope.crypto import (
+    ENCRYPTION_KEY_ENV,
+    ENCRYPTION_OLD_KEYS_ENV,
+    Keyring,
+    UnknownKey,
+)
 from blokrun.persistence.envelope.format import FORMAT_VERSION, header, read, record
 
 if TYPE_CHECKING:
@@ -70,6 +75,11 @@ class Envelope:
         """Whether :meth:`seal` encrypts (an active key is configured)."""
         return self._active_id is not None
 
+    @property
+    def key_id(self) -> str | None:
+        """The id of the key new records are encrypted with, or ``None``."""
+        return None if self._active_id is None else self._active_id.decode("ascii")
+
     def describe(self) -> str:
         """One secret-free line: ``zstd>=4096B, aes-256-gcm key 'k2' (+1 old)``."""
         return f"{self._compressor.describe()}, {self._keyring.describe()}"
@@ -77,32 +87,47 @@ class Envelope:
     def __repr__(self) -> str:
         return f"Envelope({self.describe()})"
 
-    def seal(self, kind: Kind, payload: bytes) -> bytes:
-        """``payload`` as a stored record of ``kind`` (compressed and encrypted as configured)."""
+    def seal(self, kind: Kind, payload: bytes, *, bind: str = "") -> bytes:
+        """``payload`` as a stored record of ``kind`` (compressed and encrypted as configured),
+        bound to ``bind`` -- the key it will be stored under (see :mod:`.format`)."""
         kind = Kind(kind)
         compression, data = self._compressor.pack(payload)
         key_id = self._active_id
+        binding = bind.encode()
         if key_id is None:
-            return record(header(kind, compression), data)
+            return record(header(kind, compression), data, bind=binding)
         head = header(kind, compression, key_id)
-        nonce, sealed = self._keyring.encrypt(data, head)
-        return record(head, sealed, nonce)
+        nonce, sealed = self._keyring.encrypt(data, head + binding)
+        return record(head, sealed, nonce, binding)
 
     def open(
-        self, raw: bytes, *, datasource: str | None = None, key: str | None = None
+        self,
+        raw: bytes,
+        *,
+        datasource: str | None = None,
+        key: str | None = None,
+        bind: str = "",
     ) -> tuple[Kind, bytes]:
-        """Check, decrypt and decompress ``raw``; return its kind and payload.
+        """Check, decrypt and decompress ``raw``, sealed for the binding ``bind`` (the key it
+        is stored under; see :meth:`seal`); return its kind and payload.
 
         Anything wrong with the bytes is a :class:`RecordError` (a record from a newer blokrun
-        a :class:`~blokrun.errors.FormatVersionError`) carrying ``datasource`` and ``key``.
+        a :class:`~blokrun.errors.FormatVersionError`, one encrypted with a key this envelope
+        lacks a :class:`~blokrun.errors.KeyMissing`) carrying ``datasource`` and ``key``.
         """
 
         def fail(message: str) -> RecordError:
             return RecordError(message, datasource=datasource, key=key)
 
-        kind, compression, key_id, head, body = read(raw, fail, datasource, key)
-        if head is not None:
-            body = self._keyring.decrypt(key_id, head, body, fail)
+        binding = (bind or "").encode()
+        kind, compression, key_id, aad, body = read(raw, fail, datasource, key, binding)
+        if aad is not None:
+            try:
+                body = self._keyring.decrypt(key_id, aad, body, fail)
+            except UnknownKey as exc:
+                raise KeyMissing(
+                    str(exc), key_id=exc.key_id, datasource=datasource, key=key
+                ) from None
         if compression != "none":
             body = self._compressor.unpack(compression, body, fail)
         return kind, bytes(body)

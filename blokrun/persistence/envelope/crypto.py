@@ -56,6 +56,14 @@ def is_key_id(text: str) -> bool:
     return _KEY_ID_RE.fullmatch(text) is not None
 
 
+class UnknownKey(Exception):
+    """The record names a key this keyring does not hold (``key_id``)."""
+
+    def __init__(self, key_id: str, message: str) -> None:
+        super().__init__(message)
+        self.key_id = key_id
+
+
 class Keyring:
     """Encrypts with the ``active`` key (if any) of ``keys`` (ids to 32-byte keys); opens
     records of any of them."""
@@ -115,9 +123,7 @@ class Keyring:
         nonce = os.urandom(_NONCE)
         return nonce, self._active[2].encrypt(nonce, data, header)
 
-    def decrypt(
-        self, key_id: bytes, header: memoryview, body: bytes | memoryview, fail: Fail
-    ) -> bytes:
+    def decrypt(self, key_id: bytes, header: bytes, body: bytes | memoryview, fail: Fail) -> bytes:
         """``body`` (``nonce + ciphertext + tag``) decrypted with the key ``key_id`` names,
         authenticating ``header``; anything wrong is ``fail(message)``."""
         try:
@@ -127,17 +133,19 @@ class Keyring:
         if not _KEY_ID_RE.fullmatch(kid):
             raise fail("invalid key id in the record header")
         if not self._ciphers:
-            raise fail(
+            raise UnknownKey(
+                kid,
                 f"the record is encrypted (key id {kid!r}) and no encryption key is "
                 f"configured: set {ENCRYPTION_KEY_ENV} (or {ENCRYPTION_OLD_KEYS_ENV}) "
-                "to the key that wrote it"
+                "to the key that wrote it",
             )
         cipher = self._ciphers.get(kid)
         if cipher is None:
             known = ", ".join(repr(k) for k in self._ciphers)
-            raise fail(
+            raise UnknownKey(
+                kid,
                 f"the record is encrypted with key id {kid!r}, which is not configured "
-                f"(configured: {known}): add that key to {ENCRYPTION_OLD_KEYS_ENV}"
+                f"(configured: {known}): add that key to {ENCRYPTION_OLD_KEYS_ENV}",
             )
         if len(body) < _NONCE + _TAG:
             raise fail("encrypted payload is truncated (shorter than nonce and tag)")
