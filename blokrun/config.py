@@ -422,6 +422,8 @@ def envelope_from_env(environ: Mapping[str, str]) -> Envelope:
     * ``BLOKRUN_ENCRYPTION_OLD_KEYS`` -- comma-separated entries of the same form, used only to
       open records (key rotation). Old keys without an active key open encrypted records and
       write plain ones (the way back from encryption).
+    * ``BLOKRUN_REQUIRE_ENCRYPTION`` -- ``true``: refuse to start without
+      ``BLOKRUN_ENCRYPTION_KEY``, so no record is ever written in plain.
     * ``BLOKRUN_COMPRESSION`` -- ``none``, ``zlib`` or ``zstd`` (default zstd when the
       ``zstandard`` package imports, else zlib).
     * ``BLOKRUN_COMPRESSION_THRESHOLD`` -- payloads of at least this many bytes are compressed
@@ -434,6 +436,7 @@ def envelope_from_env(environ: Mapping[str, str]) -> Envelope:
         COMPRESSION_ENV,
         ENCRYPTION_KEY_ENV,
         ENCRYPTION_OLD_KEYS_ENV,
+        REQUIRE_ENCRYPTION_ENV,
         THRESHOLD_ENV,
         Envelope,
     )
@@ -490,6 +493,13 @@ def envelope_from_env(environ: Mapping[str, str]) -> Envelope:
                 "of bytes >= 0",
                 variable=THRESHOLD_ENV,
             )
+    raw_required = environ.get(REQUIRE_ENCRYPTION_ENV, "").strip()
+    if raw_required and _parse_bool(raw_required, REQUIRE_ENCRYPTION_ENV) and active is None:
+        raise ConfigError(
+            f"{REQUIRE_ENCRYPTION_ENV} is set but {ENCRYPTION_KEY_ENV} is not: every record "
+            f"must be encrypted; set {ENCRYPTION_KEY_ENV} to <id>:<base64 of 32 bytes>",
+            variable=REQUIRE_ENCRYPTION_ENV,
+        )
     return Envelope(compression=compression, threshold=threshold, keys=keys, active_key=active)
 
 

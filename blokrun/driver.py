@@ -17,15 +17,18 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from blokrun.errors import LeaseLost
+from blokrun.errors import LeaseLost, RunExists
 from blokrun.execution.engine import Attempt, emit_end, run_attempt
+from blokrun.persistence.codec import dumps_value, loads_value
 from blokrun.persistence.planner import accept_input
+from blokrun.persistence.recorder import RETRY_BOUND
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from blokrun.execution.hooks import Hook
     from blokrun.persistence.leases import Lease
+    from blokrun.persistence.locate import FoundRun
     from blokrun.persistence.planner import Prepared, ResumePlan
     from blokrun.persistence.recorder import RunRecorder
     from blokrun.persistence.store import RunStore
@@ -52,6 +55,9 @@ class RunResult:
     waiting_step: str | None = None
     token: str | None = None
     prompt: str | None = None
+    #: ``run`` found this request id completed with the same workflow and inputs: nothing
+    #: ran, ``vars`` are the stored final vars
+    existing: bool = False
 
 
 class RunDriver:
@@ -71,14 +77,30 @@ class RunDriver:
     def _hooks(self, recorder: RunRecorder) -> list[Hook]:
         return [recorder, *self.hooks] if recorder.targets else self.hooks
 
-    async def run(self, wf: Workflow, inputs: Mapping[str, Any], request_id: str) -> RunResult:
-        """Run ``wf`` from its first step as run ``request_id``."""
-        started_at = time.time()
-        attempt = Attempt(
-            request_id=request_id, workflow=wf, vars=dict(inputs), started_at=started_at
-        )
+    async def run(
+        self, wf: Workflow, inputs: Mapping[str, Any], request_id: str, *, restart: bool = False
+    ) -> RunResult:
+        """Run ``wf`` from its first step as run ``request_id``.
+
+        A request id names one run. If run ``request_id`` exists: completed with the same
+        workflow and inputs, its stored result is returned and nothing runs; otherwise
+        :class:`~blokrun.errors.RunExists` -- unless ``restart``, which starts it over as a
+        new incarnation (the old one's records are never read by it).
+        """
         lease = await self.store.acquire(request_id, wf)
+        recorder: RunRecorder | None = None
         try:
+            found = await self.store.planner.find(request_id, wf)
+            incarnation = 1
+            if found is not None:
+                if not restart:
+                    return await self._existing(found, wf, inputs)
+                incarnation = max(v.incarnation for v in found.views) + 1
+                self.store.planner.check_encryption(found)
+            started_at = time.time()
+            attempt = Attempt(
+                request_id=request_id, workflow=wf, vars=dict(inputs), started_at=started_at
+            )
             recorder = self.store.recorder(
                 request_id=request_id,
                 workflow=wf,
@@ -86,11 +108,63 @@ class RunDriver:
                 started_at=started_at,
                 durability=wf.durability or self.durability,
                 lease=lease,
+                incarnation=incarnation,
             )
             return await self._drive(attempt, recorder, lease)
         finally:
             if lease is not None:
-                await self.store.release(lease)
+                await self._release(lease, recorder)
+
+    async def _release(self, lease: Lease, recorder: RunRecorder | None) -> None:
+        """Release the lease. If its datasource could not be reached during the run, it is
+        tried for at most ``RETRY_BOUND`` seconds and otherwise left to expire (or to be
+        taken over by this store on its next try): a frozen datasource costs the run one
+        timeout plus a small bound, not one timeout more."""
+        if recorder is not None and lease.datasource.name in recorder.unreachable:
+            deadline = recorder.retry_deadline or anyio.current_time() + RETRY_BOUND
+            await self.store.release(lease, deadline=deadline)
+            return
+        await self.store.release(lease)
+
+    async def _existing(
+        self, found: FoundRun, wf: Workflow, inputs: Mapping[str, Any]
+    ) -> RunResult:
+        """``run`` of an id that exists: its stored result, or :class:`RunExists`."""
+        rid = found.request_id
+        head = found.head
+        stored = found.run
+        same_inputs = stored is not None and stored.inputs == loads_value(dumps_value(dict(inputs)))
+        if head is None or head.workflow != wf.name:
+            what = f"a run of workflow {head.workflow!r}" if head is not None else "records"
+            raise RunExists(
+                f"exists ({what} under this id); use another request id, or start it over "
+                "with restart (blokrun run ... --restart)",
+                request_id=rid,
+            )
+        if head.status == "completed" and same_inputs:
+            prepared = await self.store.planner.plan(rid, None)
+            return RunResult(
+                request_id=rid,
+                status="completed",
+                vars=prepared.vars,
+                steps_run=(),
+                steps_skipped=prepared.plan.skip,
+                resumed=False,
+                duration=0.0,
+                existing=True,
+            )
+        status = "interrupted" if head.status == "running" else head.status
+        if head.status == "completed":
+            why = "completed with other inputs"
+        else:
+            step = head.failed_step or head.waiting_step or head.step
+            why = status + (f" at step {step!r}" if step else "")
+        raise RunExists(
+            f"exists ({why}); continue it with 'blokrun resume {rid}', or start it over "
+            "with restart (blokrun run ... --restart: a new incarnation, the old records "
+            "are kept apart)",
+            request_id=rid,
+        )
 
     async def _drive(self, run: Attempt, recorder: RunRecorder, lease: Lease | None) -> RunResult:
         """Drive one attempt: the executor with the recorder first among the hooks, the
@@ -153,22 +227,43 @@ class RunDriver:
 
         prepared = await prepare()
         lease = await store.acquire(request_id, prepared.workflow)
+        recorder: RunRecorder | None = None
         try:
-            if lease is not None and not await store.planner.unchanged(lease, prepared.plan.head):
+            if lease is not None and not await store.planner.unchanged(lease, prepared.found):
                 # Another process moved the run on between our read and our lease: read again.
                 prepared = await prepare()
+            if prepared.repairs:  # targets that lag behind the state we resume from
+                await store.write_repairs(request_id, prepared.repairs, lease)
             head = prepared.plan.head
             if head is not None and head.status not in ("completed", "suspended") and not force:
                 # Only the lease holder may judge (and mark) a run dead: a run being driven
                 # elsewhere gets RunBusy above, never a dead head over its live one.
                 await store.check_dead_letter(prepared.workflow, head, lease)
-            return await self._resume(prepared, lease, input, token)
+            recorder = self._recorder(prepared, lease)
+            return await self._resume(prepared, recorder, lease, input, token)
         finally:
             if lease is not None:
-                await store.release(lease)
+                await self._release(lease, recorder)
+
+    def _recorder(self, prepared: Prepared, lease: Lease | None) -> RunRecorder:
+        wf = prepared.workflow
+        return self.store.recorder(
+            request_id=prepared.plan.request_id,
+            workflow=wf,
+            inputs=prepared.inputs,
+            started_at=prepared.started_at,
+            durability=wf.durability or self.durability,
+            lease=lease,
+            prepared=prepared,
+        )
 
     async def _resume(
-        self, prepared: Prepared, lease: Lease | None, value: Any, token: str | None
+        self,
+        prepared: Prepared,
+        recorder: RunRecorder,
+        lease: Lease | None,
+        value: Any,
+        token: str | None,
     ) -> RunResult:
         plan = prepared.plan
         wf = prepared.workflow
@@ -181,15 +276,6 @@ class RunDriver:
             resumed=True,
             done=prepared.done,
             provided=accept_input(prepared, value, token),
-        )
-        recorder = self.store.recorder(
-            request_id=plan.request_id,
-            workflow=wf,
-            inputs=prepared.inputs,
-            started_at=prepared.started_at,
-            durability=wf.durability or self.durability,
-            lease=lease,
-            prepared=prepared,
         )
         if not plan.run:
             if plan.head_status != "completed":

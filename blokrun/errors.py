@@ -204,9 +204,13 @@ class CheckpointError(RunError):
         step: str | None,
         datasource: str | None,
         key: str | None,
+        unreachable: tuple[str, ...] = (),
     ) -> None:
         self.datasource = datasource
         self.key = key
+        #: datasources that could not be reached (timed out or refused): the run's failure
+        #: path does not wait for them again
+        self.unreachable = unreachable
         super().__init__(message, request_id=request_id, step=step)
 
 

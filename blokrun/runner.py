@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from blokrun.persistence.history import CheckpointInfo, RunInfo
     from blokrun.persistence.planner import ResumePlan
     from blokrun.persistence.records import HeadRecord
+    from blokrun.persistence.store import Repair
     from blokrun.queues import Queue
     from blokrun.types import Durability
 
@@ -222,12 +223,21 @@ class Runner:
         inputs: Mapping[str, Any] | None = None,
         *,
         request_id: str | None = None,
+        restart: bool = False,
     ) -> RunResult:
-        """Run a workflow from its first step; :class:`~blokrun.errors.RunError` on failure."""
+        """Run a workflow from its first step; :class:`~blokrun.errors.RunError` on failure.
+
+        A request id names one run. Given the id of a run that exists: if it completed with
+        the same workflow and inputs, its stored result comes back (``existing=True``) and
+        nothing runs, as a de-duplicated request should; otherwise
+        :class:`~blokrun.errors.RunExists` (continue it with :meth:`resume`). ``restart``
+        starts it over instead, as a new incarnation: every step runs again, and the old
+        incarnation's records are never read by it (they stay until gc deletes the run).
+        """
         self._store.require_started()
         wf = self.load(workflow)
         rid = new_request_id() if request_id is None else _checked_request_id(request_id)
-        return await self._driver.run(wf, _checked_inputs(inputs), rid)
+        return await self._driver.run(wf, _checked_inputs(inputs), rid, restart=restart)
 
     # -- resume ----------------------------------------------------------------------------------
 
@@ -299,6 +309,12 @@ class Runner:
     async def head(self, request_id: str) -> HeadRecord | None:
         """The stored head record of a run, or ``None``."""
         return await self._store.head(request_id)
+
+    async def repair(self, request_id: str) -> Repair:
+        """Heal a run on demand: under its lease, write to every reachable target what it
+        lacks of the most advanced verified state (``blokrun repair ID``)."""
+        self._store.require_started()
+        return await self._store.repair(request_id)
 
     # -- scale-out (blokrun.workers) -------------------------------------------------------
 
@@ -375,7 +391,14 @@ class Runner:
                     duration=0.0,
                     waiting_step=head.waiting_step,
                 )
-            elif head is not None and head.status in ("failed", "dead"):
+            elif head is not None and head.status == "dead":
+                raise RunError(
+                    f"dead-lettered: {head.error or 'gave up after too many recoveries'} "
+                    f"(after fixing the cause: blokrun resume {request_id} --force)",
+                    request_id=request_id,
+                    step=head.failed_step,
+                )
+            elif head is not None and head.status == "failed":
                 raise RunError(
                     f"{head.status}: {head.error or 'no error recorded'}",
                     request_id=request_id,

@@ -71,6 +71,9 @@ def _as_json(info: RunInfo) -> dict[str, Any]:
         "status": head.status if head else None,
         "workflow": head.workflow if head else None,
         "error": head.error if head else None,
+        "incarnation": info.incarnation,
+        "disagreement": dict(info.disagreement),
+        "damaged": list(info.damaged),
         "lease": (
             {"owner": lease.owner, "token": lease.token, "until": lease.expires_at}
             if (lease := info.lease) is not None and lease.live(time.time())
@@ -85,6 +88,7 @@ def _as_json(info: RunInfo) -> dict[str, Any]:
                 "duration": c.duration,
                 "size": c.size,
                 "key": c.key,
+                "alias": c.alias,
                 "attempt": c.attempt,
             }
             for c in info.checkpoints
@@ -99,7 +103,9 @@ def format_table(info: RunInfo) -> str:
     if head is not None:
         lines.append(
             f"run {info.request_id}  workflow {head.workflow} {head.version}  "
-            f"status {head.status}  attempt {head.attempt}  on {info.datasource!r}\n"
+            f"status {head.status}  attempt {head.attempt}"
+            + (f"  incarnation {info.incarnation}" if info.incarnation > 1 else "")
+            + f"  on {info.datasource!r}\n"
         )
         if head.error:
             lines.append(f"last error ({head.failed_step or 'run'}): {head.error}\n")
@@ -126,4 +132,10 @@ def format_table(info: RunInfo) -> str:
         )
     if not info.checkpoints:
         lines.append("(no checkpoints yet)\n")
+    if info.disagreement:
+        lines.append("its targets disagree:\n")
+        lines.extend(f"  {name}: {what}\n" for name, what in sorted(info.disagreement.items()))
+        lines.append(f"  (a resume or 'blokrun repair {info.request_id}' heals them)\n")
+    for problem in info.damaged:
+        lines.append(f"does not verify: {problem}\n")
     return "".join(lines)

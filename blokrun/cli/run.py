@@ -1,12 +1,17 @@
-"""``blokrun run FILE [--input JSON | --input-file FILE] [--request-id ID]``.
+"""``blokrun run FILE [--input JSON | --input-file FILE] [--request-id ID] [--restart]``.
 
 Runs a workflow from its first step and prints its final vars (exit 0), or its suspension
 (exit 3). Everything that can be checked without a datasource (inputs, request id, the
 workflow file, the configuration) is checked before connecting.
+
+A request id names one run: ``--request-id`` of a run that completed with the same workflow
+and inputs prints its stored result and runs nothing; of any other run that exists, it is
+refused (exit 2: resume it, or ``--restart`` it as a new incarnation).
 """
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 from blokrun.cli.common import make_runner, with_runner
@@ -26,6 +31,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "run", help="run a workflow file from its first step"
     )
     add_new_run_arguments(p)
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="if a run with this --request-id exists, start it over as a new incarnation "
+        "(every step runs again; the old records are kept apart, never mixed in)",
+    )
     p.set_defaults(handler=handle)
     return p
 
@@ -49,7 +60,13 @@ async def handle(args: argparse.Namespace) -> int:
 
     async def body(runner: Runner) -> int:
         async def go() -> int:
-            return report(await runner.run(wf, inputs, request_id=request_id))
+            result = await runner.run(wf, inputs, request_id=request_id, restart=args.restart)
+            if result.existing:
+                sys.stderr.write(
+                    f"blokrun: run {request_id} already completed with these inputs; "
+                    "nothing ran (its stored result follows)\n"
+                )
+            return report(result)
 
         return await cancellable(request_id, go)
 

@@ -113,7 +113,7 @@ def format_table(runs: list[RunSummary]) -> str:
         (
             r.request_id,
             r.workflow,
-            r.status,
+            r.status + ("!" if r.disagreement else ""),
             r.failed_step or r.step or "-",
             str(r.attempt),
             _when(r.started_at),
@@ -130,6 +130,13 @@ def format_table(runs: list[RunSummary]) -> str:
             for i, (cell, w) in enumerate(zip(row, widths, strict=False))
         ]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
+    split = [r for r in runs if r.disagreement]
+    if split:
+        lines.append("")
+        lines.append("! its datasources disagree (a resume or 'blokrun repair ID' heals them):")
+        for r in split:
+            shown = "; ".join(f"{name}: {what}" for name, what in sorted(r.disagreement.items()))
+            lines.append(f"  {r.request_id}: {shown}")
     return "\n".join(lines) + "\n"
 
 

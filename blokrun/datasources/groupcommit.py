@@ -10,9 +10,12 @@ round trip, so the cost per save falls as concurrency rises.
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING
 
 import anyio
+
+from blokrun.errors import DatasourceError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -23,6 +26,21 @@ __all__ = ["GroupCommit"]
 
 #: Most groups per flush: bounds one statement's size (and one failure's reach).
 MAX_GROUPS = 256
+
+
+def _own_error(exc: Exception, group: Group) -> Exception:
+    """A failed flush's error as one caller's own: a copy (the datasource wrapper fills in
+    each caller's name and key on it) that names no key of another caller's group."""
+    try:
+        own = copy.copy(exc)
+        own.__cause__, own.__context__ = exc.__cause__, exc.__context__
+    except Exception:  # a type that cannot be copied: one of ours, naming no key
+        own = DatasourceError(f"the shared save failed: {type(exc).__name__}")
+        own.__cause__ = exc
+    key = getattr(own, "key", None)
+    if key is not None and key not in {k for k, _, _ in group[0]}:
+        own.key = None  # type: ignore[attr-defined]
+    return own
 
 
 class _Slot:
@@ -96,7 +114,7 @@ class GroupCommit:
                 slot.result = result
         except BaseException as exc:
             for slot in batch:
-                slot.error = exc
+                slot.error = _own_error(exc, slot.group) if isinstance(exc, Exception) else exc
             if not isinstance(exc, Exception):
                 raise
         finally:

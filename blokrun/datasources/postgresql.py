@@ -199,6 +199,16 @@ async def _keep_session(connection: Any) -> None:
     """Pool ``reset`` hook: nothing to undo (see the module docstring)."""
 
 
+#: what asyncpg raises; every one of them becomes a DatasourceError (the protocol's
+#: InternalClientError too: seen when the server dies under concurrent statements)
+_DRIVER_ERRORS = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
+
+
 class PostgresStore:
     """A table of ``key -> bytea``; see the module docstring."""
 
@@ -258,6 +268,8 @@ class PostgresStore:
             isinstance(exc, OSError | asyncpg.PostgresConnectionError)
             or state[:2] in _UNAVAILABLE_SQLSTATE
             or (isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc))
+            # the connection's protocol state broke (its server died mid-statement)
+            or isinstance(exc, asyncpg.exceptions.InternalClientError)
         ):
             return DatasourceUnavailable(f"{op}: PostgreSQL at {self._where} unavailable: {text}")
         return DatasourceError(f"{op}: PostgreSQL at {self._where} failed: {text}")
@@ -274,13 +286,13 @@ class PostgresStore:
                 con = await pool.acquire()
         except TimeoutError as exc:
             raise self._error(exc, op) from exc
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _DRIVER_ERRORS as exc:
             raise self._error(exc, op) from exc
         try:
             yield con
         except DatasourceError:
             raise
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _DRIVER_ERRORS as exc:
             raise self._error(exc, op) from exc
         finally:
             await pool.release(con)
@@ -306,7 +318,7 @@ class PostgresStore:
             if self._owned and self._pool is not None:
                 self._pool.terminate()
                 self._pool = None
-            if isinstance(exc, OSError | asyncpg.PostgresError | asyncpg.InterfaceError):
+            if isinstance(exc, _DRIVER_ERRORS):
                 raise self._error(exc, "connect") from exc
             if isinstance(exc, ValueError):  # a URL asyncpg cannot parse
                 raise DatasourceError(f"connect: bad URL {self._where}: {exc}") from exc

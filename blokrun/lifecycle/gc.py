@@ -1,28 +1,30 @@
-"""Deleting old runs and the large values nothing refers to any more.
+"""Deleting old runs, and the large values no run refers to any more.
 
 :func:`collect_garbage` works in three passes:
 
 1. **Blob listing.** The ``_blokrun.blob.*`` keys of every datasource are listed *first*, so
-   a blob written while the collection runs (its checkpoint not yet stored) is never a
-   candidate.
+   a blob written while the collection runs is never a candidate.
 2. **Runs.** Runs are found by their head records (:func:`~blokrun.lifecycle.runs.iter_runs`).
    A completed run whose head was last updated more than ``completed_older_than`` seconds
-   ago, or a failed, cancelled or dead-lettered one older than ``failed_older_than``, is
-   deleted from every datasource holding it: its checkpoints, then its run record, then its
-   head (last, so an interrupted collection leaves a run the next one still finds). Running
-   and suspended runs are never deleted. The heads are read again just before deleting, so
-   a run resumed meanwhile is left alone. Checkpoints are found under the prefix of the run's
-   key pattern (from its stored definition, rendered with the run's start time; ``<id>-``
-   when the definition is gone) and deleted only when the decoded record names this run --
-   run ``job`` never takes ``job-2``'s checkpoints.
-3. **Blobs.** Every remaining checkpoint on every datasource is read and the blob references
-   in its vars collected; listed blobs that no remaining checkpoint refers to are deleted.
-   This is conservative: if any checkpoint cannot be read (corrupt, encrypted with a key this
-   runner lacks, written by a newer blokrun) or a datasource cannot be scanned, every blob
-   is kept and the report says why.
+   ago, or a failed, cancelled or dead-lettered one older than ``failed_older_than``, is a
+   candidate. gc then **takes the run's lease** -- a run being run or resumed holds it, so it
+   is kept -- and, holding it, reads the run's heads again (a resume that finished just
+   before would have changed them): only a run still eligible under the lease is deleted,
+   from every datasource holding it: its checkpoints
+   (``_blokrun.ckpt.<id>/``), the aliases it owns (read from its checkpoints; an alias that
+   another run owns is left alone), its run records, its blob marks, then its head (last, so
+   an interrupted collection leaves a run the next one still finds), and its lease. Running
+   and suspended runs are never deleted. A checkpoint that cannot be read is skipped and
+   reported, never a reason to stop.
+3. **Blobs.** A blob is kept while any run has a mark for it (``_blokrun.blobref.<id>/<sha>``,
+   written by a run *before* it checks whether the blob exists; see
+   :mod:`blokrun.persistence.state`). An unmarked blob is read, deleted, and the marks are
+   listed again: if a run marked it meanwhile, it is written back. So a run that found the
+   blob present (and did not write it) marked it before looking, the second listing sees
+   that mark, and the blob is restored; a run that looked after the deletion found it missing
+   and wrote it itself. No interleaving leaves a checkpoint referring to a deleted blob.
 
-Workflow definitions (``_blokrun.def.<hash>``) are shared by runs and small, and a process
-that wrote one remembers it: they are never deleted.
+Workflow definitions (``_blokrun.def.<hash>``) are shared by runs and small: never deleted.
 """
 
 from __future__ import annotations
@@ -31,30 +33,33 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from blokrun.errors import ArgumentError, BlokrunError, DatasourceError, RecordError
-from blokrun.expressions import compile_template, render_key
+from blokrun.errors import ArgumentError, BlokrunError, DatasourceError, RecordError, RunBusy
 from blokrun.lifecycle.runs import BATCH, decode_head, iter_runs
-from blokrun.persistence.codec import MAGIC, Kind
-from blokrun.persistence.envelope import FORMAT_VERSION
 from blokrun.persistence.keys import (
     BLOB_PREFIX,
-    INTERNAL_PREFIXES,
-    KeyScope,
+    BLOBREF_PREFIX,
     definition_key,
     head_key,
     lease_key,
-    run_key,
+    run_keys_prefix,
+    runs_checkpoints_prefix,
 )
-from blokrun.persistence.records import CheckpointRecord, DefinitionRecord, decode_record
-from blokrun.spec.model import DEFAULT_KEY_PATTERN
+from blokrun.persistence.leases import acquire
+from blokrun.persistence.records import (
+    CheckpointRecord,
+    DefinitionRecord,
+    alias_owner,
+    decode_record,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from blokrun.datasources import Datasource
     from blokrun.lifecycle.runs import RunSummary
+    from blokrun.persistence.leases import Lease
     from blokrun.persistence.store import RunStore
 
 __all__ = ["BLOB_PREFIX", "GcReport", "GcRun", "collect_garbage"]
@@ -73,7 +78,7 @@ class GcRun:
     status: str
     updated_at: float
     datasources: tuple[str, ...]
-    keys: int  # checkpoints + run record + head, over all its datasources
+    keys: int  # checkpoints + aliases + run records + marks + head, over all its datasources
     checkpoints: int
     bytes: int  # stored size of those keys
 
@@ -85,7 +90,7 @@ class GcReport:
     dry_run: bool
     runs: tuple[GcRun, ...] = ()
     runs_kept: int = 0  # runs looked at and kept (too recent, running, suspended, changed)
-    keys_deleted: int = 0  # run keys: checkpoints, run records, heads (blobs not included)
+    keys_deleted: int = 0  # run keys: checkpoints, aliases, run records, heads (not blobs)
     checkpoints_deleted: int = 0
     bytes_deleted: int = 0  # stored bytes of those keys (blob sizes are not read)
     blobs_deleted: int = 0
@@ -105,10 +110,12 @@ class _State:
     store: RunStore
     cutoffs: Mapping[str, float]
     dry_run: bool
-    deleted: set[tuple[str, str]] = field(default_factory=set)  # (datasource, key)
-    patterns: dict[tuple[str, str], str | None] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+    def warn(self, note: str) -> None:
+        self.warnings.append(note)
+        log.warning("%s", note)
 
 
 def _check_age(name: str, value: float | None) -> None:
@@ -125,221 +132,205 @@ def _eligible(status: str, updated_at: float, cutoffs: Mapping[str, float]) -> b
     return cutoff is not None and updated_at < cutoff
 
 
-# -- finding a run's checkpoints ------------------------------------------------------------------
+# -- one run --------------------------------------------------------------------------------------
 
 
-async def _key_pattern(state: _State, ds: Datasource, run: RunSummary) -> str | None:
-    """The run's keyPattern from its stored definition on ``ds``; None when it is gone."""
-    cache_key = (ds.name, run.definition_hash)
-    if cache_key not in state.patterns:
-        key = definition_key(run.definition_hash)
+async def _lease(state: _State, run: RunSummary, holders: list[Datasource]) -> Lease | None:
+    """Take the run's lease where runs of its workflow take it (RunBusy if it is held)."""
+    store = state.store
+    key = definition_key(run.definition_hash)
+    for ds in holders:
         raw = await ds.load(key)
-        pattern: str | None = None
-        if raw is not None:
-            try:
-                rec = decode_record(
-                    raw,
-                    DefinitionRecord,
-                    datasource=ds.name,
-                    key=key,
-                    envelope=state.store.envelope,
-                )
-                persistence = rec.document.get("persistence") or {}
-                value = persistence.get("keyPattern", DEFAULT_KEY_PATTERN)
-                pattern = value if isinstance(value, str) else None
-            except RecordError as exc:
-                log.warning("cannot read a workflow definition: %s", exc)
-        state.patterns[cache_key] = pattern
-    return state.patterns[cache_key]
+        if raw is None:
+            continue
+        try:
+            record = decode_record(
+                raw,
+                DefinitionRecord,
+                datasource=ds.name,
+                key=key,
+                envelope=store.envelope,
+                bind=key,
+            )
+        except RecordError:
+            continue
+        return await store.acquire(run.request_id, store.load_stored(record))
+    # The definition is gone: the first holder that keeps leases is where it would be.
+    lease_ds = next((ds for ds in holders if ds.supports_leases), None)
+    if lease_ds is None or store.lease_ttl is None:
+        return None
+    return await acquire(lease_ds, run.request_id, store.lease_ttl)
 
 
-async def _scan_prefix(state: _State, ds: Datasource, run: RunSummary) -> str:
-    pattern = await _key_pattern(state, ds, run)
-    if pattern is None:
-        note = (
-            f"run {run.request_id}: its workflow definition is missing on {ds.name!r}; "
-            f"looking for checkpoints under {run.request_id + '-'!r} only"
-        )
-        state.warnings.append(note)
-        log.warning("%s", note)
-        return f"{run.request_id}-"
-    sentinel = "\x00"
-    try:
-        compiled = compile_template(pattern, path="$.persistence.keyPattern")
-        scope = KeyScope(
-            request_id=run.request_id,
-            started_at=run.started_at,
-            workflow=run.workflow,
-            version=run.version,
-            definition_hash=run.definition_hash,
-            step=sentinel,
-            vars={},
-        )
-        return render_key(compiled, scope).split(sentinel, 1)[0]
-    except BlokrunError:
-        # A pattern that reads ctx.vars cannot be rendered without the run's vars: fall back
-        # on its literal text (decoded records are checked, so a short prefix is only slower).
-        return pattern.split("${", 1)[0]
-
-
-def _may_be_checkpoint(key: str) -> bool:
-    return not key.startswith(INTERNAL_PREFIXES)
-
-
-async def _run_checkpoints(state: _State, ds: Datasource, run: RunSummary) -> tuple[list[str], int]:
-    """Keys (and their stored size) of the checkpoints of ``run`` on ``ds``."""
-    prefix = await _scan_prefix(state, ds, run)
-    keys = [k for k in await ds.keys(prefix) if _may_be_checkpoint(k)]
-    found: list[str] = []
+async def _keys_of(state: _State, ds: Datasource, run: RunSummary) -> tuple[list[str], int, int]:
+    """The keys of ``run`` on ``ds`` to delete (head last), how many are checkpoints, and
+    their stored size."""
+    rid = run.request_id
+    envelope = state.store.envelope
+    checkpoints = await ds.keys(runs_checkpoints_prefix(rid))
+    aliases: set[str] = set()
     size = 0
-    for start in range(0, len(keys), BATCH):
-        chunk = keys[start : start + BATCH]
+    for start in range(0, len(checkpoints), BATCH):
+        chunk = checkpoints[start : start + BATCH]
         loaded = await ds.load_batch(chunk)
-        for key in chunk:
-            raw = loaded.get(key)
-            if raw is None or _record_kind(raw) != Kind.CHECKPOINT:
-                continue
+        for key, raw in loaded.items():
+            size += len(raw)
             try:
                 rec = decode_record(
                     raw,
                     CheckpointRecord,
                     datasource=ds.name,
                     key=key,
-                    envelope=state.store.envelope,
+                    envelope=envelope,
+                    bind=key,
                 )
-            except RecordError as exc:
-                note = f"run {run.request_id}: kept {key!r} on {ds.name!r}, unreadable: {exc}"
-                state.warnings.append(note)
-                log.warning("%s", note)
+            except RecordError as exc:  # deleted all the same; its alias is left in place
+                state.warn(f"run {rid}: {key!r} on {ds.name!r} cannot be read ({exc})")
                 continue
-            if rec.request_id == run.request_id:
-                found.append(key)
-                size += len(raw)
-    return found, size
+            if rec.alias and rec.request_id == rid:
+                aliases.add(rec.alias)
+    owned: list[str] = []
+    if aliases:
+        values = await ds.load_batch(sorted(aliases))
+        owner = alias_owner(rid)
+        owned = [key for key, raw in values.items() if raw.startswith(owner)]
+    runs = await ds.keys(run_keys_prefix(rid))
+    marks = await ds.keys(f"{BLOBREF_PREFIX}{rid}/")
+    heads = [head_key(rid)] if await ds.exists(head_key(rid)) else []
+    keys = [*checkpoints, *owned, *runs, *marks, *heads]
+    return keys, len(checkpoints), size
 
 
 async def _collect_run(state: _State, run: RunSummary) -> GcRun | None:
     store = state.store
+    rid = run.request_id
     holders = [store.datasources[name] for name in run.datasources]
-    hk, rk = head_key(run.request_id), run_key(run.request_id)
-    plans: list[tuple[Datasource, list[str], list[str]]] = []
-    total_bytes = checkpoints = keys = 0
-    lk = lease_key(run.request_id)
-    for ds in holders:
-        if ds.supports_leases:
-            lease = await ds.read_lease(lk)
-            if lease is not None and lease.live(time.time()):
-                log.info("run %s is being run or resumed (its lease is live); kept", run.request_id)
-                return None
-        loaded = await ds.load_batch([hk, rk])
-        raw_head = loaded.get(hk)
-        if raw_head is not None:
-            head = decode_head(store, ds, hk, raw_head)
-            if head is None or not _eligible(head.status, head.updated_at, state.cutoffs):
-                log.info("run %s changed since it was listed; kept", run.request_id)
-                return None
-        found, size = await _run_checkpoints(state, ds, run)
-        records = [k for k in (rk, hk) if k in loaded]  # the head goes last
-        total_bytes += size + sum(len(loaded[k]) for k in records)
-        checkpoints += len(found)
-        keys += len(found) + len(records)
-        plans.append((ds, found, records))
-    for ds, found, records in plans:
-        state.deleted.update((ds.name, k) for k in (*found, *records))
-        if state.dry_run:
-            continue
-        doomed = [*found, *(k for k in records if k != hk)]
-        for start in range(0, len(doomed), BATCH):
-            await ds.delete_batch(doomed[start : start + BATCH])
-        if hk in records:
-            await ds.delete(hk)
-        if ds.supports_leases:
-            await ds.delete_lease(lk)  # and the run's fencing-token count with it
-    return GcRun(
-        request_id=run.request_id,
-        workflow=run.workflow,
-        status=run.status,
-        updated_at=run.updated_at,
-        datasources=run.datasources,
-        keys=keys,
-        checkpoints=checkpoints,
-        bytes=total_bytes,
-    )
-
-
-# -- blobs --------------------------------------------------------------------------------------
-
-
-def _record_kind(raw: bytes) -> int | None:
-    """The kind byte of a sealed record (same offset in format v1 and v2); None if foreign."""
-    if len(raw) < 6 or raw[:3] != MAGIC:
+    try:
+        lease = await _lease(state, run, holders)
+    except RunBusy:
+        log.info("run %s is being run or resumed (its lease is held); kept", rid)
         return None
-    return raw[5]
+    try:
+        if not await _still_eligible(state, rid, holders):
+            log.info("run %s changed since it was listed; kept", rid)
+            return None
+        plans, checkpoints, size = await _plan(state, run, holders)
+        if not state.dry_run:
+            await _delete(plans, rid, lease)
+            if lease is not None:
+                await lease.datasource.delete_lease(lease_key(rid))
+                lease.abandon()
+                lease = None  # and its fencing-token count with it
+        return GcRun(
+            request_id=rid,
+            workflow=run.workflow,
+            status=run.status,
+            updated_at=run.updated_at,
+            datasources=run.datasources,
+            keys=sum(len(keys) for _, keys in plans),
+            checkpoints=checkpoints,
+            bytes=size,
+        )
+    finally:
+        if lease is not None:
+            await store.release(lease)
 
 
-def _refs(vars_: Mapping[str, Any]) -> list[str]:
-    out = []
-    for value in vars_.values():
-        if isinstance(value, dict) and value.get("$blokrun") == "ref" and len(value) == 2:
-            ref = value.get("v")
-            if isinstance(ref, dict) and isinstance(ref.get("key"), str):
-                out.append(ref["key"])
+async def _still_eligible(state: _State, rid: str, holders: list[Datasource]) -> bool:
+    """Read the heads again, now that nobody else can drive the run."""
+    for ds in holders:
+        raw = await ds.load(head_key(rid))
+        head = decode_head(state.store, ds, head_key(rid), raw) if raw is not None else None
+        if head is None or not _eligible(head.status, head.updated_at, state.cutoffs):
+            return False
+    return True
+
+
+async def _plan(
+    state: _State, run: RunSummary, holders: list[Datasource]
+) -> tuple[list[tuple[Datasource, list[str]]], int, int]:
+    """What to delete where (heads last on each holder, the blob marks after them), how
+    many checkpoints that is and their stored size."""
+    plans: list[tuple[Datasource, list[str]]] = []
+    checkpoints = size = 0
+    for ds in holders:
+        doomed, n, stored = await _keys_of(state, ds, run)
+        plans.append((ds, doomed))
+        checkpoints, size = checkpoints + n, size + stored
+    blob_ds = state.store.blobs.datasource
+    if blob_ds is not None and blob_ds not in holders:
+        # The run's blob marks, last: a crash before them leaves marks that keep blobs
+        # (safe), never a run whose blobs could be swept.
+        plans.append((blob_ds, await blob_ds.keys(f"{BLOBREF_PREFIX}{run.request_id}/")))
+    return plans, checkpoints, size
+
+
+async def _delete(plans: list[tuple[Datasource, list[str]]], rid: str, lease: Lease | None) -> None:
+    """Delete in batches, stopping if the run's lease was taken over meanwhile."""
+    for ds, doomed in plans:
+        for start in range(0, len(doomed), BATCH):
+            if lease is not None and lease.lost:
+                raise RunBusy(
+                    "its lease was taken over while gc deleted it; stopped",
+                    request_id=rid,
+                    owner="",
+                    expires_at=0.0,
+                )
+            await ds.delete_batch(doomed[start : start + BATCH])
+
+
+# -- blobs ----------------------------------------------------------------------------------------
+
+
+async def _marked(store: RunStore, ignore: frozenset[str] = frozenset()) -> set[str]:
+    """The sha256 of every blob some run (not in ``ignore``) has marked, anywhere."""
+    out: set[str] = set()
+    for ds in store.datasources.values():
+        for key in await ds.keys(BLOBREF_PREFIX):
+            rid, _, sha = key[len(BLOBREF_PREFIX) :].rpartition("/")
+            if rid not in ignore:
+                out.add(sha)
     return out
 
 
-async def _referenced_blobs(state: _State) -> tuple[set[str], str | None]:
-    """Blob keys referenced by the remaining checkpoints, or a reason to keep every blob."""
-    referenced: set[str] = set()
-    envelope = state.store.envelope
-    for ds in state.store.datasources.values():
-        try:
-            keys = [
-                k
-                for k in await ds.keys()
-                if _may_be_checkpoint(k) and (ds.name, k) not in state.deleted
-            ]
-            for start in range(0, len(keys), BATCH):
-                loaded = await ds.load_batch(keys[start : start + BATCH])
-                for key, raw in loaded.items():
-                    kind = _record_kind(raw)
-                    if kind is None:
-                        continue  # not a blokrun record: data the steps published or read
-                    if raw[3] > FORMAT_VERSION:
-                        return referenced, (
-                            f"{key!r} on {ds.name!r} was written by a newer blokrun"
-                        )
-                    if kind != Kind.CHECKPOINT:
-                        continue
-                    try:
-                        rec = decode_record(
-                            raw, CheckpointRecord, datasource=ds.name, key=key, envelope=envelope
-                        )
-                    except RecordError as exc:
-                        reason = f"checkpoint {key!r} on {ds.name!r} cannot be read: {exc}"
-                        return referenced, reason
-                    referenced.update(_refs(rec.vars))
-        except DatasourceError as exc:
-            return referenced, f"cannot scan {ds.name!r} for references: {exc}"
-    return referenced, None
+async def _sweep(
+    state: _State, listed: dict[str, list[str]], gone: frozenset[str]
+) -> tuple[list[tuple[str, str]], int]:
+    """Delete unmarked blobs (restoring any marked meanwhile); (deleted, kept). In a dry
+    run the marks of the runs that would be deleted (``gone``) do not count."""
+    store = state.store
+    marked = await _marked(store, gone if state.dry_run else frozenset())
+    total = sum(len(keys) for keys in listed.values())
+    deleted: list[tuple[str, str]] = []
+    for name, keys in listed.items():
+        ds = store.datasources[name]
+        doomed = [key for key in keys if key[len(BLOB_PREFIX) :] not in marked]
+        for start in range(0, len(doomed), BATCH):
+            chunk = doomed[start : start + BATCH]
+            if state.dry_run:
+                deleted.extend((name, key) for key in chunk)
+                continue
+            try:
+                contents = await ds.load_batch(chunk)
+                await ds.delete_batch(chunk)
+                now_marked = await _marked(store)
+                back = [
+                    (key, data, None)
+                    for key, data in contents.items()
+                    if key[len(BLOB_PREFIX) :] in now_marked
+                ]
+                if back:  # a run marked it while we deleted: it may refer to it
+                    await ds.save_batch(back)
+                restored = {key for key, _, _ in back}
+                deleted.extend((name, key) for key in chunk if key not in restored)
+            except DatasourceError as exc:
+                state.errors.append(f"blobs on {name!r}: {exc}")
+                log.warning("could not delete blobs on %r: %s", name, exc)
+                break
+    return deleted, total - len(deleted)
 
 
-async def _delete_blobs(state: _State, doomed: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Delete ``doomed`` blobs; the ones actually handled (a failing datasource is reported)."""
-    done: list[tuple[str, str]] = []
-    for name in dict.fromkeys(ds_name for ds_name, _ in doomed):
-        mine = [key for ds_name, key in doomed if ds_name == name]
-        try:
-            for start in range(0, len(mine), BATCH):
-                chunk = mine[start : start + BATCH]
-                await state.store.datasources[name].delete_batch(chunk)
-                done.extend((name, key) for key in chunk)
-        except DatasourceError as exc:
-            state.errors.append(f"blobs on {name!r}: {exc}")
-            log.warning("could not delete blobs on %r: %s", name, exc)
-    return done
-
-
-# -- entry point --------------------------------------------------------------------------------
+# -- entry point ----------------------------------------------------------------------------------
 
 
 async def collect_garbage(
@@ -350,13 +341,13 @@ async def collect_garbage(
     dry_run: bool,
     clock: Callable[[], float] = time.time,
 ) -> GcReport:
-    """Delete old runs and unreferenced blobs from every datasource of ``store``.
+    """Delete old runs and unmarked blobs from every datasource of ``store``.
 
     ``completed_older_than``: seconds since a completed run's head was last updated before
     it is deleted (``None``: keep completed runs); ``failed_older_than`` likewise for failed,
-    cancelled and dead-lettered runs. Running and suspended runs are never deleted. With
-    ``dry_run`` nothing is deleted and the report counts what would be. ``clock`` gives "now"
-    (unix seconds). See the module docstring for the order of deletion and the blob rules.
+    cancelled and dead-lettered runs. Running and suspended runs are never deleted, nor a
+    run whose lease someone holds. With ``dry_run`` nothing is deleted and the report counts
+    what would be. ``clock`` gives "now" (unix seconds). See the module docstring.
     """
     store.require_started()
     _check_age("completed_older_than", completed_older_than)
@@ -369,7 +360,7 @@ async def collect_garbage(
         cutoffs.update(dict.fromkeys(_FAILED_LIKE, now - failed_older_than))
     state = _State(store, cutoffs, dry_run)
 
-    # 1. Blobs that exist now; any written later belongs to a checkpoint still being saved.
+    # 1. Blobs that exist now; any written later belongs to a run still being written.
     blobs: dict[str, list[str]] = {}
     for ds in store.datasources.values():
         listed = await ds.keys(BLOB_PREFIX)
@@ -388,7 +379,7 @@ async def collect_garbage(
     for run in candidates:
         try:
             result = await _collect_run(state, run)
-        except DatasourceError as exc:
+        except BlokrunError as exc:
             state.errors.append(f"run {run.request_id}: {exc}")
             log.warning("could not delete run %s: %s", run.request_id, exc)
             continue
@@ -397,22 +388,9 @@ async def collect_garbage(
         else:
             gone.append(result)
 
-    # 3. Blobs no remaining checkpoint refers to.
-    blob_count = sum(len(keys) for keys in blobs.values())
-    doomed: list[tuple[str, str]] = []
-    note: str | None = None
-    if blob_count:
-        referenced, reason = await _referenced_blobs(state)
-        if reason is not None:
-            note = f"kept all {blob_count} blob(s): {reason}"
-            state.warnings.append(note)
-            log.warning("%s", note)
-        else:
-            doomed = [
-                (name, key) for name, keys in blobs.items() for key in keys if key not in referenced
-            ]
-            if not dry_run:
-                doomed = await _delete_blobs(state, doomed)
+    # 3. Blobs no run has marked.
+    deleted_runs = frozenset(r.request_id for r in gone)
+    doomed, blobs_kept = await _sweep(state, blobs, deleted_runs) if blobs else ([], 0)
     return GcReport(
         dry_run=dry_run,
         runs=tuple(gone),
@@ -422,8 +400,7 @@ async def collect_garbage(
         bytes_deleted=sum(r.bytes for r in gone),
         blobs_deleted=len(doomed),
         blob_keys=tuple(doomed),
-        blobs_kept=blob_count - len(doomed),
-        blobs_note=note,
+        blobs_kept=blobs_kept,
         errors=tuple(state.errors),
         warnings=tuple(state.warnings),
     )

@@ -15,20 +15,20 @@ import base64
 import binascii
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import orjson
 
-from blokrun.errors import ArgumentError, RecordError
+from blokrun.errors import ArgumentError, KeyMissing, RecordError
 from blokrun.persistence.keys import HEAD_PREFIX, head_key, lease_key
 from blokrun.persistence.leases import holder_is_dead
 from blokrun.persistence.records import HeadRecord, decode_record
 from blokrun.types import RunStatus
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable
+    from collections.abc import AsyncIterator, Iterable, Mapping
 
     from blokrun.datasources import Datasource
     from blokrun.persistence.store import RunStore
@@ -74,6 +74,9 @@ class RunSummary:
     definition_hash: str
     datasource: str
     datasources: tuple[str, ...]
+    #: ``{datasource: "status at #seq"}`` when the run's heads disagree between datasources
+    disagreement: Mapping[str, str] = field(default_factory=dict)
+    incarnation: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``datasources`` as a list)."""
@@ -92,6 +95,8 @@ class RunSummary:
             "definition_hash": self.definition_hash,
             "datasource": self.datasource,
             "datasources": list(self.datasources),
+            "disagreement": dict(self.disagreement),
+            "incarnation": self.incarnation,
         }
 
 
@@ -109,7 +114,11 @@ class RunPage:
 def decode_head(store: RunStore, ds: Datasource, key: str, raw: bytes) -> HeadRecord | None:
     """The head stored under ``key``, or ``None`` (with a warning) if it cannot be used."""
     try:
-        head = decode_record(raw, HeadRecord, datasource=ds.name, key=key, envelope=store.envelope)
+        head = decode_record(
+            raw, HeadRecord, datasource=ds.name, key=key, envelope=store.envelope, bind=key
+        )
+    except KeyMissing:
+        raise
     except RecordError as exc:
         log.warning("skipped an unreadable run head: %s", exc)
         return None
@@ -125,7 +134,15 @@ def decode_head(store: RunStore, ds: Datasource, key: str, raw: bytes) -> HeadRe
 
 
 def _newer(candidate: HeadRecord, than: HeadRecord) -> bool:
-    return (candidate.seq, candidate.updated_at) > (than.seq, than.updated_at)
+    return (candidate.incarnation, candidate.seq, candidate.updated_at) > (
+        than.incarnation,
+        than.seq,
+        than.updated_at,
+    )
+
+
+def _shown(head: HeadRecord) -> str:
+    return f"{head.status} at #{head.seq} (incarnation {head.incarnation})"
 
 
 async def iter_runs(store: RunStore, *, batch_size: int = BATCH) -> AsyncIterator[RunSummary]:
@@ -135,53 +152,71 @@ async def iter_runs(store: RunStore, *, batch_size: int = BATCH) -> AsyncIterato
     at a time, so memory holds the key names and one batch of records. Order: unspecified.
     """
     store.require_started()
-    where: dict[str, list[str]] = {}  # request id -> names of datasources with its head
+    where = await _head_locations(store)
+    rids = list(where)
+    for start in range(0, len(rids), batch_size):
+        chunk = rids[start : start + batch_size]
+        best, shown = await _read_heads(store, chunk, where)
+        interrupted = await _interrupted(store, best)
+        for rid in chunk:
+            if rid not in best:
+                continue
+            head, name = best[rid]
+            views = shown.get(rid, {})
+            yield RunSummary(
+                request_id=head.request_id,
+                workflow=head.workflow,
+                version=head.version,
+                status="interrupted" if rid in interrupted else head.status,
+                step=head.step,
+                attempt=head.attempt,
+                seq=head.seq,
+                started_at=head.started_at,
+                updated_at=head.updated_at,
+                error=head.error,
+                failed_step=head.failed_step,
+                definition_hash=head.definition_hash,
+                datasource=name,
+                datasources=tuple(where[rid]),
+                disagreement=views if len(set(views.values())) > 1 else {},
+                incarnation=head.incarnation,
+            )
+
+
+async def _head_locations(store: RunStore) -> dict[str, list[str]]:
+    """Request id -> names of the datasources that hold its head."""
+    where: dict[str, list[str]] = {}
     for ds in store.datasources.values():
         for key in await ds.keys(HEAD_PREFIX):
             rid = key[len(HEAD_PREFIX) :]
             if rid:
                 where.setdefault(rid, []).append(ds.name)
-    rids = list(where)
-    for start in range(0, len(rids), batch_size):
-        chunk = rids[start : start + batch_size]
-        per_ds: dict[str, list[str]] = {}
-        for rid in chunk:
-            for name in where[rid]:
-                per_ds.setdefault(name, []).append(head_key(rid))
-        best: dict[str, tuple[HeadRecord, str]] = {}
-        for name, keys in per_ds.items():
-            ds = store.datasources[name]
-            found = await ds.load_batch(keys)
-            for key in keys:
-                raw = found.get(key)
-                if raw is None:
-                    continue  # deleted or expired since the listing
-                head = decode_head(store, ds, key, raw)
-                if head is None:
-                    continue
-                known = best.get(head.request_id)
-                if known is None or _newer(head, known[0]):
-                    best[head.request_id] = (head, name)
-        interrupted = await _interrupted(store, best)
-        for rid in chunk:
-            if rid in best:
-                head, name = best[rid]
-                yield RunSummary(
-                    request_id=head.request_id,
-                    workflow=head.workflow,
-                    version=head.version,
-                    status="interrupted" if rid in interrupted else head.status,
-                    step=head.step,
-                    attempt=head.attempt,
-                    seq=head.seq,
-                    started_at=head.started_at,
-                    updated_at=head.updated_at,
-                    error=head.error,
-                    failed_step=head.failed_step,
-                    definition_hash=head.definition_hash,
-                    datasource=name,
-                    datasources=tuple(where[rid]),
-                )
+    return where
+
+
+async def _read_heads(
+    store: RunStore, chunk: list[str], where: dict[str, list[str]]
+) -> tuple[dict[str, tuple[HeadRecord, str]], dict[str, dict[str, str]]]:
+    """The most advanced readable head of each run of ``chunk`` (and where it is), and what
+    every datasource's head says (to show targets that disagree)."""
+    per_ds: dict[str, list[str]] = {}
+    for rid in chunk:
+        for name in where[rid]:
+            per_ds.setdefault(name, []).append(head_key(rid))
+    best: dict[str, tuple[HeadRecord, str]] = {}
+    shown: dict[str, dict[str, str]] = {}
+    for name, keys in per_ds.items():
+        ds = store.datasources[name]
+        found = await ds.load_batch(keys)
+        for key, raw in found.items():  # a key missing was deleted or expired meanwhile
+            head = decode_head(store, ds, key, raw)
+            if head is None:
+                continue
+            shown.setdefault(head.request_id, {})[name] = _shown(head)
+            known = best.get(head.request_id)
+            if known is None or _newer(head, known[0]):
+                best[head.request_id] = (head, name)
+    return best, shown
 
 
 async def _interrupted(store: RunStore, best: dict[str, tuple[HeadRecord, str]]) -> set[str]:

@@ -55,7 +55,12 @@ class Opener(Protocol):
     """What opens a sealed record (:class:`blokrun.persistence.envelope.Envelope`)."""
 
     def open(
-        self, raw: bytes, *, datasource: str | None = None, key: str | None = None
+        self,
+        raw: bytes,
+        *,
+        datasource: str | None = None,
+        key: str | None = None,
+        bind: str = "",
     ) -> tuple[Kind, bytes]: ...
 
 
@@ -65,6 +70,7 @@ class Kind(IntEnum):
     RUN = 3
     DEFINITION = 4
     VALUE = 5
+    ALIAS = 6
 
 
 def _tag(obj: Any) -> Any:
@@ -247,7 +253,7 @@ def loads_value(data: bytes) -> Any:
 def decode_foreign(raw: bytes, *, datasource: str, key: str, envelope: Opener) -> Any:
     """Decode what ``ctx.datasource`` reads: a blokrun record, else JSON, else text, else bytes."""
     if raw[:3] == MAGIC:
-        _, payload = envelope.open(raw, datasource=datasource, key=key)
+        _, payload = envelope.open(raw, datasource=datasource, key=key, bind=key)
         try:
             return loads_value(payload)
         except (ValueError, TypeError, ArithmeticError) as exc:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from blokrun.errors import BlokrunError, CheckpointError, LeaseLost
+from blokrun.errors import BlokrunError, CheckpointError, DatasourceUnavailable, LeaseLost
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -34,39 +34,21 @@ async def save_everywhere(
     what: str,
 ) -> None:
     """``save_batch(entries)`` on every target at once; raise one CheckpointError on failure."""
-
-    def failure(ds: Datasource, exc: BaseException) -> CheckpointError:
-        key = getattr(exc, "key", None) or entries[0][0]
-        return CheckpointError(
-            f"saving {what} to datasource {ds.name!r} failed (key {key!r}): {exc}",
-            request_id=request_id,
-            step=step,
-            datasource=ds.name,
-            key=key,
-        )
-
-    async def write(ds: Datasource) -> None:
-        if lease is not None and ds is lease.datasource:
-            # Fenced: stored only while this run's lease token is the latest.
-            if lease.lost or not await ds.save_batch_fenced(entries, lease.key, lease.token):
-                raise lease.lost_error(step)
-        else:
-            await ds.save_batch(entries)
-
-    if len(targets) == 1:
+    save = _Save(entries, request_id, lease, step, what)
+    if len(targets) == 1:  # the common case: no task group
         ds = targets[0]
         try:
-            await write(ds)
+            await save.write(ds)
         except LeaseLost:
             raise
         except BlokrunError as exc:
-            raise failure(ds, exc) from exc
+            raise save.failure(ds, exc) from exc
         return
-    errors: list[tuple[Datasource, BaseException]] = []
+    errors: list[tuple[Datasource, BlokrunError]] = []
 
     async def one(ds: Datasource) -> None:
         try:
-            await write(ds)
+            await save.write(ds)
         except BlokrunError as exc:
             errors.append((ds, exc))
 
@@ -74,17 +56,67 @@ async def save_everywhere(
         for ds in targets:
             tg.start_soon(one, ds)
     if errors:
+        raise save.failures(errors) from errors[0][1]
+
+
+class _Save:
+    """One batch to save on several targets, and the error that names a failed one."""
+
+    __slots__ = ("entries", "lease", "request_id", "step", "what")
+
+    def __init__(
+        self,
+        entries: Sequence[Entry],
+        request_id: str,
+        lease: Lease | None,
+        step: str | None,
+        what: str,
+    ) -> None:
+        self.entries = entries
+        self.request_id = request_id
+        self.lease = lease
+        self.step = step
+        self.what = what
+
+    async def write(self, ds: Datasource) -> None:
+        lease = self.lease
+        if lease is not None and ds is lease.datasource:
+            # Fenced: stored only while this run's lease token is the latest.
+            if lease.lost or not await ds.save_batch_fenced(self.entries, lease.key, lease.token):
+                raise lease.lost_error(self.step)
+        else:
+            await ds.save_batch(self.entries)
+
+    def failure(
+        self, ds: Datasource, exc: BaseException, unreachable: tuple[str, ...] = ()
+    ) -> CheckpointError:
+        key = getattr(exc, "key", None) or self.entries[0][0]
+        return CheckpointError(
+            f"saving {self.what} to datasource {ds.name!r} failed (key {key!r}): {exc}",
+            request_id=self.request_id,
+            step=self.step,
+            datasource=ds.name,
+            key=key,
+            unreachable=unreachable
+            or ((ds.name,) if isinstance(exc, DatasourceUnavailable) else ()),
+        )
+
+    def failures(self, errors: Sequence[tuple[Datasource, BlokrunError]]) -> BlokrunError:
+        """One error for several failed targets: a lost lease first, else the first
+        failure, naming the others."""
         for _, err in errors:
             if isinstance(err, LeaseLost):
-                raise err
-        first = failure(*errors[0])
-        if len(errors) > 1:
-            others = ", ".join(repr(ds.name) for ds, _ in errors[1:])
-            first = CheckpointError(
-                f"{first.detail}; also failed: {others}",
-                request_id=request_id,
-                step=step,
-                datasource=first.datasource,
-                key=first.key,
-            )
-        raise first from errors[0][1]
+                return err
+        down = tuple(ds.name for ds, err in errors if isinstance(err, DatasourceUnavailable))
+        first = self.failure(*errors[0], down)
+        if len(errors) == 1:
+            return first
+        others = ", ".join(repr(ds.name) for ds, _ in errors[1:])
+        return CheckpointError(
+            f"{first.detail}; also failed: {others}",
+            request_id=self.request_id,
+            step=self.step,
+            datasource=first.datasource,
+            key=first.key,
+            unreachable=down,
+        )

@@ -1,28 +1,28 @@
 """A run's history as stored: its checkpoints in order, and the vars at any one of them.
 
 Checkpoints are immutable and numbered; a step re-run by a later attempt is stored beside
-the earlier one. :meth:`History.inspect` lists them (``blokrun inspect``),
-:meth:`History.state_at` rebuilds the vars of one (``blokrun inspect --step``, ``diff``).
+the earlier one (a new sequence number). :meth:`History.inspect` lists the checkpoints of
+the run's current incarnation on its most advanced target (``blokrun inspect``), and where
+its targets disagree; :meth:`History.state_at` rebuilds the vars of one (``inspect --step``,
+``diff``). Records that do not verify are listed with what is wrong, never used.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from blokrun.errors import ResumeError
-from blokrun.persistence.keys import lease_key, scan_prefix
+from blokrun.persistence.keys import lease_key
 from blokrun.persistence.state import resolve_blobs
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
 
     from blokrun.datasources import Datasource, LeaseState
     from blokrun.persistence.envelope import Envelope
-    from blokrun.persistence.locate import FoundRun
     from blokrun.persistence.planner import Planner
-    from blokrun.persistence.records import DefinitionRecord, HeadRecord
-    from blokrun.spec.loader import Workflow
+    from blokrun.persistence.records import HeadRecord
 
 __all__ = ["CheckpointInfo", "History", "RunInfo"]
 
@@ -37,6 +37,7 @@ class CheckpointInfo:
     duration: float
     size: int
     attempt: int
+    alias: str | None = None  # the step's key under the key pattern
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,81 +50,102 @@ class RunInfo:
     checkpoints: tuple[CheckpointInfo, ...]
     #: the run's lease as stored (who holds it, until when), if its datasource keeps leases
     lease: LeaseState | None = None
+    incarnation: int = 1
+    #: ``{datasource: what it holds}`` when the run's targets disagree
+    disagreement: Mapping[str, str] = field(default_factory=dict)
+    #: records that were found but do not verify (what is wrong with each)
+    damaged: tuple[str, ...] = ()
 
 
 class History:
     """Reads runs' histories (see the module docstring)."""
 
-    __slots__ = ("_datasources", "_envelope", "_load_stored", "_planner")
+    __slots__ = ("_datasources", "_envelope", "_planner")
 
     def __init__(
-        self,
-        planner: Planner,
-        datasources: Mapping[str, Datasource],
-        envelope: Envelope,
-        load_stored: Callable[[DefinitionRecord], Workflow],
+        self, planner: Planner, datasources: Mapping[str, Datasource], envelope: Envelope
     ) -> None:
         self._planner = planner
         self._datasources = datasources
         self._envelope = envelope
-        self._load_stored = load_stored
-
-    async def _located(self, request_id: str) -> tuple[FoundRun, str]:
-        found = await self._planner.locate(request_id, None)
-        stored = await self._planner.locator.definition(found)
-        wf = self._load_stored(stored) if stored is not None else None
-        return found, scan_prefix(wf, request_id)
 
     async def inspect(self, request_id: str) -> RunInfo:
         """The run's head and every checkpoint, ordered by sequence number."""
-        found, prefix = await self._located(request_id)
+        found = await self._planner.locate(request_id, None)
         ds = found.datasource
-        where: dict[int, tuple[str, int]] = {}
-        records = await self._planner.locator.scan(ds, request_id, prefix, stored=where)
-        infos = [
+        listed = await self._planner.locator.history(ds, request_id, found.incarnation)
+        infos = tuple(
             CheckpointInfo(
-                key=where[r.seq][0],
-                step=r.step,
-                seq=r.seq,
-                status=r.status,
-                time=r.time,
-                duration=r.duration,
-                size=where[r.seq][1],
-                attempt=r.attempt,
+                key=s.key,
+                step=s.record.step,
+                seq=s.record.seq,
+                status=s.record.status,
+                time=s.record.time,
+                duration=s.record.duration,
+                size=s.size,
+                attempt=s.record.attempt,
+                alias=s.record.alias,
             )
-            for r in reversed(records)
-        ]
+            for s in listed
+            if s.record is not None
+        )
+        damaged = tuple(
+            f"{s.key}: {s.problem}" for s in listed if s.record is None and s.problem
+        ) + tuple(found.warnings)
         lease = await ds.read_lease(lease_key(request_id)) if ds.supports_leases else None
-        return RunInfo(request_id, ds.name, found.head, tuple(infos), lease)
+        return RunInfo(
+            request_id,
+            ds.name,
+            found.head,
+            infos,
+            lease,
+            found.incarnation,
+            found.disagreement(),
+            damaged,
+        )
 
     async def state_at(
         self, request_id: str, *, step: str | None = None, seq: int | None = None
     ) -> tuple[CheckpointInfo, dict[str, Any]]:
         """The vars as they were at a checkpoint: the latest one of ``step``, or number ``seq``."""
-        found, prefix = await self._located(request_id)
-        records = await self._planner.locator.scan(found.datasource, request_id, prefix)
+        found = await self._planner.locate(request_id, None)
+        ds = found.datasource
+        locator = self._planner.locator
+        listed = [
+            s.record
+            for s in await locator.history(ds, request_id, found.incarnation)
+            if s.record is not None
+        ]
         if step is not None:
-            chosen = next((r for r in records if r.step == step), None)
+            chosen = next((r for r in reversed(listed) if r.step == step), None)
             what = f"step {step!r}"
         else:
-            chosen = next((r for r in records if r.seq == seq), None)
+            chosen = next((r for r in listed if r.seq == seq), None)
             what = f"checkpoint #{seq}"
         if chosen is None:
-            have = ", ".join(f"#{r.seq} {r.step}" for r in sorted(records, key=lambda r: r.seq))
+            have = ", ".join(f"#{r.seq} {r.step}" for r in listed)
             raise ResumeError(
                 f"no checkpoint for {what}; checkpoints: {have or 'none'}", request_id=request_id
             )
-        found.checkpoint = chosen
-        rec, state, refs = await self._planner.locator.state(found, prefix)
-        if rec is None or rec.seq != chosen.seq:
+        rebuilt = await locator.rebuild(ds, chosen)
+        if rebuilt is None:
             raise ResumeError(
                 f"the checkpoint for {what} cannot be rebuilt (its chain is broken)",
                 request_id=request_id,
             )
+        state, refs = rebuilt
         state = await resolve_blobs(
             state, refs, self._datasources, self._envelope, request_id=request_id
         )
         info = CheckpointInfo(
-            rec.key, rec.step, rec.seq, rec.status, rec.time, rec.duration, 0, rec.attempt
+            chosen.key,
+            chosen.step,
+            chosen.seq,
+            chosen.status,
+            chosen.time,
+            chosen.duration,
+            0,
+            chosen.attempt,
+            chosen.alias,
         )
         return info, state

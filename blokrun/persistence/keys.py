@@ -1,22 +1,27 @@
 """Every key a run's records are stored under, in one place.
 
-Internal records start with ``_blokrun.``; request ids never start with ``_`` (see
-:func:`blokrun.persistence.records.validate_request_id`), so no internal key can collide
-with a checkpoint key rendered from the default pattern ``<request_id>-<step>``.
+A run's records live under internal keys that **cannot collide** between runs: a request id
+holds only ``A-Z a-z 0-9 . _ ~ : -`` and never starts with ``_`` (see
+:func:`blokrun.persistence.records.validate_request_id`), and the parts after it are
+separated by ``/``, which no request id holds -- so ``job`` + ``2-c`` and ``job-2`` + ``c``,
+or ``job``'s sequence 12 and ``job-1``'s sequence 2, name different keys.
 
-* ``_blokrun.head.<id>``  the run's head record (status, latest checkpoint)
-* ``_blokrun.run.<id>``   the run record written once at start (inputs, identity)
+* ``_blokrun.head.<id>``  the run's head record (status, incarnation, latest checkpoint)
+* ``_blokrun.run.<id>/<incarnation>``  the run record of an incarnation (inputs, identity)
+* ``_blokrun.ckpt.<id>/<incarnation>/<seq>``  a checkpoint (seq zero-padded to 10 digits,
+  so a listing sorts by sequence)
 * ``_blokrun.def.<sha256>``  a workflow definition, content-addressed
 * ``_blokrun.lease.<id>`` the run's lease (kept by the datasource's lease store)
 * ``_blokrun.slot.<workflow>.<i>``  a worker's per-workflow concurrency slot
 * ``_blokrun.blob.<sha256>``  a large value stored once, by reference
-* the key pattern (``persistence.keyPattern``) for checkpoints, rendered by
-  :func:`checkpoint_key`
+* ``_blokrun.blobref.<id>/<sha256>``  run ``<id>`` refers to that blob (gc's marks)
+* the key pattern (``persistence.keyPattern``, default ``<id>-<step>``): the step's
+  **alias**, a pointer to its latest checkpoint, rendered by :func:`alias_key` when the step
+  is checkpointed. Aliases of two runs can collide; the first run that wrote one owns it.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -29,39 +34,77 @@ if TYPE_CHECKING:
     from blokrun.spec.loader import Workflow
 
 __all__ = [
+    "BLOBREF_PREFIX",
     "BLOB_PREFIX",
+    "CHECKPOINT_PREFIX",
     "DEFINITION_PREFIX",
     "HEAD_PREFIX",
-    "INTERNAL_PREFIXES",
+    "INTERNAL_PREFIX",
     "LEASE_PREFIX",
     "RUN_PREFIX",
     "SLOT_PREFIX",
     "KeyScope",
+    "alias_key",
     "blob_key",
+    "blobref_key",
     "checkpoint_key",
     "definition_key",
     "head_key",
     "lease_key",
+    "parse_checkpoint_key",
     "run_key",
-    "scan_prefix",
+    "run_keys_prefix",
+    "runs_checkpoints_prefix",
 ]
 
+INTERNAL_PREFIX = "_blokrun."
 HEAD_PREFIX = "_blokrun.head."
 RUN_PREFIX = "_blokrun.run."
+CHECKPOINT_PREFIX = "_blokrun.ckpt."
 DEFINITION_PREFIX = "_blokrun.def."
 LEASE_PREFIX = "_blokrun.lease."
 SLOT_PREFIX = "_blokrun.slot."
 BLOB_PREFIX = "_blokrun.blob."
-#: Keys under these prefixes are never checkpoints.
-INTERNAL_PREFIXES = (HEAD_PREFIX, RUN_PREFIX, DEFINITION_PREFIX, BLOB_PREFIX)
+BLOBREF_PREFIX = "_blokrun.blobref."
+_SEQ_DIGITS = 10
 
 
 def head_key(request_id: str) -> str:
     return HEAD_PREFIX + request_id
 
 
-def run_key(request_id: str) -> str:
-    return RUN_PREFIX + request_id
+def run_key(request_id: str, incarnation: int) -> str:
+    return f"{RUN_PREFIX}{request_id}/{incarnation}"
+
+
+def run_keys_prefix(request_id: str) -> str:
+    """The prefix of every run record of ``request_id`` (all incarnations)."""
+    return f"{RUN_PREFIX}{request_id}/"
+
+
+def checkpoint_key(request_id: str, incarnation: int, seq: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{request_id}/{incarnation}/{seq:0{_SEQ_DIGITS}d}"
+
+
+def runs_checkpoints_prefix(request_id: str, incarnation: int | None = None) -> str:
+    """The prefix of the checkpoints of ``request_id`` (of one incarnation, or all)."""
+    base = f"{CHECKPOINT_PREFIX}{request_id}/"
+    return base if incarnation is None else f"{base}{incarnation}/"
+
+
+def parse_checkpoint_key(key: str) -> tuple[str, int, int] | None:
+    """``(request id, incarnation, seq)`` of a checkpoint key, or ``None``."""
+    if not key.startswith(CHECKPOINT_PREFIX):
+        return None
+    rid, sep, rest = key[len(CHECKPOINT_PREFIX) :].partition("/")
+    inc, sep2, seq = rest.partition("/")
+    if not (sep and sep2 and inc.isdigit() and seq.isdigit() and len(seq) == _SEQ_DIGITS):
+        return None
+    return rid, int(inc), int(seq)
+
+
+def blobref_key(request_id: str, sha256: str) -> str:
+    return f"{BLOBREF_PREFIX}{request_id}/{sha256}"
 
 
 def definition_key(definition_hash: str) -> str:
@@ -127,34 +170,9 @@ class KeyScope:
         raise DatasourceError("ctx.datasource cannot be used in a key")
 
 
-def checkpoint_key(  # noqa: PLR0917 - the pattern's inputs, in the order they read
-    wf: Workflow,
-    request_id: str,
-    started_at: float,
-    step: str,
-    attempt: int,
-    vars: Mapping[str, Any],
+def alias_key(
+    wf: Workflow, request_id: str, started_at: float, step: str, vars: Mapping[str, Any]
 ) -> str:
-    """The key pattern's key; from the second attempt on, ``~<attempt>`` is appended so a
-    re-run step is recorded beside its earlier checkpoint, not over it (history)."""
-    key = render_key(wf.key_template, KeyScope.of(wf, request_id, started_at, step, vars))
-    return key if attempt <= 1 else f"{key}~{attempt}"
-
-
-def scan_prefix(wf: Workflow | None, request_id: str) -> str:
-    """The literal start of every checkpoint key of a run, for the fallback scan.
-
-    The key pattern is rendered for two very different start times and cut at the step
-    name: parts that depend on the time (``${ctx.date}``) end the prefix, so it holds
-    whatever the run's start was. Scanned records are matched by request id anyway.
-    """
-    if wf is None:
-        return f"{request_id}-"
-    sentinel = "\x00"
-    rendered = [
-        render_key(wf.key_template, KeyScope.of(wf, request_id, started, sentinel, {})).split(
-            sentinel, 1
-        )[0]
-        for started in (0.0, 2_000_000_000.0)
-    ]
-    return os.path.commonprefix(rendered)  # noqa: RUF071 - a character prefix is meant
+    """The step's alias: the key pattern rendered for this run and step (its vars included,
+    as they are when the step is checkpointed)."""
+    return render_key(wf.key_template, KeyScope.of(wf, request_id, started_at, step, vars))

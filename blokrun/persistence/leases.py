@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import socket
 import time
@@ -161,18 +162,25 @@ class Lease:
             except BlokrunError as exc:
                 log.warning("run %s: could not renew its lease: %s", self.request_id, exc)
 
-    async def release(self) -> bool:
-        """End the lease now; ``False`` if the datasource could not be reached (it then
-        expires by itself, or the same runner releases it before its next try)."""
+    def abandon(self) -> None:
+        """Stop holding the lease here without telling the datasource (unreachable)."""
         _HELD_HERE.discard(self.owner)
         self.released = True
-        with anyio.CancelScope(shield=True):
+
+    async def release(self, *, deadline: float = math.inf) -> bool:
+        """End the lease now; ``False`` if the datasource could not be reached (it then
+        expires by itself, or the same runner releases it before its next try). Shielded
+        from the caller's cancellation, but given up at ``deadline`` (``anyio.current_time``
+        clock)."""
+        _HELD_HERE.discard(self.owner)
+        self.released = True
+        with anyio.CancelScope(shield=True), anyio.CancelScope(deadline=deadline) as scope:
             try:
                 await self.datasource.release_lease(self.key, self.owner, self.token)
             except BlokrunError as exc:
                 log.warning("run %s: could not release its lease: %s", self.request_id, exc)
                 return False
-        return True
+        return not scope.cancelled_caught
 
 
 async def acquire(

@@ -1,20 +1,26 @@
-"""Finding a run's latest good checkpoint, and the state it stands for.
+"""Finding a run's latest *verified* checkpoint on every target, and choosing among them.
 
-The fast path is O(1): read the run's head record (``_blokrun.head.<id>``) and the checkpoint
-it points at -- two reads, whatever the number of steps -- plus, when that checkpoint is a
-delta, one batched read of its chain. The head is only a hint, though:
+A run's records are written to all its targets; any target may lag (it was down), lose its
+data (a server restarted empty), or hold a damaged or replaced record. :meth:`Locator.locate`
+reads every target concurrently and builds a :class:`TargetView` of each:
 
-* it is written after its checkpoint, so after a crash between the two it can be one step
-  behind: :meth:`Locator.roll_forward` probes the next step's key and adopts a newer record
-  of the same run;
-* if it is missing or unreadable, the ``<request_id>-*`` keys are scanned. Unlike sorting
-  key strings (where ``s10`` < ``s9`` and run ``job`` would take ``job-2``'s keys), every
-  candidate is decoded and kept only if its ``request_id`` (and workflow) match, and the
-  highest sequence number wins.
+* the **head** (``_blokrun.head.<id>``) says the incarnation and the latest sequence number;
+  it is a hint: it is written after its checkpoint, so a crash between the two leaves it one
+  step behind, and the records after it are probed and adopted (*rolled forward*);
+* the **latest checkpoint** is the highest-numbered record of the incarnation that
+  *verifies*: it opens under its own key (records are sealed for the key they are stored
+  under, so a record copied from elsewhere does not open), names this run, incarnation and
+  sequence, and its delta chain is whole and verifies too. A record that does not verify is
+  never used: the view steps back to the previous one and says so in its warnings;
+* without a head, the keys of the run's checkpoints (``_blokrun.ckpt.<id>/``) are listed --
+  the keys carry incarnation and sequence, so nothing is guessed from key strings.
 
-A record that fails its checksum or cannot be decoded is never used silently: the previous
-good checkpoint is taken and a warning says so; a delta whose chain is broken likewise falls
-back to an earlier checkpoint whose chain is whole.
+The **best** view is the most advanced: the newest incarnation, then the highest verified
+sequence. :class:`FoundRun` keeps every view, so callers can tell where targets disagree
+(:meth:`FoundRun.disagreement`) and write back what a lagging target lacks
+(:meth:`Locator.repairs`). A record encrypted with a key this process lacks
+(:class:`~blokrun.errors.KeyMissing`) or written by a newer blokrun stops everything: it is
+never read around.
 """
 
 from __future__ import annotations
@@ -26,9 +32,24 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import msgspec
 
-from blokrun.errors import BlokrunError, FormatVersionError, RecordError, ResumeError
-from blokrun.persistence.keys import definition_key, head_key, run_key
+from blokrun.errors import (
+    BlokrunError,
+    FormatVersionError,
+    KeyMissing,
+    RecordError,
+    ResumeError,
+)
+from blokrun.persistence.keys import (
+    checkpoint_key,
+    definition_key,
+    head_key,
+    parse_checkpoint_key,
+    run_key,
+    run_keys_prefix,
+    runs_checkpoints_prefix,
+)
 from blokrun.persistence.records import (
+    LAYOUT,
     CheckpointRecord,
     DefinitionRecord,
     HeadRecord,
@@ -38,38 +59,134 @@ from blokrun.persistence.records import (
 from blokrun.persistence.state import rebuild_vars
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
-    from blokrun.datasources import Datasource
+    from blokrun.datasources import Datasource, Entry
     from blokrun.persistence.envelope import Envelope
 
-__all__ = ["FoundRun", "Locator"]
+__all__ = ["FoundRun", "Locator", "StoredCheckpoint", "TargetView"]
 
 log = logging.getLogger("blokrun.resume")
 T = TypeVar("T", bound=msgspec.Struct)
 
+#: Records after the head probed in one read when rolling forward.
+_PROBE = 8
+#: Keys read per batch when listing.
+_BATCH = 500
+
 
 @dataclass(slots=True)
-class FoundRun:
-    """What is stored about a run on the datasource that knows it best."""
+class TargetView:
+    """What one datasource holds of a run (``error``: it could not be read)."""
 
-    request_id: str
     datasource: Datasource
     head: HeadRecord | None = None
     run: RunRecord | None = None
-    checkpoint: CheckpointRecord | None = None
+    checkpoint: CheckpointRecord | None = None  # the latest verified one, chain whole
+    chain: list[CheckpointRecord] = field(default_factory=list)
+    raw: dict[str, bytes] = field(default_factory=dict)  # run, head, checkpoint + chain
     warnings: list[str] = field(default_factory=list)
+    error: BlokrunError | None = None
+    probed: dict[str, bytes] = field(default_factory=dict, repr=False)  # verified, read
 
     @property
-    def definition_hash(self) -> str | None:
-        for rec in (self.head, self.run, self.checkpoint):
-            if rec is not None:
-                return rec.definition_hash
-        return None
+    def incarnation(self) -> int:
+        if self.head is not None:
+            return self.head.incarnation
+        if self.checkpoint is not None:
+            return self.checkpoint.incarnation
+        return self.run.incarnation if self.run is not None else 0
 
     @property
     def seq(self) -> int:
         return self.checkpoint.seq if self.checkpoint is not None else 0
+
+    @property
+    def known(self) -> bool:
+        return (self.head or self.run or self.checkpoint) is not None
+
+    def rank(self) -> tuple[int, int, int, float]:
+        """How advanced this view is: incarnation, verified sequence, the head's sequence
+        (-1 without a head), the head's time."""
+        if self.head is None:
+            return (self.incarnation, self.seq, -1, 0.0)
+        return (self.incarnation, self.seq, self.head.seq, self.head.updated_at)
+
+
+@dataclass(slots=True)
+class FoundRun:
+    """A run as its targets hold it; ``best`` is the most advanced verified view."""
+
+    request_id: str
+    views: list[TargetView]
+    best: TargetView
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def datasource(self) -> Datasource:
+        return self.best.datasource
+
+    @property
+    def head(self) -> HeadRecord | None:
+        return self.best.head
+
+    @property
+    def run(self) -> RunRecord | None:
+        return self.best.run
+
+    @property
+    def checkpoint(self) -> CheckpointRecord | None:
+        return self.best.checkpoint
+
+    @property
+    def seq(self) -> int:
+        return self.best.seq
+
+    @property
+    def incarnation(self) -> int:
+        return self.best.incarnation
+
+    @property
+    def definition_hash(self) -> str | None:
+        for rec in (self.best.head, self.best.run, self.best.checkpoint):
+            if rec is not None:
+                return rec.definition_hash
+        return None
+
+    def claimed_seq(self) -> int:
+        """The highest sequence any head of the best incarnation says was stored."""
+        return max(
+            (
+                v.head.seq
+                for v in self.views
+                if v.head is not None and v.head.incarnation == self.incarnation
+            ),
+            default=0,
+        )
+
+    def disagreement(self) -> dict[str, str]:
+        """``{datasource: what it holds}`` when the targets do not hold the same state."""
+        shown = {
+            v.datasource.name: _describe(v) for v in self.views if v.known or v.error is not None
+        }
+        return shown if len(set(shown.values())) > 1 else {}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    """A checkpoint as listed for history: its key and size, its record or why not."""
+
+    key: str
+    size: int
+    record: CheckpointRecord | None
+    problem: str | None = None
+
+
+def _describe(view: TargetView) -> str:
+    if view.error is not None:
+        return f"unreadable ({view.error})"
+    status = view.head.status if view.head is not None else "no head"
+    return f"{status} at #{view.seq} (incarnation {view.incarnation})"
 
 
 class Locator:
@@ -80,200 +197,215 @@ class Locator:
     def __init__(self, envelope: Envelope) -> None:
         self.envelope = envelope
 
+    # -- decoding ------------------------------------------------------------------------
+
     def decode(
         self, raw: bytes | None, cls: type[T], ds: Datasource, key: str, warnings: list[str]
     ) -> T | None:
+        """The record under ``key``, or ``None`` (absent, or unusable: said in ``warnings``).
+        A missing key or a newer format is never read around: it raises."""
         if raw is None:
             return None
         try:
-            return decode_record(raw, cls, datasource=ds.name, key=key, envelope=self.envelope)
-        except FormatVersionError:
-            raise  # never resume around records a newer blokrun wrote
+            return decode_record(
+                raw, cls, datasource=ds.name, key=key, envelope=self.envelope, bind=key
+            )
+        except (FormatVersionError, KeyMissing):
+            raise
         except RecordError as exc:
-            warnings.append(f"ignored an unreadable record: {exc}")
+            warnings.append(f"ignored a record that does not verify: {exc}")
             return None
 
-    async def scan(
-        self,
-        ds: Datasource,
-        request_id: str,
-        prefix: str,
-        *,
-        below_seq: int | None = None,
-        workflow: str | None = None,
-        warnings: list[str] | None = None,
-        stored: dict[int, tuple[str, int]] | None = None,
-    ) -> list[CheckpointRecord]:
-        """This run's checkpoints among keys starting with ``prefix``, highest seq first.
+    def checkpoint(
+        self, raw: bytes | None, ds: Datasource, key: str, warnings: list[str]
+    ) -> CheckpointRecord | None:
+        """The checkpoint stored under ``key`` if it verifies there: it opens under its key
+        and names the run, incarnation and sequence the key does."""
+        rec = self.decode(raw, CheckpointRecord, ds, key, warnings)
+        parsed = parse_checkpoint_key(key)
+        if rec is None or parsed is None:
+            return None
+        if (rec.request_id, rec.incarnation, rec.seq) != parsed or rec.key != key:
+            warnings.append(
+                f"ignored {key!r} on {ds.name!r}: it holds checkpoint #{rec.seq} of run "
+                f"{rec.request_id!r} (incarnation {rec.incarnation}), not the one its key names"
+            )
+            return None
+        return rec
 
-        Records of another run (``job-2`` under the prefix ``job-``) or, when ``workflow``
-        is given, of another workflow are skipped. ``stored`` (when given) receives each
-        kept record's key and stored size by sequence number.
-        """
-        warnings = warnings if warnings is not None else []
-        keys = await ds.keys(prefix)
-        found: list[CheckpointRecord] = []
-        for start in range(0, len(keys), 500):
-            for key, raw in (await ds.load_batch(keys[start : start + 500])).items():
-                try:
-                    rec = decode_record(
-                        raw, CheckpointRecord, datasource=ds.name, key=key, envelope=self.envelope
+    # -- one target ----------------------------------------------------------------------
+
+    async def view(self, ds: Datasource, request_id: str) -> TargetView:
+        """What ``ds`` holds of run ``request_id`` (see the module docstring)."""
+        view = TargetView(ds)
+        try:
+            await self._fill(view, request_id)
+        except (FormatVersionError, KeyMissing):
+            raise
+        except BlokrunError as exc:
+            view.error = exc
+        return view
+
+    async def _fill(self, view: TargetView, request_id: str) -> None:
+        ds = view.datasource
+        hk = head_key(request_id)
+        loaded = await ds.load_batch([hk])
+        if hk in loaded:
+            view.head = self.decode(loaded[hk], HeadRecord, ds, hk, view.warnings)
+            if view.head is not None:
+                if view.head.layout < LAYOUT:
+                    raise ResumeError(
+                        f"its records on {ds.name!r} were written by an older blokrun (store "
+                        f"layout {view.head.layout}; this one reads layout {LAYOUT}): "
+                        "finish or resume it with the blokrun that started it",
+                        request_id=request_id,
                     )
-                except FormatVersionError:
-                    raise
-                except RecordError as exc:
-                    if "found a" not in exc.detail:  # another kind of record is no warning
-                        warnings.append(f"ignored an unreadable checkpoint: {exc}")
-                    continue
-                if rec.request_id != request_id:
-                    continue  # run 'job' never takes the keys of run 'job-2'
-                if workflow is not None and rec.workflow != workflow:
-                    continue
-                if below_seq is not None and rec.seq >= below_seq:
-                    continue
-                found.append(rec)
-                if stored is not None:
-                    stored[rec.seq] = (key, len(raw))
-        found.sort(key=lambda r: r.seq, reverse=True)
-        return found
-
-    async def _probe(
-        self, ds: Datasource, request_id: str, scan_prefix: str, workflow: str | None
-    ) -> FoundRun:
-        found = FoundRun(request_id, ds)
-        hk, rk = head_key(request_id), run_key(request_id)
-        raw = await ds.load_batch([hk, rk])
-        found.head = self.decode(raw.get(hk), HeadRecord, ds, hk, found.warnings)
-        found.run = self.decode(raw.get(rk), RunRecord, ds, rk, found.warnings)
-        head = found.head
-        if head is not None and head.request_id == request_id and head.seq > 0 and head.key:
-            raw_ckpt = await ds.load(head.key)
-            rec = self.decode(raw_ckpt, CheckpointRecord, ds, head.key, found.warnings)
-            if rec is not None and rec.request_id == request_id and rec.seq == head.seq:
-                found.checkpoint = rec
-                return found
-            if raw_ckpt is None:
-                found.warnings.append(
-                    f"the head of run {request_id} on {ds.name!r} points at {head.key!r}, "
-                    "which is missing; using the previous checkpoint"
+                view.raw[hk] = loaded[hk]
+        incarnation = view.head.incarnation if view.head is not None else None
+        start = view.head.seq if view.head is not None else 0
+        listed: list[int] | None = None
+        if incarnation is None:  # no usable head: what do the keys say?
+            found = await self._listed(ds, request_id)
+            if not found:
+                await self._read_run(view, request_id, None)
+                return
+            incarnation = max(inc for inc, _ in found)
+            listed = sorted(seq for inc, seq in found if inc == incarnation)
+            start = listed[-1]
+        await self._read_run(view, request_id, incarnation)
+        latest = await self._roll_forward(view, request_id, incarnation, start)
+        if latest is None and start > 0:
+            if view.head is not None:
+                view.warnings.append(
+                    f"the head of run {request_id} on {ds.name!r} points at checkpoint "
+                    f"#{start}, which is missing or does not verify; using an earlier one"
                 )
-            older = await self.scan(
-                ds,
-                request_id,
-                scan_prefix,
-                below_seq=head.seq,
-                workflow=head.workflow,
-                warnings=found.warnings,
-            )
-            found.checkpoint = older[0] if older else None
-        elif head is None:
-            wf = found.run.workflow if found.run is not None else workflow
-            older = await self.scan(
-                ds, request_id, scan_prefix, workflow=wf, warnings=found.warnings
-            )
-            found.checkpoint = older[0] if older else None
-        return found
-
-    async def locate(
-        self,
-        request_id: str,
-        datasources: Sequence[Datasource],
-        *,
-        scan_prefix: str,
-        workflow: str | None = None,
-    ) -> FoundRun | None:
-        """Find the run on whichever datasource holds its latest checkpoint; None if nowhere."""
-        results: list[FoundRun | BaseException] = []
-
-        async def probe(ds: Datasource) -> None:
-            try:
-                results.append(await self._probe(ds, request_id, scan_prefix, workflow))
-            except BlokrunError as exc:
-                results.append(exc)
-
-        async with anyio.create_task_group() as tg:
-            for ds in datasources:
-                tg.start_soon(probe, ds)
-        for r in results:
-            if isinstance(r, FormatVersionError):
-                raise r
-        known = [
-            r
-            for r in results
-            if isinstance(r, FoundRun) and (r.head or r.run or r.checkpoint) is not None
-        ]
-        if not known:
-            errors = [r for r in results if isinstance(r, BaseException)]
-            if errors:
-                raise errors[0]
-            unreadable = [w for r in results if isinstance(r, FoundRun) for w in r.warnings]
-            if unreadable:  # records exist but none can be used: say why, not "not found"
-                raise ResumeError(
-                    f"its records exist but cannot be read: {unreadable[0]}",
-                    request_id=request_id,
+            if listed is None:
+                listed = sorted(
+                    seq for inc, seq in await self._listed(ds, request_id) if inc == incarnation
                 )
-            return None
-        best = max(known, key=lambda f: (f.seq, f.head is not None))
-        for warning in best.warnings:
-            log.warning("%s", warning)
-        best.warnings.clear()
-        return best
+            latest = await self._latest_listed(view, request_id, incarnation, listed, start)
+        await self._settle(view, request_id, incarnation, latest)
 
-    async def definition(self, found: FoundRun) -> DefinitionRecord | None:
-        digest = found.definition_hash
-        if digest is None:
-            return None
-        key = definition_key(digest)
-        raw = await found.datasource.load(key)
-        return self.decode(raw, DefinitionRecord, found.datasource, key, found.warnings)
-
-    async def roll_forward(
-        self, found: FoundRun, step_names: Sequence[str], key_for: Callable[[str], str]
-    ) -> None:
-        """Adopt checkpoints newer than the one found (a head left behind by a crash).
-
-        Every step not done yet is probed in one batched read (a step that is not
-        checkpointed, or parallel branches that finished out of file order, must not hide
-        a newer record); the newest record of this run wins, until nothing newer is found.
-        """
-        workflow = next(
-            (r.workflow for r in (found.head, found.run, found.checkpoint) if r is not None), None
-        )
-        while True:
-            done = set(found.checkpoint.done) if found.checkpoint is not None else set()
-            keys = [key_for(s) for s in step_names if s not in done]
+    async def _read_run(self, view: TargetView, request_id: str, incarnation: int | None) -> None:
+        ds = view.datasource
+        if incarnation is None:
+            keys = [
+                k
+                for k in await ds.keys(run_keys_prefix(request_id))
+                if k.rsplit("/", 1)[1].isdigit()
+            ]
             if not keys:
                 return
-            raw = await found.datasource.load_batch(keys)
-            newer = [
-                rec
-                for key, data in raw.items()
-                if (
-                    rec := self.decode(
-                        data, CheckpointRecord, found.datasource, key, found.warnings
-                    )
-                )
-                is not None
-                and rec.request_id == found.request_id
-                and rec.workflow == workflow  # another workflow's records are never taken
-                and rec.seq > found.seq
-            ]
-            if not newer:
-                return
-            found.checkpoint = max(newer, key=lambda r: r.seq)
+            key = max(keys, key=lambda k: int(k.rsplit("/", 1)[1]))
+        else:
+            key = run_key(request_id, incarnation)
+        raw = await ds.load(key)
+        view.run = self.decode(raw, RunRecord, ds, key, view.warnings)
+        if view.run is not None and raw is not None:
+            if view.run.request_id != request_id:
+                view.run = None
+            else:
+                view.raw[key] = raw
 
-    async def _chain(self, ds: Datasource, rec: CheckpointRecord) -> list[CheckpointRecord] | None:
+    async def _listed(self, ds: Datasource, request_id: str) -> list[tuple[int, int]]:
+        """``(incarnation, seq)`` of every checkpoint key of the run on ``ds``."""
+        out = []
+        for key in await ds.keys(runs_checkpoints_prefix(request_id)):
+            parsed = parse_checkpoint_key(key)
+            if parsed is not None and parsed[0] == request_id:
+                out.append(parsed[1:])
+        return out
+
+    async def _roll_forward(
+        self, view: TargetView, request_id: str, incarnation: int, start: int
+    ) -> CheckpointRecord | None:
+        """The newest verified record numbered ``start`` or more, probing ahead of it."""
+        ds = view.datasource
+        latest: CheckpointRecord | None = None
+        seq = max(start, 1)
+        while True:
+            keys = [checkpoint_key(request_id, incarnation, n) for n in range(seq, seq + _PROBE)]
+            loaded = await ds.load_batch(keys)
+            newest = None
+            for key in keys:
+                rec = self.checkpoint(loaded.get(key), ds, key, view.warnings)
+                if rec is not None:
+                    newest = rec
+                    view.probed[key] = loaded[key]
+            if newest is None:
+                return latest
+            latest = newest
+            if newest.seq < seq + _PROBE - 1:  # the window was not full: nothing after it
+                return latest
+            seq = newest.seq + 1
+
+    async def _latest_listed(
+        self,
+        view: TargetView,
+        request_id: str,
+        incarnation: int,
+        listed: Sequence[int],
+        below: int,
+    ) -> CheckpointRecord | None:
+        """The newest record numbered below ``below`` that verifies."""
+        ds = view.datasource
+        candidates = [seq for seq in reversed(listed) if seq < below]
+        for start in range(0, len(candidates), _BATCH):
+            keys = [checkpoint_key(request_id, incarnation, s) for s in candidates[start:][:_BATCH]]
+            loaded = await ds.load_batch(keys)
+            for key in keys:
+                rec = self.checkpoint(loaded.get(key), ds, key, view.warnings)
+                if rec is not None:
+                    view.probed[key] = loaded[key]
+                    return rec
+        return None
+
+    async def _settle(
+        self,
+        view: TargetView,
+        request_id: str,
+        incarnation: int,
+        latest: CheckpointRecord | None,
+    ) -> None:
+        """Keep ``latest`` if its chain is whole; else step back until one is."""
+        ds = view.datasource
+        listed: list[int] | None = None
+        while latest is not None:
+            chain = await self._chain(view, latest)
+            if chain is not None:
+                view.checkpoint, view.chain = latest, chain
+                for rec in (*chain, latest):
+                    if rec.key in view.probed:
+                        view.raw[rec.key] = view.probed[rec.key]
+                return
+            view.warnings.append(
+                f"checkpoint #{latest.seq} of run {request_id} on {ds.name!r} has a broken "
+                "chain (a record it builds on is missing or does not verify); using an "
+                "earlier one"
+            )
+            if listed is None:
+                listed = sorted(
+                    seq for inc, seq in await self._listed(ds, request_id) if inc == incarnation
+                )
+            latest = await self._latest_listed(view, request_id, incarnation, listed, latest.seq)
+
+    async def _chain(
+        self, view: TargetView, rec: CheckpointRecord
+    ) -> list[CheckpointRecord] | None:
         """The records of ``rec``'s chain in order, or None if any is missing or foreign."""
         if rec.snapshot:
             return []
+        ds = view.datasource
         raw = await ds.load_batch(rec.chain)
         chain: list[CheckpointRecord] = []
         previous = rec.base - 1
         for i, key in enumerate(rec.chain):
-            link = self.decode(raw.get(key), CheckpointRecord, ds, key, [])
+            link = self.checkpoint(raw.get(key), ds, key, [])
             if (
                 link is None
                 or link.request_id != rec.request_id
+                or link.incarnation != rec.incarnation
                 or link.seq <= previous
                 or link.seq >= rec.seq
                 or link.base != rec.base
@@ -282,36 +414,126 @@ class Locator:
                 return None
             previous = link.seq
             chain.append(link)
+            view.probed[key] = raw[key]
         return chain
 
-    async def state(
-        self, found: FoundRun, scan_prefix: str
-    ) -> tuple[CheckpointRecord | None, dict[str, Any], set[str]]:
-        """The latest checkpoint whose chain is whole, and the vars it stands for.
+    # -- every target --------------------------------------------------------------------
 
-        Falls back to earlier checkpoints (with a warning) when a delta's chain is broken.
-        ``(None, {})`` when no usable checkpoint is left.
-        """
-        rec = found.checkpoint
-        ds = found.datasource
-        older: list[CheckpointRecord] | None = None
-        while rec is not None:
-            chain = await self._chain(ds, rec)
-            if chain is not None:
-                state, refs = rebuild_vars(rec, chain)
-                return rec, state, refs
-            log.warning(
-                "checkpoint %s of run %s (seq %d) has a broken chain; using an earlier one",
-                rec.step,
-                rec.request_id,
-                rec.seq,
-            )
-            if older is None:
-                workflow = rec.workflow
-                older = await self.scan(
-                    ds, rec.request_id, scan_prefix, below_seq=rec.seq, workflow=workflow
+    async def locate(self, request_id: str, datasources: Sequence[Datasource]) -> FoundRun | None:
+        """The run as every one of ``datasources`` holds it; ``None`` if none knows it."""
+        views: list[TargetView] = []
+        fatal: list[BaseException] = []
+
+        async def one(ds: Datasource) -> None:
+            try:
+                views.append(await self.view(ds, request_id))
+            except BlokrunError as exc:  # a key missing, a newer format, an old layout
+                fatal.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for ds in datasources:
+                tg.start_soon(one, ds)
+        if fatal:
+            raise fatal[0]
+        order = {ds.name: i for i, ds in enumerate(datasources)}
+        views.sort(key=lambda v: order[v.datasource.name])
+        known = [v for v in views if v.known]
+        if not known:
+            errors = [v.error for v in views if v.error is not None]
+            if errors:
+                raise errors[0]
+            unusable = [w for v in views for w in v.warnings]
+            if unusable:  # records exist but none can be used: say why, not "not found"
+                raise ResumeError(
+                    f"its records exist but cannot be used: {unusable[0]}", request_id=request_id
                 )
-            else:
-                older = [r for r in older if r.seq < rec.seq]
-            rec = older[0] if older else None
-        return None, {}, set()
+            return None
+        best = max(known, key=TargetView.rank)
+        found = FoundRun(request_id, views, best)
+        for view in views:
+            found.warnings.extend(view.warnings)
+        for warning in found.warnings:
+            log.warning("%s", warning)
+        return found
+
+    async def definition(self, found: FoundRun) -> tuple[DefinitionRecord, bytes] | None:
+        """The run's stored definition (from any target holding it) and its bytes."""
+        digest = found.definition_hash
+        if digest is None:
+            return None
+        key = definition_key(digest)
+        for view in sorted(found.views, key=lambda v: v is not found.best):
+            if view.error is not None:
+                continue
+            try:
+                raw = await view.datasource.load(key)
+            except BlokrunError:
+                continue
+            record = self.decode(raw, DefinitionRecord, view.datasource, key, found.warnings)
+            if record is not None and raw is not None and record.definition_hash == digest:
+                return record, raw
+        return None
+
+    def state(self, found: FoundRun) -> tuple[CheckpointRecord | None, dict[str, Any], set[str]]:
+        """The best view's latest checkpoint and the vars it stands for."""
+        rec = found.checkpoint
+        if rec is None:
+            return None, {}, set()
+        state, refs = rebuild_vars(rec, found.best.chain)
+        return rec, state, refs
+
+    # -- history -------------------------------------------------------------------------
+
+    async def history(
+        self, ds: Datasource, request_id: str, incarnation: int
+    ) -> list[StoredCheckpoint]:
+        """Every checkpoint key of one incarnation on ``ds``, in sequence order."""
+        keys = sorted(await ds.keys(runs_checkpoints_prefix(request_id, incarnation)))
+        out: list[StoredCheckpoint] = []
+        for start in range(0, len(keys), _BATCH):
+            chunk = keys[start : start + _BATCH]
+            loaded = await ds.load_batch(chunk)
+            for key in chunk:
+                raw = loaded.get(key)
+                if raw is None:
+                    continue
+                problems: list[str] = []
+                rec = self.checkpoint(raw, ds, key, problems)
+                out.append(StoredCheckpoint(key, len(raw), rec, problems[0] if problems else None))
+        return out
+
+    async def rebuild(
+        self, ds: Datasource, rec: CheckpointRecord
+    ) -> tuple[dict[str, Any], set[str]] | None:
+        """The vars ``rec`` stands for (its chain read from ``ds``), or None if broken."""
+        view = TargetView(ds)
+        chain = await self._chain(view, rec)
+        if chain is None:
+            return None
+        return rebuild_vars(rec, chain)
+
+    # -- repair --------------------------------------------------------------------------
+
+    async def repairs(
+        self, found: FoundRun, definition: bytes | None, ttl: float | None
+    ) -> list[tuple[Datasource, list[Entry]]]:
+        """What each reachable target lacks of the best view: the entries to write there.
+
+        The records are copied as stored: they are bound to their keys, which are the same
+        on every target, so a copy verifies wherever it lands.
+        """
+        wanted = dict(found.best.raw)
+        if definition is not None and found.definition_hash is not None:
+            wanted[definition_key(found.definition_hash)] = definition
+        out: list[tuple[Datasource, list[Entry]]] = []
+        for view in found.views:
+            if view is found.best or view.error is not None:
+                continue
+            have = await view.datasource.load_batch(list(wanted))
+            entries: list[Entry] = [
+                (key, raw, ttl) for key, raw in wanted.items() if have.get(key) != raw
+            ]
+            if entries:  # the head last: it must not point at records not there yet
+                entries.sort(key=lambda e: e[0] == head_key(found.request_id))
+                out.append((view.datasource, entries))
+        return out

@@ -1,10 +1,16 @@
 """Planning a resume: which checkpoint a run continues from, with which state and steps.
 
-:meth:`Planner.plan` locates the run on its datasources, picks the workflow (the stored
-definition, or a given one checked against the steps that already ran), rolls a head left
-behind by a crash forward, rebuilds the vars of the chosen checkpoint (blobs included) and
-says which steps are skipped and which run. It writes nothing: the caller takes the run's
-lease, checks the head did not move meanwhile (:meth:`Planner.unchanged`), and drives it.
+:meth:`Planner.plan` locates the run on every target (:mod:`blokrun.persistence.locate`),
+picks the workflow (the stored definition, or a given one checked against the steps that
+already ran), takes the most advanced *verified* checkpoint, rebuilds its vars (blobs
+included) and says which steps are skipped and which run, and what each lagging target
+lacks (``repairs``). It writes nothing: the caller takes the run's lease, checks the head
+did not move meanwhile (:meth:`Planner.unchanged`), writes the repairs, and drives it.
+
+It **fails closed**: a completed run whose final checkpoint does not verify on any target is
+not resumed from an older one (that would report completed with older vars); a run whose
+records need an encryption key this process lacks, or that would be written in clear after
+being encrypted, is refused before anything is written.
 
 Resuming is idempotent: steps done at the chosen checkpoint never run again, and a
 completed run plans nothing to run. ``from_step`` (time travel) plans from the checkpoint
@@ -14,14 +20,20 @@ before that step ran; ``set_vars`` edits the rebuilt vars.
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from blokrun.errors import BlokrunError, DefinitionChanged, ResumeError, RunNotFound
+from blokrun.errors import (
+    BlokrunError,
+    ConfigError,
+    DefinitionChanged,
+    ResumeError,
+    RunNotFound,
+)
 from blokrun.execution.engine import token_hash
-from blokrun.persistence.keys import checkpoint_key, head_key, scan_prefix
+from blokrun.persistence.keys import checkpoint_key, head_key
 from blokrun.persistence.recorder import Position
 from blokrun.persistence.records import HeadRecord, decode_record, validate_request_id
 from blokrun.persistence.state import resolve_blobs
@@ -30,14 +42,21 @@ from blokrun.spec.schema import validate
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from blokrun.datasources import Datasource
+    from blokrun.datasources import Datasource, Entry
     from blokrun.persistence.envelope import Envelope
     from blokrun.persistence.leases import Lease
     from blokrun.persistence.locate import FoundRun, Locator
-    from blokrun.persistence.records import DefinitionRecord
+    from blokrun.persistence.records import CheckpointRecord, DefinitionRecord
     from blokrun.spec.loader import Workflow
 
-__all__ = ["Planner", "Prepared", "ResumePlan", "accept_input", "check_unchanged", "set_path"]
+__all__ = [
+    "Planner",
+    "Prepared",
+    "ResumePlan",
+    "accept_input",
+    "check_unchanged",
+    "set_path",
+]
 
 #: Statuses a resume counts as a recovery (the dead-letter count): the run did not end well.
 _RECOVERING = frozenset({"failed", "cancelled", "running", "dead"})
@@ -67,11 +86,15 @@ class Prepared:
     vars: dict[str, Any]
     inputs: dict[str, Any]
     started_at: float
+    incarnation: int
     attempt: int
     done: list[str]
     recoveries: int
     position: Position
     edited: bool
+    found: FoundRun
+    #: what each lagging target lacks of the chosen state, written under the lease
+    repairs: list[tuple[Datasource, list[Entry]]] = field(default_factory=list)
 
 
 class Planner:
@@ -91,45 +114,60 @@ class Planner:
         self._envelope = envelope
         self._load_stored = load_stored
 
-    async def locate(self, request_id: str, wf: Workflow | None) -> FoundRun:
-        """The run on whichever of its datasources knows it best, or :class:`RunNotFound`."""
+    def candidates(self, wf: Workflow | None) -> list[Datasource]:
+        """Where a run's records may be: its workflow's targets, or every datasource."""
+        if wf is not None and wf.targets:
+            return [self._datasources[n] for n in wf.targets]
+        return list(self._datasources.values())
+
+    async def find(self, request_id: str, wf: Workflow | None) -> FoundRun | None:
+        """The run as its targets hold it, or ``None``."""
         try:
             validate_request_id(request_id)
         except ValueError as exc:
             raise RunNotFound(str(exc), request_id=str(request_id)[:200]) from None
-        candidates = (
-            [self._datasources[n] for n in wf.targets]
-            if wf is not None and wf.targets
-            else list(self._datasources.values())
-        )
-        found = await self.locator.locate(
-            request_id,
-            candidates,
-            scan_prefix=scan_prefix(wf, request_id),
-            workflow=wf.name if wf is not None else None,
-        )
+        return await self.locator.locate(request_id, self.candidates(wf))
+
+    async def locate(self, request_id: str, wf: Workflow | None) -> FoundRun:
+        """The run as its targets hold it, or :class:`~blokrun.errors.RunNotFound`."""
+        found = await self.find(request_id, wf)
         if found is None:
-            where = ", ".join(repr(ds.name) for ds in candidates)
+            where = ", ".join(repr(ds.name) for ds in self.candidates(wf))
             raise RunNotFound(
                 f"no checkpoint or run record found on {where}", request_id=request_id
             )
         return found
 
-    async def _workflow(
+    async def workflow(
         self, request_id: str, found: FoundRun, given: Workflow | None, force: bool
-    ) -> Workflow:
+    ) -> tuple[Workflow, bytes | None]:
+        """The workflow to drive the run with, and its stored definition's bytes."""
         stored = await self.locator.definition(found)
+        record, raw = stored if stored is not None else (None, None)
         if given is not None:
-            if stored is not None and stored.definition_hash != given.definition_hash and not force:
-                check_unchanged(request_id, stored.document, given, found)
-            return given
-        if stored is not None:
-            return self._load_stored(stored)
+            changed = record is not None and record.definition_hash != given.definition_hash
+            if changed and not force:
+                assert record is not None
+                check_unchanged(request_id, record.document, given, found)
+            return given, raw
+        if record is not None:
+            return self._load_stored(record), raw
         raise ResumeError(
-            "the workflow definition is not stored with the run; pass the workflow "
-            "(blokrun resume ID --workflow FILE)",
+            "the workflow definition is not stored with the run on any of its targets; pass "
+            "the workflow (blokrun resume ID --workflow FILE)",
             request_id=request_id,
         )
+
+    def check_encryption(self, found: FoundRun) -> None:
+        """Refuse to write a run that was encrypted in clear (no downgrade)."""
+        sealed = [v.head.key_id for v in found.views if v.head is not None and v.head.key_id]
+        if sealed and self._envelope.key_id is None:
+            raise ConfigError(
+                f"run {found.request_id} is encrypted (key {sealed[0]!r}) and this process "
+                "has no active encryption key: its records would be written in clear. Set "
+                "BLOKRUN_ENCRYPTION_KEY (the old key may stay in BLOKRUN_ENCRYPTION_OLD_KEYS)",
+                variable="BLOKRUN_ENCRYPTION_KEY",
+            )
 
     async def plan(
         self,
@@ -142,40 +180,37 @@ class Planner:
     ) -> Prepared:
         """Plan the resume of ``request_id`` (see the module docstring)."""
         found = await self.locate(request_id, given)
-        wf = await self._workflow(request_id, found, given, force)
-        prefix = scan_prefix(wf, request_id)
-        locator = self.locator
-        if found.head is None and given is None and prefix != f"{request_id}-":
-            # Located without a definition, by the seed's <id>-* convention: now that the
-            # definition (and its key pattern) is known, scan where the checkpoints really are.
-            better = await locator.scan(found.datasource, request_id, prefix, workflow=wf.name)
-            if better and better[0].seq > found.seq:
-                found.checkpoint = better[0]
-        keys_attempt = found.head.attempt if found.head is not None else 1
-        keys_started = found.checkpoint.started_at if found.checkpoint is not None else 0.0
-        await locator.roll_forward(
-            found,
-            wf.step_names,
-            lambda step: checkpoint_key(wf, request_id, keys_started, step, keys_attempt, {}),
-        )
+        unreachable = [v for v in found.views if v.error is not None]
+        if unreachable:
+            view = unreachable[0]
+            raise ResumeError(
+                f"target {view.datasource.name!r} cannot be read ({view.error}); a resume "
+                "reads every target before it writes",
+                request_id=request_id,
+            ) from view.error
+        self.check_encryption(found)
+        wf, definition = await self.workflow(request_id, found, given, force)
         head = found.head
-        latest_seq = max(found.seq, head.seq, head.high_seq) if head is not None else found.seq
-        if from_step is not None:
-            if from_step not in wf.step_names:
-                raise ResumeError(
-                    f"--from-step {from_step!r} is not a step of {wf.name!r}; steps: "
-                    f"{', '.join(wf.step_names)}",
-                    request_id=request_id,
-                )
-            workflow_name = found.checkpoint.workflow if found.checkpoint is not None else None
-            earlier = await locator.scan(
-                found.datasource, request_id, prefix, workflow=workflow_name
+        claimed = found.claimed_seq()
+        completed = head is not None and head.status == "completed"
+        if completed and found.seq < claimed and from_step is None:
+            key = checkpoint_key(request_id, found.incarnation, claimed)
+            targets = ", ".join(repr(v.datasource.name) for v in found.views)
+            raise ResumeError(
+                f"completed, but its final checkpoint #{claimed} ({key!r}) does not verify "
+                f"on any target ({targets}); the last one that does is #{found.seq}. It is "
+                "not reported completed with older vars: 'blokrun inspect ID' shows what is "
+                "damaged; 'blokrun resume ID --from-step STEP' runs the later steps again",
+                request_id=request_id,
             )
-            found.checkpoint = next((r for r in earlier if from_step not in r.done), None)
-        ckpt, state, refs = await locator.state(found, prefix)
+        ckpt: CheckpointRecord | None
+        if from_step is not None:
+            ckpt, vars_, refs = await self._before(found, wf, from_step)
+        else:
+            ckpt, vars_, refs = self.locator.state(found)
         if ckpt is not None:
             vars_ = await resolve_blobs(
-                state, refs, self._datasources, self._envelope, request_id=request_id
+                vars_, refs, self._datasources, self._envelope, request_id=request_id
             )
             done = list(ckpt.done)
             started_at = ckpt.started_at
@@ -184,7 +219,7 @@ class Planner:
             started_at = found.run.started_at
         else:
             raise ResumeError(
-                "the run's start record is missing and it has no checkpoint: "
+                "the run's start record is missing and it has no checkpoint that verifies: "
                 "nothing to resume from",
                 request_id=request_id,
             )
@@ -193,12 +228,10 @@ class Planner:
         if head is not None and head.status == "completed" and from_step is None:
             done = list(wf.step_names)  # even a last step that was not checkpointed
         attempt = (head.attempt if head is not None else (ckpt.attempt if ckpt else 1)) + 1
-        position = Position(seq=max(latest_seq, ckpt.seq if ckpt is not None else 0))
+        high = max(found.seq, claimed, head.high_seq if head is not None else 0)
+        position = Position(seq=high)
         if ckpt is not None:
-            last_key = ckpt.key or checkpoint_key(
-                wf, request_id, keys_started, ckpt.step, keys_attempt, {}
-            )
-            position = Position(position.seq, ckpt.seq, ckpt.step, last_key)
+            position = Position(high, ckpt.seq, ckpt.step, ckpt.key)
         done_set = set(done)
         plan = ResumePlan(
             request_id=request_id,
@@ -218,22 +251,50 @@ class Planner:
             vars=vars_,
             inputs=dict(found.run.inputs) if found.run is not None else {},
             started_at=started_at,
+            incarnation=max(found.incarnation, 1),
             attempt=attempt,
             done=done,
             recoveries=(head.recoveries if head is not None else 0) + (1 if recovering else 0),
             position=position,
             edited=bool(set_vars),
+            found=found,
+            repairs=await self.locator.repairs(found, definition, wf.ttl),
         )
 
-    async def unchanged(self, lease: Lease, head: HeadRecord | None) -> bool:
-        """Whether the head record under the lease is the one the resume was planned on."""
-        raw = await lease.datasource.load(head_key(lease.request_id))
+    async def _before(
+        self, found: FoundRun, wf: Workflow, step: str
+    ) -> tuple[CheckpointRecord | None, dict[str, Any], set[str]]:
+        """The latest verified checkpoint taken before ``step`` ran, and its vars."""
+        if step not in wf.step_names:
+            raise ResumeError(
+                f"--from-step {step!r} is not a step of {wf.name!r}; steps: "
+                f"{', '.join(wf.step_names)}",
+                request_id=found.request_id,
+            )
+        ds = found.datasource
+        listed = await self.locator.history(ds, found.request_id, found.incarnation)
+        for stored in reversed(listed):
+            rec = stored.record
+            if rec is None or step in rec.done:
+                continue
+            rebuilt = await self.locator.rebuild(ds, rec)
+            if rebuilt is not None:
+                return rec, *rebuilt
+        return None, {}, set()
+
+    async def unchanged(self, lease: Lease, found: FoundRun) -> bool:
+        """Whether the head under the lease is still the one the resume was planned on."""
+        key = head_key(lease.request_id)
+        view = next((v for v in found.views if v.datasource is lease.datasource), None)
+        head = view.head if view is not None else None
+        raw = await lease.datasource.load(key)
         if raw is None:
             return head is None
         try:
-            return decode_record(raw, HeadRecord, envelope=self._envelope) == head
+            stored = decode_record(raw, HeadRecord, envelope=self._envelope, bind=key)
         except BlokrunError:
             return False
+        return stored == head
 
 
 def check_unchanged(

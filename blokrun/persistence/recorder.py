@@ -1,13 +1,19 @@
 """The after-step hook that records one attempt of a run: start record, checkpoints, status.
 
 One :class:`RunRecorder` per attempt, made by the run store with the position the attempt
-starts from (its sequence numbers, the checkpoint it stands on) and owning every piece of
-per-run checkpoint state as typed fields. Per checkpointed step it encodes the record
-**once** and sends ``[checkpoint, head]`` as one batch to every target at the same time
-(:func:`~blokrun.persistence.fanout.save_everywhere`); a failed save fails the run at once
-with :class:`~blokrun.errors.CheckpointError` naming the datasource and key, and no later
-step runs. The head record is written after the checkpoint within the batch, so a crash
-between the two leaves a head one step behind, which resume rolls forward.
+starts from (its incarnation and sequence numbers, the checkpoint it stands on) and owning
+every piece of per-run checkpoint state as typed fields. Per checkpointed step it encodes
+the record **once** and sends ``[checkpoint, head, alias]`` as one batch to every target at
+the same time (:func:`~blokrun.persistence.fanout.save_everywhere`); a failed save fails the
+run at once with :class:`~blokrun.errors.CheckpointError` naming the datasource and key, and
+no later step runs. The head record is written after the checkpoint within the batch, so a
+crash between the two leaves a head one step behind, which resume rolls forward.
+
+Every attempt writes the workflow definition again at its start (in the start batch, or
+before it on a target whose batches are not atomic): a target may have lost it since, and a
+process never assumes that what it wrote earlier is still there. A target that could not be
+reached during the attempt is not waited for again by its failure path: a frozen datasource
+costs one ``TIMEOUT``, not one per write the failure path still wants.
 
 Durability (``persistence.durability`` or the runner's default): ``sync`` stores a step's
 checkpoint before the next step starts; ``async`` encodes it at once and stores it while
@@ -25,21 +31,27 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from blokrun.errors import CheckpointError
+from blokrun.errors import CheckpointError, DatasourceError, DatasourceUnavailable
 from blokrun.execution.hooks import Hook
 from blokrun.persistence.codec import Kind, dumps_value
 from blokrun.persistence.fanout import save_everywhere
 from blokrun.persistence.keys import (
     KeyScope,
+    alias_key,
     checkpoint_key,
     definition_key,
     head_key,
     run_key,
 )
 from blokrun.persistence.records import (
+    LAYOUT,
+    AliasRecord,
     DefinitionRecord,
     HeadRecord,
     RunRecord,
+    alias_holder,
+    alias_owner,
+    encode_alias,
     encode_checkpoint,
     encode_record,
 )
@@ -61,6 +73,10 @@ __all__ = ["Position", "RecorderContext", "RunRecorder"]
 
 log = logging.getLogger("blokrun.persistence")
 
+#: how long the failure path tries again a target that could not be reached during the
+#: attempt (seconds): a frozen datasource ends a run within one TIMEOUT plus this
+RETRY_BOUND = 1.0
+
 
 @dataclass(frozen=True, slots=True)
 class Position:
@@ -73,16 +89,14 @@ class Position:
     last_key: str | None = None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class RecorderContext:
     """What every recorder of one store shares: the datasources, how records are sealed,
-    where large values go, and which definitions this process already stored (with no
-    TTL) per datasource."""
+    and where large values go."""
 
     datasources: Mapping[str, Datasource]
     envelope: Envelope
     blobs: BlobPolicy
-    definitions_written: set[tuple[str, str]] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -116,6 +130,7 @@ class RunRecorder(Hook):
         workflow: Workflow,
         inputs: Mapping[str, Any],
         started_at: float,
+        incarnation: int,
         attempt: int,
         resumed: bool,
         recoveries: int,
@@ -129,6 +144,7 @@ class RunRecorder(Hook):
         self.workflow = workflow
         self.inputs = inputs
         self.started_at = started_at
+        self.incarnation = incarnation
         self.attempt = attempt
         self.resumed = resumed
         self.recoveries = recoveries
@@ -141,21 +157,30 @@ class RunRecorder(Hook):
         #: where write-behind saves run (durability "async"); set by whoever drives the run
         self.background: TaskGroup | None = None
         self.targets = [shared.datasources[name] for name in workflow.targets]
+        #: datasources that could not be reached during this attempt
+        self.unreachable: set[str] = set()
+        #: until when the failure path may try unreachable targets again (one bound shared
+        #: by every write it still attempts, the lease's release included)
+        self.retry_deadline: float | None = None
         self._writer: StateWriter | None = None
         self._pending: _Pending | None = None
         self._deferred: _Deferred | None = None
         self._head_completed = False
+        #: alias key -> whether this run may write it (see _may_write_alias)
+        self._aliases: dict[str, bool] = {}
+        #: targets the alias of the step being checkpointed could not be read from
+        self._unread: tuple[frozenset[str], CheckpointError] | None = None
 
     # -- records ---------------------------------------------------------------------------
 
-    def _seal(self, record: msgspec.Struct) -> bytes:
-        return encode_record(record, self._shared.envelope)
-
     def _writer_for_run(self) -> StateWriter:
         if self._writer is None:
-            # Known blobs are remembered per run, not per process: a blob that gc removed
-            # meanwhile is found missing (one exists() per large value per run) and written.
-            self._writer = StateWriter(self._shared.envelope, self._shared.blobs, set())
+            self._writer = StateWriter(
+                self._shared.envelope,
+                self._shared.blobs,
+                request_id=self.request_id,
+                mark_ttl=self.workflow.ttl,
+            )
         return self._writer
 
     def _head(
@@ -185,18 +210,76 @@ class RunRecorder(Hook):
             failed_step=failed_step,
             high_seq=max(self.seq, at.last_seq),
             recoveries=self.recoveries,
+            incarnation=self.incarnation,
+            layout=LAYOUT,
+            key_id=self._shared.envelope.key_id,
         )
 
     async def _save(
         self, targets: Sequence[Datasource], entries: Sequence[Entry], step: str | None, what: str
     ) -> None:
-        await save_everywhere(
-            targets, entries, request_id=self.request_id, lease=self.lease, step=step, what=what
-        )
+        try:
+            await save_everywhere(
+                targets,
+                entries,
+                request_id=self.request_id,
+                lease=self.lease,
+                step=step,
+                what=what,
+            )
+        except CheckpointError as exc:
+            self.unreachable.update(exc.unreachable)
+            raise
 
-    async def _save_head(self, head: HeadRecord, step: str | None, what: str) -> None:
-        entry = (head_key(self.request_id), self._seal(head), self.workflow.ttl)
-        await self._save(self.targets, [entry], step, what)
+    def _head_entry(self, head: HeadRecord) -> Entry:
+        key = head_key(self.request_id)
+        return (key, encode_record(head, self._shared.envelope, bind=key), self.workflow.ttl)
+
+    async def _save_head(
+        self, head: HeadRecord, step: str | None, what: str, *, bounded: bool = False
+    ) -> None:
+        """Save ``head`` on every target. ``bounded`` (the failure path): a target that could
+        not be reached during this attempt is tried once more for at most
+        :data:`RETRY_BOUND` seconds -- a transient outage still gets the status, a frozen
+        server costs the run one ``TIMEOUT`` (already spent) plus that bound, not another."""
+        entries = [self._head_entry(head)]
+        if not bounded:
+            await self._save(self.targets, entries, step, what)
+            return
+        down = [ds for ds in self.targets if ds.name in self.unreachable]
+        up = [ds for ds in self.targets if ds.name not in self.unreachable]
+        errors: list[CheckpointError] = []
+
+        if self.retry_deadline is None:
+            self.retry_deadline = anyio.current_time() + RETRY_BOUND
+        deadline = self.retry_deadline
+
+        async def retry() -> None:
+            with anyio.CancelScope(deadline=deadline) as scope:
+                try:
+                    await self._save(down, entries, step, what)
+                except CheckpointError as exc:
+                    errors.append(exc)
+            if scope.cancelled_caught:
+                names = ", ".join(repr(ds.name) for ds in down)
+                log.warning(
+                    "run %s: %s not recorded on %s: still unreachable after %.1f s",
+                    self.request_id,
+                    what,
+                    names,
+                    RETRY_BOUND,
+                )
+
+        async with anyio.create_task_group() as tg:
+            if down:
+                tg.start_soon(retry)
+            if up:
+                try:
+                    await self._save(up, entries, step, what)
+                except CheckpointError as exc:
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
 
     # -- hook events -----------------------------------------------------------------------
 
@@ -205,8 +288,22 @@ class RunRecorder(Hook):
             return
         wf = self.workflow
         ttl = wf.ttl
+        envelope = self._shared.envelope
+        dkey = definition_key(wf.definition_hash)
+        definition = (
+            dkey,
+            encode_record(
+                DefinitionRecord(
+                    definition_hash=wf.definition_hash, document=wf.document, source=wf.source
+                ),
+                envelope,
+                bind=dkey,
+            ),
+            ttl,
+        )
         entries: list[Entry] = []
         if not self.resumed:
+            rkey = run_key(self.request_id, self.incarnation)
             record = RunRecord(
                 request_id=self.request_id,
                 workflow=wf.name,
@@ -215,25 +312,21 @@ class RunRecorder(Hook):
                 inputs=dict(self.inputs),
                 started_at=self.started_at,
                 source=wf.source,
+                incarnation=self.incarnation,
             )
-            entries.append((run_key(self.request_id), self._seal(record), ttl))
-        written = self._shared.definitions_written
-        todo = [ds for ds in self.targets if (ds.name, wf.definition_hash) not in written]
-        if todo:
-            definition = DefinitionRecord(
-                definition_hash=wf.definition_hash, document=wf.document, source=wf.source
-            )
-            # The definition goes first: a head must never point at a missing definition.
-            await self._save(
-                todo,
-                [(definition_key(wf.definition_hash), self._seal(definition), ttl)],
-                None,
-                "the workflow definition",
-            )
-            if ttl is None:
-                written.update((ds.name, wf.definition_hash) for ds in todo)
-        entries.append((head_key(self.request_id), self._seal(self._head("running")), ttl))
-        await self._save(self.targets, entries, None, "the run's start")
+            entries.append((rkey, encode_record(record, envelope, bind=rkey), ttl))
+        entries.append(self._head_entry(self._head("running")))
+        # The definition goes first: a head must never point at a missing definition. In
+        # one batch where batches are atomic; a separate save before it elsewhere.
+        atomic = [ds for ds in self.targets if ds.capabilities.atomic_batch]
+        loose = [ds for ds in self.targets if not ds.capabilities.atomic_batch]
+        if loose:
+            await self._save(loose, [definition], None, "the workflow definition")
+        async with anyio.create_task_group() as tg:
+            if atomic:
+                tg.start_soon(self._save, atomic, [definition, *entries], None, "the run's start")
+            if loose:
+                tg.start_soon(self._save, loose, entries, None, "the run's start")
         if self.edited and self.position.last_step is not None:
             # vars were edited before this attempt (resume --set): store the edit as a new
             # version of the checkpoint it started from, so it survives a failure.
@@ -270,7 +363,7 @@ class RunRecorder(Hook):
         )
         key = render_key(pub.key, scope)
         value = self._shared.envelope.seal(
-            Kind.VALUE, dumps_value(event.output, path=f"vars.{event.step.name}")
+            Kind.VALUE, dumps_value(event.output, path=f"vars.{event.step.name}"), bind=key
         )
         await self._save(
             [self._shared.datasources[pub.target]],
@@ -290,11 +383,16 @@ class RunRecorder(Hook):
             raise pending.error
 
     async def _write_behind(
-        self, step: str, blobs: list[Entry], entries: list[Entry], pending: _Pending
+        self,
+        step: str,
+        blobs: list[Entry],
+        entries: list[Entry],
+        pending: _Pending,
+        unread: tuple[frozenset[str], CheckpointError] | None,
     ) -> None:
         try:
             with anyio.CancelScope(shield=True):  # a started save is finished, not torn
-                await self._store(step, blobs, entries)
+                await self._store(step, blobs, entries, unread)
         except BaseException as exc:
             pending.error = exc
             # The run stands on the last checkpoint that was stored, not on this one.
@@ -306,9 +404,16 @@ class RunRecorder(Hook):
         finally:
             pending.done.set()
 
-    async def _store(self, step: str, blobs: list[Entry], entries: list[Entry]) -> None:
+    async def _store(
+        self,
+        step: str,
+        blobs: list[Entry],
+        entries: list[Entry],
+        unread: tuple[frozenset[str], CheckpointError] | None = None,
+    ) -> None:
         """Large values first (a checkpoint never refers to a missing blob), then the
-        checkpoint and head on every target."""
+        checkpoint and head on every target; ``unread``: targets that already failed this
+        step (and the error to raise for them once the others have the checkpoint)."""
         writer = self._writer_for_run()
         try:
             blob_ds = self._shared.blobs.datasource
@@ -316,10 +421,72 @@ class RunRecorder(Hook):
                 await self._save([blob_ds], blobs, step, "large values")
                 for blob, _, _ in blobs:
                     writer.blob_written(blob)
-            await self._save(self.targets, entries, step, "the checkpoint")
+            if unread is None:
+                await self._save(self.targets, entries, step, "the checkpoint")
+                return
+            skip, error = unread
+            rest = [ds for ds in self.targets if ds.name not in skip]
+            if rest:
+                await self._save(rest, entries, step, "the checkpoint")
+            raise error
         except BaseException:
             writer.forget()
             raise
+
+    async def _may_write_alias(self, alias: str, step: str) -> bool:
+        """Whether this run may write its alias ``alias``: the first run that wrote an alias
+        owns it, and a key that holds anything but this run's alias (another run's alias,
+        data written by someone else) is never replaced. Checked once per alias and
+        attempt; the checkpoint itself is stored under the run's own key either way."""
+        known = self._aliases.get(alias)
+        if known is not None:
+            return known
+        owner = alias_owner(self.request_id)
+        found = dict.fromkeys((ds.name for ds in self.targets), b"")
+
+        failed: list[tuple[Datasource, DatasourceError]] = []
+
+        async def read(ds: Datasource) -> None:
+            try:
+                found[ds.name] = await ds.load(alias) or b""
+            except DatasourceError as exc:
+                failed.append((ds, exc))
+
+        async with anyio.create_task_group() as tg:
+            for ds in self.targets:
+                tg.start_soon(read, ds)
+        if failed:
+            # The checkpoint cannot be stored there either: it goes to the other targets,
+            # and the step fails now for this one rather than one TIMEOUT later.
+            ds, exc = failed[0]
+            down = tuple(d.name for d, e in failed if isinstance(e, DatasourceUnavailable))
+            self.unreachable.update(down)
+            error = CheckpointError(
+                f"saving the checkpoint to datasource {ds.name!r} failed (key {alias!r}): {exc}",
+                request_id=self.request_id,
+                step=step,
+                datasource=ds.name,
+                key=alias,
+                unreachable=down,
+            )
+            error.__cause__ = exc
+            self._unread = (frozenset(d.name for d, _ in failed), error)
+            return False  # not cached: the next step checks again
+        taken = {name: raw for name, raw in found.items() if raw and not raw.startswith(owner)}
+        if taken:
+            name, raw = next(iter(taken.items()))
+            holder = alias_holder(raw)
+            log.warning(
+                "run %s: key %r (step %s under the key pattern) already holds %s on %r; it is "
+                "left as it is, and the step's checkpoint is stored under the run's own key",
+                self.request_id,
+                alias,
+                step,
+                f"an alias of run {holder!r}" if holder else "data blokrun did not write",
+                name,
+            )
+        self._aliases[alias] = not taken
+        return not taken
 
     async def _checkpoint(
         self,
@@ -342,7 +509,8 @@ class RunRecorder(Hook):
             await self.flush()
         wf = self.workflow
         seq = self.seq + 1
-        key = checkpoint_key(wf, self.request_id, self.started_at, step.name, self.attempt, vars)
+        key = checkpoint_key(self.request_id, self.incarnation, seq)
+        alias = alias_key(wf, self.request_id, self.started_at, step.name, vars)
         writer = self._writer_for_run()
         try:
             state = await writer.encode(vars, seq, key)
@@ -362,6 +530,7 @@ class RunRecorder(Hook):
             time=time.time(),
             duration=duration,
             attempt=self.attempt,
+            incarnation=self.incarnation,
             attempts=attempts,
             snapshot=state.snapshot,
             removed=state.removed,
@@ -369,24 +538,36 @@ class RunRecorder(Hook):
             chain=state.chain,
             key=key,
             refs=state.refs,
+            alias=alias,
             envelope=self._shared.envelope,
         )
         at = Position(seq, seq, step.name, key)
         head = self._head("completed" if last else "running", at=at)
         blobs: list[Entry] = [(k, v, None) for k, v in state.blobs]
-        entries: list[Entry] = [
-            (key, record, step.ttl),
-            (head_key(self.request_id), self._seal(head), wf.ttl),
-        ]
+        pointer = AliasRecord(
+            request_id=self.request_id,
+            incarnation=self.incarnation,
+            seq=seq,
+            step=step.name,
+            key=key,
+        )
+        entries: list[Entry] = [(key, record, step.ttl), self._head_entry(head)]
+        self._unread = None
+        if await self._may_write_alias(alias, step.name):
+            entries.append(
+                (alias, encode_alias(pointer, self._shared.envelope, key=alias), step.ttl)
+            )
         before = self.position
         if behind and self.background is not None:
             pending = _Pending(
                 Position(self.seq, before.last_seq, before.last_step, before.last_key)
             )
             self._pending = pending
-            self.background.start_soon(self._write_behind, step.name, blobs, entries, pending)
+            self.background.start_soon(
+                self._write_behind, step.name, blobs, entries, pending, self._unread
+            )
         else:
-            await self._store(step.name, blobs, entries)
+            await self._store(step.name, blobs, entries, self._unread)
         self.seq = seq
         self.position = at
         if last:
@@ -395,13 +576,43 @@ class RunRecorder(Hook):
     async def on_run_end(self, event: RunEnded) -> None:
         if not self.targets or (self.lease is not None and self.lease.lost):
             return  # another process owns the run now: its status is theirs to write
-        error = event.error
+        error: BaseException | None = event.error
         status = event.status
-        final: CheckpointError | None = None
+        final = await self._last_save(event)
+        if final is not None:
+            if status in ("completed", "suspended"):
+                # The run did not complete (or suspend) after all: record it as failed on
+                # the checkpoint it stands on, then report the save's error.
+                error, status = final, "failed"
+            else:
+                log.warning(
+                    "run %s: its last checkpoint was not stored: %s", self.request_id, final
+                )
+                final = None
+        if status == "completed":
+            if not self._head_completed:  # else the last checkpoint marked it completed
+                await self._save_head(self._head("completed"), None, "the run's completion")
+        elif status == "suspended":
+            suspension = event.suspension
+            assert suspension is not None
+            head = msgspec.structs.replace(
+                self._head("suspended"),
+                waiting_step=suspension.step,
+                token_hash=suspension.token_hash,
+            )
+            await self._save_head(head, suspension.step, "the run's suspension")
+        else:
+            await self._record_failure(status, error)
+        if final is not None:
+            raise final
+
+    async def _last_save(self, event: RunEnded) -> CheckpointError | None:
+        """Land what the attempt still owes: the write-behind save in flight, or durability
+        "exit"'s one checkpoint. Its error, if it failed."""
         try:
             await self.flush()  # write-behind: the last save lands before the run ends
             deferred, self._deferred = self._deferred, None
-            if deferred is not None:  # durability "exit": the one checkpoint of this attempt
+            if deferred is not None:
                 with anyio.CancelScope(shield=True):
                     await self._checkpoint(
                         deferred.step,
@@ -412,38 +623,22 @@ class RunRecorder(Hook):
                         last=deferred.last,
                     )
         except CheckpointError as exc:
-            if status in ("completed", "suspended"):
-                # The run did not complete (or suspend) after all: record it as failed on
-                # the checkpoint it stands on, then report the save's error.
-                final = exc
-                error, status = exc, "failed"
-            else:
-                log.warning("run %s: its last checkpoint was not stored: %s", self.request_id, exc)
-        if status == "completed":
-            if not self._head_completed:  # else the last checkpoint marked it completed
-                await self._save_head(self._head("completed"), None, "the run's completion")
-            return
-        if status == "suspended":
-            suspension = event.suspension
-            assert suspension is not None
-            head = msgspec.structs.replace(
-                self._head("suspended"),
-                waiting_step=suspension.step,
-                token_hash=suspension.token_hash,
-            )
-            await self._save_head(head, suspension.step, "the run's suspension")
-            return
+            return exc
+        return None
+
+    async def _record_failure(self, status: RunStatus, error: BaseException | None) -> None:
+        """The head of a failed or cancelled attempt, within the failure path's bound."""
         if status == "cancelled":
             message = "cancelled (SIGINT, SIGTERM or the caller) while the step ran"
         else:
             message = getattr(error, "detail", None) or str(error) or type(error).__name__
         failed_step = getattr(error, "step", None)
         head = self._head(status, error=message[:2000], failed_step=failed_step)
+        if isinstance(error, CheckpointError):
+            self.unreachable.update(error.unreachable)
         try:
             with anyio.CancelScope(shield=True):
-                await self._save_head(head, None, "the run's failure status")
+                await self._save_head(head, None, "the run's failure status", bounded=True)
         except CheckpointError as exc:
             # The checkpoints are intact; only the status could not be recorded.
             log.warning("could not record the failure of run %s: %s", self.request_id, exc)
-        if final is not None:
-            raise final

@@ -1,19 +1,23 @@
-"""What a run stores, and under which keys.
+"""What a run stores: the record structs, sealed in the envelope and bound to their keys.
 
-Per run, on every checkpoint target:
+Per run, on every checkpoint target (the keys are made in :mod:`blokrun.persistence.keys`):
 
-* ``<keyPattern>`` (default ``<request_id>-<step>``): a :class:`CheckpointRecord` after each
-  checkpointed step -- the vars as they were after that step, the steps done so far and a
-  sequence number that grows across the whole life of the run (resumes included).
-* ``_blokrun.head.<request_id>``: the :class:`HeadRecord` -- status and latest sequence, so
-  finding a run's latest checkpoint is one read. It is written in the same batch as each
-  checkpoint (one round trip on drivers with native batches), after it.
-* ``_blokrun.run.<request_id>``: the :class:`RunRecord` written once at start: inputs,
-  start time, workflow identity.
-* ``_blokrun.def.<sha256>``: the workflow definition, content-addressed, so ``blokrun
+* a :class:`CheckpointRecord` after each checkpointed step, under
+  ``_blokrun.ckpt.<request id>/<incarnation>/<seq>`` -- the vars as they were after that
+  step (a snapshot, or a delta on a chain), the steps done so far and a sequence number that
+  grows across the whole life of the incarnation (resumes included);
+* an :class:`AliasRecord` under the key pattern (default ``<request id>-<step>``): a
+  pointer to the step's latest checkpoint, owned by the first run that wrote it;
+* the :class:`HeadRecord` (``_blokrun.head.<request id>``): status, incarnation and latest
+  sequence, written in the same batch as each checkpoint, after it;
+* the :class:`RunRecord` (``_blokrun.run.<request id>/<incarnation>``) written at start:
+  inputs, start time, workflow identity;
+* the :class:`DefinitionRecord` (``_blokrun.def.<sha256>``), content-addressed, so ``blokrun
   resume ID`` needs no file.
 
-The keys themselves are made in :mod:`blokrun.persistence.keys`.
+Every record is sealed for the key it is stored under (``bind``): one found under another
+key -- another run's, another sequence number's -- does not open. The fields that say whose
+record it is (request id, incarnation, sequence) are checked against the key on top.
 """
 
 from __future__ import annotations
@@ -39,17 +43,29 @@ if TYPE_CHECKING:
 DEFAULT_ENVELOPE = Envelope(compression="zstd" if zstd_available() else "zlib")
 
 __all__ = [
+    "ALIAS_MAGIC",
+    "LAYOUT",
+    "AliasRecord",
     "CheckpointRecord",
     "DefinitionRecord",
     "HeadRecord",
     "RunRecord",
     "RunStatus",
     "decode_record",
+    "alias_holder",
+    "alias_owner",
+    "decode_alias",
+    "encode_alias",
     "encode_checkpoint",
     "encode_record",
     "new_request_id",
     "validate_request_id",
 ]
+
+#: The store layout this blokrun writes (heads say theirs; older ones are refused).
+LAYOUT = 2
+#: What an alias value starts with, before its owner and the sealed record.
+ALIAS_MAGIC = b"\xb1BKA"
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~:-]{0,199}$")
 
@@ -86,6 +102,7 @@ class CheckpointRecord(msgspec.Struct, frozen=True, kw_only=True):
     time: float
     duration: float
     attempt: int = 1
+    incarnation: int = 1
     attempts: int = 1  # tries of this step (retries), within this run attempt
     snapshot: bool = True  # vars holds every top-level var; else only those that changed
     removed: list[str] = msgspec.field(default_factory=list)  # delta: vars deleted since
@@ -93,6 +110,17 @@ class CheckpointRecord(msgspec.Struct, frozen=True, kw_only=True):
     chain: list[str] = msgspec.field(default_factory=list)  # keys: snapshot, then deltas
     key: str = ""  # where this record is stored
     refs: list[str] = msgspec.field(default_factory=list)  # vars stored by reference
+    alias: str | None = None  # the step's key under the key pattern
+
+
+class AliasRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A key-pattern key (``<request id>-<step>``): which checkpoint it names."""
+
+    request_id: str
+    incarnation: int
+    seq: int
+    step: str
+    key: str  # the checkpoint record's key
 
 
 class HeadRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -113,6 +141,9 @@ class HeadRecord(msgspec.Struct, frozen=True, kw_only=True):
     recoveries: int = 0  # resumes after a failure, cancellation or crash (dead-letter count)
     waiting_step: str | None = None  # suspended: the await-input step
     token_hash: str | None = None  # suspended: sha256 of "<id>:<step>:<token>"
+    incarnation: int = 1  # a restart (run --restart) starts a new one
+    layout: int = 1  # the store layout that wrote it (1: before incarnations; refused)
+    key_id: str | None = None  # the encryption key the run is sealed with (never downgraded)
 
 
 class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,6 +154,7 @@ class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
     inputs: dict[str, Any]
     started_at: float
     source: str | None = None
+    incarnation: int = 1
 
 
 class DefinitionRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -139,15 +171,57 @@ _KINDS: dict[type[msgspec.Struct], Kind] = {
     HeadRecord: Kind.HEAD,
     RunRecord: Kind.RUN,
     DefinitionRecord: Kind.DEFINITION,
+    AliasRecord: Kind.ALIAS,
 }
 _TYPES = {kind: cls for cls, kind in _KINDS.items()}
 
 
-def encode_record(record: msgspec.Struct, envelope: Envelope = DEFAULT_ENVELOPE) -> bytes:
+def encode_record(
+    record: msgspec.Struct, envelope: Envelope = DEFAULT_ENVELOPE, *, bind: str
+) -> bytes:
+    """``record`` sealed for the key ``bind`` it will be stored under."""
     kind = _KINDS[type(record)]
-    if isinstance(record, HeadRecord):  # no user data inside: plain JSON, nothing to check
-        return envelope.seal(kind, orjson.dumps(msgspec.structs.asdict(record)))
-    return envelope.seal(kind, dumps_value(msgspec.structs.asdict(record)))
+    if isinstance(record, HeadRecord | AliasRecord):  # no user data: plain JSON
+        return envelope.seal(kind, orjson.dumps(msgspec.structs.asdict(record)), bind=bind)
+    return envelope.seal(kind, dumps_value(msgspec.structs.asdict(record)), bind=bind)
+
+
+def alias_owner(request_id: str) -> bytes:
+    """The bytes every alias value of run ``request_id`` starts with (its owner)."""
+    return ALIAS_MAGIC + request_id.encode() + b"\x00"
+
+
+def alias_holder(raw: bytes) -> str | None:
+    """The request id an alias value names as its owner; ``None`` if ``raw`` is no alias."""
+    if not raw.startswith(ALIAS_MAGIC):
+        return None
+    owner, sep, _ = raw[len(ALIAS_MAGIC) :].partition(b"\x00")
+    return owner.decode("utf-8", "replace") if sep else None
+
+
+def encode_alias(record: AliasRecord, envelope: Envelope, *, key: str) -> bytes:
+    """The value stored under alias ``key``: its owner in clear (so a store can refuse to
+    let another run replace it without reading the record), then the sealed record."""
+    return alias_owner(record.request_id) + encode_record(record, envelope, bind=key)
+
+
+def decode_alias(
+    raw: bytes, *, datasource: str | None, key: str, envelope: Envelope
+) -> AliasRecord | None:
+    """The alias stored under ``key``, or ``None`` when the value is not an alias."""
+    if not raw.startswith(ALIAS_MAGIC):
+        return None
+    owner, sep, sealed = raw[len(ALIAS_MAGIC) :].partition(b"\x00")
+    if not sep:
+        raise RecordError("alias value without an owner", datasource=datasource, key=key)
+    record = decode_record(
+        sealed, AliasRecord, datasource=datasource, key=key, envelope=envelope, bind=key
+    )
+    if record.request_id.encode() != owner:
+        raise RecordError(
+            "the alias's owner does not match its record", datasource=datasource, key=key
+        )
+    return record
 
 
 def encode_checkpoint(
@@ -164,6 +238,7 @@ def encode_checkpoint(
     time: float,
     duration: float,
     attempt: int,
+    incarnation: int = 1,
     attempts: int = 1,
     snapshot: bool = True,
     removed: Sequence[str] = (),
@@ -171,9 +246,11 @@ def encode_checkpoint(
     chain: Sequence[str] = (),
     key: str = "",
     refs: Sequence[str] = (),
+    alias: str | None = None,
     envelope: Envelope = DEFAULT_ENVELOPE,
 ) -> bytes:
-    """The hot path: a checkpoint record without building a Struct first.
+    """The hot path: a checkpoint record without building a Struct first, sealed for its
+    ``key``.
 
     ``vars`` values may be ``orjson.Fragment`` (already serialised by the state writer);
     plain values are checked here.
@@ -202,6 +279,7 @@ def encode_checkpoint(
             "time": time,
             "duration": duration,
             "attempt": attempt,
+            "incarnation": incarnation,
             "attempts": attempts,
             "snapshot": snapshot,
             "removed": list(removed),
@@ -209,9 +287,10 @@ def encode_checkpoint(
             "chain": list(chain),
             "key": key,
             "refs": list(refs),
+            "alias": alias,
         }
     )
-    return envelope.seal(Kind.CHECKPOINT, payload)
+    return envelope.seal(Kind.CHECKPOINT, payload, bind=key)
 
 
 def decode_record(
@@ -221,9 +300,11 @@ def decode_record(
     datasource: str | None = None,
     key: str | None = None,
     envelope: Envelope = DEFAULT_ENVELOPE,
+    bind: str,
 ) -> T:
-    """Decode and validate a stored record of type ``expected``."""
-    kind, payload = envelope.open(raw, datasource=datasource, key=key)
+    """Decode and validate a stored record of type ``expected``, sealed for ``bind`` (the
+    key it was read from)."""
+    kind, payload = envelope.open(raw, datasource=datasource, key=key, bind=bind)
     if _TYPES.get(kind) is not expected:
         raise RecordError(
             f"expected a {expected.__name__}, found a {kind.name.lower()} record",

@@ -22,6 +22,12 @@ A top-level value whose serialised form is at least ``blob_threshold`` bytes goe
 blob datasource is configured, to ``_blokrun.blob.<sha256>`` there -- content-addressed, so
 a value that did not change is never written again, by later steps or later runs -- and the
 record holds ``{"$blokrun": "ref", "v": {"ds": ..., "key": ..., "sha256": ..., "size": ...}}``.
+
+Before a run first refers to a blob (found there, or about to be written) it writes a mark
+``_blokrun.blobref.<request id>/<sha256>`` on the blob datasource. The mark comes *before*
+the existence check, which is what lets garbage collection delete a blob without a race
+(see :mod:`blokrun.lifecycle.gc`): a collector that deleted the blob and then finds no mark
+saw it before this run looked, so this run found it missing and writes it again.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import orjson
 
 from blokrun.errors import DatasourceError, ResumeError
 from blokrun.persistence.codec import Kind, dumps_value, loads_value
-from blokrun.persistence.keys import blob_key
+from blokrun.persistence.keys import blob_key, blobref_key
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -84,20 +90,36 @@ class Encoded:
 class StateWriter:
     """Decides, per checkpoint, between a snapshot and a delta; one per run and process."""
 
-    __slots__ = ("_blobs", "_chain", "_envelope", "_known_blobs", "max_chain", "small")
+    __slots__ = (
+        "_blobs",
+        "_chain",
+        "_envelope",
+        "_known_blobs",
+        "_mark_ttl",
+        "_marked",
+        "_request_id",
+        "max_chain",
+        "small",
+    )
 
     def __init__(
         self,
         envelope: Envelope,
         blobs: BlobPolicy,
-        known_blobs: set[tuple[str, str]],
         *,
+        request_id: str,
+        mark_ttl: float | None = None,
         small: int = 16 * 1024,
         max_chain: int = 128,
     ) -> None:
         self._envelope = envelope
         self._blobs = blobs
-        self._known_blobs = known_blobs
+        self._request_id = request_id
+        self._mark_ttl = mark_ttl
+        # Known blobs are remembered per run, not per process: a blob that gc removed
+        # meanwhile is found missing (one exists() per large value per run) and written.
+        self._known_blobs: set[tuple[str, str]] = set()
+        self._marked: set[str] = set()
         self._chain: Chain | None = None
         self.small = small
         self.max_chain = max_chain
@@ -113,11 +135,14 @@ class StateWriter:
         digest = hashlib.sha256(data).hexdigest()
         key = blob_key(digest)
         ds = policy.datasource
+        if digest not in self._marked:  # the mark first, then the check (see the module)
+            await ds.save(blobref_key(self._request_id, digest), b"\x01", self._mark_ttl)
+            self._marked.add(digest)
         if (ds.name, digest) not in self._known_blobs:
             if await ds.exists(key):
                 self._known_blobs.add((ds.name, digest))
             else:
-                out_blobs.append((key, self._envelope.seal(Kind.VALUE, data)))
+                out_blobs.append((key, self._envelope.seal(Kind.VALUE, data, bind=key)))
         ref = {
             "$blokrun": _REF,
             "v": {"ds": ds.name, "key": key, "sha256": digest, "size": len(data)},
@@ -249,7 +274,7 @@ async def resolve_blobs(
                 f"{ds_name!r}, which is missing; it cannot be restored",
                 request_id=request_id,
             )
-        _, payload = envelope.open(raw, datasource=ds_name, key=key)
+        _, payload = envelope.open(raw, datasource=ds_name, key=key, bind=key)
         if hashlib.sha256(payload).hexdigest() != ref.get("sha256"):
             raise ResumeError(
                 f"blob {key!r} for vars.{name} on {ds_name!r} does not match its digest",

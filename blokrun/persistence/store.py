@@ -12,8 +12,11 @@ garbage (:mod:`blokrun.lifecycle`) read through it too. It runs nothing: the
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -22,27 +25,62 @@ import msgspec
 from blokrun.errors import BlokrunError, DatasourceError, ResumeError
 from blokrun.persistence.fanout import save_everywhere
 from blokrun.persistence.history import History
-from blokrun.persistence.keys import head_key
+from blokrun.persistence.keys import CHECKPOINT_PREFIX, RUN_PREFIX, head_key
 from blokrun.persistence.leases import Lease, acquire
 from blokrun.persistence.locate import Locator
 from blokrun.persistence.planner import Planner
 from blokrun.persistence.reader import DatasourceReads
 from blokrun.persistence.recorder import Position, RecorderContext, RunRecorder
-from blokrun.persistence.records import encode_record
+from blokrun.persistence.records import LAYOUT, HeadRecord, encode_record
 from blokrun.spec.loader import definition_hash
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
-    from blokrun.datasources import Datasource
+    from blokrun.datasources import Datasource, Entry
     from blokrun.persistence.envelope import Envelope
     from blokrun.persistence.planner import Prepared
-    from blokrun.persistence.records import DefinitionRecord, HeadRecord
+    from blokrun.persistence.records import DefinitionRecord
     from blokrun.persistence.state import BlobPolicy
     from blokrun.spec.loader import Workflow
     from blokrun.types import Durability
 
-__all__ = ["RunStore"]
+__all__ = ["Repair", "RunStore"]
+
+log = logging.getLogger("blokrun.persistence")
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    """What :meth:`RunStore.repair` found and did. ``seq`` is the latest checkpoint that
+    verifies (on ``best``); ``claimed`` the latest any head says was stored: when it is
+    higher, checkpoints were lost or damaged on every target and cannot be repaired."""
+
+    request_id: str
+    best: str
+    seq: int
+    claimed: int
+    disagreement: dict[str, str]
+    repaired: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def _what(request_id: str, entries: Sequence[Entry]) -> str:
+    """``head, run record, 2 checkpoint(s), definition``: what a repair wrote."""
+    kinds = {"head": 0, "run record": 0, "checkpoint(s)": 0, "definition": 0}
+    for key, _, _ in entries:
+        if key == head_key(request_id):
+            kinds["head"] += 1
+        elif key.startswith(RUN_PREFIX):
+            kinds["run record"] += 1
+        elif key.startswith(CHECKPOINT_PREFIX):
+            kinds["checkpoint(s)"] += 1
+        else:
+            kinds["definition"] += 1
+    return ", ".join(
+        (f"{n} {kind}" if kind == "checkpoint(s)" else kind) for kind, n in kinds.items() if n
+    )
+
 
 #: Compiled stored definitions kept per store (a resume should not recompile 100 steps).
 _COMPILED_MAX = 256
@@ -80,8 +118,8 @@ class RunStore:
         self._recording = RecorderContext(datasources, envelope, blobs)
         self.locator = Locator(envelope)
         self.planner = Planner(self.locator, datasources, envelope, self.load_stored)
-        self.history = History(self.planner, datasources, envelope, self.load_stored)
-        self.reads = DatasourceReads(datasources, envelope)
+        self.history = History(self.planner, datasources, envelope)
+        self.reads = DatasourceReads(datasources, envelope, self.locator)
 
     @property
     def datasources(self) -> Mapping[str, Datasource]:
@@ -179,8 +217,8 @@ class RunStore:
             self._unreleased[request_id] = stale
         return await acquire(ds, request_id, self.lease_ttl)
 
-    async def release(self, lease: Lease) -> None:
-        if not await lease.release():
+    async def release(self, lease: Lease, *, deadline: float = math.inf) -> None:
+        if not await lease.release(deadline=deadline):
             self._unreleased[lease.request_id] = lease
 
     # -- reading -------------------------------------------------------------------------
@@ -188,6 +226,53 @@ class RunStore:
     async def head(self, request_id: str) -> HeadRecord | None:
         """The stored head record of a run, or ``None``."""
         return (await self.planner.locate(request_id, None)).head
+
+    # -- repairing -----------------------------------------------------------------------
+
+    async def write_repairs(
+        self,
+        request_id: str,
+        repairs: Sequence[tuple[Datasource, Sequence[Entry]]],
+        lease: Lease | None,
+    ) -> list[str]:
+        """Write back what lagging targets lack (under the run's lease, fenced where it
+        lives); one line per target repaired, also logged as a warning."""
+        done: list[str] = []
+        for ds, entries in repairs:
+            await save_everywhere(
+                [ds], entries, request_id=request_id, lease=lease, step=None, what="a repair"
+            )
+            line = f"repaired run {request_id} on {ds.name!r}: wrote {_what(request_id, entries)}"
+            log.warning("%s", line)
+            done.append(line)
+        return done
+
+    async def repair(self, request_id: str) -> Repair:
+        """Heal run ``request_id`` on demand (``blokrun repair ID``): under its lease, write
+        to every reachable target what it lacks of the most advanced verified state."""
+        found = await self.planner.locate(request_id, None)
+        stored = await self.locator.definition(found)
+        wf = self.load_stored(stored[0]) if stored is not None else None
+        lease = await self.acquire(request_id, wf) if wf is not None else None
+        try:
+            if lease is not None:  # read again under the lease: nobody moves it now
+                found = await self.planner.locate(request_id, wf)
+            repairs = await self.locator.repairs(
+                found, stored[1] if stored is not None else None, wf.ttl if wf else None
+            )
+            written = await self.write_repairs(request_id, repairs, lease)
+        finally:
+            if lease is not None:
+                await self.release(lease)
+        return Repair(
+            request_id=request_id,
+            best=found.datasource.name,
+            seq=found.seq,
+            claimed=found.claimed_seq(),
+            disagreement=dict(found.disagreement()),
+            repaired=tuple(written),
+            warnings=tuple(found.warnings),
+        )
 
     # -- writing -------------------------------------------------------------------------
 
@@ -201,8 +286,10 @@ class RunStore:
         durability: Durability,
         lease: Lease | None,
         prepared: Prepared | None = None,
+        incarnation: int = 1,
     ) -> RunRecorder:
-        """The hook that records an attempt: a new run's first, or a planned resume."""
+        """The hook that records an attempt: a new run's first (of ``incarnation``), or a
+        planned resume."""
         if prepared is None:
             return RunRecorder(
                 self._recording,
@@ -210,6 +297,7 @@ class RunStore:
                 workflow=workflow,
                 inputs=inputs,
                 started_at=started_at,
+                incarnation=incarnation,
                 attempt=1,
                 resumed=False,
                 recoveries=0,
@@ -223,6 +311,7 @@ class RunStore:
             workflow=workflow,
             inputs=inputs,
             started_at=started_at,
+            incarnation=prepared.incarnation,
             attempt=prepared.attempt,
             resumed=True,
             recoveries=prepared.recoveries,
@@ -230,6 +319,44 @@ class RunStore:
             durability=durability,
             lease=lease,
             edited=prepared.edited,
+        )
+
+    async def mark_unloadable(
+        self, request_id: str, document: Mapping[str, Any], reason: str
+    ) -> None:
+        """Record that run ``request_id`` was dead-lettered before it could start (its
+        workflow cannot be loaded): a head with status ``dead`` and ``reason``, on the
+        targets its document names that are configured (else the first datasource), unless
+        the run exists already."""
+        if await self.planner.find(request_id, None) is not None:
+            return
+        persistence = document.get("persistence")
+        named = persistence.get("targets") if isinstance(persistence, dict) else None
+        names = [n for n in named if n in self._datasources] if isinstance(named, list) else []
+        if not names:
+            names = [next(iter(self._datasources))]
+        now = time.time()
+        head = HeadRecord(
+            request_id=request_id,
+            workflow=str(document.get("name", "?")),
+            version=str(document.get("version", "")),
+            definition_hash=definition_hash(document),
+            status="dead",
+            started_at=now,
+            updated_at=now,
+            error=reason[:2000],
+            layout=LAYOUT,
+            key_id=self._envelope.key_id,
+        )
+        key = head_key(request_id)
+        entry = (key, encode_record(head, self._envelope, bind=key), None)
+        await save_everywhere(
+            [self._datasources[n] for n in names],
+            [entry],
+            request_id=request_id,
+            lease=None,
+            step=None,
+            what="the dead mark",
         )
 
     async def check_dead_letter(self, wf: Workflow, head: HeadRecord, lease: Lease | None) -> None:
@@ -242,7 +369,8 @@ class RunStore:
             dead = msgspec.structs.replace(head, status="dead", updated_at=time.time())
             targets = [self._datasources[n] for n in wf.targets if n in self._datasources]
             if targets:
-                entry = (head_key(head.request_id), encode_record(dead, self._envelope), wf.ttl)
+                key = head_key(head.request_id)
+                entry = (key, encode_record(dead, self._envelope, bind=key), wf.ttl)
                 await save_everywhere(
                     targets,
                     [entry],

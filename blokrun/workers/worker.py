@@ -23,6 +23,11 @@
 * A job whose run is busy elsewhere is handed back when the holder's lease would run out
   (at most a third of a claim), never in a tight loop; a queue outage is logged and the
   worker backs off (up to 5 s) instead of ending.
+* A job no worker can load -- its workflow refers to a module this worker cannot import,
+  its document is invalid here -- is a *poison* job, not an outage: it is handed back after
+  a growing pause (so another worker, maybe with the module, can try), and after
+  ``LOAD_ATTEMPTS`` deliveries it is dead-lettered with its cause (a head record with status
+  ``dead`` and the error, which ``wait`` reports) and acked.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from blokrun.errors import (
     RunBusy,
     RunError,
     RunNotFound,
+    WorkflowError,
 )
 from blokrun.persistence.leases import SLOT_PREFIX, Lease, acquire
 
@@ -58,6 +64,17 @@ if TYPE_CHECKING:
 __all__ = ["Worker", "WorkerStats"]
 
 log = logging.getLogger("blokrun.worker")
+
+#: Deliveries of a job that cannot be loaded before it is dead-lettered.
+LOAD_ATTEMPTS = 3
+
+
+class _Unloadable(Exception):
+    """The job's workflow cannot be loaded here (``cause``: the WorkflowError/ConfigError)."""
+
+    def __init__(self, cause: BlokrunError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 @dataclass
@@ -208,6 +225,8 @@ class Worker:
                 await self._stopping.wait()
         except LeaseLost:
             outcome, ack = "taken over", False
+        except _Unloadable as exc:
+            outcome, ack = await self._unloadable(claim, exc.cause)
         except ResumeError as exc:
             outcome = "dead" if "dead-lettered" in str(exc) else "refused"
             log.warning("run %s: %s", rid, exc)
@@ -265,10 +284,42 @@ class Worker:
             else:
                 self.stats.resumed += 1
                 return result.status
-        wf = self.runner.load(job.document, name=job.source)
+        try:
+            wf = self.runner.load(job.document, name=job.source)
+        except (WorkflowError, ConfigError) as exc:
+            raise _Unloadable(exc) from exc
         self.stats.started += 1
         result = await self.runner.run(wf, job.inputs, request_id=job.request_id)
         return result.status
+
+    async def _unloadable(self, claim: Claim, cause: BlokrunError) -> tuple[str, bool]:
+        """A job this worker cannot load: pause and hand it back, or after
+        ``LOAD_ATTEMPTS`` deliveries dead-letter it with its cause. (outcome, ack)."""
+        rid = claim.job.request_id
+        if claim.deliveries < LOAD_ATTEMPTS:
+            pause = min(0.5 * 2 ** (claim.deliveries - 1), self.claim_ttl / 3)
+            log.warning(
+                "run %s: cannot load its workflow here (delivery %d of %d; handed back in "
+                "%.1fs): %s",
+                rid,
+                claim.deliveries,
+                LOAD_ATTEMPTS,
+                pause,
+                cause,
+            )
+            with anyio.move_on_after(pause):
+                await self._stopping.wait()
+            return "unloadable", False
+        reason = (
+            f"dead-lettered after {claim.deliveries} deliveries: its workflow cannot be "
+            f"loaded by the workers: {cause}"
+        )
+        log.error("run %s: %s", rid, reason)
+        try:
+            await self.runner.store.mark_unloadable(rid, claim.job.document, reason)
+        except BlokrunError as exc:
+            log.warning("run %s: could not record why it was dead-lettered: %s", rid, exc)
+        return "dead", True
 
     async def _heartbeat(self) -> None:
         interval = max(self.claim_ttl / 3, 0.05)

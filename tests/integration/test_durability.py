@@ -12,8 +12,7 @@ from blokrun import CheckpointError, ConfigError, Runner, StepFailed, WorkflowEr
 from blokrun.config import DatasourceSettings, settings_from_env
 from blokrun.datasources import Datasource
 from blokrun.datasources.memory import MemoryStore
-from blokrun.persistence.keys import head_key
-from blokrun.persistence.records import CheckpointRecord, HeadRecord, decode_record
+from tests import records
 from tests.integration import wfnodes
 
 NODE = "tests.integration.wfnodes"
@@ -92,7 +91,7 @@ async def test_async_saves_overlap_the_next_step_and_all_land_before_run_returns
         assert ev.index("step s2") < ev.index("save g-s1 end")
         assert ev.index("save g-s1 end") < ev.index("save g-s2 start")
         assert ev.index("save g-s2 end") < ev.index("save g-s3 start")
-        head = decode_record(await store.load(head_key("g")) or b"", HeadRecord)
+        head = await records.head(runner.datasources["default"], "g")
         assert head.status == "completed" and head.step == "s3"  # flushed before returning
         resumed = await runner.resume("g")
         assert resumed.steps_run == ()
@@ -118,7 +117,7 @@ async def test_a_failed_write_behind_fails_the_run_at_the_next_step_boundary() -
         assert info.value.datasource == "default" and "disk full" in str(info.value)
         ran = [s for r, s in wfnodes.CALLS if r == "f"]
         assert ran in (["s1", "s2"], ["s1", "s2", "s3"])  # at most the one step after
-        head = decode_record(await store.load(head_key("f")) or b"", HeadRecord)
+        head = await records.head(runner.datasources["default"], "f")
         assert head.status == "failed" and head.step == "s1"  # stands on the last stored one
         store.fail_key = None
         wfnodes.CALLS.clear()
@@ -138,14 +137,14 @@ async def test_exit_stores_one_checkpoint_per_attempt_and_a_failure_keeps_the_la
             with pytest.raises(StepFailed):
                 await runner.run(_wf(5), {"total": 0}, request_id="x")
             assert [e for e in store.events if e.endswith("start")] == ["save x-s3 start"]
-            rec = decode_record(await store.load("x-s3") or b"", CheckpointRecord)
+            rec = await records.checkpoint(runner.datasources["default"], "x-s3")
             assert rec.done == ["s1", "s2", "s3"] and rec.vars["total"] == 6
             wfnodes.FAIL_AT.clear()
             wfnodes.CALLS.clear()
             resumed = await runner.resume("x")
             assert resumed.vars["total"] == 15
             assert [s for r, s in wfnodes.CALLS if r == "x"] == ["s4", "s5"]
-            assert [e for e in store.events if e.endswith("start")][-1] == "save x-s5~2 start"
+            assert [e for e in store.events if e.endswith("start")][-1] == "save x-s5 start"
     finally:
         wfnodes.FAIL_AT.clear()
 

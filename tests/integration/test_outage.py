@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import pytest
 
 from blokrun import CheckpointError, Runner, StepFailed
@@ -84,3 +85,56 @@ async def test_the_server_stops_mid_run_the_run_fails_fast_and_resumes_after_res
 
 def test_step_failures_are_not_checkpoint_errors() -> None:
     assert not issubclass(StepFailed, CheckpointError)
+
+
+@pytest.mark.parametrize("driver", ["redis", "postgresql"])
+async def test_a_failed_group_commit_blames_each_run_for_its_own_keys_only(
+    server_pool: ServerPool, driver: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server stops under 100 concurrent runs whose saves share round trips: each run's
+    error (and each 'could not record the failure' line) names that run's own keys."""
+    server = server_pool.get(driver)
+    n = 100
+    wf = {
+        "name": "blame",
+        "persistence": {"targets": ["db"]},
+        "steps": [
+            {"name": "s1", "node": f"{NODE}:add", "inputs": {"n": 1}},
+            {"name": "gate", "node": f"{NODE}:wait_gate"},
+            {"name": "s3", "node": f"{NODE}:add", "inputs": {"n": 3}},
+        ],
+    }
+    ids = [f"blame-{i:03d}" for i in range(n)]
+    errors: dict[str, BaseException] = {}
+    wfnodes.GATE.clear()
+    try:
+        async with Runner([server.settings("db", timeout=2.0)], lease_ttl=None) as runner:
+            assert runner.datasources["db"].group_commit is not None
+
+            async def one(rid: str) -> None:
+                try:
+                    await runner.run(wf, {"total": 0}, request_id=rid)
+                except CheckpointError as exc:
+                    errors[rid] = exc
+
+            async with anyio.create_task_group() as tg:
+                for rid in ids:
+                    tg.start_soon(one, rid)
+                with anyio.fail_after(30):
+                    await wfnodes.wait_for_gate_waiters(n)
+                server.stop()  # fast shutdown: every connection dies at once
+                wfnodes.GATE.set()
+    finally:
+        server.start()
+    assert set(errors) == set(ids)  # every run failed on the save of its gate step
+    for rid, exc in errors.items():
+        assert isinstance(exc, CheckpointError)
+        assert exc.request_id == rid
+        assert exc.key is not None
+        assert f".{rid}/" in exc.key or exc.key.endswith(f".{rid}") or exc.key.startswith(rid)
+        others = [o for o in ids if o != rid and o in str(exc)]
+        assert not others, f"{rid}'s error names {others}: {exc}"
+    for record in caplog.records:
+        message = record.getMessage()
+        named = [rid for rid in ids if rid in message]
+        assert len(named) <= 1, f"a log line names several runs: {message}"

@@ -28,8 +28,9 @@ from blokrun import (
 from blokrun.config import DatasourceSettings
 from blokrun.datasources import Capabilities, Datasource, build_datasource
 from blokrun.datasources.memory import MemoryStore
-from blokrun.persistence.keys import head_key
-from blokrun.persistence.records import CheckpointRecord, HeadRecord, decode_record
+from blokrun.persistence.keys import checkpoint_key, head_key
+from blokrun.persistence.records import CheckpointRecord, HeadRecord
+from tests import records
 from tests.integration import wfnodes
 
 NODE = "tests.integration.wfnodes"
@@ -63,9 +64,8 @@ def calls(rid: str) -> list[str]:
 
 
 async def load_ckpt(ds: Datasource, key: str) -> CheckpointRecord:
-    raw = await ds.load(key)
-    assert raw is not None, key
-    return decode_record(raw, CheckpointRecord)
+    """The checkpoint the step's key under the user's pattern points at."""
+    return await records.checkpoint(ds, key)
 
 
 # -- running -------------------------------------------------------------------------------------
@@ -190,10 +190,11 @@ async def test_a_checkpoint_is_written_after_every_step() -> None:
         assert rec.done == ["s1", "s2", "s3"][:seq]
         assert rec.vars["total"] == sum(range(1, seq + 1))
         assert rec.time > 0
-    head = decode_record(await ds.load(head_key("ck-1")) or b"", HeadRecord)
+    head = await records.head(ds, "ck-1")
     assert head.status == "completed"
     assert head.seq == 3
-    assert head.key == "ck-1-s3"
+    assert head.key == checkpoint_key("ck-1", 1, 3)
+    assert head.key == rec.key
     assert result.vars["total"] == 6
 
 
@@ -283,9 +284,9 @@ async def test_a_failed_save_fails_the_run_at_once_naming_datasource_and_key() -
             await runner.run(wf, request_id="sf-1")
     err = info.value
     assert err.datasource == "bad"
-    assert err.key == "sf-1-s2"
+    assert err.key == checkpoint_key("sf-1", 1, 2)  # the run's own checkpoint key
     assert err.step == "s2"
-    assert "'bad'" in str(err) and "sf-1-s2" in str(err) and "disk full" in str(err)
+    assert "'bad'" in str(err) and err.key in str(err) and "disk full" in str(err)
     assert calls("sf-1") == ["s1", "s2"]  # s3 never ran
 
 
@@ -438,7 +439,7 @@ async def test_resume_after_a_failure_skips_completed_steps() -> None:
 
 
 async def runner_head(ds: Datasource, rid: str) -> HeadRecord:
-    return decode_record(await ds.load(head_key(rid)) or b"", HeadRecord)
+    return await records.head(ds, rid)
 
 
 async def test_resume_of_a_run_that_failed_in_its_first_step_starts_from_its_inputs() -> None:
@@ -522,18 +523,16 @@ async def test_a_head_left_one_step_behind_by_a_crash_is_rolled_forward() -> Non
             await runner.run(linear(4), request_id="roll-1")
         # Put back the head as it was after s1: the crash hit between checkpoint s2 and its head.
         head = await runner_head(ds, "roll-1")
-        from blokrun.persistence.records import encode_record
-
         stale = HeadRecord(
             **{
                 **{f: getattr(head, f) for f in head.__struct_fields__},
                 "seq": 1,
                 "step": "s1",
-                "key": "roll-1-s1",
+                "key": checkpoint_key("roll-1", 1, 1),
                 "status": "running",
             }
         )
-        await ds.save(head_key("roll-1"), encode_record(stale))
+        await records.put_head(ds, stale)
         wfnodes.FAIL_AT.clear()
         result = await runner.resume("roll-1")
     assert calls("roll-1") == ["s1", "s2", "s3", "s3", "s4"]
@@ -546,9 +545,10 @@ async def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one() -> N
     async with Runner([ds]) as runner:
         with pytest.raises(StepFailed):
             await runner.run(linear(3), request_id="corrupt-1")
-        raw = bytearray(await ds.load("corrupt-1-s2") or b"")
+        key = (await records.checkpoint(ds, "corrupt-1-s2")).key
+        raw = bytearray(await ds.load(key) or b"")
         raw[-3] ^= 0xFF
-        await ds.save("corrupt-1-s2", bytes(raw))
+        await ds.save(key, bytes(raw))
         wfnodes.FAIL_AT.clear()
         result = await runner.resume("corrupt-1")
     assert calls("corrupt-1") == ["s1", "s2", "s3", "s2", "s3"]

@@ -156,3 +156,54 @@ async def hang_async(ctx: Any, inputs: dict[str, Any]) -> Any:
     ctx.vars["total"] = ctx.vars.get("total", 0) + 100
     _ledger(ctx, "end")
     return "survived"
+
+
+async def signal_pid(ctx: Any, inputs: dict[str, Any]) -> Any:
+    """Freeze the process ``pid`` (SIGSTOP): a datasource server that stops answering."""
+    import signal
+
+    _ledger(ctx)
+    os.kill(int(inputs["pid"]), signal.SIGSTOP)
+    return {"frozen": inputs["pid"]}
+
+
+class _Gate:
+    """Holds steps until the test opens it (one event per test; ``clear`` between)."""
+
+    def __init__(self) -> None:
+        self.waiters = 0
+        self._event: Any = None
+
+    def clear(self) -> None:
+        self.waiters = 0
+        self._event = None
+
+    def event(self) -> Any:
+        import anyio
+
+        if self._event is None:
+            self._event = anyio.Event()
+        return self._event
+
+    def set(self) -> None:
+        self.event().set()
+
+
+GATE = _Gate()
+
+
+async def wait_gate(ctx: Any, inputs: dict[str, Any]) -> None:
+    """Waits at the gate (``GATE``) until the test opens it (fails while in FAIL_AT)."""
+    _ledger(ctx)
+    if ctx.step in FAIL_AT:
+        raise RuntimeError(f"{ctx.step} failed on purpose")
+    GATE.waiters += 1
+    await GATE.event().wait()
+
+
+async def wait_for_gate_waiters(n: int) -> None:
+    """Until ``n`` steps wait at the gate (the caller bounds the wait)."""
+    import anyio
+
+    while GATE.waiters < n:  # noqa: ASYNC110 -- the counter is bumped by other tasks
+        await anyio.sleep(0.01)

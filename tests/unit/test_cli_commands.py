@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 #: Every command, in the order ``blokrun --help`` lists them, and its arguments.
 ARGUMENTS: dict[str, list[str]] = {
-    "run": ["file", "--input", "--input-file", "--request-id"],
+    "run": ["file", "--input", "--input-file", "--request-id", "--restart"],
     "resume": [
         "REQUEST_ID",
         "--workflow",
@@ -35,6 +35,7 @@ ARGUMENTS: dict[str, list[str]] = {
     "diff": ["REQUEST_ID", "A", "B", "--json"],
     "validate": ["file"],
     "runs": ["--status", "--workflow", "--since", "--limit", "--cursor", "--json"],
+    "repair": ["REQUEST_ID", "--json"],
     "gc": ["--completed-older-than", "--failed-older-than", "--dry-run", "--json"],
     "submit": ["file", "--input", "--input-file", "--request-id", "--priority"],
     "worker": ["--concurrency", "--workflow-limit", "--grace", "--max-runs"],

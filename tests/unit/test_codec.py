@@ -435,7 +435,7 @@ def test_newer_version_is_reported_before_checksum() -> None:
         decode(raw)
 
 
-@pytest.mark.parametrize("kind", [0, 6, 255])
+@pytest.mark.parametrize("kind", [0, 7, 255])
 def test_unknown_kind(kind: int) -> None:
     with pytest.raises(RecordError, match=f"unknown record kind {kind}") as info:
         decode(raw_record(b"{}", kind=kind), datasource="d", key="k")
@@ -447,12 +447,12 @@ def test_unknown_kind(kind: int) -> None:
 
 def test_foreign_blokrun_record() -> None:
     value = {"when": dt.datetime(2024, 1, 1, tzinfo=dt.UTC), "tags": {"a"}}
-    raw = encode(Kind.VALUE, dumps_value(value))
+    raw = encode(Kind.VALUE, dumps_value(value), bind="k")
     assert decode_foreign(raw, datasource="cache", key="k", envelope=DEFAULT_ENVELOPE) == value
 
 
 def test_foreign_corrupt_blokrun_record() -> None:
-    raw = bytearray(encode(Kind.VALUE, dumps_value({"a": 1})))
+    raw = bytearray(encode(Kind.VALUE, dumps_value({"a": 1}), bind="k"))
     raw[-2] ^= 0x10
     with pytest.raises(RecordError, match="checksum") as info:
         decode_foreign(bytes(raw), datasource="cache", key="k", envelope=DEFAULT_ENVELOPE)
@@ -462,7 +462,10 @@ def test_foreign_corrupt_blokrun_record() -> None:
 def test_foreign_blokrun_record_with_bad_payload() -> None:
     with pytest.raises(RecordError, match="payload is not valid JSON") as info:
         decode_foreign(
-            encode(Kind.VALUE, b'{"a":'), datasource="cache", key="k", envelope=DEFAULT_ENVELOPE
+            encode(Kind.VALUE, b'{"a":', bind="k"),
+            datasource="cache",
+            key="k",
+            envelope=DEFAULT_ENVELOPE,
         )
     assert "key 'k'" in str(info.value)
 
@@ -544,7 +547,7 @@ def test_records_round_trip() -> None:
         ),
     ]
     for record in records:
-        assert decode_record(encode_record(record), type(record)) == record
+        assert decode_record(encode_record(record, bind="k"), type(record), bind="k") == record
 
 
 def test_encode_checkpoint_matches_encode_record() -> None:
@@ -562,15 +565,22 @@ def test_encode_checkpoint_matches_encode_record() -> None:
         "duration": 0.25,
         "attempt": 2,
         "base": 4,
+        "key": "k",  # the record is sealed for the key it names
     }
     raw = encode_checkpoint(**fields)
-    assert raw == encode_record(CheckpointRecord(**fields))
-    assert decode_record(raw, CheckpointRecord).vars == {"x": {1, 2}}
+    assert raw == encode_record(CheckpointRecord(**fields), bind="k")
+    assert decode_record(raw, CheckpointRecord, bind="k").vars == {"x": {1, 2}}
 
 
 def test_decode_record_wrong_expected_type() -> None:
     with pytest.raises(RecordError) as info:
-        decode_record(encode_record(head()), CheckpointRecord, datasource="d", key="r1-load")
+        decode_record(
+            encode_record(head(), bind="r1-load"),
+            CheckpointRecord,
+            datasource="d",
+            key="r1-load",
+            bind="r1-load",
+        )
     message = str(info.value)
     assert "expected a CheckpointRecord, found a head record" in message
     assert "key 'r1-load'" in message
@@ -578,7 +588,7 @@ def test_decode_record_wrong_expected_type() -> None:
 
 def test_decode_record_of_a_value_record() -> None:
     with pytest.raises(RecordError, match="expected a HeadRecord, found a value record"):
-        decode_record(encode(Kind.VALUE, b"{}"), HeadRecord)
+        decode_record(encode(Kind.VALUE, b"{}", bind="k"), HeadRecord, bind="k")
 
 
 @pytest.mark.parametrize(
@@ -601,7 +611,13 @@ def test_decode_record_of_a_value_record() -> None:
 )
 def test_decode_record_invalid_payload(payload: bytes, names: str) -> None:
     with pytest.raises(RecordError) as info:
-        decode_record(encode(Kind.HEAD, payload), HeadRecord, datasource="d", key="_head.r1")
+        decode_record(
+            encode(Kind.HEAD, payload, bind="_head.r1"),
+            HeadRecord,
+            datasource="d",
+            key="_head.r1",
+            bind="_head.r1",
+        )
     message = str(info.value)
     assert "stored HeadRecord is invalid" in message
     assert names.lower() in message.lower()
@@ -614,7 +630,7 @@ def test_decode_record_bad_tag_value() -> None:
         b' "inputs": {"d": {"$blokrun": "date", "v": "not a date"}}, "started_at": 1}'
     )
     with pytest.raises(RecordError, match="stored RunRecord is invalid"):
-        decode_record(encode(Kind.RUN, payload), RunRecord)
+        decode_record(encode(Kind.RUN, payload, bind="k"), RunRecord, bind="k")
 
 
 @pytest.mark.parametrize(
@@ -626,14 +642,14 @@ def test_decode_record_malformed_tag_is_a_record_error(tag: bytes) -> None:
         b' "inputs": {"x": ' + tag + b'}, "started_at": 1}'
     )
     with pytest.raises(RecordError, match="stored RunRecord is invalid"):
-        decode_record(encode(Kind.RUN, payload), RunRecord)
+        decode_record(encode(Kind.RUN, payload, bind="k"), RunRecord, bind="k")
 
 
 def test_decode_record_corrupt() -> None:
-    raw = bytearray(encode_record(head()))
+    raw = bytearray(encode_record(head(), bind="k"))
     raw[12] ^= 0x01
     with pytest.raises(RecordError, match="checksum mismatch"):
-        decode_record(bytes(raw), HeadRecord)
+        decode_record(bytes(raw), HeadRecord, bind="k")
 
 
 # --------------------------------------------------------------------------- request ids

@@ -27,6 +27,7 @@ from blokrun.persistence.envelope.compression import (
 from blokrun.persistence.envelope.crypto import (
     ENCRYPTION_KEY_ENV,
     ENCRYPTION_OLD_KEYS_ENV,
+    REQUIRE_ENCRYPTION_ENV,
     Keyring,
     UnknownKey,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "COMPRESSION_ENV",
     "ENCRYPTION_KEY_ENV",
     "ENCRYPTION_OLD_KEYS_ENV",
+    "REQUIRE_ENCRYPTION_ENV",
     "FORMAT_VERSION",
     "THRESHOLD_ENV",
     "Compression",

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ENCRYPTION_KEY_ENV",
     "ENCRYPTION_OLD_KEYS_ENV",
+    "REQUIRE_ENCRYPTION_ENV",
     "KEY_BYTES",
     "KEY_ID_RULE",
     "Keyring",
@@ -43,6 +44,7 @@ __all__ = [
 #: errors here.
 ENCRYPTION_KEY_ENV: Final = "BLOKRUN_ENCRYPTION_KEY"
 ENCRYPTION_OLD_KEYS_ENV: Final = "BLOKRUN_ENCRYPTION_OLD_KEYS"
+REQUIRE_ENCRYPTION_ENV: Final = "BLOKRUN_REQUIRE_ENCRYPTION"
 
 KEY_BYTES: Final = 32
 KEY_ID_RULE: Final = "1-64 characters from A-Z a-z 0-9 _ . -"

@@ -1,0 +1,190 @@
+"""gc never deletes what is in use (issue 13, classes 6 and 8): a blob a live run has just
+referenced, a run being resumed, a run that changed between gc's listing and its delete; and
+one unreadable record does not stop the blob sweep."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from blokrun import Runner, StepFailed
+from blokrun.config import DatasourceSettings
+from blokrun.datasources import Datasource
+from blokrun.datasources.filesystem import FilesystemStore
+from blokrun.lifecycle import gc as gc_module
+from blokrun.persistence.keys import BLOB_PREFIX
+from tests import records
+from tests.integration import wfnodes
+
+NODE = "tests.integration.wfnodes"
+DAY = 86400.0
+OLD = {"completed_older_than": 7 * DAY, "failed_older_than": 7 * DAY}
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> Iterator[None]:
+    wfnodes.CALLS.clear()
+    wfnodes.FAIL_AT.clear()
+    wfnodes.GATE.clear()
+    yield
+    wfnodes.FAIL_AT.clear()
+
+
+def blob_wf(seed: int, *, gate: bool = False) -> dict[str, Any]:
+    steps: list[dict[str, Any]] = [
+        {"name": "make", "node": f"{NODE}:big", "inputs": {"seed": seed, "size": 5000}},
+        {"name": "after", "node": f"{NODE}:add", "inputs": {"n": 1}},
+    ]
+    if gate:
+        steps.insert(1, {"name": "gate", "node": f"{NODE}:wait_gate"})
+    return {"name": "blobby", "version": "1", "persistence": {"targets": ["a"]}, "steps": steps}
+
+
+async def age(runner: Runner, rid: str, days: float) -> None:
+    import msgspec
+
+    ds = runner.datasources["a"]
+    head = await records.head(ds, rid)
+    await records.put_head(ds, msgspec.structs.replace(head, updated_at=time.time() - days * DAY))
+
+
+class PausingStore(FilesystemStore):
+    """A filesystem store whose deletes of blobs wait for ``go`` once ``armed``."""
+
+    armed = False
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.paused = anyio.Event()
+        self.go = anyio.Event()
+
+    async def delete_batch(self, keys: Sequence[str]) -> int:
+        if self.armed and any(k.startswith(BLOB_PREFIX) for k in keys):
+            self.armed = False
+            self.paused.set()
+            await self.go.wait()
+        return await super().delete_batch(keys)
+
+
+def runner_with(tmp_path: Path, blobs: Datasource) -> Runner:
+    a = DatasourceSettings(name="a", type="filesystem", path=str(tmp_path / "a"))
+    return Runner([a, blobs], blob_datasource="blobs", blob_threshold=1000)
+
+
+async def test_a_blob_referenced_while_gc_deletes_it_survives(tmp_path: Path) -> None:
+    store = PausingStore(tmp_path / "blobs")
+    blobs = Datasource(DatasourceSettings(name="blobs", type="filesystem"), store)
+    async with runner_with(tmp_path, blobs) as runner:
+        await runner.run(blob_wf(1), request_id="old-1")
+        await age(runner, "old-1", 10)  # gc will delete old-1, and its blob is unmarked
+        store.armed = True
+        report: list[Any] = []
+
+        async def collect() -> None:
+            report.append(await runner.collect_garbage(dry_run=False, **OLD))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(collect)
+            with anyio.fail_after(10):
+                await store.paused.wait()  # gc decided the blob is unmarked, about to delete
+            # a new run produces the same value: the blob exists, so it only refers to it
+            result = await runner.run(blob_wf(1), request_id="new-1")
+            assert result.vars["make"] == wfnodes._text(1, 5000)
+            store.go.set()
+        assert report[0].runs_deleted == 1
+        again = await runner.resume("new-1")  # completed: read back from its checkpoints
+        assert again.vars["make"] == wfnodes._text(1, 5000)
+        assert len(await blobs.keys(BLOB_PREFIX)) == 1
+
+
+async def test_one_unreadable_record_does_not_stop_the_blob_sweep(tmp_path: Path) -> None:
+    blobs = Datasource(
+        DatasourceSettings(name="blobs", type="filesystem"), FilesystemStore(tmp_path / "b")
+    )
+    async with runner_with(tmp_path, blobs) as runner:
+        ds = runner.datasources["a"]
+        for rid, seed in (("old-1", 1), ("old-2", 2), ("new-3", 3)):
+            await runner.run(blob_wf(seed), request_id=rid)
+        await age(runner, "old-1", 10)
+        await age(runner, "old-2", 10)
+        for rid in ("old-2", "new-3"):  # a corrupt checkpoint in a doomed and in a kept run
+            key = (await records.checkpoint(ds, f"{rid}-after")).key
+            raw = await ds.load(key) or b""
+            await ds.save(key, raw[:-1] + bytes([raw[-1] ^ 0xFF]))
+        await ds.save("_blokrun.blobref.bogus", b"not a mark")  # a malformed mark key
+        report = await runner.collect_garbage(dry_run=False, **OLD)
+        assert sorted(r.request_id for r in report.runs) == ["old-1", "old-2"]
+        assert report.blobs_deleted == 2 and report.blobs_kept == 1  # new-3's stays
+        assert any("old-2" in w for w in report.warnings)  # the unreadable record is named
+        (left,) = await blobs.keys(BLOB_PREFIX)
+        (mark,) = await blobs.keys("_blokrun.blobref.new-3/")
+        assert left.removeprefix(BLOB_PREFIX) == mark.rpartition("/")[2]
+        assert await blobs.keys("_blokrun.blobref.old-") == []  # the deleted runs' marks went
+
+
+async def test_gc_keeps_a_run_that_is_being_resumed(tmp_path: Path) -> None:
+    a = DatasourceSettings(name="a", type="filesystem", path=str(tmp_path / "a"))
+    wf = {
+        "name": "held",
+        "persistence": {"targets": ["a"]},
+        "steps": [
+            {"name": "s1", "node": f"{NODE}:add", "inputs": {"n": 1}},
+            {"name": "gate", "node": f"{NODE}:wait_gate"},
+            {"name": "s3", "node": f"{NODE}:add", "inputs": {"n": 3}},
+        ],
+    }
+    async with Runner([a]) as runner:
+        wfnodes.FAIL_AT.add("gate")
+        with pytest.raises(StepFailed):
+            await runner.run(wf, {"total": 0}, request_id="busy-1")
+        wfnodes.FAIL_AT.clear()
+        await age(runner, "busy-1", 60)
+        results: list[Any] = []
+
+        async def resume() -> None:
+            results.append(await runner.resume("busy-1"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(resume)
+            with anyio.fail_after(10):
+                await wfnodes.wait_for_gate_waiters(1)
+            report = await runner.collect_garbage(dry_run=False, **OLD)
+            wfnodes.GATE.set()
+        assert report.runs_deleted == 0 and report.runs_kept == 1
+        assert results[0].vars["total"] == 4
+        info = await runner.inspect("busy-1")
+        assert info.head is not None and info.head.status == "completed"
+
+
+async def test_gc_keeps_a_run_resumed_between_its_listing_and_its_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = DatasourceSettings(name="a", type="filesystem", path=str(tmp_path / "a"))
+    wf = {
+        "name": "late",
+        "persistence": {"targets": ["a"]},
+        "steps": [{"name": f"s{i}", "node": f"{NODE}:add", "inputs": {"n": i}} for i in (1, 2)],
+    }
+    async with Runner([a]) as runner:
+        wfnodes.FAIL_AT.add("s2")
+        with pytest.raises(StepFailed):
+            await runner.run(wf, {"total": 0}, request_id="late-1")
+        wfnodes.FAIL_AT.clear()
+        await age(runner, "late-1", 60)
+        original = gc_module._collect_run
+
+        async def resumed_first(state: Any, run: Any) -> Any:
+            # gc listed the run as old and failed; it is resumed before gc takes its lease
+            await runner.resume(run.request_id)
+            return await original(state, run)
+
+        monkeypatch.setattr(gc_module, "_collect_run", resumed_first)
+        report = await runner.collect_garbage(dry_run=False, **OLD)
+        assert report.runs_deleted == 0
+        again = await runner.resume("late-1")
+        assert again.vars["total"] == 3 and again.steps_run == ()
