@@ -1,25 +1,30 @@
 """gc never deletes what is in use (issue 13, classes 6 and 8): a blob a live run has just
 referenced, a run being resumed, a run that changed between gc's listing and its delete; and
-one unreadable record does not stop the blob sweep."""
+one unreadable record does not stop the blob sweep. On the filesystem, Redis and PostgreSQL."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
 from blokrun import Runner, StepFailed
 from blokrun.config import DatasourceSettings
-from blokrun.datasources import Datasource
-from blokrun.datasources.filesystem import FilesystemStore
+from blokrun.datasources import Datasource, create_store
 from blokrun.lifecycle import gc as gc_module
 from blokrun.persistence.keys import BLOB_PREFIX
 from tests import records
 from tests.integration import wfnodes
+
+if TYPE_CHECKING:
+    from blokrun.datasources import Store
+    from tests.servers.base import ThrowawayServer
+
+pytestmark = pytest.mark.parametrize("server", ["filesystem", "redis", "postgresql"], indirect=True)
 
 NODE = "tests.integration.wfnodes"
 DAY = 86400.0
@@ -53,33 +58,44 @@ async def age(runner: Runner, rid: str, days: float) -> None:
     await records.put_head(ds, msgspec.structs.replace(head, updated_at=time.time() - days * DAY))
 
 
-class PausingStore(FilesystemStore):
-    """A filesystem store whose deletes of blobs wait for ``go`` once ``armed``."""
+class PausingStore:
+    """Any driver's store, whose deletes of blobs wait for ``go`` once ``armed``."""
 
     armed = False
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
+    def __init__(self, inner: Store, prefix: str) -> None:
+        self._inner = inner
+        self._prefix = prefix  # the datasource's: the store sees prefixed keys
         self.paused = anyio.Event()
         self.go = anyio.Event()
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
     async def delete_batch(self, keys: Sequence[str]) -> int:
-        if self.armed and any(k.startswith(BLOB_PREFIX) for k in keys):
+        cut = len(self._prefix)
+        if self.armed and any(k[cut:].startswith(BLOB_PREFIX) for k in keys):
             self.armed = False
             self.paused.set()
             await self.go.wait()
-        return await super().delete_batch(keys)
+        n: int = await self._inner.delete_batch(keys)
+        return n
 
 
-def runner_with(tmp_path: Path, blobs: Datasource) -> Runner:
-    a = DatasourceSettings(name="a", type="filesystem", path=str(tmp_path / "a"))
-    return Runner([a, blobs], blob_datasource="blobs", blob_threshold=1000)
+def settings(server: ThrowawayServer, name: str) -> DatasourceSettings:
+    """``name`` on the server, under a prefix no other test uses."""
+    return server.settings(name, prefix=f"gr{uuid.uuid4().hex[:8]}.")
 
 
-async def test_a_blob_referenced_while_gc_deletes_it_survives(tmp_path: Path) -> None:
-    store = PausingStore(tmp_path / "blobs")
-    blobs = Datasource(DatasourceSettings(name="blobs", type="filesystem"), store)
-    async with runner_with(tmp_path, blobs) as runner:
+def runner_with(server: ThrowawayServer, blobs: Datasource) -> Runner:
+    return Runner([settings(server, "a"), blobs], blob_datasource="blobs", blob_threshold=1000)
+
+
+async def test_a_blob_referenced_while_gc_deletes_it_survives(server: ThrowawayServer) -> None:
+    blob_settings = settings(server, "blobs")
+    store = PausingStore(create_store(blob_settings), blob_settings.prefix)
+    blobs = Datasource(blob_settings, store)  # type: ignore[arg-type]
+    async with runner_with(server, blobs) as runner:
         await runner.run(blob_wf(1), request_id="old-1")
         await age(runner, "old-1", 10)  # gc will delete old-1, and its blob is unmarked
         store.armed = True
@@ -102,11 +118,12 @@ async def test_a_blob_referenced_while_gc_deletes_it_survives(tmp_path: Path) ->
         assert len(await blobs.keys(BLOB_PREFIX)) == 1
 
 
-async def test_one_unreadable_record_does_not_stop_the_blob_sweep(tmp_path: Path) -> None:
-    blobs = Datasource(
-        DatasourceSettings(name="blobs", type="filesystem"), FilesystemStore(tmp_path / "b")
-    )
-    async with runner_with(tmp_path, blobs) as runner:
+async def test_one_unreadable_record_does_not_stop_the_blob_sweep(
+    server: ThrowawayServer,
+) -> None:
+    blob_settings = settings(server, "blobs")
+    blobs = Datasource(blob_settings, create_store(blob_settings))
+    async with runner_with(server, blobs) as runner:
         ds = runner.datasources["a"]
         for rid, seed in (("old-1", 1), ("old-2", 2), ("new-3", 3)):
             await runner.run(blob_wf(seed), request_id=rid)
@@ -127,8 +144,8 @@ async def test_one_unreadable_record_does_not_stop_the_blob_sweep(tmp_path: Path
         assert await blobs.keys("_blokrun.blobref.old-") == []  # the deleted runs' marks went
 
 
-async def test_gc_keeps_a_run_that_is_being_resumed(tmp_path: Path) -> None:
-    a = DatasourceSettings(name="a", type="filesystem", path=str(tmp_path / "a"))
+async def test_gc_keeps_a_run_that_is_being_resumed(server: ThrowawayServer) -> None:
+    a = settings(server, "a")
     wf = {
         "name": "held",
         "persistence": {"targets": ["a"]},
@@ -162,9 +179,9 @@ async def test_gc_keeps_a_run_that_is_being_resumed(tmp_path: Path) -> None:
 
 
 async def test_gc_keeps_a_run_resumed_between_its_listing_and_its_delete(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: ThrowawayServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    a = DatasourceSettings(name="a", type="filesystem", path=str(tmp_path / "a"))
+    a = settings(server, "a")
     wf = {
         "name": "late",
         "persistence": {"targets": ["a"]},
