@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -29,15 +29,6 @@ pytestmark = pytest.mark.parametrize("server", ["filesystem", "redis", "postgres
 NODE = "tests.integration.wfnodes"
 DAY = 86400.0
 OLD = {"completed_older_than": 7 * DAY, "failed_older_than": 7 * DAY}
-
-
-@pytest.fixture(autouse=True)
-def _reset() -> Iterator[None]:
-    wfnodes.CALLS.clear()
-    wfnodes.FAIL_AT.clear()
-    wfnodes.GATE.clear()
-    yield
-    wfnodes.FAIL_AT.clear()
 
 
 def blob_wf(seed: int, *, gate: bool = False) -> dict[str, Any]:

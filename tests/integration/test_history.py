@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,6 @@ from tests.integration import wfnodes
 from tests.integration.test_cli import blokrun, linear, write_wf
 
 NODE = "tests.integration.wfnodes"
-
-
-@pytest.fixture(autouse=True)
-def _reset() -> Iterator[None]:
-    wfnodes.CALLS.clear()
-    wfnodes.FAIL_AT.clear()
-    yield
-    wfnodes.FAIL_AT.clear()
 
 
 def mem() -> DatasourceSettings:

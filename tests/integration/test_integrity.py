@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,14 +16,6 @@ from tests.integration import wfnodes
 from tests.servers.base import ThrowawayServer
 
 NODE = "tests.integration.wfnodes"
-
-
-@pytest.fixture(autouse=True)
-def _reset() -> Iterator[None]:
-    wfnodes.CALLS.clear()
-    wfnodes.FAIL_AT.clear()
-    yield
-    wfnodes.FAIL_AT.clear()
 
 
 def linear(n: int) -> dict[str, Any]:

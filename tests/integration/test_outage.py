@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -16,14 +15,6 @@ from tests.integration import wfnodes
 
 NODE = "tests.integration.wfnodes"
 pytestmark = pytest.mark.server
-
-
-@pytest.fixture(autouse=True)
-def _reset() -> Iterator[None]:
-    wfnodes.CALLS.clear()
-    wfnodes.FAIL_AT.clear()
-    yield
-    wfnodes.FAIL_AT.clear()
 
 
 def workflow(targets: list[str]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +34,6 @@ from tests import records
 from tests.integration import wfnodes
 
 NODE = "tests.integration.wfnodes"
-
-
-@pytest.fixture(autouse=True)
-def _reset_nodes() -> Iterator[None]:
-    wfnodes.CALLS.clear()
-    wfnodes.FAIL_AT.clear()
-    yield
-    wfnodes.FAIL_AT.clear()
 
 
 def mem(name: str = "default", **kw: Any) -> Datasource:

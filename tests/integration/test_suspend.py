@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,6 @@ SCHEMA = {
     "properties": {"approved": {"type": "boolean"}, "by": {"type": "string", "minLength": 2}},
     "additionalProperties": False,
 }
-
-
-@pytest.fixture(autouse=True)
-def _reset() -> Iterator[None]:
-    wfnodes.CALLS.clear()
-    yield
 
 
 def approval() -> dict[str, Any]:

@@ -11,17 +11,25 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import asyncpg
 import pytest
 import redis
 
 from blokrun import CheckpointError, Runner
 from blokrun.config import DatasourceSettings
+from blokrun.datasources.postgresql import lease_table
 from blokrun.persistence.keys import head_key
 from tests.integration import wfnodes
 from tests.servers.redis import RedisServer, launch
+
+if TYPE_CHECKING:
+    from tests.conftest import ServerPool
 
 pytestmark = pytest.mark.server
 
@@ -68,34 +76,74 @@ def settings(tmp_path: Path, server: RedisServer, timeout: float = 5.0) -> list[
     ]
 
 
+@dataclass
+class Lossy:
+    """The second target, named ``cache``, on a server that can lose everything it holds."""
+
+    cache: DatasourceSettings
+    lose_everything: Callable[[], Awaitable[None]]  # the server came back empty
+
+    def targets(self, tmp_path: Path) -> list[DatasourceSettings]:
+        local = DatasourceSettings(name="local", type="filesystem", path=str(tmp_path / "fs"))
+        return [local, self.cache]
+
+
+@pytest.fixture(params=["redis", "postgresql"])
+def lossy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lossy]:
+    if request.param == "redis":
+        server = launch(tmp_path / "redis")
+        cache = DatasourceSettings(name="cache", type="redis", url=server.url)
+
+        async def flush_redis() -> None:
+            flush(server)
+
+        try:
+            yield Lossy(cache, flush_redis)
+        finally:
+            server.stop()
+        return
+    pool: ServerPool = request.getfixturevalue("server_pool")
+    table = f"lossy_{uuid.uuid4().hex[:8]}"
+    cache = pool.get("postgresql").settings("cache", table=table)
+
+    async def truncate() -> None:  # a database restored from an empty backup
+        conn = await asyncpg.connect(cache.url)
+        try:
+            await conn.execute(f'TRUNCATE "{table}", "{lease_table(table)}"')
+        finally:
+            await conn.close()
+
+    yield Lossy(cache, truncate)
+
+
 async def test_a_target_that_lost_its_data_is_healed_by_resume(
-    tmp_path: Path, own_redis: RedisServer
+    tmp_path: Path, lossy: Lossy
 ) -> None:
-    async with Runner(settings(tmp_path, own_redis)) as runner:
+    async with Runner(lossy.targets(tmp_path)) as runner:
         done = await runner.run(workflow(), {"total": 0}, request_id="lost-1")
         assert done.vars["total"] == 6
-        flush(own_redis)  # Redis restarted empty: the filesystem copy is whole
+        await lossy.lose_everything()  # came back empty: the filesystem copy is whole
         info = await runner.inspect("lost-1")
         assert info.datasource == "local" and len(info.checkpoints) == 3
         again = await runner.resume("lost-1")
         assert again.status == "completed" and again.vars["total"] == 6 and not again.steps_run
-        # repaired: Redis holds the run again, and a resume from it alone works
+        # repaired: the lossy target holds the run again, and a resume from it alone works
         cache = runner.datasources["cache"]
         assert await cache.exists(head_key("lost-1"))
-    async with Runner([DatasourceSettings(name="cache", type="redis", url=own_redis.url)]) as alone:
+    async with Runner([lossy.cache]) as alone:
         result = await alone.resume("lost-1", workflow=workflow(targets=("cache",)), force=True)
         assert result.vars["total"] == 6
     assert wfnodes.CALLS.count(("lost-1", "s1")) <= 1
 
 
 async def test_a_target_that_lost_its_data_mid_run_does_not_decide_the_resume(
-    tmp_path: Path, own_redis: RedisServer
+    tmp_path: Path, lossy: Lossy
 ) -> None:
     wfnodes.FAIL_AT.add("s3")
-    async with Runner(settings(tmp_path, own_redis)) as runner:
+    async with Runner(lossy.targets(tmp_path)) as runner:
         with pytest.raises(Exception, match="s3"):
             await runner.run(workflow(), {"total": 0}, request_id="lost-2")
-        flush(own_redis)
+        await lossy.lose_everything()
         wfnodes.FAIL_AT.clear()
         result = await runner.resume("lost-2")
     assert result.vars["total"] == 6
@@ -103,30 +151,23 @@ async def test_a_target_that_lost_its_data_mid_run_does_not_decide_the_resume(
 
 
 async def test_a_long_lived_process_rewrites_the_definition_a_target_lost(
-    tmp_path: Path, own_redis: RedisServer
+    tmp_path: Path, lossy: Lossy
 ) -> None:
-    async with Runner(settings(tmp_path, own_redis)) as runner:
+    async with Runner(lossy.targets(tmp_path)) as runner:
         await runner.run(workflow(), {"total": 0}, request_id="before")
-        flush(own_redis)
+        await lossy.lose_everything()
         wfnodes.FAIL_AT.add("s2")
         with pytest.raises(Exception, match="s2"):
             await runner.run(workflow(), {"total": 0}, request_id="after")
         wfnodes.FAIL_AT.clear()
-    # Only Redis configured: the run started after the loss must be resumable from it.
-    async with Runner(
-        [
-            DatasourceSettings(name="cache", type="redis", url=own_redis.url),
-            DatasourceSettings(name="local", type="memory"),
-        ]
-    ) as other:
+    # Only the lossy target configured: the run started after the loss resumes from it.
+    async with Runner([lossy.cache, DatasourceSettings(name="local", type="memory")]) as other:
         result = await other.resume("after")
     assert result.vars["total"] == 6
 
 
-async def test_inspect_and_runs_show_targets_that_disagree(
-    tmp_path: Path, own_redis: RedisServer
-) -> None:
-    async with Runner(settings(tmp_path, own_redis)) as runner:
+async def test_inspect_and_runs_show_targets_that_disagree(tmp_path: Path, lossy: Lossy) -> None:
+    async with Runner(lossy.targets(tmp_path)) as runner:
         await runner.run(workflow(), {"total": 0}, request_id="split-1")
         # The filesystem copy falls behind: its head says the run failed at s2.
         local = runner.datasources["local"]

@@ -207,3 +207,11 @@ async def wait_for_gate_waiters(n: int) -> None:
 
     while GATE.waiters < n:  # noqa: ASYNC110 -- the counter is bumped by other tasks
         await anyio.sleep(0.01)
+
+
+def reset() -> None:
+    """Forget every call, failure and gate: each test starts from nothing (conftest.py)."""
+    CALLS.clear()
+    FAIL_AT.clear()
+    THREADS.clear()
+    GATE.clear()
