@@ -23,7 +23,7 @@ servers: $(STAMP)
 
 ## test: install everything the tests need, then run the whole suite
 test: servers
-	$(BIN)/python -m pytest
+	BLOKRUN_TEST_SERVERS=required $(BIN)/python -m pytest
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -x -q

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,31 @@ from tests.servers.base import ServerUnavailable, ThrowawayServer
 
 #: Every driver the contract suite runs on, in the order they appear in test ids.
 DRIVERS = ["memory", "filesystem", "redis", "postgresql", "mongodb", "s3"]
+#: The drivers that need no server process.
+LOCAL = frozenset({"memory", "filesystem"})
+
+
+def servers_required() -> bool:
+    """Under ``CI=true`` or ``BLOKRUN_TEST_SERVERS=required`` (``make test`` sets it), a server
+    that cannot be started fails its tests instead of skipping them: a broken install must
+    not pass as a green run with every test of that driver skipped."""
+    return (
+        os.environ.get("CI", "").lower() == "true"
+        or os.environ.get("BLOKRUN_TEST_SERVERS", "") == "required"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that starts a server ``server``, so ``-m "not server"`` leaves them out:
+    tests that use the pool, unless their ``server``/``driver`` parameter is a local driver."""
+    for item in items:
+        if "server_pool" not in getattr(item, "fixturenames", ()):
+            continue
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params if callspec is not None else {}
+        driver = params.get("server", params.get("driver"))
+        if driver not in LOCAL:
+            item.add_marker(pytest.mark.server)
 
 
 class ServerPool:
@@ -22,14 +48,14 @@ class ServerPool:
 
     def get(self, driver: str) -> ThrowawayServer:
         if driver in self._failed:
-            pytest.skip(self._failed[driver])
+            self._unavailable(driver)
         if driver not in self._servers:
             try:
                 module = importlib.import_module(f"tests.servers.{driver}")
             except ModuleNotFoundError as exc:
                 if exc.name == f"tests.servers.{driver}":
                     self._failed[driver] = f"no throwaway {driver} server module yet"
-                    pytest.skip(self._failed[driver])
+                    self._unavailable(driver)
                 raise
             workdir = self._root / driver
             workdir.mkdir(parents=True, exist_ok=True)
@@ -37,8 +63,14 @@ class ServerPool:
                 self._servers[driver] = module.launch(workdir)
             except ServerUnavailable as exc:
                 self._failed[driver] = f"{driver}: {exc}"
-                pytest.skip(self._failed[driver])
+                self._unavailable(driver)
         return self._servers[driver]
+
+    def _unavailable(self, driver: str) -> None:
+        reason = self._failed[driver]
+        if servers_required():
+            pytest.fail(f"the throwaway server could not be started: {reason}", pytrace=False)
+        pytest.skip(reason)
 
     def close(self) -> None:
         for server in self._servers.values():

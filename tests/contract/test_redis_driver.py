@@ -31,6 +31,8 @@ from tests.servers.redis import RedisServer, launch
 if TYPE_CHECKING:
     from tests.conftest import ServerPool
 
+pytestmark = pytest.mark.server
+
 PASSWORD = "s3cr:et@p/w%d"  # characters that need quoting in a URL
 QUOTED = quote(PASSWORD, safe="")
 
