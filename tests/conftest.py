@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration import wfnodes
 from tests.servers.base import ServerUnavailable, ThrowawayServer
 
 #: Every driver the contract suite runs on, in the order they appear in test ids.
@@ -88,3 +89,12 @@ def server_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool
 def server(request: pytest.FixtureRequest, server_pool: ServerPool) -> ThrowawayServer:
     """One throwaway server per driver (memory and filesystem need none)."""
     return server_pool.get(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_nodes() -> Iterator[None]:
+    """The test nodes' shared state (calls, failures to inject, the gate) is empty for each
+    test, and left empty after it."""
+    wfnodes.reset()
+    yield
+    wfnodes.reset()

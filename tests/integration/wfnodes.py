@@ -214,4 +214,5 @@ def reset() -> None:
     CALLS.clear()
     FAIL_AT.clear()
     THREADS.clear()
+    TIMES.clear()
     GATE.clear()

@@ -1,7 +1,5 @@
-"""Review of leases, group commit, durability modes and workers: bugs reproduced.
-
-Each test states the bug it showed; all are fixed (they were ``xfail(strict=True)`` first).
-"""
+"""Leases, group commit, durability modes and workers: behaviour that once broke, each
+test named by what must hold."""
 
 from __future__ import annotations
 
@@ -17,7 +15,7 @@ from blokrun.config import DatasourceSettings
 from blokrun.errors import RunBusy, StepFailed
 from blokrun.workers import serve
 
-HERE = "tests.regressions.test_session2_review"
+HERE = "tests.regressions.test_leases_workers_durability"
 GATES: dict[str, anyio.Event] = {}
 ENTERED: dict[str, anyio.Event] = {}
 FAIL: set[str] = set()

@@ -1,6 +1,8 @@
+"""Parallel levels: what a branch finished is kept when a sibling fails; checkpoints with
+blobs taken while siblings change the vars."""
+
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -11,18 +13,9 @@ from blokrun.config import DatasourceSettings
 from blokrun.datasources import Datasource, build_datasource
 from blokrun.datasources.memory import MemoryStore
 from tests.integration import wfnodes
-from tests.regressions.brc import NODE, calls, mem
+from tests.regressions.helpers import NODE, calls, mem
 
 NAP = f"{NODE}:nap"
-
-
-@pytest.fixture(autouse=True)
-def _reset() -> Iterator[None]:
-    wfnodes.CALLS.clear()
-    wfnodes.FAIL_AT.clear()
-    wfnodes.TIMES.clear()
-    yield
-    wfnodes.FAIL_AT.clear()
 
 
 class SlowStore(MemoryStore):
@@ -33,10 +26,10 @@ class SlowStore(MemoryStore):
         await super().save_batch(entries)
 
 
-async def test_finished_branch_waiting_for_hook_lock_is_cancelled() -> None:
-    """BUG (engine.py:190): the lock is acquired outside the shield. A branch that finished
-    while a sibling's checkpoint holds the lock is cancelled when a third branch fails, so
-    its completed step is never checkpointed and runs again on resume."""
+async def test_a_branch_that_finished_while_a_sibling_failed_is_checkpointed() -> None:
+    """A branch that finished while a sibling's checkpoint held the lock, when a third branch
+    fails, still gets its checkpoint: it does not run again on resume (the lock was once
+    taken outside the shield, and the finished branch was cancelled)."""
     wf = {
         "name": "p",
         "steps": [
@@ -58,9 +51,7 @@ async def test_finished_branch_waiting_for_hook_lock_is_cancelled() -> None:
         with pytest.raises(RunError):
             await runner.run(wf, {}, request_id="lk")
         wfnodes.FAIL_AT.clear()
-        print("b finished at", wfnodes.TIMES[("lk", "b")])
         await runner.resume("lk")
-    print("calls:", calls("lk"))
     assert calls("lk").count("b") == 1, calls("lk")
 
 
@@ -69,8 +60,8 @@ async def test_finished_branch_waiting_for_hook_lock_is_cancelled() -> None:
     reason="parallel branches share ctx.vars: a failing branch's partial changes can be checkpointed by a sibling (documented; per-branch copies are future work)",
 )
 async def test_sibling_partial_mutation_is_checkpointed_then_reapplied() -> None:
-    """BUG: in a parallel graph a checkpoint of branch a captures ctx.vars changes of branch b
-    that has not finished; b fails, resume restores them and runs b again: applied twice."""
+    """A checkpoint of branch a captures ctx.vars changes of branch b, which has not finished;
+    b fails, resume restores them and runs b again: applied twice (a documented limit)."""
     wf = {
         "name": "p",
         "steps": [
@@ -78,7 +69,7 @@ async def test_sibling_partial_mutation_is_checkpointed_then_reapplied() -> None
             {"name": "a", "node": NAP, "depends_on": ["start"], "inputs": {"seconds": 0.05}},
             {
                 "name": "b",
-                "node": "tests.regressions.rvnodes:bump_then_fail",
+                "node": "tests.regressions.nodes:bump_then_fail",
                 "depends_on": ["start"],
                 "inputs": {"seconds": 0.3, "fail": "${ctx.vars.fail_b ?? false}"},
             },
@@ -88,13 +79,12 @@ async def test_sibling_partial_mutation_is_checkpointed_then_reapplied() -> None
         with pytest.raises(RunError):
             await runner.run(wf, {"fail_b": True}, request_id="pm")
         res = await runner.resume("pm", set_vars={"fail_b": False})
-    print("counter after b ran successfully once:", res.vars["counter"], calls("pm"))
     assert res.vars["counter"] == 1
 
 
-async def test_parallel_checkpoint_with_blobs_dict_changed_size(tmp_path: Any) -> None:
-    """BUG (state.py:141): StateWriter.encode iterates run.vars with awaits inside (blob
-    exists()), while a sibling branch adds vars -> RuntimeError, the run fails."""
+async def test_a_checkpoint_with_blobs_survives_a_sibling_adding_vars(tmp_path: Any) -> None:
+    """Encoding a checkpoint awaits (blob exists()) while a sibling branch adds vars: the
+    encoder works on a snapshot, so the run completes (it once failed: dict changed size)."""
     wf = {
         "name": "p",
         "steps": [
@@ -107,7 +97,7 @@ async def test_parallel_checkpoint_with_blobs_dict_changed_size(tmp_path: Any) -
             },
             {
                 "name": "b",
-                "node": "tests.regressions.rvnodes:churn",
+                "node": "tests.regressions.nodes:churn",
                 "depends_on": ["start"],
                 "inputs": {"n": 3000},
             },
@@ -117,9 +107,5 @@ async def test_parallel_checkpoint_with_blobs_dict_changed_size(tmp_path: Any) -
         DatasourceSettings(name="blobs", type="filesystem", path=str(tmp_path))
     )
     async with Runner([mem(), blobs], blob_datasource="blobs", blob_threshold=1024) as runner:
-        try:
-            res = await runner.run(wf, {}, request_id="bl")
-        except RunError as exc:
-            print("run failed:", exc)
-            raise
+        res = await runner.run(wf, {}, request_id="bl")
     assert res.status == "completed"

@@ -1,4 +1,5 @@
-"""Shared helpers for the review repros."""
+"""What the regression tests share: an in-memory datasource, the calls a run made, and a
+store that dies between a checkpoint and its head."""
 
 from __future__ import annotations
 
