@@ -515,9 +515,17 @@ class Locator:
     # -- repair --------------------------------------------------------------------------
 
     async def repairs(
-        self, found: FoundRun, definition: bytes | None, ttl: float | None
+        self,
+        found: FoundRun,
+        definition: bytes | None,
+        ttl: float | None,
+        targets: Sequence[str] | None,
     ) -> list[tuple[Datasource, list[Entry]]]:
         """What each reachable target lacks of the best view: the entries to write there.
+
+        Only the run's ``targets`` are repaired -- a datasource the run never wrote to is read
+        (the run may be anywhere) but never written. With the targets unknown (no definition
+        stored anywhere), only datasources that already hold part of the run are.
 
         The records are copied as stored: they are bound to their keys, which are the same
         on every target, so a copy verifies wherever it lands.
@@ -528,6 +536,10 @@ class Locator:
         out: list[tuple[Datasource, list[Entry]]] = []
         for view in found.views:
             if view is found.best or view.error is not None:
+                continue
+            if targets is not None and view.datasource.name not in targets:
+                continue
+            if targets is None and view.head is None and view.run is None:
                 continue
             have = await view.datasource.load_batch(list(wanted))
             entries: list[Entry] = [

@@ -258,7 +258,7 @@ class Planner:
             position=position,
             edited=bool(set_vars),
             found=found,
-            repairs=await self.locator.repairs(found, definition, wf.ttl),
+            repairs=await self.locator.repairs(found, definition, wf.ttl, wf.targets),
         )
 
     async def _before(

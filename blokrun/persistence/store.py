@@ -258,7 +258,10 @@ class RunStore:
             if lease is not None:  # read again under the lease: nobody moves it now
                 found = await self.planner.locate(request_id, wf)
             repairs = await self.locator.repairs(
-                found, stored[1] if stored is not None else None, wf.ttl if wf else None
+                found,
+                stored[1] if stored is not None else None,
+                wf.ttl if wf else None,
+                wf.targets if wf else None,
             )
             written = await self.write_repairs(request_id, repairs, lease)
         finally:

@@ -223,3 +223,23 @@ async def test_a_frozen_datasource_ends_the_run_within_one_timeout(
         result = await runner.resume("frozen-1")
     assert result.vars["total"] == 4
     assert heads == {} or set(heads) <= {"cache", "local"}
+
+
+async def test_a_datasource_that_is_not_a_target_is_read_but_never_written(
+    tmp_path: Path,
+) -> None:
+    """Resume and repair look for a run on every datasource, but copy it only onto the run's
+    own targets: a datasource the workflow does not name gets nothing."""
+    mine = DatasourceSettings(name="local", type="filesystem", path=str(tmp_path / "mine"))
+    other = DatasourceSettings(name="other", type="filesystem", path=str(tmp_path / "other"))
+    wf = workflow(targets=("local",))
+    async with Runner([mine, other]) as runner:
+        wfnodes.FAIL_AT.add("s3")
+        with pytest.raises(Exception, match="s3"):
+            await runner.run(wf, {"total": 0}, request_id="own-1")
+        wfnodes.FAIL_AT.clear()
+        result = await runner.resume("own-1")  # no workflow given: found by looking everywhere
+        assert result.vars["total"] == 6
+        report = await runner.repair("own-1")
+        assert report.repaired == ()
+        assert await runner.datasources["other"].keys() == []
