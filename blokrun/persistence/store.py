@@ -25,13 +25,25 @@ import msgspec
 from blokrun.errors import BlokrunError, DatasourceError, ResumeError
 from blokrun.persistence.fanout import save_everywhere
 from blokrun.persistence.history import History
-from blokrun.persistence.keys import CHECKPOINT_PREFIX, RUN_PREFIX, head_key
+from blokrun.persistence.keys import (
+    CHECKPOINT_PREFIX,
+    RUN_PREFIX,
+    definition_key,
+    head_key,
+    run_key,
+)
 from blokrun.persistence.leases import Lease, acquire
 from blokrun.persistence.locate import Locator
 from blokrun.persistence.planner import Planner
 from blokrun.persistence.reader import DatasourceReads
 from blokrun.persistence.recorder import Position, RecorderContext, RunRecorder
-from blokrun.persistence.records import LAYOUT, HeadRecord, encode_record
+from blokrun.persistence.records import (
+    LAYOUT,
+    DefinitionRecord,
+    HeadRecord,
+    RunRecord,
+    encode_record,
+)
 from blokrun.spec.loader import definition_hash
 
 if TYPE_CHECKING:
@@ -40,7 +52,6 @@ if TYPE_CHECKING:
     from blokrun.datasources import Datasource, Entry
     from blokrun.persistence.envelope import Envelope
     from blokrun.persistence.planner import Prepared
-    from blokrun.persistence.records import DefinitionRecord
     from blokrun.persistence.state import BlobPolicy
     from blokrun.spec.loader import Workflow
     from blokrun.types import Durability
@@ -325,12 +336,20 @@ class RunStore:
         )
 
     async def mark_unloadable(
-        self, request_id: str, document: Mapping[str, Any], reason: str
+        self,
+        request_id: str,
+        document: Mapping[str, Any],
+        reason: str,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        source: str | None = None,
     ) -> None:
         """Record that run ``request_id`` was dead-lettered before it could start (its
-        workflow cannot be loaded): a head with status ``dead`` and ``reason``, on the
-        targets its document names that are configured (else the first datasource), unless
-        the run exists already."""
+        workflow cannot be loaded): its definition, its run record (the inputs) and a head
+        with status ``dead`` and ``reason``, on the targets its document names that are
+        configured (else the first datasource), unless the run exists already. Once the
+        cause is fixed, ``resume ID --force`` starts it from its first step with its inputs:
+        nothing of the job is lost with its ack."""
         if await self.planner.find(request_id, None) is not None:
             return
         persistence = document.get("persistence")
@@ -339,11 +358,13 @@ class RunStore:
         if not names:
             names = [next(iter(self._datasources))]
         now = time.time()
+        digest = definition_hash(document)
+        workflow, version = str(document.get("name", "?")), str(document.get("version", ""))
         head = HeadRecord(
             request_id=request_id,
-            workflow=str(document.get("name", "?")),
-            version=str(document.get("version", "")),
-            definition_hash=definition_hash(document),
+            workflow=workflow,
+            version=version,
+            definition_hash=digest,
             status="dead",
             started_at=now,
             updated_at=now,
@@ -351,11 +372,28 @@ class RunStore:
             layout=LAYOUT,
             key_id=self._envelope.key_id,
         )
-        key = head_key(request_id)
-        entry = (key, encode_record(head, self._envelope, bind=key), None)
+        run = RunRecord(
+            request_id=request_id,
+            workflow=workflow,
+            version=version,
+            definition_hash=digest,
+            inputs=dict(inputs or {}),
+            started_at=now,
+            source=source,
+        )
+        definition = DefinitionRecord(
+            definition_hash=digest, document=dict(document), source=source
+        )
+        entries: list[Entry] = []
+        for key, record in (
+            (definition_key(digest), definition),
+            (run_key(request_id, run.incarnation), run),
+            (head_key(request_id), head),  # last: it must not point at records not there
+        ):
+            entries.append((key, encode_record(record, self._envelope, bind=key), None))
         await save_everywhere(
             [self._datasources[n] for n in names],
-            [entry],
+            entries,
             request_id=request_id,
             lease=None,
             step=None,

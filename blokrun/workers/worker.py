@@ -316,7 +316,9 @@ class Worker:
         )
         log.error("run %s: %s", rid, reason)
         try:
-            await self.runner.store.mark_unloadable(rid, claim.job.document, reason)
+            await self.runner.store.mark_unloadable(
+                rid, claim.job.document, reason, inputs=claim.job.inputs, source=claim.job.source
+            )
         except BlokrunError as exc:
             log.warning("run %s: could not record why it was dead-lettered: %s", rid, exc)
         return "dead", True
