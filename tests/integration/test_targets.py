@@ -25,6 +25,7 @@ from blokrun import CheckpointError, Runner
 from blokrun.config import DatasourceSettings
 from blokrun.datasources.postgresql import lease_table
 from blokrun.persistence.keys import head_key
+from tests import records
 from tests.integration import wfnodes
 from tests.servers.redis import RedisServer, launch
 
@@ -217,12 +218,23 @@ async def test_a_frozen_datasource_ends_the_run_within_one_timeout(
             os.kill(pid, signal.SIGCONT)
     assert info.value.datasource == "cache"
     assert elapsed < timeout + 1.5, elapsed  # one TIMEOUT plus a small bound, not three
+    time.sleep(0.5)  # a write the frozen server had buffered lands now, if any
     async with Runner(settings(tmp_path, own_redis)) as runner:
+        stored = {
+            name: await records.head(ds, "frozen-1") for name, ds in runner.datasources.items()
+        }
         info_after = await runner.inspect("frozen-1")
-        heads = info_after.disagreement
+        listed = {r.request_id: r for r in (await runner.list_runs()).runs}["frozen-1"]
+        # What was reported (failed) is what every target says -- or the disagreement shows.
+        statuses = {h.status for h in stored.values()}
+        assert "completed" not in statuses  # s3 never ran
+        if statuses != {"failed"}:
+            assert set(info_after.disagreement) == set(stored)
+            assert set(listed.disagreement) == set(stored)
         result = await runner.resume("frozen-1")
     assert result.vars["total"] == 4
-    assert heads == {} or set(heads) <= {"cache", "local"}
+    assert wfnodes.CALLS.count(("frozen-1", "s1")) == 1
+    assert wfnodes.CALLS.count(("frozen-1", "freeze")) == 1
 
 
 async def test_a_datasource_that_is_not_a_target_is_read_but_never_written(
