@@ -86,7 +86,9 @@ async def proxied(settings: DatasourceSettings, proxies: list[DelayProxy]) -> Da
     port = await proxy.start()
     proxies.append(proxy)
     new_url, _ = _swap_port(original, port)
-    return dataclasses.replace(settings, **{field: new_url, "timeout": 30.0})
+    if field == "url":
+        return dataclasses.replace(settings, url=new_url, timeout=30.0)
+    return dataclasses.replace(settings, endpoint_url=new_url, timeout=30.0)
 
 
 def workflow(targets: list[str], n: int) -> dict[str, Any]:

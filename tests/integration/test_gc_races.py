@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import pytest
@@ -85,7 +85,7 @@ def runner_with(server: ThrowawayServer, blobs: Datasource) -> Runner:
 async def test_a_blob_referenced_while_gc_deletes_it_survives(server: ThrowawayServer) -> None:
     blob_settings = settings(server, "blobs")
     store = PausingStore(create_store(blob_settings), blob_settings.prefix)
-    blobs = Datasource(blob_settings, store)  # type: ignore[arg-type]
+    blobs = Datasource(blob_settings, cast("Store", store))
     async with runner_with(server, blobs) as runner:
         await runner.run(blob_wf(1), request_id="old-1")
         await age(runner, "old-1", 10)  # gc will delete old-1, and its blob is unmarked

@@ -254,7 +254,7 @@ def test_a_crashed_run_is_listed_as_interrupted_and_resume_failed_picks_it_up(
         crashed.communicate(timeout=10)
         quiet = {k: v for k, v in env.items() if k != "WF_HANG"}  # s2 no longer hangs
 
-        async def check() -> tuple[dict[str, str], list[Any], dict[str, str]]:
+        async def check() -> tuple[dict[str, Any], list[Any], dict[str, Any]]:
             async with Runner.from_env(quiet) as runner:
                 before = {r.request_id: r.status for r in (await runner.runs()).runs}
                 outcomes = await runner.resume_failed()

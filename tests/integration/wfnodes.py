@@ -79,7 +79,7 @@ def _text(seed: int, size: int) -> str:
     """Deterministic, incompressible-looking text (so compression cannot flatter a ratio)."""
     import hashlib
 
-    out = []
+    out: list[str] = []
     block = hashlib.sha256(str(seed).encode()).hexdigest()
     while sum(len(b) for b in out) < size:
         block = hashlib.sha256(block.encode()).hexdigest()

@@ -3,8 +3,10 @@ store that dies between a checkpoint and its head."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from blokrun.config import DatasourceSettings
-from blokrun.datasources import Datasource, build_datasource
+from blokrun.datasources import Datasource, Entry, build_datasource
 from blokrun.datasources.memory import MemoryStore
 from tests.integration import wfnodes
 
@@ -29,7 +31,7 @@ class CrashAfterFirst(MemoryStore):
         super().__init__()
         self.crash_key: str | None = None
 
-    async def save_batch(self, entries):  # type: ignore[override]
+    async def save_batch(self, entries: Sequence[Entry]) -> None:
         if self.crash_key is not None and any(k == self.crash_key for k, _, _ in entries):
             self.crash_key = None
             await super().save_batch(entries[:1])

@@ -3,6 +3,7 @@ blobs taken while siblings change the vars."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -10,7 +11,7 @@ import pytest
 
 from blokrun import RunError, Runner
 from blokrun.config import DatasourceSettings
-from blokrun.datasources import Datasource, build_datasource
+from blokrun.datasources import Datasource, Entry, build_datasource
 from blokrun.datasources.memory import MemoryStore
 from tests.integration import wfnodes
 from tests.regressions.helpers import NODE, calls, mem
@@ -21,7 +22,7 @@ NAP = f"{NODE}:nap"
 class SlowStore(MemoryStore):
     """A store whose writes take 0.3 s (a remote database across a WAN, a busy disk)."""
 
-    async def save_batch(self, entries):  # type: ignore[override]
+    async def save_batch(self, entries: Sequence[Entry]) -> None:
         await anyio.sleep(0.3)
         await super().save_batch(entries)
 

@@ -28,6 +28,7 @@ async def test_a_run_whose_last_step_is_not_checkpointed_is_recorded_completed()
         res = await runner.run(wf, {}, request_id="lastnc")
         assert res.status == "completed"
         head = await runner.head("lastnc")
+        assert head is not None
         again = await runner.resume("lastnc")
         assert head.status == "completed"
         assert again.steps_run == ()

@@ -74,7 +74,7 @@ async def test_two_resumes_with_one_token_run_the_next_step_once() -> None:
     }
     async with Runner([mem()]) as runner:
         res = await runner.run(wf, {}, request_id="tok")
-        results = []
+        results: list[object] = []
 
         async def one() -> None:
             try:
