@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from blokrun.cli.common import EXIT_OK, with_runner
+from blokrun.persistence.leases import holding
 
 if TYPE_CHECKING:
     import argparse
@@ -68,7 +69,7 @@ def _as_json(info: RunInfo) -> dict[str, Any]:
     return {
         "request_id": info.request_id,
         "datasource": info.datasource,
-        "status": head.status if head else None,
+        "status": info.status,
         "workflow": head.workflow if head else None,
         "error": head.error if head else None,
         "incarnation": info.incarnation,
@@ -76,7 +77,7 @@ def _as_json(info: RunInfo) -> dict[str, Any]:
         "damaged": list(info.damaged),
         "lease": (
             {"owner": lease.owner, "token": lease.token, "until": lease.expires_at}
-            if (lease := info.lease) is not None and lease.live(time.time())
+            if (lease := holding(info.lease, time.time())) is not None
             else None
         ),
         "checkpoints": [
@@ -103,14 +104,14 @@ def format_table(info: RunInfo) -> str:
     if head is not None:
         lines.append(
             f"run {info.request_id}  workflow {head.workflow} {head.version}  "
-            f"status {head.status}  attempt {head.attempt}"
+            f"status {info.status}  attempt {head.attempt}"
             + (f"  incarnation {info.incarnation}" if info.incarnation > 1 else "")
             + f"  on {info.datasource!r}\n"
         )
         if head.error:
             lines.append(f"last error ({head.failed_step or 'run'}): {head.error}\n")
-        lease = info.lease
-        if lease is not None and lease.live(time.time()):
+        lease = holding(info.lease, time.time())
+        if lease is not None:
             left = lease.expires_at - time.time()
             lines.append(
                 f"being run by {lease.owner} (lease token {lease.token}, "

@@ -23,7 +23,7 @@ import orjson
 
 from blokrun.errors import ArgumentError, KeyMissing, RecordError
 from blokrun.persistence.keys import HEAD_PREFIX, head_key, lease_key
-from blokrun.persistence.leases import holder_is_dead
+from blokrun.persistence.leases import shown_status
 from blokrun.persistence.records import HeadRecord, decode_record
 from blokrun.types import RunStatus
 
@@ -228,9 +228,7 @@ async def _interrupted(store: RunStore, best: dict[str, tuple[HeadRecord, str]])
         if head.status != "running" or not ds.supports_leases:
             continue
         lease = await ds.read_lease(lease_key(rid))
-        if lease is None:
-            continue  # leases off, or a blokrun before them: cannot tell
-        if not lease.live(now) or holder_is_dead(lease.owner):
+        if shown_status(head.status, lease, now) == "interrupted":
             out.add(rid)
     return out
 

@@ -9,11 +9,13 @@ its targets disagree; :meth:`History.state_at` rebuilds the vars of one (``inspe
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from blokrun.errors import ResumeError
 from blokrun.persistence.keys import lease_key
+from blokrun.persistence.leases import shown_status
 from blokrun.persistence.state import resolve_blobs
 
 if TYPE_CHECKING:
@@ -55,6 +57,9 @@ class RunInfo:
     disagreement: Mapping[str, str] = field(default_factory=dict)
     #: records that were found but do not verify (what is wrong with each)
     damaged: tuple[str, ...] = ()
+    #: the status every command shows: the head's, or ``"interrupted"`` when it says running
+    #: but nobody holds the run's lease any more (:func:`.leases.shown_status`)
+    status: str | None = None
 
 
 class History:
@@ -93,15 +98,17 @@ class History:
             f"{s.key}: {s.problem}" for s in listed if s.record is None and s.problem
         ) + tuple(found.warnings)
         lease = await ds.read_lease(lease_key(request_id)) if ds.supports_leases else None
+        head = found.head
         return RunInfo(
             request_id,
             ds.name,
-            found.head,
+            head,
             infos,
             lease,
             found.incarnation,
             found.disagreement(),
             damaged,
+            shown_status(head.status, lease, time.time()) if head is not None else None,
         )
 
     async def state_at(

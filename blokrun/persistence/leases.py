@@ -39,7 +39,7 @@ from blokrun.errors import BlokrunError, LeaseLost, RunBusy
 from blokrun.persistence.keys import LEASE_PREFIX, SLOT_PREFIX, lease_key
 
 if TYPE_CHECKING:
-    from blokrun.datasources import Datasource
+    from blokrun.datasources import Datasource, LeaseState
 
 __all__ = [
     "LEASE_PREFIX",
@@ -47,8 +47,10 @@ __all__ = [
     "Lease",
     "acquire",
     "holder_is_dead",
+    "holding",
     "lease_key",
     "new_owner",
+    "shown_status",
 ]
 
 log = logging.getLogger("blokrun.leases")
@@ -98,6 +100,25 @@ def holder_is_dead(owner: str) -> bool:
     except OSError:  # exists, owned by someone else
         return False
     return False
+
+
+def shown_status(status: str, lease: LeaseState | None, now: float) -> str:
+    """The status of a run whose head says ``status``, as every command and the API show it:
+    ``"interrupted"`` when the head says running but nobody runs it any more -- its lease
+    expired, or its holder's process is gone. ``lease``: the run's lease as stored (``None``
+    when leases are not kept, or it was released: then the head is taken at its word)."""
+    if status != "running" or lease is None:
+        return status
+    if not lease.live(now) or holder_is_dead(lease.owner):
+        return "interrupted"
+    return status
+
+
+def holding(lease: LeaseState | None, now: float) -> LeaseState | None:
+    """``lease`` if someone holds it now (live, and its holder is not known to be gone)."""
+    if lease is None or not lease.live(now) or holder_is_dead(lease.owner):
+        return None
+    return lease
 
 
 @dataclass(slots=True)

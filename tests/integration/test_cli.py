@@ -230,6 +230,15 @@ def test_sigkill_in_the_middle_of_a_step_then_resume_completes_the_run(tmp_path:
         proc.communicate()
     assert proc.returncode == -signal.SIGKILL
 
+    # One status everywhere: the killed run is interrupted for inspect, its JSON, and runs.
+    shown = blokrun(tmp_path, "inspect", "kill-1")
+    assert shown.returncode == 0, shown.stderr
+    assert "status interrupted" in shown.stdout and "being run by" not in shown.stdout
+    as_json = json.loads(blokrun(tmp_path, "inspect", "kill-1", "--json").stdout)
+    assert as_json["status"] == "interrupted" and as_json["lease"] is None
+    listed = json.loads(blokrun(tmp_path, "runs", "--json").stdout)["runs"]
+    assert [r["status"] for r in listed if r["request_id"] == "kill-1"] == ["interrupted"]
+
     resumed = blokrun(tmp_path, "resume", "kill-1", WF_LEDGER=str(ledger))
     assert resumed.returncode == 0, resumed.stderr
     final = json.loads(resumed.stdout)
