@@ -33,6 +33,7 @@ from blokrun.execution.builtins import Suspend
 from blokrun.execution.context import Context, RequestInfo, WorkflowInfo
 from blokrun.execution.events import RunEnded, RunStarted, StepFinished, StepStarted, Suspension
 from blokrun.execution.groups import first_failure
+from blokrun.execution.threads import run_in_daemon_thread
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -134,8 +135,9 @@ async def _call(step: Step, ctx: Context, inputs: dict[str, Any]) -> Any:
     node = step.node
     if node.is_async:
         return await node.fn(ctx, inputs)
-    # A thread cannot be interrupted: on timeout or cancellation we stop waiting for it.
-    return await anyio.to_thread.run_sync(node.fn, ctx, inputs, abandon_on_cancel=True)
+    # A thread cannot be interrupted: on timeout or cancellation we stop waiting for it, and
+    # it runs on as a daemon thread that never keeps the process alive.
+    return await run_in_daemon_thread(node.fn, ctx, inputs)
 
 
 class _Executor:

@@ -216,3 +216,13 @@ def reset() -> None:
     THREADS.clear()
     TIMES.clear()
     GATE.clear()
+
+
+def sync_sleep(ctx: Any, inputs: dict[str, Any]) -> Any:
+    """A plain ``def`` node that blocks its thread (``seconds``; forever when absent)."""
+    _ledger(ctx)
+    if "seconds" in inputs:
+        time.sleep(float(inputs["seconds"]))
+    else:
+        threading.Event().wait()
+    return "woke"
