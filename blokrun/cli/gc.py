@@ -92,9 +92,7 @@ def format_report(report: GcReport) -> str:
         f"{_size(report.bytes_deleted)}) and {report.blobs_deleted} unreferenced blob(s); "
         f"kept {report.runs_kept} run(s) and {report.blobs_kept} blob(s)"
     )
-    if report.blobs_note:
-        lines.append(f"gc: {report.blobs_note}")
-    lines.extend(f"gc: warning: {w}" for w in report.warnings if w != report.blobs_note)
+    lines.extend(f"gc: warning: {w}" for w in report.warnings)
     lines.extend(f"gc: error: {e}" for e in report.errors)
     return "\n".join(lines) + "\n"
 
@@ -123,7 +121,6 @@ def _as_json(report: GcReport) -> dict[str, Any]:
         "blobs_deleted": report.blobs_deleted,
         "blobs": [{"datasource": ds, "key": key} for ds, key in report.blob_keys],
         "blobs_kept": report.blobs_kept,
-        "blobs_note": report.blobs_note,
         "warnings": list(report.warnings),
         "errors": list(report.errors),
     }

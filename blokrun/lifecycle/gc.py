@@ -40,6 +40,7 @@ from blokrun.lifecycle.runs import BATCH, decode_head, iter_runs
 from blokrun.persistence.keys import (
     BLOB_PREFIX,
     BLOBREF_PREFIX,
+    alias_key,
     definition_key,
     head_key,
     lease_key,
@@ -50,6 +51,7 @@ from blokrun.persistence.leases import acquire
 from blokrun.persistence.records import (
     CheckpointRecord,
     DefinitionRecord,
+    RunRecord,
     alias_owner,
     decode_record,
 )
@@ -96,7 +98,6 @@ class GcReport:
     blobs_deleted: int = 0
     blob_keys: tuple[tuple[str, str], ...] = ()  # (datasource, key) of the blobs deleted
     blobs_kept: int = 0
-    blobs_note: str | None = None  # why every blob was kept, when it was
     errors: tuple[str, ...] = ()  # runs that could not be deleted (datasource errors)
     warnings: tuple[str, ...] = ()
 
@@ -184,21 +185,59 @@ async def _keys_of(state: _State, ds: Datasource, run: RunSummary) -> tuple[list
                     envelope=envelope,
                     bind=key,
                 )
-            except RecordError as exc:  # deleted all the same; its alias is left in place
+            except RecordError as exc:  # deleted all the same; its alias found below
                 state.warn(f"run {rid}: {key!r} on {ds.name!r} cannot be read ({exc})")
                 continue
             if rec.alias and rec.request_id == rid:
                 aliases.add(rec.alias)
+    runs = await ds.keys(run_keys_prefix(rid))
+    aliases |= await _rendered_aliases(state, ds, run, runs)
     owned: list[str] = []
     if aliases:
         values = await ds.load_batch(sorted(aliases))
         owner = alias_owner(rid)
         owned = [key for key, raw in values.items() if raw.startswith(owner)]
-    runs = await ds.keys(run_keys_prefix(rid))
     marks = await ds.keys(f"{BLOBREF_PREFIX}{rid}/")
     heads = [head_key(rid)] if await ds.exists(head_key(rid)) else []
     keys = [*checkpoints, *owned, *runs, *marks, *heads]
     return keys, len(checkpoints), size
+
+
+async def _rendered_aliases(
+    state: _State, ds: Datasource, run: RunSummary, run_records: list[str]
+) -> set[str]:
+    """The aliases the run's key pattern names for each step of its workflow, where the
+    pattern needs no vars: so the alias of a checkpoint that cannot be read is found too.
+    (Only those this run owns are deleted: the caller checks each one's owner.)"""
+    envelope = state.store.envelope
+    digests: set[str] = set()
+    for key, raw in (await ds.load_batch(run_records)).items():
+        try:
+            record = decode_record(
+                raw, RunRecord, datasource=ds.name, key=key, envelope=envelope, bind=key
+            )
+        except RecordError:
+            continue
+        digests.add(record.definition_hash)
+    out: set[str] = set()
+    for digest in digests:
+        dkey = definition_key(digest)
+        found = await ds.load(dkey)
+        if found is None:
+            continue
+        try:
+            stored = decode_record(
+                found, DefinitionRecord, datasource=ds.name, key=dkey, envelope=envelope, bind=dkey
+            )
+            wf = state.store.load_stored(stored)
+        except BlokrunError:
+            continue  # its nodes cannot be loaded here, say: the checkpoints named the rest
+        for step in wf.steps:
+            try:
+                out.add(alias_key(wf, run.request_id, run.started_at, step.name, {}))
+            except BlokrunError:
+                continue  # the pattern uses the vars: only the checkpoint knows its alias
+    return out
 
 
 async def _collect_run(state: _State, run: RunSummary) -> GcRun | None:

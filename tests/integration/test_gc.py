@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +16,13 @@ from blokrun.cli import gc as gc_cli
 from blokrun.config import DatasourceSettings
 from blokrun.datasources import Datasource, build_datasource
 from blokrun.lifecycle import collect_garbage
-from blokrun.persistence.keys import head_key, run_key
+from blokrun.persistence.keys import checkpoint_key, head_key, run_key
 from blokrun.persistence.records import HeadRecord, decode_record, encode_record
+from tests import records
 from tests.integration import wfnodes
 
 NODE = "tests.integration.wfnodes"
 DAY = 86400.0
-
-
-@pytest.fixture(autouse=True)
-def _reset_nodes() -> Iterator[None]:
-    wfnodes.CALLS.clear()
-    wfnodes.FAIL_AT.clear()
-    yield
-    wfnodes.FAIL_AT.clear()
 
 
 def mem(name: str) -> Datasource:
@@ -68,9 +60,10 @@ async def age(runner: Runner, rid: str, days: float, **changes: Any) -> None:
         raw = await ds.load(head_key(rid))
         if raw is None:
             continue
-        head = decode_record(raw, HeadRecord)
+        key = head_key(rid)
+        head = decode_record(raw, HeadRecord, bind=key)
         head = msgspec.structs.replace(head, updated_at=time.time() - days * DAY, **changes)
-        await ds.save(head_key(rid), encode_record(head))
+        await ds.save(key, encode_record(head, bind=key))
 
 
 async def snapshot(runner: Runner) -> dict[str, set[str]]:
@@ -106,7 +99,11 @@ async def populate(runner: Runner) -> None:
 
 
 def run_keys(rid: str, steps: tuple[str, ...] = ("s1", "s2")) -> set[str]:
-    return {head_key(rid), run_key(rid), *(f"{rid}-{s}" for s in steps)}
+    """Everything a run of ``steps`` stores: head, run record, a checkpoint and an alias per
+    step (the definition is shared by content and stays)."""
+    checkpoints = {checkpoint_key(rid, 1, seq) for seq in range(1, len(steps) + 1)}
+    aliases = {f"{rid}-{s}" for s in steps}
+    return {head_key(rid), run_key(rid, 1), *checkpoints, *aliases}
 
 
 async def test_old_runs_go_recent_running_and_suspended_stay(runner: Runner) -> None:
@@ -118,10 +115,11 @@ async def test_old_runs_go_recent_running_and_suspended_stay(runner: Runner) -> 
     assert sorted(r.request_id for r in report.runs) == ["cancel-40", "fail-40", "job", "old-done"]
     assert report.runs_deleted == 4 and report.runs_kept == 5
     assert report.checkpoints_deleted == 2 * 2 + 1 + 2 + 2
-    assert report.keys_deleted == report.checkpoints_deleted + 2 * 5
+    # a checkpoint and an alias per step, and a head and a run record per run and target
+    assert report.keys_deleted == 2 * report.checkpoints_deleted + 2 * 5
     assert report.bytes_deleted > 0 and report.blobs_deleted == 0 and report.errors == ()
     old_done = next(r for r in report.runs if r.request_id == "old-done")
-    assert old_done.datasources == ("a", "b") and old_done.keys == 8
+    assert old_done.datasources == ("a", "b") and old_done.keys == 12
     after = await snapshot(runner)
     gone = {
         "a": run_keys("old-done") | run_keys("fail-40", ("s1",)) | run_keys("job"),
@@ -234,7 +232,11 @@ async def test_custom_key_pattern_with_the_start_date(runner: Runner) -> None:
     assert left == {f"ck/{day}/dated-2/s1", f"ck/{day}/dated-2/s2"}
 
 
-async def test_missing_definition_falls_back_on_the_default_prefix(runner: Runner) -> None:
+async def test_a_run_whose_definition_is_missing_is_still_collected_whole(
+    runner: Runner,
+) -> None:
+    """gc needs no definition: a run's keys are found under its id, its aliases are named in
+    its checkpoints."""
     await runner.run(wf(["a"]), request_id="nodef")
     for key in await runner.datasources["a"].keys("_blokrun.def."):
         await runner.datasources["a"].delete(key)
@@ -242,8 +244,7 @@ async def test_missing_definition_falls_back_on_the_default_prefix(runner: Runne
     report = await runner.collect_garbage(
         completed_older_than=7 * DAY, failed_older_than=None, dry_run=False
     )
-    assert report.checkpoints_deleted == 2
-    assert any("definition is missing" in w for w in report.warnings)
+    assert report.checkpoints_deleted == 2 and report.keys_deleted == 6
     assert await runner.datasources["a"].keys() == []
 
 
@@ -278,7 +279,7 @@ async def test_unreferenced_blobs_go_referenced_ones_stay(blob_runner: Runner) -
     assert dry.blobs_deleted == 1 and dry.blobs_kept == 1 and await blob_keys(runner) == blobs
     report = await runner.collect_garbage(dry_run=False, **kw)
     assert report.runs_deleted == 2 and report.blobs_deleted == 1 and report.blobs_kept == 1
-    assert report.blob_keys == dry.blob_keys and report.blobs_note is None
+    assert report.blob_keys == dry.blob_keys
     (survivor,) = await blob_keys(runner)
     assert report.blob_keys == (("blobs", next(iter(blobs - {survivor}))),)
     result = await runner.resume("new-2")  # its blob is still there
@@ -289,23 +290,24 @@ async def test_unreferenced_blobs_go_referenced_ones_stay(blob_runner: Runner) -
     assert final.blobs_deleted == 1 and await blob_keys(runner) == set()
 
 
-async def test_an_unreadable_checkpoint_keeps_every_blob(blob_runner: Runner) -> None:
+async def test_an_unreadable_checkpoint_keeps_its_runs_blobs_only(blob_runner: Runner) -> None:
+    """A kept run's blobs are kept by their marks, whatever its records say: one unreadable
+    checkpoint neither loses them nor stops the sweep of the others."""
     runner = blob_runner
     await runner.run(blob_wf(1), request_id="old-1")
     await runner.run(blob_wf(3), request_id="new-3")
     await age(runner, "old-1", 10)
     ds = runner.datasources["a"]
-    raw = await ds.load("new-3-after")
+    key = (await records.checkpoint(ds, "new-3-make")).key  # the one that refers to the blob
+    raw = await ds.load(key)
     assert raw is not None
-    await ds.save("new-3-after", raw[:-1] + bytes([raw[-1] ^ 0xFF]))  # checksum fails
+    await ds.save(key, raw[:-1] + bytes([raw[-1] ^ 0xFF]))  # checksum fails
     report = await runner.collect_garbage(
         completed_older_than=7 * DAY, failed_older_than=None, dry_run=False
     )
     assert report.runs_deleted == 1
-    assert report.blobs_deleted == 0 and report.blobs_kept == 2
-    assert report.blobs_note is not None
-    assert "kept all 2 blob(s)" in report.blobs_note and "'new-3-after'" in report.blobs_note
-    assert len(await blob_keys(runner)) == 2
+    assert report.blobs_deleted == 1 and report.blobs_kept == 1  # old-1's went, new-3's stays
+    assert len(await blob_keys(runner)) == 1
 
 
 async def test_bad_ages_are_config_errors(runner: Runner) -> None:
@@ -357,12 +359,12 @@ async def test_cli_output(runner: Runner, capsys: pytest.CaptureFixture[str]) ->
         "old-done",
     ]
     assert "would delete run old-done  workflow adder  completed" in out
-    assert "4 key(s) on 'a', 'b'" not in out and "8 key(s) on 'a', 'b'" in out
-    assert lines[-1].startswith("gc (dry run): would delete 4 run(s) (19 keys, ")
+    assert "12 key(s) on 'a', 'b'" in out  # a head, run record, checkpoint and alias x2, on each
+    assert lines[-1].startswith("gc (dry run): would delete 4 run(s) (28 keys, ")
     assert "kept 5 run(s) and 0 blob(s)" in lines[-1]
     assert await gc_cli.run(parse("--json"), runner) == 0
     doc = orjson.loads(capsys.readouterr().out)
-    assert doc["dry_run"] is False and doc["runs_deleted"] == 4 and doc["keys_deleted"] == 19
+    assert doc["dry_run"] is False and doc["runs_deleted"] == 4 and doc["keys_deleted"] == 28
     assert {r["request_id"] for r in doc["runs"]} == {"cancel-40", "fail-40", "job", "old-done"}
     assert await gc_cli.run(parse(), runner) == 0
     out = capsys.readouterr().out
