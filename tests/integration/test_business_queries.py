@@ -15,6 +15,7 @@ from types import ModuleType
 
 import pytest
 
+from tests import records
 from tests.conftest import ServerPool
 from tests.servers.base import settings_env
 
@@ -59,9 +60,10 @@ async def test_query_1_s3_intermediate_results_and_resume(
         keys = await storage.keys(f"raw-{out['request_id']}")
         assert keys == [f"raw-{out['request_id']}"]
         assert await storage.exists(f"transformed-{out['request_id']}")
-        assert await storage.exists(
-            f"{out['request_id']}-aggregate~2"
-        )  # checkpoints on S3 too (attempt 2)
+        # the checkpoints are on S3 too: aggregate's is its second attempt's (the resume)
+        rec = await records.checkpoint(storage, f"{out['request_id']}-aggregate")
+        assert rec.request_id == out["request_id"] and rec.step == "aggregate"
+        assert rec.attempt == 2
 
 
 async def test_query_2_parallel_runs_coordinate_through_redis(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,19 +17,13 @@ from blokrun.cli import runs as runs_cli
 from blokrun.config import DatasourceSettings
 from blokrun.datasources import Datasource, build_datasource
 from blokrun.persistence.keys import head_key
-from blokrun.persistence.records import HeadRecord, decode_record, encode_record
+from blokrun.persistence.records import HeadRecord
+from tests import records
 from tests.integration import wfnodes
 
 NODE = "tests.integration.wfnodes"
 
 
-@pytest.fixture(autouse=True)
-def _reset_nodes() -> Iterator[None]:
-    wfnodes.CALLS.clear()
-    wfnodes.FAIL_AT.clear()
-    wfnodes.TIMES.clear()
-    yield
-    wfnodes.FAIL_AT.clear()
 
 
 def mem(name: str) -> Datasource:
@@ -51,14 +44,11 @@ def wf(name: str, targets: list[str], steps: tuple[str, ...] = ("s1", "s2")) -> 
 
 
 async def read_head(ds: Datasource, rid: str) -> HeadRecord:
-    raw = await ds.load(head_key(rid))
-    assert raw is not None
-    return decode_record(raw, HeadRecord)
+    return await records.head(ds, rid)
 
 
 async def rewrite_head(ds: Datasource, rid: str, **changes: Any) -> None:
-    head = msgspec.structs.replace(await read_head(ds, rid), **changes)
-    await ds.save(head_key(rid), encode_record(head))
+    await records.put_head(ds, msgspec.structs.replace(await read_head(ds, rid), **changes))
 
 
 @pytest.fixture
