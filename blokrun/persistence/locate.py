@@ -373,7 +373,7 @@ class Locator:
         listed: list[int] | None = None
         while latest is not None:
             chain = await self._chain(view, latest)
-            if chain is not None:
+            if not isinstance(chain, str):
                 view.checkpoint, view.chain = latest, chain
                 for rec in (*chain, latest):
                     if rec.key in view.probed:
@@ -381,8 +381,8 @@ class Locator:
                 return
             view.warnings.append(
                 f"checkpoint #{latest.seq} of run {request_id} on {ds.name!r} has a broken "
-                "chain (a record it builds on is missing or does not verify); using an "
-                "earlier one"
+                f"chain: {chain!r}, a record it builds on, is missing or does not verify; "
+                "using an earlier one"
             )
             if listed is None:
                 listed = sorted(
@@ -390,10 +390,9 @@ class Locator:
                 )
             latest = await self._latest_listed(view, request_id, incarnation, listed, latest.seq)
 
-    async def _chain(
-        self, view: TargetView, rec: CheckpointRecord
-    ) -> list[CheckpointRecord] | None:
-        """The records of ``rec``'s chain in order, or None if any is missing or foreign."""
+    async def _chain(self, view: TargetView, rec: CheckpointRecord) -> list[CheckpointRecord] | str:
+        """The records of ``rec``'s chain in order, or the key of the first one that is
+        missing, does not verify, or belongs elsewhere."""
         if rec.snapshot:
             return []
         ds = view.datasource
@@ -411,7 +410,7 @@ class Locator:
                 or link.base != rec.base
                 or (i == 0) != link.snapshot
             ):
-                return None
+                return key
             previous = link.seq
             chain.append(link)
             view.probed[key] = raw[key]
@@ -508,7 +507,7 @@ class Locator:
         """The vars ``rec`` stands for (its chain read from ``ds``), or None if broken."""
         view = TargetView(ds)
         chain = await self._chain(view, rec)
-        if chain is None:
+        if isinstance(chain, str):
             return None
         return rebuild_vars(rec, chain)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import logging
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -14,19 +15,11 @@ from blokrun.datasources.memory import MemoryStore
 from blokrun.errors import ResumeError
 from blokrun.persistence.codec import dumps_value
 from blokrun.persistence.envelope import Envelope
-from blokrun.persistence.records import CheckpointRecord, decode_record
+from tests import records
 from tests.integration import wfnodes
 
 NODE = "tests.integration.wfnodes"
 PLAIN = Envelope(compression="none")
-
-
-@pytest.fixture(autouse=True)
-def _reset() -> Iterator[None]:
-    wfnodes.CALLS.clear()
-    wfnodes.FAIL_AT.clear()
-    yield
-    wfnodes.FAIL_AT.clear()
 
 
 class CountingStore(MemoryStore):
@@ -90,9 +83,7 @@ async def test_resume_rebuilds_the_state_from_a_snapshot_and_its_deltas() -> Non
     async with Runner([ds], envelope=PLAIN) as runner:
         with pytest.raises(StepFailed):
             await runner.run(wf, request_id="rebuild-1")
-        latest = decode_record(
-            await ds.load("rebuild-1-s024") or b"", CheckpointRecord, envelope=PLAIN
-        )
+        latest = await records.checkpoint(ds, "rebuild-1-s024", PLAIN)
         assert not latest.snapshot and latest.chain  # the latest checkpoint is a delta
         wfnodes.FAIL_AT.clear()
         resumed = await runner.resume("rebuild-1")
@@ -102,20 +93,22 @@ async def test_resume_rebuilds_the_state_from_a_snapshot_and_its_deltas() -> Non
     assert resumed.steps_skipped[-1] == "s024"
 
 
-async def test_a_broken_delta_chain_falls_back_to_an_earlier_whole_checkpoint() -> None:
+async def test_a_broken_delta_chain_falls_back_to_an_earlier_whole_checkpoint(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     ds, _ = counting()
     wf = growing(10, 20_000)
     async with Runner([ds], envelope=PLAIN) as runner:
         await runner.run(wf, request_id="chain-1")
-        latest = decode_record(
-            await ds.load("chain-1-s009") or b"", CheckpointRecord, envelope=PLAIN
-        )
+        latest = await records.checkpoint(ds, "chain-1-s009", PLAIN)
         assert not latest.snapshot and len(latest.chain) >= 2
         await ds.delete(latest.chain[1])  # lose a delta in the middle of the chain
         from blokrun.persistence.keys import head_key
 
         await ds.delete(head_key("chain-1"))
-        result = await runner.resume("chain-1")
+        with caplog.at_level(logging.WARNING, logger="blokrun"):
+            result = await runner.resume("chain-1")
+    assert latest.chain[1] in caplog.text  # never silently: the missing record is named
     # Steps after the last whole checkpoint ran again; the final state is right.
     fresh_ds, _ = counting()
     async with Runner([fresh_ds], envelope=PLAIN) as runner:

@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from blokrun import Runner, StepFailed, WorkflowError
 from blokrun.config import DatasourceSettings
-from blokrun.persistence.records import CheckpointRecord, decode_record
+from tests import records
 from tests.integration import wfnodes
 
 NODE = "tests.integration.wfnodes"
 
 
-@pytest.fixture(autouse=True)
-def _reset() -> Iterator[None]:
-    wfnodes.CALLS.clear()
-    wfnodes.FAIL_AT.clear()
-    wfnodes.TIMES.clear()
-    wfnodes.FAILS_LEFT.clear()
-    yield
-    wfnodes.FAIL_AT.clear()
 
 
 def mem() -> DatasourceSettings:
@@ -73,7 +64,7 @@ async def test_each_parallel_step_is_checkpointed_with_its_own_sequence_number()
         ds = runner.datasources["default"]
         seqs = {}
         for step in ("start", "a", "b", "c", "join"):
-            rec = decode_record(await ds.load(f"par-seq-{step}") or b"", CheckpointRecord)
+            rec = await records.checkpoint(ds, f"par-seq-{step}")
             seqs[step] = rec.seq
             assert step in rec.done
     assert sorted(seqs.values()) == [1, 2, 3, 4, 5]
@@ -162,9 +153,7 @@ async def test_a_step_is_retried_with_backoff_and_its_attempts_recorded() -> Non
         t0 = time.monotonic()
         result = await runner.run(flaky_wf(2, retry), request_id="retry-1")
         elapsed = time.monotonic() - t0
-        rec = decode_record(
-            await runner.datasources["default"].load("retry-1-call") or b"", CheckpointRecord
-        )
+        rec = await records.checkpoint(runner.datasources["default"], "retry-1-call")
     assert result.vars["call"] == "ok"
     assert calls("retry-1") == ["call", "call", "call"]
     assert elapsed >= 0.05 + 0.1  # waited delay, then delay * backoff

@@ -215,6 +215,7 @@ def reset() -> None:
     FAIL_AT.clear()
     THREADS.clear()
     TIMES.clear()
+    FAILS_LEFT.clear()
     GATE.clear()
 
 
