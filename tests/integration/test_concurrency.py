@@ -15,7 +15,13 @@ from blokrun import Runner
 from blokrun.config import DatasourceSettings
 from blokrun.datasources import Datasource
 from blokrun.datasources.memory import MemoryStore
-from blokrun.persistence.records import CheckpointRecord, decode_record
+from blokrun.persistence.keys import CHECKPOINT_PREFIX, parse_checkpoint_key
+from blokrun.persistence.records import (
+    DEFAULT_ENVELOPE,
+    CheckpointRecord,
+    decode_alias,
+    decode_record,
+)
 
 if TYPE_CHECKING:
     from tests.conftest import ServerPool
@@ -54,16 +60,29 @@ async def test_100_runs_at_once_all_complete_and_keep_their_own_checkpoints(
             for i in range(100):
                 tg.start_soon(one, i)
         ds = runner.datasources["default"]
-        keys = [k for k in await ds.keys("run-")]
-        records = await ds.load_batch(keys)
+        await each_checkpoint_belongs_to_its_run(ds, 100)
     assert results == {f"run-{i}": i * 1000 + 15 for i in range(100)}
-    assert len(keys) == 100 * 5  # none lost
-    for key, raw in records.items():
-        rec = decode_record(raw, CheckpointRecord)
-        assert key == f"{rec.request_id}-{rec.step}"  # every checkpoint belongs to its run
+
+
+async def each_checkpoint_belongs_to_its_run(ds: Datasource, n: int) -> None:
+    """``n`` runs of 5 steps: every checkpoint is there, under its run's own key, holds its
+    run's values, and the alias of each step points at it."""
+    keys = await ds.keys(CHECKPOINT_PREFIX)
+    assert len(keys) == n * 5  # none lost
+    stored = await ds.load_batch(keys)
+    aliases = await ds.load_batch(await ds.keys("run-"))
+    assert len(aliases) == n * 5
+    for key, raw in stored.items():
+        rec = decode_record(raw, CheckpointRecord, bind=key)  # sealed for this key
+        assert parse_checkpoint_key(key) == (rec.request_id, 1, rec.seq)
         assert rec.vars["total"] == int(rec.request_id.split("-")[1]) * 1000 + sum(
             range(1, rec.seq + 1)
         )
+        alias = f"{rec.request_id}-{rec.step}"
+        pointer = decode_alias(
+            aliases[alias], datasource=ds.name, key=alias, envelope=DEFAULT_ENVELOPE
+        )
+        assert pointer is not None and pointer.request_id == rec.request_id and pointer.key == key
 
 
 class DiscardStore(MemoryStore):
@@ -122,17 +141,10 @@ async def test_1000_concurrent_runs_on_a_network_datasource(
             for i in range(n):
                 tg.start_soon(one, i)
         ds = runner.datasources["default"]
-        keys = await ds.keys("run-")
-        records = await ds.load_batch(keys)
+        await each_checkpoint_belongs_to_its_run(ds, n)
         heads = await ds.keys("_blokrun.head.")
         page = await runner.runs(status="completed", limit=n)
     assert errors == []
     assert results == {f"run-{i}": i * 1000 + 15 for i in range(n)}
-    assert len(keys) == n * 5 and len(heads) == n
+    assert len(heads) == n
     assert len(page.runs) == n
-    for key, raw in records.items():
-        rec = decode_record(raw, CheckpointRecord)
-        assert key == f"{rec.request_id}-{rec.step}"
-        assert rec.vars["total"] == int(rec.request_id.split("-")[1]) * 1000 + sum(
-            range(1, rec.seq + 1)
-        )
