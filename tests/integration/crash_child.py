@@ -2,10 +2,10 @@
 
 python -m tests.integration.crash_child HOME REQUEST_ID POINT N
 
-POINT is where the N-th save dies (save 1 stores the workflow definition, save 2 the run's
-start record, save k+2 the checkpoint of step k): ``before`` (nothing of it written), ``between`` (the checkpoint written, not its head
-record), ``after`` (both written, killed before the next step), or ``in-step`` (inside the
-node of step N, after its side effect). With POINT ``none`` the run is resumed instead.
+POINT is where the save of step N's checkpoint dies: ``before`` (nothing of it written),
+``between`` (the checkpoint and its alias written, not the head record), ``after`` (all
+written, killed before the next step), or ``in-step`` (inside the node of step N, after its
+side effect). With POINT ``none`` the run is resumed instead.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import anyio
 from blokrun import Runner
 from blokrun.config import settings_from_env
 from blokrun.datasources import Datasource, create_store
+from blokrun.persistence.keys import CHECKPOINT_PREFIX, HEAD_PREFIX
 
 STEPS = 8
 
@@ -37,10 +38,14 @@ def workflow() -> dict[str, object]:
 
 
 class Faulty:
-    """Wraps any store; the N-th ``save_batch`` kills the process at POINT."""
+    """Wraps any store; the save of the N-th checkpoint kills the process at POINT."""
 
-    def __init__(self, inner: Any, point: str, n: int) -> None:
+    def __init__(self, inner: Any, point: str, n: int, prefix: str) -> None:
         self.inner, self.point, self.n, self.calls = inner, point, n, 0
+        self.prefix = prefix  # the datasource's: the store sees prefixed keys
+
+    def bare(self, key: str) -> str:
+        return key.removeprefix(self.prefix)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -72,10 +77,12 @@ class Faulty:
         return list(await self.inner.save_groups(groups))
 
     async def _fault(self, entries: Sequence[Any], write: Any) -> None:
+        if not any(self.bare(key).startswith(CHECKPOINT_PREFIX) for key, _, _ in entries):
+            return  # the definition, the run's start, an end record: not counted
         self.calls += 1
         if self.calls == self.n and self.point in ("before", "between", "after"):
             if self.point == "between":
-                await write(entries[:1])
+                await write([e for e in entries if not self.bare(e[0]).startswith(HEAD_PREFIX)])
             elif self.point == "after":
                 await write(entries)
             os.kill(os.getpid(), signal.SIGKILL)
@@ -91,7 +98,7 @@ async def main(home: str, rid: str, point: str, n: int) -> None:
         settings = replace(settings, path=f"{home}/ck")
     if point == "in-step":
         os.environ["WF_KILL_AT"] = f"s{n}"
-    store = Faulty(create_store(settings), point, n)
+    store = Faulty(create_store(settings), point, n, settings.prefix)
     async with Runner([Datasource(settings, store)]) as runner:
         if point == "none":
             result = await runner.resume(rid)
