@@ -22,6 +22,7 @@ import anyio
 import pytest
 
 from blokrun import Runner
+from blokrun.persistence.keys import CHECKPOINT_PREFIX
 from blokrun.persistence.records import CheckpointRecord, decode_record
 from tests.servers.base import settings_env
 
@@ -102,7 +103,7 @@ def test_300_runs_on_3_workers_one_killed_half_way(
                     for rid in ids:
                         out[rid] = await runner.wait(rid)
                 ds = runner.datasources["default"]
-                keys = await ds.keys("run-")
+                keys = await ds.keys(CHECKPOINT_PREFIX)
                 records = await ds.load_batch(keys)
                 out["__records__"] = records
                 return out
@@ -127,8 +128,8 @@ def test_300_runs_on_3_workers_one_killed_half_way(
     assert len(twice) <= 8, twice  # at most the killed worker's concurrency
 
     by_run: dict[str, list[CheckpointRecord]] = {}
-    for raw in records.values():
-        rec = decode_record(raw, CheckpointRecord)
+    for key, raw in records.items():
+        rec = decode_record(raw, CheckpointRecord, bind=key)  # sealed for its own key
         by_run.setdefault(rec.request_id, []).append(rec)
     taken_over = {rid for rid, chain in by_run.items() if any(r.attempt > 1 for r in chain)}
     assert taken_over, "the killed worker held no run that another one resumed"
