@@ -21,8 +21,9 @@ run: $(STAMP)
 servers: $(STAMP)
 	@for script in .ci/setup/*.sh; do [ -f "$$script" ] && bash "$$script" || exit 1; done
 
-## test: install everything the tests need, then run the whole suite
-test: servers
+## test: install everything the tests need; ruff and mypy (strict, over the package, tests,
+## benchmarks and examples); then the whole suite, every throwaway server required
+test: servers lint typecheck
 	BLOKRUN_TEST_SERVERS=required $(BIN)/python -m pytest
 
 test-fast: $(STAMP)

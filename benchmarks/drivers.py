@@ -35,7 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -43,6 +43,9 @@ from benchmarks.harness import Report, percentile
 from benchmarks.runner_overhead import per_step, workflow
 from blokrun import Runner
 from blokrun.datasources import build_datasource
+
+if TYPE_CHECKING:
+    from blokrun.spec.loader import Workflow
 
 DRIVERS = ("memory", "filesystem", "redis", "postgresql", "mongodb", "s3")
 FANOUT = ("redis", "postgresql", "s3")
@@ -245,7 +248,9 @@ async def fanout(
     rounds = 1 if quick else 5
     async with Runner([servers[d].settings(d) for d in drivers]) as runner:
         off = runner.load(workflow(n, persistence=False))
-        configs = {(d,): runner.load(fanout_workflow(n, (d,))) for d in drivers}
+        configs: dict[tuple[str, ...], Workflow] = {
+            (d,): runner.load(fanout_workflow(n, (d,))) for d in drivers
+        }
         configs[drivers] = runner.load(fanout_workflow(n, drivers))
         fast = tuple(d for d in drivers if d not in SLOW)
         if len(fast) >= 2 and fast != drivers:  # fast targets only: is their cost overlapped?

@@ -50,7 +50,7 @@ async def _raw_redis(url: str, n: int) -> float:
 
 
 async def _raw_pg(url: str, n: int) -> float:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped,unused-ignore]  # asyncpg ships no type hints
 
     con = await asyncpg.connect(url)
     state: dict[str, Any] = {}

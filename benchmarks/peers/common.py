@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import statistics
 import subprocess
@@ -97,7 +98,7 @@ async def per_step(system: System, steps: list[int], repeats: list[int]) -> dict
     out: dict[str, list[float]] = {}
     for n, reps in zip(steps, repeats, strict=True):
         await system.run(n)  # warm-up: connections, caches, lazy imports, prepared statements
-        out[str(n)] = [await timed(lambda n=n: system.run(n)) / n for _ in range(reps)]
+        out[str(n)] = [await timed(functools.partial(system.run, n)) / n for _ in range(reps)]
     return out
 
 
@@ -142,7 +143,7 @@ async def measure(
             extra = getattr(system, "resume_notes", None)
             if warm_ids:
                 result["resume_warm"] = [
-                    await timed(lambda i=i: system.resume(i)) for i in warm_ids
+                    await timed(functools.partial(system.resume, i)) for i in warm_ids
                 ]
                 if extra is not None:
                     result["resume_warm_notes"] = extra()

@@ -35,8 +35,9 @@ async def main(environ: Mapping[str, str] = os.environ, days: int = 7) -> dict[s
         for i, day in enumerate(names):
             await runner.run(daily, {"day": day, "orders": [10.0 + i * 5] * (20 + i)})
         result = await runner.run(HERE / "trend.json", {"days": names})
-    print("trend:", result.vars["trend"])
-    return result.vars["trend"]
+    trend: dict[str, Any] = result.vars["trend"]
+    print("trend:", trend)
+    return trend
 
 
 if __name__ == "__main__":

@@ -133,8 +133,10 @@ async def test_one_unreadable_record_does_not_stop_the_blob_sweep(
         (mark,) = await blobs.keys("_blokrun.blobref.new-3/")
         assert left.removeprefix(BLOB_PREFIX) == mark.rpartition("/")[2]
         assert await blobs.keys("_blokrun.blobref.old-") == []  # the deleted runs' marks went
-        left = [k for k in await ds.keys() if "old-" in k]
-        assert left == [], left  # nothing of a deleted run stays, its damaged record included
+        leftover = [k for k in await ds.keys() if "old-" in k]
+        assert leftover == [], (
+            leftover
+        )  # nothing of a deleted run stays, its damaged record included
 
 
 async def test_gc_keeps_a_run_that_is_being_resumed(server: ThrowawayServer) -> None:

@@ -24,8 +24,6 @@ from tests.integration import wfnodes
 NODE = "tests.integration.wfnodes"
 
 
-
-
 def mem(name: str) -> Datasource:
     return build_datasource(DatasourceSettings(name=name, type="memory"))
 

@@ -15,8 +15,6 @@ from tests.integration import wfnodes
 NODE = "tests.integration.wfnodes"
 
 
-
-
 def mem() -> DatasourceSettings:
     return DatasourceSettings(name="default", type="memory")
 

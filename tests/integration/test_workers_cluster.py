@@ -98,7 +98,7 @@ def test_300_runs_on_3_workers_one_killed_half_way(
 
         async def wait_all() -> dict[str, Any]:
             async with Runner.from_env(env) as runner:
-                out = {}
+                out: dict[str, Any] = {}
                 with anyio.fail_after(180):
                     for rid in ids:
                         out[rid] = await runner.wait(rid)

@@ -45,14 +45,15 @@ def test_a_missing_library_names_the_extra_to_install(
 ) -> None:
     from blokrun.datasources import registry
 
-    real = registry.importlib.import_module
+    importer: Any = registry.importlib  # type: ignore[attr-defined]  # the module it calls
+    real = importer.import_module
 
     def fake_import(name: str, package: str | None = None) -> Any:
         if name == library:
             raise ModuleNotFoundError(f"No module named {library!r}", name=library)
         return real(name, package)
 
-    monkeypatch.setattr(registry.importlib, "import_module", fake_import)
+    monkeypatch.setattr(importer, "import_module", fake_import)
     settings = DatasourceSettings(name="store", type=dtype, url="x://unused")
     with pytest.raises(MissingExtraError) as info:
         build_datasource(settings)
