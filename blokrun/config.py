@@ -24,8 +24,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from blokrun.errors import ConfigError
+from blokrun.redact import Redactor, mask_url, unencoded_in_password
 from blokrun.types import DURABILITIES
 
 if TYPE_CHECKING:
@@ -83,32 +85,6 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
-def mask_url(url: str | None) -> str:
-    """``url`` with any password replaced by ``***`` (safe to log).
-
-    Masks ``user:password@`` (with or without a scheme, even when the password holds an
-    unquoted ``@``) and ``password=``/``secret=``/``token=`` query parameters.
-    """
-    if not url:
-        return ""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    netloc, slash, tail = rest.partition("/")
-    if "@" in netloc:
-        userinfo, _, host = netloc.rpartition("@")
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        netloc = f"{userinfo}@{host}"
-    masked = f"{scheme}{sep}{netloc}{slash}{tail}"
-    if not sep:  # not a well-formed URL (a typo): mask anything shaped like :secret@
-        masked = re.sub(r":[^:@]*@", ":***@", masked)
-    return _SECRET_PARAM_RE.sub(r"\1***", masked)
-
-
-_SECRET_PARAM_RE = re.compile(r"(?i)([?&;](?:password|passwd|pass|pwd|secret|token|sig)=)[^&#;]*")
-
-
 @dataclass(frozen=True, slots=True)
 class DatasourceSettings:
     """Everything a driver needs to build its store. Built from the environment or by hand.
@@ -143,6 +119,24 @@ class DatasourceSettings:
         if self.endpoint_url:
             where += f" at {mask_url(self.endpoint_url)}"
         return f"{self.name} ({self.type}{' ' + where if where else ''})"
+
+    def __post_init__(self) -> None:
+        for field_name, url in (("URL", self.url), ("ENDPOINT_URL", self.endpoint_url)):
+            bad = unencoded_in_password(url)
+            if bad:
+                codes = ", ".join(f"{c!r} as {quote(c, safe='')}" for c in bad)
+                variable = _var(self.name, field_name)
+                raise ConfigError(
+                    f"{variable}: the password in {mask_url(url)} holds "
+                    f"characters a URL cannot carry as they are; percent-encode them ({codes})",
+                    variable=variable,
+                )
+
+    def redactor(self) -> Redactor:
+        """What removes this datasource's secrets (URL passwords, the secret key) from text."""
+        return Redactor.for_urls(
+            self.url, self.endpoint_url, others=(self.secret_access_key, self.access_key_id)
+        )
 
 
 @dataclass(frozen=True, slots=True)

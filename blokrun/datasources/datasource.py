@@ -64,7 +64,16 @@ def validate_key(key: str) -> None:
 class Datasource:
     """A configured, named store. Use ``async with`` or :meth:`connect` / :meth:`close`."""
 
-    __slots__ = ("_prefix", "_timeout", "group_commit", "name", "settings", "store", "ttl")
+    __slots__ = (
+        "_prefix",
+        "_redactor",
+        "_timeout",
+        "group_commit",
+        "name",
+        "settings",
+        "store",
+        "ttl",
+    )
 
     def __init__(self, settings: DatasourceSettings, store: Store) -> None:
         self.name = settings.name
@@ -73,6 +82,7 @@ class Datasource:
         self.ttl = settings.ttl
         self._prefix = settings.prefix
         self._timeout = settings.timeout
+        self._redactor = settings.redactor()
         #: Coalesces concurrent saves into one round trip, when the driver can.
         self.group_commit: GroupCommit | None = (
             GroupCommit(store.save_groups, self._save_one)  # type: ignore[attr-defined]
@@ -128,35 +138,41 @@ class Datasource:
     async def _guard(
         self, key: str | None, op: str, *, timer: bool | None = None
     ) -> AsyncIterator[None]:
-        """Translate errors; bound the operation with a timer unless the driver does."""
+        """Translate errors; bound the operation with a timer unless the driver does. No
+        error leaves with a secret of this datasource in it, nor in what it chains to."""
         if timer is None:
             timer = not self.store.capabilities.self_timed
         try:
-            if timer:
-                with anyio.fail_after(self._timeout):
+            try:
+                if timer:
+                    with anyio.fail_after(self._timeout):
+                        yield
+                else:
                     yield
-            else:
-                yield
-        except TimeoutError:
-            raise DatasourceUnavailable(
-                f"{op} timed out after {self._timeout:g}s ({self.settings.describe()})",
-                datasource=self.name,
-                key=key,
-            ) from None
-        except DatasourceError as exc:
-            if exc.datasource is None:
-                exc.datasource = self.name
-                if exc.key is None:
-                    exc.key = key
+            except TimeoutError:
+                raise DatasourceUnavailable(
+                    f"{op} timed out after {self._timeout:g}s ({self.settings.describe()})",
+                    datasource=self.name,
+                    key=key,
+                ) from None
+            except DatasourceError as exc:
+                if exc.datasource is None:
+                    exc.datasource = self.name
+                    if exc.key is None:
+                        exc.key = key
+                raise
+            except BlokrunError:
+                raise
+            except OSError as exc:
+                raise DatasourceUnavailable(
+                    f"{op} failed: {type(exc).__name__}: {exc} ({self.settings.describe()})",
+                    datasource=self.name,
+                    key=key,
+                ) from exc
+        except BaseException as exc:
+            if self._redactor:
+                self._redactor.exception(exc)
             raise
-        except BlokrunError:
-            raise
-        except OSError as exc:
-            raise DatasourceUnavailable(
-                f"{op} failed: {type(exc).__name__}: {exc} ({self.settings.describe()})",
-                datasource=self.name,
-                key=key,
-            ) from exc
 
     def _full(self, key: str) -> str:
         validate_key(key)

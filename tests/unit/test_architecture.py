@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2] / "blokrun"
 
 #: Lowest first. Groups in one layer are independent of each other.
 LAYERS: list[set[str]] = [
-    {"blokrun.errors", "blokrun.types"},
+    {"blokrun.errors", "blokrun.types", "blokrun.redact"},
     {"blokrun.expressions"},
     {"blokrun.spec", "blokrun.datasources"},
     {"blokrun.execution", "blokrun.queues"},
