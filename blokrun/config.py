@@ -24,10 +24,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import quote
 
+from blokrun.datasources.settings import DatasourceSettings, setting_variable
 from blokrun.errors import ConfigError
-from blokrun.redact import Redactor, mask_url, unencoded_in_password
+from blokrun.redact import mask_url
 from blokrun.types import DURABILITIES
 
 if TYPE_CHECKING:
@@ -86,60 +86,6 @@ _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 @dataclass(frozen=True, slots=True)
-class DatasourceSettings:
-    """Everything a driver needs to build its store. Built from the environment or by hand.
-
-    ``timeout`` bounds every operation *and* the connect at start-up (seconds).
-    ``ttl`` is the datasource's default expiry (seconds, ``None`` = never).
-    """
-
-    name: str
-    type: str
-    url: str | None = field(default=None, repr=False)
-    path: str | None = None
-    prefix: str = ""
-    ttl: float | None = None
-    table: str | None = None
-    collection: str | None = None
-    database: str | None = None
-    region: str | None = None
-    endpoint_url: str | None = None
-    access_key_id: str | None = None
-    secret_access_key: str | None = field(default=None, repr=False)
-    pool_size: int | None = None
-    timeout: float = 5.0
-    fsync: bool = True
-
-    def __repr__(self) -> str:
-        return f"DatasourceSettings({self.describe()})"
-
-    def describe(self) -> str:
-        """A one-line, secret-free description (``cache (redis redis://:***@h:6379)``)."""
-        where = mask_url(self.url) or self.path or ""
-        if self.endpoint_url:
-            where += f" at {mask_url(self.endpoint_url)}"
-        return f"{self.name} ({self.type}{' ' + where if where else ''})"
-
-    def __post_init__(self) -> None:
-        for field_name, url in (("URL", self.url), ("ENDPOINT_URL", self.endpoint_url)):
-            bad = unencoded_in_password(url)
-            if bad:
-                codes = ", ".join(f"{c!r} as {quote(c, safe='')}" for c in bad)
-                variable = _var(self.name, field_name)
-                raise ConfigError(
-                    f"{variable}: the password in {mask_url(url)} holds "
-                    f"characters a URL cannot carry as they are; percent-encode them ({codes})",
-                    variable=variable,
-                )
-
-    def redactor(self) -> Redactor:
-        """What removes this datasource's secrets (URL passwords, the secret key) from text."""
-        return Redactor.for_urls(
-            self.url, self.endpoint_url, others=(self.secret_access_key, self.access_key_id)
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class RunnerSettings:
     """What :meth:`blokrun.Runner.from_env` needs.
 
@@ -158,8 +104,7 @@ class RunnerSettings:
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
-def _var(name: str, setting: str) -> str:
-    return f"DATASOURCE_{name.upper()}_{setting}"
+_var = setting_variable
 
 
 def _parse_float(raw: str, variable: str, *, allow_zero: bool) -> float:

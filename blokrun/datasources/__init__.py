@@ -13,7 +13,7 @@ from blokrun.datasources.protocol import Capabilities, Entry, LeaseState, LeaseS
 from blokrun.datasources.registry import DRIVERS, create_store
 
 if TYPE_CHECKING:
-    from blokrun.config import DatasourceSettings
+    from blokrun.datasources.settings import DatasourceSettings
 
 __all__ = [
     "DRIVERS",

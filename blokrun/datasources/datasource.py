@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
     from types import TracebackType
 
-    from blokrun.config import DatasourceSettings
     from blokrun.datasources.protocol import (
         Capabilities,
         Entry,
@@ -32,6 +31,7 @@ if TYPE_CHECKING:
         LeaseStore,
         Store,
     )
+    from blokrun.datasources.settings import DatasourceSettings
 
 __all__ = ["MAX_KEY_BYTES", "Datasource", "validate_key"]
 

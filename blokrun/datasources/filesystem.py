@@ -72,8 +72,8 @@ from blokrun.errors import DatasourceError, DatasourceUnavailable
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
-    from blokrun.config import DatasourceSettings
     from blokrun.datasources.protocol import Entry
+    from blokrun.datasources.settings import DatasourceSettings
 
 __all__ = ["FilesystemStore", "create", "decode_name", "encode_name"]
 

@@ -12,8 +12,8 @@ from blokrun.datasources.protocol import Capabilities, LeaseState
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
-    from blokrun.config import DatasourceSettings
     from blokrun.datasources.protocol import Entry
+    from blokrun.datasources.settings import DatasourceSettings
 
 __all__ = ["MemoryStore", "create"]
 

@@ -65,17 +65,17 @@ from pymongo import AsyncMongoClient, ReadPreference, ReplaceOne, ReturnDocument
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
-from blokrun.config import mask_url
 from blokrun.datasources.protocol import Capabilities, LeaseState
 from blokrun.errors import DatasourceError, DatasourceUnavailable
+from blokrun.redact import mask_url
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator, Sequence
 
     from pymongo.asynchronous.collection import AsyncCollection
 
-    from blokrun.config import DatasourceSettings
     from blokrun.datasources.protocol import Entry
+    from blokrun.datasources.settings import DatasourceSettings
 
 __all__ = ["DEFAULT_COLLECTION", "DEFAULT_DATABASE", "MongoStore", "create"]
 

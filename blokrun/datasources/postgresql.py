@@ -78,15 +78,15 @@ from urllib.parse import urlsplit
 import anyio
 import asyncpg  # type: ignore[import-untyped,unused-ignore]  # asyncpg ships no type hints
 
-from blokrun.config import mask_url
 from blokrun.datasources.protocol import Capabilities, LeaseState
 from blokrun.errors import DatasourceError, DatasourceUnavailable
+from blokrun.redact import mask_url
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
-    from blokrun.config import DatasourceSettings
     from blokrun.datasources.protocol import Entry, Group
+    from blokrun.datasources.settings import DatasourceSettings
 
 __all__ = ["PostgresStore", "create", "lease_table", "prefix_end"]
 

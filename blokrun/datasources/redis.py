@@ -67,17 +67,17 @@ from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from blokrun.config import mask_url
 from blokrun.datasources.protocol import Capabilities, LeaseState
 from blokrun.errors import DatasourceError, DatasourceUnavailable
+from blokrun.redact import mask_url
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 
     from redis.commands.core import AsyncScript
 
-    from blokrun.config import DatasourceSettings
     from blokrun.datasources.protocol import Entry, Group
+    from blokrun.datasources.settings import DatasourceSettings
 
 __all__ = ["DEFAULT_POOL_SIZE", "RedisStore", "create", "escape_glob"]
 

@@ -15,8 +15,8 @@ from blokrun.errors import ConfigError, MissingExtraError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from blokrun.config import DatasourceSettings
     from blokrun.datasources.protocol import Store
+    from blokrun.datasources.settings import DatasourceSettings
 
 __all__ = ["DRIVERS", "create_store"]
 

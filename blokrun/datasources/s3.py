@@ -73,15 +73,15 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from blokrun.config import mask_url
 from blokrun.datasources.protocol import Capabilities, LeaseState
 from blokrun.errors import DatasourceError, DatasourceUnavailable
+from blokrun.redact import mask_url
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
-    from blokrun.config import DatasourceSettings
     from blokrun.datasources.protocol import Entry
+    from blokrun.datasources.settings import DatasourceSettings
 
 __all__ = ["S3Store", "create", "decode_key", "encode_key"]
 
