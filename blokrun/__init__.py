@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from blokrun.config import DatasourceSettings
-from blokrun.datasources import Datasource, Store
+from blokrun.datasources import Datasource, Driver, Store, register_driver
 from blokrun.errors import (
     ArgumentError,
     BlokrunError,
@@ -60,6 +60,7 @@ __all__ = [
     "DatasourceError",
     "DatasourceSettings",
     "DatasourceUnavailable",
+    "Driver",
     "DefinitionChanged",
     "ExpressionError",
     "FormatVersionError",
@@ -88,4 +89,5 @@ __all__ = [
     "WorkflowError",
     "__version__",
     "load_workflow",
+    "register_driver",
 ]

@@ -25,6 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from blokrun.datasources.registry import (
+    BUILTIN,
+    COMMON_SETTINGS,
+    DRIVERS,
+    FIELD_SETTINGS,
+    Driver,
+)
 from blokrun.datasources.settings import DatasourceSettings, setting_variable
 from blokrun.errors import ConfigError
 from blokrun.redact import mask_url
@@ -49,38 +56,12 @@ __all__ = [
 
 DEFAULT_DATASOURCE = "default"
 
-#: Types a ``DATASOURCE_<NAME>_TYPE`` may name (aliases map to the canonical name).
+#: The built-in types a ``DATASOURCE_<NAME>_TYPE`` may name (aliases map to the canonical
+#: name); drivers registered or shipped as entry points add theirs (the driver table).
 KNOWN_TYPES: Mapping[str, str] = {
-    "memory": "memory",
-    "filesystem": "filesystem",
-    "file": "filesystem",
-    "fs": "filesystem",
-    "redis": "redis",
-    "postgresql": "postgresql",
-    "postgres": "postgresql",
-    "mongodb": "mongodb",
-    "mongo": "mongodb",
-    "s3": "s3",
+    alias: driver.name for driver in BUILTIN for alias in (driver.name, *driver.aliases)
 }
 
-# Longest first, so ENDPOINT_URL wins over URL and SECRET_ACCESS_KEY over KEY-like names.
-_SUFFIXES = (
-    "SECRET_ACCESS_KEY",
-    "ACCESS_KEY_ID",
-    "ENDPOINT_URL",
-    "COLLECTION",
-    "POOL_SIZE",
-    "DATABASE",
-    "TIMEOUT",
-    "PREFIX",
-    "REGION",
-    "TABLE",
-    "FSYNC",
-    "TYPE",
-    "PATH",
-    "URL",
-    "TTL",
-)
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -130,67 +111,77 @@ def _parse_bool(raw: str, variable: str) -> bool:
     raise ConfigError(f"{variable}={raw!r}: expected true or false", variable=variable)
 
 
-def _build(name: str, raw: Mapping[str, str], configured: list[str]) -> DatasourceSettings:
+def _driver(name: str, raw: Mapping[str, str]) -> Driver:
+    """The driver ``DATASOURCE_<NAME>_TYPE`` names."""
     type_var = _var(name, "TYPE")
     if "TYPE" not in raw:
         given = ", ".join(sorted(_var(name, s) for s in raw))
         raise ConfigError(
             f"{type_var} is missing (datasource {name!r} has {given}); "
-            f"expected one of: {', '.join(sorted(set(KNOWN_TYPES.values())))}",
+            f"expected one of: {', '.join(DRIVERS.names())}",
             variable=type_var,
         )
-    type_raw = raw["TYPE"].strip().lower()
-    dtype = KNOWN_TYPES.get(type_raw)
-    if dtype is None:
+    driver = DRIVERS.get(raw["TYPE"])
+    if driver is None:
         raise ConfigError(
             f"{type_var}={raw['TYPE']!r}: unknown datasource type; expected one of: "
-            f"{', '.join(sorted(set(KNOWN_TYPES.values())))}",
+            f"{', '.join(DRIVERS.names())} (or a driver a package registers: "
+            "see docs/drivers.md)",
             variable=type_var,
         )
-    url = raw.get("URL") or None
-    if dtype in ("redis", "postgresql", "mongodb", "s3") and not url:
+    return driver
+
+
+def _check_takes(name: str, raw: Mapping[str, str], driver: Driver, configured: list[str]) -> None:
+    """Every setting given is one ``driver`` takes; every one it needs is given."""
+    for setting in sorted(raw):
+        if setting not in driver.takes:
+            var = _var(name, setting)
+            raise ConfigError(
+                f"{var}: a {driver.name} datasource takes no {setting}; it takes: "
+                f"{', '.join(sorted(driver.takes))}",
+                variable=var,
+            )
+    for setting in sorted(driver.needs):
+        if not raw.get(setting):
+            var = _var(name, setting)
+            what = {"URL": "a URL", "PATH": "a folder"}.get(setting, setting)
+            raise ConfigError(
+                f"{var} is missing: a {driver.name} datasource needs {what} "
+                f"(configured datasources: {', '.join(configured)})",
+                variable=var,
+            )
+
+
+def _check_scheme(name: str, url: str | None, driver: Driver) -> None:
+    if url is None or not driver.schemes:
+        return
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in driver.schemes:
         var = _var(name, "URL")
         raise ConfigError(
-            f"{var} is missing: a {dtype} datasource needs a URL "
-            f"(configured datasources: {', '.join(configured)})",
+            f"{var}: scheme {scheme or '(none)'!r} is not right for a {driver.name} datasource; "
+            f"expected a URL starting with {' or '.join(s + '://' for s in driver.schemes)}",
             variable=var,
         )
-    if dtype == "filesystem" and not raw.get("PATH"):
-        var = _var(name, "PATH")
-        raise ConfigError(f"{var} is missing: a filesystem datasource needs a folder", variable=var)
-    if url is not None:
-        expected_schemes = {
-            "redis": ("redis", "rediss", "unix"),
-            "postgresql": ("postgresql", "postgres"),
-            "mongodb": ("mongodb", "mongodb+srv"),
-            "s3": ("s3",),
-        }.get(dtype)
-        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-        if expected_schemes and scheme not in expected_schemes:
-            var = _var(name, "URL")
-            raise ConfigError(
-                f"{var}: scheme {scheme or '(none)'!r} is not right for a {dtype} datasource; "
-                f"expected a URL starting with {' or '.join(s + '://' for s in expected_schemes)}",
-                variable=var,
-            )
-    ttl = _parse_float(raw["TTL"], _var(name, "TTL"), allow_zero=False) if "TTL" in raw else None
-    timeout = (
-        _parse_float(raw["TIMEOUT"], _var(name, "TIMEOUT"), allow_zero=False)
-        if "TIMEOUT" in raw
-        else 5.0
-    )
-    pool_size: int | None = None
-    if "POOL_SIZE" in raw:
-        var = _var(name, "POOL_SIZE")
-        try:
-            pool_size = int(raw["POOL_SIZE"])
-        except ValueError:
-            pool_size = 0
-        if pool_size < 1 or pool_size > 10_000:
-            raise ConfigError(
-                f"{var}={raw['POOL_SIZE']!r}: expected a whole number from 1 to 10000",
-                variable=var,
-            )
+
+
+def _pool_size(name: str, raw: Mapping[str, str]) -> int | None:
+    if "POOL_SIZE" not in raw:
+        return None
+    var = _var(name, "POOL_SIZE")
+    try:
+        pool_size = int(raw["POOL_SIZE"])
+    except ValueError:
+        pool_size = 0
+    if pool_size < 1 or pool_size > 10_000:
+        raise ConfigError(
+            f"{var}={raw['POOL_SIZE']!r}: expected a whole number from 1 to 10000", variable=var
+        )
+    return pool_size
+
+
+def _identifiers(name: str, raw: Mapping[str, str]) -> None:
     for setting in ("TABLE", "COLLECTION", "DATABASE"):
         if setting in raw and not _IDENT_RE.fullmatch(raw[setting]):
             var = _var(name, setting)
@@ -198,13 +189,28 @@ def _build(name: str, raw: Mapping[str, str], configured: list[str]) -> Datasour
                 f"{var}={raw[setting]!r}: expected an identifier (letters, digits, _)",
                 variable=var,
             )
+
+
+def _build(name: str, raw: Mapping[str, str], configured: list[str]) -> DatasourceSettings:
+    driver = _driver(name, raw)
+    _check_takes(name, raw, driver, configured)
+    url = raw.get("URL") or None
+    _check_scheme(name, url, driver)
+    _identifiers(name, raw)
+
+    def number(setting: str) -> float | None:
+        if setting not in raw:
+            return None
+        return _parse_float(raw[setting], _var(name, setting), allow_zero=False)
+
+    timeout = number("TIMEOUT")
     return DatasourceSettings(
         name=name,
-        type=dtype,
+        type=driver.name,
         url=url,
         path=raw.get("PATH") or None,
         prefix=raw.get("PREFIX", ""),
-        ttl=ttl,
+        ttl=number("TTL"),
         table=raw.get("TABLE") or None,
         collection=raw.get("COLLECTION") or None,
         database=raw.get("DATABASE") or None,
@@ -212,9 +218,10 @@ def _build(name: str, raw: Mapping[str, str], configured: list[str]) -> Datasour
         endpoint_url=raw.get("ENDPOINT_URL") or None,
         access_key_id=raw.get("ACCESS_KEY_ID") or None,
         secret_access_key=raw.get("SECRET_ACCESS_KEY") or None,
-        pool_size=pool_size,
-        timeout=timeout,
+        pool_size=_pool_size(name, raw),
+        timeout=5.0 if timeout is None else timeout,
         fsync=_parse_bool(raw["FSYNC"], _var(name, "FSYNC")) if "FSYNC" in raw else True,
+        options={k: v for k, v in raw.items() if k not in FIELD_SETTINGS | COMMON_SETTINGS},
     )
 
 
@@ -222,18 +229,20 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> RunnerSetting
     """Parse ``DATASOURCE_*`` and ``BLOKRUN_HOME`` from ``environ`` (default ``os.environ``)."""
     env = os.environ if environ is None else environ
     grouped: dict[str, dict[str, str]] = {}
+    # Longest first, so ENDPOINT_URL wins over URL (every driver's settings, entry points too)
+    suffixes = sorted(DRIVERS.all_settings(), key=lambda x: (-len(x), x))
     for var, value in env.items():
         if not var.startswith("DATASOURCE_"):
             continue
         body = var[len("DATASOURCE_") :]
-        for suffix in _SUFFIXES:
+        for suffix in suffixes:
             if body.endswith("_" + suffix) and len(body) > len(suffix) + 1:
                 name = body[: -len(suffix) - 1].lower()
                 break
         else:
             raise ConfigError(
                 f"{var}: unknown datasource setting; expected DATASOURCE_<NAME>_<SETTING> "
-                f"with SETTING one of: {', '.join(sorted(_SUFFIXES))}",
+                f"with SETTING one of: {', '.join(sorted(suffixes))}",
                 variable=var,
             )
         if not _NAME_RE.fullmatch(name):

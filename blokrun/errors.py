@@ -6,13 +6,13 @@ never need to import a driver library to catch a failure::
 
     BlokrunError
     ├── ConfigError                 bad DATASOURCE_* / BLOKRUN_* environment (names the variable)
+    │   └── MissingExtraError       the driver's optional dependency is not installed
     ├── ArgumentError               an unusable argument to the API (names it); also a ValueError
     ├── WorkflowError               an unusable workflow file (file, $.json.path, expected)
     │   └── ExpressionError         a ${...} expression that does not parse or evaluate
     ├── DatasourceError             a datasource operation failed (names the datasource, key)
     │   ├── DatasourceUnavailable   cannot connect / timed out / server went away
     │   ├── DatasourceAccessError   ctx.datasource() on a name the workflow did not list
-    │   ├── MissingExtraError       the driver's optional dependency is not installed
     │   └── RecordError             stored bytes that fail their checksum or cannot be decoded
     │       ├── FormatVersionError  a record written by a newer blokrun
     │       └── KeyMissing          a record encrypted with a key this process lacks
@@ -141,8 +141,16 @@ class DatasourceAccessError(DatasourceError):
     """A step asked for a datasource its workflow does not list."""
 
 
-class MissingExtraError(DatasourceError):
-    """The optional dependency of a driver is not installed."""
+class MissingExtraError(ConfigError):
+    """The optional dependency of a driver is not installed: a configuration to fix (``pip
+    install 'blokrun[extra]'``), not a datasource that failed. ``datasource`` names the
+    datasource that asked for the driver."""
+
+    def __init__(
+        self, message: str, *, datasource: str | None = None, variable: str | None = None
+    ) -> None:
+        super().__init__(message, variable=variable)
+        self.datasource = datasource
 
 
 class RecordError(DatasourceError):

@@ -6,25 +6,33 @@ first time a datasource of that type is built.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from blokrun.datasources.datasource import Datasource, validate_key
 from blokrun.datasources.protocol import Capabilities, Entry, LeaseState, LeaseStore, Store
-from blokrun.datasources.registry import DRIVERS, create_store
-
-if TYPE_CHECKING:
-    from blokrun.datasources.settings import DatasourceSettings
+from blokrun.datasources.registry import (
+    DRIVERS,
+    ENTRY_POINT_GROUP,
+    Driver,
+    DriverTable,
+    create_store,
+    register_driver,
+)
+from blokrun.datasources.settings import DatasourceSettings
 
 __all__ = [
     "DRIVERS",
+    "ENTRY_POINT_GROUP",
     "Capabilities",
     "Datasource",
+    "DatasourceSettings",
+    "Driver",
+    "DriverTable",
     "Entry",
     "LeaseState",
     "LeaseStore",
     "Store",
     "build_datasource",
     "create_store",
+    "register_driver",
     "validate_key",
 ]
 

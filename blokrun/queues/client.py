@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from blokrun.errors import ConfigError
-from blokrun.queues.queue import BACKENDS, open_queue
+from blokrun.queues.queue import can_hold_queue, open_queue
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -36,7 +36,7 @@ class QueueClient:
         candidates = sorted(
             (ds.type == "memory", i, ds.name)
             for i, ds in enumerate(self._datasources.values())
-            if ds.type in BACKENDS
+            if can_hold_queue(ds)
         )
         if not candidates:
             raise ConfigError(

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import msgspec
 
+from blokrun.datasources.registry import DRIVERS
 from blokrun.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
     from blokrun.datasources import Datasource
 
-__all__ = ["BACKENDS", "Claim", "Job", "Queue", "QueueStats", "open_queue"]
+__all__ = ["Claim", "Job", "Queue", "QueueStats", "can_hold_queue", "open_queue"]
 
 
 class Job(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
@@ -65,11 +66,10 @@ class QueueStats(msgspec.Struct, frozen=True):
 
 
 #: Backend module per datasource type; imported on first use.
-BACKENDS = {
-    "memory": "blokrun.queues.memory_queue",
-    "redis": "blokrun.queues.redis_queue",
-    "postgresql": "blokrun.queues.pg_queue",
-}
+def can_hold_queue(datasource: Datasource) -> bool:
+    """Whether ``datasource``'s driver can keep the run queue (the driver table says)."""
+    driver = DRIVERS.get(datasource.type)
+    return driver is not None and driver.queue is not None
 
 
 @runtime_checkable
@@ -93,17 +93,18 @@ class Queue(Protocol):
 
 
 def open_queue(datasource: Datasource) -> Queue:
-    """The queue kept in ``datasource`` (connected), by its type."""
-    module_name = BACKENDS.get(datasource.type)
-    if module_name is None:
+    """The queue kept in ``datasource`` (connected): its driver's queue backend."""
+    driver = DRIVERS.get(datasource.type)
+    if driver is None or driver.queue is None:
+        able = [d.name for d in DRIVERS if d.queue is not None and d.name != "memory"]
         raise ConfigError(
             f"datasource {datasource.name!r} ({datasource.type}) cannot hold the run queue; "
-            f"expected one of: {', '.join(t for t in BACKENDS if t != 'memory')} "
-            "(BLOKRUN_QUEUE_DATASOURCE)",
+            f"expected one of: {', '.join(able)} (BLOKRUN_QUEUE_DATASOURCE)",
             variable="BLOKRUN_QUEUE_DATASOURCE",
         )
-    module = importlib.import_module(module_name)
-    queue: Queue = module.create(datasource)
+    module_name, _, attr = driver.queue.partition(":")
+    factory = getattr(importlib.import_module(module_name), attr)
+    queue: Queue = factory(datasource)
     return queue
 
 

@@ -94,7 +94,6 @@ def test_full_redis_datasource() -> None:
             "DATASOURCE_CACHE_TIMEOUT": "2.5",
             "DATASOURCE_CACHE_POOL_SIZE": "10",
             "DATASOURCE_CACHE_PREFIX": "app:",
-            "DATASOURCE_CACHE_FSYNC": "off",
         }
     )
     cache = settings.datasources["cache"]
@@ -104,7 +103,20 @@ def test_full_redis_datasource() -> None:
     assert cache.timeout == 2.5
     assert cache.pool_size == 10
     assert cache.prefix == "app:"
-    assert cache.fsync is False
+
+
+@pytest.mark.parametrize(
+    ("dtype", "setting"),
+    [("redis", "FSYNC"), ("redis", "TABLE"), ("postgresql", "COLLECTION"), ("memory", "URL")],
+)
+def test_a_setting_the_driver_does_not_take_is_refused(dtype: str, setting: str) -> None:
+    """Not silently ignored: FSYNC on Redis (durability is the server's), a TABLE on Redis."""
+    env = {"DATASOURCE_CACHE_TYPE": dtype, f"DATASOURCE_CACHE_{setting}": "x"}
+    if dtype in ("redis", "postgresql"):
+        env["DATASOURCE_CACHE_URL"] = f"{dtype}://h/0"
+    err = config_error(env)
+    assert_names(err, f"DATASOURCE_CACHE_{setting}", f"a {dtype} datasource takes no {setting}")
+    assert "TIMEOUT" in str(err)  # what it does take
 
 
 def test_defaults_of_optional_settings() -> None:
@@ -159,16 +171,19 @@ def test_names_with_underscores_and_longest_suffix_wins() -> None:
 
 
 def test_identifiers_are_accepted() -> None:
-    ds = settings_from_env(
+    found = settings_from_env(
         {
             "DATASOURCE_PG_TYPE": "postgresql",
             "DATASOURCE_PG_URL": "postgresql://h/db",
             "DATASOURCE_PG_TABLE": "blokrun_records",
-            "DATASOURCE_PG_DATABASE": "_db2",
-            "DATASOURCE_PG_COLLECTION": "Runs",
+            "DATASOURCE_MG_TYPE": "mongodb",
+            "DATASOURCE_MG_URL": "mongodb://h/db",
+            "DATASOURCE_MG_DATABASE": "_db2",
+            "DATASOURCE_MG_COLLECTION": "Runs",
         }
-    ).datasources["pg"]
-    assert (ds.table, ds.database, ds.collection) == ("blokrun_records", "_db2", "Runs")
+    ).datasources
+    assert found["pg"].table == "blokrun_records"
+    assert (found["mg"].database, found["mg"].collection) == ("_db2", "Runs")
 
 
 # --------------------------------------------------------------------------- bad variables
@@ -282,10 +297,11 @@ def test_bad_pool_size(raw: str) -> None:
 @pytest.mark.parametrize("raw", ["x;drop table y", "x y", "1abc", "a-b", "", "a" * 64, 'x"--'])
 def test_bad_identifier(setting: str, raw: str) -> None:
     variable = f"DATASOURCE_PG_{setting}"
+    dtype = "postgresql" if setting == "TABLE" else "mongodb"
     err = config_error(
         {
-            "DATASOURCE_PG_TYPE": "postgresql",
-            "DATASOURCE_PG_URL": "postgresql://h/db",
+            "DATASOURCE_PG_TYPE": dtype,
+            "DATASOURCE_PG_URL": f"{dtype}://h/db",
             variable: raw,
         }
     )

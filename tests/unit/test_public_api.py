@@ -12,7 +12,7 @@ EXPECTED = {
     "RecordError", "ResumeError", "ResumePlan", "RunEnded", "RunError", "RunExists", "RunInfo", "RunNotFound",
     "RunResult", "RunStarted", "Runner", "StepFailed", "StepFinished", "StepStarted", "Store",
     "Suspension", "ValueNotStorable", "Workflow",
-    "WorkflowError", "__version__", "load_workflow",
+    "WorkflowError", "__version__", "load_workflow", "Driver", "register_driver",
 }  # fmt: skip
 
 
