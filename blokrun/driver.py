@@ -141,7 +141,8 @@ class RunDriver:
                 "with restart (blokrun run ... --restart)",
                 request_id=rid,
             )
-        if head.status == "completed" and same_inputs:
+        same_definition = head.definition_hash == wf.definition_hash
+        if head.status == "completed" and same_inputs and same_definition:
             prepared = await self.store.planner.plan(rid, None)
             return RunResult(
                 request_id=rid,
@@ -155,7 +156,11 @@ class RunDriver:
             )
         status = "interrupted" if head.status == "running" else head.status
         if head.status == "completed":
-            why = "completed with other inputs"
+            why = (
+                "completed with other inputs"
+                if same_definition
+                else ("completed with another definition of the workflow")
+            )
         else:
             step = head.failed_step or head.waiting_step or head.step
             why = status + (f" at step {step!r}" if step else "")

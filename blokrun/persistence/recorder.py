@@ -322,11 +322,21 @@ class RunRecorder(Hook):
         loose = [ds for ds in self.targets if not ds.capabilities.atomic_batch]
         if loose:
             await self._save(loose, [definition], None, "the workflow definition")
+        errors: list[CheckpointError] = []
+
+        async def start(targets: list[Datasource], batch: list[Entry]) -> None:
+            try:
+                await self._save(targets, batch, None, "the run's start")
+            except CheckpointError as exc:  # raised as itself below, not in an ExceptionGroup
+                errors.append(exc)
+
         async with anyio.create_task_group() as tg:
             if atomic:
-                tg.start_soon(self._save, atomic, [definition, *entries], None, "the run's start")
+                tg.start_soon(start, atomic, [definition, *entries])
             if loose:
-                tg.start_soon(self._save, loose, entries, None, "the run's start")
+                tg.start_soon(start, loose, entries)
+        if errors:
+            raise errors[0]
         if self.edited and self.position.last_step is not None:
             # vars were edited before this attempt (resume --set): store the edit as a new
             # version of the checkpoint it started from, so it survives a failure.
