@@ -228,30 +228,7 @@ def _build(name: str, raw: Mapping[str, str], configured: list[str]) -> Datasour
 def settings_from_env(environ: Mapping[str, str] | None = None) -> RunnerSettings:
     """Parse ``DATASOURCE_*`` and ``BLOKRUN_HOME`` from ``environ`` (default ``os.environ``)."""
     env = os.environ if environ is None else environ
-    grouped: dict[str, dict[str, str]] = {}
-    # Longest first, so ENDPOINT_URL wins over URL (every driver's settings, entry points too)
-    suffixes = sorted(DRIVERS.all_settings(), key=lambda x: (-len(x), x))
-    for var, value in env.items():
-        if not var.startswith("DATASOURCE_"):
-            continue
-        body = var[len("DATASOURCE_") :]
-        for suffix in suffixes:
-            if body.endswith("_" + suffix) and len(body) > len(suffix) + 1:
-                name = body[: -len(suffix) - 1].lower()
-                break
-        else:
-            raise ConfigError(
-                f"{var}: unknown datasource setting; expected DATASOURCE_<NAME>_<SETTING> "
-                f"with SETTING one of: {', '.join(sorted(suffixes))}",
-                variable=var,
-            )
-        if not _NAME_RE.fullmatch(name):
-            raise ConfigError(
-                f"{var}: datasource name {name!r} must start with a letter and use "
-                "letters, digits and _",
-                variable=var,
-            )
-        grouped.setdefault(name, {})[suffix] = value
+    grouped = _grouped(env)
     home = Path(env.get("BLOKRUN_HOME") or ".blokrun")
     configured = sorted(grouped)
     datasources = {name: _build(name, raw, configured) for name, raw in sorted(grouped.items())}
@@ -260,40 +237,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> RunnerSetting
     blob_ds = check_datasource(
         "BLOKRUN_BLOB_DATASOURCE", env.get("BLOKRUN_BLOB_DATASOURCE") or None, datasources
     )
-    threshold = 256 * 1024
-    raw_threshold = env.get("BLOKRUN_BLOB_THRESHOLD")
-    if raw_threshold:
-        try:
-            threshold = int(raw_threshold)
-        except ValueError:
-            threshold = 0
-        if threshold < 1:
-            raise ConfigError(
-                f"BLOKRUN_BLOB_THRESHOLD={raw_threshold!r}: expected a positive number of bytes",
-                variable="BLOKRUN_BLOB_THRESHOLD",
-            )
-    max_resumes = 10
-    raw_max = env.get("BLOKRUN_MAX_RESUMES")
-    if raw_max:
-        try:
-            max_resumes = int(raw_max)
-        except ValueError:
-            max_resumes = -1
-        if max_resumes < 0:
-            raise ConfigError(
-                f"BLOKRUN_MAX_RESUMES={raw_max!r}: expected a whole number >= 0",
-                variable="BLOKRUN_MAX_RESUMES",
-            )
-    lease_ttl: float | None = 30.0
-    raw_lease = (env.get("BLOKRUN_LEASE_TTL") or "").strip()
-    if raw_lease.lower() in ("off", "none", "0"):
-        lease_ttl = None
-    elif raw_lease:
-        try:
-            lease_ttl = float(raw_lease)
-        except ValueError:
-            lease_ttl = -1.0
-        check_lease_ttl(lease_ttl, raw_lease)
+    threshold = _whole(env, "BLOKRUN_BLOB_THRESHOLD", 256 * 1024, 1, "a positive number of bytes")
+    max_resumes = _whole(env, "BLOKRUN_MAX_RESUMES", 10, 0, "a whole number >= 0")
     queue_ds = check_datasource(
         "BLOKRUN_QUEUE_DATASOURCE", env.get("BLOKRUN_QUEUE_DATASOURCE") or None, datasources
     )
@@ -304,11 +249,67 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> RunnerSetting
         blob_datasource=blob_ds,
         blob_threshold=threshold,
         max_resumes=max_resumes,
-        lease_ttl=lease_ttl,
+        lease_ttl=_lease_ttl(env),
         durability=durability,
         queue_datasource=queue_ds,
         environ=dict(env),
     )
+
+
+def _grouped(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """``DATASOURCE_<NAME>_<SETTING>`` variables by datasource name, then setting."""
+    grouped: dict[str, dict[str, str]] = {}
+    # Longest first, so ENDPOINT_URL wins over URL (every driver's settings, entry points too)
+    suffixes = sorted(DRIVERS.all_settings(), key=lambda x: (-len(x), x))
+    for var, value in env.items():
+        if not var.startswith("DATASOURCE_"):
+            continue
+        body = var[len("DATASOURCE_") :]
+        found = next(
+            (x for x in suffixes if body.endswith("_" + x) and len(body) > len(x) + 1), None
+        )
+        if found is None:
+            raise ConfigError(
+                f"{var}: unknown datasource setting; expected DATASOURCE_<NAME>_<SETTING> "
+                f"with SETTING one of: {', '.join(sorted(suffixes))}",
+                variable=var,
+            )
+        name = body[: -len(found) - 1].lower()
+        if not _NAME_RE.fullmatch(name):
+            raise ConfigError(
+                f"{var}: datasource name {name!r} must start with a letter and use "
+                "letters, digits and _",
+                variable=var,
+            )
+        grouped.setdefault(name, {})[found] = value
+    return grouped
+
+
+def _whole(env: Mapping[str, str], variable: str, default: int, least: int, what: str) -> int:
+    """The whole number ``variable`` holds (at least ``least``), else ``default`` if unset."""
+    raw = env.get(variable)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise ConfigError(f"{variable}={raw!r}: expected {what}", variable=variable)
+    return value
+
+
+def _lease_ttl(env: Mapping[str, str]) -> float | None:
+    raw = (env.get("BLOKRUN_LEASE_TTL") or "").strip()
+    if not raw:
+        return 30.0
+    if raw.lower() in ("off", "none", "0"):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    return check_lease_ttl(value, raw)
 
 
 def check_datasource(variable: str, name: str | None, configured: Iterable[str]) -> str | None:
@@ -381,14 +382,30 @@ def envelope_from_env(environ: Mapping[str, str]) -> Envelope:
     key material never appears in a message.
     """
     from blokrun.persistence.envelope import (
-        COMPRESSION_ENV,
         ENCRYPTION_KEY_ENV,
-        ENCRYPTION_OLD_KEYS_ENV,
         REQUIRE_ENCRYPTION_ENV,
-        THRESHOLD_ENV,
         Envelope,
     )
-    from blokrun.persistence.envelope.compression import zstd_available
+
+    keys, active = _encryption_keys(environ)
+    raw_required = environ.get(REQUIRE_ENCRYPTION_ENV, "").strip()
+    if raw_required and _parse_bool(raw_required, REQUIRE_ENCRYPTION_ENV) and active is None:
+        raise ConfigError(
+            f"{REQUIRE_ENCRYPTION_ENV} is set but {ENCRYPTION_KEY_ENV} is not: every record "
+            f"must be encrypted; set {ENCRYPTION_KEY_ENV} to <id>:<base64 of 32 bytes>",
+            variable=REQUIRE_ENCRYPTION_ENV,
+        )
+    return Envelope(
+        compression=_compression(environ),
+        threshold=_compression_threshold(environ),
+        keys=keys,
+        active_key=active,
+    )
+
+
+def _encryption_keys(environ: Mapping[str, str]) -> tuple[dict[str, bytes], str | None]:
+    """Every key by id (the active one and the old ones), and the active key's id."""
+    from blokrun.persistence.envelope import ENCRYPTION_KEY_ENV, ENCRYPTION_OLD_KEYS_ENV
 
     keys: dict[str, bytes] = {}
     active: str | None = None
@@ -411,44 +428,41 @@ def envelope_from_env(environ: Mapping[str, str]) -> Envelope:
                 variable=ENCRYPTION_OLD_KEYS_ENV,
             )
         keys[kid] = material
+    return keys, active
 
-    compression: Compression
-    raw_compression = environ.get(COMPRESSION_ENV, "").strip().lower()
-    if not raw_compression:
-        compression = "zstd" if zstd_available() else "zlib"
-    elif raw_compression == "none":
-        compression = "none"
-    elif raw_compression == "zlib":
-        compression = "zlib"
-    elif raw_compression == "zstd":
-        compression = "zstd"
-    else:
+
+def _compression(environ: Mapping[str, str]) -> Compression:
+    from blokrun.persistence.envelope import COMPRESSION_ENV
+    from blokrun.persistence.envelope.compression import zstd_available
+
+    raw = environ.get(COMPRESSION_ENV, "").strip().lower()
+    if not raw:
+        return "zstd" if zstd_available() else "zlib"
+    choices: dict[str, Compression] = {"none": "none", "zlib": "zlib", "zstd": "zstd"}
+    if raw not in choices:
         raise ConfigError(
             f"{COMPRESSION_ENV}={environ[COMPRESSION_ENV]!r}: expected none, zlib or zstd",
             variable=COMPRESSION_ENV,
         )
+    return choices[raw]
 
-    threshold = 4096
-    raw_threshold = environ.get(THRESHOLD_ENV, "").strip()
-    if raw_threshold:
-        try:
-            threshold = int(raw_threshold)
-        except ValueError:
-            threshold = -1
-        if threshold < 0:
-            raise ConfigError(
-                f"{THRESHOLD_ENV}={environ[THRESHOLD_ENV]!r}: expected a whole number "
-                "of bytes >= 0",
-                variable=THRESHOLD_ENV,
-            )
-    raw_required = environ.get(REQUIRE_ENCRYPTION_ENV, "").strip()
-    if raw_required and _parse_bool(raw_required, REQUIRE_ENCRYPTION_ENV) and active is None:
+
+def _compression_threshold(environ: Mapping[str, str]) -> int:
+    from blokrun.persistence.envelope import THRESHOLD_ENV
+
+    raw = environ.get(THRESHOLD_ENV, "").strip()
+    if not raw:
+        return 4096
+    try:
+        threshold = int(raw)
+    except ValueError:
+        threshold = -1
+    if threshold < 0:
         raise ConfigError(
-            f"{REQUIRE_ENCRYPTION_ENV} is set but {ENCRYPTION_KEY_ENV} is not: every record "
-            f"must be encrypted; set {ENCRYPTION_KEY_ENV} to <id>:<base64 of 32 bytes>",
-            variable=REQUIRE_ENCRYPTION_ENV,
+            f"{THRESHOLD_ENV}={environ[THRESHOLD_ENV]!r}: expected a whole number of bytes >= 0",
+            variable=THRESHOLD_ENV,
         )
-    return Envelope(compression=compression, threshold=threshold, keys=keys, active_key=active)
+    return threshold
 
 
 def _parse_encryption_key(text: str, variable: str, where: str) -> tuple[str, bytes]:

@@ -126,22 +126,24 @@ class Redactor:
             if current is None or id(current) in seen:
                 continue
             seen.add(id(current))
-            current.args = tuple(self.text(a) if isinstance(a, str) else a for a in current.args)
-            for attr, held in list(vars(current).items()):
-                if isinstance(held, str):
-                    self._set(current, attr, held)
-            if isinstance(current, OSError):  # printed from these, not from args
-                for attr in ("strerror", "filename", "filename2"):
-                    held = getattr(current, attr, None)
-                    if isinstance(held, str):
-                        self._set(current, attr, held)
-            notes = getattr(current, "__notes__", None)
-            if notes:
-                current.__notes__ = [self.text(n) for n in notes]
+            self._clean(current)
             todo += [current.__cause__, current.__context__]
             if isinstance(current, BaseExceptionGroup):
                 todo += list(current.exceptions)
         return exc
+
+    def _clean(self, exc: BaseException) -> None:
+        """One exception's arguments, string attributes and notes, in place."""
+        exc.args = tuple(self.text(a) if isinstance(a, str) else a for a in exc.args)
+        held = [(name, value) for name, value in vars(exc).items() if isinstance(value, str)]
+        if isinstance(exc, OSError):  # printed from these, not from args
+            held += [(name, getattr(exc, name)) for name in ("strerror", "filename", "filename2")]
+        for name, value in held:
+            if isinstance(value, str):
+                self._set(exc, name, value)
+        notes = getattr(exc, "__notes__", None)
+        if notes:
+            exc.__notes__ = [self.text(n) for n in notes]
 
     def _set(self, exc: BaseException, name: str, value: str) -> None:
         cleaned = self.text(value)

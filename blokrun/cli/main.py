@@ -93,17 +93,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     import anyio
 
     from blokrun.cli.interrupt import Interrupted
-    from blokrun.errors import (
-        ArgumentError,
-        BlokrunError,
-        ConfigError,
-        DatasourceError,
-        LeaseLost,
-        ResumeError,
-        RunBusy,
-        RunError,
-        WorkflowError,
-    )
+    from blokrun.errors import BlokrunError
 
     handler = args.handler
     try:
@@ -123,11 +113,31 @@ def _dispatch(args: argparse.Namespace) -> int:
             f"To continue:\n  blokrun resume {exc.request_id}\n"
         )
         return 128 + exc.signum
-    except (RunBusy, LeaseLost) as exc:
+    except BlokrunError as exc:
+        return _report(exc)
+    except KeyboardInterrupt:
+        sys.stderr.write("blokrun: interrupted\n")
+        return EXIT_INTERRUPTED
+
+
+def _report(exc: BaseException) -> int:
+    """Print a blokrun error the way its kind asks; its exit code."""
+    from blokrun.errors import (
+        ArgumentError,
+        ConfigError,
+        DatasourceError,
+        LeaseLost,
+        ResumeError,
+        RunBusy,
+        RunError,
+        WorkflowError,
+    )
+
+    if isinstance(exc, RunBusy | LeaseLost):
         _fail(str(exc), EXIT_BUSY)
-    except ResumeError as exc:
+    if isinstance(exc, ResumeError):
         _fail(str(exc), EXIT_USAGE)
-    except RunError as exc:
+    if isinstance(exc, RunError):
         sys.stderr.write(f"blokrun: run failed: {exc}\n")
         cause = exc.__cause__
         if cause is not None and os.environ.get("BLOKRUN_TRACEBACK"):
@@ -139,13 +149,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             f"  blokrun resume {exc.request_id}\n"
         )
         return EXIT_FAILED
-    except (WorkflowError, ConfigError, ArgumentError, DatasourceError) as exc:
+    if isinstance(exc, WorkflowError | ConfigError | ArgumentError | DatasourceError):
         _fail(str(exc), EXIT_USAGE)
-    except BlokrunError as exc:
-        _fail(str(exc), EXIT_FAILED)
-    except KeyboardInterrupt:
-        sys.stderr.write("blokrun: interrupted\n")
-        return EXIT_INTERRUPTED
+    _fail(str(exc), EXIT_FAILED)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -143,36 +143,45 @@ class Datasource:
         if timer is None:
             timer = not self.store.capabilities.self_timed
         try:
-            try:
-                if timer:
-                    with anyio.fail_after(self._timeout):
-                        yield
-                else:
+            if timer:
+                with anyio.fail_after(self._timeout):
                     yield
-            except TimeoutError:
-                raise DatasourceUnavailable(
-                    f"{op} timed out after {self._timeout:g}s ({self.settings.describe()})",
-                    datasource=self.name,
-                    key=key,
-                ) from None
-            except DatasourceError as exc:
-                if exc.datasource is None:
-                    exc.datasource = self.name
-                    if exc.key is None:
-                        exc.key = key
-                raise
-            except BlokrunError:
-                raise
-            except OSError as exc:
-                raise DatasourceUnavailable(
-                    f"{op} failed: {type(exc).__name__}: {exc} ({self.settings.describe()})",
-                    datasource=self.name,
-                    key=key,
-                ) from exc
+            else:
+                yield
         except BaseException as exc:
+            error = self._translated(exc, key, op)
             if self._redactor:
                 self._redactor.exception(exc)
-            raise
+                self._redactor.exception(error)
+            if error is exc:
+                raise
+            if isinstance(exc, TimeoutError):
+                raise error from None
+            raise error from exc
+
+    def _translated(self, exc: BaseException, key: str | None, op: str) -> BaseException:
+        """What ``exc`` from the driver becomes: a timeout or an OS-level failure is
+        :class:`DatasourceUnavailable`; a :class:`DatasourceError` gets this datasource's
+        name and the key; anything else passes as it is."""
+        if isinstance(exc, TimeoutError):
+            return DatasourceUnavailable(
+                f"{op} timed out after {self._timeout:g}s ({self.settings.describe()})",
+                datasource=self.name,
+                key=key,
+            )
+        if isinstance(exc, DatasourceError):
+            if exc.datasource is None:
+                exc.datasource = self.name
+                if exc.key is None:
+                    exc.key = key
+            return exc
+        if isinstance(exc, OSError) and not isinstance(exc, BlokrunError):
+            return DatasourceUnavailable(
+                f"{op} failed: {type(exc).__name__}: {exc} ({self.settings.describe()})",
+                datasource=self.name,
+                key=key,
+            )
+        return exc
 
     def _full(self, key: str) -> str:
         validate_key(key)

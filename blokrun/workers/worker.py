@@ -206,36 +206,9 @@ class Worker:
         return True
 
     async def _run(self, claim: Claim, scope: anyio.CancelScope) -> None:
-        job = claim.job
-        rid = job.request_id
-        outcome = "error"
-        ack = True
+        rid = claim.job.request_id
         try:
-            with scope:
-                outcome = await self._drive(claim)
-            if scope.cancelled_caught:
-                outcome, ack = "cancelled", False
-        except RunBusy as exc:
-            # Driven elsewhere (an operator's resume, a worker whose claim expired): hand the
-            # job back, but not at once -- keep it (and this slot) until the holder's lease
-            # would run out, at most a third of a claim, so no worker spins on it.
-            outcome, ack = "busy", False
-            wait = min(max(exc.expires_at - time.time(), self.poll), self.claim_ttl / 3)
-            with anyio.move_on_after(wait):
-                await self._stopping.wait()
-        except LeaseLost:
-            outcome, ack = "taken over", False
-        except _Unloadable as exc:
-            outcome, ack = await self._unloadable(claim, exc.cause)
-        except ResumeError as exc:
-            outcome = "dead" if "dead-lettered" in str(exc) else "refused"
-            log.warning("run %s: %s", rid, exc)
-        except RunError as exc:
-            outcome = "failed"
-            log.info("run %s failed: %s", rid, exc.detail)
-        except BlokrunError as exc:  # a datasource outage: leave the job for later
-            outcome, ack = "error", False
-            log.warning("run %s: %s", rid, exc)
+            outcome, ack = await self._outcome(claim, scope)
         finally:
             self._running.pop(rid, None)
             slot = self._slots.pop(rid, None)
@@ -243,6 +216,41 @@ class Worker:
                 await slot.release()
             self._slot_free.set()
         self.stats.count(outcome)
+        await self._settle(rid, ack)
+
+    async def _outcome(self, claim: Claim, scope: anyio.CancelScope) -> tuple[str, bool]:
+        """Drive the claimed job: (what became of it, whether its job is acked)."""
+        rid = claim.job.request_id
+        try:
+            with scope:
+                outcome = await self._drive(claim)
+            if scope.cancelled_caught:
+                return "cancelled", False
+            return outcome, True
+        except RunBusy as exc:
+            # Driven elsewhere (an operator's resume, a worker whose claim expired): hand the
+            # job back, but not at once -- keep it (and this slot) until the holder's lease
+            # would run out, at most a third of a claim, so no worker spins on it.
+            wait = min(max(exc.expires_at - time.time(), self.poll), self.claim_ttl / 3)
+            with anyio.move_on_after(wait):
+                await self._stopping.wait()
+            return "busy", False
+        except LeaseLost:
+            return "taken over", False
+        except _Unloadable as exc:
+            return await self._unloadable(claim, exc.cause)
+        except ResumeError as exc:
+            log.warning("run %s: %s", rid, exc)
+            return ("dead" if "dead-lettered" in str(exc) else "refused"), True
+        except RunError as exc:
+            log.info("run %s failed: %s", rid, exc.detail)
+            return "failed", True
+        except BlokrunError as exc:  # a datasource outage: leave the job for later
+            log.warning("run %s: %s", rid, exc)
+            return "error", False
+
+    async def _settle(self, rid: str, ack: bool) -> None:
+        """Ack the job (done with it) or hand it back, whatever cancels the caller."""
         with anyio.CancelScope(shield=True):
             try:
                 if ack:

@@ -50,50 +50,57 @@ class Service:
     async def handle(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
         parts = [p for p in path.split("/") if p]
         if method == "POST" and parts == ["runs"]:
-            try:
-                doc = orjson.loads(body or b"{}")
-            except orjson.JSONDecodeError as exc:
-                return 400, {"error": f"invalid JSON body: {exc}"}
-            name = str(doc.get("workflow", "workflow.json"))
-            if "/" in name or name.startswith("."):
-                return 400, {"error": "workflow must be a file name in the service's folder"}
-            try:
-                wf = self.runner.load(self.workflows_dir / name)
-            except BlokrunError as exc:
-                return 400, {"error": str(exc)}
-            from blokrun.persistence.records import new_request_id
-
-            rid = doc.get("request_id") or new_request_id()
-            self.tg.start_soon(
-                self._background, rid, self.runner.run(wf, doc.get("inputs") or {}, request_id=rid)
-            )
-            return 202, {"request_id": rid}
+            return await self._start(body)
         if method == "GET" and len(parts) == 2 and parts[0] == "runs":
-            try:
-                head = await self.runner.head(parts[1])
-            except RunNotFound as exc:
-                return 404, {"error": str(exc)}
-            status = head.status if head else "unknown"
-            return 200, {
-                "request_id": parts[1],
-                "status": status,
-                "step": head.step if head else None,
-                "error": head.error if head else None,
-                "in_this_process": self.outcomes.get(parts[1]),
-            }
+            return await self._status(parts[1])
         if method == "POST" and len(parts) == 3 and parts[0] == "runs" and parts[2] == "resume":
-            rid = parts[1]
-            try:
-                head = await self.runner.head(rid)
-            except RunNotFound as exc:
-                return 404, {"error": str(exc)}
-            if head is not None and head.status == "completed":
-                return 409, {"error": f"run {rid} already completed"}
-            if self.outcomes.get(rid) == "running":
-                return 409, {"error": f"run {rid} is running in this process"}
-            self.tg.start_soon(self._background, rid, self.runner.resume(rid))
-            return 202, {"request_id": rid, "resuming": True}
+            return await self._resume(parts[1])
         return 404, {"error": f"no route for {method} {path}"}
+
+    async def _start(self, body: bytes) -> tuple[int, Any]:
+        try:
+            doc = orjson.loads(body or b"{}")
+        except orjson.JSONDecodeError as exc:
+            return 400, {"error": f"invalid JSON body: {exc}"}
+        name = str(doc.get("workflow", "workflow.json"))
+        if "/" in name or name.startswith("."):
+            return 400, {"error": "workflow must be a file name in the service's folder"}
+        try:
+            wf = self.runner.load(self.workflows_dir / name)
+        except BlokrunError as exc:
+            return 400, {"error": str(exc)}
+        from blokrun.persistence.records import new_request_id
+
+        rid = doc.get("request_id") or new_request_id()
+        self.tg.start_soon(
+            self._background, rid, self.runner.run(wf, doc.get("inputs") or {}, request_id=rid)
+        )
+        return 202, {"request_id": rid}
+
+    async def _status(self, rid: str) -> tuple[int, Any]:
+        try:
+            head = await self.runner.head(rid)
+        except RunNotFound as exc:
+            return 404, {"error": str(exc)}
+        return 200, {
+            "request_id": rid,
+            "status": head.status if head else "unknown",
+            "step": head.step if head else None,
+            "error": head.error if head else None,
+            "in_this_process": self.outcomes.get(rid),
+        }
+
+    async def _resume(self, rid: str) -> tuple[int, Any]:
+        try:
+            head = await self.runner.head(rid)
+        except RunNotFound as exc:
+            return 404, {"error": str(exc)}
+        if head is not None and head.status == "completed":
+            return 409, {"error": f"run {rid} already completed"}
+        if self.outcomes.get(rid) == "running":
+            return 409, {"error": f"run {rid} is running in this process"}
+        self.tg.start_soon(self._background, rid, self.runner.resume(rid))
+        return 202, {"request_id": rid, "resuming": True}
 
     async def serve_client(self, stream: SocketStream) -> None:
         async with stream:
