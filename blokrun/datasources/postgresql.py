@@ -31,15 +31,13 @@ Design decisions:
   an expired row stays until overwritten, deleted or removed by :meth:`purge_expired`,
   and is never returned or counted meanwhile.
 * Every write is ``INSERT ... ON CONFLICT (key) DO UPDATE`` (atomic replace).
-  ``save_batch`` is one statement over ``unnest`` arrays, hence atomic: for 1,000 rows of
-  1 KB we measured 23-34 ms against 33-46 ms for ``executemany`` in a transaction (and
-  12 vs 21 ms for 100-byte rows). Duplicate keys are collapsed first (last one wins),
+  ``save_batch`` is one statement over ``unnest`` arrays, hence atomic, and faster than
+  ``executemany`` in a transaction (``benchmarks/PROFILE.md``). Duplicate keys are collapsed first (last one wins),
   because one statement cannot update a row twice. ``load_batch`` and ``delete_batch``
   use ``key = ANY($1)``.
 * The pool's reset query is disabled: by default asyncpg sends ``SELECT
   pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` each time a connection
-  goes back to the pool, a hidden second round trip per operation (measured: a pooled
-  1 KB load took 250 us without it, 470 us with it). We pass
+  goes back to the pool, a hidden second round trip per operation (PROFILE.md). We pass
   ``reset=_keep_session`` (a no-op): asyncpg still rolls back a transaction left open, and
   this driver never changes session state (no ``SET``, ``LISTEN``, session advisory locks
   or cursors outside a transaction). An injected pool keeps its own ``reset`` policy.
@@ -281,7 +279,7 @@ class PostgresStore:
         pool = self._pool
         try:
             # asyncio.timeout, not acquire(timeout=...): on Python 3.11 that is wait_for, a
-            # new task per statement (measured: ~40 us of a ~300 us checkpoint).
+            # new task per statement, a visible share of a checkpoint (PROFILE.md).
             async with asyncio.timeout(self._timeout):
                 con = await pool.acquire()
         except TimeoutError as exc:

@@ -11,11 +11,10 @@ Design decisions:
 * **Batches are one round trip.** ``save_batch`` is one ``MULTI``/``EXEC``: an ``MSET`` of
   the entries without TTL, then ``SET key value PX ms`` for each entry with one. It is all
   or nothing (Redis discards the transaction if the connection drops before ``EXEC`` or a
-  command is refused while queueing, e.g. out of memory), hence ``atomic_batch``. Measured
-  on the throwaway server, 1,000 x 1 KB: 1,000 SETs take 41 ms in a plain pipeline and
-  48 ms in MULTI/EXEC (within run-to-run noise: atomicity is cheap), one ``MSET`` in
-  MULTI/EXEC 6-8 ms. The cost is redis-py's ~40 us of CPU per queued command, not the
-  server. ``load_batch`` is one ``MGET``, ``delete_batch`` one ``DEL``.
+  command is refused while queueing, e.g. out of memory), hence ``atomic_batch``.
+  Atomicity is cheap here; what costs is redis-py's CPU per queued command, hence one
+  ``MSET`` (figures: ``benchmarks/PROFILE.md``, "Design measurements"). ``load_batch`` is
+  one ``MGET``, ``delete_batch`` one ``DEL``.
 * **keys(prefix)** walks ``SCAN`` with ``MATCH <escaped prefix>*``, ``COUNT 1000`` and
   ``TYPE string`` (Redis 6+; lease hashes are not values), never ``KEYS``: the glob
   metacharacters ``* ? [ ] \\`` of the prefix are backslash-escaped so the prefix is
@@ -31,10 +30,9 @@ Design decisions:
   Each operation is one Lua script (``EVALSHA``, reloaded if the server lost it), atomic on
   the server and timed by its clock (``TIME``: allowed before writes since Redis 5 replicates
   script effects, the only mode in 7). ``save_batch_fenced`` is one script that compares
-  the token, then writes every entry or none: fencing is atomic (``atomic_fencing``).
-  Measured (2,000 calls of 2 x 1 KB, loopback, busy 2-CPU box): fenced 95-140 us a call,
-  ``save_batch`` 120-175 us (medians): one ``EVALSHA`` costs redis-py less than
-  ``MULTI``/``MSET``/``EXEC``. ``load`` of a lease key is ``None`` (no value there). Limits:
+  the token, then writes every entry or none: fencing is atomic (``atomic_fencing``); one
+  ``EVALSHA`` costs redis-py less than ``MULTI``/``MSET``/``EXEC`` (PROFILE.md). ``load``
+  of a lease key is ``None`` (no value there). Limits:
   Redis Cluster would need the lease and the run's keys in one hash slot (a ``{tag}``);
   not supported. ``expires_at`` is server time, so ``live()`` on a host whose clock is
   skewed is off by the skew.
@@ -208,9 +206,9 @@ def _without_send_task(base: type[Any]) -> type[Any]:
     """``base`` with a send that is bounded by ``asyncio.timeout`` instead of
     ``asyncio.wait_for``, which on Python 3.11 wraps every command's send in a new task.
 
-    Measured on a 100-step run checkpointing to Redis: ~480 -> ~285 us per step (the send of
-    one EVALSHA is two writes and a drain; the task cost more than the rest of the client).
-    Same behaviour otherwise: a timeout or an error closes the connection, as redis-py does.
+    The task cost more than the rest of the client on the checkpoint path (the send of one
+    EVALSHA is two writes and a drain; figures in ``benchmarks/PROFILE.md``). Same behaviour
+    otherwise: a timeout or an error closes the connection, as redis-py does.
     Kept only while the redis-py internals it relies on are there (else ``base`` as it is).
     """
     needed = ("connect_check_health", "check_health", "disconnect", "send_packed_command")

@@ -237,7 +237,7 @@ def dumps_value(value: Any, *, path: str = "vars") -> bytes:
 def loads_value(data: bytes) -> Any:
     if len(data) >= _GC_PAUSE_BYTES and gc.isenabled():
         # Decoding builds many small containers; the cyclic collector would scan them over
-        # and over while they are created (measured: 10 MB of records, 440 ms -> 200 ms).
+        # and over while they are created (about twice the time: benchmarks/PROFILE.md).
         gc.disable()
         try:
             obj = orjson.loads(data)
