@@ -32,9 +32,9 @@ Design decisions:
   and is never returned or counted meanwhile.
 * Every write is ``INSERT ... ON CONFLICT (key) DO UPDATE`` (atomic replace).
   ``save_batch`` is one statement over ``unnest`` arrays, hence atomic, and faster than
-  ``executemany`` in a transaction (``benchmarks/PROFILE.md``). Duplicate keys are collapsed first (last one wins),
-  because one statement cannot update a row twice. ``load_batch`` and ``delete_batch``
-  use ``key = ANY($1)``.
+  ``executemany`` in a transaction (``benchmarks/PROFILE.md``). Duplicate keys are
+  collapsed first (last one wins), because one statement cannot update a row twice.
+  ``load_batch`` and ``delete_batch`` use ``key = ANY($1)``.
 * The pool's reset query is disabled: by default asyncpg sends ``SELECT
   pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` each time a connection
   goes back to the pool, a hidden second round trip per operation (PROFILE.md). We pass
