@@ -7,7 +7,14 @@ first time a datasource of that type is built.
 from __future__ import annotations
 
 from blokrun.datasources.datasource import Datasource, validate_key
-from blokrun.datasources.protocol import Capabilities, Entry, LeaseState, LeaseStore, Store
+from blokrun.datasources.protocol import (
+    Capabilities,
+    Entry,
+    GroupStore,
+    LeaseState,
+    LeaseStore,
+    Store,
+)
 from blokrun.datasources.registry import (
     DRIVERS,
     ENTRY_POINT_GROUP,
@@ -27,6 +34,7 @@ __all__ = [
     "Driver",
     "DriverTable",
     "Entry",
+    "GroupStore",
     "LeaseState",
     "LeaseStore",
     "Store",

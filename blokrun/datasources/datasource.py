@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Self
 import anyio
 
 from blokrun.datasources.groupcommit import GroupCommit
+from blokrun.datasources.protocol import GroupStore
 from blokrun.errors import BlokrunError, DatasourceError, DatasourceUnavailable
 
 if TYPE_CHECKING:
@@ -84,11 +85,14 @@ class Datasource:
         self._timeout = settings.timeout
         self._redactor = settings.redactor()
         #: Coalesces concurrent saves into one round trip, when the driver can.
-        self.group_commit: GroupCommit | None = (
-            GroupCommit(store.save_groups, self._save_one)  # type: ignore[attr-defined]
-            if store.capabilities.group_commit
-            else None
-        )
+        self.group_commit: GroupCommit | None = None
+        if store.capabilities.group_commit:
+            if not isinstance(store, GroupStore):
+                raise DatasourceError(
+                    f"driver {settings.type!r} says it has group commit but no save_groups",
+                    datasource=settings.name,
+                )
+            self.group_commit = GroupCommit(store.save_groups, self._save_one)
 
     def __repr__(self) -> str:
         return f"Datasource({self.settings.describe()})"

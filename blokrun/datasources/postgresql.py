@@ -273,7 +273,9 @@ class PostgresStore:
         return DatasourceError(f"{op}: PostgreSQL at {self._where} failed: {text}")
 
     @asynccontextmanager
-    async def _conn(self, op: str) -> AsyncIterator[Any]:
+    async def connection(self, op: str) -> AsyncIterator[Any]:
+        """A pooled asyncpg connection for ``op``, bounded by the timeout, errors translated
+        and secrets scrubbed: the public hook other blokrun parts (the run queue) use."""
         if self._pool is None:
             raise DatasourceError(f"{op}: not connected (call connect() first)")
         pool = self._pool
@@ -324,7 +326,7 @@ class PostgresStore:
         self._ready = True
 
     async def _migrate(self) -> None:
-        async with self._conn("migrate") as con, con.transaction():
+        async with self.connection("migrate") as con, con.transaction():
             await con.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
             await con.execute(
                 "CREATE TABLE IF NOT EXISTS blokrun_migrations (table_name text NOT NULL, "
@@ -361,41 +363,41 @@ class PostgresStore:
     # -- the contract --------------------------------------------------------------------------
 
     async def save(self, key: str, data: bytes, ttl: float | None = None) -> None:
-        async with self._conn("save") as con:
+        async with self.connection("save") as con:
             await con.execute(self._sql["save"], key, data, ttl)
 
     async def load(self, key: str) -> bytes | None:
-        async with self._conn("load") as con:
+        async with self.connection("load") as con:
             data: bytes | None = await con.fetchval(self._sql["load"], key)
         return data
 
     async def exists(self, key: str) -> bool:
-        async with self._conn("exists") as con:
+        async with self.connection("exists") as con:
             found: bool = await con.fetchval(self._sql["exists"], key)
         return found
 
     async def delete(self, key: str) -> bool:
-        async with self._conn("delete") as con:
+        async with self.connection("delete") as con:
             live: bool | None = await con.fetchval(self._sql["delete"], key)
         return live is True
 
     async def save_batch(self, entries: Sequence[Entry]) -> None:
         if not entries:
             return
-        async with self._conn("save_batch") as con:
+        async with self.connection("save_batch") as con:
             await con.execute(self._sql["save_batch"], *_columns(entries))
 
     async def load_batch(self, keys: Sequence[str]) -> dict[str, bytes]:
         if not keys:
             return {}
-        async with self._conn("load_batch") as con:
+        async with self.connection("load_batch") as con:
             rows = await con.fetch(self._sql["load_batch"], list(keys))
         return {row[0]: row[1] for row in rows}
 
     async def delete_batch(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
-        async with self._conn("delete_batch") as con:
+        async with self.connection("delete_batch") as con:
             n: int = await con.fetchval(self._sql["delete_batch"], list(keys))
         return n
 
@@ -404,7 +406,7 @@ class PostgresStore:
         sql = self._sql["keys_open" if end is None else "keys"]
         last = ""
         while True:
-            async with self._conn("keys") as con:  # one page per borrowed connection
+            async with self.connection("keys") as con:  # one page per borrowed connection
                 args = (prefix, last) if end is None else (prefix, last, end)
                 rows = await con.fetch(sql, *args)
             for row in rows:
@@ -414,20 +416,20 @@ class PostgresStore:
             last = rows[-1][0]
 
     async def size(self) -> int:
-        async with self._conn("size") as con:
+        async with self.connection("size") as con:
             n: int = await con.fetchval(self._sql["size"])
         return n
 
     async def purge_expired(self) -> int:
         """Delete expired rows (reads already ignore them); returns how many went."""
-        async with self._conn("purge_expired") as con:
+        async with self.connection("purge_expired") as con:
             status: str = await con.execute(self._sql["purge"])
         return int(status.rsplit(" ", 1)[-1])
 
     # -- leases (see the module docstring) -------------------------------------------------
 
     async def acquire_lease(self, key: str, owner: str, ttl: float) -> LeaseState:
-        async with self._conn("acquire_lease") as con:
+        async with self.connection("acquire_lease") as con:
             for _ in range(_ACQUIRE_TRIES):
                 row = await con.fetchrow(self._sql["acquire"], key, owner, ttl)
                 if row is not None:
@@ -438,16 +440,16 @@ class PostgresStore:
         )
 
     async def renew_lease(self, key: str, owner: str, token: int, ttl: float) -> bool:
-        async with self._conn("renew_lease") as con:
+        async with self.connection("renew_lease") as con:
             status: str = await con.execute(self._sql["renew"], key, owner, token, ttl)
         return status == "UPDATE 1"
 
     async def release_lease(self, key: str, owner: str, token: int) -> None:
-        async with self._conn("release_lease") as con:
+        async with self.connection("release_lease") as con:
             await con.execute(self._sql["release"], key, token)
 
     async def save_batch_fenced(self, entries: Sequence[Entry], lease_key: str, token: int) -> bool:
-        async with self._conn("save_batch_fenced") as con:
+        async with self.connection("save_batch_fenced") as con:
             args = (*_columns(entries), lease_key, token)
             held: bool = await con.fetchval(self._sql["save_batch_fenced"], *args)
         return held
@@ -467,7 +469,7 @@ class PostgresStore:
                 owners.append(number)
         fences = [lease for _, lease, _ in groups]
         tokens = [token for _, _, token in groups]
-        async with self._conn("save_groups") as con:
+        async with self.connection("save_groups") as con:
             written = set(
                 await con.fetchval(
                     self._sql["save_groups"], keys, data, ttls, owners, fences, tokens
@@ -476,12 +478,12 @@ class PostgresStore:
         return [number in written for number in range(1, len(groups) + 1)]
 
     async def read_lease(self, key: str) -> LeaseState | None:
-        async with self._conn("read_lease") as con:
+        async with self.connection("read_lease") as con:
             row = await con.fetchrow(self._sql["read_lease"], key)
         return None if row is None else LeaseState(row[0], row[1], row[2])
 
     async def delete_lease(self, key: str) -> bool:
-        async with self._conn("delete_lease") as con:
+        async with self.connection("delete_lease") as con:
             status: str = await con.execute(self._sql["delete_lease"], key)
         return status == "DELETE 1"
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
-__all__ = ["Capabilities", "Entry", "Group", "LeaseState", "LeaseStore", "Store"]
+__all__ = ["Capabilities", "Entry", "Group", "GroupStore", "LeaseState", "LeaseStore", "Store"]
 
 #: One item of a batch save: ``(key, data, ttl_seconds_or_None)``.
 Entry: TypeAlias = "tuple[str, bytes, float | None]"
@@ -188,3 +188,13 @@ class LeaseStore(Protocol):
     async def read_lease(self, key: str) -> LeaseState | None: ...
 
     async def delete_lease(self, key: str) -> bool: ...
+
+
+@runtime_checkable
+class GroupStore(Protocol):
+    """A driver with ``Capabilities.group_commit``: the saves of many runs in one round trip
+    (one script or one statement), each group written all or nothing -- fenced by its lease
+    key and token when it has one. Returns, per group, whether it was written (False: its
+    fence refused it)."""
+
+    async def save_groups(self, groups: Sequence[Group]) -> list[bool]: ...

@@ -362,7 +362,7 @@ class RedisStore:
             pool.connection_class = _without_send_task(pool.connection_class)
             client = Redis(connection_pool=pool)
             try:
-                with self._translate("connect"):
+                with self.errors("connect"):
                     await client.ping()
             except BaseException:
                 with anyio.CancelScope(shield=True):  # also when the wrapper's timeout fired
@@ -370,7 +370,7 @@ class RedisStore:
                 raise
             self._client = client
         else:
-            with self._translate("connect"):
+            with self.errors("connect"):
                 await self._client.ping()
         self._scripts = _Scripts.register(self._client)
         self._connected = True
@@ -382,18 +382,21 @@ class RedisStore:
             await client.aclose()
             await client.connection_pool.aclose()
 
-    def _require(self) -> Redis:
+    def client(self) -> Redis:
+        """The connected redis-py client: the public hook other blokrun parts (the run
+        queue) use, with :meth:`errors` around their commands."""
         if not self._connected or self._client is None:
             raise DatasourceError(f"redis at {self._where} is not connected; call connect()")
         return self._client
 
     def _lua(self) -> _Scripts:
-        self._require()
+        self.client()
         assert self._scripts is not None  # registered by connect()
         return self._scripts
 
     @contextmanager
-    def _translate(self, op: str) -> Iterator[None]:
+    def errors(self, op: str) -> Iterator[None]:
+        """Translate redis-py errors raised inside into blokrun ones, password scrubbed."""
         try:
             yield
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
@@ -419,13 +422,13 @@ class RedisStore:
     # -- the contract ------------------------------------------------------------------------
 
     async def save(self, key: str, data: bytes, ttl: float | None = None) -> None:
-        client = self._require()
-        with self._translate("save"):
+        client = self.client()
+        with self.errors("save"):
             await client.set(key, data, px=None if ttl is None else _ttl_ms(ttl))
 
     async def load(self, key: str) -> bytes | None:
-        client = self._require()
-        with self._translate("load"):
+        client = self.client()
+        with self.errors("load"):
             try:
                 value = await client.get(key)
             except ResponseError as exc:
@@ -435,22 +438,22 @@ class RedisStore:
         return cast("bytes | None", value)  # decode_responses=False: always bytes
 
     async def exists(self, key: str) -> bool:
-        client = self._require()
-        with self._translate("exists"):
+        client = self.client()
+        with self.errors("exists"):
             return bool(await client.exists(key))
 
     async def delete(self, key: str) -> bool:
-        client = self._require()
-        with self._translate("delete"):
+        client = self.client()
+        with self.errors("delete"):
             return bool(await client.delete(key))
 
     async def save_batch(self, entries: Sequence[Entry]) -> None:
         if not entries:
             return
-        client = self._require()
+        client = self.client()
         final = {key: (data, ttl) for key, data, ttl in entries}  # a repeated key: last wins
         plain = {key: data for key, (data, ttl) in final.items() if ttl is None}
-        with self._translate("save_batch"):
+        with self.errors("save_batch"):
             async with client.pipeline(transaction=True) as pipe:
                 if plain:
                     pipe.mset(plain)  # one command: ~8x cheaper in redis-py than N SETs
@@ -462,25 +465,25 @@ class RedisStore:
     async def load_batch(self, keys: Sequence[str]) -> dict[str, bytes]:
         if not keys:
             return {}
-        client = self._require()
-        with self._translate("load_batch"):
+        client = self.client()
+        with self.errors("load_batch"):
             values = cast("list[bytes | None]", await client.mget(list(keys)))
         return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
 
     async def delete_batch(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
-        client = self._require()
-        with self._translate("delete_batch"):
+        client = self.client()
+        with self.errors("delete_batch"):
             return int(await client.delete(*keys))
 
     async def keys(self, prefix: str = "") -> AsyncIterator[str]:
-        client = self._require()
+        client = self.client()
         match = escape_glob(prefix) + b"*" if prefix else None
         seen: set[bytes] = set()
         cursor = 0
         while True:
-            with self._translate("keys"):
+            with self.errors("keys"):
                 cursor, batch = await client.scan(
                     cursor, match=match, count=SCAN_COUNT, _type="string"
                 )
@@ -507,7 +510,7 @@ class RedisStore:
 
     async def acquire_lease(self, key: str, owner: str, ttl: float) -> LeaseState:
         lua = self._lua()
-        with self._translate("acquire_lease"):
+        with self.errors("acquire_lease"):
             reply = await lua.acquire(keys=[key], args=[owner, _ttl_ms(ttl)])
         held, token, expires_ms = cast("list[bytes | int]", reply)
         assert isinstance(held, bytes) and isinstance(token, int) and isinstance(expires_ms, int)
@@ -515,12 +518,12 @@ class RedisStore:
 
     async def renew_lease(self, key: str, owner: str, token: int, ttl: float) -> bool:
         lua = self._lua()
-        with self._translate("renew_lease"):
+        with self.errors("renew_lease"):
             return bool(await lua.renew(keys=[key], args=[owner, token, _ttl_ms(ttl)]))
 
     async def release_lease(self, key: str, owner: str, token: int) -> None:
         lua = self._lua()
-        with self._translate("release_lease"):
+        with self.errors("release_lease"):
             await lua.release(keys=[key], args=[token])
 
     async def save_batch_fenced(self, entries: Sequence[Entry], lease_key: str, token: int) -> bool:
@@ -529,7 +532,7 @@ class RedisStore:
         args: list[bytes | str | int] = [token]
         for data, ttl in final.values():
             args += (data, "" if ttl is None else _ttl_ms(ttl))
-        with self._translate("save_batch"):
+        with self.errors("save_batch"):
             return bool(await lua.save_fenced(keys=[lease_key, *final], args=args))
 
     async def save_groups(self, groups: Sequence[Group]) -> list[bool]:
@@ -544,13 +547,13 @@ class RedisStore:
             for key, data, ttl in entries:
                 keys.append(key)
                 args += (data, "" if ttl is None else _ttl_ms(ttl))
-        with self._translate("save_batch"):
+        with self.errors("save_batch"):
             reply = await lua.save_groups(keys=keys, args=args)
         return [bool(x) for x in cast("list[int]", reply)]
 
     async def read_lease(self, key: str) -> LeaseState | None:
-        client = self._require()
-        with self._translate("read_lease"):
+        client = self.client()
+        with self.errors("read_lease"):
             raw = cast("dict[bytes, bytes]", await client.hgetall(key))
         if not raw:
             return None
@@ -566,8 +569,8 @@ class RedisStore:
             ) from exc
 
     async def delete_lease(self, key: str) -> bool:
-        client = self._require()
-        with self._translate("delete_lease"):
+        client = self.client()
+        with self.errors("delete_lease"):
             return bool(await client.delete(key))
 
 

@@ -137,7 +137,7 @@ class PostgresQueue:
     async def _conn(self, op: str, key: str | None = None) -> AsyncIterator[Any]:
         """A pooled connection; errors name the datasource (and the request id)."""
         try:
-            async with self._store._conn(f"queue {op}") as con:
+            async with self._store.connection(f"queue {op}") as con:
                 yield con
         except DatasourceError as exc:
             if exc.datasource is None:

@@ -275,7 +275,7 @@ class RedisQueue:
 
     def _lua(self) -> _Scripts:
         """The scripts, registered again if the store reconnected with a new client."""
-        client = self._store._require()
+        client = self._store.client()
         if self._scripts is None or client is not self._client:
             self._client, self._scripts = client, _Scripts.register(client)
         return self._scripts
@@ -283,7 +283,7 @@ class RedisQueue:
     @contextmanager
     def _guard(self, op: str) -> Iterator[None]:
         try:
-            with self._store._translate(f"queue {op}"):
+            with self._store.errors(f"queue {op}"):
                 yield
         except DatasourceError as exc:
             if exc.datasource is None:
@@ -293,7 +293,7 @@ class RedisQueue:
     async def setup(self) -> None:
         """Check the server version and load the scripts. Streams and the consumer group
         of a priority are created by the first ``enqueue`` of that priority."""
-        client = self._store._require()
+        client = self._store.client()
         with self._guard("setup"):
             info = cast("dict[str, object]", await client.info("server"))
             scripts = self._lua()
