@@ -70,7 +70,7 @@ from blokrun.datasources.protocol import Capabilities, LeaseState
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
 
     from blokrun.datasources.protocol import Entry
     from blokrun.datasources.settings import DatasourceSettings
@@ -127,12 +127,18 @@ def _hashed(key: str) -> str:
 class FilesystemStore:
     """A folder of files; see the module docstring."""
 
-    __slots__ = ("_connected", "_dir_fd", "_fsync", "_root", "_timeout")
+    __slots__ = ("_clock", "_connected", "_dir_fd", "_fsync", "_root", "_timeout")
 
     def __init__(
-        self, root: str | os.PathLike[str], *, fsync: bool = True, timeout: float = 5.0
+        self,
+        root: str | os.PathLike[str],
+        *,
+        fsync: bool = True,
+        timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._root = Path(root)
+        self._clock = clock  # wall-clock seconds: TTLs and lease expiry (tests pass a fake)
         self._fsync = fsync
         self._timeout = timeout  # bounds a wait for a lease lock
         self._connected = False
@@ -185,7 +191,7 @@ class FilesystemStore:
     def _write_one(self, key: str, data: bytes, ttl: float | None) -> None:
         path, hashed = self._path_for(key)
         key_bytes = key.encode("utf-8") if hashed else b""
-        expires = 0.0 if ttl is None else time.time() + ttl
+        expires = 0.0 if ttl is None else self._clock() + ttl
         header = _HEADER.pack(_MAGIC, expires, len(key_bytes)) + key_bytes
         self._replace(path, header + data)
 
@@ -250,7 +256,7 @@ class FilesystemStore:
         self._sync_dir()
 
     def _load_many(self, keys: Sequence[str]) -> dict[str, bytes]:
-        now = time.time()
+        now = self._clock()
         out: dict[str, bytes] = {}
         for key in keys:
             data = self._load_one(key, now)
@@ -271,7 +277,7 @@ class FilesystemStore:
         return n
 
     def _list(self, prefix: str) -> list[str]:
-        now = time.time()
+        now = self._clock()
         encoded = encode_name(prefix)
         out: list[str] = []
         with os.scandir(self._root) as it:
@@ -308,7 +314,7 @@ class FilesystemStore:
         await anyio.to_thread.run_sync(self._save_sync, [(key, data, ttl)])
 
     async def load(self, key: str) -> bytes | None:
-        return await anyio.to_thread.run_sync(self._load_one, key, time.time())
+        return await anyio.to_thread.run_sync(self._load_one, key, self._clock())
 
     async def exists(self, key: str) -> bool:
         return await self.load(key) is not None
@@ -410,7 +416,7 @@ class FilesystemStore:
         if fd is None:  # unreachable: create=True opens or raises
             raise DatasourceError(f"lease {name!r}: no lock file")
         try:
-            now = time.time()
+            now = self._clock()
             current = self._read_state(name)
             if current is not None and current.live(now) and current.owner != owner:
                 return current
@@ -429,7 +435,7 @@ class FilesystemStore:
             current = self._read_state(name)
             if current is None or current.token != token:
                 return False
-            self._write_state(name, LeaseState(owner, token, time.time() + ttl))
+            self._write_state(name, LeaseState(owner, token, self._clock() + ttl))
             return True
         finally:
             os.close(fd)

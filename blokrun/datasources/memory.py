@@ -10,7 +10,7 @@ from anyio.lowlevel import checkpoint
 from blokrun.datasources.protocol import Capabilities, LeaseState
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
 
     from blokrun.datasources.protocol import Entry
     from blokrun.datasources.settings import DatasourceSettings
@@ -32,9 +32,10 @@ _CAPS = Capabilities(
 class MemoryStore:
     """A dict of ``key -> (bytes, expires_at_monotonic | None)``."""
 
-    __slots__ = ("_connected", "_data", "_leases", "extras")
+    __slots__ = ("_clock", "_connected", "_data", "_leases", "extras")
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock  # wall-clock seconds for lease expiry (tests pass a fake)
         self._data: dict[str, tuple[bytes, float | None]] = {}
         self._leases: dict[str, LeaseState] = {}
         self.extras: dict[str, object] = {}  # in-process features kept with the store (queue)
@@ -111,7 +112,7 @@ class MemoryStore:
 
     async def acquire_lease(self, key: str, owner: str, ttl: float) -> LeaseState:
         await checkpoint()
-        now = time.time()
+        now = self._clock()
         current = self._leases.get(key)
         if current is not None and current.live(now) and current.owner != owner:
             return current
@@ -123,7 +124,7 @@ class MemoryStore:
         current = self._leases.get(key)
         if current is None or current.token != token:
             return False
-        self._leases[key] = LeaseState(owner, token, time.time() + ttl)
+        self._leases[key] = LeaseState(owner, token, self._clock() + ttl)
         return True
 
     async def release_lease(self, key: str, owner: str, token: int) -> None:

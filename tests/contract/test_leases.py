@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 import anyio
+import anyio.lowlevel
 
-from blokrun.datasources import build_datasource
+from blokrun.datasources import Datasource, build_datasource
+from blokrun.datasources.filesystem import FilesystemStore
+from blokrun.datasources.memory import MemoryStore
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
-    from blokrun.datasources import Datasource
     from tests.servers.base import ThrowawayServer
 
 LEASE = "_blokrun.lease.run-1"
@@ -43,6 +45,50 @@ async def _pair(server: ThrowawayServer, n: int = 2) -> AsyncIterator[list[Datas
                 await stack.enter_async_context(ds)
             out.append(ds)
         yield out
+
+
+class FakeClock:
+    """Wall-clock seconds that move only when told: lease expiry without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@asynccontextmanager
+async def _timed_pair(
+    server: ThrowawayServer,
+) -> AsyncIterator[tuple[Datasource, Datasource, Callable[[float], Awaitable[None]]]]:
+    """Two datasources over one store, and ``elapse(seconds)``: on the drivers that keep
+    time in this process (memory, filesystem) an injected clock moves forward at once; a
+    server keeps its own clock, so there it is a real sleep."""
+    if server.driver not in ("memory", "filesystem"):
+        async with _pair(server) as (a, b):
+            yield a, b, anyio.sleep
+        return
+    clock = FakeClock()
+    base = server.settings("lease0")
+    if server.driver == "memory":
+        shared = Datasource(base, MemoryStore(clock=clock))
+        pair = [shared, shared]
+    else:
+        pair = [
+            Datasource(
+                replace(base, name=f"lease{i}"), FilesystemStore(str(base.path), clock=clock)
+            )
+            for i in range(2)
+        ]
+
+    async def elapse(seconds: float) -> None:
+        clock.now += seconds
+        await anyio.lowlevel.checkpoint()
+
+    async with AsyncExitStack() as stack:
+        for ds in {id(d): d for d in pair}.values():
+            await stack.enter_async_context(ds)
+        yield pair[0], pair[1], elapse
 
 
 async def test_a_free_lease_is_taken_and_a_held_one_is_refused(server: ThrowawayServer) -> None:
@@ -78,24 +124,26 @@ async def test_renew_and_release_follow_the_token(server: ThrowawayServer) -> No
 
 async def test_an_expired_lease_can_be_taken_over(server: ThrowawayServer) -> None:
     ttl = 1.0
-    async with _pair(server) as (a, b):
+    async with _timed_pair(server) as (a, b, elapse):
         first = await a.acquire_lease(LEASE, "owner-a", ttl)
         assert (await b.acquire_lease(LEASE, "owner-b", 30)).owner == "owner-a"
+        await elapse(ttl / 2)
+        assert (await b.acquire_lease(LEASE, "owner-b", 30)).owner == "owner-a"  # still held
         # Expired but not taken: the holder's token is still the latest, so it may renew.
-        await anyio.sleep(ttl + 0.3)
+        await elapse(ttl / 2 + 0.3)
         assert await a.renew_lease(LEASE, "owner-a", first.token, ttl) is True
-        await anyio.sleep(ttl + 0.3)
+        await elapse(ttl + 0.3)
         taken = await b.acquire_lease(LEASE, "owner-b", 30)
         assert (taken.owner, taken.token) == ("owner-b", first.token + 1)
         assert await a.renew_lease(LEASE, "owner-a", first.token, ttl) is False
 
 
 async def test_fenced_writes_stop_when_the_lease_is_taken(server: ThrowawayServer) -> None:
-    async with _pair(server) as (a, b):
+    async with _timed_pair(server) as (a, b, elapse):
         old = await a.acquire_lease(LEASE, "owner-a", 0.5)
         assert await a.save_batch_fenced([("k", b"a1", None), ("h", b"a1", None)], LEASE, old.token)
         assert await a.load("k") == b"a1"
-        await anyio.sleep(0.8)
+        await elapse(0.8)
         new = await b.acquire_lease(LEASE, "owner-b", 30)
         assert new.owner == "owner-b"
         # The stale holder's write is rejected as a whole: nothing of it is stored.
