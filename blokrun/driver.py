@@ -90,7 +90,9 @@ class RunDriver:
         lease = await self.store.acquire(request_id, wf)
         recorder: RunRecorder | None = None
         try:
-            found = await self.store.planner.find(request_id, wf)
+            # a new id costs one read per target, not a key scan; a run lost but for stray
+            # checkpoints is never mixed with this one (they belong to another start time)
+            found = await self.store.planner.find(request_id, wf, scan=False)
             incarnation = 1
             if found is not None:
                 if not restart:

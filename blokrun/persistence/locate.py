@@ -235,21 +235,26 @@ class Locator:
 
     # -- one target ----------------------------------------------------------------------
 
-    async def view(self, ds: Datasource, request_id: str) -> TargetView:
-        """What ``ds`` holds of run ``request_id`` (see the module docstring)."""
+    async def view(self, ds: Datasource, request_id: str, *, scan: bool = True) -> TargetView:
+        """What ``ds`` holds of run ``request_id`` (see the module docstring). ``scan=False``:
+        a target with neither the run's head nor its first run record is taken not to hold
+        it, without listing keys (a new request id costs one read, not a key scan)."""
         view = TargetView(ds)
         try:
-            await self._fill(view, request_id)
+            await self._fill(view, request_id, scan)
         except (FormatVersionError, KeyMissing):
             raise
         except BlokrunError as exc:
             view.error = exc
         return view
 
-    async def _fill(self, view: TargetView, request_id: str) -> None:
+    async def _fill(self, view: TargetView, request_id: str, scan: bool) -> None:
         ds = view.datasource
         hk = head_key(request_id)
-        loaded = await ds.load_batch([hk])
+        first = run_key(request_id, 1)
+        loaded = await ds.load_batch([hk, first])
+        if not scan and not loaded:
+            return  # neither head nor run record: every write of a run begins with them
         if hk in loaded:
             view.head = self.decode(loaded[hk], HeadRecord, ds, hk, view.warnings)
             if view.head is not None:
@@ -317,6 +322,14 @@ class Locator:
                 out.append(parsed[1:])
         return out
 
+    @staticmethod
+    def _same_life(view: TargetView, rec: CheckpointRecord) -> bool:
+        """Whether ``rec`` was written by the incarnation the head (or run record) describes:
+        same start time. A leftover of an earlier run under the same id and incarnation
+        number (its head and run record lost) is never taken for this run's."""
+        known = view.head if view.head is not None else view.run
+        return known is None or rec.started_at == known.started_at
+
     async def _roll_forward(
         self, view: TargetView, request_id: str, incarnation: int, start: int
     ) -> CheckpointRecord | None:
@@ -330,7 +343,7 @@ class Locator:
             newest = None
             for key in keys:
                 rec = self.checkpoint(loaded.get(key), ds, key, view.warnings)
-                if rec is not None:
+                if rec is not None and self._same_life(view, rec):
                     newest = rec
                     view.probed[key] = loaded[key]
             if newest is None:
@@ -356,7 +369,7 @@ class Locator:
             loaded = await ds.load_batch(keys)
             for key in keys:
                 rec = self.checkpoint(loaded.get(key), ds, key, view.warnings)
-                if rec is not None:
+                if rec is not None and self._same_life(view, rec):
                     view.probed[key] = loaded[key]
                     return rec
         return None
@@ -418,14 +431,17 @@ class Locator:
 
     # -- every target --------------------------------------------------------------------
 
-    async def locate(self, request_id: str, datasources: Sequence[Datasource]) -> FoundRun | None:
-        """The run as every one of ``datasources`` holds it; ``None`` if none knows it."""
+    async def locate(
+        self, request_id: str, datasources: Sequence[Datasource], *, scan: bool = True
+    ) -> FoundRun | None:
+        """The run as every one of ``datasources`` holds it; ``None`` if none knows it
+        (``scan``: see :meth:`view`)."""
         views: list[TargetView] = []
         fatal: list[BaseException] = []
 
         async def one(ds: Datasource) -> None:
             try:
-                views.append(await self.view(ds, request_id))
+                views.append(await self.view(ds, request_id, scan=scan))
             except BlokrunError as exc:  # a key missing, a newer format, an old layout
                 fatal.append(exc)
 

@@ -120,13 +120,16 @@ class Planner:
             return [self._datasources[n] for n in wf.targets]
         return list(self._datasources.values())
 
-    async def find(self, request_id: str, wf: Workflow | None) -> FoundRun | None:
-        """The run as its targets hold it, or ``None``."""
+    async def find(
+        self, request_id: str, wf: Workflow | None, *, scan: bool = True
+    ) -> FoundRun | None:
+        """The run as its targets hold it, or ``None`` (``scan=False``: a target holding
+        neither its head nor its first run record does not hold it; no key listing)."""
         try:
             validate_request_id(request_id)
         except ValueError as exc:
             raise RunNotFound(str(exc), request_id=str(request_id)[:200]) from None
-        return await self.locator.locate(request_id, self.candidates(wf))
+        return await self.locator.locate(request_id, self.candidates(wf), scan=scan)
 
     async def locate(self, request_id: str, wf: Workflow | None) -> FoundRun:
         """The run as its targets hold it, or :class:`~blokrun.errors.RunNotFound`."""

@@ -131,3 +131,29 @@ async def test_the_same_new_id_run_twice_at_once_runs_once(server: ThrowawayServ
     assert finished
     for result in finished:
         own(result.vars, rid, ("s1", "s2", "s3"))
+
+
+async def test_a_new_run_never_adopts_the_leftovers_of_a_lost_one(
+    server: ThrowawayServer,
+) -> None:
+    """An earlier run under the same id lost its head and run record, but its checkpoints
+    remain (same incarnation number, later sequence numbers). ``run`` treats the id as new
+    without scanning the store, and its resume continues its own chain, never theirs."""
+    from blokrun.persistence.keys import head_key, run_key
+
+    rid = f"lost{uuid.uuid4().hex[:6]}"
+    async with Runner([server.settings("default")]) as runner:
+        ds = runner.datasources["default"]
+        await runner.run(wf("s1", "s2", "s3", "s4"), {}, request_id=rid)
+        await ds.delete(head_key(rid))
+        await ds.delete(run_key(rid, 1))  # the old run is gone but for its checkpoints
+        RAN.clear()
+        FAIL.add((rid, "s2"))
+        with pytest.raises(StepFailed):
+            await runner.run(wf("s1", "s2", "s3", "s4"), {"fresh": True}, request_id=rid)
+        FAIL.clear()
+        result = await runner.resume(rid)
+    own(result.vars, rid, ("s1", "s2", "s3", "s4"))
+    assert result.vars["fresh"] is True
+    assert result.steps_run == ("s2", "s3", "s4")  # not the old run's s3/s4 checkpoints
+    assert RAN[(rid, "s3")] == 1 and RAN[(rid, "s1")] == 1
