@@ -167,21 +167,27 @@ class _Path(_Op):
 
     def get(self, scope: Scope) -> Any:
         if self.plain is not None:  # the common case: ctx.a.b over dicts
-            value = scope.lookup_root(self.plain)
-            static = self.keys
-            for i, key in enumerate(static):
-                if type(value) is not dict:
-                    return self._walk(value, static, i, len(static))
-                try:
-                    value = value[key]
-                except KeyError:
-                    return self._missing_key(value, static, i)
-            return value
+            return self._plain(scope)
         value = self.base.get(scope)
         if value is _MISSING:
             return value
         if not self.dynamic:
             return self._walk(value, self.keys, 0, len(self.keys))
+        return self._dynamic(scope, value)
+
+    def _plain(self, scope: Scope) -> Any:
+        value = scope.lookup_root(self.plain)  # type: ignore[arg-type]  # set when called
+        static = self.keys
+        for i, key in enumerate(static):
+            if type(value) is not dict:
+                return self._walk(value, static, i, len(static))
+            try:
+                value = value[key]
+            except KeyError:
+                return self._missing_key(value, static, i)
+        return value
+
+    def _dynamic(self, scope: Scope, value: Any) -> Any:
         keys: list[Any] = list(self.keys)
         for i, key in enumerate(self.keys):
             if isinstance(key, _Op):

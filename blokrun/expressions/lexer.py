@@ -171,17 +171,7 @@ class _Lexer:
                 embedded, pos = self._embedded(match.start())
                 segments.append(embedded)
             elif found == "\\":
-                if match.end() >= len(text):
-                    raise self._origin.error(
-                        f"unterminated string: expected closing {quote}", start
-                    )
-                char = text[match.end()]
-                if char not in _ESCAPES:
-                    raise self._origin.error(
-                        f"invalid escape '\\{char}' (use \\\\ \\' \\\" \\n \\t or \\$)",
-                        match.start(),
-                    )
-                buffer.append(_ESCAPES[char])
+                buffer.append(self._escape(match, quote, start))
                 pos = match.end() + 1
             else:  # the closing quote
                 pos = match.end()
@@ -190,6 +180,19 @@ class _Lexer:
         if literal:
             segments.append(literal)
         return tuple(segments), pos
+
+    def _escape(self, match: re.Match[str], quote: str | None, start: int) -> str:
+        """The character a backslash escape at ``match`` stands for."""
+        text = self._text
+        if match.end() >= len(text):
+            raise self._origin.error(f"unterminated string: expected closing {quote}", start)
+        char = text[match.end()]
+        if char not in _ESCAPES:
+            raise self._origin.error(
+                f"invalid escape '\\{char}' (use \\\\ \\' \\\" \\n \\t or \\$)",
+                match.start(),
+            )
+        return _ESCAPES[char]
 
     def _embedded(self, start: int) -> tuple[Embedded, int]:
         """Lex the expression of the ``${`` at ``start`` up to its ``}``."""

@@ -73,36 +73,41 @@ class Kind(IntEnum):
     ALIAS = 6
 
 
+def _tag_set(obj: set[Any] | frozenset[Any]) -> Any:
+    items = list(obj)
+    try:
+        items.sort()
+    except TypeError:
+        pass
+    return {_TAG: "frozenset" if isinstance(obj, frozenset) else "set", "v": items}
+
+
+#: What orjson cannot store natively, in the order to test (datetime is a date; str and int
+#: subclasses -- enums -- are stored as the plain value).
+_TAGGERS: tuple[tuple[type | tuple[type, ...], Callable[[Any], Any]], ...] = (
+    (dt.datetime, lambda o: {_TAG: "datetime", "v": o.isoformat()}),
+    (dt.date, lambda o: {_TAG: "date", "v": o.isoformat()}),
+    (dt.time, lambda o: {_TAG: "time", "v": o.isoformat()}),
+    (uuid.UUID, lambda o: {_TAG: "uuid", "v": str(o)}),
+    (Decimal, lambda o: {_TAG: "decimal", "v": str(o)}),
+    (
+        (bytes, bytearray, memoryview),
+        lambda o: {_TAG: "bytes", "v": base64.b64encode(bytes(o)).decode("ascii")},
+    ),
+    ((set, frozenset), _tag_set),
+    (str, str),
+    (bool, bool),
+    (int, int),
+    (float, float),
+    (dict, dict),
+    (list, list),
+)
+
+
 def _tag(obj: Any) -> Any:
-    if isinstance(obj, dt.datetime):
-        return {_TAG: "datetime", "v": obj.isoformat()}
-    if isinstance(obj, dt.date):
-        return {_TAG: "date", "v": obj.isoformat()}
-    if isinstance(obj, dt.time):
-        return {_TAG: "time", "v": obj.isoformat()}
-    if isinstance(obj, uuid.UUID):
-        return {_TAG: "uuid", "v": str(obj)}
-    if isinstance(obj, Decimal):
-        return {_TAG: "decimal", "v": str(obj)}
-    if isinstance(obj, bytes | bytearray | memoryview):
-        return {_TAG: "bytes", "v": base64.b64encode(bytes(obj)).decode("ascii")}
-    if isinstance(obj, set | frozenset):
-        items = list(obj)
-        try:
-            items.sort()
-        except TypeError:
-            pass
-        return {_TAG: "frozenset" if isinstance(obj, frozenset) else "set", "v": items}
-    if isinstance(obj, str):  # str subclasses (enums) pass through as plain strings
-        return str(obj)
-    if isinstance(obj, int) and not isinstance(obj, bool):
-        return int(obj)
-    if isinstance(obj, float):
-        return float(obj)
-    if isinstance(obj, dict):
-        return dict(obj)
-    if isinstance(obj, list):
-        return list(obj)
+    for types, encode in _TAGGERS:
+        if isinstance(obj, types):
+            return encode(obj)
     raise TypeError(type(obj).__name__)
 
 
@@ -140,59 +145,66 @@ def _untag(obj: Any) -> Any:
     return obj
 
 
+def _unstorable_scalar(obj: Any, where: str) -> ValueNotStorable | None:
+    if isinstance(obj, int) and not isinstance(obj, bool) and not -(2**63) <= obj < 2**64:
+        return ValueNotStorable(
+            "integer out of the storable range [-2**63, 2**64)", path=where, type_name="int"
+        )
+    if isinstance(obj, float) and not math.isfinite(obj):  # JSON would store null
+        return ValueNotStorable(
+            f"{obj} cannot be stored (JSON has no NaN or infinity)", path=where, type_name="float"
+        )
+    return None
+
+
+def _unstorable_other(obj: Any, where: str) -> ValueNotStorable | None:
+    try:
+        _tag(obj)
+    except TypeError:
+        return ValueNotStorable(
+            "cannot be stored (expected JSON types, datetime, date, time, UUID, "
+            "Decimal, bytes, set)",
+            path=where,
+            type_name=type(obj).__name__,
+        )
+    return None
+
+
+def _children(obj: Any, where: str) -> Any:
+    """``(child, its path)`` of a container, or a ValueNotStorable for a non-string key."""
+    if not isinstance(obj, dict):
+        for i, v in enumerate(obj):
+            yield v, f"{where}[{i}]"
+        return
+    for k, v in obj.items():
+        if not isinstance(k, str):
+            yield ValueNotStorable(
+                f"dict key {k!r} is not a string", path=where, type_name=type(k).__name__
+            )
+            return
+        yield v, (f"{where}.{k}" if k.isidentifier() else f"{where}[{k!r}]")
+
+
 def find_unstorable(value: Any, path: str = "vars") -> ValueNotStorable | None:
     """The first value under ``value`` that cannot be stored, as an error naming its path."""
     seen: set[int] = set()
 
     def walk(obj: Any, where: str) -> ValueNotStorable | None:
         if obj is None or isinstance(obj, str | bool | int | float):
-            if isinstance(obj, int) and not isinstance(obj, bool) and not -(2**63) <= obj < 2**64:
-                return ValueNotStorable(
-                    "integer out of the storable range [-2**63, 2**64)",
-                    path=where,
-                    type_name="int",
-                )
-            if isinstance(obj, float) and not math.isfinite(obj):  # JSON would store null
-                return ValueNotStorable(
-                    f"{obj} cannot be stored (JSON has no NaN or infinity)",
-                    path=where,
-                    type_name="float",
-                )
-            return None
-        if isinstance(obj, dict | list | tuple | set | frozenset):
-            if id(obj) in seen:
-                return ValueNotStorable(
-                    "circular reference", path=where, type_name=type(obj).__name__
-                )
-            seen.add(id(obj))
-            try:
-                if isinstance(obj, dict):
-                    for k, v in obj.items():
-                        if not isinstance(k, str):
-                            return ValueNotStorable(
-                                f"dict key {k!r} is not a string",
-                                path=where,
-                                type_name=type(k).__name__,
-                            )
-                        child = f"{where}.{k}" if k.isidentifier() else f"{where}[{k!r}]"
-                        if (err := walk(v, child)) is not None:
-                            return err
-                else:
-                    for i, v in enumerate(obj):
-                        if (err := walk(v, f"{where}[{i}]")) is not None:
-                            return err
-            finally:
-                seen.discard(id(obj))
-            return None
+            return _unstorable_scalar(obj, where)
+        if not isinstance(obj, dict | list | tuple | set | frozenset):
+            return _unstorable_other(obj, where)
+        if id(obj) in seen:
+            return ValueNotStorable("circular reference", path=where, type_name=type(obj).__name__)
+        seen.add(id(obj))
         try:
-            _tag(obj)
-        except TypeError:
-            return ValueNotStorable(
-                "cannot be stored (expected JSON types, datetime, date, time, UUID, "
-                "Decimal, bytes, set)",
-                path=where,
-                type_name=type(obj).__name__,
-            )
+            for item in _children(obj, where):
+                if isinstance(item, ValueNotStorable):
+                    return item
+                if (err := walk(*item)) is not None:
+                    return err
+        finally:
+            seen.discard(id(obj))
         return None
 
     return walk(value, path)

@@ -63,40 +63,61 @@ def check_schema(schema: Any, path: str = "$") -> list[str]:
 
 def validate(value: Any, schema: dict[str, Any], path: str = "$") -> list[str]:
     """Why ``value`` does not match ``schema`` (empty list when it does)."""
+    wrong_type = _wrong_type(value, schema, path)
+    if wrong_type:
+        return [wrong_type]
     errors: list[str] = []
-    kind = schema.get("type")
-    if kind is not None:
-        kinds = kind if isinstance(kind, list) else [kind]
-        ok = any(
-            isinstance(value, _TYPES[k])
-            and not (k in ("number", "integer") and isinstance(value, bool))
-            for k in kinds
-        )
-        if not ok:
-            return [f"{path}: expected {' or '.join(kinds)}, got {type(value).__name__}"]
     if "enum" in schema and value not in schema["enum"]:
         errors.append(f"{path}: expected one of {schema['enum']!r}")
     if isinstance(value, str):
-        if len(value) < schema.get("minLength", 0):
-            errors.append(f"{path}: shorter than {schema['minLength']} characters")
-        if "maxLength" in schema and len(value) > schema["maxLength"]:
-            errors.append(f"{path}: longer than {schema['maxLength']} characters")
+        errors += _string(value, schema, path)
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            errors.append(f"{path}: less than {schema['minimum']}")
-        if "maximum" in schema and value > schema["maximum"]:
-            errors.append(f"{path}: more than {schema['maximum']}")
+        errors += _number(value, schema, path)
     if isinstance(value, dict):
-        props = schema.get("properties", {})
-        errors += [
-            f"{path}.{name}: missing" for name in schema.get("required", []) if name not in value
-        ]
-        for name, item in value.items():
-            if name in props:
-                errors += validate(item, props[name], f"{path}.{name}")
-            elif schema.get("additionalProperties") is False:
-                errors.append(f"{path}.{name}: not allowed")
+        errors += _object(value, schema, path)
     if isinstance(value, list) and "items" in schema:
         for i, item in enumerate(value):
             errors += validate(item, schema["items"], f"{path}[{i}]")
+    return errors
+
+
+def _wrong_type(value: Any, schema: dict[str, Any], path: str) -> str | None:
+    kind = schema.get("type")
+    if kind is None:
+        return None
+    kinds = kind if isinstance(kind, list) else [kind]
+    ok = any(
+        isinstance(value, _TYPES[k])
+        and not (k in ("number", "integer") and isinstance(value, bool))
+        for k in kinds
+    )
+    return None if ok else f"{path}: expected {' or '.join(kinds)}, got {type(value).__name__}"
+
+
+def _string(value: str, schema: dict[str, Any], path: str) -> list[str]:
+    errors = []
+    if len(value) < schema.get("minLength", 0):
+        errors.append(f"{path}: shorter than {schema['minLength']} characters")
+    if "maxLength" in schema and len(value) > schema["maxLength"]:
+        errors.append(f"{path}: longer than {schema['maxLength']} characters")
+    return errors
+
+
+def _number(value: float, schema: dict[str, Any], path: str) -> list[str]:
+    errors = []
+    if "minimum" in schema and value < schema["minimum"]:
+        errors.append(f"{path}: less than {schema['minimum']}")
+    if "maximum" in schema and value > schema["maximum"]:
+        errors.append(f"{path}: more than {schema['maximum']}")
+    return errors
+
+
+def _object(value: dict[str, Any], schema: dict[str, Any], path: str) -> list[str]:
+    props = schema.get("properties", {})
+    errors = [f"{path}.{name}: missing" for name in schema.get("required", []) if name not in value]
+    for name, item in value.items():
+        if name in props:
+            errors += validate(item, props[name], f"{path}.{name}")
+        elif schema.get("additionalProperties") is False:
+            errors.append(f"{path}.{name}: not allowed")
     return errors

@@ -115,8 +115,11 @@ def read(
         return _read_v1(raw, fail)
     if version != FORMAT_VERSION and version != 2:  # noqa: PLR1714 - versions, not a set
         raise fail(f"unsupported record format version {version}")
+    return _read_v2(raw, fail, bind)
 
-    _, _, flags, kind_code, id_len = _V2.unpack_from(raw)
+
+def _flags(flags: int, id_len: int, fail: Fail) -> tuple[Compression, bool]:
+    """The compression and whether the record is encrypted, from a v2+ header's flags."""
     if flags & ~_KNOWN_FLAGS:
         raise fail(f"unsupported record flags {flags:#04x}")
     if flags & _CODEC_MASK:
@@ -132,6 +135,12 @@ def read(
         raise fail("record has a key id but is not marked encrypted")
     if id_len > _MAX_KEY_ID:
         raise fail(f"key id length {id_len} is over {_MAX_KEY_ID}")
+    return compression, encrypted
+
+
+def _read_v2(raw: bytes, fail: Fail, bind: bytes) -> Stored:
+    _, _, flags, kind_code, id_len = _V2.unpack_from(raw)
+    compression, encrypted = _flags(flags, id_len, fail)
     header_end = _V2.size + id_len
     if len(raw) < header_end + _CRC.size:
         raise fail("not a blokrun record (truncated header)")
