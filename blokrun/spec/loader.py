@@ -293,137 +293,17 @@ def load_workflow(
         spec = msgspec.convert(document, WorkflowSpec)
     except msgspec.ValidationError as exc:
         raise _translate_validation(exc, name) from None
-
     paths = list(search_paths)
     if path is not None:
         paths.append(str(path.resolve().parent))
-
-    def err(message: str, at: str) -> WorkflowError:
-        return WorkflowError(message, source=name, path=at)
-
     configured = sorted(available_datasources) if available_datasources is not None else None
-
-    def check_configured(ds: str, at: str) -> None:
-        if configured is not None and ds not in configured:
-            raise err(
-                f"datasource {ds!r} is not configured; configured: "
-                f"{', '.join(configured) or 'none'}"
-                " (set DATASOURCE_<NAME>_TYPE and friends)",
-                at,
-            )
-
-    if not spec.name.strip():
-        raise err("expected a non-empty workflow name", "$.name")
-    if not spec.steps:
-        raise err("expected at least one step", "$.steps")
-    for i, ds in enumerate(spec.datasources):
-        check_configured(ds, f"$.datasources[{i}]")
-        if spec.datasources.index(ds) != i:
-            raise err(f"datasource {ds!r} listed twice", f"$.datasources[{i}]")
-
-    pers = spec.persistence
-    targets = tuple(pers.targets) if pers.targets is not None else tuple(default_targets)
-    if pers.enabled and not targets:
-        raise err("expected at least one checkpoint target", "$.persistence.targets")
-    for i, ds in enumerate(targets):
-        at = f"$.persistence.targets[{i}]" if pers.targets is not None else "$.persistence.targets"
-        check_configured(ds, at)
-    key_template = compile_template(pers.key_pattern, source=name, path="$.persistence.keyPattern")
-    pattern = pers.key_pattern.replace(" ", "").replace("$${", "")
-    if "${stepName}" not in pattern or "${ctx.request.id}" not in pattern:
-        raise err(
-            "keyPattern must contain ${ctx.request.id} and ${stepName}, so every run and step "
-            "gets its own key",
-            "$.persistence.keyPattern",
-        )
-    if key_template.uses_datasource:
-        raise err("keyPattern cannot call ctx.datasource", "$.persistence.keyPattern")
-    wf_ttl = _positive(pers.ttl, name, "$.persistence.ttl")
-
-    steps: list[Step] = []
-    seen: dict[str, int] = {}
-    for i, s in enumerate(spec.steps):
-        at = f"$.steps[{i}]"
-        if not _STEP_NAME_RE.fullmatch(s.name):
-            raise err(
-                f"step name {s.name!r}: expected 1-128 characters from A-Z a-z 0-9 _ . -",
-                f"{at}.name",
-            )
-        if s.name in seen:
-            raise err(
-                f"duplicate step name {s.name!r} (also $.steps[{seen[s.name]}])", f"{at}.name"
-            )
-        seen[s.name] = i
-        node = nodes(s.node, s.type, source=name, path=at, search_paths=paths)
-        if node.allowed_inputs is not None:
-            for key in s.inputs:
-                if key not in node.allowed_inputs:
-                    raise err(
-                        f"built-in {node.name!r} takes no input {key!r}; expected: "
-                        f"{', '.join(sorted(node.allowed_inputs))}",
-                        f"{at}.inputs.{key}",
-                    )
-        for key in sorted(node.required_inputs - set(s.inputs)):
-            raise err(f"built-in {node.name!r} needs input {key!r}", f"{at}.inputs")
-        inputs = compile_value(s.inputs, source=name, path=f"{at}.inputs")
-        if node.name == "await-input" and "schema" in s.inputs:
-            if not isinstance(s.inputs["schema"], dict):
-                raise err("expected a JSON schema object", f"{at}.inputs.schema")
-            problems = check_schema(s.inputs["schema"], f"{at}.inputs.schema")
-            if problems:
-                where, _, what = problems[0].partition(": ")
-                raise err(what, where)
-        for ds in sorted(inputs.datasources):
-            if ds not in spec.datasources:
-                raise err(
-                    f"ctx.datasource({ds!r}, ...) but the workflow's datasources are: "
-                    f"{', '.join(spec.datasources) or 'none'} (add it to $.datasources)",
-                    f"{at}.inputs",
-                )
-        sp = s.persistence
-        checkpoint = pers.enabled and (
-            sp.enabled if sp is not None and sp.enabled is not None else pers.auto_save
-        )
-        if sp is not None and sp.enabled and not pers.enabled:
-            raise err(
-                "checkpoint asked for this step but $.persistence.enabled is false",
-                f"{at}.persistence.enabled",
-            )
-        step_ttl = _positive(sp.ttl, name, f"{at}.persistence.ttl") if sp is not None else None
-        publish: Publish | None = None
-        if sp is not None and (sp.target is not None or sp.key is not None):
-            if sp.target is None or sp.key is None:
-                missing = "target" if sp.target is None else "key"
-                raise err(
-                    f"publishing a step's output needs both target and key; {missing} is missing",
-                    f"{at}.persistence.{missing}",
-                )
-            check_configured(sp.target, f"{at}.persistence.target")
-            pub_key = compile_template(sp.key, source=name, path=f"{at}.persistence.key")
-            if pub_key.uses_datasource:
-                raise err("a publish key cannot call ctx.datasource", f"{at}.persistence.key")
-            publish = Publish(sp.target, pub_key, step_ttl if step_ttl is not None else wf_ttl)
-        steps.append(
-            Step(
-                index=i,
-                name=s.name,
-                spec=s,
-                node=node,
-                inputs=inputs,
-                checkpoint=checkpoint,
-                publish=publish,
-                ttl=step_ttl if step_ttl is not None else wf_ttl,
-                depends_on=_dependencies(spec.steps, i, name),
-                retry=_retry(s.retry or spec.defaults.retry, name, at if s.retry else "$.defaults"),
-                timeout=_positive(
-                    s.timeout if s.timeout is not None else spec.defaults.timeout,
-                    name,
-                    f"{at}.timeout" if s.timeout is not None else "$.defaults.timeout",
-                ),
-            )
-        )
+    check = _Checks(name, spec, configured, nodes, paths)
+    check.head()
+    targets = check.targets(default_targets)
+    key_template = check.key_template()
+    steps = [check.step(i, s) for i, s in enumerate(spec.steps)]
     _check_acyclic(steps, name)
-
+    pers = spec.persistence
     return Workflow(
         name=spec.name,
         version=spec.version,
@@ -436,8 +316,177 @@ def load_workflow(
         targets=targets if pers.enabled else (),
         key_pattern=pers.key_pattern,
         key_template=key_template,
-        ttl=wf_ttl,
+        ttl=check.wf_ttl,
         steps=tuple(steps),
         durability=pers.durability,
         search_paths=tuple(paths),
     )
+
+
+class _Checks:
+    """Every check of a parsed workflow, each raising the first problem with its JSON path."""
+
+    def __init__(
+        self,
+        name: str,
+        spec: WorkflowSpec,
+        configured: list[str] | None,
+        nodes: NodeResolver,
+        paths: list[str],
+    ) -> None:
+        self.name = name
+        self.spec = spec
+        self.configured = configured
+        self.nodes = nodes
+        self.paths = paths
+        self.seen: dict[str, int] = {}
+        self.wf_ttl: float | None = None
+
+    def err(self, message: str, at: str) -> WorkflowError:
+        return WorkflowError(message, source=self.name, path=at)
+
+    def configured_ds(self, ds: str, at: str) -> None:
+        if self.configured is not None and ds not in self.configured:
+            raise self.err(
+                f"datasource {ds!r} is not configured; configured: "
+                f"{', '.join(self.configured) or 'none'}"
+                " (set DATASOURCE_<NAME>_TYPE and friends)",
+                at,
+            )
+
+    def head(self) -> None:
+        spec = self.spec
+        if not spec.name.strip():
+            raise self.err("expected a non-empty workflow name", "$.name")
+        if not spec.steps:
+            raise self.err("expected at least one step", "$.steps")
+        for i, ds in enumerate(spec.datasources):
+            self.configured_ds(ds, f"$.datasources[{i}]")
+            if spec.datasources.index(ds) != i:
+                raise self.err(f"datasource {ds!r} listed twice", f"$.datasources[{i}]")
+
+    def targets(self, default_targets: Sequence[str]) -> tuple[str, ...]:
+        pers = self.spec.persistence
+        targets = tuple(pers.targets) if pers.targets is not None else tuple(default_targets)
+        if pers.enabled and not targets:
+            raise self.err("expected at least one checkpoint target", "$.persistence.targets")
+        for i, ds in enumerate(targets):
+            named = pers.targets is not None
+            self.configured_ds(
+                ds, f"$.persistence.targets[{i}]" if named else "$.persistence.targets"
+            )
+        return targets
+
+    def key_template(self) -> Compiled:
+        pers = self.spec.persistence
+        at = "$.persistence.keyPattern"
+        key_template = compile_template(pers.key_pattern, source=self.name, path=at)
+        pattern = pers.key_pattern.replace(" ", "").replace("$${", "")
+        if "${stepName}" not in pattern or "${ctx.request.id}" not in pattern:
+            raise self.err(
+                "keyPattern must contain ${ctx.request.id} and ${stepName}, so every run and "
+                "step gets its own key",
+                at,
+            )
+        if key_template.uses_datasource:
+            raise self.err("keyPattern cannot call ctx.datasource", at)
+        self.wf_ttl = _positive(pers.ttl, self.name, "$.persistence.ttl")
+        return key_template
+
+    def step(self, i: int, s: StepSpec) -> Step:
+        at = f"$.steps[{i}]"
+        self.step_name(i, s.name, at)
+        node = self.nodes(s.node, s.type, source=self.name, path=at, search_paths=self.paths)
+        self.builtin_inputs(node, s, at)
+        inputs = compile_value(s.inputs, source=self.name, path=f"{at}.inputs")
+        self.await_schema(node, s, at)
+        for ds in sorted(inputs.datasources):
+            if ds not in self.spec.datasources:
+                raise self.err(
+                    f"ctx.datasource({ds!r}, ...) but the workflow's datasources are: "
+                    f"{', '.join(self.spec.datasources) or 'none'} (add it to $.datasources)",
+                    f"{at}.inputs",
+                )
+        checkpoint = self.checkpoint(s, at)
+        sp = s.persistence
+        step_ttl = _positive(sp.ttl, self.name, f"{at}.persistence.ttl") if sp is not None else None
+        ttl = step_ttl if step_ttl is not None else self.wf_ttl
+        defaults = self.spec.defaults
+        return Step(
+            index=i,
+            name=s.name,
+            spec=s,
+            node=node,
+            inputs=inputs,
+            checkpoint=checkpoint,
+            publish=self.publish(s, at, ttl),
+            ttl=ttl,
+            depends_on=_dependencies(self.spec.steps, i, self.name),
+            retry=_retry(s.retry or defaults.retry, self.name, at if s.retry else "$.defaults"),
+            timeout=_positive(
+                s.timeout if s.timeout is not None else defaults.timeout,
+                self.name,
+                f"{at}.timeout" if s.timeout is not None else "$.defaults.timeout",
+            ),
+        )
+
+    def step_name(self, i: int, step: str, at: str) -> None:
+        if not _STEP_NAME_RE.fullmatch(step):
+            raise self.err(
+                f"step name {step!r}: expected 1-128 characters from A-Z a-z 0-9 _ . -",
+                f"{at}.name",
+            )
+        if step in self.seen:
+            raise self.err(
+                f"duplicate step name {step!r} (also $.steps[{self.seen[step]}])", f"{at}.name"
+            )
+        self.seen[step] = i
+
+    def builtin_inputs(self, node: NodeRef, s: StepSpec, at: str) -> None:
+        if node.allowed_inputs is not None:
+            for key in s.inputs:
+                if key not in node.allowed_inputs:
+                    raise self.err(
+                        f"built-in {node.name!r} takes no input {key!r}; expected: "
+                        f"{', '.join(sorted(node.allowed_inputs))}",
+                        f"{at}.inputs.{key}",
+                    )
+        for key in sorted(node.required_inputs - set(s.inputs)):
+            raise self.err(f"built-in {node.name!r} needs input {key!r}", f"{at}.inputs")
+
+    def await_schema(self, node: NodeRef, s: StepSpec, at: str) -> None:
+        if node.name != "await-input" or "schema" not in s.inputs:
+            return
+        if not isinstance(s.inputs["schema"], dict):
+            raise self.err("expected a JSON schema object", f"{at}.inputs.schema")
+        problems = check_schema(s.inputs["schema"], f"{at}.inputs.schema")
+        if problems:
+            where, _, what = problems[0].partition(": ")
+            raise self.err(what, where)
+
+    def checkpoint(self, s: StepSpec, at: str) -> bool:
+        pers, sp = self.spec.persistence, s.persistence
+        if sp is not None and sp.enabled and not pers.enabled:
+            raise self.err(
+                "checkpoint asked for this step but $.persistence.enabled is false",
+                f"{at}.persistence.enabled",
+            )
+        return pers.enabled and (
+            sp.enabled if sp is not None and sp.enabled is not None else pers.auto_save
+        )
+
+    def publish(self, s: StepSpec, at: str, ttl: float | None) -> Publish | None:
+        sp = s.persistence
+        if sp is None or (sp.target is None and sp.key is None):
+            return None
+        if sp.target is None or sp.key is None:
+            missing = "target" if sp.target is None else "key"
+            raise self.err(
+                f"publishing a step's output needs both target and key; {missing} is missing",
+                f"{at}.persistence.{missing}",
+            )
+        self.configured_ds(sp.target, f"{at}.persistence.target")
+        key = compile_template(sp.key, source=self.name, path=f"{at}.persistence.key")
+        if key.uses_datasource:
+            raise self.err("a publish key cannot call ctx.datasource", f"{at}.persistence.key")
+        return Publish(sp.target, key, ttl)
