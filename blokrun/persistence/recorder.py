@@ -462,9 +462,12 @@ class RunRecorder(Hook):
             except DatasourceError as exc:
                 failed.append((ds, exc))
 
-        async with anyio.create_task_group() as tg:
-            for ds in self.targets:
-                tg.start_soon(read, ds)
+        if len(self.targets) == 1:  # the common case: no task group for one read
+            await read(self.targets[0])
+        else:
+            async with anyio.create_task_group() as tg:
+                for ds in self.targets:
+                    tg.start_soon(read, ds)
         if failed:
             # The checkpoint cannot be stored there either: it goes to the other targets,
             # and the step fails now for this one rather than one TIMEOUT later.
