@@ -50,7 +50,8 @@ async def cancellable(request_id: str, body: Callable[[], Awaitable[int]]) -> in
             result = await body()
             tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        raise first_failure(group) from None
+        failure = first_failure(group)
+        raise failure from failure.__cause__  # its own cause kept: BLOKRUN_TRACEBACK shows it
     if received:
         raise Interrupted(received[0], request_id)
     return result

@@ -313,7 +313,8 @@ class _Executor:
             async with anyio.create_task_group() as tg:
                 launch()
         except BaseExceptionGroup as group:
-            raise first_failure(group) from None
+            failure = first_failure(group)
+            raise failure from failure.__cause__  # its own cause kept (the node's error)
         if pending:  # cannot happen with an acyclic graph; guard against a silent stop
             raise RunError(
                 f"steps never became ready: {', '.join(s.name for s in pending)}",

@@ -414,3 +414,17 @@ def test_sigint_or_sigterm_cancels_the_run_which_can_then_be_resumed(
     resumed = blokrun(tmp_path, "resume", "sig-1", WF_LEDGER=str(ledger))
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["total"] == 1 + 2 + 100 + 4
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_blokrun_traceback_prints_the_nodes_traceback(tmp_path: Path, parallel: bool) -> None:
+    doc = linear(2)
+    if parallel:  # a parallel level: the failure comes out of a task group
+        doc["steps"].append({"name": "s3", "node": f"{NODE}:add", "depends_on": ["s1"]})
+    wf = write_wf(tmp_path, doc)
+    shown = blokrun(tmp_path, "run", str(wf), WF_FAIL_AT="s2", BLOKRUN_TRACEBACK="1")
+    assert shown.returncode == 1
+    assert "Traceback (most recent call last)" in shown.stderr
+    assert "wfnodes.py" in shown.stderr and "RuntimeError: s2 failed on purpose" in shown.stderr
+    quiet = blokrun(tmp_path, "run", str(wf), WF_FAIL_AT="s2")
+    assert quiet.returncode == 1 and "Traceback" not in quiet.stderr

@@ -191,3 +191,14 @@ async def test_a_step_that_runs_too_long_times_out(node: str) -> None:
         with pytest.raises(StepFailed, match=r"timed out after 0.2s"):
             await runner.run(wf, request_id=f"timeout-{node}")
     assert time.monotonic() - t0 < 1.5
+
+
+async def test_a_failed_parallel_step_keeps_the_nodes_error_as_its_cause() -> None:
+    from blokrun import StepFailed
+
+    wfnodes.FAIL_AT.add("b")
+    async with Runner([mem()]) as runner:
+        with pytest.raises(StepFailed) as info:
+            await runner.run(diamond(0.01, fail=True), request_id="cause-1")
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert "b failed on purpose" in str(info.value.__cause__)
