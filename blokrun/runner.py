@@ -375,6 +375,13 @@ class Runner:
                 head = await self._store.head(request_id)
             except RunNotFound:
                 head = None
+            if head is None and not await self._queued(request_id):
+                raise RunNotFound(
+                    "no such run: it has no record on "
+                    f"{', '.join(repr(n) for n in self._store.datasources)} and no job in the "
+                    "queue",
+                    request_id=request_id,
+                )
             if head is not None and head.status == "completed":
                 try:
                     return await self.resume(request_id)  # runs nothing: the final vars
@@ -393,8 +400,9 @@ class Runner:
                 )
             elif head is not None and head.status == "dead":
                 raise RunError(
-                    f"dead-lettered: {head.error or 'gave up after too many recoveries'} "
-                    f"(after fixing the cause: blokrun resume {request_id} --force)",
+                    f"dead-lettered after {head.recoveries} recovery attempt(s): "
+                    f"{head.error or 'gave up after too many recoveries'} (after fixing the "
+                    f"cause: blokrun resume {request_id} --force)",
                     request_id=request_id,
                     step=head.failed_step,
                 )
@@ -406,6 +414,15 @@ class Runner:
                 )
             await anyio.sleep(delay)
             delay = min(delay * 1.5, 0.5)
+
+    async def _queued(self, request_id: str) -> bool:
+        """Whether a job for ``request_id`` waits in (or is claimed from) the run queue; False
+        when no datasource here can hold a queue."""
+        try:
+            queue = await self.queue()
+        except ConfigError:  # no datasource here can hold the queue: nothing was submitted
+            return False
+        return await queue.holds(request_id)
 
     # -- run lifecycle (blokrun.lifecycle) ---------------------------------------------------
 

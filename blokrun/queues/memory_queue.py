@@ -74,6 +74,9 @@ class MemoryQueue:
         if claim is not None and claim[0] == worker:
             del self._claims[request_id]
 
+    async def holds(self, request_id: str) -> bool:
+        return request_id in self._jobs
+
     async def stats(self) -> QueueStats:
         now = time.time()
         claimed = sum(1 for rid in self._jobs if not self._free(rid, now))

@@ -92,6 +92,7 @@ _SQL = {  # {q}: the quoted queue table; $1 is always the prefix
     "WHERE prefix = $1 AND request_id = $2 AND worker = $3",
     "stats": "SELECT count(*) FILTER (WHERE {free}), count(*) FILTER (WHERE NOT {free}) "
     "FROM {q} WHERE prefix = $1",
+    "holds": "SELECT EXISTS (SELECT 1 FROM {q} WHERE prefix = $1 AND request_id = $2)",
 }
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (  # append only: version N is _MIGRATIONS[N - 1]
     (
@@ -231,6 +232,11 @@ class PostgresQueue:
     async def release(self, worker: str, request_id: str) -> None:
         async with self._conn("release", request_id) as con:
             await con.execute(self._sql["release"], self._prefix, request_id, worker)
+
+    async def holds(self, request_id: str) -> bool:
+        async with self._conn("holds", request_id) as con:
+            found: bool = await con.fetchval(self._sql["holds"], self._prefix, request_id)
+        return found
 
     async def stats(self) -> QueueStats:
         async with self._conn("stats") as con:

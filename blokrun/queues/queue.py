@@ -91,6 +91,10 @@ class Queue(Protocol):
 
     async def stats(self) -> QueueStats: ...
 
+    async def holds(self, request_id: str) -> bool:
+        """Whether the job of ``request_id`` is in the queue (waiting or claimed)."""
+        ...
+
 
 def open_queue(datasource: Datasource) -> Queue:
     """The queue kept in ``datasource`` (connected): its driver's queue backend."""

@@ -357,6 +357,12 @@ class RedisQueue:
         with self._guard("release"):
             await lua.release(keys=[self._ids], args=[self._ns, worker, request_id])
 
+    async def holds(self, request_id: str) -> bool:
+        client = self._store.client()
+        with self._guard("holds"):
+            found = await client.hexists(self._ids, request_id)
+        return bool(found)
+
     async def stats(self) -> QueueStats:
         lua = self._lua()
         with self._guard("stats"):

@@ -131,3 +131,14 @@ async def test_release_puts_a_job_back_at_once(server: ThrowawayServer) -> None:
         await a.release("w1", "r1")
         [again] = await b.claim("w2", 1, 30)
         assert again.job.request_id == "r1" and again.deliveries == claim.deliveries + 1
+
+
+async def test_holds_tells_whether_a_job_is_in_the_queue(server: ThrowawayServer) -> None:
+    async with _queues(server) as (a, b):
+        assert not await b.holds("h-1")
+        await a.enqueue(job("h-1"))
+        assert await b.holds("h-1")  # waiting
+        (claim,) = await b.claim("w", 1, 30)
+        assert claim.job.request_id == "h-1" and await a.holds("h-1")  # claimed
+        await b.ack("w", "h-1")
+        assert not await a.holds("h-1")  # done

@@ -428,3 +428,11 @@ def test_blokrun_traceback_prints_the_nodes_traceback(tmp_path: Path, parallel: 
     assert "wfnodes.py" in shown.stderr and "RuntimeError: s2 failed on purpose" in shown.stderr
     quiet = blokrun(tmp_path, "run", str(wf), WF_FAIL_AT="s2")
     assert quiet.returncode == 1 and "Traceback" not in quiet.stderr
+
+
+def test_wait_on_an_unknown_id_is_exit_2_at_once(tmp_path: Path) -> None:
+    started = time.monotonic()
+    proc = blokrun(tmp_path, "wait", "no-such-run", "--timeout", "30")
+    assert proc.returncode == 2, proc.stderr
+    assert "no such run" in proc.stderr and "no-such-run" in proc.stderr
+    assert time.monotonic() - started < 10

@@ -159,8 +159,9 @@ async def test_a_run_that_keeps_killing_its_workers_is_dead_lettered() -> None:
         assert stats.outcomes == {"dead": 1}
         head = await r.head("poison")
         assert head is not None and head.status == "dead"
-        with pytest.raises(RunError, match="dead"):
+        with pytest.raises(RunError, match=r"dead-lettered after \d+ recovery attempt") as dead:
             await r.wait("poison")
+        assert "blokrun resume poison --force" in str(dead.value)
         assert (await (await r.queue()).stats()).waiting == 0  # acked, not looping
 
 
@@ -176,3 +177,25 @@ async def test_no_datasource_that_can_hold_the_queue_is_a_clear_error(tmp_path: 
     async with Runner([fs], queue_datasource="default") as r:
         with pytest.raises(ConfigError, match="cannot hold the run queue"):
             await r.queue()
+
+
+async def test_wait_on_an_unknown_id_fails_at_once_and_on_a_queued_one_waits(
+    tmp_path: Any,
+) -> None:
+    from blokrun import RunNotFound
+
+    async with runner() as r:
+        with anyio.fail_after(5), pytest.raises(RunNotFound, match="no such run"):
+            await r.wait("never-submitted")
+        await r.submit(wf(steps=1), request_id="queued-1")
+        with anyio.move_on_after(0.3) as scope:  # queued, no worker yet: it waits
+            await r.wait("queued-1")
+        assert scope.cancelled_caught
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: serve(r, concurrency=1, max_runs=1))
+            with anyio.fail_after(10):
+                assert (await r.wait("queued-1")).status == "completed"
+    fs = DatasourceSettings(name="default", type="filesystem", path=str(tmp_path))
+    async with Runner([fs]) as alone:  # no datasource can hold a queue: unknown at once
+        with anyio.fail_after(5), pytest.raises(RunNotFound):
+            await alone.wait("nope")
