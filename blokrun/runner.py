@@ -11,6 +11,7 @@ one process. Workers (:mod:`blokrun.workers`) are built on a Runner, not inside 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
@@ -56,6 +57,8 @@ if TYPE_CHECKING:
     from blokrun.types import Durability
 
 __all__ = ["RunResult", "Runner"]
+
+log = logging.getLogger("blokrun.queue")
 
 HookLike = Hook | Callable[["StepFinished"], Awaitable[None]]
 WorkflowLike = str | Path | Mapping[str, Any] | Workflow
@@ -352,6 +355,7 @@ class Runner:
             except RunNotFound:
                 pass
             else:
+                log.warning("run %s exists already: not queued again (de-duplicated)", rid)
                 return rid  # that run exists already
         job = Job(
             request_id=rid,
@@ -362,7 +366,8 @@ class Runner:
             enqueued_at=time.time(),
             source=wf.source,
         )
-        await queue.enqueue(job)
+        if not await queue.enqueue(job):
+            log.warning("run %s is in the queue already: not queued again (de-duplicated)", rid)
         return rid
 
     async def wait(self, request_id: str, *, poll: float = 0.05) -> RunResult:

@@ -77,9 +77,11 @@ async def run(args: argparse.Namespace, runner: Runner) -> int:
     from blokrun.workers import serve
 
     await runner.queue()  # connect to the queue (and create it) before saying ready
+    held = runner.queue_datasource
+    where = held.settings.describe() if held is not None else "?"
     sys.stderr.write(
         f"blokrun worker: ready (pid {os.getpid()}, {args.concurrency} runs at once); "
-        "SIGTERM stops it\n"
+        f"queue in datasource {where}; SIGTERM stops it\n"
     )
     sys.stderr.flush()
     async with anyio.create_task_group() as tg:

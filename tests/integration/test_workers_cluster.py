@@ -8,6 +8,7 @@ On Redis (Streams) and on PostgreSQL (``FOR UPDATE SKIP LOCKED``).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -194,3 +195,33 @@ def test_sigterm_stops_taking_work_drains_and_another_worker_finishes(
     # The step each run was in at SIGTERM ran twice (cancelled, then again); no other did.
     assert sorted(calls.values()).count(2) <= 4 and max(calls.values()) <= 2, calls
     assert len(calls) == 4 * 5
+
+
+def test_a_duplicate_submit_says_so_and_the_worker_says_where_its_queue_is(
+    tmp_path: Path, server_pool: ServerPool
+) -> None:
+    settings = server_pool.get("redis").settings("q", prefix=f"dd-{uuid4().hex[:6]}/")
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DATASOURCE_", "WF_", "BLOKRUN_"))
+    }
+    env |= settings_env("q", settings) | {"PYTHONPATH": str(REPO), "BLOKRUN_HOME": str(tmp_path)}
+
+    def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "blokrun", *args],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps({"name": "dd", "steps": [{"name": "a", "node": "echo"}]}))
+    first = _cli(env, "submit", str(wf), "--request-id", "dd-1")
+    assert first.returncode == 0 and first.stdout.strip() == "dd-1", first.stderr
+    again = _cli(env, "submit", str(wf), "--request-id", "dd-1")
+    assert again.returncode == 0 and "de-duplicated" in again.stderr, again.stderr
+    worker = _cli(env, "worker", "--max-runs", "1")
+    assert worker.returncode == 0, worker.stderr
+    assert "queue in datasource q (redis" in worker.stderr
