@@ -36,18 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="blokrun",
         description="Run JSON workflows that checkpoint after every step, and resume them.",
+        epilog="Datasources come from DATASOURCE_<NAME>_TYPE, _URL, _PATH, ... variables; "
+        "with none, runs are kept as files under $BLOKRUN_HOME/checkpoints (./.blokrun). "
+        "See README.md and docs/.",
     )
-    p.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default="text",
-        help="log lines on stderr as text (default) or JSON objects",
-    )
-    p.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        help="default: info on a terminal or with JSON logs, warning when piped",
-    )
+    _logging_options(p, defaults=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from blokrun.cli import (
         diff,
@@ -77,8 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
         wait,
     )
     for command in commands:
-        command.add_parser(sub)
+        # the logging options are taken after the command too: blokrun run --log-level debug
+        _logging_options(command.add_parser(sub), defaults=False)
     return p
+
+
+def _logging_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """``--log-format`` and ``--log-level``; on a command's parser they only override."""
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text" if defaults else argparse.SUPPRESS,
+        help="log lines on stderr as text (default) or JSON objects",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=None if defaults else argparse.SUPPRESS,
+        help="default: info on a terminal or with JSON logs, warning when piped",
+    )
 
 
 def _fail(message: str, code: int) -> NoReturn:

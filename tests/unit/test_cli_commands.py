@@ -119,3 +119,18 @@ def test_validate_starts_no_event_loop_and_imports_no_driver(tmp_path: Path) -> 
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "0 []", proc.stdout
+
+
+def test_logging_options_are_taken_before_and_after_the_command() -> None:
+    from blokrun.cli.main import build_parser
+
+    parser = build_parser()
+    after = parser.parse_args(
+        ["validate", "wf.json", "--log-level", "debug", "--log-format", "json"]
+    )
+    assert (after.log_level, after.log_format) == ("debug", "json")
+    before = parser.parse_args(["--log-level", "error", "validate", "wf.json"])
+    assert (before.log_level, before.log_format) == ("error", "text")
+    neither = parser.parse_args(["runs"])
+    assert (neither.log_level, neither.log_format) == (None, "text")
+    assert "DATASOURCE_" in parser.format_help()
