@@ -116,7 +116,9 @@ class Runner:
             built,
             envelope=envelope or DEFAULT_ENVELOPE,
             blobs=BlobPolicy(built[blob_datasource] if blob_datasource else None, blob_threshold),
-            compile=lambda document, source: self.load(document, name=source),
+            compile=lambda document, source, paths: self.load(
+                document, name=source, search_paths=paths
+            ),
             lease_ttl=check_lease_ttl(lease_ttl),
             max_resumes=max_resumes,
         )
@@ -206,8 +208,11 @@ class Runner:
 
     # -- workflows -----------------------------------------------------------------------------
 
-    def load(self, source: WorkflowLike, *, name: str | None = None) -> Workflow:
-        """Load and validate a workflow against this runner's datasources."""
+    def load(
+        self, source: WorkflowLike, *, name: str | None = None, search_paths: Iterable[str] = ()
+    ) -> Workflow:
+        """Load and validate a workflow against this runner's datasources (``search_paths``:
+        more folders to import its ``module`` nodes from, after the runner's own)."""
         if isinstance(source, Workflow):
             return source
         return load_workflow(
@@ -216,7 +221,7 @@ class Runner:
             default_targets=(DEFAULT_DATASOURCE,)
             if DEFAULT_DATASOURCE in self._datasources
             else (),
-            search_paths=self._search_paths,
+            search_paths=[*self._search_paths, *search_paths],
             name=name,
         )
 

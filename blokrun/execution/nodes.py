@@ -75,8 +75,16 @@ def resolve_node(
     try:
         module = _import(module_name, search_paths)
     except (Exception, SystemExit) as exc:  # whatever the user's module raises on import
+        where = ""
+        if isinstance(exc, ModuleNotFoundError):
+            folders = ", ".join(dict.fromkeys(search_paths)) or "none"
+            where = (
+                f" (looked in the workflow's folders: {folders}; and on sys.path: set "
+                "PYTHONPATH to the folder that holds it)"
+            )
         raise WorkflowError(
-            f"node {node!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc}",
+            f"node {node!r}: cannot import module {module_name!r}: {type(exc).__name__}: "
+            f"{exc}{where}",
             source=source,
             path=f"{path}.node",
         ) from exc

@@ -294,7 +294,10 @@ class RunRecorder(Hook):
             dkey,
             encode_record(
                 DefinitionRecord(
-                    definition_hash=wf.definition_hash, document=wf.document, source=wf.source
+                    definition_hash=wf.definition_hash,
+                    document=wf.document,
+                    source=wf.source,
+                    search_paths=list(wf.search_paths),
                 ),
                 envelope,
                 bind=dkey,

@@ -161,6 +161,9 @@ class DefinitionRecord(msgspec.Struct, frozen=True, kw_only=True):
     definition_hash: str
     document: dict[str, Any]
     source: str | None = None
+    #: absolute folders its ``module`` nodes were imported from (the workflow file's own, the
+    #: runner's search paths): a resume from another folder or process finds them again
+    search_paths: list[str] = msgspec.field(default_factory=list)
 
 
 T = TypeVar("T", bound=msgspec.Struct)

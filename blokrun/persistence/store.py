@@ -112,7 +112,7 @@ class RunStore:
         *,
         envelope: Envelope,
         blobs: BlobPolicy,
-        compile: Callable[[Mapping[str, Any], str | None], Workflow],
+        compile: Callable[[Mapping[str, Any], str | None, Sequence[str]], Workflow],
         lease_ttl: float | None,
         max_resumes: int,
     ) -> None:
@@ -199,7 +199,7 @@ class RunStore:
         key = (definition_hash(stored.document), stored.source or "")
         wf = self._compiled.get(key)
         if wf is None:
-            wf = self._compile(stored.document, stored.source)
+            wf = self._compile(stored.document, stored.source, stored.search_paths)
             if len(self._compiled) >= _COMPILED_MAX:
                 self._compiled.pop(next(iter(self._compiled)))
             self._compiled[key] = wf

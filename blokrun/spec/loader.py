@@ -293,7 +293,7 @@ def load_workflow(
         spec = msgspec.convert(document, WorkflowSpec)
     except msgspec.ValidationError as exc:
         raise _translate_validation(exc, name) from None
-    paths = list(search_paths)
+    paths = [str(Path(p).resolve()) for p in search_paths]  # absolute: stored with the run
     if path is not None:
         paths.append(str(path.resolve().parent))
     configured = sorted(available_datasources) if available_datasources is not None else None

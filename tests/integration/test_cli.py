@@ -436,3 +436,43 @@ def test_wait_on_an_unknown_id_is_exit_2_at_once(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "no such run" in proc.stderr and "no-such-run" in proc.stderr
     assert time.monotonic() - started < 10
+
+
+def test_a_run_resumes_from_any_folder(tmp_path: Path) -> None:
+    """Run from one folder with a relative path, resume from another (issue 14.1): the
+    folders its nodes came from are stored with the run."""
+    project = tmp_path / "proj" / "mywf"
+    project.mkdir(parents=True)
+    (project / "cwd_steps.py").write_text(
+        "import os\n"
+        "async def step(ctx, inputs):\n"
+        "    if os.environ.get('WF_FAIL_AT') == ctx.step:\n"
+        "        raise RuntimeError('boom')\n"
+        "    return ctx.step\n"
+    )
+    doc = {"name": "r", "steps": [{"name": s, "node": "cwd_steps:step"} for s in ("a", "b")]}
+    (project / "report.json").write_text(json.dumps(doc))
+    env = cli_env(tmp_path / "home")
+    env["PYTHONPATH"] = str(REPO)
+
+    def run_in(folder: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "blokrun", *args],
+            cwd=folder,
+            env=env | extra,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    failed = run_in(
+        tmp_path, "run", "proj/mywf/report.json", "--request-id", "cwd-1", WF_FAIL_AT="b"
+    )
+    assert failed.returncode == 1, failed.stderr
+    resumed = run_in(tmp_path / "proj", "resume", "cwd-1")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout) == {"a": "a", "b": "b"}
+    (project / "cwd_steps.py").rename(project / "moved.py")  # now it cannot be found
+    gone = run_in(tmp_path, "run", "proj/mywf/report.json", "--request-id", "cwd-2")
+    assert gone.returncode == 2
+    assert str(project) in gone.stderr and "PYTHONPATH" in gone.stderr
