@@ -347,7 +347,7 @@ def check_durability(value: str) -> Durability:
 def embedded_default(home: Path) -> DatasourceSettings:
     """The zero-set-up ``default`` datasource: the filesystem under ``home/checkpoints``."""
     return DatasourceSettings(
-        name=DEFAULT_DATASOURCE, type="filesystem", path=str(home / "checkpoints")
+        name=DEFAULT_DATASOURCE, type="filesystem", path=str((home / "checkpoints").absolute())
     )
 
 

@@ -157,7 +157,8 @@ async def run(args: argparse.Namespace, runner: Runner) -> int:
     if page.runs:
         sys.stdout.write(format_table(page.runs))
     else:
-        sys.stdout.write("(no runs)\n")
+        looked = ", ".join(ds.settings.located() for ds in runner.datasources.values())
+        sys.stdout.write(f"(no runs in {looked})\n")
     if page.cursor is not None:
         sys.stderr.write(f"more runs: add --cursor {page.cursor}\n")
     return EXIT_OK

@@ -57,10 +57,18 @@ class DatasourceSettings:
 
     def describe(self) -> str:
         """A one-line, secret-free description (``cache (redis redis://:***@h:6379)``)."""
+        return f"{self.name} ({self.location()})"
+
+    def located(self) -> str:
+        """The name quoted, then where it is: ``'default' (filesystem /home/me/.blokrun/...)``."""
+        return f"{self.name!r} ({self.location()})"
+
+    def location(self) -> str:
+        """Its type and where it is, secret-free (``redis redis://:***@h:6379``)."""
         where = mask_url(self.url) or self.path or ""
         if self.endpoint_url:
             where += f" at {mask_url(self.endpoint_url)}"
-        return f"{self.name} ({self.type}{' ' + where if where else ''})"
+        return f"{self.type}{' ' + where if where else ''}"
 
     def __post_init__(self) -> None:
         for field_name, url in (("URL", self.url), ("ENDPOINT_URL", self.endpoint_url)):

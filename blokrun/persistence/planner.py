@@ -135,7 +135,7 @@ class Planner:
         """The run as its targets hold it, or :class:`~blokrun.errors.RunNotFound`."""
         found = await self.find(request_id, wf)
         if found is None:
-            where = ", ".join(repr(ds.name) for ds in self.candidates(wf))
+            where = ", ".join(ds.settings.located() for ds in self.candidates(wf))
             raise RunNotFound(
                 f"no checkpoint or run record found on {where}", request_id=request_id
             )

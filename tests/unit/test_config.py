@@ -52,7 +52,7 @@ def test_empty_environment_gives_embedded_default_under_dot_blokrun() -> None:
     default = settings.datasources[DEFAULT_DATASOURCE]
     assert default.name == "default"
     assert default.type == "filesystem"
-    assert default.path == str(Path(".blokrun") / "checkpoints")
+    assert default.path == str((Path(".blokrun") / "checkpoints").absolute())  # shown whole
 
 
 def test_empty_blokrun_home_means_dot_blokrun() -> None:
