@@ -41,8 +41,10 @@ from blokrun.execution.context import Context
 from blokrun.execution.events import RunEnded, RunStarted, StepFinished, StepStarted, Suspension
 from blokrun.execution.hooks import Hook
 from blokrun.execution.workflows import load_workflow
+from blokrun.lifecycle import GcReport, ResumeOutcome, RunPage, RunSummary
 from blokrun.persistence.history import CheckpointInfo, RunInfo
 from blokrun.persistence.planner import ResumePlan
+from blokrun.persistence.records import new_request_id
 from blokrun.runner import Runner, RunResult
 from blokrun.spec.loader import Workflow
 
@@ -61,6 +63,7 @@ __all__ = [
     "DatasourceSettings",
     "DatasourceUnavailable",
     "Driver",
+    "GcReport",
     "DefinitionChanged",
     "ExpressionError",
     "FormatVersionError",
@@ -69,15 +72,18 @@ __all__ = [
     "MissingExtraError",
     "RecordError",
     "ResumeError",
+    "ResumeOutcome",
     "ResumePlan",
     "RunBusy",
     "RunError",
     "RunExists",
     "RunInfo",
     "RunNotFound",
+    "RunPage",
     "RunResult",
     "RunEnded",
     "RunStarted",
+    "RunSummary",
     "Runner",
     "StepFailed",
     "StepFinished",
@@ -89,5 +95,6 @@ __all__ = [
     "WorkflowError",
     "__version__",
     "load_workflow",
+    "new_request_id",
     "register_driver",
 ]

@@ -28,7 +28,7 @@ from blokrun.persistence.records import HeadRecord, decode_record
 from blokrun.types import RunStatus
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable, Mapping
+    from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 
     from blokrun.datasources import Datasource
     from blokrun.persistence.store import RunStore
@@ -106,6 +106,13 @@ class RunPage:
 
     runs: list[RunSummary]
     cursor: str | None
+
+    def __iter__(self) -> Iterator[RunSummary]:
+        """The page's runs: ``for run in await runner.runs(): ...``."""
+        return iter(self.runs)
+
+    def __len__(self) -> int:
+        return len(self.runs)
 
 
 # -- scanning -----------------------------------------------------------------------------------

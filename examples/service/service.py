@@ -25,7 +25,7 @@ import anyio
 import orjson
 from anyio.abc import SocketStream, TaskGroup
 
-from blokrun import BlokrunError, RunError, Runner, RunNotFound
+from blokrun import BlokrunError, RunError, Runner, RunNotFound, new_request_id
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("service")
@@ -69,8 +69,6 @@ class Service:
             wf = self.runner.load(self.workflows_dir / name)
         except BlokrunError as exc:
             return 400, {"error": str(exc)}
-        from blokrun.persistence.records import new_request_id
-
         rid = doc.get("request_id") or new_request_id()
         self.tg.start_soon(
             self._background, rid, self.runner.run(wf, doc.get("inputs") or {}, request_id=rid)

@@ -347,3 +347,14 @@ def test_parse_since_forms() -> None:
         runs_cli.parse_since("2024-05-01T14:00:00+02:00")
         == datetime(2024, 5, 1, 12, tzinfo=UTC).timestamp()
     )
+
+
+async def test_a_page_of_runs_iterates_and_every_run_comes_by_async_iteration(
+    runner: Runner,
+) -> None:
+    for i in range(3):
+        await runner.run(wf("alpha", ["a"]), request_id=f"it-{i}")
+    page = await runner.runs(limit=2)
+    assert len(page) == 2 and [r.request_id for r in page] == [r.request_id for r in page.runs]
+    every = sorted([r.request_id async for r in runner.iter_runs()])
+    assert every == ["it-0", "it-1", "it-2"]

@@ -13,6 +13,7 @@ EXPECTED = {
     "RunResult", "RunStarted", "Runner", "StepFailed", "StepFinished", "StepStarted", "Store",
     "Suspension", "ValueNotStorable", "Workflow",
     "WorkflowError", "__version__", "load_workflow", "Driver", "register_driver",
+    "GcReport", "ResumeOutcome", "RunPage", "RunSummary", "new_request_id",
 }  # fmt: skip
 
 
