@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import orjson
@@ -23,7 +23,7 @@ from blokrun.spec.model import RetrySpec, StepSpec, WorkflowSpec
 from blokrun.spec.schema import check_schema
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Sequence
+    from collections.abc import Callable, Collection, Sequence
 
     from blokrun.spec.nodes import NodeRef, NodeResolver
     from blokrun.types import Durability
@@ -298,11 +298,16 @@ def load_workflow(
         paths.append(str(path.resolve().parent))
     configured = sorted(available_datasources) if available_datasources is not None else None
     check = _Checks(name, spec, configured, nodes, paths)
-    check.head()
-    targets = check.targets(default_targets)
-    key_template = check.key_template()
-    steps = [check.step(i, s) for i, s in enumerate(spec.steps)]
-    _check_acyclic(steps, name)
+    # Every independent problem is found in one pass (up to MAX_PROBLEMS): the head, the
+    # targets, the key pattern and each step are checked even when an earlier one failed.
+    check.attempt(check.head)
+    targets = check.attempt(check.targets, default_targets)
+    key_template = check.attempt(check.key_template)
+    steps = [check.attempt(check.step, i, s) for i, s in enumerate(spec.steps)]
+    check.done()
+    assert targets is not None and key_template is not None
+    built = [s for s in steps if s is not None]
+    _check_acyclic(built, name)
     pers = spec.persistence
     return Workflow(
         name=spec.name,
@@ -317,10 +322,31 @@ def load_workflow(
         key_pattern=pers.key_pattern,
         key_template=key_template,
         ttl=check.wf_ttl,
-        steps=tuple(steps),
+        steps=tuple(built),
         durability=pers.durability,
         search_paths=tuple(paths),
     )
+
+
+#: At most this many problems are reported for one file.
+MAX_PROBLEMS = 20
+
+T = TypeVar("T")
+
+
+class WorkflowProblems(WorkflowError):
+    """Several independent problems in one workflow file; ``problems`` holds each (the first
+    gives this error its source and path)."""
+
+    def __init__(self, problems: Sequence[WorkflowError]) -> None:
+        first = problems[0]
+        more = "".join(f"\n  {p}" for p in problems[1:])
+        super().__init__(
+            f"{first.detail}\n{len(problems) - 1} more problem(s):{more}",
+            source=first.source,
+            path=first.path,
+        )
+        self.problems = tuple(problems)
 
 
 class _Checks:
@@ -341,9 +367,27 @@ class _Checks:
         self.paths = paths
         self.seen: dict[str, int] = {}
         self.wf_ttl: float | None = None
+        self.problems: list[WorkflowError] = []
 
     def err(self, message: str, at: str) -> WorkflowError:
         return WorkflowError(message, source=self.name, path=at)
+
+    def attempt(self, check: Callable[..., T], *args: Any) -> T | None:
+        """``check(*args)``; a problem it raises is noted and ``None`` returned."""
+        try:
+            return check(*args)
+        except WorkflowError as exc:
+            self.problems.append(exc)
+            if len(self.problems) >= MAX_PROBLEMS:
+                raise WorkflowProblems(self.problems) from None
+            return None
+
+    def done(self) -> None:
+        """Raise what was found: the one problem, or all of them together."""
+        if len(self.problems) == 1:
+            raise self.problems[0]
+        if self.problems:
+            raise WorkflowProblems(self.problems)
 
     def configured_ds(self, ds: str, at: str) -> None:
         if self.configured is not None and ds not in self.configured:

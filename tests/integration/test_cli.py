@@ -476,3 +476,27 @@ def test_a_run_resumes_from_any_folder(tmp_path: Path) -> None:
     gone = run_in(tmp_path, "run", "proj/mywf/report.json", "--request-id", "cwd-2")
     assert gone.returncode == 2
     assert str(project) in gone.stderr and "PYTHONPATH" in gone.stderr
+
+
+def test_validate_reports_every_independent_problem_at_once(tmp_path: Path) -> None:
+    doc = {
+        "name": "many",
+        "persistence": {"keyPattern": "${stepName}"},  # no request id in it
+        "steps": [
+            {"name": "ok", "node": "echo"},
+            {"name": "bad name!", "node": "echo"},
+            {"name": "c", "node": "no-such-builtin"},
+            {"name": "d", "node": "await-input", "inputs": {"prompt": "x", "schema": 3}},
+        ],
+    }
+    wf = write_wf(tmp_path, doc)
+    proc = blokrun(tmp_path, "validate", str(wf))
+    assert proc.returncode == 2
+    for where in (
+        "$.persistence.keyPattern",
+        "$.steps[1].name",
+        "$.steps[2].node",
+        "$.steps[3].inputs.schema",
+    ):
+        assert where in proc.stderr, (where, proc.stderr)
+    assert "3 more problem(s)" in proc.stderr
