@@ -33,6 +33,7 @@ from blokrun.datasources import Datasource, build_datasource
 from blokrun.driver import RunDriver, RunResult
 from blokrun.errors import ArgumentError, ConfigError, RunBusy, RunError, RunNotFound
 from blokrun.execution.hooks import CallableHook, Hook
+from blokrun.execution.nodes import NodeRegistry
 from blokrun.execution.workflows import load_workflow
 from blokrun.lifecycle import collect_garbage, iter_runs, list_runs, resume_failed
 from blokrun.persistence.records import DEFAULT_ENVELOPE, new_request_id, validate_request_id
@@ -80,7 +81,10 @@ class Runner:
     that do not say (``persistence.durability``): ``"sync"`` before the next step starts,
     ``"async"`` while the next step runs (in order; all stored before the run returns;
     a crash can lose the last step's checkpoint, which then runs again), ``"exit"`` once
-    when the run ends (a crash loses the whole attempt's progress).
+    when the run ends (a crash loses the whole attempt's progress). ``nodes``: functions
+    (``async def f(ctx, inputs)`` or plain ``def``) that workflow files name by these names
+    (``"node": "charge"``) -- every process that runs, resumes or works on such a workflow
+    registers the same names; a name it lacks is a load error listing those it has.
     """
 
     def __init__(
@@ -96,7 +100,9 @@ class Runner:
         lease_ttl: float | None = 30.0,
         durability: Durability = "sync",
         queue_datasource: str | None = None,
+        nodes: Mapping[str, Callable[..., Any]] | None = None,
     ) -> None:
+        self._nodes = NodeRegistry(nodes)
         built: dict[str, Datasource] = {}
         if datasources is None:
             datasources = [embedded_default(Path(".blokrun"))]
@@ -139,10 +145,12 @@ class Runner:
         *,
         hooks: Iterable[HookLike] = (),
         search_paths: Iterable[str] = (),
+        nodes: Mapping[str, Callable[..., Any]] | None = None,
     ) -> Runner:
         """A Runner for the ``DATASOURCE_*`` and ``BLOKRUN_*`` variables of ``environ``.
 
-        ``environ`` defaults to ``os.environ``.
+        ``environ`` defaults to ``os.environ``; ``nodes``: functions workflow files name
+        by a registered name (see :class:`Runner`).
         """
         settings = settings_from_env(environ)
         return cls(
@@ -156,6 +164,7 @@ class Runner:
             lease_ttl=settings.lease_ttl,
             durability=settings.durability,
             queue_datasource=settings.queue_datasource,
+            nodes=nodes,
         )
 
     @property
@@ -223,6 +232,7 @@ class Runner:
             else (),
             search_paths=[*self._search_paths, *search_paths],
             name=name,
+            nodes=self._nodes,
         )
 
     async def run(

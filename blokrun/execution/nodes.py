@@ -14,14 +14,14 @@ import re
 import sys
 from typing import TYPE_CHECKING, Any
 
-from blokrun.errors import WorkflowError
+from blokrun.errors import ArgumentError, WorkflowError
 from blokrun.execution.builtins import BUILTINS
 from blokrun.spec.nodes import NodeRef
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["NodeRef", "resolve_node"]
+__all__ = ["NodeRef", "NodeRegistry", "resolve_node"]
 
 _MODULE_RE = re.compile(
     r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
@@ -96,3 +96,67 @@ def resolve_node(
             path=f"{path}.node",
         )
     return NodeRef(node, found, inspect.iscoroutinefunction(found), False)
+
+
+#: What a registered node name may look like: no ``:`` (that is a module node), no spaces.
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+
+
+class NodeRegistry:
+    """Nodes a program registers under names (``Runner(nodes={"charge": charge})``) that its
+    workflow files name (``"node": "charge"``). Every process that loads such a workflow --
+    a resume elsewhere, a worker -- registers the same names. Built-in names are taken."""
+
+    __slots__ = ("_nodes",)
+
+    def __init__(self, nodes: Mapping[str, Callable[..., Any]] | None = None) -> None:
+        self._nodes: dict[str, Callable[..., Any]] = {}
+        for name, fn in (nodes or {}).items():
+            self.register(name, fn)
+
+    def register(self, name: str, fn: Callable[..., Any]) -> None:
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+            raise ArgumentError(
+                f"node name {name!r}: expected 1-128 characters from A-Z a-z 0-9 _ . - "
+                "(no ':', which names a module node)",
+                argument="nodes",
+            )
+        if name in BUILTINS:
+            raise ArgumentError(f"node name {name!r} is a built-in node's", argument="nodes")
+        if not callable(fn):
+            raise ArgumentError(f"node {name!r}: {fn!r} is not callable", argument="nodes")
+        self._nodes[name] = fn
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._nodes
+
+    def names(self) -> list[str]:
+        return sorted(self._nodes)
+
+    def resolver(self) -> Callable[..., NodeRef]:
+        """A node resolver (``spec.nodes.NodeResolver``) that knows these names."""
+
+        def resolve(
+            node: str,
+            type_: str | None,
+            *,
+            source: str,
+            path: str,
+            search_paths: Sequence[str] = (),
+        ) -> NodeRef:
+            if ":" not in node and type_ in (None, "registered", "module"):
+                fn = self._nodes.get(node)
+                if fn is not None:
+                    return NodeRef(node, fn, inspect.iscoroutinefunction(fn), False)
+                if node not in BUILTINS:
+                    raise WorkflowError(
+                        f"node {node!r} is neither a built-in nor registered in this process; "
+                        f"registered: {', '.join(self.names()) or 'none'} (register it: "
+                        "Runner(nodes={...}), in every process that runs or resumes it -- or "
+                        "name it 'package.module:function')",
+                        source=source,
+                        path=f"{path}.node",
+                    )
+            return resolve_node(node, type_, source=source, path=path, search_paths=search_paths)
+
+        return resolve

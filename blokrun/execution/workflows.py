@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from blokrun.execution.nodes import resolve_node
+from blokrun.execution.nodes import NodeRegistry, resolve_node
 from blokrun.spec.loader import Workflow
 from blokrun.spec.loader import load_workflow as _load
 
@@ -22,6 +22,7 @@ def load_workflow(
     default_targets: Sequence[str] = ("default",),
     search_paths: Sequence[str] = (),
     name: str | None = None,
+    nodes: NodeRegistry | None = None,
 ) -> Workflow:
     """Load and validate a workflow file (or a parsed document), resolving its nodes.
 
@@ -30,7 +31,7 @@ def load_workflow(
     """
     return _load(
         source,
-        nodes=resolve_node,
+        nodes=nodes.resolver() if nodes is not None else resolve_node,
         available_datasources=available_datasources,
         default_targets=default_targets,
         search_paths=search_paths,
