@@ -13,6 +13,7 @@ run; 130 interrupted (SIGINT; SIGTERM gives 143).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
@@ -91,8 +92,22 @@ def _logging_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None
     )
 
 
+def _say(text: str, **fields: object) -> None:
+    """A closing line on stderr: ``blokrun: <text>``, or with ``--log-format json`` one JSON
+    object (level error, the text as message, ``fields`` beside it) like every other line."""
+    from blokrun.cli.output import JsonFormatter
+
+    root = logging.getLogger("blokrun")
+    if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        record = logging.LogRecord("blokrun.cli", logging.ERROR, "", 0, text, None, None)
+        record.__dict__.update(fields)
+        sys.stderr.write(JsonFormatter().format(record) + "\n")
+        return
+    sys.stderr.write(f"blokrun: {text}\n")
+
+
 def _fail(message: str, code: int) -> NoReturn:
-    sys.stderr.write(f"blokrun: error: {message}\n")
+    _say(f"error: {message}", exit_code=code)
     raise SystemExit(code)
 
 
@@ -118,15 +133,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         import signal
 
         name = signal.Signals(exc.signum).name
-        sys.stderr.write(
-            f"blokrun: run {exc.request_id} cancelled by {name}; its checkpoints are intact. "
-            f"To continue:\n  blokrun resume {exc.request_id}\n"
+        _say(
+            f"run {exc.request_id} cancelled by {name}; its checkpoints are intact. "
+            f"To continue:\n  blokrun resume {exc.request_id}",
+            request_id=exc.request_id,
+            exit_code=128 + exc.signum,
         )
         return 128 + exc.signum
     except BlokrunError as exc:
         return _report(exc)
     except KeyboardInterrupt:
-        sys.stderr.write("blokrun: interrupted\n")
+        _say("interrupted", exit_code=EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
 
 
@@ -148,15 +165,17 @@ def _report(exc: BaseException) -> int:
     if isinstance(exc, ResumeError):
         _fail(str(exc), EXIT_USAGE)
     if isinstance(exc, RunError):
-        sys.stderr.write(f"blokrun: run failed: {exc}\n")
+        _say(f"run failed: {exc}", request_id=exc.request_id, step=exc.step, exit_code=1)
         cause = exc.__cause__
         if cause is not None and os.environ.get("BLOKRUN_TRACEBACK"):
             import traceback
 
             traceback.print_exception(cause, file=sys.stderr)
-        sys.stderr.write(
-            f"blokrun: completed steps are checkpointed; to continue after fixing the cause:\n"
-            f"  blokrun resume {exc.request_id}\n"
+        _say(
+            "completed steps are checkpointed; to continue after fixing the cause:\n"
+            f"  blokrun resume {exc.request_id}",
+            request_id=exc.request_id,
+            resume=f"blokrun resume {exc.request_id}",
         )
         return EXIT_FAILED
     if isinstance(exc, WorkflowError | ConfigError | ArgumentError | DatasourceError):

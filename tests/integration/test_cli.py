@@ -500,3 +500,18 @@ def test_validate_reports_every_independent_problem_at_once(tmp_path: Path) -> N
     ):
         assert where in proc.stderr, (where, proc.stderr)
     assert "3 more problem(s)" in proc.stderr
+
+
+def test_with_json_logs_every_line_on_stderr_is_json(tmp_path: Path) -> None:
+    wf = write_wf(tmp_path, linear(2))
+    failed = blokrun(
+        tmp_path, "run", str(wf), "--request-id", "js-1", "--log-format", "json", WF_FAIL_AT="s2"
+    )
+    assert failed.returncode == 1
+    lines = [json.loads(line) for line in failed.stderr.splitlines() if line.strip()]
+    assert lines and all(isinstance(doc, dict) and "message" in doc for doc in lines)
+    assert any(doc.get("resume") == "blokrun resume js-1" for doc in lines)
+    bad = blokrun(tmp_path, "--log-format", "json", "resume", "no-such-run")
+    assert bad.returncode == 2
+    (doc,) = [json.loads(line) for line in bad.stderr.splitlines() if line.strip()]
+    assert doc["level"] == "error" and "no-such-run" in doc["message"] and doc["exit_code"] == 2
