@@ -164,7 +164,7 @@ class RunDriver:
                 else ("completed with another definition of the workflow")
             )
         else:
-            step = head.failed_step or head.waiting_step or head.step
+            step = head.failed_step or head.waiting_step or head.last_done
             why = status + (f" at step {step!r}" if step else "")
         raise RunExists(
             f"exists ({why}); continue it with 'blokrun resume {rid}', or start it over "

@@ -107,14 +107,16 @@ def _short(text: str | None, width: int) -> str:
 
 def format_table(runs: list[RunSummary]) -> str:
     """The runs as an aligned text table (times in UTC)."""
-    header: tuple[str, ...] = ("REQUEST ID", "WORKFLOW", "STATUS", "STEP", "ATTEMPT")
+    header: tuple[str, ...] = ("REQUEST ID", "WORKFLOW", "STATUS", "LAST DONE", "STOPPED AT")
+    header += ("ATTEMPT",)
     header += ("STARTED (UTC)", "UPDATED (UTC)", "ERROR")
     rows = [
         (
             r.request_id,
             r.workflow,
             r.status + ("!" if r.disagreement else ""),
-            r.failed_step or r.step or "-",
+            r.last_done or "-",
+            r.stopped_at or "-",
             str(r.attempt),
             _when(r.started_at),
             _when(r.updated_at),
@@ -126,7 +128,7 @@ def format_table(runs: list[RunSummary]) -> str:
     lines = []
     for row in [header, *rows]:
         cells = [
-            cell.ljust(w) if i != 4 else cell.rjust(w)
+            cell.ljust(w) if i != 5 else cell.rjust(w)  # ATTEMPT, a number
             for i, (cell, w) in enumerate(zip(row, widths, strict=False))
         ]
         lines.append("  ".join([*cells, row[-1]]).rstrip())

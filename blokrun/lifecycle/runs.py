@@ -64,7 +64,10 @@ class RunSummary:
     workflow: str
     version: str
     status: RunStatus | Literal["interrupted"]
-    step: str | None
+    #: the last step whose checkpoint is stored
+    last_done: str | None
+    #: the step it stopped at: the one that failed, or the one waiting for input
+    stopped_at: str | None
     attempt: int
     seq: int
     started_at: float
@@ -85,7 +88,8 @@ class RunSummary:
             "workflow": self.workflow,
             "version": self.version,
             "status": self.status,
-            "step": self.step,
+            "last_done": self.last_done,
+            "stopped_at": self.stopped_at,
             "attempt": self.attempt,
             "seq": self.seq,
             "started_at": self.started_at,
@@ -175,7 +179,8 @@ async def iter_runs(store: RunStore, *, batch_size: int = BATCH) -> AsyncIterato
                 workflow=head.workflow,
                 version=head.version,
                 status="interrupted" if rid in interrupted else head.status,
-                step=head.step,
+                last_done=head.last_done,
+                stopped_at=head.failed_step or head.waiting_step,
                 attempt=head.attempt,
                 seq=head.seq,
                 started_at=head.started_at,

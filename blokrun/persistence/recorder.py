@@ -201,7 +201,7 @@ class RunRecorder(Hook):
             definition_hash=wf.definition_hash,
             status=status,
             seq=at.last_seq,
-            step=at.last_step,
+            last_done=at.last_step,
             key=at.last_key,
             started_at=self.started_at,
             updated_at=time.time(),

@@ -130,7 +130,9 @@ class HeadRecord(msgspec.Struct, frozen=True, kw_only=True):
     definition_hash: str
     status: RunStatus
     seq: int = 0
-    step: str | None = None
+    #: the last step whose checkpoint is stored (not where a failure happened: that is
+    #: ``failed_step``; a suspended run waits at ``waiting_step``). Stored as "step".
+    last_done: str | None = msgspec.field(default=None, name="step")
     key: str | None = None
     started_at: float
     updated_at: float
@@ -179,14 +181,35 @@ _KINDS: dict[type[msgspec.Struct], Kind] = {
 _TYPES = {kind: cls for cls, kind in _KINDS.items()}
 
 
+#: Fields stored under another name than their attribute's (``HeadRecord.last_done`` is
+#: stored as "step", as it always was), by record type.
+_RENAMED: dict[type[msgspec.Struct], dict[str, str]] = {
+    cls: renamed
+    for cls in _KINDS
+    if (
+        renamed := {
+            f.name: f.encode_name for f in msgspec.structs.fields(cls) if f.name != f.encode_name
+        }
+    )
+}
+
+
+def _as_stored(record: msgspec.Struct) -> dict[str, Any]:
+    fields = msgspec.structs.asdict(record)
+    renamed = _RENAMED.get(type(record))
+    if renamed:
+        fields = {renamed.get(name, name): value for name, value in fields.items()}
+    return fields
+
+
 def encode_record(
     record: msgspec.Struct, envelope: Envelope = DEFAULT_ENVELOPE, *, bind: str
 ) -> bytes:
     """``record`` sealed for the key ``bind`` it will be stored under."""
     kind = _KINDS[type(record)]
     if isinstance(record, HeadRecord | AliasRecord):  # no user data: plain JSON
-        return envelope.seal(kind, orjson.dumps(msgspec.structs.asdict(record)), bind=bind)
-    return envelope.seal(kind, dumps_value(msgspec.structs.asdict(record)), bind=bind)
+        return envelope.seal(kind, orjson.dumps(_as_stored(record)), bind=bind)
+    return envelope.seal(kind, dumps_value(_as_stored(record)), bind=bind)
 
 
 def alias_owner(request_id: str) -> bytes:

@@ -83,7 +83,8 @@ class Service:
         return 200, {
             "request_id": rid,
             "status": head.status if head else "unknown",
-            "step": head.step if head else None,
+            "last_done": head.last_done if head else None,
+            "failed_step": head.failed_step if head else None,
             "error": head.error if head else None,
             "in_this_process": self.outcomes.get(rid),
         }

@@ -141,7 +141,8 @@ async def test_service_runs_in_the_background_and_resumes_a_failed_run(
         rid = doc["request_id"]
         failed = await _wait_status(port, rid, "failed")
         assert "mail API is down" in failed["error"]
-        assert failed["step"] == "create-account"  # the last checkpointed step
+        assert failed["last_done"] == "create-account"  # the last checkpointed step
+        assert failed["failed_step"] == "send-welcome"  # where it failed
         flag.unlink()
         code, _ = await _http(port, "POST", f"/runs/{rid}/resume")
         assert code == 202

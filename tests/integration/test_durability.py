@@ -92,7 +92,7 @@ async def test_async_saves_overlap_the_next_step_and_all_land_before_run_returns
         assert ev.index("save g-s1 end") < ev.index("save g-s2 start")
         assert ev.index("save g-s2 end") < ev.index("save g-s3 start")
         head = await records.head(runner.datasources["default"], "g")
-        assert head.status == "completed" and head.step == "s3"  # flushed before returning
+        assert head.status == "completed" and head.last_done == "s3"  # flushed before returning
         resumed = await runner.resume("g")
         assert resumed.steps_run == ()
 
@@ -118,7 +118,7 @@ async def test_a_failed_write_behind_fails_the_run_at_the_next_step_boundary() -
         ran = [s for r, s in wfnodes.CALLS if r == "f"]
         assert ran in (["s1", "s2"], ["s1", "s2", "s3"])  # at most the one step after
         head = await records.head(runner.datasources["default"], "f")
-        assert head.status == "failed" and head.step == "s1"  # stands on the last stored one
+        assert head.status == "failed" and head.last_done == "s1"  # stands on the last stored one
         store.fail_key = None
         wfnodes.CALLS.clear()
         resumed = await runner.resume("f")

@@ -82,7 +82,7 @@ async def test_lists_every_run_once_newest_first_with_filters(runner: Runner) ->
     assert page.cursor is None
     both = next(r for r in page.runs if r.request_id == "run-02")
     assert both.datasources == ("a", "b")
-    assert both.status == "completed" and both.workflow == "alpha" and both.step == "s2"
+    assert both.status == "completed" and both.workflow == "alpha" and both.last_done == "s2"
     failed = await runner.list_runs(status="failed")
     assert [r.request_id for r in failed.runs] == ["run-24", "run-19", "run-14", "run-09", "run-04"]
     assert all(
@@ -273,7 +273,7 @@ async def test_cli_table(runner: Runner, capsys: pytest.CaptureFixture[str]) -> 
     assert await runs_cli.run(parse("--limit", "3"), runner) == 0
     out, err = capsys.readouterr()
     lines = out.splitlines()
-    assert lines[0].split()[:5] == ["REQUEST", "ID", "WORKFLOW", "STATUS", "STEP"]
+    assert lines[0].split()[:7] == ["REQUEST", "ID", "WORKFLOW", "STATUS", "LAST", "DONE", "STOPPED"]
     assert [line.split()[0] for line in lines[1:]] == ["run-24", "run-23", "run-22"]
     assert "failed" in lines[1] and "s2" in lines[1] and "failed on purpose" in lines[1]
     assert "2023-11-14 22:13:44" in lines[1]  # started_at 1_700_000_024 in UTC

@@ -519,7 +519,7 @@ async def test_a_head_left_one_step_behind_by_a_crash_is_rolled_forward() -> Non
             **{
                 **{f: getattr(head, f) for f in head.__struct_fields__},
                 "seq": 1,
-                "step": "s1",
+                "last_done": "s1",
                 "key": checkpoint_key("roll-1", 1, 1),
                 "status": "running",
             }
