@@ -29,7 +29,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "diff", help="the change in a run's context between two checkpoints"
     )
-    p.add_argument("request_id", metavar="REQUEST_ID")
+    p.add_argument("request_id", metavar="REQUEST_ID", help="the run (its request id)")
     p.add_argument("a", metavar="A", help="a step name, or #N for checkpoint number N")
     p.add_argument("b", metavar="B", help="a step name, or #N")
     p.add_argument("--json", action="store_true", help="print the two states' changes as JSON")

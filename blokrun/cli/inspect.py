@@ -26,7 +26,7 @@ __all__ = ["add_parser", "handle", "run"]
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``inspect`` to the ``blokrun`` subcommands (``subparsers``: ``add_subparsers()``)."""
     p: argparse.ArgumentParser = subparsers.add_parser("inspect", help="list a run's checkpoints")
-    p.add_argument("request_id", metavar="REQUEST_ID")
+    p.add_argument("request_id", metavar="REQUEST_ID", help="the run (its request id)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(
         "--step", metavar="NAME", help="print the context (vars) at that step's checkpoint (or #N)"

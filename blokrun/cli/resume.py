@@ -25,7 +25,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "resume", help="continue a failed or crashed run after its last checkpoint"
     )
-    p.add_argument("request_id", metavar="REQUEST_ID")
+    p.add_argument("request_id", metavar="REQUEST_ID", help="the run (its request id)")
     p.add_argument(
         "--workflow", metavar="FILE", help="use this workflow file instead of the stored definition"
     )

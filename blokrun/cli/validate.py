@@ -22,7 +22,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "validate", help="check a workflow file without running it"
     )
-    p.add_argument("file")
+    p.add_argument("file", help="the workflow JSON file")
     p.set_defaults(handler=handle)
     return p
 

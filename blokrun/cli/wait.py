@@ -24,7 +24,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "wait", help="wait until a submitted run ends; print its vars"
     )
-    p.add_argument("request_id", metavar="REQUEST_ID")
+    p.add_argument("request_id", metavar="REQUEST_ID", help="the run (its request id)")
     p.add_argument("--timeout", type=float, default=None, help="give up after S seconds")
     p.set_defaults(handler=handle)
     return p

@@ -135,3 +135,13 @@ def test_logging_options_are_taken_before_and_after_the_command() -> None:
     neither = parser.parse_args(["runs"])
     assert (neither.log_level, neither.log_format) == (None, "text")
     assert "DATASOURCE_" in parser.format_help()
+
+
+def test_every_argument_of_every_command_has_a_help_text() -> None:
+    missing = [
+        (name, action.option_strings or action.dest)
+        for name, parser in subparsers(build_parser()).items()
+        for action in parser._actions
+        if not isinstance(action, argparse._HelpAction) and not action.help
+    ]
+    assert missing == []
