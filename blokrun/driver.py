@@ -92,7 +92,11 @@ class RunDriver:
         try:
             # a new id costs one read per target, not a key scan; a run lost but for stray
             # checkpoints is never mixed with this one (they belong to another start time)
-            found = await self.store.planner.find(request_id, wf, scan=False)
+            found = (
+                await self.store.planner.find(request_id, wf, scan=False)
+                if wf.targets  # nothing of a run without persistence is ever stored
+                else None
+            )
             incarnation = 1
             if found is not None:
                 if not restart:
