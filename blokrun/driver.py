@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from blokrun.errors import LeaseLost, RunExists
+from blokrun.errors import LeaseLost, RunError, RunExists
 from blokrun.execution.engine import Attempt, emit_end, run_attempt
 from blokrun.persistence.codec import dumps_value, loads_value
 from blokrun.persistence.planner import accept_input
@@ -178,8 +178,17 @@ class RunDriver:
         )
 
     async def _drive(self, run: Attempt, recorder: RunRecorder, lease: Lease | None) -> RunResult:
-        """Drive one attempt: the executor with the recorder first among the hooks, the
-        lease's heartbeat beside it, write-behind saves in the same task group."""
+        """Drive one attempt (see :meth:`_attempt`); a failure says whether anything of the
+        run is checkpointed, so the CLI does not promise what is not there."""
+        try:
+            return await self._attempt(run, recorder, lease)
+        except RunError as exc:
+            exc.checkpointed = recorder.position.last_seq > 0
+            raise
+
+    async def _attempt(self, run: Attempt, recorder: RunRecorder, lease: Lease | None) -> RunResult:
+        """The executor with the recorder first among the hooks, the lease's heartbeat
+        beside it, write-behind saves in the same task group."""
         hooks = self._hooks(recorder)
         reads = self.store.reads
         started = time.perf_counter()

@@ -193,6 +193,8 @@ class RunError(BlokrunError):
         self.request_id = request_id
         self.step = step
         self.detail = message
+        #: whether any step of the run has a stored checkpoint (None: not known)
+        self.checkpointed: bool | None = None
         where = f"run {request_id}" + (f", step {step!r}" if step else "")
         super().__init__(f"{where}: {message}")
 

@@ -171,9 +171,13 @@ def _report(exc: BaseException) -> int:
             import traceback
 
             traceback.print_exception(cause, file=sys.stderr)
+        stored = (
+            "completed steps are checkpointed"
+            if exc.checkpointed is not False
+            else "no step of it had completed, nothing is lost"
+        )
         _say(
-            "completed steps are checkpointed; to continue after fixing the cause:\n"
-            f"  blokrun resume {exc.request_id}",
+            f"{stored}; to continue after fixing the cause:\n  blokrun resume {exc.request_id}",
             request_id=exc.request_id,
             resume=f"blokrun resume {exc.request_id}",
         )

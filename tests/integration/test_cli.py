@@ -515,3 +515,15 @@ def test_with_json_logs_every_line_on_stderr_is_json(tmp_path: Path) -> None:
     assert bad.returncode == 2
     (doc,) = [json.loads(line) for line in bad.stderr.splitlines() if line.strip()]
     assert doc["level"] == "error" and "no-such-run" in doc["message"] and doc["exit_code"] == 2
+
+
+def test_a_failure_at_the_first_step_promises_no_checkpoint(tmp_path: Path) -> None:
+    wf = write_wf(tmp_path, linear(2))
+    first = blokrun(tmp_path, "run", str(wf), "--request-id", "f1-1", WF_FAIL_AT="s1")
+    assert first.returncode == 1
+    assert "completed steps are checkpointed" not in first.stderr
+    assert "no step of it had completed" in first.stderr and "blokrun resume f1-1" in first.stderr
+    later = blokrun(tmp_path, "run", str(wf), "--request-id", "f1-2", WF_FAIL_AT="s2")
+    assert "completed steps are checkpointed" in later.stderr
+    resumed = blokrun(tmp_path, "resume", "f1-1")  # the hint works: it runs from the start
+    assert resumed.returncode == 0, resumed.stderr
