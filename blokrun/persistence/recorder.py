@@ -345,7 +345,7 @@ class RunRecorder(Hook):
             # version of the checkpoint it started from, so it survives a failure.
             self.edited = False
             step = wf.step(self.position.last_step)
-            await self._checkpoint(step, 0.0, 1, event.done, event.vars, last=False)
+            await self._checkpoint(step, 0.0, 1, event.done, event.vars, last=False, edited=True)
 
     async def after_step(self, event: StepFinished) -> None:
         step = event.step
@@ -514,8 +514,10 @@ class RunRecorder(Hook):
         *,
         last: bool,
         behind: bool = False,
+        edited: bool = False,
     ) -> None:
-        """Write the run's state as it is now as ``step``'s checkpoint, then the head.
+        """Write the run's state as it is now as ``step``'s checkpoint, then the head
+        (``edited``: the vars edited before a resume, stored as a version of that step).
 
         ``behind`` (durability "async"): encode now -- the state may change as soon as
         this returns -- and store in the background while the next step runs; the next
@@ -556,6 +558,7 @@ class RunRecorder(Hook):
             refs=state.refs,
             alias=alias,
             envelope=self._shared.envelope,
+            edited=edited,
         )
         at = Position(seq, seq, step.name, key)
         head = self._head("completed" if last else "running", at=at)

@@ -95,7 +95,8 @@ class CheckpointRecord(msgspec.Struct, frozen=True, kw_only=True):
     definition_hash: str
     step: str
     seq: int
-    status: Literal["completed"] = "completed"
+    #: "edited": not a run of the step, but its vars as edited before a resume (``--set``)
+    status: Literal["completed", "edited"] = "completed"
     done: list[str]
     vars: dict[str, Any]
     started_at: float
@@ -274,9 +275,10 @@ def encode_checkpoint(
     refs: Sequence[str] = (),
     alias: str | None = None,
     envelope: Envelope = DEFAULT_ENVELOPE,
+    edited: bool = False,
 ) -> bytes:
     """The hot path: a checkpoint record without building a Struct first, sealed for its
-    ``key``.
+    ``key`` (``edited``: the vars as edited before a resume, not a run of the step).
 
     ``vars`` values may be ``orjson.Fragment`` (already serialised by the state writer);
     plain values are checked here.
@@ -298,7 +300,7 @@ def encode_checkpoint(
             "definition_hash": definition_hash,
             "step": step,
             "seq": seq,
-            "status": "completed",
+            "status": "edited" if edited else "completed",
             "done": done,
             "vars": vars,
             "started_at": started_at,

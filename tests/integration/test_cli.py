@@ -527,3 +527,23 @@ def test_a_failure_at_the_first_step_promises_no_checkpoint(tmp_path: Path) -> N
     assert "completed steps are checkpointed" in later.stderr
     resumed = blokrun(tmp_path, "resume", "f1-1")  # the hint works: it runs from the start
     assert resumed.returncode == 0, resumed.stderr
+
+
+def test_a_from_step_edit_shows_as_an_edit_in_the_history(tmp_path: Path) -> None:
+    wf = write_wf(tmp_path, linear(3))
+    assert (
+        blokrun(
+            tmp_path, "run", str(wf), "--request-id", "ed-1", "--input", '{"total": 0}'
+        ).returncode
+        == 0
+    )
+    edited = blokrun(tmp_path, "resume", "ed-1", "--from-step", "s3", "--set", "total=100")
+    assert edited.returncode == 0, edited.stderr
+    rows = json.loads(blokrun(tmp_path, "inspect", "ed-1", "--json").stdout)["checkpoints"]
+    assert [(r["step"], r["status"]) for r in rows] == [
+        ("s1", "completed"),
+        ("s2", "completed"),
+        ("s3", "completed"),
+        ("s2", "edited"),  # the vars edited before s3 ran again: s2 did not run again
+        ("s3", "completed"),
+    ]
