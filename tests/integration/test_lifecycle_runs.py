@@ -273,7 +273,15 @@ async def test_cli_table(runner: Runner, capsys: pytest.CaptureFixture[str]) -> 
     assert await runs_cli.run(parse("--limit", "3"), runner) == 0
     out, err = capsys.readouterr()
     lines = out.splitlines()
-    assert lines[0].split()[:7] == ["REQUEST", "ID", "WORKFLOW", "STATUS", "LAST", "DONE", "STOPPED"]
+    assert lines[0].split()[:7] == [
+        "REQUEST",
+        "ID",
+        "WORKFLOW",
+        "STATUS",
+        "LAST",
+        "DONE",
+        "STOPPED",
+    ]
     assert [line.split()[0] for line in lines[1:]] == ["run-24", "run-23", "run-22"]
     assert "failed" in lines[1] and "s2" in lines[1] and "failed on purpose" in lines[1]
     assert "2023-11-14 22:13:44" in lines[1]  # started_at 1_700_000_024 in UTC
