@@ -13,14 +13,17 @@ import orjson
 
 __all__ = [
     "Coalesce",
+    "Compare",
     "DatasourceCall",
     "Index",
     "Interpolation",
     "Literal",
     "LiteralValue",
+    "Logical",
     "Member",
     "Name",
     "Node",
+    "Not",
     "Template",
     "quote",
     "render_key_step",
@@ -82,6 +85,33 @@ class Coalesce:
 
 
 @dataclass(frozen=True, slots=True)
+class Compare:
+    """``left OP right`` with OP one of ``== != < <= > >=``; ``pos`` is the operator's."""
+
+    op: str
+    left: Node
+    right: Node
+    pos: int
+
+
+@dataclass(frozen=True, slots=True)
+class Logical:
+    """``a && b && c`` (``op`` "&&") or ``a || b`` (``op`` "||"): booleans, short-circuit."""
+
+    op: str
+    operands: tuple[Node, ...]
+    pos: int
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    """``!operand`` (a boolean)."""
+
+    operand: Node
+    pos: int
+
+
+@dataclass(frozen=True, slots=True)
 class Interpolation:
     """A string literal holding ``${...}``: text parts and expressions, joined as text."""
 
@@ -91,7 +121,10 @@ class Interpolation:
     pos: int
 
 
-Node: TypeAlias = "Literal | Name | Member | Index | DatasourceCall | Coalesce | Interpolation"
+Node: TypeAlias = (
+    "Literal | Name | Member | Index | DatasourceCall | Coalesce | Compare | Logical | Not"
+    " | Interpolation"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +182,8 @@ def unparse(node: Node) -> str:
         return _unparse_target(node.target) + f"[{unparse(node.index)}]"
     if isinstance(node, DatasourceCall):
         return f"ctx.datasource({unparse(node.name)}, {unparse(node.key)})"
-    if isinstance(node, Coalesce):
-        return " ?? ".join(unparse(operand) for operand in node.operands)
+    if isinstance(node, Coalesce | Compare | Logical | Not):
+        return _unparse_operator(node)
     pieces = []
     for part in node.parts:
         if isinstance(part, str):
@@ -160,6 +193,21 @@ def unparse(node: Node) -> str:
     return "'" + "".join(pieces) + "'"
 
 
+def _unparse_operator(node: Coalesce | Compare | Logical | Not) -> str:
+    if isinstance(node, Coalesce):
+        return " ?? ".join(unparse(operand) for operand in node.operands)
+    if isinstance(node, Compare):
+        return f"{_unparse_operand(node.left)} {node.op} {_unparse_operand(node.right)}"
+    if isinstance(node, Logical):
+        return f" {node.op} ".join(_unparse_operand(operand) for operand in node.operands)
+    return "!" + _unparse_operand(node.operand)
+
+
 def _unparse_target(node: Node) -> str:
     text = unparse(node)
-    return f"({text})" if isinstance(node, Coalesce) else text
+    return f"({text})" if isinstance(node, Coalesce | Compare | Logical | Not) else text
+
+
+def _unparse_operand(node: Node) -> str:
+    text = unparse(node)
+    return f"({text})" if isinstance(node, Compare | Logical) else text

@@ -23,12 +23,15 @@ import orjson
 from blokrun.errors import ExpressionError
 from blokrun.expressions.ast import (
     Coalesce,
+    Compare,
     DatasourceCall,
     Index,
     Literal,
+    Logical,
     Member,
     Name,
     Node,
+    Not,
     render_key_step,
     unparse,
 )
@@ -41,6 +44,7 @@ __all__ = [
     "Scope",
     "compile_template",
     "compile_value",
+    "json_equal",
     "render_key",
     "to_text",
 ]
@@ -329,6 +333,135 @@ class _Coalesce(_Op):
         return await self.last.aget(scope) if self.last.is_async else self.last.get(scope)
 
 
+def json_equal(a: Any, b: Any) -> bool:
+    """``==`` of the expression language: JSON values by value; ``true`` is not ``1``."""
+    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+        return a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, str) or isinstance(b, str):
+        return isinstance(a, str) and isinstance(b, str) and a == b
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    return False
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class _Binary(_Op):
+    """Shared by the operators: evaluating operands, and their errors at their position."""
+
+    __slots__ = ("origin", "pos")
+
+    def __init__(self, is_async: bool, pos: int, origin: Origin) -> None:
+        super().__init__(is_async)
+        self.pos = pos
+        self.origin = origin
+
+    def boolean(self, value: Any, what: str) -> bool:
+        if value is True or value is False:
+            return value
+        raise self.origin.error(f"{what} needs a boolean, got {_kind(value)}", self.pos)
+
+
+class _Compare(_Binary):
+    """``left OP right``: ``==``/``!=`` on any JSON values; ordering on two numbers or two
+    strings only (anything else is an error, never a guess)."""
+
+    __slots__ = ("left", "op", "right")
+
+    def __init__(self, op: str, left: _Op, right: _Op, pos: int, origin: Origin) -> None:
+        super().__init__(left.is_async or right.is_async, pos, origin)
+        self.op = op
+        self.left = left
+        self.right = right
+
+    def get(self, scope: Scope) -> Any:
+        return self.apply(self.left.get(scope), self.right.get(scope))
+
+    async def aget(self, scope: Scope) -> Any:
+        left = await self.left.aget(scope) if self.left.is_async else self.left.get(scope)
+        right = await self.right.aget(scope) if self.right.is_async else self.right.get(scope)
+        return self.apply(left, right)
+
+    def apply(self, left: Any, right: Any) -> Any:
+        if left is _MISSING or right is _MISSING:
+            return _MISSING
+        op = self.op
+        if op == "==":
+            return json_equal(left, right)
+        if op == "!=":
+            return not json_equal(left, right)
+        if not (
+            (_number(left) and _number(right)) or (isinstance(left, str) and isinstance(right, str))
+        ):
+            raise self.origin.error(
+                f"cannot compare {_kind(left)} with {_kind(right)} using {op!r} "
+                "(two numbers or two strings)",
+                self.pos,
+            )
+        if op == "<":
+            return left < right
+        if op == "<=":
+            return left <= right
+        if op == ">":
+            return left > right
+        return left >= right
+
+
+class _Logical(_Binary):
+    """``a && b`` / ``a || b``: booleans only, evaluated left to right, short-circuit."""
+
+    __slots__ = ("is_and", "operands")
+
+    def __init__(self, op: str, operands: tuple[_Op, ...], pos: int, origin: Origin) -> None:
+        super().__init__(any(o.is_async for o in operands), pos, origin)
+        self.is_and = op == "&&"
+        self.operands = operands
+
+    def get(self, scope: Scope) -> Any:
+        for op in self.operands:
+            value = op.get(scope)
+            if value is _MISSING:
+                return value
+            if self.boolean(value, "&&" if self.is_and else "||") is not self.is_and:
+                return not self.is_and
+        return self.is_and
+
+    async def aget(self, scope: Scope) -> Any:
+        for op in self.operands:
+            value = await op.aget(scope) if op.is_async else op.get(scope)
+            if value is _MISSING:
+                return value
+            if self.boolean(value, "&&" if self.is_and else "||") is not self.is_and:
+                return not self.is_and
+        return self.is_and
+
+
+class _Not(_Binary):
+    __slots__ = ("operand",)
+
+    def __init__(self, operand: _Op, pos: int, origin: Origin) -> None:
+        super().__init__(operand.is_async, pos, origin)
+        self.operand = operand
+
+    def get(self, scope: Scope) -> Any:
+        return self.apply(self.operand.get(scope))
+
+    async def aget(self, scope: Scope) -> Any:
+        op = self.operand
+        return self.apply(await op.aget(scope) if op.is_async else op.get(scope))
+
+    def apply(self, value: Any) -> Any:
+        if value is _MISSING:
+            return value
+        return not self.boolean(value, "!")
+
+
 class _Interpolate(_Op):
     """Text and expressions joined as text."""
 
@@ -428,11 +561,12 @@ def _kind(value: object) -> str:
 
 
 class _Compiler:
-    __slots__ = ("datasources", "origin")
+    __slots__ = ("datasources", "failed_fold", "origin")
 
     def __init__(self, origin: Origin) -> None:
         self.origin = origin
         self.datasources: set[str] = set()
+        self.failed_fold = False
 
     def node(self, node: Node, soft: bool) -> _Op:
         """Compile ``node``; ``soft``: it is inside the left operand of ``??``."""
@@ -449,16 +583,40 @@ class _Compiler:
                 self.node(node.name, soft), self.node(node.key, soft), node.pos, self.origin
             )
         if isinstance(node, Coalesce):
-            left = tuple(self.node(operand, True) for operand in node.operands[:-1])
-            last = self.node(node.operands[-1], soft)
-            if all(isinstance(op, _Const) for op in (*left, last)):
-                for op in left:
-                    assert isinstance(op, _Const)
-                    if op.value is not None:
-                        return op
-                return last
-            return _Coalesce(left, last)
+            return self._coalesce(node, soft)
+        if isinstance(node, Compare | Logical | Not):
+            return self._operator(node, soft)
         return self.parts(node.parts, node.positions, soft)
+
+    def _coalesce(self, node: Coalesce, soft: bool) -> _Op:
+        left = tuple(self.node(operand, True) for operand in node.operands[:-1])
+        last = self.node(node.operands[-1], soft)
+        if all(isinstance(op, _Const) for op in (*left, last)):
+            for op in left:
+                assert isinstance(op, _Const)
+                if op.value is not None:
+                    return op
+            return last
+        return _Coalesce(left, last)
+
+    def _operator(self, node: Compare | Logical | Not, soft: bool) -> _Op:
+        op: _Op
+        if isinstance(node, Compare):
+            left, right = self.node(node.left, soft), self.node(node.right, soft)
+            op = _Compare(node.op, left, right, node.pos, self.origin)
+        elif isinstance(node, Logical):
+            operands = tuple(self.node(operand, soft) for operand in node.operands)
+            op = _Logical(node.op, operands, node.pos, self.origin)
+        else:
+            op = _Not(self.node(node.operand, soft), node.pos, self.origin)
+        if _all_constant(op):
+            try:
+                return _Const(op.get(_NO_SCOPE))
+            except ExpressionError:
+                # Kept: it may sit where it is never evaluated (``false && !null``); a
+                # constant expression that does reach it fails at load (compile_string).
+                self.failed_fold = True
+        return op
 
     def parts(self, parts: tuple[str | Node, ...], positions: tuple[int, ...], soft: bool) -> _Op:
         ops = tuple(part if isinstance(part, str) else self.node(part, soft) for part in parts)
@@ -493,6 +651,29 @@ class _Compiler:
             soft=soft,
             origin=self.origin,
         )
+
+
+def _reads_scope(op: _Op | str) -> bool:
+    """Whether evaluating ``op`` may look at the run (a root, a path, a datasource)."""
+    if isinstance(op, str | _Const):
+        return False
+    if isinstance(op, _Compare):
+        return _reads_scope(op.left) or _reads_scope(op.right)
+    if isinstance(op, _Logical):
+        return any(_reads_scope(o) for o in op.operands)
+    if isinstance(op, _Not):
+        return _reads_scope(op.operand)
+    if isinstance(op, _Interpolate):
+        return any(_reads_scope(part) for part in op.parts)
+    return True
+
+
+def _all_constant(op: _Op) -> bool:
+    if isinstance(op, _Compare):
+        return isinstance(op.left, _Const) and isinstance(op.right, _Const)
+    if isinstance(op, _Logical):
+        return all(isinstance(o, _Const) for o in op.operands)
+    return isinstance(op, _Not) and isinstance(op.operand, _Const)
 
 
 class _NoScope:
@@ -612,6 +793,8 @@ def _compile_string(text: str, source: str, path: str) -> tuple[_Op, set[str]]:
         op = compiler.node(parts[0], False)  # exactly one ${expr}: its value, not text
     else:
         op = compiler.parts(parts, template.positions, False)
+    if compiler.failed_fold and not _reads_scope(op):
+        op = _Const(op.get(_NO_SCOPE))  # the error is reached: a load-time error
     return op, compiler.datasources
 
 

@@ -71,6 +71,15 @@ class TokenKind(enum.Enum):
     RPAREN = "')'"
     COMMA = "','"
     COALESCE = "'??'"
+    EQ = "'=='"
+    NE = "'!='"
+    LT = "'<'"
+    LE = "'<='"
+    GT = "'>'"
+    GE = "'>='"
+    AND = "'&&'"
+    OR = "'||'"
+    NOT = "'!'"
     END = "'}'"
 
 
@@ -102,6 +111,20 @@ _PUNCT = {
     ",": TokenKind.COMMA,
     "}": TokenKind.END,
 }
+#: Operators, longest first (so ``<=`` is not read as ``<``).
+_OPERATORS = (
+    ("==", TokenKind.EQ),
+    ("!=", TokenKind.NE),
+    ("<=", TokenKind.LE),
+    (">=", TokenKind.GE),
+    ("&&", TokenKind.AND),
+    ("||", TokenKind.OR),
+    ("<", TokenKind.LT),
+    (">", TokenKind.GT),
+    ("!", TokenKind.NOT),
+)
+#: A character that starts no operator on its own, and what was probably meant.
+_LONE = {"=": "==", "&": "&&", "|": "||", "?": "??"}
 _ESCAPES = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t", "$": "$"}
 
 _SPACE = re.compile(r"[ \t\r\n]*")
@@ -223,10 +246,8 @@ class _Lexer:
         kind = _PUNCT.get(char)
         if kind is not None:
             return Token(kind, pos, None), pos + 1
-        if char == "?":
-            if text.startswith("??", pos):
-                return Token(TokenKind.COALESCE, pos, None), pos + 2
-            raise self._origin.error("unexpected character '?' (did you mean '??')", pos)
+        if char in "=!<>&|?":
+            return self._operator(pos)
         if char in "'\"":
             segments, end = self.template(pos + 1, char)
             return Token(TokenKind.STRING, pos, segments), end
@@ -239,6 +260,18 @@ class _Lexer:
         if number is not None:
             return self._number(pos, number.group()), number.end()
         raise self._origin.error(f"unexpected character {_show(char)}", pos)
+
+    def _operator(self, pos: int) -> tuple[Token, int]:
+        text = self._text
+        if text.startswith("??", pos):
+            return Token(TokenKind.COALESCE, pos, None), pos + 2
+        for symbol, kind in _OPERATORS:
+            if text.startswith(symbol, pos):
+                return Token(kind, pos, None), pos + len(symbol)
+        char = text[pos]
+        raise self._origin.error(
+            f"unexpected character {_show(char)} (did you mean '{_LONE[char]}')", pos
+        )
 
     def _number(self, pos: int, literal: str) -> Token:
         tail = _NUMBER_TAIL.match(self._text, pos + len(literal))

@@ -1,8 +1,12 @@
 """Recursive-descent parser: lexer segments -> :class:`~blokrun.expressions.ast.Template`.
 
-Grammar (inside ``${ ... }``)::
+Grammar (inside ``${ ... }``), loosest first::
 
-    expr     := postfix ( '??' postfix )*
+    expr     := and ( '||' and )*
+    and      := compare ( '&&' compare )*
+    compare  := coalesce [ ( '==' | '!=' | '<' | '<=' | '>' | '>=' ) coalesce ]
+    coalesce := unary ( '??' unary )*
+    unary    := '!' unary | postfix
     postfix  := primary ( '.' NAME | '[' expr ']' | '(' [expr (',' expr)*] ')' )*
     primary  := NAME | STRING | NUMBER | 'true' | 'false' | 'null' | '(' expr ')'
 
@@ -18,13 +22,16 @@ from typing import TYPE_CHECKING
 
 from blokrun.expressions.ast import (
     Coalesce,
+    Compare,
     DatasourceCall,
     Index,
     Interpolation,
     Literal,
+    Logical,
     Member,
     Name,
     Node,
+    Not,
     Template,
 )
 from blokrun.expressions.lexer import MAX_DEPTH, Embedded, Segment, Token, TokenKind, lex_template
@@ -47,6 +54,14 @@ CTX_MEMBERS = (
     "step",
 )
 _KEYWORDS: dict[str, bool | None] = {"true": True, "false": False, "null": None}
+_COMPARISONS = {
+    TokenKind.EQ: "==",
+    TokenKind.NE: "!=",
+    TokenKind.LT: "<",
+    TokenKind.LE: "<=",
+    TokenKind.GT: ">",
+    TokenKind.GE: ">=",
+}
 
 
 def parse_template(origin: Origin) -> Template:
@@ -104,7 +119,7 @@ class _Parser:
         node = self._expr()
         token = self._peek()
         if token.kind is not TokenKind.END:
-            raise self._error(f"expected '}}' or '??' but found {_describe(token)}", token)
+            raise self._error(f"expected '}}' or an operator but found {_describe(token)}", token)
         self._tokens, self._index = saved
         return node
 
@@ -114,12 +129,55 @@ class _Parser:
         self._depth += 1
         if self._depth > MAX_DEPTH:
             raise self._error(f"expression nested too deeply (at most {MAX_DEPTH})", self._peek())
+        node = self._logical(TokenKind.OR)
+        self._depth -= 1
+        return node
+
+    def _logical(self, kind: TokenKind) -> Node:
+        """``a || b`` (kind OR, over ``&&`` chains) or ``a && b`` (kind AND, over unaries)."""
         first = self._peek()
-        operands = [self._postfix()]
+        operands = [self._operand(kind)]
+        while self._peek().kind is kind:
+            self._next()
+            operands.append(self._operand(kind))
+        if len(operands) == 1:
+            return operands[0]
+        return Logical("||" if kind is TokenKind.OR else "&&", tuple(operands), first.pos)
+
+    def _operand(self, kind: TokenKind) -> Node:
+        return self._logical(TokenKind.AND) if kind is TokenKind.OR else self._compare()
+
+    def _unary(self) -> Node:
+        token = self._peek()
+        if token.kind is not TokenKind.NOT:
+            return self._postfix()
+        self._next()
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise self._error(f"expression nested too deeply (at most {MAX_DEPTH})", token)
+        node = Not(self._unary(), token.pos)
+        self._depth -= 1
+        return node
+
+    def _compare(self) -> Node:
+        left = self._coalesce()
+        token = self._peek()
+        op = _COMPARISONS.get(token.kind)
+        if op is None:
+            return left
+        self._next()
+        node = Compare(op, left, self._coalesce(), token.pos)
+        after = self._peek()
+        if after.kind in _COMPARISONS:
+            raise self._error("comparisons do not chain: write (a < b) && (b < c)", after)
+        return node
+
+    def _coalesce(self) -> Node:
+        first = self._peek()
+        operands = [self._unary()]
         while self._peek().kind is TokenKind.COALESCE:
             self._next()
-            operands.append(self._postfix())
-        self._depth -= 1
+            operands.append(self._unary())
         if len(operands) == 1:
             return operands[0]
         return Coalesce(tuple(operands), first.pos)
@@ -155,8 +213,8 @@ class _Parser:
 
     def _member(self, target: Node, dot: Token, name: Token) -> Node:
         assert isinstance(name.value, str)
-        if isinstance(target, Literal):
-            raise self._error("a literal has no members", dot)
+        if isinstance(target, Literal | Compare | Logical | Not):
+            raise self._error(f"{_what(target)} has no members", dot)
         if isinstance(target, Name):
             if target.name == "stepName":
                 raise self._error("stepName is a string and has no members", dot)
@@ -170,8 +228,8 @@ class _Parser:
         return Member(target, name.value, dot.pos)
 
     def _index_of(self, target: Node, index: Node, bracket: Token) -> Node:
-        if isinstance(target, Literal):
-            raise self._error("a literal cannot be indexed", bracket)
+        if isinstance(target, Literal | Compare | Logical | Not):
+            raise self._error(f"{_what(target)} cannot be indexed", bracket)
         if isinstance(target, Name):
             if target.name == "stepName":
                 raise self._error("stepName is a string and cannot be indexed", bracket)
@@ -248,3 +306,7 @@ def _describe(token: Token) -> str:
     if token.kind is TokenKind.NUMBER:
         return f"number {token.value!r}"
     return str(token.kind.value)
+
+
+def _what(node: Node) -> str:
+    return "a literal" if isinstance(node, Literal) else "a boolean expression"
