@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from blokrun.errors import BlokrunError, RunError, StepFailed, ValueNotStorable
+from blokrun.errors import (
+    BlokrunError,
+    ExpressionError,
+    RunError,
+    StepFailed,
+    ValueNotStorable,
+)
 from blokrun.execution.builtins import Suspend
 from blokrun.execution.context import Context, RequestInfo, WorkflowInfo
 from blokrun.execution.events import RunEnded, RunStarted, StepFinished, StepStarted, Suspension
@@ -131,6 +137,21 @@ def _delay(retry: RetrySpec, attempt: int) -> float:
     return max(0.0, base * (1 + retry.jitter * (2 * random.random() - 1)))  # noqa: S311
 
 
+class _Skipped:
+    """What a step that did not run returns (its ``when`` or its branch said no)."""
+
+    __slots__ = ()
+
+
+SKIPPED = _Skipped()
+
+
+def _boolean(value: Any, source: str, path: str) -> bool:
+    if value is True or value is False:
+        return value
+    raise ExpressionError(f"expected a boolean, got {value!r}", source=source, path=path)
+
+
 async def _call(step: Step, ctx: Context, inputs: dict[str, Any]) -> Any:
     node = step.node
     if node.is_async:
@@ -174,10 +195,18 @@ class _Executor:
         if step.name in run.provided:  # a suspended step's input
             return run.provided.pop(step.name), 0.0, 1
         ctx = self._make_ctx(step.name)
+        if step.guard is not None or step.when is not None or step.branches:
+            decided = await self._decide(step, ctx)
+            if decided is not None:
+                return decided, 0.0, 1
         if self.hooks:
             event = StepStarted(run.request_id, run.workflow, run.attempt, step)
             for hook in self.hooks:
                 await hook.before_step(event)
+        return await self._tries(step, ctx)
+
+    async def _tries(self, step: Step, ctx: Context) -> tuple[Any, float, int]:
+        """Call the step's node with its timeout, as its retry policy says."""
         started = time.perf_counter()
         attempts = 0
         while True:
@@ -211,6 +240,37 @@ class _Executor:
                     continue
                 raise self._failure(step, exc, attempts) from exc
 
+    async def _decide(self, step: Step, ctx: Context) -> Any:
+        """SKIPPED when ``step`` must not run; a choice's decision; None: run its node."""
+        if step.guard is not None:
+            choice, index = step.guard
+            chosen = self.run.vars.get(choice)
+            if not isinstance(chosen, dict) or chosen.get("branch") != index:
+                return SKIPPED
+        source = self.run.workflow.source
+        try:
+            if step.when is not None:
+                held = await step.when.evaluate(_StepScope(ctx, step.name))
+                if not _boolean(held, source, f"{step.at}.when"):
+                    return SKIPPED
+            for i, branch in enumerate(step.branches):
+                if branch.when is None or _boolean(
+                    await branch.when.evaluate(_StepScope(ctx, step.name)),
+                    source,
+                    f"{step.at}.choice[{i}].when",
+                ):
+                    return {"branch": i, "label": branch.label}
+        except ExpressionError as exc:
+            raise self._failure(step, exc, 1) from exc
+        if step.branches:
+            raise StepFailed(
+                "no branch of the choice matched, and it has no default (a last branch "
+                "without 'when')",
+                request_id=self.run.request_id,
+                step=step.name,
+            )
+        return None
+
     def _failure(self, step: Step, exc: Exception, attempts: int) -> StepFailed:
         if isinstance(exc, TimeoutError) and step.timeout is not None:
             detail = f"timed out after {step.timeout:g}s"
@@ -232,7 +292,7 @@ class _Executor:
         finished branch keeps its checkpoint when a sibling fails. A linear run needs
         neither lock nor shield for a step that stores nothing (the hot path).
         """
-        stores = step.checkpoint or step.publish is not None
+        stores = step.checkpoint or (step.publish is not None and output is not SKIPPED)
         if self.parallel:
             with anyio.CancelScope(shield=True):  # shielded while it waits for the lock too
                 async with self._hook_lock:
@@ -247,7 +307,10 @@ class _Executor:
         self, step: Step, output: Any, duration: float, attempts: int, last: bool
     ) -> None:
         run = self.run
-        if output is not None:
+        skipped = output is SKIPPED
+        if skipped:
+            output = None
+        elif output is not None:
             run.vars[step.name] = output
         run.done.append(step.name)
         run.steps_run.append(step.name)
@@ -264,6 +327,7 @@ class _Executor:
             last,
             tuple(run.done),
             run.view,
+            skipped,
         )
         try:
             for hook in self.hooks:

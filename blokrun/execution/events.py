@@ -68,7 +68,8 @@ class StepStarted:
 @dataclass(frozen=True, slots=True)
 class StepFinished:
     """A step returned; its output is merged into ``vars``. ``last`` is true for the
-    attempt's final step; ``done`` includes this step."""
+    attempt's final step; ``done`` includes this step. ``skipped``: it did not run (its
+    ``when`` did not hold, or its branch was not chosen); ``output`` is then None."""
 
     request_id: str
     workflow: Workflow
@@ -80,6 +81,7 @@ class StepFinished:
     last: bool
     done: tuple[str, ...]
     vars: Mapping[str, Any]
+    skipped: bool = False
 
 
 @dataclass(frozen=True, slots=True)

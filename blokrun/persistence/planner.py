@@ -23,8 +23,6 @@ import hmac
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from blokrun.errors import (
     BlokrunError,
     ConfigError,
@@ -37,6 +35,7 @@ from blokrun.persistence.keys import checkpoint_key, head_key
 from blokrun.persistence.recorder import Position
 from blokrun.persistence.records import HeadRecord, decode_record, validate_request_id
 from blokrun.persistence.state import resolve_blobs
+from blokrun.spec.graph import step_definitions
 from blokrun.spec.schema import validate
 
 if TYPE_CHECKING:
@@ -305,16 +304,14 @@ def check_unchanged(
 ) -> None:
     """Refuse a given workflow that changed steps the run already completed."""
     done = found.checkpoint.done if found.checkpoint is not None else []
-    old_steps = {s.get("name"): s for s in stored.get("steps", []) if isinstance(s, dict)}
-    new_steps = {s.name: s for s in wf.steps}
+    old_steps = step_definitions(stored)
+    new_steps = step_definitions(wf.document)
     changed = []
     for name in done:
         new = new_steps.get(name)
         if new is None:
             changed.append(f"{name!r} (removed)")
-        elif orjson.dumps(old_steps.get(name), option=orjson.OPT_SORT_KEYS) != orjson.dumps(
-            wf.document["steps"][new.index], option=orjson.OPT_SORT_KEYS
-        ):
+        elif old_steps.get(name) != new:
             changed.append(f"{name!r} (changed)")
     if changed:
         raise DefinitionChanged(

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import msgspec
@@ -117,6 +117,7 @@ class _Deferred:
     attempts: int
     last: bool
     done: tuple[str, ...]
+    skipped: bool = False
 
 
 class RunRecorder(Hook):
@@ -345,16 +346,20 @@ class RunRecorder(Hook):
             # version of the checkpoint it started from, so it survives a failure.
             self.edited = False
             step = wf.step(self.position.last_step)
-            await self._checkpoint(step, 0.0, 1, event.done, event.vars, last=False, edited=True)
+            await self._checkpoint(
+                step, 0.0, 1, event.done, event.vars, last=False, status="edited"
+            )
 
     async def after_step(self, event: StepFinished) -> None:
         step = event.step
-        if step.publish is not None:
+        if step.publish is not None and not event.skipped:
             await self._publish(event)
         if not step.checkpoint or not self.targets:
             return
         if self.durability == "exit":
-            self._deferred = _Deferred(step, event.duration, event.attempts, event.last, event.done)
+            self._deferred = _Deferred(
+                step, event.duration, event.attempts, event.last, event.done, event.skipped
+            )
             return
         await self._checkpoint(
             step,
@@ -364,6 +369,7 @@ class RunRecorder(Hook):
             event.vars,
             last=event.last,
             behind=self.durability == "async" and self.background is not None,
+            status="skipped" if event.skipped else "completed",
         )
 
     async def _publish(self, event: StepFinished) -> None:
@@ -514,10 +520,11 @@ class RunRecorder(Hook):
         *,
         last: bool,
         behind: bool = False,
-        edited: bool = False,
+        status: Literal["completed", "edited", "skipped"] = "completed",
     ) -> None:
         """Write the run's state as it is now as ``step``'s checkpoint, then the head
-        (``edited``: the vars edited before a resume, stored as a version of that step).
+        (``status`` "edited": the vars edited before a resume, stored as a version of that
+        step; "skipped": the step did not run).
 
         ``behind`` (durability "async"): encode now -- the state may change as soon as
         this returns -- and store in the background while the next step runs; the next
@@ -558,7 +565,7 @@ class RunRecorder(Hook):
             refs=state.refs,
             alias=alias,
             envelope=self._shared.envelope,
-            edited=edited,
+            status=status,
         )
         at = Position(seq, seq, step.name, key)
         head = self._head("completed" if last else "running", at=at)
@@ -640,6 +647,7 @@ class RunRecorder(Hook):
                         deferred.done,
                         event.vars,
                         last=deferred.last,
+                        status="skipped" if deferred.skipped else "completed",
                     )
         except CheckpointError as exc:
             return exc

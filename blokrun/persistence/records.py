@@ -95,8 +95,9 @@ class CheckpointRecord(msgspec.Struct, frozen=True, kw_only=True):
     definition_hash: str
     step: str
     seq: int
-    #: "edited": not a run of the step, but its vars as edited before a resume (``--set``)
-    status: Literal["completed", "edited"] = "completed"
+    #: "edited": not a run of the step, but its vars as edited before a resume (``--set``);
+    #: "skipped": the step did not run (its ``when`` did not hold, or its branch not taken)
+    status: Literal["completed", "edited", "skipped"] = "completed"
     done: list[str]
     vars: dict[str, Any]
     started_at: float
@@ -275,10 +276,10 @@ def encode_checkpoint(
     refs: Sequence[str] = (),
     alias: str | None = None,
     envelope: Envelope = DEFAULT_ENVELOPE,
-    edited: bool = False,
+    status: Literal["completed", "edited", "skipped"] = "completed",
 ) -> bytes:
     """The hot path: a checkpoint record without building a Struct first, sealed for its
-    ``key`` (``edited``: the vars as edited before a resume, not a run of the step).
+    ``key`` (``status``: see :class:`CheckpointRecord`).
 
     ``vars`` values may be ``orjson.Fragment`` (already serialised by the state writer);
     plain values are checked here.
@@ -300,7 +301,7 @@ def encode_checkpoint(
             "definition_hash": definition_hash,
             "step": step,
             "seq": seq,
-            "status": "edited" if edited else "completed",
+            "status": status,
             "done": done,
             "vars": vars,
             "started_at": started_at,

@@ -19,16 +19,21 @@ import orjson
 
 from blokrun.errors import WorkflowError
 from blokrun.expressions import Compiled, compile_template, compile_value
-from blokrun.spec.model import RetrySpec, StepSpec, WorkflowSpec
+from blokrun.spec.graph import FlatStep, check_acyclic, dependencies, flatten
+from blokrun.spec.model import BranchSpec, RetrySpec, StepSpec, WorkflowSpec
+from blokrun.spec.nodes import NodeRef
 from blokrun.spec.schema import check_schema
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Sequence
 
-    from blokrun.spec.nodes import NodeRef, NodeResolver
+    from blokrun.spec.nodes import NodeResolver
     from blokrun.types import Durability
 
-__all__ = ["MAX_WORKFLOW_BYTES", "Publish", "Step", "Workflow", "load_workflow"]
+__all__ = ["MAX_WORKFLOW_BYTES", "Branch", "Publish", "Step", "Workflow", "load_workflow"]
+
+#: How deep ``choice`` steps may nest inside each other's branches.
+MAX_CHOICE_DEPTH = 16
 
 MAX_WORKFLOW_BYTES = 16 * 1024 * 1024
 _STEP_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -46,7 +51,20 @@ class Publish:
 
 
 @dataclass(frozen=True, slots=True)
+class Branch:
+    """A branch of a choice: taken when ``when`` (None: always, the default) holds."""
+
+    when: Compiled | None
+    label: str | None
+    steps: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
+    """A step of the flattened workflow (``index``: its position in it; ``at``: its JSON
+    path). A ``choice`` has ``branches`` (its ``node`` is :data:`CHOICE`, never called).
+    ``guard``: the (choice, branch) it belongs to -- skipped unless that branch was chosen."""
+
     index: int
     name: str
     spec: StepSpec
@@ -58,6 +76,10 @@ class Step:
     depends_on: tuple[str, ...] = ()
     retry: RetrySpec | None = None
     timeout: float | None = None
+    at: str = ""
+    when: Compiled | None = None
+    guard: tuple[str, int] | None = None
+    branches: tuple[Branch, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -111,8 +133,10 @@ def _translate_validation(exc: msgspec.ValidationError, source: str) -> Workflow
         field_name = m.group(1)
         parent = path
         allowed: list[str] = []
-        if re.fullmatch(r"\$\.steps\[\d+\]", parent):
+        if re.search(r"\.steps\[\d+\]$", parent):
             allowed = _field_names(StepSpec)
+        elif re.search(r"\.choice\[\d+\]$", parent):
+            allowed = _field_names(BranchSpec)
         elif parent == "$":
             allowed = _field_names(WorkflowSpec)
         elif parent == "$.persistence":
@@ -182,52 +206,6 @@ def _positive(value: float | None, source: str, path: str) -> float | None:
             f"expected a positive number of seconds, got {value!r}", source=source, path=path
         )
     return value
-
-
-def _dependencies(steps: Sequence[StepSpec], i: int, source: str) -> tuple[str, ...]:
-    """What step ``i`` waits for: its ``depends_on``, or by default the step before it."""
-    s = steps[i]
-    if s.depends_on is None:
-        return (steps[i - 1].name,) if i > 0 else ()
-    names = {x.name for x in steps}
-    for j, dep in enumerate(s.depends_on):
-        at = f"$.steps[{i}].depends_on[{j}]"
-        if dep == s.name:
-            raise WorkflowError(f"step {s.name!r} cannot depend on itself", source=source, path=at)
-        if dep not in names:
-            raise WorkflowError(
-                f"unknown step {dep!r}; expected one of: {', '.join(sorted(names - {s.name}))}",
-                source=source,
-                path=at,
-            )
-        if s.depends_on.index(dep) != j:
-            raise WorkflowError(f"step {dep!r} listed twice", source=source, path=at)
-    return tuple(s.depends_on)
-
-
-def _check_acyclic(steps: Sequence[Step], source: str) -> None:
-    """Reject a dependency cycle, naming the steps on it."""
-    deps = {s.name: s.depends_on for s in steps}
-    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-
-    def visit(name: str, path: list[str]) -> None:
-        state[name] = 1
-        for dep in deps[name]:
-            if state.get(dep) == 1:
-                cycle = [*path[path.index(dep) :], dep] if dep in path else [name, dep]
-                index = next(s.index for s in steps if s.name == name)
-                raise WorkflowError(
-                    f"dependency cycle: {' -> '.join(cycle)}",
-                    source=source,
-                    path=f"$.steps[{index}].depends_on",
-                )
-            if state.get(dep) is None:
-                visit(dep, [*path, dep])
-        state[name] = 2
-
-    for s in steps:
-        if state.get(s.name) is None:
-            visit(s.name, [s.name])
 
 
 def _retry(spec: RetrySpec | None, source: str, at: str) -> RetrySpec | None:
@@ -303,11 +281,12 @@ def load_workflow(
     check.attempt(check.head)
     targets = check.attempt(check.targets, default_targets)
     key_template = check.attempt(check.key_template)
-    steps = [check.attempt(check.step, i, s) for i, s in enumerate(spec.steps)]
+    flat = flatten(spec.steps)
+    steps = [check.attempt(check.step, i, flat) for i in range(len(flat))]
     check.done()
     assert targets is not None and key_template is not None
     built = [s for s in steps if s is not None]
-    _check_acyclic(built, name)
+    check_acyclic({s.name: s.depends_on for s in built}, {s.name: s.at for s in built}, name)
     pers = spec.persistence
     return Workflow(
         name=spec.name,
@@ -327,6 +306,26 @@ def load_workflow(
         search_paths=tuple(paths),
     )
 
+
+async def _decided_by_the_executor(ctx: Any, inputs: Any) -> Any:
+    raise AssertionError("a choice is decided by the executor, not called")  # pragma: no cover
+
+
+#: The node of a ``choice`` step (the executor evaluates its branches instead).
+CHOICE = NodeRef("choice", _decided_by_the_executor, True, True, frozenset(), frozenset())
+
+
+class _Constant:
+    """The scope of a constant ``when`` (never looked at)."""
+
+    def lookup_root(self, name: str) -> Any:
+        raise AssertionError(name)  # pragma: no cover
+
+    async def call_datasource(self, name: Any, key: Any) -> Any:
+        raise AssertionError(name)  # pragma: no cover
+
+
+_NO_SCOPE = _Constant()
 
 #: At most this many problems are reported for one file.
 MAX_PROBLEMS = 20
@@ -365,7 +364,7 @@ class _Checks:
         self.configured = configured
         self.nodes = nodes
         self.paths = paths
-        self.seen: dict[str, int] = {}
+        self.seen: dict[str, str] = {}
         self.wf_ttl: float | None = None
         self.problems: list[WorkflowError] = []
 
@@ -437,20 +436,18 @@ class _Checks:
         self.wf_ttl = _positive(pers.ttl, self.name, "$.persistence.ttl")
         return key_template
 
-    def step(self, i: int, s: StepSpec) -> Step:
-        at = f"$.steps[{i}]"
-        self.step_name(i, s.name, at)
-        node = self.nodes(s.node, s.type, source=self.name, path=at, search_paths=self.paths)
-        self.builtin_inputs(node, s, at)
+    def step(self, i: int, flat: list[FlatStep]) -> Step:
+        f = flat[i]
+        s, at = f.spec, f.at
+        self.step_name(s.name, at)
+        self.shape(f)
+        node = CHOICE
+        if s.node is not None:
+            node = self.nodes(s.node, s.type, source=self.name, path=at, search_paths=self.paths)
+            self.builtin_inputs(node, s, at)
+            self.await_schema(node, s, at)
         inputs = compile_value(s.inputs, source=self.name, path=f"{at}.inputs")
-        self.await_schema(node, s, at)
-        for ds in sorted(inputs.datasources):
-            if ds not in self.spec.datasources:
-                raise self.err(
-                    f"ctx.datasource({ds!r}, ...) but the workflow's datasources are: "
-                    f"{', '.join(self.spec.datasources) or 'none'} (add it to $.datasources)",
-                    f"{at}.inputs",
-                )
+        self.uses_datasources(inputs, f"{at}.inputs")
         checkpoint = self.checkpoint(s, at)
         sp = s.persistence
         step_ttl = _positive(sp.ttl, self.name, f"{at}.persistence.ttl") if sp is not None else None
@@ -465,26 +462,77 @@ class _Checks:
             checkpoint=checkpoint,
             publish=self.publish(s, at, ttl),
             ttl=ttl,
-            depends_on=_dependencies(self.spec.steps, i, self.name),
+            depends_on=dependencies(flat, i, self.name),
             retry=_retry(s.retry or defaults.retry, self.name, at if s.retry else "$.defaults"),
             timeout=_positive(
                 s.timeout if s.timeout is not None else defaults.timeout,
                 self.name,
                 f"{at}.timeout" if s.timeout is not None else "$.defaults.timeout",
             ),
+            at=at,
+            when=self.condition(s.when, f"{at}.when"),
+            guard=f.guard,
+            branches=tuple(
+                self.branch(b, f"{at}.choice[{j}]", j == len(s.choice or ()) - 1)
+                for j, b in enumerate(s.choice or ())
+            ),
         )
 
-    def step_name(self, i: int, step: str, at: str) -> None:
+    def shape(self, f: FlatStep) -> None:
+        """A step calls a node or is a choice (one of them); a choice has no inputs."""
+        s, at = f.spec, f.at
+        if s.node is None and s.choice is None:
+            raise self.err("expected 'node' (the function to call) or 'choice'", at)
+        if s.node is not None and s.choice is not None:
+            raise self.err("a step has either 'node' or 'choice', not both", f"{at}.choice")
+        if s.choice is None:
+            return
+        for key in ("inputs", "retry", "timeout", "type"):
+            if getattr(s, key):
+                raise self.err(f"a choice takes no {key!r} (its branches' steps do)", f"{at}.{key}")
+        if not s.choice:
+            raise self.err("expected at least one branch", f"{at}.choice")
+        if at.count(".choice[") >= MAX_CHOICE_DEPTH:
+            raise self.err(f"choices nested too deeply (at most {MAX_CHOICE_DEPTH})", at)
+
+    def branch(self, b: BranchSpec, at: str, last: bool) -> Branch:
+        if b.when is None and not last:
+            raise self.err("only the last branch may omit 'when' (it is the default)", f"{at}.when")
+        if not b.steps:
+            raise self.err("expected at least one step", f"{at}.steps")
+        when = self.condition(b.when, f"{at}.when") if b.when is not None else None
+        return Branch(when, b.label, tuple(x.name for x in b.steps))
+
+    def condition(self, when: str | bool | None, at: str) -> Compiled | None:
+        """A ``when``: true/false, or a ${...} expression (a boolean when evaluated)."""
+        if when is None:
+            return None
+        compiled = compile_value(when, source=self.name, path=at)
+        if compiled.is_constant:
+            value = compiled.evaluate_static(_NO_SCOPE)
+            if not isinstance(value, bool):
+                raise self.err(f"expected true, false or a ${{...}} expression, got {value!r}", at)
+        self.uses_datasources(compiled, at)
+        return compiled
+
+    def uses_datasources(self, compiled: Compiled, at: str) -> None:
+        for ds in sorted(compiled.datasources):
+            if ds not in self.spec.datasources:
+                raise self.err(
+                    f"ctx.datasource({ds!r}, ...) but the workflow's datasources are: "
+                    f"{', '.join(self.spec.datasources) or 'none'} (add it to $.datasources)",
+                    at,
+                )
+
+    def step_name(self, step: str, at: str) -> None:
         if not _STEP_NAME_RE.fullmatch(step):
             raise self.err(
                 f"step name {step!r}: expected 1-128 characters from A-Z a-z 0-9 _ . -",
                 f"{at}.name",
             )
         if step in self.seen:
-            raise self.err(
-                f"duplicate step name {step!r} (also $.steps[{self.seen[step]}])", f"{at}.name"
-            )
-        self.seen[step] = i
+            raise self.err(f"duplicate step name {step!r} (also {self.seen[step]})", f"{at}.name")
+        self.seen[step] = at
 
     def builtin_inputs(self, node: NodeRef, s: StepSpec, at: str) -> None:
         if node.allowed_inputs is not None:

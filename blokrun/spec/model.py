@@ -15,6 +15,7 @@ from blokrun.types import DURABILITIES, Durability
 
 __all__ = [
     "DEFAULT_KEY_PATTERN",
+    "BranchSpec",
     "DefaultsSpec",
     "RetrySpec",
     "PersistenceSpec",
@@ -77,9 +78,21 @@ class DefaultsSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timeout: float | None = None
 
 
+class BranchSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One branch of a ``choice``: taken when ``when`` holds (the first that does); a last
+    branch without ``when`` is the default."""
+
+    steps: list[StepSpec]
+    when: str | bool | None = None
+    label: str | None = None
+
+
 class StepSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A step: calls ``node``, or (``choice``) runs the first branch whose ``when`` holds.
+    ``when``: the step runs only when it holds, and is recorded as skipped otherwise."""
+
     name: str
-    node: str
+    node: str | None = None
     type: Literal["module", "builtin"] | None = None
     description: str = ""
     inputs: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -87,6 +100,8 @@ class StepSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     depends_on: list[str] | None = None
     retry: RetrySpec | None = None
     timeout: float | None = None
+    when: str | bool | None = None
+    choice: list[BranchSpec] | None = None
 
 
 class WorkflowSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
