@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast servers bench bench-peers lint typecheck check clean
+.PHONY: run test test-fast servers bench bench-peers lint typecheck docs check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,9 @@ servers: $(STAMP)
 	@for script in .ci/setup/*.sh; do [ -f "$$script" ] && bash "$$script" || exit 1; done
 
 ## test: install everything the tests need; ruff and mypy (strict, over the package, tests,
-## benchmarks and examples); then the whole suite, every throwaway server required
-test: servers lint typecheck
+## benchmarks, examples and scripts); the docs; then the whole suite, every throwaway server
+## required
+test: servers lint typecheck docs
 	BLOKRUN_TEST_SERVERS=required $(BIN)/python -m pytest
 
 test-fast: $(STAMP)
@@ -39,13 +40,19 @@ bench-peers: servers
 	$(BIN)/python -m benchmarks.peers
 
 lint: $(STAMP)
-	$(BIN)/ruff check blokrun tests examples benchmarks
-	$(BIN)/ruff format --check blokrun tests examples benchmarks
+	$(BIN)/ruff check blokrun tests examples benchmarks scripts
+	$(BIN)/ruff format --check blokrun tests examples benchmarks scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+## docs: docs/first-session.md from a real first session (scripts/first_session.py), then
+## the site (mkdocs, API reference from the docstrings) into site/, every warning an error
+docs: $(STAMP)
+	$(BIN)/python -m scripts.first_session docs/first-session.md
+	$(BIN)/mkdocs build --strict -q -d site
+
 check: lint typecheck test
 
 clean:
-	rm -rf $(VENV) .blokrun .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .blokrun .pytest_cache .mypy_cache .ruff_cache site

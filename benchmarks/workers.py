@@ -5,7 +5,7 @@ of a 10-step workflow (trivial ``set`` steps, a checkpoint after each) as fast a
 and the clock runs from the first submit until the queue is empty and the last run's head
 says completed. Each worker runs 16 runs at once. On this 2-core machine the workers, the
 server and this process share two cores, so the figures show the design's overhead, not a
-cluster's capacity (the README explains how it grows on real machines).
+cluster's capacity (docs/workers.md explains how it grows on real machines).
 """
 
 from __future__ import annotations

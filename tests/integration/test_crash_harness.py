@@ -6,7 +6,7 @@ head record, or right after both -- then resumes it in a fresh process. Every st
 effect is counted in a ledger file: each step ran exactly once, except the step in flight at
 the crash, which may have run twice (at-least-once for that one), and the final vars are
 right. On the filesystem, Redis, PostgreSQL, MongoDB (the mongoeco emulator) and S3 (moto's
-server), each a throwaway server; see the README's reliability table.
+server), each a throwaway server; see the table in docs/reliability.md.
 """
 
 from __future__ import annotations
