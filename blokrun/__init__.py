@@ -38,7 +38,14 @@ from blokrun.errors import (
     WorkflowError,
 )
 from blokrun.execution.context import Context
-from blokrun.execution.events import RunEnded, RunStarted, StepFinished, StepStarted, Suspension
+from blokrun.execution.events import (
+    ItemFinished,
+    RunEnded,
+    RunStarted,
+    StepFinished,
+    StepStarted,
+    Suspension,
+)
 from blokrun.execution.hooks import Hook
 from blokrun.execution.workflows import load_workflow
 from blokrun.lifecycle import GcReport, ResumeOutcome, RunPage, RunSummary
@@ -68,6 +75,7 @@ __all__ = [
     "ExpressionError",
     "FormatVersionError",
     "Hook",
+    "ItemFinished",
     "LeaseLost",
     "MissingExtraError",
     "RecordError",

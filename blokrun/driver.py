@@ -20,6 +20,7 @@ import anyio
 from blokrun.errors import LeaseLost, RunError, RunExists
 from blokrun.execution.engine import Attempt, emit_end, run_attempt
 from blokrun.persistence.codec import dumps_value, loads_value
+from blokrun.persistence.items import load_items
 from blokrun.persistence.planner import accept_input
 from blokrun.persistence.recorder import RETRY_BOUND
 
@@ -309,6 +310,7 @@ class RunDriver:
                 resumed=True,
                 duration=0.0,
             )
+        await self._map_progress(prepared, run, recorder)
         log.info(
             "resuming run %s after %s (%d steps done)",
             plan.request_id,
@@ -316,6 +318,28 @@ class RunDriver:
             len(plan.skip),
         )
         return await self._drive(run, recorder, lease)
+
+    async def _map_progress(self, prepared: Prepared, run: Attempt, recorder: RunRecorder) -> None:
+        """The stored results of the items of map steps still to finish (not run again)."""
+        wf = prepared.workflow
+        done = set(prepared.done)
+        pending = [s.name for s in wf.steps if s.map is not None and s.name not in done]
+        if not pending or not recorder.targets:
+            return
+        run.items, recorder.stale_items = await load_items(
+            recorder.targets,
+            request_id=run.request_id,
+            incarnation=prepared.incarnation,
+            started_at=prepared.started_at,
+            steps=pending,
+            envelope=self.store.envelope,
+        )
+        if run.items:
+            log.info(
+                "run %s: %d map item(s) already done, not run again",
+                run.request_id,
+                sum(len(found) for found in run.items.values()),
+            )
 
     async def plan(
         self, request_id: str, given: Workflow | None, *, force: bool, from_step: str | None

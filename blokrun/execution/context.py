@@ -47,12 +47,16 @@ class Context:
     ``vars`` is the run's mutable state: a node may change it; what it returns is stored as
     ``vars[<step name>]`` (``None`` stores nothing). ``step`` is the running step's name and
     ``idempotency_key`` a key stable across retries and resumes of that step
-    (``<request id>:<step>``), to pass to external systems.
+    (``<request id>:<step>``), to pass to external systems. In a ``map`` step, ``item`` and
+    ``index`` are the element the call is for (a map's items share ``vars``: return
+    results rather than changing it).
     """
 
     __slots__ = (
         "_allowed",
         "_reader",
+        "index",
+        "item",
         "logger",
         "request",
         "step",
@@ -75,11 +79,23 @@ class Context:
         self.vars = vars
         self.logger = logger
         self.step = ""
+        #: in a map step: the item this call is for, and its position in the list
+        self.item: Any = None
+        self.index: int | None = None
         self._reader = reader
         self._allowed = allowed
 
     @property
+    def id(self) -> str:
+        """The run's request id (``ctx.request.id``)."""
+        return self.request.id
+
+    @property
     def idempotency_key(self) -> str:
+        """Stable across retries and resumes: ``<id>:<step>`` (``<id>:<step>:<index>`` for
+        an item of a map)."""
+        if self.index is not None:
+            return f"{self.request.id}:{self.step}:{self.index}"
         return f"{self.request.id}:{self.step}"
 
     @property
@@ -121,4 +137,5 @@ class Context:
             "date": self.date,
             "step": self.step,
             "idempotency_key": self.idempotency_key,
+            **({"item": self.item, "index": self.index} if self.index is not None else {}),
         }

@@ -37,8 +37,16 @@ from blokrun.errors import (
 )
 from blokrun.execution.builtins import Suspend
 from blokrun.execution.context import Context, RequestInfo, WorkflowInfo
-from blokrun.execution.events import RunEnded, RunStarted, StepFinished, StepStarted, Suspension
+from blokrun.execution.events import (
+    ItemFinished,
+    RunEnded,
+    RunStarted,
+    StepFinished,
+    StepStarted,
+    Suspension,
+)
 from blokrun.execution.groups import first_failure
+from blokrun.execution.mapping import MapRun, fingerprint, run_map
 from blokrun.execution.threads import run_in_daemon_thread
 
 if TYPE_CHECKING:
@@ -65,7 +73,8 @@ class Attempt:
     """One attempt of a run as the executor drives it (mutable; owned by the executor).
 
     ``done`` lists the steps completed so far (before and during this attempt);
-    ``provided`` holds the answer of a suspended ``await-input`` step being resumed.
+    ``provided`` holds the answer of a suspended ``await-input`` step being resumed;
+    ``items`` the stored results of the items of map steps not yet done.
     """
 
     request_id: str
@@ -77,6 +86,9 @@ class Attempt:
     done: list[str] = field(default_factory=list)
     steps_run: list[str] = field(default_factory=list)
     provided: dict[str, Any] = field(default_factory=dict)
+    #: results of map items stored before this attempt:
+    #: (step, fingerprint of its list of items) -> index -> result
+    items: dict[tuple[str, str], dict[int, Any]] = field(default_factory=dict)
 
     @property
     def view(self) -> Mapping[str, Any]:
@@ -203,7 +215,59 @@ class _Executor:
             event = StepStarted(run.request_id, run.workflow, run.attempt, step)
             for hook in self.hooks:
                 await hook.before_step(event)
+        if step.map is not None:
+            return await self._map(step, ctx)
         return await self._tries(step, ctx)
+
+    async def _map(self, step: Step, ctx: Context) -> tuple[Any, float, int]:
+        plan = step.map
+        assert plan is not None
+        run = self.run
+        started = time.perf_counter()
+        try:
+            items = await plan.items.evaluate(_StepScope(ctx, step.name))
+        except ExpressionError as exc:
+            raise self._failure(step, exc, 1) from exc
+        if not isinstance(items, list | tuple):
+            raise StepFailed(
+                f"{step.at}.map.items: expected a list, got {type(items).__name__}",
+                request_id=run.request_id,
+                step=step.name,
+            )
+
+        async def call(index: int, item: Any) -> Any:
+            item_ctx = self._make_ctx(step.name)
+            item_ctx.item, item_ctx.index = item, index
+            output, _, _ = await self._tries(step, item_ctx)
+            return output
+
+        of = fingerprint(items)
+
+        async def stored(index: int, output: Any) -> None:
+            event = ItemFinished(run.request_id, run.workflow, run.attempt, step, index, output, of)
+            try:
+                for hook in self.hooks:
+                    await hook.after_item(event)
+            except ValueNotStorable as exc:
+                raise StepFailed(
+                    f"item {index} returned a value that cannot be stored: {exc}",
+                    request_id=run.request_id,
+                    step=step.name,
+                ) from exc
+
+        mapped = MapRun(
+            request_id=run.request_id,
+            step=step.name,
+            items=list(items),
+            done=run.items.get((step.name, of), {}),
+            concurrency=plan.concurrency,
+            tolerate=plan.tolerate,
+            call=call,
+            stored=stored,
+        )
+        output = await run_map(mapped)
+        run.items.pop((step.name, of), None)
+        return output, time.perf_counter() - started, 1
 
     async def _tries(self, step: Step, ctx: Context) -> tuple[Any, float, int]:
         """Call the step's node with its timeout, as its retry policy says."""

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Ending",
+    "ItemFinished",
     "RunEnded",
     "RunStarted",
     "StepFinished",
@@ -82,6 +83,21 @@ class StepFinished:
     done: tuple[str, ...]
     vars: Mapping[str, Any]
     skipped: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFinished:
+    """An item of a ``map`` step returned ``output`` (the step itself is still running;
+    its own :class:`StepFinished` follows when every item is done). ``of``: the fingerprint
+    of the list of items (``index`` is a position in that list)."""
+
+    request_id: str
+    workflow: Workflow
+    attempt: int
+    step: Step
+    index: int
+    output: Any
+    of: str
 
 
 @dataclass(frozen=True, slots=True)

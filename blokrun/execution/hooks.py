@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from blokrun.execution.events import RunEnded, RunStarted, StepFinished, StepStarted
+    from blokrun.execution.events import (
+        ItemFinished,
+        RunEnded,
+        RunStarted,
+        StepFinished,
+        StepStarted,
+    )
 
 __all__ = ["CallableHook", "Hook"]
 
@@ -31,6 +37,9 @@ class Hook:
 
     async def after_step(self, event: StepFinished) -> None:
         """After a step returned and its output was merged into the run's vars."""
+
+    async def after_item(self, event: ItemFinished) -> None:
+        """After an item of a map step returned (items of one step may overlap)."""
 
     async def on_run_end(self, event: RunEnded) -> None:
         """After the attempt completed, failed, was cancelled or suspended."""

@@ -52,6 +52,8 @@ CTX_MEMBERS = (
     "datasource",
     "idempotency_key",
     "step",
+    "item",
+    "index",
 )
 _KEYWORDS: dict[str, bool | None] = {"true": True, "false": False, "null": None}
 _COMPARISONS = {

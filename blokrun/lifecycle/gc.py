@@ -43,6 +43,7 @@ from blokrun.persistence.keys import (
     alias_key,
     definition_key,
     head_key,
+    items_prefix,
     lease_key,
     run_keys_prefix,
     runs_checkpoints_prefix,
@@ -198,8 +199,9 @@ async def _keys_of(state: _State, ds: Datasource, run: RunSummary) -> tuple[list
         owner = alias_owner(rid)
         owned = [key for key, raw in values.items() if raw.startswith(owner)]
     marks = await ds.keys(f"{BLOBREF_PREFIX}{rid}/")
+    items = await ds.keys(items_prefix(rid))
     heads = [head_key(rid)] if await ds.exists(head_key(rid)) else []
-    keys = [*checkpoints, *owned, *runs, *marks, *heads]
+    keys = [*checkpoints, *items, *owned, *runs, *marks, *heads]
     return keys, len(checkpoints), size
 
 

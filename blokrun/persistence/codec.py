@@ -71,6 +71,7 @@ class Kind(IntEnum):
     DEFINITION = 4
     VALUE = 5
     ALIAS = 6
+    ITEMS = 7
 
 
 def _tag_set(obj: set[Any] | frozenset[Any]) -> Any:

@@ -10,6 +10,9 @@ or ``job``'s sequence 12 and ``job-1``'s sequence 2, name different keys.
 * ``_blokrun.run.<id>/<incarnation>``  the run record of an incarnation (inputs, identity)
 * ``_blokrun.ckpt.<id>/<incarnation>/<seq>``  a checkpoint (seq zero-padded to 10 digits,
   so a listing sorts by sequence)
+* ``_blokrun.items.<id>/<incarnation>/<step>/<attempt>.<n>``  results of items of a map
+  step, stored as they complete (``n``-th batch of attempt ``attempt``); deleted once the
+  step's own checkpoint holds them all
 * ``_blokrun.def.<sha256>``  a workflow definition, content-addressed
 * ``_blokrun.lease.<id>`` the run's lease (kept by the datasource's lease store)
 * ``_blokrun.slot.<workflow>.<i>``  a worker's per-workflow concurrency slot
@@ -40,6 +43,7 @@ __all__ = [
     "DEFINITION_PREFIX",
     "HEAD_PREFIX",
     "INTERNAL_PREFIX",
+    "ITEMS_PREFIX",
     "LEASE_PREFIX",
     "RUN_PREFIX",
     "SLOT_PREFIX",
@@ -50,6 +54,8 @@ __all__ = [
     "checkpoint_key",
     "definition_key",
     "head_key",
+    "items_key",
+    "items_prefix",
     "lease_key",
     "parse_checkpoint_key",
     "run_key",
@@ -62,6 +68,7 @@ HEAD_PREFIX = "_blokrun.head."
 RUN_PREFIX = "_blokrun.run."
 CHECKPOINT_PREFIX = "_blokrun.ckpt."
 DEFINITION_PREFIX = "_blokrun.def."
+ITEMS_PREFIX = "_blokrun.items."
 LEASE_PREFIX = "_blokrun.lease."
 SLOT_PREFIX = "_blokrun.slot."
 BLOB_PREFIX = "_blokrun.blob."
@@ -101,6 +108,18 @@ def parse_checkpoint_key(key: str) -> tuple[str, int, int] | None:
     if not (sep and sep2 and inc.isdigit() and seq.isdigit() and len(seq) == _SEQ_DIGITS):
         return None
     return rid, int(inc), int(seq)
+
+
+def items_key(request_id: str, incarnation: int, step: str, attempt: int, n: int) -> str:
+    return f"{ITEMS_PREFIX}{request_id}/{incarnation}/{step}/{attempt:06d}.{n:08d}"
+
+
+def items_prefix(request_id: str, incarnation: int | None = None, step: str | None = None) -> str:
+    """The prefix of the map items of ``request_id`` (of one incarnation and step, or all)."""
+    base = f"{ITEMS_PREFIX}{request_id}/"
+    if incarnation is None:
+        return base
+    return f"{base}{incarnation}/" if step is None else f"{base}{incarnation}/{step}/"
 
 
 def blobref_key(request_id: str, sha256: str) -> str:

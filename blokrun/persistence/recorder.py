@@ -35,12 +35,14 @@ from blokrun.errors import CheckpointError, DatasourceError, DatasourceUnavailab
 from blokrun.execution.hooks import Hook
 from blokrun.persistence.codec import Kind, dumps_value
 from blokrun.persistence.fanout import save_everywhere
+from blokrun.persistence.items import ItemLog
 from blokrun.persistence.keys import (
     KeyScope,
     alias_key,
     checkpoint_key,
     definition_key,
     head_key,
+    items_prefix,
     run_key,
 )
 from blokrun.persistence.records import (
@@ -63,7 +65,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from blokrun.datasources import Datasource, Entry
-    from blokrun.execution.events import RunEnded, RunStarted, StepFinished
+    from blokrun.execution.events import ItemFinished, RunEnded, RunStarted, StepFinished
     from blokrun.persistence.envelope import Envelope
     from blokrun.persistence.leases import Lease
     from blokrun.spec.loader import Step, Workflow
@@ -171,6 +173,11 @@ class RunRecorder(Hook):
         self._aliases: dict[str, bool] = {}
         #: targets the alias of the step being checkpointed could not be read from
         self._unread: tuple[frozenset[str], CheckpointError] | None = None
+        #: map steps: the group commit of their items' results, by step
+        self._item_logs: dict[str, ItemLog] = {}
+        #: item batches stored by earlier attempts (set on resume), deleted once their
+        #: step's checkpoint holds every result
+        self.stale_items: list[str] = []
 
     # -- records ---------------------------------------------------------------------------
 
@@ -350,6 +357,42 @@ class RunRecorder(Hook):
                 step, 0.0, 1, event.done, event.vars, last=False, status="edited"
             )
 
+    async def after_item(self, event: ItemFinished) -> None:
+        """Store a map item's result (grouped with the others arriving meanwhile)."""
+        step = event.step
+        if not step.checkpoint or not self.targets or self.durability == "exit":
+            return
+        item_log = self._item_logs.get(step.name)
+        if item_log is None:
+            item_log = self._item_logs[step.name] = ItemLog(
+                request_id=self.request_id,
+                incarnation=self.incarnation,
+                started_at=self.started_at,
+                step=step.name,
+                attempt=self.attempt,
+                of=event.of,
+                ttl=step.ttl,
+                envelope=self._shared.envelope,
+                save=lambda entries: self._save(
+                    self.targets, entries, step.name, "a map item's result"
+                ),
+            )
+        await item_log.add(event.index, event.output)
+
+    async def _drop_items(self, step: str) -> None:
+        """After a map step's checkpoint: its item batches are no longer needed."""
+        item_log = self._item_logs.pop(step, None)
+        prefix = items_prefix(self.request_id, self.incarnation, step)
+        keys = [k for k in self.stale_items if k.startswith(prefix)]
+        keys += item_log.written if item_log is not None else []
+        if not keys:
+            return
+        for ds in self.targets:
+            try:
+                await ds.delete_batch(keys)
+            except DatasourceError as exc:  # left for gc
+                log.warning("run %s: map items of %r not deleted: %s", self.request_id, step, exc)
+
     async def after_step(self, event: StepFinished) -> None:
         step = event.step
         if step.publish is not None and not event.skipped:
@@ -371,6 +414,8 @@ class RunRecorder(Hook):
             behind=self.durability == "async" and self.background is not None,
             status="skipped" if event.skipped else "completed",
         )
+        if step.map is not None and self.durability == "sync":
+            await self._drop_items(step.name)
 
     async def _publish(self, event: StepFinished) -> None:
         from blokrun.expressions import render_key

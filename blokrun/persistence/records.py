@@ -49,6 +49,7 @@ __all__ = [
     "CheckpointRecord",
     "DefinitionRecord",
     "HeadRecord",
+    "ItemsRecord",
     "RunRecord",
     "RunStatus",
     "decode_record",
@@ -125,6 +126,22 @@ class AliasRecord(msgspec.Struct, frozen=True, kw_only=True):
     key: str  # the checkpoint record's key
 
 
+class ItemsRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """Results of items of a map step, stored as they complete: ``[index, result]`` pairs,
+    the ``n``-th batch of attempt ``attempt`` of the run that started at ``started_at``;
+    ``of``: the fingerprint of the list the items were taken from (an index means nothing
+    for another list)."""
+
+    request_id: str
+    incarnation: int
+    started_at: float
+    step: str
+    attempt: int
+    n: int
+    of: str
+    items: list[tuple[int, Any]]
+
+
 class HeadRecord(msgspec.Struct, frozen=True, kw_only=True):
     request_id: str
     workflow: str
@@ -179,6 +196,7 @@ _KINDS: dict[type[msgspec.Struct], Kind] = {
     RunRecord: Kind.RUN,
     DefinitionRecord: Kind.DEFINITION,
     AliasRecord: Kind.ALIAS,
+    ItemsRecord: Kind.ITEMS,
 }
 _TYPES = {kind: cls for cls, kind in _KINDS.items()}
 

@@ -30,7 +30,18 @@ if TYPE_CHECKING:
     from blokrun.spec.nodes import NodeResolver
     from blokrun.types import Durability
 
-__all__ = ["MAX_WORKFLOW_BYTES", "Branch", "Publish", "Step", "Workflow", "load_workflow"]
+__all__ = [
+    "MAX_WORKFLOW_BYTES",
+    "Branch",
+    "MapPlan",
+    "Publish",
+    "Step",
+    "Workflow",
+    "load_workflow",
+]
+
+#: Most items of a map running at once.
+MAX_MAP_CONCURRENCY = 10_000
 
 #: How deep ``choice`` steps may nest inside each other's branches.
 MAX_CHOICE_DEPTH = 16
@@ -60,6 +71,15 @@ class Branch:
 
 
 @dataclass(frozen=True, slots=True)
+class MapPlan:
+    """A map step's list (``items``, evaluated when the step starts) and its limits."""
+
+    items: Compiled
+    concurrency: int
+    tolerate: int
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
     """A step of the flattened workflow (``index``: its position in it; ``at``: its JSON
     path). A ``choice`` has ``branches`` (its ``node`` is :data:`CHOICE`, never called).
@@ -80,6 +100,7 @@ class Step:
     when: Compiled | None = None
     guard: tuple[str, int] | None = None
     branches: tuple[Branch, ...] = ()
+    map: MapPlan | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -476,7 +497,26 @@ class _Checks:
                 self.branch(b, f"{at}.choice[{j}]", j == len(s.choice or ()) - 1)
                 for j, b in enumerate(s.choice or ())
             ),
+            map=self.map_plan(s, f"{at}.map"),
         )
+
+    def map_plan(self, s: StepSpec, at: str) -> MapPlan | None:
+        m = s.map
+        if m is None:
+            return None
+        if s.node is None:
+            raise self.err("a map calls the step's 'node' once per item; 'node' is missing", at)
+        if not 1 <= m.concurrency <= MAX_MAP_CONCURRENCY:
+            raise self.err(
+                f"expected 1 to {MAX_MAP_CONCURRENCY} items at once", f"{at}.concurrency"
+            )
+        if m.tolerate < 0:
+            raise self.err("expected a number of items, 0 or more", f"{at}.tolerate")
+        items = compile_value(m.items, source=self.name, path=f"{at}.items")
+        if isinstance(m.items, str) and items.is_constant:
+            raise self.err("expected a list, or a ${...} expression giving one", f"{at}.items")
+        self.uses_datasources(items, f"{at}.items")
+        return MapPlan(items, m.concurrency, m.tolerate)
 
     def shape(self, f: FlatStep) -> None:
         """A step calls a node or is a choice (one of them); a choice has no inputs."""
@@ -485,6 +525,8 @@ class _Checks:
             raise self.err("expected 'node' (the function to call) or 'choice'", at)
         if s.node is not None and s.choice is not None:
             raise self.err("a step has either 'node' or 'choice', not both", f"{at}.choice")
+        if s.map is not None and s.choice is not None:
+            raise self.err("a step has either 'map' or 'choice', not both", f"{at}.map")
         if s.choice is None:
             return
         for key in ("inputs", "retry", "timeout", "type"):

@@ -16,6 +16,7 @@ from blokrun.types import DURABILITIES, Durability
 __all__ = [
     "DEFAULT_KEY_PATTERN",
     "BranchSpec",
+    "MapSpec",
     "DefaultsSpec",
     "RetrySpec",
     "PersistenceSpec",
@@ -87,6 +88,17 @@ class BranchSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     label: str | None = None
 
 
+class MapSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Call the step's node once per element of ``items`` (a list, or a ${...} giving one),
+    at most ``concurrency`` at a time; each item's result is checkpointed as it completes.
+    ``tolerate``: how many items may fail for good (after their retries) before the step
+    fails."""
+
+    items: str | list[Any]
+    concurrency: int = 10
+    tolerate: int = 0
+
+
 class StepSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A step: calls ``node``, or (``choice``) runs the first branch whose ``when`` holds.
     ``when``: the step runs only when it holds, and is recorded as skipped otherwise."""
@@ -102,6 +114,7 @@ class StepSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timeout: float | None = None
     when: str | bool | None = None
     choice: list[BranchSpec] | None = None
+    map: MapSpec | None = None
 
 
 class WorkflowSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

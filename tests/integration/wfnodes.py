@@ -227,3 +227,22 @@ def sync_sleep(ctx: Any, inputs: dict[str, Any]) -> Any:
     else:
         threading.Event().wait()
     return "woke"
+
+
+async def map_item(ctx: Any, inputs: dict[str, Any]) -> Any:
+    """An item of a map: its index in the ledger (no fsync: a killed process's writes are
+    in the page cache), SIGKILL at WF_KILL_AT_ITEM, FAIL_AT holds "item:<index>"."""
+    index = ctx.index
+    path = os.environ.get("WF_LEDGER")
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"{index}\n")
+    else:
+        CALLS.append((ctx.request.id, f"{ctx.step}[{index}]"))
+    if os.environ.get("WF_KILL_AT_ITEM") == str(index):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    if f"item:{index}" in FAIL_AT:
+        raise RuntimeError(f"item {index} failed on purpose")
+    return {"sq": inputs["x"] * inputs["x"]}

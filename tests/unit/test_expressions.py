@@ -583,7 +583,7 @@ def test_value_that_cannot_be_text() -> None:
         (
             "${ctx.foo}",
             "unknown member ctx.foo: expected one of request, vars, workflow, timestamp, "
-            "date, datasource, idempotency_key, step",
+            "date, datasource, idempotency_key, step, item, index",
             7,
         ),
         ("${ctx}", "ctx must be followed by a member: ctx.request, ctx.vars", 3),

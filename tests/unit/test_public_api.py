@@ -7,7 +7,7 @@ import blokrun
 EXPECTED = {
     "ArgumentError", "BlokrunError", "CheckpointError", "CheckpointInfo", "ConfigError", "Context", "Datasource",
     "DatasourceAccessError", "DatasourceError", "DatasourceSettings", "DatasourceUnavailable",
-    "DefinitionChanged", "ExpressionError", "FormatVersionError", "Hook", "LeaseLost",
+    "DefinitionChanged", "ExpressionError", "FormatVersionError", "Hook", "ItemFinished", "LeaseLost",
     "MissingExtraError", "RunBusy",
     "RecordError", "ResumeError", "ResumePlan", "RunEnded", "RunError", "RunExists", "RunInfo", "RunNotFound",
     "RunResult", "RunStarted", "Runner", "StepFailed", "StepFinished", "StepStarted", "Store",
