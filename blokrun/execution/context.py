@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import logging
     from collections.abc import Awaitable, Callable
 
-__all__ = ["Context", "DatasourceReader", "RequestInfo", "WorkflowInfo"]
+__all__ = ["Context", "DatasourceReader", "PersistenceInfo", "RequestInfo", "WorkflowInfo"]
 
 #: ``await reader(datasource_name, key)``: the value stored there, or ``None``.
 DatasourceReader: TypeAlias = "Callable[[str, str], Awaitable[Any]]"
@@ -41,6 +41,21 @@ class WorkflowInfo:
     definition_hash: str
 
 
+@dataclass(frozen=True, slots=True)
+class PersistenceInfo:
+    """``ctx.persistence``: how the run is checkpointed (read-only). ``targets`` are the
+    datasources every checkpoint goes to (``datasources``, as seed 000 calls them)."""
+
+    enabled: bool
+    auto_save: bool
+    targets: tuple[str, ...]
+    key_pattern: str
+
+    @property
+    def datasources(self) -> tuple[str, ...]:
+        return self.targets
+
+
 class Context:
     """What a node receives as ``ctx``.
 
@@ -58,6 +73,7 @@ class Context:
         "index",
         "item",
         "logger",
+        "persistence",
         "request",
         "step",
         "vars",
@@ -73,8 +89,10 @@ class Context:
         reader: DatasourceReader,
         allowed: tuple[str, ...],
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        persistence: PersistenceInfo | None = None,
     ) -> None:
         self.request = request
+        self.persistence = persistence or PersistenceInfo(False, False, (), "")
         self.workflow = workflow
         self.vars = vars
         self.logger = logger

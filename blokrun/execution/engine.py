@@ -36,7 +36,7 @@ from blokrun.errors import (
     ValueNotStorable,
 )
 from blokrun.execution.builtins import Suspend
-from blokrun.execution.context import Context, RequestInfo, WorkflowInfo
+from blokrun.execution.context import Context, PersistenceInfo, RequestInfo, WorkflowInfo
 from blokrun.execution.events import (
     ItemFinished,
     RunEnded,
@@ -184,6 +184,9 @@ class _Executor:
         wf = run.workflow
         request = RequestInfo(run.request_id, run.started_at)
         info = WorkflowInfo(wf.name, wf.version, wf.definition_hash)
+        persistence = PersistenceInfo(
+            wf.persistence_enabled, wf.auto_save, wf.targets, wf.key_pattern
+        )
 
         def make_ctx(step: str) -> Context:
             ctx = Context(
@@ -195,6 +198,7 @@ class _Executor:
                 logger=logging.LoggerAdapter(
                     _node_log, {"request_id": run.request_id, "step": step}
                 ),
+                persistence=persistence,
             )
             ctx.step = step
             return ctx

@@ -430,7 +430,7 @@ class RunRecorder(Hook):
             Kind.VALUE, dumps_value(event.output, path=f"vars.{event.step.name}"), bind=key
         )
         await self._save(
-            [self._shared.datasources[pub.target]],
+            [self._shared.datasources[name] for name in pub.targets],
             [(key, value, pub.ttl)],
             event.step.name,
             "the step's published output",

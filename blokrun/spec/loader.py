@@ -54,9 +54,9 @@ _UNKNOWN_FIELD_RE = re.compile(r"^Object contains unknown field `([^`]*)`$")
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    """A step's output also written under ``key`` on ``target``."""
+    """A step's output also written under ``key`` on each of ``targets``."""
 
-    target: str
+    targets: tuple[str, ...]
     key: Compiled
     ttl: float | None
 
@@ -121,6 +121,7 @@ class Workflow:
     ttl: float | None
     steps: tuple[Step, ...]
     durability: Durability | None = None  # None: the runner's default
+    auto_save: bool = True  # every step checkpointed unless it says otherwise
     #: folders module nodes were looked for in (besides ``sys.path``), absolute
     search_paths: tuple[str, ...] = ()
 
@@ -324,6 +325,7 @@ def load_workflow(
         ttl=check.wf_ttl,
         steps=tuple(built),
         durability=pers.durability,
+        auto_save=pers.auto_save,
         search_paths=tuple(paths),
     )
 
@@ -387,6 +389,7 @@ class _Checks:
         self.paths = paths
         self.seen: dict[str, str] = {}
         self.wf_ttl: float | None = None
+        self.wf_targets: tuple[str, ...] = ()
         self.problems: list[WorkflowError] = []
 
     def err(self, message: str, at: str) -> WorkflowError:
@@ -439,6 +442,7 @@ class _Checks:
             self.configured_ds(
                 ds, f"$.persistence.targets[{i}]" if named else "$.persistence.targets"
             )
+        self.wf_targets = targets
         return targets
 
     def key_template(self) -> Compiled:
@@ -610,17 +614,28 @@ class _Checks:
         )
 
     def publish(self, s: StepSpec, at: str, ttl: float | None) -> Publish | None:
+        """``persistence.key`` publishes the step's output under that key: on ``target``,
+        or without one on the workflow's checkpoint targets (seed pattern 2)."""
         sp = s.persistence
         if sp is None or (sp.target is None and sp.key is None):
             return None
-        if sp.target is None or sp.key is None:
-            missing = "target" if sp.target is None else "key"
+        if sp.key is None:
             raise self.err(
-                f"publishing a step's output needs both target and key; {missing} is missing",
-                f"{at}.persistence.{missing}",
+                "publishing a step's output on a target needs the key to store it under",
+                f"{at}.persistence.key",
             )
-        self.configured_ds(sp.target, f"{at}.persistence.target")
+        if sp.target is not None:
+            self.configured_ds(sp.target, f"{at}.persistence.target")
+            targets: tuple[str, ...] = (sp.target,)
+        elif self.spec.persistence.enabled and self.wf_targets:
+            targets = self.wf_targets
+        else:
+            raise self.err(
+                "publishing without a target uses the workflow's checkpoint targets, and "
+                "$.persistence.enabled is false: name a target",
+                f"{at}.persistence.target",
+            )
         key = compile_template(sp.key, source=self.name, path=f"{at}.persistence.key")
         if key.uses_datasource:
             raise self.err("a publish key cannot call ctx.datasource", f"{at}.persistence.key")
-        return Publish(sp.target, key, ttl)
+        return Publish(targets, key, ttl)

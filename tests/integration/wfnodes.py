@@ -246,3 +246,16 @@ async def map_item(ctx: Any, inputs: dict[str, Any]) -> Any:
     if f"item:{index}" in FAIL_AT:
         raise RuntimeError(f"item {index} failed on purpose")
     return {"sq": inputs["x"] * inputs["x"]}
+
+
+async def show_ctx(ctx: Any, inputs: dict[str, Any]) -> Any:
+    """What seed 000 gives a node: ctx.id, ctx.persistence (enabled, targets, key pattern)."""
+    p = ctx.persistence
+    return {
+        "id": ctx.id,
+        "enabled": p.enabled,
+        "auto_save": p.auto_save,
+        "targets": list(p.targets),
+        "datasources": list(p.datasources),
+        "key_pattern": p.key_pattern,
+    }

@@ -510,20 +510,33 @@ def test_publish_target_not_configured(write: Write) -> None:
     assert_error(err, "$.steps[1].persistence.target", "datasource 'cache' is not configured")
 
 
-@pytest.mark.parametrize(
-    ("persistence", "missing"),
-    [({"target": "cache"}, "key"), ({"key": "out-${ctx.request.id}"}, "target")],
-)
-def test_publish_needs_target_and_key(
-    write: Write, persistence: dict[str, str], missing: str
-) -> None:
-    err = load_error(write(doc(step(persistence=persistence))))
-    assert_error(
-        err,
-        f"$.steps[0].persistence.{missing}",
-        "needs both target and key",
-        f"{missing} is missing",
+def test_publish_needs_a_key(write: Write) -> None:
+    err = load_error(write(doc(step(persistence={"target": "cache"}))))
+    assert_error(err, "$.steps[0].persistence.key", "needs the key to store it under")
+
+
+def test_publish_without_a_target_uses_the_workflows_targets() -> None:
+    """Seed pattern 2: a step's persistence key alone publishes to the checkpoint targets."""
+    wf = load_workflow(
+        {
+            "name": "wf",
+            "persistence": {"targets": ["default", "cache"]},
+            "steps": [step(persistence={"key": "out-${ctx.request.id}"})],
+        },
+        available_datasources=["default", "cache"],
     )
+    publish = wf.steps[0].publish
+    assert publish is not None and publish.targets == ("default", "cache")
+
+
+def test_publish_without_a_target_needs_persistence(write: Write) -> None:
+    document = {
+        "name": "wf",
+        "persistence": {"enabled": False},
+        "steps": [step(persistence={"key": "out"})],
+    }
+    err = load_error(write(document))
+    assert_error(err, "$.steps[0].persistence.target", "$.persistence.enabled is false")
 
 
 def test_publish_is_compiled() -> None:
@@ -533,7 +546,7 @@ def test_publish_is_compiled() -> None:
     )
     publish = wf.steps[0].publish
     assert publish is not None
-    assert publish.target == "cache"
+    assert publish.targets == ("cache",)
     assert publish.ttl == 60
 
 
