@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from blokrun.cli import (
         diff,
+        fork,
         gc,
         inspect,
         repair,
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands: tuple[_Command, ...] = (
         run,
         resume,
+        fork,
         inspect,
         diff,
         validate,
