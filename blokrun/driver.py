@@ -122,6 +122,65 @@ class RunDriver:
             if lease is not None:
                 await self._release(lease, recorder)
 
+    async def fork(
+        self,
+        source_id: str,
+        request_id: str,
+        given: Workflow | None,
+        *,
+        from_step: str | None,
+        set_vars: Mapping[str, Any] | None,
+        force: bool,
+    ) -> RunResult:
+        """Start run ``request_id`` from a checkpoint of run ``source_id``: the state before
+        ``from_step`` ran (or its latest), with ``set_vars`` applied. The source run's
+        record is only read; the fork is a run of its own (its first checkpoint holds the
+        state it started from, marked "forked")."""
+        if request_id == source_id:
+            raise RunExists("a fork needs a new request id", request_id=request_id)
+        state = await self.store.planner.plan(
+            source_id, given, force=force, from_step=from_step, set_vars=set_vars
+        )
+        wf = state.workflow
+        lease = await self.store.acquire(request_id, wf)
+        recorder: RunRecorder | None = None
+        try:
+            if wf.targets and await self.store.planner.find(request_id, wf, scan=False):
+                raise RunExists(
+                    "exists: a fork starts a new run; choose another request id",
+                    request_id=request_id,
+                )
+            started_at = time.time()
+            attempt = Attempt(
+                request_id=request_id,
+                workflow=wf,
+                vars=state.vars,
+                started_at=started_at,
+                done=list(state.done),
+            )
+            # with no step done, the fork's start record holds its (edited) vars as inputs
+            inputs = state.inputs if state.done else dict(state.vars)
+            recorder = self.store.recorder(
+                request_id=request_id,
+                workflow=wf,
+                inputs=inputs,
+                started_at=started_at,
+                durability=wf.durability or self.durability,
+                lease=lease,
+                fork_of=(source_id, state),
+            )
+            log.info(
+                "forking run %s as %s after %s (%d steps done)",
+                source_id,
+                request_id,
+                state.plan.after or "its start",
+                len(state.done),
+            )
+            return await self._drive(attempt, recorder, lease)
+        finally:
+            if lease is not None:
+                await self._release(lease, recorder)
+
     async def _release(self, lease: Lease, recorder: RunRecorder | None) -> None:
         """Release the lease. If its datasource could not be reached during the run, it is
         tried for at most ``RETRY_BOUND`` seconds and otherwise left to expire (or to be

@@ -466,6 +466,33 @@ class Runner:
         """Every stored run, once each, in no order (:func:`blokrun.lifecycle.iter_runs`)."""
         return iter_runs(self._store, batch_size=batch_size)
 
+    async def fork(
+        self,
+        request_id: str,
+        *,
+        new_id: str | None = None,
+        from_step: str | None = None,
+        set_vars: Mapping[str, Any] | None = None,
+        workflow: WorkflowLike | None = None,
+        force: bool = False,
+    ) -> RunResult:
+        """Start a new run from a checkpoint of run ``request_id``, leaving that run and
+        its history untouched: the state before ``from_step`` ran (default: its latest
+        checkpoint), with ``set_vars`` applied (``{"a.b": 1}``), continued under
+        ``new_request_id`` (default: a new id). ``workflow``: run the fork with this
+        definition instead of the stored one (one that changed steps already done is
+        refused unless ``force``). Its result names the new run's id."""
+        self._store.require_started()
+        given = self.load(workflow) if workflow is not None else None
+        return await self._driver.fork(
+            request_id,
+            new_request_id() if new_id is None else _checked_request_id(new_id),
+            given,
+            from_step=from_step,
+            set_vars=set_vars,
+            force=force,
+        )
+
     async def resume_failed(
         self, *, workflow: str | None = None, concurrency: int = 4, limit: int | None = None
     ) -> list[ResumeOutcome]:

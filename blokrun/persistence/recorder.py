@@ -141,6 +141,7 @@ class RunRecorder(Hook):
         durability: Durability,
         lease: Lease | None,
         edited: bool = False,
+        forked: tuple[str, str | None] | None = None,
     ) -> None:
         self._shared = shared
         self.request_id = request_id
@@ -157,6 +158,8 @@ class RunRecorder(Hook):
         self.lease = lease
         #: vars were edited before this attempt (resume --set): stored at its start
         self.edited = edited
+        #: a fork of (run, from step): its starting state is stored at its start
+        self.forked = forked
         #: where write-behind saves run (durability "async"); set by whoever drives the run
         self.background: TaskGroup | None = None
         self.targets = [shared.datasources[name] for name in workflow.targets]
@@ -324,6 +327,8 @@ class RunRecorder(Hook):
                 started_at=self.started_at,
                 source=wf.source,
                 incarnation=self.incarnation,
+                forked_from=self.forked[0] if self.forked else None,
+                forked_at=self.forked[1] if self.forked else None,
             )
             entries.append((rkey, encode_record(record, envelope, bind=rkey), ttl))
         entries.append(self._head_entry(self._head("running")))
@@ -348,14 +353,15 @@ class RunRecorder(Hook):
                 tg.start_soon(start, loose, entries)
         if errors:
             raise errors[0]
-        if self.edited and self.position.last_step is not None:
-            # vars were edited before this attempt (resume --set): store the edit as a new
-            # version of the checkpoint it started from, so it survives a failure.
+        if (self.edited or self.forked) and self.position.last_step is not None:
+            # vars were edited before this attempt (resume --set), or a fork starts from
+            # another run's state: store it as a version of the checkpoint it starts from,
+            # so it survives a failure.
             self.edited = False
             step = wf.step(self.position.last_step)
-            await self._checkpoint(
-                step, 0.0, 1, event.done, event.vars, last=False, status="edited"
-            )
+            status: Literal["edited", "forked"] = "forked" if self.forked else "edited"
+            self.forked = None
+            await self._checkpoint(step, 0.0, 1, event.done, event.vars, last=False, status=status)
 
     async def after_item(self, event: ItemFinished) -> None:
         """Store a map item's result (grouped with the others arriving meanwhile)."""
@@ -565,7 +571,7 @@ class RunRecorder(Hook):
         *,
         last: bool,
         behind: bool = False,
-        status: Literal["completed", "edited", "skipped"] = "completed",
+        status: Literal["completed", "edited", "skipped", "forked"] = "completed",
     ) -> None:
         """Write the run's state as it is now as ``step``'s checkpoint, then the head
         (``status`` "edited": the vars edited before a resume, stored as a version of that

@@ -97,8 +97,9 @@ class CheckpointRecord(msgspec.Struct, frozen=True, kw_only=True):
     step: str
     seq: int
     #: "edited": not a run of the step, but its vars as edited before a resume (``--set``);
-    #: "skipped": the step did not run (its ``when`` did not hold, or its branch not taken)
-    status: Literal["completed", "edited", "skipped"] = "completed"
+    #: "skipped": the step did not run (its ``when`` did not hold, or its branch not taken);
+    #: "forked": the state a fork started from (copied from another run's checkpoint)
+    status: Literal["completed", "edited", "skipped", "forked"] = "completed"
     done: list[str]
     vars: dict[str, Any]
     started_at: float
@@ -176,6 +177,9 @@ class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
     started_at: float
     source: str | None = None
     incarnation: int = 1
+    #: a fork: the run and step it was forked from (``blokrun fork``)
+    forked_from: str | None = None
+    forked_at: str | None = None
 
 
 class DefinitionRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -294,7 +298,7 @@ def encode_checkpoint(
     refs: Sequence[str] = (),
     alias: str | None = None,
     envelope: Envelope = DEFAULT_ENVELOPE,
-    status: Literal["completed", "edited", "skipped"] = "completed",
+    status: Literal["completed", "edited", "skipped", "forked"] = "completed",
 ) -> bytes:
     """The hot path: a checkpoint record without building a Struct first, sealed for its
     ``key`` (``status``: see :class:`CheckpointRecord`).

@@ -301,9 +301,28 @@ class RunStore:
         lease: Lease | None,
         prepared: Prepared | None = None,
         incarnation: int = 1,
+        fork_of: tuple[str, Prepared] | None = None,
     ) -> RunRecorder:
-        """The hook that records an attempt: a new run's first (of ``incarnation``), or a
-        planned resume."""
+        """The hook that records an attempt: a new run's first (of ``incarnation``), a
+        planned resume, or (``fork_of``: the source run and its planned state) a fork."""
+        if fork_of is not None:
+            source, state = fork_of
+            last = state.position.last_step
+            return RunRecorder(
+                self._recording,
+                request_id=request_id,
+                workflow=workflow,
+                inputs=inputs,
+                started_at=started_at,
+                incarnation=1,
+                attempt=1,
+                resumed=False,
+                recoveries=0,
+                position=Position(0, 0, last, None),
+                durability=durability,
+                lease=lease,
+                forked=(source, state.plan.run[0] if state.plan.run else None),
+            )
         if prepared is None:
             return RunRecorder(
                 self._recording,

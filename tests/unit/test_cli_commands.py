@@ -31,6 +31,7 @@ ARGUMENTS: dict[str, list[str]] = {
         "--token",
         "--dry-run",
     ],
+    "fork": ["REQUEST_ID", "--from-step", "--set", "--as", "--workflow", "--force"],
     "inspect": ["REQUEST_ID", "--json", "--step"],
     "diff": ["REQUEST_ID", "A", "B", "--json"],
     "validate": ["file"],
