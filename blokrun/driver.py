@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from blokrun.errors import LeaseLost, RunError, RunExists
+from blokrun.execution.builtins import TIMERS
 from blokrun.execution.engine import Attempt, emit_end, run_attempt
 from blokrun.persistence.codec import dumps_value, loads_value
 from blokrun.persistence.items import load_items
 from blokrun.persistence.planner import accept_input
 from blokrun.persistence.recorder import RETRY_BOUND
+from blokrun.persistence.timers import load_timers
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -379,9 +381,24 @@ class RunDriver:
         return await self._drive(run, recorder, lease)
 
     async def _map_progress(self, prepared: Prepared, run: Attempt, recorder: RunRecorder) -> None:
-        """The stored results of the items of map steps still to finish (not run again)."""
+        """What steps still to finish stored before: timers' wake-up times (a resume waits
+        only what is left), map items' results (not run again)."""
         wf = prepared.workflow
         done = set(prepared.done)
+        timers = [
+            s.name
+            for s in wf.steps
+            if s.node.builtin and s.node.name in TIMERS and s.name not in done
+        ]
+        if timers and recorder.targets:
+            run.timers = await load_timers(
+                recorder.targets,
+                request_id=run.request_id,
+                incarnation=prepared.incarnation,
+                started_at=prepared.started_at,
+                steps=timers,
+                envelope=self.store.envelope,
+            )
         pending = [s.name for s in wf.steps if s.map is not None and s.name not in done]
         if not pending or not recorder.targets:
             return

@@ -2,7 +2,9 @@
 
 ``set``    copy every input into ``ctx.vars`` (returns nothing)
 ``log``    log ``message`` at ``level`` (debug, info, warning, error; default info)
-``sleep``  wait ``seconds``
+``sleep``  wait ``seconds`` -- durably: the wake-up time is stored, a resume waits only
+           what is left (see :mod:`blokrun.execution.timers`)
+``wait-until``  wait until ``until`` (ISO 8601 with a time zone, or Unix seconds), durably
 ``echo``   return the inputs (stored as ``ctx.vars[<step name>]``)
 ``fail``   raise :class:`NodeFailure` with ``message`` (guards, demos, tests)
 ``await-input``  suspend the run until someone resumes it with input (and its token);
@@ -11,8 +13,10 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -22,7 +26,7 @@ if TYPE_CHECKING:
 
     from blokrun.execution.context import Context
 
-__all__ = ["BUILTINS", "NodeFailure", "Suspend"]
+__all__ = ["BUILTINS", "TIMERS", "NodeFailure", "Suspend", "wake_time"]
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -63,16 +67,44 @@ async def log(ctx: Context, inputs: dict[str, Any]) -> None:
     ctx.logger.log(_LEVELS[level], "%s", inputs.get("message", ""))
 
 
-async def sleep(ctx: Context, inputs: dict[str, Any]) -> None:
-    seconds = inputs.get("seconds", 0)
+def _seconds(value: Any, what: str) -> float:
     if (
-        isinstance(seconds, bool)
-        or not isinstance(seconds, int | float)
-        or not math.isfinite(seconds)
-        or seconds < 0
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
     ):
-        raise ValueError(f"sleep: seconds must be a non-negative number, got {seconds!r}")
-    await anyio.sleep(seconds)
+        raise ValueError(f"{what} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def wake_time(node: str, inputs: dict[str, Any], now: float) -> float:
+    """When a timer node started at ``now`` wakes up (Unix seconds): ``sleep`` waits
+    ``seconds``, ``wait-until`` until ``until`` (ISO 8601 with a zone, or Unix seconds)."""
+    if node == "sleep":
+        return now + _seconds(inputs.get("seconds", 0), "sleep: seconds")
+    until = inputs.get("until")
+    if isinstance(until, str):
+        try:
+            moment = datetime.datetime.fromisoformat(until)
+        except ValueError:
+            raise ValueError(
+                f"wait-until: until must be an ISO 8601 time (2027-01-31T09:00:00Z), got {until!r}"
+            ) from None
+        if moment.tzinfo is None:
+            raise ValueError(f"wait-until: until {until!r} needs a time zone (Z or +01:00)")
+        return moment.timestamp()
+    return _seconds(until, "wait-until: until")
+
+
+async def sleep(ctx: Context, inputs: dict[str, Any]) -> None:
+    """Called only outside the executor's timers (e.g. directly): a plain wait."""
+    await anyio.sleep(max(0.0, wake_time("sleep", inputs, 0.0)))
+
+
+async def wait_until(ctx: Context, inputs: dict[str, Any]) -> None:
+    """Called only outside the executor's timers: a plain wait."""
+    await anyio.sleep(max(0.0, wake_time("wait-until", inputs, 0.0) - time.time()))
 
 
 async def echo(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -93,7 +125,11 @@ BUILTINS: dict[
     "set": (set_vars, None, frozenset()),
     "log": (log, frozenset({"message", "level"}), frozenset({"message"})),
     "sleep": (sleep, frozenset({"seconds"}), frozenset({"seconds"})),
+    "wait-until": (wait_until, frozenset({"until"}), frozenset({"until"})),
     "echo": (echo, None, frozenset()),
     "fail": (fail, frozenset({"message"}), frozenset()),
     "await-input": (await_input, frozenset({"prompt", "schema"}), frozenset()),
 }
+
+#: The built-ins whose wait is durable (the executor stores their wake-up time).
+TIMERS = frozenset({"sleep", "wait-until"})

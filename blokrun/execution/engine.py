@@ -35,7 +35,7 @@ from blokrun.errors import (
     StepFailed,
     ValueNotStorable,
 )
-from blokrun.execution.builtins import Suspend
+from blokrun.execution.builtins import TIMERS, Suspend, wake_time
 from blokrun.execution.context import Context, PersistenceInfo, RequestInfo, WorkflowInfo
 from blokrun.execution.events import (
     ItemFinished,
@@ -44,6 +44,7 @@ from blokrun.execution.events import (
     StepFinished,
     StepStarted,
     Suspension,
+    TimerSet,
 )
 from blokrun.execution.groups import first_failure
 from blokrun.execution.mapping import MapRun, fingerprint, run_map
@@ -86,6 +87,8 @@ class Attempt:
     done: list[str] = field(default_factory=list)
     steps_run: list[str] = field(default_factory=list)
     provided: dict[str, Any] = field(default_factory=dict)
+    #: wake-up times of timer steps set before this attempt (step -> Unix seconds)
+    timers: dict[str, float] = field(default_factory=dict)
     #: results of map items stored before this attempt:
     #: (step, fingerprint of its list of items) -> index -> result
     items: dict[tuple[str, str], dict[int, Any]] = field(default_factory=dict)
@@ -221,7 +224,30 @@ class _Executor:
                 await hook.before_step(event)
         if step.map is not None:
             return await self._map(step, ctx)
+        if step.node.builtin and step.node.name in TIMERS:
+            return await self._timer(step, ctx)
         return await self._tries(step, ctx)
+
+    async def _timer(self, step: Step, ctx: Context) -> tuple[Any, float, int]:
+        """A durable wait: its wake-up time is told to the hooks (stored) before it waits,
+        and a resume waits only what is left."""
+        run = self.run
+        started = time.perf_counter()
+        wake = run.timers.get(step.name)
+        if wake is None:
+            try:
+                inputs = await step.inputs.evaluate(_StepScope(ctx, step.name))
+                wake = wake_time(step.node.name, inputs, time.time())
+            except (ExpressionError, ValueError) as exc:
+                raise self._failure(step, exc, 1) from exc
+            event = TimerSet(run.request_id, run.workflow, run.attempt, step, wake)
+            for hook in self.hooks:
+                await hook.on_timer(event)
+            run.timers[step.name] = wake
+        left = wake - time.time()
+        if left > 0:
+            await anyio.sleep(left)
+        return None, time.perf_counter() - started, 1
 
     async def _map(self, step: Step, ctx: Context) -> tuple[Any, float, int]:
         plan = step.map

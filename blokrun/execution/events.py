@@ -24,6 +24,7 @@ __all__ = [
     "RunEnded",
     "RunStarted",
     "StepFinished",
+    "TimerSet",
     "StepStarted",
     "Suspension",
 ]
@@ -98,6 +99,18 @@ class ItemFinished:
     index: int
     output: Any
     of: str
+
+
+@dataclass(frozen=True, slots=True)
+class TimerSet:
+    """A timer step (``sleep``, ``wait-until``) will wake up at ``wake_at`` (Unix seconds);
+    told once per timer, before the wait starts, so the wake-up time can be stored."""
+
+    request_id: str
+    workflow: Workflow
+    attempt: int
+    step: Step
+    wake_at: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         RunStarted,
         StepFinished,
         StepStarted,
+        TimerSet,
     )
 
 __all__ = ["CallableHook", "Hook"]
@@ -40,6 +41,9 @@ class Hook:
 
     async def after_item(self, event: ItemFinished) -> None:
         """After an item of a map step returned (items of one step may overlap)."""
+
+    async def on_timer(self, event: TimerSet) -> None:
+        """A timer step set its wake-up time (before it waits)."""
 
     async def on_run_end(self, event: RunEnded) -> None:
         """After the attempt completed, failed, was cancelled or suspended."""

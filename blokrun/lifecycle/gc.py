@@ -47,6 +47,7 @@ from blokrun.persistence.keys import (
     lease_key,
     run_keys_prefix,
     runs_checkpoints_prefix,
+    timers_prefix,
 )
 from blokrun.persistence.leases import acquire
 from blokrun.persistence.records import (
@@ -199,7 +200,7 @@ async def _keys_of(state: _State, ds: Datasource, run: RunSummary) -> tuple[list
         owner = alias_owner(rid)
         owned = [key for key, raw in values.items() if raw.startswith(owner)]
     marks = await ds.keys(f"{BLOBREF_PREFIX}{rid}/")
-    items = await ds.keys(items_prefix(rid))
+    items = await ds.keys(items_prefix(rid)) + await ds.keys(timers_prefix(rid))
     heads = [head_key(rid)] if await ds.exists(head_key(rid)) else []
     keys = [*checkpoints, *items, *owned, *runs, *marks, *heads]
     return keys, len(checkpoints), size

@@ -72,6 +72,7 @@ class Kind(IntEnum):
     VALUE = 5
     ALIAS = 6
     ITEMS = 7
+    TIMER = 8
 
 
 def _tag_set(obj: set[Any] | frozenset[Any]) -> Any:

@@ -13,6 +13,8 @@ or ``job``'s sequence 12 and ``job-1``'s sequence 2, name different keys.
 * ``_blokrun.items.<id>/<incarnation>/<step>/<attempt>.<n>``  results of items of a map
   step, stored as they complete (``n``-th batch of attempt ``attempt``); deleted once the
   step's own checkpoint holds them all
+* ``_blokrun.timer.<id>/<incarnation>/<step>``  when a timer step (``sleep``,
+  ``wait-until``) wakes up, stored before it starts waiting
 * ``_blokrun.def.<sha256>``  a workflow definition, content-addressed
 * ``_blokrun.lease.<id>`` the run's lease (kept by the datasource's lease store)
 * ``_blokrun.slot.<workflow>.<i>``  a worker's per-workflow concurrency slot
@@ -47,6 +49,7 @@ __all__ = [
     "LEASE_PREFIX",
     "RUN_PREFIX",
     "SLOT_PREFIX",
+    "TIMER_PREFIX",
     "KeyScope",
     "alias_key",
     "blob_key",
@@ -60,6 +63,8 @@ __all__ = [
     "parse_checkpoint_key",
     "run_key",
     "run_keys_prefix",
+    "timer_key",
+    "timers_prefix",
     "runs_checkpoints_prefix",
 ]
 
@@ -69,6 +74,7 @@ RUN_PREFIX = "_blokrun.run."
 CHECKPOINT_PREFIX = "_blokrun.ckpt."
 DEFINITION_PREFIX = "_blokrun.def."
 ITEMS_PREFIX = "_blokrun.items."
+TIMER_PREFIX = "_blokrun.timer."
 LEASE_PREFIX = "_blokrun.lease."
 SLOT_PREFIX = "_blokrun.slot."
 BLOB_PREFIX = "_blokrun.blob."
@@ -120,6 +126,15 @@ def items_prefix(request_id: str, incarnation: int | None = None, step: str | No
     if incarnation is None:
         return base
     return f"{base}{incarnation}/" if step is None else f"{base}{incarnation}/{step}/"
+
+
+def timer_key(request_id: str, incarnation: int, step: str) -> str:
+    return f"{TIMER_PREFIX}{request_id}/{incarnation}/{step}"
+
+
+def timers_prefix(request_id: str) -> str:
+    """The prefix of the timer records of ``request_id`` (every incarnation)."""
+    return f"{TIMER_PREFIX}{request_id}/"
 
 
 def blobref_key(request_id: str, sha256: str) -> str:

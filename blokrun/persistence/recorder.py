@@ -51,6 +51,7 @@ from blokrun.persistence.records import (
     DefinitionRecord,
     HeadRecord,
     RunRecord,
+    TimerRecord,
     alias_holder,
     alias_owner,
     encode_alias,
@@ -58,6 +59,7 @@ from blokrun.persistence.records import (
     encode_record,
 )
 from blokrun.persistence.state import BlobPolicy, StateWriter
+from blokrun.persistence.timers import timer_entry
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -65,7 +67,13 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from blokrun.datasources import Datasource, Entry
-    from blokrun.execution.events import ItemFinished, RunEnded, RunStarted, StepFinished
+    from blokrun.execution.events import (
+        ItemFinished,
+        RunEnded,
+        RunStarted,
+        StepFinished,
+        TimerSet,
+    )
     from blokrun.persistence.envelope import Envelope
     from blokrun.persistence.leases import Lease
     from blokrun.spec.loader import Step, Workflow
@@ -384,6 +392,20 @@ class RunRecorder(Hook):
                 ),
             )
         await item_log.add(event.index, event.output)
+
+    async def on_timer(self, event: TimerSet) -> None:
+        """Store a timer's wake-up time before it starts waiting."""
+        if not self.targets or self.durability == "exit":
+            return
+        record = TimerRecord(
+            request_id=self.request_id,
+            incarnation=self.incarnation,
+            started_at=self.started_at,
+            step=event.step.name,
+            wake_at=event.wake_at,
+        )
+        entry = timer_entry(record, self._shared.envelope, event.step.ttl or self.workflow.ttl)
+        await self._save(self.targets, [entry], event.step.name, "a timer's wake-up time")
 
     async def _drop_items(self, step: str) -> None:
         """After a map step's checkpoint: its item batches are no longer needed."""

@@ -52,6 +52,7 @@ __all__ = [
     "ItemsRecord",
     "RunRecord",
     "RunStatus",
+    "TimerRecord",
     "decode_record",
     "alias_holder",
     "alias_owner",
@@ -143,6 +144,16 @@ class ItemsRecord(msgspec.Struct, frozen=True, kw_only=True):
     items: list[tuple[int, Any]]
 
 
+class TimerRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """When timer step ``step`` of the run that started at ``started_at`` wakes up."""
+
+    request_id: str
+    incarnation: int
+    started_at: float
+    step: str
+    wake_at: float
+
+
 class HeadRecord(msgspec.Struct, frozen=True, kw_only=True):
     request_id: str
     workflow: str
@@ -201,6 +212,7 @@ _KINDS: dict[type[msgspec.Struct], Kind] = {
     DefinitionRecord: Kind.DEFINITION,
     AliasRecord: Kind.ALIAS,
     ItemsRecord: Kind.ITEMS,
+    TimerRecord: Kind.TIMER,
 }
 _TYPES = {kind: cls for cls, kind in _KINDS.items()}
 
@@ -231,7 +243,7 @@ def encode_record(
 ) -> bytes:
     """``record`` sealed for the key ``bind`` it will be stored under."""
     kind = _KINDS[type(record)]
-    if isinstance(record, HeadRecord | AliasRecord):  # no user data: plain JSON
+    if isinstance(record, HeadRecord | AliasRecord | TimerRecord):  # no user data: plain JSON
         return envelope.seal(kind, orjson.dumps(_as_stored(record)), bind=bind)
     return envelope.seal(kind, dumps_value(_as_stored(record)), bind=bind)
 

@@ -435,7 +435,7 @@ def test_newer_version_is_reported_before_checksum() -> None:
         decode(raw)
 
 
-@pytest.mark.parametrize("kind", [0, 8, 255])
+@pytest.mark.parametrize("kind", [0, 9, 255])
 def test_unknown_kind(kind: int) -> None:
     with pytest.raises(RecordError, match=f"unknown record kind {kind}") as info:
         decode(raw_record(b"{}", kind=kind), datasource="d", key="k")
