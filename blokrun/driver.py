@@ -19,7 +19,7 @@ import anyio
 
 from blokrun.errors import LeaseLost, RunError, RunExists
 from blokrun.execution.builtins import TIMERS
-from blokrun.execution.engine import Attempt, emit_end, run_attempt
+from blokrun.execution.engine import Attempt, ChildRunner, emit_end, run_attempt
 from blokrun.persistence.codec import dumps_value, loads_value
 from blokrun.persistence.items import load_items
 from blokrun.persistence.planner import accept_input
@@ -81,7 +81,13 @@ class RunDriver:
         return [recorder, *self.hooks] if recorder.targets else self.hooks
 
     async def run(
-        self, wf: Workflow, inputs: Mapping[str, Any], request_id: str, *, restart: bool = False
+        self,
+        wf: Workflow,
+        inputs: Mapping[str, Any],
+        request_id: str,
+        *,
+        restart: bool = False,
+        parent: str | None = None,
     ) -> RunResult:
         """Run ``wf`` from its first step as run ``request_id``.
 
@@ -118,6 +124,7 @@ class RunDriver:
                 durability=wf.durability or self.durability,
                 lease=lease,
                 incarnation=incarnation,
+                parent=parent,
             )
             return await self._drive(attempt, recorder, lease)
         finally:
@@ -182,6 +189,42 @@ class RunDriver:
         finally:
             if lease is not None:
                 await self._release(lease, recorder)
+
+    def _children(self, parent: str) -> ChildRunner:
+        """How run ``parent`` runs its sub-workflow steps: each as a run of its own, under
+        an id derived from the parent's. A resumed parent finds its child: completed with
+        the same inputs, its stored result (nothing runs); started and not finished, it is
+        resumed; completed with other inputs (the parent's vars were edited), started
+        over as a new incarnation."""
+
+        async def child(wf: Workflow, request_id: str, inputs: dict[str, Any]) -> dict[str, Any]:
+            try:
+                result = await self.run(wf, inputs, request_id, parent=parent)
+            except RunExists:
+                found = await self.store.planner.find(request_id, wf, scan=False)
+                head = found.head if found is not None else None
+                if head is not None and head.status == "completed":
+                    result = await self.run(wf, inputs, request_id, restart=True, parent=parent)
+                else:
+                    result = await self.resume(
+                        request_id,
+                        None,
+                        force=False,
+                        from_step=None,
+                        set_vars=None,
+                        input=None,
+                        token=None,
+                    )
+            if result.status == "suspended":
+                raise RunError(
+                    f"suspended at step {result.waiting_step!r} (waiting for input): answer it "
+                    f"with blokrun resume {request_id} --input '<JSON>' --token {result.token}, "
+                    f"then resume {parent}",
+                    request_id=request_id,
+                )
+            return result.vars
+
+        return child
 
     async def _release(self, lease: Lease, recorder: RunRecorder | None) -> None:
         """Release the lease. If its datasource could not be reached during the run, it is
@@ -253,6 +296,8 @@ class RunDriver:
         beside it, write-behind saves in the same task group."""
         hooks = self._hooks(recorder)
         reads = self.store.reads
+        if run.children is None:
+            run.children = self._children(run.request_id)
         started = time.perf_counter()
         skipped = tuple(run.done)
         if lease is None and recorder.durability != "async":

@@ -75,6 +75,11 @@ def _as_json(info: RunInfo) -> dict[str, Any]:
         "incarnation": info.incarnation,
         "disagreement": dict(info.disagreement),
         "damaged": list(info.damaged),
+        "parent": info.parent,
+        "forked_from": info.forked_from,
+        "children": [
+            {"step": c.step, "request_id": c.request_id, "status": c.status} for c in info.children
+        ],
         "lease": (
             {"owner": lease.owner, "token": lease.token, "until": lease.expires_at}
             if (lease := holding(info.lease, time.time())) is not None
@@ -95,6 +100,19 @@ def _as_json(info: RunInfo) -> dict[str, Any]:
             for c in info.checkpoints
         ],
     }
+
+
+def _family(info: RunInfo) -> list[str]:
+    """Where the run sits in its tree: its parent or source, and its child runs."""
+    lines = []
+    if info.parent:
+        lines.append(f"child run of {info.parent} (blokrun inspect {info.parent})\n")
+    if info.forked_from:
+        lines.append(f"forked from {info.forked_from}\n")
+    if info.children:
+        lines.append("child runs:\n")
+        lines.extend(f"  {c.step:<24} {c.request_id}  {c.status}\n" for c in info.children)
+    return lines
 
 
 def format_table(info: RunInfo) -> str:
@@ -133,6 +151,7 @@ def format_table(info: RunInfo) -> str:
         )
     if not info.checkpoints:
         lines.append("(no checkpoints yet)\n")
+    lines.extend(_family(info))
     if info.disagreement:
         lines.append("its targets disagree:\n")
         lines.extend(f"  {name}: {what}\n" for name, what in sorted(info.disagreement.items()))

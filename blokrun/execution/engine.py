@@ -24,7 +24,7 @@ import random
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import anyio
 
@@ -51,7 +51,7 @@ from blokrun.execution.mapping import MapRun, fingerprint, run_map
 from blokrun.execution.threads import run_in_daemon_thread
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from blokrun.execution.context import DatasourceReader
     from blokrun.execution.events import Ending
@@ -59,7 +59,26 @@ if TYPE_CHECKING:
     from blokrun.spec.loader import Step, Workflow
     from blokrun.spec.model import RetrySpec
 
-__all__ = ["Attempt", "Outcome", "emit_end", "is_linear", "run_attempt", "token_hash"]
+__all__ = [
+    "Attempt",
+    "ChildRunner",
+    "Outcome",
+    "child_id",
+    "emit_end",
+    "is_linear",
+    "run_attempt",
+    "token_hash",
+]
+
+#: ``await runner(workflow, child_request_id, inputs)``: a child run's final vars.
+ChildRunner: TypeAlias = "Callable[[Workflow, str, dict[str, Any]], Awaitable[dict[str, Any]]]"
+
+
+def child_id(request_id: str, step: str, index: int | None = None) -> str:
+    """The request id of a sub-workflow step's child run: derived from the parent's, so a
+    resumed parent finds the child it started (``<id>:<step>``, ``<id>:<step>:<item>``)."""
+    return f"{request_id}:{step}" if index is None else f"{request_id}:{step}:{index}"
+
 
 log = logging.getLogger("blokrun")
 
@@ -89,6 +108,9 @@ class Attempt:
     provided: dict[str, Any] = field(default_factory=dict)
     #: wake-up times of timer steps set before this attempt (step -> Unix seconds)
     timers: dict[str, float] = field(default_factory=dict)
+    #: runs a sub-workflow step's child run: ``await children(workflow, child_id, inputs)``
+    #: -> its final vars (given by whoever drives the run; None: sub-workflows fail)
+    children: ChildRunner | None = None
     #: results of map items stored before this attempt:
     #: (step, fingerprint of its list of items) -> index -> result
     items: dict[tuple[str, str], dict[int, Any]] = field(default_factory=dict)
@@ -226,7 +248,36 @@ class _Executor:
             return await self._map(step, ctx)
         if step.node.builtin and step.node.name in TIMERS:
             return await self._timer(step, ctx)
+        if step.child is not None:
+            started = time.perf_counter()
+            output = await self._child(step, ctx, None)
+            return output, time.perf_counter() - started, 1
         return await self._tries(step, ctx)
+
+    async def _child(self, step: Step, ctx: Context, index: int | None) -> Any:
+        """Run the step's sub-workflow as a child run (its inputs are the child's)."""
+        run = self.run
+        assert step.child is not None
+        try:
+            inputs = await step.inputs.evaluate(_StepScope(ctx, step.name))
+        except ExpressionError as exc:
+            raise self._failure(step, exc, 1) from exc
+        if run.children is None:
+            raise StepFailed(
+                "sub-workflows need a runner to start child runs",
+                request_id=run.request_id,
+                step=step.name,
+            )
+        cid = child_id(run.request_id, step.name, index)
+        try:
+            return await run.children(step.child, cid, dict(inputs))
+        except RunError as exc:
+            raise StepFailed(
+                f"child run {cid} ({step.child.name}) failed: {exc.detail}; its own steps "
+                f"are checkpointed: resuming this run continues it",
+                request_id=run.request_id,
+                step=step.name,
+            ) from exc
 
     async def _timer(self, step: Step, ctx: Context) -> tuple[Any, float, int]:
         """A durable wait: its wake-up time is told to the hooks (stored) before it waits,
@@ -268,6 +319,8 @@ class _Executor:
         async def call(index: int, item: Any) -> Any:
             item_ctx = self._make_ctx(step.name)
             item_ctx.item, item_ctx.index = item, index
+            if step.child is not None:
+                return await self._child(step, item_ctx, index)
             output, _, _ = await self._tries(step, item_ctx)
             return output
 

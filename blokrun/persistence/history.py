@@ -13,9 +13,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from blokrun.errors import ResumeError
-from blokrun.persistence.keys import lease_key
+from blokrun.errors import BlokrunError, ResumeError
+from blokrun.persistence.keys import head_key, lease_key
 from blokrun.persistence.leases import shown_status
+from blokrun.persistence.records import HeadRecord, decode_record
 from blokrun.persistence.state import resolve_blobs
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     from blokrun.datasources import Datasource, LeaseState
     from blokrun.persistence.envelope import Envelope
     from blokrun.persistence.planner import Planner
-    from blokrun.persistence.records import HeadRecord
 
 __all__ = ["CheckpointInfo", "History", "RunInfo"]
 
@@ -40,6 +40,15 @@ class CheckpointInfo:
     size: int
     attempt: int
     alias: str | None = None  # the step's key under the key pattern
+
+
+@dataclass(frozen=True, slots=True)
+class ChildInfo:
+    """A child run a sub-workflow step of the run started (``<id>:<step>``)."""
+
+    step: str
+    request_id: str
+    status: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +69,12 @@ class RunInfo:
     #: the status every command shows: the head's, or ``"interrupted"`` when it says running
     #: but nobody holds the run's lease any more (:func:`.leases.shown_status`)
     status: str | None = None
+    #: the run that started this one (it is a sub-workflow's child run)
+    parent: str | None = None
+    #: the run this one was forked from
+    forked_from: str | None = None
+    #: the child runs its sub-workflow steps started (the tree below it)
+    children: tuple[ChildInfo, ...] = ()
 
 
 class History:
@@ -99,6 +114,11 @@ class History:
         ) + tuple(found.warnings)
         lease = await ds.read_lease(lease_key(request_id)) if ds.supports_leases else None
         head = found.head
+        steps = {c.step for c in infos} | (
+            {head.failed_step} if head and head.failed_step else set()
+        )
+        children = await self._children(ds, request_id, sorted(steps))
+        record = found.run
         return RunInfo(
             request_id,
             ds.name,
@@ -109,7 +129,26 @@ class History:
             found.disagreement(),
             damaged,
             shown_status(head.status, lease, time.time()) if head is not None else None,
+            parent=record.parent if record is not None else None,
+            forked_from=record.forked_from if record is not None else None,
+            children=children,
         )
+
+    async def _children(
+        self, ds: Datasource, request_id: str, steps: list[str]
+    ) -> tuple[ChildInfo, ...]:
+        """The child runs of ``steps`` (one read of their heads, no key listing)."""
+        keys = {head_key(f"{request_id}:{step}"): step for step in steps}
+        if not keys:
+            return ()
+        found: list[ChildInfo] = []
+        for key, raw in sorted((await ds.load_batch(sorted(keys))).items()):
+            try:
+                head = decode_record(raw, HeadRecord, envelope=self._envelope, bind=key)
+            except BlokrunError:
+                continue
+            found.append(ChildInfo(keys[key], head.request_id, head.status))
+        return tuple(found)
 
     async def state_at(
         self, request_id: str, *, step: str | None = None, seq: int | None = None

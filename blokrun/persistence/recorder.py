@@ -150,6 +150,7 @@ class RunRecorder(Hook):
         lease: Lease | None,
         edited: bool = False,
         forked: tuple[str, str | None] | None = None,
+        parent: str | None = None,
     ) -> None:
         self._shared = shared
         self.request_id = request_id
@@ -168,6 +169,8 @@ class RunRecorder(Hook):
         self.edited = edited
         #: a fork of (run, from step): its starting state is stored at its start
         self.forked = forked
+        #: the run that started this one (a sub-workflow's child run)
+        self.parent = parent
         #: where write-behind saves run (durability "async"); set by whoever drives the run
         self.background: TaskGroup | None = None
         self.targets = [shared.datasources[name] for name in workflow.targets]
@@ -337,6 +340,7 @@ class RunRecorder(Hook):
                 incarnation=self.incarnation,
                 forked_from=self.forked[0] if self.forked else None,
                 forked_at=self.forked[1] if self.forked else None,
+                parent=self.parent,
             )
             entries.append((rkey, encode_record(record, envelope, bind=rkey), ttl))
         entries.append(self._head_entry(self._head("running")))

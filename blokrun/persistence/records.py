@@ -191,6 +191,8 @@ class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
     #: a fork: the run and step it was forked from (``blokrun fork``)
     forked_from: str | None = None
     forked_at: str | None = None
+    #: a child run (a sub-workflow step): the run that started it
+    parent: str | None = None
 
 
 class DefinitionRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -302,6 +302,7 @@ class RunStore:
         prepared: Prepared | None = None,
         incarnation: int = 1,
         fork_of: tuple[str, Prepared] | None = None,
+        parent: str | None = None,
     ) -> RunRecorder:
         """The hook that records an attempt: a new run's first (of ``incarnation``), a
         planned resume, or (``fork_of``: the source run and its planned state) a fork."""
@@ -337,6 +338,7 @@ class RunStore:
                 position=Position(),
                 durability=durability,
                 lease=lease,
+                parent=parent,
             )
         return RunRecorder(
             self._recording,

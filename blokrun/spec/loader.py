@@ -101,6 +101,8 @@ class Step:
     guard: tuple[str, int] | None = None
     branches: tuple[Branch, ...] = ()
     map: MapPlan | None = None
+    #: a sub-workflow step: the child workflow, run as a run of its own
+    child: Workflow | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -270,6 +272,7 @@ def load_workflow(
     default_targets: Sequence[str] = ("default",),
     search_paths: Sequence[str] = (),
     name: str | None = None,
+    _stack: tuple[str, ...] = (),
 ) -> Workflow:
     """Load and validate a workflow file (or an already-parsed document).
 
@@ -298,6 +301,9 @@ def load_workflow(
         paths.append(str(path.resolve().parent))
     configured = sorted(available_datasources) if available_datasources is not None else None
     check = _Checks(name, spec, configured, nodes, paths)
+    check.children = _Children(
+        nodes, available_datasources, default_targets, paths, (*_stack, _identity(path, name))
+    )
     # Every independent problem is found in one pass (up to MAX_PROBLEMS): the head, the
     # targets, the key pattern and each step are checked even when an earlier one failed.
     check.attempt(check.head)
@@ -336,6 +342,48 @@ async def _decided_by_the_executor(ctx: Any, inputs: Any) -> Any:
 
 #: The node of a ``choice`` step (the executor evaluates its branches instead).
 CHOICE = NodeRef("choice", _decided_by_the_executor, True, True, frozenset(), frozenset())
+
+
+def _identity(path: Path | None, name: str) -> str:
+    """What a workflow is, for finding cycles of sub-workflows: its file, or its name."""
+    return str(path.resolve()) if path is not None else name
+
+
+@dataclass(slots=True)
+class _Children:
+    """Loads a step's sub-workflow file: relative paths from the folders of the workflow
+    that names it (its own first, then its search paths); a file that (indirectly) runs
+    itself is refused."""
+
+    nodes: NodeResolver
+    available: Collection[str] | None
+    default_targets: Sequence[str]
+    paths: list[str]
+    stack: tuple[str, ...]
+
+    def load(self, file: str, at: str, source: str) -> Workflow:
+        candidates = (
+            [Path(file)] if Path(file).is_absolute() else [Path(base) / file for base in self.paths]
+        )
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            looked = ", ".join(str(c) for c in candidates) or file
+            raise WorkflowError(f"sub-workflow {file!r} not found (looked at {looked})",
+                                source=source, path=at)  # fmt: skip
+        if str(found.resolve()) in self.stack:
+            chain = " -> ".join([*self.stack, str(found.resolve())])
+            raise WorkflowError(f"sub-workflows run each other in a cycle: {chain}",
+                                source=source, path=at)  # fmt: skip
+        try:
+            return load_workflow(
+                found,
+                nodes=self.nodes,
+                available_datasources=self.available,
+                default_targets=self.default_targets,
+                _stack=self.stack,
+            )
+        except WorkflowError as exc:
+            raise WorkflowError(f"in sub-workflow {file!r}: {exc}", source=source, path=at) from exc
 
 
 class _Constant:
@@ -390,6 +438,7 @@ class _Checks:
         self.seen: dict[str, str] = {}
         self.wf_ttl: float | None = None
         self.wf_targets: tuple[str, ...] = ()
+        self.children: _Children
         self.problems: list[WorkflowError] = []
 
     def err(self, message: str, at: str) -> WorkflowError:
@@ -502,14 +551,19 @@ class _Checks:
                 for j, b in enumerate(s.choice or ())
             ),
             map=self.map_plan(s, f"{at}.map"),
+            child=self.children.load(s.workflow, f"{at}.workflow", self.name)
+            if s.workflow is not None
+            else None,
         )
 
     def map_plan(self, s: StepSpec, at: str) -> MapPlan | None:
         m = s.map
         if m is None:
             return None
-        if s.node is None:
-            raise self.err("a map calls the step's 'node' once per item; 'node' is missing", at)
+        if s.node is None and s.workflow is None:
+            raise self.err(
+                "a map calls the step's 'node' (or runs its 'workflow') once per item", at
+            )
         if not 1 <= m.concurrency <= MAX_MAP_CONCURRENCY:
             raise self.err(
                 f"expected 1 to {MAX_MAP_CONCURRENCY} items at once", f"{at}.concurrency"
@@ -523,12 +577,21 @@ class _Checks:
         return MapPlan(items, m.concurrency, m.tolerate)
 
     def shape(self, f: FlatStep) -> None:
-        """A step calls a node or is a choice (one of them); a choice has no inputs."""
+        """A step calls a node, runs a workflow or is a choice (one of them); a choice has no
+        inputs."""
         s, at = f.spec, f.at
-        if s.node is None and s.choice is None:
-            raise self.err("expected 'node' (the function to call) or 'choice'", at)
-        if s.node is not None and s.choice is not None:
-            raise self.err("a step has either 'node' or 'choice', not both", f"{at}.choice")
+        kinds = [k for k in ("node", "workflow", "choice") if getattr(s, k) is not None]
+        if not kinds:
+            raise self.err(
+                "expected 'node' (the function to call), 'workflow' (a file to run as a "
+                "child run) or 'choice'",
+                at,
+            )
+        if len(kinds) > 1:
+            raise self.err(
+                f"a step has one of 'node', 'workflow' or 'choice', not {' and '.join(kinds)}",
+                f"{at}.{kinds[1]}",
+            )
         if s.map is not None and s.choice is not None:
             raise self.err("a step has either 'map' or 'choice', not both", f"{at}.map")
         if s.choice is None:

@@ -100,8 +100,10 @@ class MapSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class StepSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A step: calls ``node``, or (``choice``) runs the first branch whose ``when`` holds.
-    ``when``: the step runs only when it holds, and is recorded as skipped otherwise."""
+    """A step: calls ``node``, runs ``workflow`` (a file) as a child run, or (``choice``)
+    runs the first branch whose ``when`` holds. ``when``: the step runs only when it holds,
+    and is recorded as skipped otherwise. ``map``: the node (or child workflow) once per
+    item."""
 
     name: str
     node: str | None = None
@@ -115,6 +117,8 @@ class StepSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     when: str | bool | None = None
     choice: list[BranchSpec] | None = None
     map: MapSpec | None = None
+    #: run this workflow file (relative to this one's folder) as a child run
+    workflow: str | None = None
 
 
 class WorkflowSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

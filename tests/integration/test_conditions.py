@@ -259,11 +259,11 @@ def load_error(tmp_path: Path, document: dict[str, Any]) -> WorkflowError:
 @pytest.mark.parametrize(
     ("steps", "at", "message"),
     [
-        ([{"name": "a"}], "$.steps[0]", "expected 'node' (the function to call) or 'choice'"),
+        ([{"name": "a"}], "$.steps[0]", "expected 'node' (the function to call), 'workflow'"),
         (
             [{"name": "a", "node": "echo", "choice": [{"steps": [add("b")]}]}],
             "$.steps[0].choice",
-            "either 'node' or 'choice', not both",
+            "a step has one of 'node', 'workflow' or 'choice', not node and choice",
         ),
         ([{"name": "a", "choice": []}], "$.steps[0].choice", "expected at least one branch"),
         (
