@@ -27,3 +27,19 @@ def blocking_work(ctx: Any, inputs: dict[str, Any]) -> None:
     import time
 
     time.sleep(float(inputs["seconds"]))
+
+
+async def make_items(ctx: Any, inputs: dict[str, Any]) -> None:
+    """``xs = list(range(n))`` in the run's vars (like the built-in ``set``, but the list
+    is not written into the workflow's definition record)."""
+    ctx.vars["xs"] = list(range(int(inputs["n"])))
+
+
+async def map_item(ctx: Any, inputs: dict[str, Any]) -> Any:
+    """A trivial map item: its result is ``{"v": item}``."""
+    return {"v": inputs["x"]}
+
+
+async def all_items(ctx: Any, inputs: dict[str, Any]) -> Any:
+    """The same items as :func:`map_item` in one plain step: the output a map step gives."""
+    return {"results": [await map_item(ctx, {"x": x}) for x in inputs["xs"]], "failed": []}
