@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         resume,
         run,
         runs,
+        schedules,
         submit,
         validate,
         wait,
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         gc,
         submit,
         worker,
+        schedules,
         wait,
     )
     for command in commands:

@@ -39,7 +39,8 @@ ARGUMENTS: dict[str, list[str]] = {
     "repair": ["REQUEST_ID", "--json"],
     "gc": ["--completed-older-than", "--failed-older-than", "--dry-run", "--json"],
     "submit": ["file", "--input", "--input-file", "--request-id", "--priority"],
-    "worker": ["--concurrency", "--workflow-limit", "--grace", "--max-runs"],
+    "worker": ["--concurrency", "--workflow-limit", "--grace", "--max-runs", "--schedule"],
+    "schedules": ["--json"],
     "wait": ["REQUEST_ID", "--timeout"],
 }
 
