@@ -43,6 +43,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="seconds running runs may take to finish after SIGTERM (default 30)",
     )
     p.add_argument("--max-runs", type=int, default=None, help="exit after this many runs ended")
+    p.add_argument(
+        "--schedule",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="a workflow file with a 'schedule': submit its due ticks (repeatable; give every "
+        "worker the same: each tick runs once)",
+    )
     p.set_defaults(handler=handle)
     return p
 
@@ -74,7 +82,9 @@ async def run(args: argparse.Namespace, runner: Runner) -> int:
                 stop.set()
                 return
 
-    from blokrun.workers import serve
+    from blokrun.workers import scheduled_workflows, serve
+
+    scheduled = scheduled_workflows(runner, args.schedule)  # every mistake before "ready"
 
     await runner.queue()  # connect to the queue (and create it) before saying ready
     held = runner.queue_datasource
@@ -93,6 +103,7 @@ async def run(args: argparse.Namespace, runner: Runner) -> int:
             stop=stop,
             grace=args.grace,
             max_runs=args.max_runs,
+            schedules=scheduled,
         )
         tg.cancel_scope.cancel()
     ended = ", ".join(f"{n} {what}" for what, n in sorted(stats.outcomes.items())) or "none"

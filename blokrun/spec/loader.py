@@ -22,6 +22,7 @@ from blokrun.expressions import Compiled, compile_template, compile_value
 from blokrun.spec.graph import FlatStep, check_acyclic, dependencies, flatten
 from blokrun.spec.model import BranchSpec, RetrySpec, StepSpec, WorkflowSpec
 from blokrun.spec.nodes import NodeRef
+from blokrun.spec.schedule import Schedule, compile_schedule
 from blokrun.spec.schema import check_schema
 
 if TYPE_CHECKING:
@@ -124,6 +125,8 @@ class Workflow:
     steps: tuple[Step, ...]
     durability: Durability | None = None  # None: the runner's default
     auto_save: bool = True  # every step checkpointed unless it says otherwise
+    #: when workers run it by themselves (``schedule``), if ever
+    schedule: Schedule | None = None
     #: folders module nodes were looked for in (besides ``sys.path``), absolute
     search_paths: tuple[str, ...] = ()
 
@@ -309,6 +312,11 @@ def load_workflow(
     check.attempt(check.head)
     targets = check.attempt(check.targets, default_targets)
     key_template = check.attempt(check.key_template)
+    schedule = (
+        check.attempt(compile_schedule, spec.schedule, spec.name, name)
+        if spec.schedule is not None
+        else None
+    )
     flat = flatten(spec.steps)
     steps = [check.attempt(check.step, i, flat) for i in range(len(flat))]
     check.done()
@@ -332,6 +340,7 @@ def load_workflow(
         steps=tuple(built),
         durability=pers.durability,
         auto_save=pers.auto_save,
+        schedule=schedule,
         search_paths=tuple(paths),
     )
 

@@ -19,6 +19,7 @@ __all__ = [
     "MapSpec",
     "DefaultsSpec",
     "RetrySpec",
+    "ScheduleSpec",
     "PersistenceSpec",
     "StepPersistenceSpec",
     "DURABILITIES",
@@ -121,6 +122,20 @@ class StepSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     workflow: str | None = None
 
 
+class ScheduleSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Run the workflow on a clock: ``cron`` (5 fields, in ``timezone``) or ``every`` N
+    seconds, with ``inputs``; ticks missed while no worker ran are skipped or all run
+    (``missed``: "skip" or "catch-up"). ``id`` (default: the workflow's name) names the
+    tick runs: ``<id>:<UTC time>``."""
+
+    cron: str | None = None
+    every: float | None = None
+    timezone: str = "UTC"
+    missed: Literal["skip", "catch-up"] = "skip"
+    inputs: dict[str, Any] = msgspec.field(default_factory=dict)
+    id: str | None = None
+
+
 class WorkflowSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     steps: list[StepSpec]
@@ -129,3 +144,4 @@ class WorkflowSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     datasources: list[str] = msgspec.field(default_factory=list)
     persistence: PersistenceSpec = msgspec.field(default_factory=PersistenceSpec)
     defaults: DefaultsSpec = msgspec.field(default_factory=DefaultsSpec)
+    schedule: ScheduleSpec | None = None

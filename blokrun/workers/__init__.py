@@ -9,7 +9,15 @@ them with a :class:`~blokrun.runner.Runner`.
 
 from __future__ import annotations
 
-from blokrun.workers.serve import serve
+from blokrun.workers.scheduler import Scheduler, read_schedules
+from blokrun.workers.serve import scheduled_workflows, serve
 from blokrun.workers.worker import Worker, WorkerStats
 
-__all__ = ["Worker", "WorkerStats", "serve"]
+__all__ = [
+    "Scheduler",
+    "Worker",
+    "WorkerStats",
+    "read_schedules",
+    "scheduled_workflows",
+    "serve",
+]

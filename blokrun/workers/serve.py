@@ -4,17 +4,35 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import anyio
+
+from blokrun.errors import WorkflowError
+from blokrun.workers.scheduler import Scheduler
 from blokrun.workers.worker import Worker
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    import anyio
+    from collections.abc import Mapping, Sequence
+    from pathlib import Path
+    from typing import Any
 
     from blokrun.runner import Runner
+    from blokrun.spec.loader import Workflow
     from blokrun.workers.worker import WorkerStats
 
-__all__ = ["serve"]
+__all__ = ["scheduled_workflows", "serve"]
+
+
+def scheduled_workflows(
+    runner: Runner, schedules: Sequence[str | Path | Mapping[str, Any] | Workflow]
+) -> list[Workflow]:
+    """Load ``schedules``; each must have a ``schedule`` (WorkflowError otherwise)."""
+    scheduled = [runner.load(wf) for wf in schedules]
+    for wf in scheduled:
+        if wf.schedule is None:
+            raise WorkflowError(
+                "has no 'schedule' (a worker's --schedule needs one)", source=wf.source, path="$"
+            )
+    return scheduled
 
 
 async def serve(
@@ -25,6 +43,7 @@ async def serve(
     stop: anyio.Event | None = None,
     grace: float = 30.0,
     max_runs: int | None = None,
+    schedules: Sequence[str | Path | Mapping[str, Any] | Workflow] = (),
 ) -> WorkerStats:
     """Run queued runs with ``runner``, ``concurrency`` at a time, until ``stop`` is set
     (or ``max_runs`` ended); what the worker did.
@@ -32,7 +51,10 @@ async def serve(
     ``per_workflow``: ``{workflow name: N}`` caps across every worker of the queue (slot
     leases in the queue's datasource; see :mod:`blokrun.workers.worker`). ``grace``:
     seconds running runs get to finish once ``stop`` is set, before they are cancelled.
+    ``schedules``: workflows with a ``schedule`` this worker submits the due ticks of (give
+    every worker the same; each tick runs once, see :mod:`blokrun.workers.scheduler`).
     """
+    scheduled = scheduled_workflows(runner, schedules)
     worker = Worker(
         runner,
         await runner.queue(),
@@ -41,5 +63,10 @@ async def serve(
         claim_ttl=runner.lease_ttl or 30.0,
         grace=grace,
     )
-    await worker.serve(stop, max_runs=max_runs)
+    stop = stop or anyio.Event()
+    async with anyio.create_task_group() as tg:
+        if scheduled:
+            tg.start_soon(Scheduler(runner, scheduled).run, stop)
+        await worker.serve(stop, max_runs=max_runs)
+        tg.cancel_scope.cancel()
     return worker.stats
