@@ -161,3 +161,24 @@ async def test_workers_example_submits_serves_and_waits(home: dict[str, str]) ->
     results = await module.main(home, images=12)
     assert len(results) == 12
     assert all(url.startswith("https://cdn.example/") for url in results.values())
+
+
+async def test_language_example_runs_every_construct(home: dict[str, str], tmp_path: Path) -> None:
+    module = load_example("language")
+    home["LANGUAGE_LEDGER"] = str(tmp_path / "ledger")
+    os.environ["LANGUAGE_LEDGER"] = home["LANGUAGE_LEDGER"]
+    try:
+        out = await module.main(home)
+    finally:
+        del os.environ["LANGUAGE_LEDGER"]
+    assert out["choice"] == "letter"
+    assert [f["index"] for f in out["map"]["failed"]] == [2]
+    assert out["map"]["results"][3] == {"thumb": "c-small.png"}
+    paid, children = out["subworkflow"]
+    assert paid == 65 and [c.request_id for c in children] == ["co-1:pay"]
+    assert out["timer"] == "time is up"
+    assert out["fork"][1] == 1
+    assert out["schedule"] == ("hourly-report", "cron '0 * * * *' (UTC)", 3600.0)
+    ran = [line.split()[1] for line in (tmp_path / "ledger").read_text().splitlines()]
+    assert ran.count("charge") == 1  # the fork from 'receipt' did not pay again
+    assert "review" not in ran  # 65 is not over 1000: the audit was skipped
