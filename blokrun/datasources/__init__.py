@@ -11,9 +11,11 @@ from blokrun.datasources.protocol import (
     Capabilities,
     Entry,
     GroupStore,
+    HealthStore,
     LeaseState,
     LeaseStore,
     Store,
+    StoreHealth,
 )
 from blokrun.datasources.registry import (
     DRIVERS,
@@ -35,9 +37,11 @@ __all__ = [
     "DriverTable",
     "Entry",
     "GroupStore",
+    "HealthStore",
     "LeaseState",
     "LeaseStore",
     "Store",
+    "StoreHealth",
     "build_datasource",
     "create_store",
     "register_driver",

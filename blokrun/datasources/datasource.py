@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Self
 import anyio
 
 from blokrun.datasources.groupcommit import GroupCommit
-from blokrun.datasources.protocol import GroupStore
+from blokrun.datasources.protocol import GroupStore, HealthStore, StoreHealth
 from blokrun.errors import BlokrunError, DatasourceError, DatasourceUnavailable
 
 if TYPE_CHECKING:
@@ -269,6 +269,15 @@ class Datasource:
         if cut == len(pattern):
             return [k for k in candidates if k == pattern]
         return [k for k in candidates if fnmatch.fnmatchcase(k, pattern)]
+
+    async def describe(self) -> StoreHealth:
+        """The server's version and the state of blokrun's schema there (``blokrun doctor``),
+        within the timeout; ``unknown`` fields for a driver that cannot tell
+        (:class:`~blokrun.datasources.protocol.HealthStore` is optional)."""
+        if not isinstance(self.store, HealthStore):
+            return StoreHealth()
+        async with self._guard(None, "describe", timer=True):
+            return await self.store.describe()
 
     async def size(self) -> int:
         async with self._guard(None, "size"):

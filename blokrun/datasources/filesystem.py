@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING
 import anyio
 import orjson
 
-from blokrun.datasources.protocol import Capabilities, LeaseState
+from blokrun.datasources.protocol import Capabilities, LeaseState, StoreHealth
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 
 if TYPE_CHECKING:
@@ -330,6 +330,12 @@ class FilesystemStore:
 
     async def delete_batch(self, keys: Sequence[str]) -> int:
         return await anyio.to_thread.run_sync(self._delete_many, list(keys))
+
+    async def describe(self) -> StoreHealth:
+        """The folder: there, writable, free space, filesystem type (``blokrun doctor``)."""
+        from blokrun.datasources.health import folder_health
+
+        return await anyio.to_thread.run_sync(lambda: folder_health(self._root, fsync=self._fsync))
 
     async def keys(self, prefix: str = "") -> AsyncIterator[str]:
         for key in await anyio.to_thread.run_sync(self._list, prefix):

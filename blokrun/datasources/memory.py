@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from anyio.lowlevel import checkpoint
 
-from blokrun.datasources.protocol import Capabilities, LeaseState
+from blokrun.datasources.protocol import Capabilities, LeaseState, StoreHealth
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -54,6 +54,15 @@ class MemoryStore:
 
     async def close(self) -> None:
         self._connected = False
+
+    async def describe(self) -> StoreHealth:
+        """No server and nothing to migrate (``blokrun doctor``)."""
+        return StoreHealth(
+            server="in-process memory",
+            version="-",
+            schema="n/a",
+            notes=(f"{len(self._data)} key(s)", "not shared, not durable: gone with the process"),
+        )
 
     def _live(self, key: str, now: float) -> bytes | None:
         item = self._data.get(key)

@@ -65,7 +65,7 @@ from pymongo import AsyncMongoClient, ReadPreference, ReplaceOne, ReturnDocument
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
-from blokrun.datasources.protocol import Capabilities, LeaseState
+from blokrun.datasources.protocol import Capabilities, LeaseState, StoreHealth
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 from blokrun.redact import mask_url
 
@@ -247,6 +247,29 @@ class MongoStore:
         if self._owns_client and self._client is not None:
             client, self._client = self._client, None
             await client.close()
+
+    async def describe(self) -> StoreHealth:
+        """``buildInfo`` (version) and the collection's TTL index; reads only (``blokrun
+        doctor``). The ``_id`` index every collection has serves keys and leases."""
+        coll = self.collection
+        with self._errors("describe"):
+            info = await coll.database.client.admin.command("buildInfo")
+            indexes = await coll.index_information()
+            count = await coll.estimated_document_count()
+        ttl = indexes.get(TTL_INDEX)
+        problems: tuple[str, ...] = ()
+        if ttl is None or list(ttl.get("key", ())) != [("expires_at", 1)]:
+            problems = (f"collection {coll.name!r}: TTL index {TTL_INDEX!r} is missing",)
+        elif ttl.get("expireAfterSeconds") != 0:
+            problems = (f"TTL index {TTL_INDEX!r}: expireAfterSeconds is not 0",)
+        return StoreHealth(
+            server="MongoDB",
+            version=str(info.get("version") or "unknown"),
+            schema=f"{coll.database.name}.{coll.name}, TTL index: "
+            + ("ok" if not problems else "wrong"),
+            notes=(f"about {count} document(s)",),
+            problems=problems,
+        )
 
     # -- the contract ------------------------------------------------------------------------
 

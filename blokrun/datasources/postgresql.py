@@ -76,7 +76,7 @@ from urllib.parse import urlsplit
 import anyio
 import asyncpg  # type: ignore[import-untyped,unused-ignore]  # asyncpg ships no type hints
 
-from blokrun.datasources.protocol import Capabilities, LeaseState
+from blokrun.datasources.protocol import Capabilities, LeaseState, StoreHealth
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 from blokrun.redact import mask_url
 
@@ -359,6 +359,16 @@ class PostgresStore:
             await pool.close()
         if scope.cancelled_caught:
             pool.terminate()
+
+    async def describe(self) -> StoreHealth:
+        """Server version and the state of blokrun's tables, from the catalog; reads only
+        (``blokrun doctor``; :mod:`blokrun.datasources.pg_schema`)."""
+        from blokrun.datasources import pg_schema
+
+        async with self.connection("describe") as con:
+            return await pg_schema.describe(
+                con, self._table, lease_table(self._table), len(_MIGRATIONS)
+            )
 
     # -- the contract --------------------------------------------------------------------------
 

@@ -21,6 +21,9 @@ Rules every driver follows (the contract suite in ``tests/contract`` checks them
   :class:`~blokrun.errors.DatasourceError` (``raise ... from exc``). The wrapper adds
   the datasource name and key.
 * A driver closes only what it opened: a client injected by the caller is left open.
+* A driver *may* be a :class:`HealthStore` (``blokrun doctor``): ``describe()`` reports the
+  server's version and the state of what blokrun keeps there. It is optional: a driver
+  without it is reported as "unknown" and works as before.
 """
 
 from __future__ import annotations
@@ -31,7 +34,17 @@ from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
-__all__ = ["Capabilities", "Entry", "Group", "GroupStore", "LeaseState", "LeaseStore", "Store"]
+__all__ = [
+    "Capabilities",
+    "Entry",
+    "Group",
+    "GroupStore",
+    "HealthStore",
+    "LeaseState",
+    "LeaseStore",
+    "Store",
+    "StoreHealth",
+]
 
 #: One item of a batch save: ``(key, data, ttl_seconds_or_None)``.
 Entry: TypeAlias = "tuple[str, bytes, float | None]"
@@ -198,3 +211,46 @@ class GroupStore(Protocol):
     fence refused it)."""
 
     async def save_groups(self, groups: Sequence[Group]) -> list[bool]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """What a driver's :meth:`HealthStore.describe` reports (``blokrun doctor``).
+
+    server
+        What answers: ``Redis``, ``PostgreSQL``, ``S3 (MinIO)``, ``local folder``.
+    version
+        The server's own version string (``7.2.4``, ``16.3 (Debian 16.3-1)``); ``-`` where
+        there is no server; ``unknown`` when it cannot be told.
+    schema
+        One line on what blokrun keeps there: tables, indexes, migration version, folder.
+    notes
+        Facts worth knowing that are not faults (key count, free space, eviction policy).
+    problems
+        What is wrong (a table missing, a column of another type, a folder not writable):
+        the datasource is then not healthy. Empty when all is well.
+
+    Nothing in it may hold a secret (the caller also redacts it).
+    """
+
+    server: str = "unknown"
+    version: str = "unknown"
+    schema: str = "unknown"
+    notes: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+
+@runtime_checkable
+class HealthStore(Protocol):
+    """A driver that can describe its server and its blokrun schema (optional).
+
+    ``describe`` only reads (it creates, repairs and migrates nothing) and raises like any
+    other operation when the server cannot be reached. Problems it *finds* (a dropped
+    table) are returned in :attr:`StoreHealth.problems`, not raised.
+    """
+
+    async def describe(self) -> StoreHealth: ...

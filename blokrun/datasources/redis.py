@@ -65,7 +65,7 @@ from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from blokrun.datasources.protocol import Capabilities, LeaseState
+from blokrun.datasources.protocol import Capabilities, LeaseState, StoreHealth
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 from blokrun.redact import mask_url
 
@@ -418,6 +418,20 @@ class RedisStore:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+    async def describe(self) -> StoreHealth:
+        """``INFO`` (version, mode, eviction) and ``DBSIZE``; reads only (``blokrun doctor``)."""
+        from blokrun.datasources.health import redis_health
+
+        client = self.client()
+        with self.errors("describe"):
+            try:
+                info: dict[str, Any] = await client.info()
+            except ResponseError:  # INFO renamed or disabled (some managed services)
+                info = {}
+            keys = int(await client.dbsize())
+        db = client.connection_pool.connection_kwargs.get("db", 0)
+        return redis_health(info, keys, db)
 
     # -- the contract ------------------------------------------------------------------------
 

@@ -73,7 +73,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from blokrun.datasources.protocol import Capabilities, LeaseState
+from blokrun.datasources.protocol import Capabilities, LeaseState, StoreHealth
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 from blokrun.redact import mask_url
 
@@ -227,6 +227,21 @@ class S3Store:
             self._client = None
             with anyio.CancelScope(shield=True):
                 await stack.aclose()
+
+    async def describe(self) -> StoreHealth:
+        """``HeadBucket``: the bucket is there and readable, the server's name and region
+        from its reply headers; reads only (``blokrun doctor``). S3 has no version."""
+        with self._errors("describe"):
+            reply = await self._client.head_bucket(Bucket=self._bucket)
+        headers = reply.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        server = str(headers.get("server") or "")
+        region = headers.get("x-amz-bucket-region") or self._opts[1]
+        return StoreHealth(
+            server=f"S3 ({server})" if server else "S3",
+            version=server or "unknown",
+            schema=f"bucket {self._bucket!r} reachable (no schema to migrate)",
+            notes=(f"region {region}",),
+        )
 
     # -- helpers ------------------------------------------------------------------------------
 
