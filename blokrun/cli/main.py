@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from blokrun.cli import (
         diff,
+        doctor,
         fork,
         gc,
         inspect,
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         worker,
         schedules,
         wait,
+        doctor,
     )
     for command in commands:
         # the logging options are taken after the command too: blokrun run --log-level debug

@@ -42,6 +42,7 @@ ARGUMENTS: dict[str, list[str]] = {
     "worker": ["--concurrency", "--workflow-limit", "--grace", "--max-runs", "--schedule"],
     "schedules": ["--json"],
     "wait": ["REQUEST_ID", "--timeout"],
+    "doctor": ["--json", "--timeout"],
 }
 
 
