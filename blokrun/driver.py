@@ -61,6 +61,8 @@ class RunResult:
     #: ``run`` found this request id completed with the same workflow and inputs: nothing
     #: ran, ``vars`` are the stored final vars
     existing: bool = False
+    #: a sleeping run (status "sleeping", on workers): when its timer wakes (Unix seconds)
+    wake_at: float | None = None
 
 
 class RunDriver:
@@ -88,6 +90,7 @@ class RunDriver:
         *,
         restart: bool = False,
         parent: str | None = None,
+        park_after: float | None = None,
     ) -> RunResult:
         """Run ``wf`` from its first step as run ``request_id``.
 
@@ -114,7 +117,11 @@ class RunDriver:
                 self.store.planner.check_encryption(found)
             started_at = time.time()
             attempt = Attempt(
-                request_id=request_id, workflow=wf, vars=dict(inputs), started_at=started_at
+                request_id=request_id,
+                workflow=wf,
+                vars=dict(inputs),
+                started_at=started_at,
+                park_after=park_after,
             )
             recorder = self.store.recorder(
                 request_id=request_id,
@@ -322,7 +329,7 @@ class RunDriver:
         suspension = outcome.suspension
         return RunResult(
             request_id=run.request_id,
-            status="suspended" if suspension is not None else "completed",
+            status=outcome.status if outcome.status != "cancelled" else "completed",
             vars=run.vars,
             steps_run=tuple(run.steps_run),
             steps_skipped=skipped,
@@ -331,6 +338,7 @@ class RunDriver:
             waiting_step=suspension.step if suspension is not None else None,
             token=outcome.token,
             prompt=suspension.prompt if suspension is not None else None,
+            wake_at=outcome.wake_at,
         )
 
     async def resume(
@@ -343,6 +351,7 @@ class RunDriver:
         set_vars: Mapping[str, Any] | None,
         input: Any,
         token: str | None,
+        park_after: float | None = None,
     ) -> RunResult:
         """Continue ``request_id`` after its latest checkpoint (see ``Runner.resume``)."""
         store = self.store
@@ -367,7 +376,7 @@ class RunDriver:
                 # elsewhere gets RunBusy above, never a dead head over its live one.
                 await store.check_dead_letter(prepared.workflow, head, lease)
             recorder = self._recorder(prepared, lease)
-            return await self._resume(prepared, recorder, lease, input, token)
+            return await self._resume(prepared, recorder, lease, (input, token), park_after)
         finally:
             if lease is not None:
                 await self._release(lease, recorder)
@@ -389,10 +398,11 @@ class RunDriver:
         prepared: Prepared,
         recorder: RunRecorder,
         lease: Lease | None,
-        value: Any,
-        token: str | None,
+        answer: tuple[Any, str | None],
+        park_after: float | None,
     ) -> RunResult:
         plan = prepared.plan
+        value, token = answer
         wf = prepared.workflow
         run = Attempt(
             request_id=plan.request_id,
@@ -403,6 +413,7 @@ class RunDriver:
             resumed=True,
             done=prepared.done,
             provided=accept_input(prepared, value, token),
+            park_after=park_after,
         )
         if not plan.run:
             if plan.head_status != "completed":

@@ -242,6 +242,7 @@ class Runner:
         *,
         request_id: str | None = None,
         restart: bool = False,
+        park_timers_after: float | None = None,
     ) -> RunResult:
         """Run a workflow from its first step; :class:`~blokrun.errors.RunError` on failure.
 
@@ -251,11 +252,17 @@ class Runner:
         :class:`~blokrun.errors.RunExists` (continue it with :meth:`resume`). ``restart``
         starts it over instead, as a new incarnation: every step runs again, and the old
         incarnation's records are never read by it (they stay until gc deletes the run).
+
+        ``park_timers_after`` (what workers pass): a timer step with more than this many
+        seconds left ends the attempt with status ``sleeping`` (``wake_at`` set) instead of
+        waiting in this process; resuming it after ``wake_at`` continues the run.
         """
         self._store.require_started()
         wf = self.load(workflow)
         rid = new_request_id() if request_id is None else _checked_request_id(request_id)
-        return await self._driver.run(wf, _checked_inputs(inputs), rid, restart=restart)
+        return await self._driver.run(
+            wf, _checked_inputs(inputs), rid, restart=restart, park_after=park_timers_after
+        )
 
     # -- resume ----------------------------------------------------------------------------------
 
@@ -269,6 +276,7 @@ class Runner:
         set_vars: Mapping[str, Any] | None = None,
         input: Any = None,
         token: str | None = None,
+        park_timers_after: float | None = None,
     ) -> RunResult:
         """Continue a failed or crashed run after its latest checkpoint.
 
@@ -295,6 +303,7 @@ class Runner:
             set_vars=set_vars,
             input=input,
             token=token,
+            park_after=park_timers_after,
         )
 
     async def plan_resume(

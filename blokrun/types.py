@@ -12,12 +12,14 @@ Durability = Literal["sync", "async", "exit"]
 DURABILITIES: tuple[Durability, ...] = ("sync", "async", "exit")
 
 #: The status a run's head record holds.
-RunStatus = Literal["running", "completed", "failed", "cancelled", "suspended", "dead"]
+#: "sleeping": a durable timer parked the run until its wake-up time (on workers).
+RunStatus = Literal["running", "completed", "failed", "cancelled", "suspended", "sleeping", "dead"]
 STATUSES: tuple[RunStatus, ...] = (
     "running",
     "completed",
     "failed",
     "cancelled",
     "suspended",
+    "sleeping",
     "dead",
 )

@@ -21,7 +21,16 @@ if TYPE_CHECKING:
 
 __all__ = ["add_parser", "format_table", "handle", "parse_duration", "parse_since", "run"]
 
-_STATUSES = ("running", "interrupted", "completed", "failed", "cancelled", "suspended", "dead")
+_STATUSES = (
+    "running",
+    "interrupted",
+    "completed",
+    "failed",
+    "cancelled",
+    "suspended",
+    "sleeping",
+    "dead",
+)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", re.IGNORECASE)
 _ERROR_WIDTH = 60

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from blokrun.execution.context import Context
 
-__all__ = ["BUILTINS", "TIMERS", "NodeFailure", "Suspend", "wake_time"]
+__all__ = ["BUILTINS", "TIMERS", "NodeFailure", "Sleeping", "Suspend", "wake_time"]
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -50,6 +50,15 @@ class Suspend(BaseException):
         super().__init__(step)
         self.step = step
         self.prompt = prompt
+
+
+class Sleeping(BaseException):
+    """A timer step parks the run until ``wake_at`` (a worker frees its slot meanwhile)."""
+
+    def __init__(self, step: str, wake_at: float) -> None:
+        super().__init__(step)
+        self.step = step
+        self.wake_at = wake_at
 
 
 async def await_input(ctx: Context, inputs: dict[str, Any]) -> None:

@@ -35,7 +35,7 @@ from blokrun.errors import (
     StepFailed,
     ValueNotStorable,
 )
-from blokrun.execution.builtins import TIMERS, Suspend, wake_time
+from blokrun.execution.builtins import TIMERS, Sleeping, Suspend, wake_time
 from blokrun.execution.context import Context, PersistenceInfo, RequestInfo, WorkflowInfo
 from blokrun.execution.events import (
     ItemFinished,
@@ -108,6 +108,9 @@ class Attempt:
     provided: dict[str, Any] = field(default_factory=dict)
     #: wake-up times of timer steps set before this attempt (step -> Unix seconds)
     timers: dict[str, float] = field(default_factory=dict)
+    #: a timer with more than this many seconds left parks the run ("sleeping") instead of
+    #: waiting in the process (workers: the slot is freed); None: always wait in-process
+    park_after: float | None = None
     #: runs a sub-workflow step's child run: ``await children(workflow, child_id, inputs)``
     #: -> its final vars (given by whoever drives the run; None: sub-workflows fail)
     children: ChildRunner | None = None
@@ -129,6 +132,7 @@ class Outcome:
     status: Ending
     suspension: Suspension | None = None
     token: str | None = None
+    wake_at: float | None = None
 
 
 _node_log = logging.getLogger("blokrun.node")
@@ -296,6 +300,8 @@ class _Executor:
                 await hook.on_timer(event)
             run.timers[step.name] = wake
         left = wake - time.time()
+        if run.park_after is not None and left > run.park_after:
+            raise Sleeping(step.name, wake)
         if left > 0:
             await anyio.sleep(left)
         return None, time.perf_counter() - started, 1
@@ -550,7 +556,9 @@ async def emit_end(
     hooks: Sequence[Hook],
     status: Ending,
     error: BaseException | None = None,
+    *,
     suspension: Suspension | None = None,
+    sleeping: tuple[str, float] | None = None,
 ) -> None:
     """Tell every hook how the attempt ended (in order; the first error propagates)."""
     event = RunEnded(
@@ -563,6 +571,7 @@ async def emit_end(
         tuple(run.steps_run),
         run.view,
         suspension,
+        sleeping,
     )
     for hook in hooks:
         await hook.on_run_end(event)
@@ -594,8 +603,12 @@ async def run_attempt(run: Attempt, *, hooks: Sequence[Hook], reader: Datasource
         token = secrets.token_urlsafe(16)
         suspension = Suspension(sus.step, sus.prompt, token_hash(run.request_id, sus.step, token))
         with anyio.CancelScope(shield=True):
-            await emit_end(run, hooks, "suspended", sus, suspension)
+            await emit_end(run, hooks, "suspended", sus, suspension=suspension)
         return Outcome("suspended", suspension, token)
+    except Sleeping as nap:
+        with anyio.CancelScope(shield=True):
+            await emit_end(run, hooks, "sleeping", nap, sleeping=(nap.step, nap.wake_at))
+        return Outcome("sleeping", wake_at=nap.wake_at)
     except BaseException as exc:
         status: Ending = (
             "cancelled" if isinstance(exc, anyio.get_cancelled_exc_class()) else "failed"

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 #: How an attempt of a run ended.
-Ending = Literal["completed", "failed", "cancelled", "suspended"]
+Ending = Literal["completed", "failed", "cancelled", "suspended", "sleeping"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,3 +127,5 @@ class RunEnded:
     steps_run: tuple[str, ...]
     vars: Mapping[str, Any]
     suspension: Suspension | None = None
+    #: "sleeping": the timer step that parked the run, and when it wakes (Unix seconds)
+    sleeping: tuple[str, float] | None = None

@@ -683,7 +683,7 @@ class RunRecorder(Hook):
         status = event.status
         final = await self._last_save(event)
         if final is not None:
-            if status in ("completed", "suspended"):
+            if status in ("completed", "suspended", "sleeping"):
                 # The run did not complete (or suspend) after all: record it as failed on
                 # the checkpoint it stands on, then report the save's error.
                 error, status = final, "failed"
@@ -704,6 +704,13 @@ class RunRecorder(Hook):
                 token_hash=suspension.token_hash,
             )
             await self._save_head(head, suspension.step, "the run's suspension")
+        elif status == "sleeping":
+            assert event.sleeping is not None
+            step, wake_at = event.sleeping
+            head = msgspec.structs.replace(
+                self._head("sleeping"), waiting_step=step, wake_at=wake_at
+            )
+            await self._save_head(head, step, "the run's sleep")
         else:
             await self._record_failure(status, error)
         if final is not None:

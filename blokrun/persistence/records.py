@@ -177,6 +177,7 @@ class HeadRecord(msgspec.Struct, frozen=True, kw_only=True):
     incarnation: int = 1  # a restart (run --restart) starts a new one
     layout: int = 1  # the store layout that wrote it (1: before incarnations; refused)
     key_id: str | None = None  # the encryption key the run is sealed with (never downgraded)
+    wake_at: float | None = None  # sleeping: when its timer step (waiting_step) wakes
 
 
 class RunRecord(msgspec.Struct, frozen=True, kw_only=True):

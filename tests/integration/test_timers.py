@@ -138,3 +138,28 @@ def test_a_process_killed_during_a_sleep_resumes_with_what_is_left(tmp_path: Pat
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["total"] == 3
     assert waited < 2.6, waited  # at most ~2 s left of 3 (plus a process start)
+
+
+async def test_a_long_timer_can_park_the_run_as_sleeping(tmp_path: Path) -> None:
+    """What workers do: a timer with more left than ``park_timers_after`` ends the attempt
+    with status "sleeping" and its wake-up time; a resume once it is due finishes the run."""
+    async with Runner([fs(tmp_path)]) as runner:
+        t0 = time.time()
+        result = await runner.run(
+            napper(seconds=1.0), {"total": 0}, request_id="p-1", park_timers_after=0.5
+        )
+        assert result.status == "sleeping"
+        assert result.wake_at is not None and 0.9 < result.wake_at - t0 < 1.5
+        info = await runner.inspect("p-1")
+        assert info.status == "sleeping"
+        assert info.head is not None and info.head.waiting_step == "nap"
+        assert info.head.wake_at == result.wake_at
+        listed = await runner.list_runs(status="sleeping")
+        assert [r.request_id for r in listed] == ["p-1"]
+        # resumed with the same rule before it is due: still sleeping, the same wake-up time
+        again = await runner.resume("p-1", park_timers_after=0.5)
+        assert again.status == "sleeping" and again.wake_at == result.wake_at
+        await anyio.sleep(max(0.0, result.wake_at - time.time()))
+        done = await runner.resume("p-1", park_timers_after=0.5)
+    assert done.status == "completed" and done.vars["total"] == 3
+    assert calls("p-1") == ["before", "after"]
