@@ -22,6 +22,7 @@ from blokrun.execution.builtins import TIMERS
 from blokrun.execution.engine import Attempt, ChildRunner, emit_end, run_attempt
 from blokrun.persistence.codec import dumps_value, loads_value
 from blokrun.persistence.items import load_items
+from blokrun.persistence.keys import items_prefix, timers_prefix
 from blokrun.persistence.planner import accept_input
 from blokrun.persistence.recorder import RETRY_BOUND
 from blokrun.persistence.timers import load_timers
@@ -210,6 +211,13 @@ class RunDriver:
             except RunExists:
                 found = await self.store.planner.find(request_id, wf, scan=False)
                 head = found.head if found is not None else None
+                started_by = found.run.parent if found is not None and found.run else None
+                if started_by != parent:  # a run of its own that happens to have this id
+                    raise RunExists(
+                        f"the id of run {parent}'s child is taken by another run (started "
+                        f"by {started_by or 'nobody: not a child run'}); it is left as it is",
+                        request_id=request_id,
+                    ) from None
                 if head is not None and head.status == "completed":
                     result = await self.run(wf, inputs, request_id, restart=True, parent=parent)
                 else:
@@ -441,6 +449,9 @@ class RunDriver:
         only what is left), map items' results (not run again)."""
         wf = prepared.workflow
         done = set(prepared.done)
+        if prepared.from_step is not None:
+            await self._forget_progress(prepared, recorder)
+            return
         timers = [
             s.name
             for s in wf.steps
@@ -472,6 +483,18 @@ class RunDriver:
                 run.request_id,
                 sum(len(found) for found in run.items.values()),
             )
+
+    async def _forget_progress(self, prepared: Prepared, recorder: RunRecorder) -> None:
+        """Time travel runs its steps again: the timers and map items an earlier attempt
+        stored for them are deleted (under the run's lease) so no later resume mixes them in."""
+        rid = prepared.plan.request_id
+        prefixes = [items_prefix(rid, prepared.incarnation), timers_prefix(rid)]
+        for ds in recorder.targets:
+            stale = [k for prefix in prefixes for k in await ds.keys(prefix)]
+            if stale:
+                await ds.delete_batch(stale)
+                log.info("run %s: %d stored timer/item record(s) of steps run again deleted",
+                         rid, len(stale))  # fmt: skip
 
     async def plan(
         self, request_id: str, given: Workflow | None, *, force: bool, from_step: str | None

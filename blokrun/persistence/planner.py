@@ -92,6 +92,9 @@ class Prepared:
     position: Position
     edited: bool
     found: FoundRun
+    #: time travel: the step the resume runs again from (its timers and map items, and
+    #: those of every later step, start afresh)
+    from_step: str | None = None
     #: what each lagging target lacks of the chosen state, written under the lease
     repairs: list[tuple[Datasource, list[Entry]]] = field(default_factory=list)
 
@@ -260,6 +263,7 @@ class Planner:
             position=position,
             edited=bool(set_vars),
             found=found,
+            from_step=from_step,
             repairs=await self.locator.repairs(found, definition, wf.ttl, wf.targets),
         )
 

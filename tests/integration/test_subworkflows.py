@@ -235,3 +235,43 @@ def test_sigkill_inside_a_child_then_resume_the_parent(
     ran = [line for line in lines if line]
     assert ran == ["k-1 prepare", "k-1:billing c1", "k-1:billing c2", "k-1:billing c2",
                    "k-1 finish"]  # fmt: skip
+
+
+async def test_a_run_of_its_own_under_a_childs_id_is_never_taken_over(tmp_path: Path) -> None:
+    """Someone ran another workflow as ``p-9:billing``: the parent's step fails naming it,
+    and that run is left as it was (not restarted, not resumed)."""
+    parent = family(tmp_path)
+    other = {"name": "unrelated", "steps": [add("u1", 1)]}
+    async with Runner([fs(tmp_path / "ck")]) as runner:
+        await runner.run(other, {"total": 0}, request_id="p-9:billing")
+        before = await runner.inspect("p-9:billing")
+        with pytest.raises(StepFailed, match="is taken by another run"):
+            await runner.run(parent, {"total": 0}, request_id="p-9")
+        after = await runner.inspect("p-9:billing")
+    assert before.checkpoints == after.checkpoints and after.incarnation == 1
+    assert calls("p-9:billing") == ["u1"]
+
+
+async def test_time_travel_over_a_map_and_a_timer_runs_them_afresh(tmp_path: Path) -> None:
+    """resume --from-step runs the steps again: their stored item results and wake-up
+    times are not reused (nor left for a later resume to mix in)."""
+    wf = {
+        "name": "again",
+        "steps": [
+            {"name": "nap", "node": "sleep", "inputs": {"seconds": 0.05}},
+            {
+                "name": "each",
+                "node": f"{NODE}:map_item",
+                "map": {"items": [1, 2, 3], "concurrency": 1},
+                "inputs": {"x": "${ctx.item}"},
+            },
+        ],
+    }
+    wfnodes.FAIL_AT.add("item:2")
+    async with Runner([fs(tmp_path / "ck")]) as runner:
+        with pytest.raises(StepFailed):
+            await runner.run(wf, request_id="tt-1")
+        wfnodes.FAIL_AT.clear()
+        await runner.resume("tt-1", from_step="nap")
+    items = [s for r, s in wfnodes.CALLS if r == "tt-1"]
+    assert items == ["each[0]", "each[1]", "each[2]", "each[0]", "each[1]", "each[2]"]
