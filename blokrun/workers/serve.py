@@ -44,6 +44,7 @@ async def serve(
     grace: float = 30.0,
     max_runs: int | None = None,
     schedules: Sequence[str | Path | Mapping[str, Any] | Workflow] = (),
+    sleep_after: float | None = None,
 ) -> WorkerStats:
     """Run queued runs with ``runner``, ``concurrency`` at a time, until ``stop`` is set
     (or ``max_runs`` ended); what the worker did.
@@ -53,6 +54,8 @@ async def serve(
     seconds running runs get to finish once ``stop`` is set, before they are cancelled.
     ``schedules``: workflows with a ``schedule`` this worker submits the due ticks of (give
     every worker the same; each tick runs once, see :mod:`blokrun.workers.scheduler`).
+    ``sleep_after``: a timer step with more seconds left than this parks its run until it
+    is due, freeing the slot (default: the claim TTL; see :mod:`blokrun.workers.worker`).
     """
     scheduled = scheduled_workflows(runner, schedules)
     worker = Worker(
@@ -62,6 +65,7 @@ async def serve(
         per_workflow=per_workflow,
         claim_ttl=runner.lease_ttl or 30.0,
         grace=grace,
+        sleep_after=sleep_after,
     )
     stop = stop or anyio.Event()
     async with anyio.create_task_group() as tg:

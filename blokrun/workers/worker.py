@@ -9,6 +9,11 @@
   machine, where the lease of a dead process is taken over immediately).
 * A run that keeps crashing its workers is dead-lettered by the resume after
   ``Runner.max_resumes`` recoveries (``BLOKRUN_MAX_RESUMES``); its job is then acked.
+* A run whose timer step (``sleep``, ``wait-until``) has more than ``sleep_after`` seconds
+  left (default: a claim's TTL) *sleeps*: its attempt ends with status ``sleeping``, its job's
+  claim is extended to the wake-up time and left to run out (no queue change needed) and its
+  slot serves other runs; the worker that claims it when it is due resumes it, and the
+  timer, its wake-up time stored, is over.
 * A run that ends -- completed, failed (its steps' retries used up), suspended for input,
   dead-lettered -- is acked: the queue is for starting runs, not for retrying failures
   (``runner.resume_failed()`` does that on purpose).
@@ -58,6 +63,7 @@ from blokrun.persistence.leases import SLOT_PREFIX, Lease, acquire
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from blokrun.driver import RunResult
     from blokrun.queues.queue import Claim, Queue
     from blokrun.runner import Runner
 
@@ -79,12 +85,14 @@ class _Unloadable(Exception):
 
 @dataclass
 class WorkerStats:
-    """What a worker did. ``outcomes`` counts runs by how they ended."""
+    """What a worker did. ``outcomes`` counts runs by how they ended; ``slept``, attempts
+    that parked their run until a timer's wake-up time (the run goes on later)."""
 
     claimed: int = 0
     started: int = 0
     resumed: int = 0
     released: int = 0
+    slept: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
 
     def count(self, outcome: str) -> None:
@@ -105,6 +113,7 @@ class Worker:
         poll: float = 0.05,
         grace: float = 30.0,
         name: str | None = None,
+        sleep_after: float | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency {concurrency}: expected >= 1")
@@ -117,6 +126,10 @@ class Worker:
         self.grace = grace
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stats = WorkerStats()
+        #: a timer step with more than this many seconds left parks its run ("sleeping"):
+        #: the job is deferred to the wake-up time and the slot serves other runs
+        self.sleep_after = claim_ttl if sleep_after is None else sleep_after
+        self._wake: dict[str, float] = {}  # sleeping runs: request id -> wake-up time
         self._running: dict[str, anyio.CancelScope] = {}
         self._slots: dict[str, Lease] = {}  # request id -> the workflow slot it holds
         self._parked: dict[str, Claim] = {}  # claimed, waiting for a workflow slot
@@ -215,8 +228,25 @@ class Worker:
             if slot is not None:
                 await slot.release()
             self._slot_free.set()
+        wake = self._wake.pop(rid, None)
+        if outcome == "sleeping" and wake is not None:
+            self.stats.slept += 1
+            await self._defer(rid, wake)
+            return
         self.stats.count(outcome)
         await self._settle(rid, ack)
+
+    async def _defer(self, rid: str, wake_at: float) -> None:
+        """A sleeping run: its job stays in the queue, its claim extended to the wake-up
+        time and no longer renewed -- so no worker takes it before then, and the first one
+        to claim it after resumes it (a claim that ran out is a redelivery)."""
+        with anyio.CancelScope(shield=True):
+            try:
+                left = max(0.0, wake_at - time.time())
+                if rid not in await self.queue.renew(self.name, [rid], left):
+                    log.warning("run %s: its claim was lost before it could be deferred", rid)
+            except BlokrunError as exc:  # the claim expires; a worker resumes it, sleeps again
+                log.warning("run %s: could not defer its job: %s", rid, exc)
 
     async def _outcome(self, claim: Claim, scope: anyio.CancelScope) -> tuple[str, bool]:
         """Drive the claimed job: (what became of it, whether its job is acked)."""
@@ -286,18 +316,27 @@ class Worker:
         job = claim.job
         if claim.deliveries > 1:
             try:
-                result = await self.runner.resume(job.request_id)
+                result = await self.runner.resume(
+                    job.request_id, park_timers_after=self.sleep_after
+                )
             except RunNotFound:
                 pass  # claimed before, but its worker died before the run started
             else:
                 self.stats.resumed += 1
-                return result.status
+                return self._ended(job.request_id, result)
         try:
             wf = self.runner.load(job.document, name=job.source)
         except (WorkflowError, ConfigError) as exc:
             raise _Unloadable(exc) from exc
         self.stats.started += 1
-        result = await self.runner.run(wf, job.inputs, request_id=job.request_id)
+        result = await self.runner.run(
+            wf, job.inputs, request_id=job.request_id, park_timers_after=self.sleep_after
+        )
+        return self._ended(job.request_id, result)
+
+    def _ended(self, rid: str, result: RunResult) -> str:
+        if result.status == "sleeping" and result.wake_at is not None:
+            self._wake[rid] = result.wake_at
         return result.status
 
     async def _unloadable(self, claim: Claim, cause: BlokrunError) -> tuple[str, bool]:
