@@ -18,6 +18,12 @@ becomes ``<first ~900 encoded chars>~<sha256 of the key>`` (``~`` never occurs i
 encoding), with the key in the object's metadata (base64, within S3's 2 KB metadata limit):
 listing still narrows by prefix, and only those rare names cost a ``HEAD`` in ``keys()``.
 
+**Folders.** The datasource's ``PREFIX`` (``workflows/``) keeps its ``/`` as folders, as S3
+users expect: key ``raw-data-r1`` is object ``workflows/raw-data-r1`` (each segment of the
+prefix encoded as above; the key after it encoded whole). A bucket written by an older
+blokrun, which encoded that ``/`` too (``workflows%2Fraw-data-r1``), is found at connect
+(one listing) and kept in that form, with a warning, so nothing stored becomes unreadable.
+
 **TTL.** The expiry (Unix seconds, writer's clock) is stored as ``x-amz-meta-blokrun-expires``
 and enforced on read: ``load``/``exists`` see the metadata in the same request. Listings
 carry no metadata, so ``keys()``/``size()`` would need a ``HEAD`` per object to filter out
@@ -61,6 +67,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import random
 import time
 from contextlib import AsyncExitStack, contextmanager
@@ -97,6 +104,8 @@ _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 _MAX_NAME = 1024  # S3's limit on an object name, in UTF-8 bytes
 _HASHED = 65  # "~" + sha256 hex
 _MARKER = "~ttl"
+log = logging.getLogger("blokrun")
+
 _MARKER_REFRESH = 3600.0
 _META_EXPIRES = "blokrun-expires"
 _META_KEY = "blokrun-key"
@@ -142,8 +151,8 @@ class S3Store:
     """Objects in one bucket under one prefix; see the module docstring."""
 
     __slots__ = (
-        "_bucket", "_client", "_concurrency", "_connected", "_cut", "_endpoint", "_marker_at",
-        "_opts", "_prefix", "_room", "_stack", "_ttl_seen",
+        "_bucket", "_client", "_concurrency", "_connected", "_cut", "_endpoint", "_folders",
+        "_folders_enc", "_marker_at", "_opts", "_prefix", "_room", "_stack", "_ttl_seen",
     )  # fmt: skip
 
     def __init__(
@@ -158,7 +167,12 @@ class S3Store:
         secret_access_key: str | None = None,
         timeout: float = 5.0,
         concurrency: int = 32,
+        folders: str = "",
     ) -> None:
+        # the datasource's PREFIX, as folders: only when every segment is non-empty
+        parts = folders.split("/")[:-1] if folders.endswith("/") else []
+        self._folders = folders if parts and all(parts) else ""
+        self._folders_enc = "".join(encode_key(p) + "/" for p in parts) if self._folders else ""
         if prefix and not prefix.endswith("/"):
             prefix += "/"
         self._room = _MAX_NAME - len(prefix.encode("utf-8"))
@@ -195,6 +209,7 @@ class S3Store:
                 if stack is not None:
                     self._client = await stack.enter_async_context(self._new_client())
                 await self._client.head_bucket(Bucket=self._bucket)
+                await self._legacy_folders()
         except BaseException:
             if stack is not None:
                 self._client = None
@@ -203,6 +218,23 @@ class S3Store:
             raise
         self._stack = stack
         self._connected = True
+
+    async def _legacy_folders(self) -> None:
+        """A bucket whose PREFIX ``/`` was encoded by an older blokrun stays in that form."""
+        if not self._folders:
+            return
+        old = self._prefix + encode_key(self._folders)
+        listed = await self._client.list_objects_v2(Bucket=self._bucket, Prefix=old, MaxKeys=1)
+        if listed.get("KeyCount", 0) or listed.get("Contents"):
+            log.warning(
+                "S3 bucket %r: objects under %r were written with the prefix's '/' encoded "
+                "(before folders); this store keeps that form -- move them under %r to use "
+                "folders",
+                self._bucket,
+                old,
+                self._prefix + self._folders_enc,
+            )
+            self._folders = self._folders_enc = ""
 
     def _new_client(self) -> Any:
         endpoint, region, key_id, secret, timeout = self._opts
@@ -266,9 +298,23 @@ class S3Store:
         except BotoCoreError as exc:  # no credentials, bad parameter, ...
             raise DatasourceError(f"{op} failed on {where}: {exc}") from exc
 
+    def _encode(self, key: str) -> str:
+        """``key`` as (the start of) an object name: the PREFIX folders, then the rest."""
+        if self._folders and key.startswith(self._folders):
+            rest = key[len(self._folders) :]
+            return self._folders_enc + (encode_key(rest) if rest else "")
+        return encode_key(key) if key else ""
+
+    def _decode(self, name: str) -> str | None:
+        """Inverse of :meth:`_encode`; None for a name it could not have produced."""
+        if self._folders and name.startswith(self._folders_enc):
+            rest = decode_key(name[len(self._folders_enc) :])
+            return None if rest is None else self._folders + rest
+        return decode_key(name)
+
     def _name(self, key: str, space: str = "") -> str:
         """The object name of ``key`` (in the lease namespace ``space`` if given)."""
-        enc = encode_key(key)
+        enc = self._encode(key)
         if len(enc) <= self._room - len(space):
             return self._prefix + space + enc
         cut = self._cut - len(space)
@@ -422,7 +468,7 @@ class S3Store:
 
     async def keys(self, prefix: str = "") -> AsyncIterator[str]:
         paginator = self._client.get_paginator("list_objects_v2")
-        listed = self._prefix + encode_key(prefix)[: self._cut - 2]
+        listed = self._prefix + self._encode(prefix)[: self._cut - 2]
         ttl_in_use: bool | None = None
         pages = paginator.paginate(Bucket=self._bucket, Prefix=listed).__aiter__()
         while True:
@@ -444,7 +490,7 @@ class S3Store:
                 if _is_hashed(rest):
                     to_check.append((name, None))  # hashed name: the key is in its metadata
                     continue
-                key = decode_key(rest)  # None for the marker and for foreign objects
+                key = self._decode(rest)  # None for the marker and for foreign objects
                 if key is None or not key.startswith(prefix):
                     continue
                 if ttl_in_use:
@@ -595,4 +641,5 @@ def create(settings: DatasourceSettings) -> S3Store:
         secret_access_key=settings.secret_access_key,
         timeout=settings.timeout,
         concurrency=settings.pool_size or 32,
+        folders=settings.prefix,
     )
