@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     from blokrun.cli import (
         diff,
         doctor,
+        export,
         fork,
         gc,
         inspect,
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         fork,
         inspect,
         diff,
+        export,
         validate,
         runs,
         repair,

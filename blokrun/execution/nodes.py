@@ -61,7 +61,8 @@ def resolve_node(
         if node not in BUILTINS:
             raise WorkflowError(
                 f"unknown built-in node {node!r}; expected one of: {', '.join(sorted(BUILTINS))} "
-                "(or 'package.module:function' for your own)",
+                f"(or your own: 'package.module:function', or a name registered with "
+                f"Runner(nodes={{{node!r}: your_function}}))",
                 source=source,
                 path=f"{path}.node",
             )
@@ -69,7 +70,10 @@ def resolve_node(
         return NodeRef(node, fn, True, True, allowed, required)
     if not _MODULE_RE.fullmatch(node):
         raise WorkflowError(
-            f"node {node!r}: expected 'package.module:function'", source=source, path=f"{path}.node"
+            f"node {node!r}: expected 'package.module:function', or a name registered with "
+            f"Runner(nodes={{{node!r}: your_function}}) in every process that runs or resumes it",
+            source=source,
+            path=f"{path}.node",
         )
     module_name, _, attr = node.partition(":")
     try:
@@ -152,8 +156,8 @@ class NodeRegistry:
                     raise WorkflowError(
                         f"node {node!r} is neither a built-in nor registered in this process; "
                         f"registered: {', '.join(self.names()) or 'none'} (register it: "
-                        "Runner(nodes={...}), in every process that runs or resumes it -- or "
-                        "name it 'package.module:function')",
+                        f"Runner(nodes={{{node!r}: your_function}}), in every process that "
+                        "runs or resumes it -- or name it 'package.module:function')",
                         source=source,
                         path=f"{path}.node",
                     )

@@ -34,6 +34,7 @@ ARGUMENTS: dict[str, list[str]] = {
     "fork": ["REQUEST_ID", "--from-step", "--set", "--as", "--workflow", "--force"],
     "inspect": ["REQUEST_ID", "--json", "--step"],
     "diff": ["REQUEST_ID", "A", "B", "--json"],
+    "export": ["REQUEST_ID", "--format", "--step"],
     "validate": ["file"],
     "runs": ["--status", "--workflow", "--since", "--limit", "--cursor", "--json"],
     "repair": ["REQUEST_ID", "--json"],
