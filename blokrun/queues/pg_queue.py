@@ -4,23 +4,17 @@ Table ``<store table>_queue`` (hashed to fit 63 bytes, like the lease table)::
 
     prefix text COLLATE "C", request_id text COLLATE "C", PRIMARY KEY (prefix, request_id),
     priority integer, enqueued_at timestamptz, job bytea, worker text NULL,
-    claimed_until timestamptz NULL, deliveries integer,
-    not_before timestamptz, deferrals integer                    -- schema v2
+    claimed_until timestamptz NULL, deliveries integer
 
-    index (prefix, priority DESC, not_before, request_id)     -- the claim order (v2)
+    index (prefix, priority DESC, enqueued_at, request_id)    -- the claim order
 
 Design decisions:
 
 * ``prefix`` is the datasource's key prefix: every statement filters on it, so two
   datasources with different prefixes on one store never see each other's jobs, and
   the claim index starts with it (a prefix's jobs are one contiguous index range).
-* ``not_before`` is when the job becomes claimable: ``greatest(now(), <the job's
-  not_before>)`` at enqueue, ``greatest(now(), <the given time>)`` at ``defer``. It is both
-  the filter (``not_before <= now()``) and the age in the claim order, which is therefore
-  "priority, then the time a job became claimable" (see :mod:`blokrun.queues.queue`).
 * ``claim`` is one autocommit statement: ``UPDATE ... WHERE request_id = ANY(ARRAY(SELECT
-  ... WHERE not_before <= now() ... ORDER BY priority DESC, not_before, request_id LIMIT n
-  FOR UPDATE SKIP LOCKED))``.
+  ... ORDER BY priority DESC, enqueued_at, request_id LIMIT n FOR UPDATE SKIP LOCKED))``.
   ``ARRAY(...)`` is an init plan run exactly once (an ``IN (subquery)`` may be planned as
   a join that re-runs the locking subquery). ``LIMIT`` sits above the row locking, so a
   row skipped because a concurrent claimer holds it, or dropped because that claimer's
@@ -29,35 +23,21 @@ Design decisions:
   expired claim needs no sweeper, the next claim takes it (``deliveries`` + 1).
 * The claim index is not partial: ``now()`` cannot appear in an index predicate, and a
   predicate on ``worker`` would exclude expired claims. It keeps the claimed rows too,
-  which a claim steps over (at most the jobs running at that moment). Delayed rows sit
-  after the due ones of their priority; ``not_before <= now()`` is checked on the index
-  entries (an index condition), so a claim that finds fewer than ``n`` due jobs walks the
-  delayed entries of the prefix without visiting their rows (a B-tree cannot skip to the
-  next priority). No indexed column changes on claim, renew or release, so those updates
-  are HOT (``fillfactor = 80`` leaves room on each page for the new row versions); a
-  ``defer`` moves ``not_before`` and is an ordinary update.
-* A deferral resets ``deliveries`` to 0 and adds one to ``deferrals`` (the contract's
-  counting), and clears the claim: the holder check is the same as ``renew``'s.
-* Time is the server's ``now()`` everywhere (claim expiry, due times and the age order):
-  no client clock skew between workers. ``enqueued_at`` is the server's time at enqueue,
-  the job's own ``enqueued_at`` is kept as written inside the job. A ``not_before`` given
-  by a client (Unix seconds) is taken as it is (``to_timestamp``), so a client's clock
-  skew shifts its own delayed jobs, nothing else.
+  which a claim steps over (at most the jobs running at that moment). No indexed column
+  changes on claim, renew or release, so those updates are HOT (``fillfactor = 80``
+  leaves room on each page for the new row versions).
+* Time is the server's ``now()`` everywhere (claim expiry and the age order): no
+  client clock skew between workers. ``enqueued_at`` is the server's time at enqueue,
+  the job's own ``enqueued_at`` is kept as written inside the job.
 * Only the holder renews, acks or releases (``WHERE worker = $``): a worker whose claim
   expired and was taken by another cannot remove or release the job from under it. A
   claim that expired but was not taken yet is still renewed (nobody else has the job).
 * Setup runs in one transaction under the store's migration advisory lock (so workers
   starting at once, and a store migrating at the same moment, never race on ``CREATE
-  TABLE``). The queue table's schema version is its comment (``blokrun queue v2``), not a
+  TABLE``). The queue table's schema version is its comment (``blokrun queue v1``), not a
   row of ``blokrun_migrations``: the store's own version is untouched, so older blokruns
   still open the store. A table of that name without the comment is refused (it is not a
   queue table, e.g. a store configured with table ``<table>_queue``).
-* v1 -> v2 (delayed jobs) adds ``not_before`` (existing rows: their ``enqueued_at``, so
-  their order is kept) and ``deferrals``, builds the new claim index and drops the v1 one
-  (``(prefix, priority DESC, enqueued_at, request_id)``), in one transaction. A blokrun
-  that only knows v1 refuses the migrated table at setup; one already running keeps
-  claiming without looking at ``not_before`` (it would start delayed jobs early): upgrade
-  the workers together.
 * A job whose bytes no longer decode stays claimed (it is re-delivered after its TTL,
   ``deliveries`` counting up) and is logged; it does not keep the other jobs of the same
   claim from their workers, and it is not deleted (a newer blokrun may read it).
@@ -78,7 +58,7 @@ import msgspec
 
 from blokrun.datasources.datasource import validate_key
 from blokrun.errors import DatasourceError
-from blokrun.queues.queue import Claim, QueueStats, check_not_before, decode_job, encode_job
+from blokrun.queues.queue import Claim, QueueStats, decode_job, encode_job
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -95,30 +75,23 @@ _SUFFIX = "_queue"
 _COMMENT = "blokrun queue v"
 _INT4 = 2**31 - 1
 _FREE = "(claimed_until IS NULL OR claimed_until <= now())"
-_DUE = "not_before <= now()"
-_ORDER = "priority DESC, not_before, request_id"
-_V1_ORDER = "priority DESC, enqueued_at, request_id"
+_ORDER = "priority DESC, enqueued_at, request_id"
 _SQL = {  # {q}: the quoted queue table; $1 is always the prefix
-    "enqueue": "INSERT INTO {q} (prefix, request_id, priority, job, not_before) "
-    "VALUES ($1, $2, $3, $4, greatest(now(), to_timestamp($5))) "
+    "enqueue": "INSERT INTO {q} (prefix, request_id, priority, job) VALUES ($1, $2, $3, $4) "
     "ON CONFLICT (prefix, request_id) DO NOTHING",
     "claim": "WITH c AS (UPDATE {q} SET worker = $2, "
     "claimed_until = now() + make_interval(secs => $4), deliveries = deliveries + 1 "
     "WHERE prefix = $1 AND request_id = ANY(ARRAY(SELECT request_id FROM {q} "
-    "WHERE prefix = $1 AND {due} AND {free} ORDER BY {order} LIMIT $3 "
-    "FOR UPDATE SKIP LOCKED)) "
-    "RETURNING request_id, priority, not_before, job, deliveries, deferrals) "
-    "SELECT request_id, job, deliveries, deferrals FROM c ORDER BY {order}",
+    "WHERE prefix = $1 AND {free} ORDER BY {order} LIMIT $3 FOR UPDATE SKIP LOCKED)) "
+    "RETURNING request_id, priority, enqueued_at, job, deliveries) "
+    "SELECT request_id, job, deliveries FROM c ORDER BY {order}",
     "renew": "UPDATE {q} SET claimed_until = now() + make_interval(secs => $4) "
     "WHERE prefix = $1 AND request_id = ANY($2::text[]) AND worker = $3 RETURNING request_id",
     "ack": "DELETE FROM {q} WHERE prefix = $1 AND request_id = $2 AND worker = $3",
     "release": "UPDATE {q} SET worker = NULL, claimed_until = NULL "
     "WHERE prefix = $1 AND request_id = $2 AND worker = $3",
-    "defer": "UPDATE {q} SET worker = NULL, claimed_until = NULL, deliveries = 0, "
-    "deferrals = deferrals + 1, not_before = greatest(now(), to_timestamp($4)) "
-    "WHERE prefix = $1 AND request_id = $2 AND worker = $3",
-    "stats": "SELECT count(*) FILTER (WHERE {free} AND {due}), count(*) FILTER (WHERE NOT {free}), "
-    "count(*) FILTER (WHERE {free} AND NOT {due}) FROM {q} WHERE prefix = $1",
+    "stats": "SELECT count(*) FILTER (WHERE {free}), count(*) FILTER (WHERE NOT {free}) "
+    "FROM {q} WHERE prefix = $1",
     "holds": "SELECT EXISTS (SELECT 1 FROM {q} WHERE prefix = $1 AND request_id = $2)",
 }
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (  # append only: version N is _MIGRATIONS[N - 1]
@@ -133,22 +106,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (  # append only: version N is _MIGRA
             claimed_until timestamptz NULL,
             deliveries integer NOT NULL DEFAULT 0,
             PRIMARY KEY (prefix, request_id)) WITH (fillfactor = 80)""",
-        "CREATE INDEX ON {q} (prefix, {v1_order})",
-    ),
-    (  # delayed jobs
-        "ALTER TABLE {q} ADD COLUMN IF NOT EXISTS not_before timestamptz NULL, "
-        "ADD COLUMN IF NOT EXISTS deferrals integer NOT NULL DEFAULT 0",
-        "UPDATE {q} SET not_before = enqueued_at WHERE not_before IS NULL",
-        "ALTER TABLE {q} ALTER COLUMN not_before SET DEFAULT now(), "
-        "ALTER COLUMN not_before SET NOT NULL",
         "CREATE INDEX ON {q} (prefix, {order})",
-        # the v1 claim index, found by its definition (its name was chosen by PostgreSQL)
-        """DO $$ DECLARE i regclass; BEGIN
-          FOR i IN SELECT indexrelid::regclass FROM pg_index WHERE indrelid = '{q}'::regclass
-              AND pg_get_indexdef(indexrelid) LIKE '%(prefix, {v1_order})' LOOP
-            EXECUTE 'DROP INDEX ' || i::text;
-          END LOOP;
-        END $$""",
     ),
 )
 #: The queue table's schema version this blokrun writes and reads.
@@ -174,9 +132,7 @@ class PostgresQueue:
         self.table = queue_table(store.table)
         quoted = f'"{self.table}"'  # derived from a checked identifier: no quote inside
         self._quoted = quoted
-        self._sql = {
-            op: sql.format(q=quoted, free=_FREE, due=_DUE, order=_ORDER) for op, sql in _SQL.items()
-        }
+        self._sql = {op: sql.format(q=quoted, free=_FREE, order=_ORDER) for op, sql in _SQL.items()}
 
     @asynccontextmanager
     async def _conn(self, op: str, key: str | None = None) -> AsyncIterator[Any]:
@@ -223,9 +179,7 @@ class PostgresQueue:
                 return
             for version in range(done + 1, SCHEMA_VERSION + 1):
                 for statement in _MIGRATIONS[version - 1]:
-                    await con.execute(
-                        statement.format(q=self._quoted, order=_ORDER, v1_order=_V1_ORDER)
-                    )
+                    await con.execute(statement.format(q=self._quoted, order=_ORDER))
             # COMMENT takes no parameters; the text is ours (digits only), quoted literally.
             await con.execute(f"COMMENT ON TABLE {self._quoted} IS '{_COMMENT}{SCHEMA_VERSION}'")
 
@@ -238,11 +192,10 @@ class PostgresQueue:
                 datasource=self._name,
                 key=rid,
             )
-        not_before = check_not_before(job.not_before)
         data = encode_job(job)
         async with self._conn("enqueue", rid) as con:
             status: str = await con.execute(
-                self._sql["enqueue"], self._prefix, rid, job.priority, data, not_before
+                self._sql["enqueue"], self._prefix, rid, job.priority, data
             )
         return status == "INSERT 0 1"
 
@@ -253,7 +206,7 @@ class PostgresQueue:
         async with self._conn("claim") as con:
             rows = await con.fetch(self._sql["claim"], self._prefix, worker, n, ttl)
         out = []
-        for rid, data, deliveries, deferrals in rows:
+        for rid, data, deliveries in rows:
             try:
                 job = decode_job(data)
             except msgspec.DecodeError as exc:  # left claimed: see the module docstring
@@ -261,7 +214,7 @@ class PostgresQueue:
                     "queue %s: job %s does not decode, left claimed: %s", self._name, rid, exc
                 )
                 continue
-            out.append(Claim(job, deliveries, deferrals))
+            out.append(Claim(job, deliveries))
         return out
 
     async def renew(self, worker: str, request_ids: Sequence[str], ttl: float) -> set[str]:
@@ -280,14 +233,6 @@ class PostgresQueue:
         async with self._conn("release", request_id) as con:
             await con.execute(self._sql["release"], self._prefix, request_id, worker)
 
-    async def defer(self, worker: str, request_id: str, not_before: float) -> bool:
-        not_before = check_not_before(not_before)
-        async with self._conn("defer", request_id) as con:
-            status: str = await con.execute(
-                self._sql["defer"], self._prefix, request_id, worker, not_before
-            )
-        return status == "UPDATE 1"
-
     async def holds(self, request_id: str) -> bool:
         async with self._conn("holds", request_id) as con:
             found: bool = await con.fetchval(self._sql["holds"], self._prefix, request_id)
@@ -295,8 +240,8 @@ class PostgresQueue:
 
     async def stats(self) -> QueueStats:
         async with self._conn("stats") as con:
-            waiting, claimed, delayed = await con.fetchrow(self._sql["stats"], self._prefix)
-        return QueueStats(waiting=waiting, claimed=claimed, delayed=delayed)
+            waiting, claimed = await con.fetchrow(self._sql["stats"], self._prefix)
+        return QueueStats(waiting=waiting, claimed=claimed)
 
     def _check_ttl(self, op: str, ttl: float) -> float:
         if not math.isfinite(ttl) or ttl <= 0:

@@ -9,13 +9,8 @@ Keys, all under the datasource prefix plus ``_blokrun.queue.`` (none is a string
   Stream ids are server-time ordered, so a stream is oldest first.
 * ``c<priority>`` -- sorted set: entry id -> claim deadline (server unix ms) of every
   delivered entry of that stream; ``0`` means released.
-* ``ids`` -- hash: request id -> ``"<priority> <entry id>"``, or ``"<priority> - <deferrals>"``
-  for a delayed job; dedup (``enqueue`` adds only if the id is absent) and the way from a
-  request id to its entry. Removed by ``ack``.
-* ``delayed`` -- sorted set: request id -> due time (server unix ms) of every delayed job
-  (enqueued with a future ``not_before``, or deferred); ``delayed.jobs`` -- hash: request
-  id -> its job. A delayed job is in no stream. Both keys exist only while a job is delayed.
-* A stream entry of a job deferred before also has the field ``df`` (its deferrals).
+* ``ids`` -- hash: request id -> ``"<priority> <entry id>"``; dedup (``enqueue`` adds only if
+  the id is absent) and the way from a request id to its entry. Removed by ``ack``.
 
 Design decisions:
 
@@ -29,17 +24,6 @@ Design decisions:
   show idle times of about 31 years; that is the encoding, not a stuck worker.
 * **Each operation is one Lua script** (``EVALSHA``; atomic on the server, timed by its
   clock): two workers can never take the same entry, and dedup + ``XADD`` cannot interleave.
-* **Delayed jobs are promoted, not scanned.** Every script that adds to a stream
-  (``enqueue``, ``claim``, ``defer``) first moves the due delayed jobs (``ZRANGEBYSCORE
-  delayed -inf now``, due time order) to the end of their priority's stream, atomically:
-  a claim with nothing due costs one ``O(log n)`` lookup, however many jobs are delayed.
-  A promoted job is a new entry: its age is its due time (it comes after the jobs enqueued
-  before it was due and before those enqueued after), ``deliveries`` starts at 1 again
-  and ``df`` carries the deferral count. At most ``_PROMOTE_BATCH`` (1000) jobs move per
-  script; the rest move with the next one (if more than that fall due between two
-  scripts, a job enqueued in between may come before some of them).
-* **defer** (holder only, like ``release``) reads the entry's job, removes the entry like
-  ``ack`` and parks the job in ``delayed`` at ``max(not_before, now)``.
 * **claim** walks the priorities high to low; per stream it first takes the expired claims
   (``XPENDING IDLE M`` then ``XCLAIM`` each to the worker, which adds a delivery), then new
   entries (``XREADGROUP ... >``). Every delivered entry is older than every undelivered one
@@ -48,15 +32,11 @@ Design decisions:
   with nothing expired costs O(log n) per priority in use, not a walk of the PEL.
 * **renew** re-times the entries the worker still owns (PEL consumer) and did not release;
   a claim that expired and was not taken yet is renewed, like the memory queue.
-* **ack** is ``XACK`` + ``XDEL`` + removing the index entries (for a delayed job: its
-  ``delayed`` entries), by any worker (the run has
+* **ack** is ``XACK`` + ``XDEL`` + removing the index entries, by any worker (the run has
   ended; the memory queue does the same). A stream left empty is deleted with its group and
   its priority; a consumer left with no pending entry is deleted (``XGROUP DELCONSUMER``),
   so worker names do not pile up in the group.
-* **stats**: claimed = deadlines in the future (``ZCOUNT``), delayed = due times in the
-  future, waiting = the rest.
-* **Time** is the server's ``TIME`` everywhere (claim deadlines, due times); a client's
-  ``not_before`` (Unix seconds) is taken as it is, in ms rounded up.
+* **stats**: claimed = deadlines in the future (``ZCOUNT``), waiting = the rest.
 * **Errors** go through the store's translation (``DatasourceUnavailable`` for connection
   problems and timeouts, ``DatasourceError`` otherwise, the password scrubbed), with the
   datasource name filled in.
@@ -76,7 +56,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from blokrun.errors import DatasourceError
-from blokrun.queues.queue import Claim, QueueStats, check_not_before, decode_job, encode_job
+from blokrun.queues.queue import Claim, QueueStats, decode_job, encode_job
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -97,22 +77,17 @@ _EXPIRED_IDLE_MS = 10**12
 MAX_TTL = _EXPIRED_IDLE_MS / 10_000  # seconds (~3.2 years)
 _MIN_REDIS = (6, 2)
 
-#: The most delayed jobs a script moves into the streams at once (see the module docstring).
-_PROMOTE_BATCH = 1000
-
-# Every script gets the keys priorities, ids, delayed, delayed.jobs (KEYS[1..4]) and the key
-# namespace (datasource prefix + NAMESPACE) as ARGV[1], from which it builds the
-# per-priority keys. Numbers are formatted with %d (no float notation).
+# Every script gets the key namespace (datasource prefix + NAMESPACE) as ARGV[1] and builds
+# the per-priority keys from it. Numbers are formatted with %d (no float notation).
 _COMMON = f"""
 local G, M = '{GROUP}', '{_EXPIRED_IDLE_MS}'
-local P, IDS, D, DJ = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local nows = string.format('%d', now)
-local function locate(rid)
-  local v = redis.call('HGET', IDS, rid)
+local function locate(ids, rid)
+  local v = redis.call('HGET', ids, rid)
   if not v then return nil end
-  local prio, id = string.match(v, '^(%S+) (%S+)')
+  local prio, id = string.match(v, '^(%S+) (%S+)$')
   return prio, id, ARGV[1] .. 'p' .. prio, ARGV[1] .. 'c' .. prio
 end
 local function owner(s, id)
@@ -125,76 +100,26 @@ local function forget_idle_consumer(s, consumer)
     redis.call('XGROUP', 'DELCONSUMER', s, G, consumer)
   end
 end
-local function field(fields, name)
-  for i = 1, #fields, 2 do
-    if fields[i] == name then return fields[i + 1] end
-  end
-  return nil
-end
-local function append(prio, rid, job, df)
-  local s = ARGV[1] .. 'p' .. prio
-  if not redis.call('ZSCORE', P, prio) then
-    redis.pcall('XGROUP', 'CREATE', s, G, '0', 'MKSTREAM')  -- BUSYGROUP if it exists: fine
-    redis.call('ZADD', P, prio, prio)
-  end
-  local id
-  if df > 0 then
-    id = redis.call('XADD', s, '*', 'job', job, 'rid', rid, 'df', string.format('%d', df))
-  else
-    id = redis.call('XADD', s, '*', 'job', job, 'rid', rid)
-  end
-  redis.call('HSET', IDS, rid, prio .. ' ' .. id)
-end
-local function park(prio, rid, job, df, due)
-  redis.call('ZADD', D, due, rid)
-  redis.call('HSET', DJ, rid, job)
-  redis.call('HSET', IDS, rid, prio .. ' - ' .. string.format('%d', df))
-end
-local function promote()
-  local due = redis.call('ZRANGEBYSCORE', D, '-inf', nows, 'LIMIT', 0, {_PROMOTE_BATCH})
-  for _, rid in ipairs(due) do
-    local prio, df = string.match(redis.call('HGET', IDS, rid) or '', '^(%S+) %- (%d+)$')
-    local job = redis.call('HGET', DJ, rid)
-    redis.call('ZREM', D, rid)
-    redis.call('HDEL', DJ, rid)
-    if prio and job then
-      append(prio, rid, job, tonumber(df))
-    elseif prio then
-      redis.call('HDEL', IDS, rid)  -- its job is gone: do not keep a phantom
-    end
-  end
-end
-local function remove(prio, s, c, id, held_by)
-  redis.call('XACK', s, G, id)
-  redis.call('XDEL', s, id)
-  redis.call('ZREM', c, id)
-  if redis.call('XLEN', s) == 0 then
-    redis.call('DEL', s, c)
-    redis.call('ZREM', P, prio)
-  elseif held_by then
-    forget_idle_consumer(s, held_by)
-  end
-end
 """
 
-# ARGV: namespace, request id, priority, job, not_before (server ms; 0: now).
-# Returns 1 if added.
+# KEYS: priorities, ids. ARGV: namespace, request id, priority, job. Returns 1 if added.
 _ENQUEUE = (
     _COMMON
     + """
-if redis.call('HEXISTS', IDS, ARGV[2]) == 1 then return 0 end
-promote()
-if tonumber(ARGV[5]) > now then
-  park(ARGV[3], ARGV[2], ARGV[4], 0, ARGV[5])
-else
-  append(ARGV[3], ARGV[2], ARGV[4], 0)
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 0 end
+local s = ARGV[1] .. 'p' .. ARGV[3]
+if not redis.call('ZSCORE', KEYS[1], ARGV[3]) then
+  redis.pcall('XGROUP', 'CREATE', s, G, '0', 'MKSTREAM')  -- BUSYGROUP if it exists: fine
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[3])
 end
+local id = redis.call('XADD', s, '*', 'job', ARGV[4], 'rid', ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3] .. ' ' .. id)
 return 1
 """
 )
 
-# ARGV: namespace, worker, n, ttl_ms.
-# Returns job, deliveries, deferrals, job, ... (priority first, then age).
+# KEYS: priorities. ARGV: namespace, worker, n, ttl_ms.
+# Returns job, deliveries, job, deliveries... (priority first, then age).
 _CLAIM = (
     _COMMON
     + """
@@ -202,14 +127,7 @@ local worker, n, ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local idle = string.format('%d', tonumber(M) - ttl)
 local deadline = string.format('%d', now + ttl)
 local out = {}
-local function hand(fields, deliveries)
-  out[#out + 1] = field(fields, 'job')
-  out[#out + 1] = deliveries
-  out[#out + 1] = tonumber(field(fields, 'df') or '0')
-  n = n - 1
-end
-promote()
-for _, prio in ipairs(redis.call('ZREVRANGE', P, 0, -1)) do
+for _, prio in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, -1)) do
   if n <= 0 then break end
   local s, c = ARGV[1] .. 'p' .. prio, ARGV[1] .. 'c' .. prio
   if #redis.call('ZRANGEBYSCORE', c, '-inf', nows, 'LIMIT', 0, 1) > 0 then
@@ -218,7 +136,9 @@ for _, prio in ipairs(redis.call('ZREVRANGE', P, 0, -1)) do
       local e = redis.call('XCLAIM', s, G, worker, M, p[1], 'IDLE', idle)
       if e[1] then
         redis.call('ZADD', c, deadline, p[1])
-        hand(e[1][2], p[4] + 1)
+        out[#out + 1] = e[1][2][2]
+        out[#out + 1] = p[4] + 1
+        n = n - 1
         if p[2] ~= worker then previous[p[2]] = true end
       else
         redis.call('ZREM', c, p[1])  -- deleted behind our back: XCLAIM dropped it
@@ -232,7 +152,9 @@ for _, prio in ipairs(redis.call('ZREVRANGE', P, 0, -1)) do
       for _, e in ipairs(r[1][2]) do
         redis.call('XCLAIM', s, G, worker, 0, e[1], 'IDLE', idle, 'JUSTID')
         redis.call('ZADD', c, deadline, e[1])
-        hand(e[2], 1)
+        out[#out + 1] = e[2][2]
+        out[#out + 1] = 1
+        n = n - 1
       end
     end
   end
@@ -241,7 +163,7 @@ return out
 """
 )
 
-# ARGV: namespace, worker, ttl_ms, request ids... Returns the ids renewed.
+# KEYS: ids. ARGV: namespace, worker, ttl_ms, request ids... Returns the ids renewed.
 _RENEW = (
     _COMMON
     + """
@@ -250,8 +172,8 @@ local idle = string.format('%d', tonumber(M) - ttl)
 local deadline = string.format('%d', now + ttl)
 local held = {}
 for i = 4, #ARGV do
-  local _, id, s, c = locate(ARGV[i])
-  if id and id ~= '-' then
+  local _, id, s, c = locate(KEYS[1], ARGV[i])
+  if id then
     local due = tonumber(redis.call('ZSCORE', c, id))
     if due and due > 0 and owner(s, id) == worker then
       redis.call('XCLAIM', s, G, worker, 0, id, 'IDLE', idle, 'JUSTID')
@@ -264,70 +186,50 @@ return held
 """
 )
 
-# The claim of ARGV[3] held by worker ARGV[2]: its priority, entry id, stream, deadlines.
-_HELD = """
-local prio, id, s, c = locate(ARGV[3])
-if not id or id == '-' then return 0 end
-local due = tonumber(redis.call('ZSCORE', c, id))
-if not due or due == 0 or owner(s, id) ~= ARGV[2] then return 0 end
-"""
-
-# ARGV: namespace, worker, request id. Returns 1 if released.
+# KEYS: ids. ARGV: namespace, worker, request id. Returns 1 if released.
 _RELEASE = (
     _COMMON
-    + _HELD
     + """
+local _, id, s, c = locate(KEYS[1], ARGV[3])
+if not id then return 0 end
+local due = tonumber(redis.call('ZSCORE', c, id))
+if not due or due == 0 or owner(s, id) ~= ARGV[2] then return 0 end
 redis.call('XCLAIM', s, G, ARGV[2], 0, id, 'IDLE', M, 'JUSTID')
 redis.call('ZADD', c, 0, id)
 return 1
 """
 )
 
-# ARGV: namespace, worker, request id, not_before (server ms). Returns 1 if deferred.
-_DEFER = (
-    _COMMON
-    + _HELD
-    + """
-local e = redis.call('XRANGE', s, id, id)
-if not e[1] then return 0 end
-local job = field(e[1][2], 'job')
-local df = tonumber(field(e[1][2], 'df') or '0') + 1
-remove(prio, s, c, id, ARGV[2])
-local at = ARGV[4]
-if tonumber(at) <= now then at = nows end
-park(prio, ARGV[3], job, df, at)
-promote()
-return 1
-"""
-)
-
-# ARGV: namespace, request id. Returns 1 if the job was there.
+# KEYS: priorities, ids. ARGV: namespace, request id. Returns 1 if the job was there.
 _ACK = (
     _COMMON
     + """
-local prio, id, s, c = locate(ARGV[2])
+local prio, id, s, c = locate(KEYS[2], ARGV[2])
 if not id then return 0 end
-if id == '-' then
-  redis.call('ZREM', D, ARGV[2])
-  redis.call('HDEL', DJ, ARGV[2])
-else
-  remove(prio, s, c, id, owner(s, id))
+local held_by = owner(s, id)
+redis.call('XACK', s, G, id)
+redis.call('XDEL', s, id)
+redis.call('ZREM', c, id)
+redis.call('HDEL', KEYS[2], ARGV[2])
+if redis.call('XLEN', s) == 0 then
+  redis.call('DEL', s, c)
+  redis.call('ZREM', KEYS[1], prio)
+elseif held_by then
+  forget_idle_consumer(s, held_by)
 end
-redis.call('HDEL', IDS, ARGV[2])
 return 1
 """
 )
 
-# ARGV: namespace. Returns {waiting, claimed, delayed}.
+# KEYS: priorities, ids. ARGV: namespace. Returns {waiting, claimed}.
 _STATS = (
     _COMMON
     + """
 local claimed = 0
-for _, prio in ipairs(redis.call('ZRANGE', P, 0, -1)) do
+for _, prio in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   claimed = claimed + redis.call('ZCOUNT', ARGV[1] .. 'c' .. prio, '(' .. nows, '+inf')
 end
-local delayed = redis.call('ZCOUNT', D, '(' .. nows, '+inf')
-return {redis.call('HLEN', IDS) - claimed - delayed, claimed, delayed}
+return {redis.call('HLEN', KEYS[2]) - claimed, claimed}
 """
 )
 
@@ -338,7 +240,6 @@ class _Scripts:
     claim: AsyncScript
     renew: AsyncScript
     release: AsyncScript
-    defer: AsyncScript
     ack: AsyncScript
     stats: AsyncScript
 
@@ -348,7 +249,7 @@ class _Scripts:
         return cls(
             *(
                 client.register_script(src)
-                for src in (_ENQUEUE, _CLAIM, _RENEW, _RELEASE, _DEFER, _ACK, _STATS)
+                for src in (_ENQUEUE, _CLAIM, _RENEW, _RELEASE, _ACK, _STATS)
             )
         )
 
@@ -360,11 +261,6 @@ def _ttl_ms(ttl: float) -> int:
     return max(1, math.ceil(min(ttl, MAX_TTL) * 1000))
 
 
-def _not_before_ms(not_before: float) -> int:
-    """``not_before`` in whole ms, rounded up (never claimed early); 0 for now."""
-    return math.ceil(check_not_before(not_before) * 1000)
-
-
 class RedisQueue:
     """The run queue in a Redis datasource; see the module docstring."""
 
@@ -374,8 +270,6 @@ class RedisQueue:
         self._ns = (datasource.settings.prefix or "") + NAMESPACE
         self._priorities = self._ns + "priorities"
         self._ids = self._ns + "ids"
-        #: every script's KEYS: priorities, ids, delayed, delayed.jobs
-        self._keys = [self._priorities, self._ids, self._ns + "delayed", self._ns + "delayed.jobs"]
         self._client: Redis | None = None
         self._scripts: _Scripts | None = None
 
@@ -408,7 +302,6 @@ class RedisQueue:
                 scripts.claim,
                 scripts.renew,
                 scripts.release,
-                scripts.defer,
                 scripts.ack,
                 scripts.stats,
             ):
@@ -422,18 +315,11 @@ class RedisQueue:
             )
 
     async def enqueue(self, job: Job) -> bool:
-        not_before = _not_before_ms(job.not_before)
         lua = self._lua()
         with self._guard("enqueue"):
             added = await lua.enqueue(
-                keys=self._keys,
-                args=[
-                    self._ns,
-                    job.request_id,
-                    str(int(job.priority)),
-                    encode_job(job),
-                    not_before,
-                ],
+                keys=[self._priorities, self._ids],
+                args=[self._ns, job.request_id, str(int(job.priority)), encode_job(job)],
             )
         return bool(added)
 
@@ -442,11 +328,13 @@ class RedisQueue:
             return []
         lua = self._lua()
         with self._guard("claim"):
-            reply = await lua.claim(keys=self._keys, args=[self._ns, worker, n, _ttl_ms(ttl)])
+            reply = await lua.claim(
+                keys=[self._priorities], args=[self._ns, worker, n, _ttl_ms(ttl)]
+            )
         flat = cast("list[bytes | int]", reply)
         return [
-            Claim(decode_job(cast("bytes", flat[i])), int(flat[i + 1]), int(flat[i + 2]))
-            for i in range(0, len(flat), 3)
+            Claim(decode_job(cast("bytes", flat[i])), int(flat[i + 1]))
+            for i in range(0, len(flat), 2)
         ]
 
     async def renew(self, worker: str, request_ids: Sequence[str], ttl: float) -> set[str]:
@@ -455,26 +343,19 @@ class RedisQueue:
         lua = self._lua()
         with self._guard("renew"):
             reply = await lua.renew(
-                keys=self._keys, args=[self._ns, worker, _ttl_ms(ttl), *request_ids]
+                keys=[self._ids], args=[self._ns, worker, _ttl_ms(ttl), *request_ids]
             )
         return {rid.decode("utf-8") for rid in cast("list[bytes]", reply)}
 
     async def ack(self, worker: str, request_id: str) -> None:
         lua = self._lua()
         with self._guard("ack"):
-            await lua.ack(keys=self._keys, args=[self._ns, request_id])
+            await lua.ack(keys=[self._priorities, self._ids], args=[self._ns, request_id])
 
     async def release(self, worker: str, request_id: str) -> None:
         lua = self._lua()
         with self._guard("release"):
-            await lua.release(keys=self._keys, args=[self._ns, worker, request_id])
-
-    async def defer(self, worker: str, request_id: str, not_before: float) -> bool:
-        at = _not_before_ms(not_before)
-        lua = self._lua()
-        with self._guard("defer"):
-            done = await lua.defer(keys=self._keys, args=[self._ns, worker, request_id, at])
-        return bool(done)
+            await lua.release(keys=[self._ids], args=[self._ns, worker, request_id])
 
     async def holds(self, request_id: str) -> bool:
         client = self._store.client()
@@ -485,9 +366,9 @@ class RedisQueue:
     async def stats(self) -> QueueStats:
         lua = self._lua()
         with self._guard("stats"):
-            reply = await lua.stats(keys=self._keys, args=[self._ns])
-        waiting, claimed, delayed = cast("list[int]", reply)
-        return QueueStats(waiting=int(waiting), claimed=int(claimed), delayed=int(delayed))
+            reply = await lua.stats(keys=[self._priorities, self._ids], args=[self._ns])
+        waiting, claimed = cast("list[int]", reply)
+        return QueueStats(waiting=int(waiting), claimed=int(claimed))
 
 
 def create(datasource: Datasource) -> RedisQueue:
