@@ -1,10 +1,4 @@
-"""The queue in process memory (the memory datasource): one process, for tests and embedding.
-
-Its clock is ``time.time()`` (or the ``clock`` given); a job's place in the claim order is
-``(-priority, ready_at, seq)``, ``ready_at`` being when it became claimable (enqueue or
-deferral time, or its ``not_before`` if later). A claim sorts the claimable jobs: O(n log n)
-in the jobs held, which is fine for one process.
-"""
+"""The queue in process memory (the memory datasource): one process, for tests and embedding."""
 
 from __future__ import annotations
 
@@ -13,10 +7,10 @@ from typing import TYPE_CHECKING
 
 from anyio.lowlevel import checkpoint
 
-from blokrun.queues.queue import Claim, Job, QueueStats, check_not_before
+from blokrun.queues.queue import Claim, Job, QueueStats
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     from blokrun.datasources import Datasource
 
@@ -24,29 +18,23 @@ __all__ = ["MemoryQueue", "create"]
 
 
 class MemoryQueue:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
+    def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
         self._claims: dict[str, tuple[str, float]] = {}  # request id -> (worker, until)
         self._deliveries: dict[str, int] = {}
-        self._deferrals: dict[str, int] = {}
         self._seq = 0
-        self._order: dict[str, tuple[float, int]] = {}  # request id -> (ready_at, seq)
+        self._order: dict[str, int] = {}
 
     async def setup(self) -> None:
         return None
 
-    def _place(self, rid: str, not_before: float) -> None:
-        self._seq += 1
-        self._order[rid] = (max(self._clock(), not_before), self._seq)
-
     async def enqueue(self, job: Job) -> bool:
-        not_before = check_not_before(job.not_before)
         await checkpoint()
         if job.request_id in self._jobs:
             return False
+        self._seq += 1
         self._jobs[job.request_id] = job
-        self._place(job.request_id, not_before)
+        self._order[job.request_id] = self._seq
         return True
 
     def _free(self, rid: str, now: float) -> bool:
@@ -55,30 +43,18 @@ class MemoryQueue:
 
     async def claim(self, worker: str, n: int, ttl: float) -> list[Claim]:
         await checkpoint()
-        now = self._clock()
-        ready = [rid for rid in self._jobs if self._order[rid][0] <= now and self._free(rid, now)]
+        now = time.time()
+        ready = [rid for rid in self._jobs if self._free(rid, now)]
         ready.sort(key=lambda rid: (-self._jobs[rid].priority, self._order[rid]))
         out = []
-        for rid in ready[: max(n, 0)]:
+        for rid in ready[:n]:
             self._claims[rid] = (worker, now + ttl)
             self._deliveries[rid] = self._deliveries.get(rid, 0) + 1
-            out.append(Claim(self._jobs[rid], self._deliveries[rid], self._deferrals.get(rid, 0)))
+            out.append(Claim(self._jobs[rid], self._deliveries[rid]))
         return out
 
-    async def defer(self, worker: str, request_id: str, not_before: float) -> bool:
-        not_before = check_not_before(not_before)
-        await checkpoint()
-        claim = self._claims.get(request_id)
-        if request_id not in self._jobs or claim is None or claim[0] != worker:
-            return False
-        del self._claims[request_id]
-        self._deliveries.pop(request_id, None)
-        self._deferrals[request_id] = self._deferrals.get(request_id, 0) + 1
-        self._place(request_id, not_before)
-        return True
-
     async def renew(self, worker: str, request_ids: Sequence[str], ttl: float) -> set[str]:
-        now = self._clock()
+        now = time.time()
         held = set()
         for rid in request_ids:
             claim = self._claims.get(rid)
@@ -92,7 +68,6 @@ class MemoryQueue:
         self._claims.pop(request_id, None)
         self._order.pop(request_id, None)
         self._deliveries.pop(request_id, None)
-        self._deferrals.pop(request_id, None)
 
     async def release(self, worker: str, request_id: str) -> None:
         claim = self._claims.get(request_id)
@@ -103,12 +78,9 @@ class MemoryQueue:
         return request_id in self._jobs
 
     async def stats(self) -> QueueStats:
-        now = self._clock()
+        now = time.time()
         claimed = sum(1 for rid in self._jobs if not self._free(rid, now))
-        delayed = sum(1 for rid in self._jobs if self._order[rid][0] > now)
-        return QueueStats(
-            waiting=len(self._jobs) - claimed - delayed, claimed=claimed, delayed=delayed
-        )
+        return QueueStats(waiting=len(self._jobs) - claimed, claimed=claimed)
 
 
 def create(datasource: Datasource) -> MemoryQueue:

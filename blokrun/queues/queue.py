@@ -16,34 +16,16 @@ Rules every backend follows (``tests/contract/test_queue.py`` checks them):
   oldest first; each job goes to one worker at a time, also when many claim at once
   (``SKIP LOCKED``, consumer groups). A job whose claim expired is claimable again, with
   ``deliveries`` one higher.
-* **Delayed jobs.** A job whose ``not_before`` (Unix seconds) is in the future is not handed
-  out by ``claim`` until then; it waits, counted as ``delayed`` by ``stats()``, and ``holds``
-  and ``enqueue``'s dedup see it like any other job. Among the claimable jobs the order is
-  priority, then *age*: the time a job became claimable, i.e. when it was enqueued (or
-  deferred) or its ``not_before`` if that is later -- a job due at 12:00 comes after one
-  enqueued at 11:59 and before one enqueued at 12:01. An expired claim keeps its place.
-* ``defer(worker, request_id, not_before)`` gives a claimed job back to be claimed again
-  from ``not_before`` on (a run sleeping on a timer frees its slot). Only the worker
-  holding the claim can defer (same rule as ``renew``), else it gets ``False``. A deferral
-  is not a failed delivery: the next claim has ``deliveries == 1`` again and
-  ``deferrals`` one higher (``deliveries`` counts the claims since the job was enqueued
-  or last deferred; a claim with ``deferrals > 0`` is of a job that was claimed before).
-* **Clocks.** "Now" is the backend's clock: the Redis server's ``TIME`` (inside the Lua
-  scripts) and PostgreSQL's ``now()``, not the workers'; the memory queue's clock is
-  ``time.time()`` of its process. ``not_before`` is compared with that clock as it is, so a
-  client whose clock is ahead of the server's sees its delayed jobs claimed that much late
-  (keep the machines on NTP; claim TTLs are not affected, they are relative).
 * ``renew(worker, request_ids, ttl)`` extends the worker's claims; it returns the ids it
   still held (a claim that expired and was taken by another worker is not renewed).
 * ``ack(worker, request_id)`` removes the job; ``release(worker, request_id)`` puts it back
   without waiting for the claim to expire (a worker stopping, a run busy elsewhere).
-* ``stats()`` counts waiting (claimable now), claimed and delayed (not due yet) jobs.
+* ``stats()`` counts waiting and claimed jobs.
 """
 
 from __future__ import annotations
 
 import importlib
-import math
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import msgspec
@@ -56,27 +38,11 @@ if TYPE_CHECKING:
 
     from blokrun.datasources import Datasource
 
-__all__ = [
-    "MAX_NOT_BEFORE",
-    "Claim",
-    "Job",
-    "Queue",
-    "QueueStats",
-    "can_hold_queue",
-    "check_not_before",
-    "open_queue",
-]
-
-#: The latest ``not_before`` a queue takes (9999-12-31, Unix seconds).
-MAX_NOT_BEFORE = 253_402_300_799.0
+__all__ = ["Claim", "Job", "Queue", "QueueStats", "can_hold_queue", "open_queue"]
 
 
 class Job(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
-    """A run to start. ``document`` is the workflow as loaded (workers may run elsewhere).
-
-    ``not_before`` (Unix seconds, the queue's clock) delays the job: it is not claimed
-    before that time; ``0`` (or any time already past) means now. A claimed job is the job
-    as enqueued: a deferral does not change its ``not_before`` here."""
+    """A run to start. ``document`` is the workflow as loaded (workers may run elsewhere)."""
 
     request_id: str
     workflow: str
@@ -85,33 +51,18 @@ class Job(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     priority: int = 0
     enqueued_at: float = 0.0
     source: str = "<queue>"
-    not_before: float = 0.0
 
 
 class Claim(msgspec.Struct, frozen=True):
-    """A job handed to a worker. ``deliveries`` counts the claims since the job was enqueued
-    or last deferred, this one included; ``deferrals`` how often it was deferred (``> 0``:
-    the job was claimed before, its run has started)."""
+    """A job handed to a worker. ``deliveries`` counts the claims, this one included."""
 
     job: Job
     deliveries: int
-    deferrals: int = 0
 
 
 class QueueStats(msgspec.Struct, frozen=True):
-    """``waiting``: claimable now; ``claimed``: held by a worker; ``delayed``: not due yet."""
-
     waiting: int
     claimed: int
-    delayed: int = 0
-
-
-def check_not_before(not_before: float) -> float:
-    """``not_before`` as a queue takes it: ``0.0`` for any time up to the epoch; a NaN, an
-    infinity or a time past :data:`MAX_NOT_BEFORE` is a ``ValueError``."""
-    if not math.isfinite(not_before) or not_before > MAX_NOT_BEFORE:
-        raise ValueError(f"not_before {not_before!r}: expected Unix seconds up to year 9999")
-    return max(0.0, float(not_before))
 
 
 #: Backend module per datasource type; imported on first use.
@@ -137,14 +88,6 @@ class Queue(Protocol):
     async def ack(self, worker: str, request_id: str) -> None: ...
 
     async def release(self, worker: str, request_id: str) -> None: ...
-
-    async def defer(self, worker: str, request_id: str, not_before: float) -> bool:
-        """Give the claimed job of ``request_id`` back, claimable again from ``not_before``
-        (Unix seconds, the queue's clock; a time past means at once). ``True`` if done;
-        ``False`` if ``worker`` does not hold its claim (never claimed it, released, acked,
-        or it expired and another worker took it). The next claim has ``deliveries == 1``
-        and ``deferrals`` one higher: a deferral is not a failed delivery."""
-        ...
 
     async def stats(self) -> QueueStats: ...
 
