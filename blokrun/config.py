@@ -501,3 +501,16 @@ def _parse_encryption_key(text: str, variable: str, where: str) -> tuple[str, by
             variable=variable,
         )
     return kid or hashlib.sha256(material).hexdigest()[:8], material
+
+
+def ui_token(env: Mapping[str, str]) -> str | None:
+    """``BLOKRUN_UI_TOKEN``: what ``blokrun ui`` requires on every request (None: unset).
+    A token shorter than 16 characters is refused: it would be guessed."""
+    token = env.get("BLOKRUN_UI_TOKEN") or None
+    if token is not None and len(token) < 16:
+        raise ConfigError(
+            "BLOKRUN_UI_TOKEN: expected at least 16 characters (e.g. python -c 'import "
+            "secrets; print(secrets.token_urlsafe())')",
+            variable="BLOKRUN_UI_TOKEN",
+        )
+    return token

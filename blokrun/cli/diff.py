@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from blokrun.cli.common import EXIT_OK, with_runner
+from blokrun.lifecycle.diff import diff_vars
 
 if TYPE_CHECKING:
     import argparse
@@ -20,8 +21,6 @@ if TYPE_CHECKING:
     from blokrun.runner import Runner
 
 __all__ = ["add_parser", "diff_vars", "handle", "run"]
-
-_MAX_SHOWN = 120
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -57,37 +56,3 @@ async def run(args: argparse.Namespace, runner: Runner) -> int:
     sys.stdout.write(f"--- #{a_info.seq} {a_info.step}\n+++ #{b_info.seq} {b_info.step}\n")
     sys.stdout.write("\n".join(lines) + ("\n" if lines else "(no change)\n"))
     return EXIT_OK
-
-
-def diff_vars(old: Any, new: Any, path: str = "vars") -> list[str]:
-    """Lines ``+ path = value``, ``- path``, ``~ path: old -> new`` (objects key by key)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        lines: list[str] = []
-        for key in sorted(set(old) | set(new), key=str):
-            where = _path(path, key)
-            if key not in old:
-                lines.append(f"+ {where} = {_show(new[key])}")
-            elif key not in new:
-                lines.append(f"- {where}")
-            else:
-                lines.extend(diff_vars(old[key], new[key], where))
-        return lines
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        out: list[str] = []
-        for i, (a, b) in enumerate(zip(old, new, strict=True)):
-            out.extend(diff_vars(a, b, _path(path, i)))
-        return out
-    if old == new and type(old) is type(new):
-        return []
-    return [f"~ {path}: {_show(old)} -> {_show(new)}"]
-
-
-def _show(value: Any) -> str:
-    text = orjson.dumps(value, default=str).decode()
-    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
-
-
-def _path(base: str, key: Any) -> str:
-    if isinstance(key, int):
-        return f"{base}[{key}]"
-    return f"{base}.{key}" if str(key).isidentifier() else f"{base}[{str(key)!r}]"

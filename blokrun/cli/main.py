@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         runs,
         schedules,
         submit,
+        ui,
         validate,
         wait,
         worker,
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         schedules,
         wait,
         doctor,
+        ui,
     )
     for command in commands:
         # the logging options are taken after the command too: blokrun run --log-level debug

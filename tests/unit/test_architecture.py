@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
     {"blokrun.driver"},
     {"blokrun.runner"},
     {"blokrun.workers"},
+    {"blokrun.web"},
     {"blokrun.cli", "blokrun"},
     {"blokrun.__main__"},
 ]

@@ -44,6 +44,7 @@ ARGUMENTS: dict[str, list[str]] = {
     "schedules": ["--json"],
     "wait": ["REQUEST_ID", "--timeout"],
     "doctor": ["--json", "--timeout"],
+    "ui": ["--host", "--port", "--read-only"],
 }
 
 
