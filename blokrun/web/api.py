@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import orjson
 
 from blokrun.errors import (
@@ -24,6 +25,7 @@ from blokrun.errors import (
     WorkflowError,
 )
 from blokrun.web.views import counts, diff, run_detail, runs_page, shorten
+from blokrun.workers.presence import read_workers
 
 if TYPE_CHECKING:
     from blokrun.runner import Runner
@@ -103,12 +105,22 @@ async def read(runner: Runner, route: str, rid: str | None, params: Any) -> Any:
 
 
 async def _queue(runner: Runner) -> dict[str, Any]:
+    """The queue's counts and the workers seen recently (what each drives and parks)."""
     try:
         queue = await runner.queue()
     except BlokrunError as exc:
         return {"configured": False, "why": str(exc)}
     stats = await queue.stats()
-    return {"configured": True, "waiting": stats.waiting, "claimed": stats.claimed}
+    ds = runner.queue_datasource
+    workers = await read_workers(ds) if ds is not None else []
+    return {
+        "configured": True,
+        "datasource": ds.name if ds is not None else None,
+        "waiting": stats.waiting,
+        "claimed": stats.claimed,
+        "parked": sum(len(w.parked) for w in workers),
+        "workers": [msgspec.structs.asdict(w) for w in workers],
+    }
 
 
 def _sets(value: Any) -> dict[str, Any]:

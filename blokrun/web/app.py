@@ -99,7 +99,8 @@ class _Dashboard:
 
     async def _runs(self, params: dict[str, str], root: str) -> str:
         data = await read(self.runner, "runs", None, params)
-        return runs_page(data, await counts(self.runner), params, root=root)
+        queue = await read(self.runner, "queue", None, params)
+        return runs_page(data, await counts(self.runner), params, root=root, queue=queue)
 
     async def _run(self, request: Request, rid: str, root: str) -> str:
         params = request.query_params

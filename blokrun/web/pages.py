@@ -71,7 +71,33 @@ def _row(r: dict[str, Any], root: str) -> str:
     )
 
 
-def runs_page(data: dict[str, Any], counts: dict[str, int], params: Any, *, root: str) -> str:
+def queue_section(queue: dict[str, Any] | None) -> str:
+    """The queue's counts and the workers seen recently (when a queue is configured)."""
+    if not queue or not queue.get("configured"):
+        return ""
+    now = time.time()
+    workers = "".join(
+        f"<li><b>{esc(w['name'])}</b> ({esc(w['host'])}, pid {w['pid']}) seen "
+        f"{now - w['seen']:.0f}s ago · {len(w['running'])}/{w['concurrency']} running"
+        f"{': ' + esc(', '.join(w['running'])) if w['running'] else ''}"
+        f"{' · parked: ' + esc(', '.join(w['parked'])) if w['parked'] else ''}</li>"
+        for w in queue["workers"]
+    )
+    return (
+        f"<section id=queue><h2>queue</h2><p>{queue['waiting']} waiting · {queue['claimed']}"
+        f" claimed · {queue['parked']} parked (in {esc(queue['datasource'])})</p>"
+        f"<ul class=workers>{workers or '<li>no worker seen recently</li>'}</ul></section>"
+    )
+
+
+def runs_page(
+    data: dict[str, Any],
+    counts: dict[str, int],
+    params: Any,
+    *,
+    root: str,
+    queue: dict[str, Any] | None = None,
+) -> str:
     rows = "".join(_row(r, root) for r in data["runs"])
     tally = " ".join(
         f'<a class="count st-{esc(s)}" href="?status={esc(s)}">{esc(s)} {n}</a>'
@@ -87,6 +113,7 @@ def runs_page(data: dict[str, Any], counts: dict[str, int], params: Any, *, root
         "<table id=runs><thead><tr><th>request id</th><th>workflow</th><th>status</th>"
         "<th>step</th><th>attempt</th><th>started (UTC)</th><th>updated (UTC)</th>"
         f"<th>error</th></tr></thead><tbody>{rows}</tbody></table>{more}"
+        f"{queue_section(queue)}"
     )
     return layout("runs", body, root=root, refresh="runs")
 

@@ -59,6 +59,7 @@ from blokrun.errors import (
     WorkflowError,
 )
 from blokrun.persistence.leases import SLOT_PREFIX, Lease, acquire
+from blokrun.workers.presence import forget, tell
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -160,6 +161,8 @@ class Worker:
             await self._drain()
             for rid in list(self._parked):
                 await self._give_back(rid)
+            if self.runner.queue_datasource is not None:
+                await forget(self.runner.queue_datasource, self.name)
             tg.cancel_scope.cancel()
 
     async def _round(self, tg: anyio.abc.TaskGroup) -> bool:
@@ -370,10 +373,18 @@ class Worker:
             log.warning("run %s: could not record why it was dead-lettered: %s", rid, exc)
         return "dead", True
 
+    async def _tell(self) -> None:
+        ds = self.runner.queue_datasource
+        if ds is not None:
+            await tell(ds, self.name, concurrency=self.concurrency, running=list(self._running),
+                       parked=list(self._parked), ttl=self.claim_ttl)  # fmt: skip
+
     async def _heartbeat(self) -> None:
         interval = max(self.claim_ttl / 3, 0.05)
+        await self._tell()
         while True:
             await anyio.sleep(interval)
+            await self._tell()
             ids = [*self._running, *self._parked]
             if not ids:
                 continue

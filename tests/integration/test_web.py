@@ -274,3 +274,34 @@ def test_blokrun_ui_serves_the_dashboard_on_loopback(tmp_path: Path) -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=20)
     assert f"blokrun ui: http://127.0.0.1:{port}/ (read-only)" in err
+
+
+async def test_the_queue_and_the_workers_seen_recently() -> None:
+    import anyio
+
+    from blokrun.workers import Worker
+
+    settings = [
+        DatasourceSettings(name="default", type="memory"),
+        DatasourceSettings(name="q", type="memory"),
+    ]
+    async with Runner(settings, queue_datasource="q", lease_ttl=3) as rt:
+        gate = {"name": "gated", "steps": [{"name": "wait", "node": f"{NODE}:wait_gate"}]}
+        rid = await rt.submit(gate, request_id="g-1")
+        await rt.submit(flow(), {"total": 0}, request_id="queued-1")
+        worker = Worker(rt, await rt.queue(), concurrency=1, claim_ttl=3, name="w-one")
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg, client(blokrun_app(rt)) as http:
+            tg.start_soon(worker.serve, stop)
+            await wfnodes.wait_for_gate_waiters(1)
+            with anyio.fail_after(5):  # the worker tells what it runs with every heartbeat
+                while not (queue := (await http.get("/api/queue")).json())["workers"][0]["running"]:  # noqa: ASYNC110 (polls the API)
+                    await anyio.sleep(0.05)
+            page = (await http.get("/")).text
+            wfnodes.GATE.set()
+            assert (await rt.wait(rid)).status == "completed"
+            stop.set()
+    assert queue["configured"] and queue["waiting"] == 1 and queue["claimed"] == 1
+    [seen] = queue["workers"]
+    assert seen["name"] == "w-one" and seen["running"] == ["g-1"] and seen["concurrency"] == 1
+    assert "1 waiting · 1 claimed · 0 parked" in page and "w-one" in page
