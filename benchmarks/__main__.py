@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from benchmarks import drivers, lifecycle, map_items, runner_overhead, startup, state
+from benchmarks import dashboard, drivers, lifecycle, map_items, runner_overhead, startup, state
 from benchmarks.harness import Report, write_results
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, Callable[..., Awaitable[None]]] = {
     "state": state.run,
     "lifecycle": lifecycle.run,
     "map_items": map_items.run,
+    "dashboard": dashboard.run,
 }
 
 

@@ -1,0 +1,92 @@
+"""The dashboard's server time: the runs list over 10,000 stored runs (first page, and
+filtered by status), and one run's page with 200 checkpoints.
+
+The runs are real runs of a two-step workflow (one in ten failed) on the embedded default
+(the filesystem), made 100 at a time; the pages are served by ``blokrun_app`` in-process
+(httpx's ASGI transport: server time, no network). Medians of 5 after a warm-up.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import httpx
+
+from blokrun import Runner, StepFailed
+from blokrun.config import DatasourceSettings
+from blokrun.web import blokrun_app
+
+if TYPE_CHECKING:
+    from benchmarks.harness import Report
+
+SECTION = "Dashboard: server time"
+
+
+def flow(fail: bool) -> dict[str, Any]:
+    return {
+        "name": "dash",
+        "steps": [
+            {"name": "a", "node": "set", "inputs": {"x": 1}},
+            {"name": "b", "node": "fail" if fail else "echo", "inputs": {}},
+        ],
+    }
+
+
+def long_run(steps: int) -> dict[str, Any]:
+    return {
+        "name": "long",
+        "steps": [{"name": f"s{i}", "node": "set", "inputs": {f"v{i}": i}} for i in range(steps)],
+    }
+
+
+async def make_runs(runner: Runner, count: int) -> None:
+    limiter = anyio.CapacityLimiter(100)
+
+    async def one(i: int) -> None:
+        async with limiter:
+            try:
+                await runner.run(flow(i % 10 == 0), request_id=f"d-{i:05d}")
+            except StepFailed:
+                pass
+
+    async with anyio.create_task_group() as tg:
+        for i in range(count):
+            tg.start_soon(one, i)
+
+
+async def timed(http: httpx.AsyncClient, path: str, repeats: int = 5) -> float:
+    await http.get(path)  # warm-up
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        response = await http.get(path)
+        samples.append(time.perf_counter() - t0)
+        assert response.status_code == 200, (path, response.status_code)
+    return statistics.median(samples)
+
+
+async def run(report: Report, quick: bool = False) -> None:
+    count = 1000 if quick else 10_000
+    home = tempfile.mkdtemp(prefix="blokrun-bench-dash-")
+    settings = DatasourceSettings(name="default", type="filesystem", path=home)
+    async with Runner([settings]) as runner:
+        t0 = time.perf_counter()
+        await make_runs(runner, count)
+        made = time.perf_counter() - t0
+        await runner.run(long_run(200), request_id="long-1")
+        transport = httpx.ASGITransport(app=blokrun_app(runner, read_only=True))
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as http:
+            first = await timed(http, "/api/runs?limit=50")
+            failed = await timed(http, "/api/runs?limit=50&status=failed")
+            page = await timed(http, "/")
+            one = await timed(http, "/runs/long-1")
+    note = f"{count:,} runs on the filesystem default (made in {made:.1f} s)"
+    report.add(SECTION, "runs list, first page (API)", first, "s", note)
+    report.add(SECTION, "runs list, failed only (API)", failed, "s", note)
+    report.add(SECTION, "runs page (HTML, with counts per status)", page, "s", note)
+    report.add(SECTION, "a run's page, 200 checkpoints (HTML)", one, "s",
+               "timeline, table and the state at the latest checkpoint")  # fmt: skip
