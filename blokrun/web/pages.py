@@ -119,21 +119,23 @@ def runs_page(
 
 
 def _timeline(bars: list[dict[str, Any]]) -> str:
+    """One row per stored step attempt: its name on the left, a bar placed by time."""
     if not bars:
         return "<p>no steps stored yet</p>"
     t0 = min(b["start"] for b in bars)
     span = max(max(b["end"] for b in bars) - t0, 1e-6)
-    lines = []
+    rows = []
     for b in bars:
-        left = 100 * (b["start"] - t0) / span
-        width = max(100 * (b["end"] - b["start"]) / span, 0.6)
+        width = max(100 * (b["end"] - b["start"]) / span, 0.8)
+        left = min(100 * (b["start"] - t0) / span, 100 - width)
         label = f"{b['step']} · attempt {b['attempt']} · {b['status']}"
-        lines.append(
+        rows.append(
+            f'<div class=row title="{esc(label)}"><span class=label>{esc(b["step"])}'
+            f" <small>a{b['attempt']}</small></span><div class=track>"
             f'<div class="bar st-{esc(b["status"])} at-{b["attempt"] % 4}" '
-            f'style="margin-left:{left:.2f}%;width:{min(width, 100 - left):.2f}%" '
-            f'title="{esc(label)}"><span>{esc(b["step"])}</span></div>'
+            f'style="margin-left:{left:.2f}%;width:{width:.2f}%"></div></div></div>'
         )
-    return f"<div class=timeline aria-label=timeline>{''.join(lines)}</div>"
+    return f"<div class=timeline aria-label=timeline>{''.join(rows)}</div>"
 
 
 def state_tree(value: Any, name: str = "vars", depth: int = 0) -> str:
