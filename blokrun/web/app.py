@@ -4,6 +4,7 @@ Routes (relative to where it is mounted)::
 
     GET  /                      runs (filters: status, workflow, q, since; cursor paging)
     GET  /runs/{id}             a run: timeline, checkpoints, ?seq=N state, ?a=&b= diff
+    GET  /gc                    what gc would delete (a dry run)
     POST /runs/{id}/resume      resume (from_step, set, dry_run) -- a form; redirects back
     POST /runs/{id}/input       answer an await-input step (in.<field> or input, token)
     GET  /api/runs, /api/runs/{id}, /api/runs/{id}/state?seq=, /api/runs/{id}/diff?a=&b=,
@@ -30,7 +31,7 @@ from starlette.staticfiles import StaticFiles
 
 from blokrun.errors import RunNotFound
 from blokrun.web.api import actions, error_status, read
-from blokrun.web.pages import esc, layout, run_page, run_url, runs_page
+from blokrun.web.pages import esc, gc_page, layout, run_page, run_url, runs_page
 from blokrun.web.security import CSRF_COOKIE, TOKEN_COOKIE, authorized, csrf_ok, new_csrf
 from blokrun.web.views import counts, definition_steps, run_detail
 
@@ -87,7 +88,10 @@ class _Dashboard:
         params = dict(request.query_params)
         try:
             rid = request.path_params.get("rid")
-            html = await (self._run(request, rid, root) if rid else self._runs(params, root))
+            if request.url.path.endswith("/gc"):
+                html = gc_page(await read(self.runner, "gc", None, params), root=root)
+            else:
+                html = await (self._run(request, rid, root) if rid else self._runs(params, root))
         except RunNotFound as exc:
             html = layout("not found", f"<p>{esc(exc)}</p>", root=root)
             return self.finish(request, HTMLResponse(html, status_code=404))
@@ -200,6 +204,7 @@ def blokrun_app(runner: Runner, *, read_only: bool = False, token: str | None = 
     routes = [
         Route("/", d.page),
         Route("/runs/{rid}", d.page),
+        Route("/gc", d.page),
         Route("/runs/{rid}/{action}", d.act, methods=["POST"]),
         Route("/api/runs", d.view),
         Route("/api/runs/{rid}", d.view),

@@ -71,6 +71,20 @@ def _row(r: dict[str, Any], root: str) -> str:
     )
 
 
+def gc_page(report: dict[str, Any], *, root: str) -> str:
+    """What ``blokrun gc`` would delete now (a dry run: nothing is deleted)."""
+    runs = "".join(
+        f'<li><a href="{esc(run_url(root, rid))}">{esc(rid)}</a></li>' for rid in report["runs"]
+    )
+    body = (
+        f"<p>a dry run with the default ages (completed runs after 7 days, failed after 30): "
+        f"{len(report['runs'])} run(s), {report['keys']} key(s), {report['bytes']} bytes "
+        f"would be deleted; nothing was.</p><ul>{runs}</ul>"
+        "<p>To delete them: <code>blokrun gc</code></p>"
+    )
+    return layout("gc preview", body, root=root)
+
+
 def queue_section(queue: dict[str, Any] | None) -> str:
     """The queue's counts and the workers seen recently (when a queue is configured)."""
     if not queue or not queue.get("configured"):
@@ -109,7 +123,8 @@ def runs_page(
         query = "&".join(f"{esc(k)}={esc(v)}" for k, v in keep.items())
         more = f'<a class=next href="?{query}&amp;cursor={esc(data["cursor"])}">older runs</a>'
     body = (
-        f"<nav class=counts>{tally or 'no runs yet'}</nav>{_filters(params, root)}"
+        f"<nav class=counts>{tally or 'no runs yet'} "
+        f'<a class=gc href="{esc(root)}/gc">gc preview</a></nav>{_filters(params, root)}'
         "<table id=runs><thead><tr><th>request id</th><th>workflow</th><th>status</th>"
         "<th>step</th><th>attempt</th><th>started (UTC)</th><th>updated (UTC)</th>"
         f"<th>error</th></tr></thead><tbody>{rows}</tbody></table>{more}"

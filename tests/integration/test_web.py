@@ -305,3 +305,12 @@ async def test_the_queue_and_the_workers_seen_recently() -> None:
     [seen] = queue["workers"]
     assert seen["name"] == "w-one" and seen["running"] == ["g-1"] and seen["concurrency"] == 1
     assert "1 waiting · 1 claimed · 0 parked" in page and "w-one" in page
+
+
+async def test_gc_preview_deletes_nothing(runner: Runner) -> None:
+    await runner.run(flow(), {"total": 0}, request_id="old-1")
+    async with client(blokrun_app(runner)) as http:
+        page = await http.get("/gc")
+        assert page.status_code == 200 and "nothing was" in page.text
+        assert (await http.get("/api/gc")).json()["dry_run"] is True
+    assert (await runner.inspect("old-1")).status == "completed"
