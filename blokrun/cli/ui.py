@@ -62,7 +62,10 @@ async def handle(args: argparse.Namespace) -> int:
 
         from blokrun.web import blokrun_app
 
-        app = blokrun_app(runner, read_only=args.read_only, token=token)
+        hosts = None
+        if _loopback(args.host):  # a page elsewhere must not reach it by DNS rebinding
+            hosts = ["127.0.0.1", "localhost", "::1", "[::1]", args.host]
+        app = blokrun_app(runner, read_only=args.read_only, token=token, allowed_hosts=hosts)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
         server = uvicorn.Server(config)
         sys.stderr.write(

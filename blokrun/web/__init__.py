@@ -11,12 +11,20 @@ from typing import TYPE_CHECKING, Any
 from blokrun.errors import MissingExtraError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from blokrun.runner import Runner
 
 __all__ = ["blokrun_app"]
 
 
-def blokrun_app(runner: Runner, *, read_only: bool = False, token: str | None = None) -> Any:
+def blokrun_app(
+    runner: Runner,
+    *,
+    read_only: bool = False,
+    token: str | None = None,
+    allowed_hosts: Sequence[str] | None = None,
+) -> Any:
     """The dashboard as an ASGI app (see :func:`blokrun.web.app.blokrun_app`)."""
     try:
         from blokrun.web.app import blokrun_app as build
@@ -24,4 +32,4 @@ def blokrun_app(runner: Runner, *, read_only: bool = False, token: str | None = 
         raise MissingExtraError(
             f"the dashboard needs {exc.name!r}: pip install 'blokrun[ui]'"
         ) from exc
-    return build(runner, read_only=read_only, token=token)
+    return build(runner, read_only=read_only, token=token, allowed_hosts=allowed_hosts)

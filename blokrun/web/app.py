@@ -25,6 +25,8 @@ from urllib.parse import quote
 
 import orjson
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -36,6 +38,8 @@ from blokrun.web.security import CSRF_COOKIE, TOKEN_COOKIE, authorized, csrf_ok,
 from blokrun.web.views import counts, definition_steps, run_detail
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from starlette.requests import Request
 
     from blokrun.runner import Runner
@@ -77,7 +81,7 @@ class _Dashboard:
         if self.token is not None and request.query_params.get("token"):
             response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict")
         if CSRF_COOKIE not in request.cookies:
-            response.set_cookie(CSRF_COOKIE, request.state.csrf, samesite="strict")
+            response.set_cookie(CSRF_COOKIE, request.state.csrf, httponly=True, samesite="strict")
         return response
 
     async def page(self, request: Request) -> Response:
@@ -195,11 +199,19 @@ def _notice(route: str, outcome: dict[str, Any]) -> str:
     return f"{route}: {outcome['status']}"
 
 
-def blokrun_app(runner: Runner, *, read_only: bool = False, token: str | None = None) -> Starlette:
+def blokrun_app(
+    runner: Runner,
+    *,
+    read_only: bool = False,
+    token: str | None = None,
+    allowed_hosts: Sequence[str] | None = None,
+) -> Starlette:
     """The dashboard over ``runner``'s datasources, as an ASGI app to serve (``blokrun ui``)
     or mount beside a service's own routes: ``app.mount("/runs", blokrun_app(runner))``.
     ``read_only`` hides and refuses every action; ``token`` is required on every request
-    when given (see :mod:`blokrun.web.security`). The runner must be started."""
+    when given (see :mod:`blokrun.web.security`); ``allowed_hosts``: the ``Host`` headers
+    it answers (``blokrun ui`` on loopback: loopback names only, so a web page cannot reach
+    it through DNS rebinding). The runner must be started."""
     d = _Dashboard(runner, read_only=read_only, token=token)
     routes = [
         Route("/", d.page),
@@ -213,4 +225,7 @@ def blokrun_app(runner: Runner, *, read_only: bool = False, token: str | None = 
         Route("/api/{view}", d.view),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(routes=routes)
+    middleware = []
+    if allowed_hosts is not None:
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
+    return Starlette(routes=routes, middleware=middleware)

@@ -314,3 +314,12 @@ async def test_gc_preview_deletes_nothing(runner: Runner) -> None:
         assert page.status_code == 200 and "nothing was" in page.text
         assert (await http.get("/api/gc")).json()["dry_run"] is True
     assert (await runner.inspect("old-1")).status == "completed"
+
+
+async def test_loopback_serving_answers_loopback_host_names_only(runner: Runner) -> None:
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 gets nothing."""
+    app = blokrun_app(runner, allowed_hosts=["127.0.0.1", "localhost"])
+    async with client(app) as http:
+        evil = await http.get("/api/runs", headers={"Host": "evil.example:8765"})
+        good = await http.get("/api/runs", headers={"Host": "127.0.0.1:8765"})
+    assert evil.status_code == 400 and good.status_code == 200
