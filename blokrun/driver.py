@@ -92,6 +92,7 @@ class RunDriver:
         restart: bool = False,
         parent: str | None = None,
         park_after: float | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> RunResult:
         """Run ``wf`` from its first step as run ``request_id``.
 
@@ -133,6 +134,7 @@ class RunDriver:
                 lease=lease,
                 incarnation=incarnation,
                 parent=parent,
+                tags=tags,
             )
             return await self._drive(attempt, recorder, lease)
         finally:

@@ -12,6 +12,7 @@ one process. Workers (:mod:`blokrun.workers`) are built on a Runner, not inside 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
@@ -243,6 +244,7 @@ class Runner:
         request_id: str | None = None,
         restart: bool = False,
         park_timers_after: float | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> RunResult:
         """Run a workflow from its first step; :class:`~blokrun.errors.RunError` on failure.
 
@@ -253,6 +255,9 @@ class Runner:
         starts it over instead, as a new incarnation: every step runs again, and the old
         incarnation's records are never read by it (they stay until gc deletes the run).
 
+        ``tags``: ``{key: value}`` strings kept with the run, to filter runs on
+        (:meth:`list_runs`, ``blokrun runs --tag``, the dashboard).
+
         ``park_timers_after`` (what workers pass): a timer step with more than this many
         seconds left ends the attempt with status ``sleeping`` (``wake_at`` set) instead of
         waiting in this process; resuming it after ``wake_at`` continues the run.
@@ -261,7 +266,12 @@ class Runner:
         wf = self.load(workflow)
         rid = new_request_id() if request_id is None else _checked_request_id(request_id)
         return await self._driver.run(
-            wf, _checked_inputs(inputs), rid, restart=restart, park_after=park_timers_after
+            wf,
+            _checked_inputs(inputs),
+            rid,
+            restart=restart,
+            park_after=park_timers_after,
+            tags=checked_tags(tags),
         )
 
     # -- resume ----------------------------------------------------------------------------------
@@ -540,3 +550,27 @@ def _checked_request_id(request_id: str) -> str:
         return validate_request_id(request_id)
     except ValueError as exc:
         raise ArgumentError(str(exc), argument="request_id") from None
+
+
+_TAG_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_TAGS = 20
+
+
+def checked_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
+    """Tags as given, checked: at most 20, keys of 1-64 characters from A-Z a-z 0-9 _ . -,
+    values strings of at most 256 characters."""
+    if tags is None:
+        return {}
+    if not isinstance(tags, Mapping) or len(tags) > MAX_TAGS:
+        raise ArgumentError(f"tags: expected at most {MAX_TAGS} key/value pairs", argument="tags")
+    for key, value in tags.items():
+        if not isinstance(key, str) or not _TAG_KEY.fullmatch(key):
+            raise ArgumentError(
+                f"tag key {key!r}: expected 1-64 characters from A-Z a-z 0-9 _ . -",
+                argument="tags",
+            )
+        if not isinstance(value, str) or len(value) > 256:
+            raise ArgumentError(
+                f"tag {key!r}: expected a string of at most 256 characters", argument="tags"
+            )
+    return dict(tags)

@@ -151,6 +151,7 @@ class RunRecorder(Hook):
         edited: bool = False,
         forked: tuple[str, str | None] | None = None,
         parent: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> None:
         self._shared = shared
         self.request_id = request_id
@@ -171,6 +172,8 @@ class RunRecorder(Hook):
         self.forked = forked
         #: the run that started this one (a sub-workflow's child run)
         self.parent = parent
+        #: the user's tags, kept on every head record of the run
+        self.tags = dict(tags or {})
         #: where write-behind saves run (durability "async"); set by whoever drives the run
         self.background: TaskGroup | None = None
         self.targets = [shared.datasources[name] for name in workflow.targets]
@@ -235,6 +238,7 @@ class RunRecorder(Hook):
             incarnation=self.incarnation,
             layout=LAYOUT,
             key_id=self._shared.envelope.key_id,
+            tags=self.tags,
         )
 
     async def _save(

@@ -178,6 +178,7 @@ class HeadRecord(msgspec.Struct, frozen=True, kw_only=True):
     layout: int = 1  # the store layout that wrote it (1: before incarnations; refused)
     key_id: str | None = None  # the encryption key the run is sealed with (never downgraded)
     wake_at: float | None = None  # sleeping: when its timer step (waiting_step) wakes
+    tags: dict[str, str] = msgspec.field(default_factory=dict)  # the user's, to filter runs on
 
 
 class RunRecord(msgspec.Struct, frozen=True, kw_only=True):

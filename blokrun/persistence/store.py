@@ -303,6 +303,7 @@ class RunStore:
         incarnation: int = 1,
         fork_of: tuple[str, Prepared] | None = None,
         parent: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> RunRecorder:
         """The hook that records an attempt: a new run's first (of ``incarnation``), a
         planned resume, or (``fork_of``: the source run and its planned state) a fork."""
@@ -323,6 +324,7 @@ class RunStore:
                 durability=durability,
                 lease=lease,
                 forked=(source, state.plan.run[0] if state.plan.run else None),
+                tags=state.plan.head.tags if state.plan.head is not None else None,
             )
         if prepared is None:
             return RunRecorder(
@@ -339,6 +341,7 @@ class RunStore:
                 durability=durability,
                 lease=lease,
                 parent=parent,
+                tags=tags,
             )
         return RunRecorder(
             self._recording,
@@ -354,6 +357,7 @@ class RunStore:
             durability=durability,
             lease=lease,
             edited=prepared.edited,
+            tags=prepared.plan.head.tags if prepared.plan.head is not None else None,
         )
 
     async def mark_unloadable(
