@@ -2,9 +2,14 @@
 seed 000 stores them, for tools that read the store's data rather than blokrun's records.
 
 Each checkpoint, in sequence order, as ``{"stepName", "timestamp" (ISO 8601, UTC), "vars"
-(the whole vars at that step: deltas and large values resolved), "metadata": {"workflowId",
-"requestId", "seq", "status"}}``. ``json`` prints one object ``{"requestId", "status",
-"checkpoints": [...]}``; ``jsonl`` one checkpoint per line. ``--step`` keeps that step's.
+(the whole vars at that step: deltas and large values resolved, decrypted), "metadata":
+{"workflowId", "requestId", "seq", "status" (the run's status at that checkpoint),
+"runStatus" (the run's status now)}}``. ``json`` prints one object ``{"requestId",
+"workflowId", "status", "checkpoints": [...]}``; ``jsonl`` one checkpoint per line. ``--step``
+keeps that step's checkpoints (a step run again by a later attempt has several). Values JSON
+has no type for print as ``blokrun run`` prints them (``Decimal`` and ``datetime`` as
+strings). The run is located and its history listed once; each checkpoint is rebuilt and
+printed in turn, so ``jsonl`` holds one checkpoint's vars in memory at a time.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from blokrun.cli.common import EXIT_OK, with_runner
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import AsyncIterator
 
     from blokrun.runner import Runner
 
-__all__ = ["add_parser", "handle"]
+__all__ = ["add_parser", "checkpoints", "export", "handle"]
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -31,57 +37,80 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "export", help="print a run's checkpoints as seed 000 stores them (JSON)"
     )
     p.add_argument("request_id", metavar="REQUEST_ID", help="the run (its request id)")
-    p.add_argument("--format", choices=("json", "jsonl"), default="json", help="default json")
+    p.add_argument(
+        "--format",
+        choices=("json", "jsonl"),
+        default="json",
+        help="json: one object with the run's status; jsonl: one checkpoint a line",
+    )
     p.add_argument("--step", metavar="NAME", help="only the checkpoints of this step")
     p.set_defaults(handler=handle)
     return p
 
 
-async def records(runner: Runner, request_id: str, step: str | None) -> list[dict[str, Any]]:
-    """The run's checkpoints in seed 000's shape (see the module docstring)."""
-    info = await runner.inspect(request_id)
-    head = info.head
-    out = []
-    for c in info.checkpoints:
-        if step is not None and c.step != step:
-            continue
-        _, state = await runner.state_at(request_id, seq=c.seq)
-        out.append(
-            {
-                "stepName": c.step,
-                "timestamp": datetime.fromtimestamp(c.time, UTC).isoformat(),
-                "vars": state,
-                "metadata": {
-                    "workflowId": head.workflow if head is not None else None,
-                    "requestId": request_id,
-                    "seq": c.seq,
-                    "status": c.status,
-                },
-            }
+async def checkpoints(
+    runner: Runner,
+    request_id: str,
+    *,
+    step: str | None = None,
+    workflow: str | None = None,
+    run_status: str | None = None,
+) -> AsyncIterator[dict[str, Any]]:
+    """The run's checkpoints in seed 000's shape (see the module docstring), in order;
+    ``workflow`` and ``run_status`` go into each one's metadata."""
+    async for info, state in runner.store.history.states(request_id, step=step):
+        yield {
+            "stepName": info.step,
+            "timestamp": datetime.fromtimestamp(info.time, UTC).isoformat(),
+            "vars": state,
+            "metadata": {
+                "workflowId": workflow,
+                "requestId": request_id,
+                "seq": info.seq,
+                "status": info.status,
+                "runStatus": run_status,
+            },
+        }
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+async def export(runner: Runner, request_id: str, step: str | None, fmt: str) -> None:
+    """Write the export to stdout (see the module docstring)."""
+    from blokrun.errors import ArgumentError
+
+    info = await runner.inspect(request_id)  # an unknown run: NotFound, exit 2
+    if step is not None and all(c.step != step for c in info.checkpoints):
+        steps = list(dict.fromkeys(c.step for c in info.checkpoints))
+        have = ", ".join(steps[:10]) + (f", ... ({len(steps)} in all)" if len(steps) > 10 else "")
+        raise ArgumentError(
+            f"run {request_id} has no checkpoint of step {step!r}; its steps: {have}",
+            argument="--step",
         )
-    return out
+    workflow = info.head.workflow if info.head is not None else None
+    found = checkpoints(runner, request_id, step=step, workflow=workflow, run_status=info.status)
+    out = sys.stdout
+    if fmt == "jsonl":
+        async for record in found:
+            out.write(_dumps(record) + "\n")
+        return
+    whole = {"requestId": request_id, "workflowId": workflow, "status": info.status}
+    out.write(_dumps(whole)[:-1] + ',"checkpoints":[')  # streamed: one checkpoint at a time
+    sep = ""
+    async for record in found:
+        out.write(sep + _dumps(record))
+        sep = ","
+    out.write("]}\n")
 
 
 async def handle(args: argparse.Namespace) -> int:
     """Print the export; the exit code (2: no such run, or no such step)."""
-    from blokrun.cli.output import dump_json
-    from blokrun.errors import ArgumentError
 
     async def body(runner: Runner) -> int:
-        found = await records(runner, args.request_id, args.step)
-        if args.step is not None and not found:
-            raise ArgumentError(
-                f"run {args.request_id} has no checkpoint of step {args.step!r}",
-                argument="--step",
-            )
-        if args.format == "jsonl":  # one line each, on a terminal too
-            for record in found:
-                sys.stdout.write(orjson.dumps(record, default=str).decode() + "\n")
-            return EXIT_OK
-        status = (await runner.inspect(args.request_id)).status
-        dump_json(
-            {"requestId": args.request_id, "status": status, "checkpoints": found}, sys.stdout
-        )
+        await export(runner, args.request_id, args.step, args.format)
+        sys.stdout.flush()
         return EXIT_OK
 
     return await with_runner(body)

@@ -20,11 +20,12 @@ from blokrun.persistence.records import HeadRecord, decode_record
 from blokrun.persistence.state import resolve_blobs
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import AsyncIterator, Mapping
 
     from blokrun.datasources import Datasource, LeaseState
     from blokrun.persistence.envelope import Envelope
     from blokrun.persistence.planner import Planner
+    from blokrun.persistence.records import CheckpointRecord
 
 __all__ = ["CheckpointInfo", "History", "RunInfo"]
 
@@ -173,7 +174,23 @@ class History:
             raise ResumeError(
                 f"no checkpoint for {what}; checkpoints: {have or 'none'}", request_id=request_id
             )
-        rebuilt = await locator.rebuild(ds, chosen)
+        return await self._state(ds, chosen, what, request_id)
+
+    async def states(
+        self, request_id: str, *, step: str | None = None
+    ) -> AsyncIterator[tuple[CheckpointInfo, dict[str, Any]]]:
+        """Every checkpoint (of ``step`` only, if given) and the vars at it, in sequence
+        order: the run located and its history listed once (``blokrun export``)."""
+        found = await self._planner.locate(request_id, None)
+        ds = found.datasource
+        for s in await self._planner.locator.history(ds, request_id, found.incarnation):
+            if s.record is not None and step in (None, s.record.step):
+                yield await self._state(ds, s.record, f"checkpoint #{s.record.seq}", request_id)
+
+    async def _state(
+        self, ds: Datasource, chosen: CheckpointRecord, what: str, request_id: str
+    ) -> tuple[CheckpointInfo, dict[str, Any]]:
+        rebuilt = await self._planner.locator.rebuild(ds, chosen)
         if rebuilt is None:
             raise ResumeError(
                 f"the checkpoint for {what} cannot be rebuilt (its chain is broken)",

@@ -1,13 +1,11 @@
 """Seed 000 read as written: its own example workflows load unchanged (nodes named as in
-the seed, registered by name), a step's key reads back as the seed stores a checkpoint, and
-``blokrun export`` gives every checkpoint in that shape."""
+the seed, registered by name), and a step's key reads back as the seed stores a checkpoint
+(``blokrun export``, which gives every checkpoint in that shape: tests/integration/test_export.py)."""
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,9 @@ import pytest
 
 from blokrun import Context, Runner, WorkflowError
 from blokrun.config import DatasourceSettings
-from tests.integration.test_cli import REPO, cli_env
+from blokrun.persistence.envelope import Envelope
+from blokrun.persistence.records import ALIAS_MAGIC
+from tests.integration.test_cli import REPO
 
 FIXTURES = REPO / "tests" / "fixtures" / "seed000"
 SEED = REPO.parent / "shared" / "seeds" / "000_a9a171e9344b0cee.txt"
@@ -126,35 +126,64 @@ def test_unregistered_seed_nodes_say_how_to_register_them() -> None:
     assert "$.steps[1].node: node 'parallel-processor'" in text
 
 
-def test_export_prints_every_checkpoint_as_the_seed_stores_it(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    wf = tmp_path / "wf.json"
-    wf.write_text(json.dumps({
-        "name": "exported",
+async def step_output(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
+    ctx.vars[f"set_by_{ctx.step}"] = inputs["n"]
+    return {"n": inputs["n"], "pad": "x" * inputs["pad"]}
+
+
+def three_steps() -> dict[str, Any]:
+    return {
+        "name": "three-steps",
+        "datasources": ["cache", "db"],
+        "persistence": {"enabled": True, "targets": ["cache", "db"]},
         "steps": [
-            {"name": "a", "node": "set", "inputs": {"x": 1}},
-            {"name": "b", "node": "echo", "inputs": {"y": "${ctx.vars.x}"}},
+            {"name": "step1", "node": "step-output", "inputs": {"n": 1, "pad": 0}},
+            {"name": "step2", "node": "step-output", "inputs": {"n": 2, "pad": 20_000}},
+            {"name": "step3", "node": "step-output", "inputs": {"n": 3, "pad": 0}},
         ],
-    }))  # fmt: skip
+    }
 
-    def blokrun(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "blokrun", *args],
-            cwd=REPO, env=cli_env(home), capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
 
-    assert blokrun("run", str(wf), "--request-id", "e-1").returncode == 0
-    whole = json.loads(blokrun("export", "e-1").stdout)
-    assert whole["requestId"] == "e-1" and whole["status"] == "completed"
-    assert [c["stepName"] for c in whole["checkpoints"]] == ["a", "b"]
-    assert whole["checkpoints"][0]["vars"] == {"x": 1}
-    assert whole["checkpoints"][1]["vars"] == {"x": 1, "b": {"y": 1}}
-    assert whole["checkpoints"][1]["metadata"] == {
-        "workflowId": "exported", "requestId": "e-1", "seq": 2, "status": "completed"
+def reader(*datasources: str) -> dict[str, Any]:
+    return {
+        "name": "reader",
+        "datasources": list(datasources),
+        "persistence": {"enabled": False},
+        "steps": [
+            {"name": "read", "node": "echo",
+             "inputs": {"step2": "${ctx.datasource('db', 'r3-step2')}"}},
+        ],
     }  # fmt: skip
-    lines = blokrun("export", "e-1", "--format", "jsonl", "--step", "b").stdout.splitlines()
-    assert [json.loads(line)["stepName"] for line in lines] == ["b"]
-    missing = blokrun("export", "nope")
-    assert missing.returncode == 2 and "nope" in missing.stderr
-    no_step = blokrun("export", "e-1", "--step", "zz")
-    assert no_step.returncode == 2 and "has no checkpoint of step 'zz'" in no_step.stderr
+
+
+@pytest.mark.parametrize("sealed", ["plain", "encrypted-compressed-blobs"])
+async def test_a_steps_key_reads_back_the_whole_vars_at_that_step(
+    sealed: str, tmp_path: Path
+) -> None:
+    settings = mem("cache", "db")
+    options: dict[str, Any] = {"envelope": Envelope(compression="none")}
+    if sealed != "plain":
+        settings.append(DatasourceSettings("blobs", "filesystem", path=str(tmp_path)))
+        options = {
+            "envelope": Envelope(keys={"k1": bytes(range(32))}, active_key="k1", threshold=512),
+            "blob_datasource": "blobs",
+            "blob_threshold": 10_000,
+        }
+    async with Runner(settings, nodes={"step-output": step_output}, **options) as runner:
+        await runner.run(three_steps(), request_id="r3")
+        stored = await runner.datasources["db"].load("r3-step2")
+        read = (await runner.run(reader("db"), request_id="reader-r3")).vars["read"]["step2"]
+        with pytest.raises(WorkflowError, match=r"datasources are: cache \(add it"):
+            await runner.run(reader("cache"), request_id="reader-r3-cache")  # not its 'db'
+        assert await runner.datasources["db"].load("r3-step2") == stored  # read-only
+    assert stored is not None and stored.startswith(ALIAS_MAGIC)  # stored: a pointer
+    assert set(read) == {"stepName", "timestamp", "vars", "metadata"}  # read: the seed's shape
+    assert read["stepName"] == "step2"
+    assert read["metadata"] == {"workflowId": "three-steps", "requestId": "r3"}
+    assert read["vars"] == {
+        "set_by_step1": 1,
+        "step1": {"n": 1, "pad": ""},
+        "set_by_step2": 2,
+        "step2": {"n": 2, "pad": "x" * 20_000},
+    }  # step 1's vars too, the large value resolved; nothing of step 3
+    assert read["timestamp"].endswith("+00:00") and read["timestamp"][:4].isdigit()
