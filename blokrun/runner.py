@@ -373,6 +373,7 @@ class Runner:
         *,
         request_id: str | None = None,
         priority: int = 0,
+        tags: Mapping[str, str] | None = None,
     ) -> str:
         """Put a run in the queue for a worker (``blokrun worker``, :mod:`blokrun.workers`).
 
@@ -397,6 +398,7 @@ class Runner:
             document=wf.document,
             inputs=initial,
             priority=priority,
+            tags=checked_tags(tags),
             enqueued_at=time.time(),
             source=wf.source,
         )
@@ -473,10 +475,17 @@ class Runner:
         since: float | datetime | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> RunPage:
         """Stored runs, newest first, a page at a time (:func:`blokrun.lifecycle.list_runs`)."""
         return await list_runs(
-            self._store, status=status, workflow=workflow, since=since, limit=limit, cursor=cursor
+            self._store,
+            status=status,
+            workflow=workflow,
+            since=since,
+            limit=limit,
+            cursor=cursor,
+            tags=tags,
         )
 
     runs = list_runs  # the name the CLI uses too: ``blokrun runs``

@@ -30,6 +30,22 @@ def add_new_run_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--input", metavar="JSON", help="the run's inputs as a JSON object")
     src.add_argument("--input-file", metavar="FILE", help="a file holding the inputs (JSON object)")
     parser.add_argument("--request-id", metavar="ID", help="the run's id (default: a random one)")
+    add_tag_argument(parser, "a tag kept with the run, to filter runs on (repeatable)")
+
+
+def add_tag_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--tag", metavar="KEY=VALUE", action="append", default=[], help=help)
+
+
+def parse_tags(items: Sequence[str]) -> dict[str, str]:
+    """``--tag KEY=VALUE`` items as a mapping (VALUE as text)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise Usage(f"--tag {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
 
 
 def read_inputs(args: argparse.Namespace) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from blokrun.cli.common import make_runner, with_runner
-from blokrun.cli.inputs import add_new_run_arguments, read_inputs
+from blokrun.cli.inputs import add_new_run_arguments, parse_tags, read_inputs
 
 if TYPE_CHECKING:
     import argparse
@@ -60,7 +60,13 @@ async def handle(args: argparse.Namespace) -> int:
 
     async def body(runner: Runner) -> int:
         async def go() -> int:
-            result = await runner.run(wf, inputs, request_id=request_id, restart=args.restart)
+            result = await runner.run(
+                wf,
+                inputs,
+                request_id=request_id,
+                restart=args.restart,
+                tags=parse_tags(args.tag),
+            )
             if result.existing:
                 sys.stderr.write(
                     f"blokrun: run {request_id} already completed with these inputs; "

@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 from blokrun.cli.common import EXIT_OK, with_runner
+from blokrun.cli.inputs import add_tag_argument, parse_tags
 
 if TYPE_CHECKING:
     from blokrun.lifecycle.runs import RunSummary
@@ -83,6 +84,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--status", choices=_STATUSES, help="only runs with this status")
     p.add_argument("--workflow", metavar="NAME", help="only runs of this workflow")
+    add_tag_argument(p, "only runs with this tag (repeatable: every one)")
     p.add_argument(
         "--since",
         type=parse_since,
@@ -161,6 +163,7 @@ async def run(args: argparse.Namespace, runner: Runner) -> int:
         since=args.since,
         limit=args.limit,
         cursor=args.cursor,
+        tags=parse_tags(args.tag) or None,
     )
     if args.json:
         dump_json({"runs": [r.to_dict() for r in page.runs], "cursor": page.cursor}, sys.stdout)

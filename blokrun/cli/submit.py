@@ -10,7 +10,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from blokrun.cli.common import EXIT_OK, with_runner
-from blokrun.cli.inputs import add_new_run_arguments, read_inputs
+from blokrun.cli.inputs import add_new_run_arguments, parse_tags, read_inputs
 
 if TYPE_CHECKING:
     import argparse
@@ -37,7 +37,11 @@ async def handle(args: argparse.Namespace) -> int:
 
     async def submit(runner: Runner) -> int:
         rid = await runner.submit(
-            args.file, inputs, request_id=args.request_id, priority=args.priority
+            args.file,
+            inputs,
+            request_id=args.request_id,
+            priority=args.priority,
+            tags=parse_tags(args.tag),
         )
         sys.stdout.write(rid + "\n")
         return EXIT_OK

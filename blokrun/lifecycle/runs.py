@@ -80,6 +80,8 @@ class RunSummary:
     #: ``{datasource: "status at #seq"}`` when the run's heads disagree between datasources
     disagreement: Mapping[str, str] = field(default_factory=dict)
     incarnation: int = 1
+    #: the user's tags (``Runner.run(tags=...)``, ``blokrun run --tag``)
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``datasources`` as a list)."""
@@ -101,6 +103,7 @@ class RunSummary:
             "datasources": list(self.datasources),
             "disagreement": dict(self.disagreement),
             "incarnation": self.incarnation,
+            "tags": dict(self.tags),
         }
 
 
@@ -192,6 +195,7 @@ async def iter_runs(store: RunStore, *, batch_size: int = BATCH) -> AsyncIterato
                 datasources=tuple(where[rid]),
                 disagreement=views if len(set(views.values())) > 1 else {},
                 incarnation=head.incarnation,
+                tags=head.tags,
             )
 
 
@@ -320,10 +324,12 @@ async def list_runs(
     since: float | datetime | None = None,
     limit: int = 100,
     cursor: str | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> RunPage:
     """Runs stored on the store's datasources, newest first (by ``started_at``, ties by id).
 
-    ``status``: one status or several; ``workflow``: a workflow name; ``since``: runs started
+    ``tags``: runs carrying every one of these tags. ``status``: one status or several;
+    ``workflow``: a workflow name; ``since``: runs started
     at or after it (unix seconds or a datetime, naive = UTC). At most ``limit`` runs are
     returned; ``RunPage.cursor`` (opaque) gives the next page when there are more. Paging is
     stable: runs started after the first page was read sort before the cursor, so they never
@@ -342,6 +348,8 @@ async def list_runs(
         if workflow is not None and run.workflow != workflow:
             continue
         if since_ts is not None and run.started_at < since_ts:
+            continue
+        if tags and any(run.tags.get(k) != v for k, v in tags.items()):
             continue
         key = run_order(run)
         if after is not None and key <= after:

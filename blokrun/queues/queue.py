@@ -51,6 +51,7 @@ class Job(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     priority: int = 0
     enqueued_at: float = 0.0
     source: str = "<queue>"
+    tags: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class Claim(msgspec.Struct, frozen=True):

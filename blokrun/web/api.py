@@ -82,6 +82,7 @@ async def read(runner: Runner, route: str, rid: str | None, params: Any) -> Any:
             since=_number(params, "since"),
             limit=limit,
             cursor=params.get("cursor") or None,
+            tags=_tags(params),
         )
     if route == "counts":
         return await counts(runner)
@@ -121,6 +122,20 @@ async def _queue(runner: Runner) -> dict[str, Any]:
         "parked": sum(len(w.parked) for w in workers),
         "workers": [msgspec.structs.asdict(w) for w in workers],
     }
+
+
+def _tags(params: Any) -> dict[str, str] | None:
+    """``tag=k=v`` parameters (repeatable; an empty one is ignored)."""
+    items = params.getlist("tag") if hasattr(params, "getlist") else [params.get("tag", "")]
+    tags: dict[str, str] = {}
+    for item in items:
+        if not item:
+            continue
+        key, sep, value = str(item).partition("=")
+        if not sep or not key:
+            raise ApiError(400, f"tag: expected key=value, got {item!r}")
+        tags[key] = value
+    return tags or None
 
 
 def _sets(value: Any) -> dict[str, Any]:

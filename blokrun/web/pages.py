@@ -56,8 +56,13 @@ def _filters(params: Any, root: str) -> str:
         "</select>"
         f'<input name=workflow placeholder=workflow value="{esc(params.get("workflow", ""))}">'
         f'<input name=q placeholder="request id contains" value="{esc(params.get("q", ""))}">'
+        f'<input name=tag placeholder="tag key=value" value="{esc(params.get("tag", ""))}">'
         "<button>filter</button></form>"
     )
+
+
+def _tag_list(tags: dict[str, str]) -> str:
+    return "".join(f" <span class=tag>{esc(k)}={esc(v)}</span>" for k, v in sorted(tags.items()))
 
 
 def _row(r: dict[str, Any], root: str) -> str:
@@ -65,7 +70,8 @@ def _row(r: dict[str, Any], root: str) -> str:
     link = esc(run_url(root, r["request_id"]))
     return (
         f'<tr class="st-{esc(r["status"])}"><td><a href="{link}">{esc(r["request_id"])}</a></td>'
-        f"<td>{esc(r['workflow'])}</td><td class=status>{esc(r['status'])}</td>"
+        f"<td>{esc(r['workflow'])}{_tag_list(r.get('tags') or {})}</td>"
+        f"<td class=status>{esc(r['status'])}</td>"
         f"<td>{esc(step)}</td><td>{r['attempt']}</td><td>{when(r['started_at'])}</td>"
         f"<td>{when(r['updated_at'])}</td><td class=error>{esc((r['error'] or '')[:200])}</td></tr>"
     )

@@ -46,6 +46,7 @@ def run_row(run: RunSummary) -> dict[str, Any]:
         "started_at": run.started_at,
         "updated_at": run.updated_at,
         "error": run.error,
+        "tags": dict(run.tags),
     }
 
 
@@ -58,12 +59,14 @@ async def runs_page(
     since: float | None,
     limit: int,
     cursor: str | None,
+    tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A page of runs, newest first; ``query`` keeps ids containing it."""
+    """A page of runs, newest first; ``query`` keeps ids containing it; ``tags``: runs
+    with every one of them."""
     rows: list[dict[str, Any]] = []
     while len(rows) < limit:
         page = await runner.list_runs(
-            status=status, workflow=workflow, since=since, limit=limit, cursor=cursor
+            status=status, workflow=workflow, since=since, limit=limit, cursor=cursor, tags=tags
         )
         rows.extend(run_row(r) for r in page if not query or query in r.request_id)
         cursor = page.cursor

@@ -333,7 +333,11 @@ class Worker:
             raise _Unloadable(exc) from exc
         self.stats.started += 1
         result = await self.runner.run(
-            wf, job.inputs, request_id=job.request_id, park_timers_after=self.sleep_after
+            wf,
+            job.inputs,
+            request_id=job.request_id,
+            park_timers_after=self.sleep_after,
+            tags=job.tags,
         )
         return self._ended(job.request_id, result)
 

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 #: Every command, in the order ``blokrun --help`` lists them, and its arguments.
 ARGUMENTS: dict[str, list[str]] = {
-    "run": ["file", "--input", "--input-file", "--request-id", "--restart"],
+    "run": ["file", "--input", "--input-file", "--request-id", "--tag", "--restart"],
     "resume": [
         "REQUEST_ID",
         "--workflow",
@@ -36,10 +36,10 @@ ARGUMENTS: dict[str, list[str]] = {
     "diff": ["REQUEST_ID", "A", "B", "--json"],
     "export": ["REQUEST_ID", "--format", "--step"],
     "validate": ["file"],
-    "runs": ["--status", "--workflow", "--since", "--limit", "--cursor", "--json"],
+    "runs": ["--status", "--workflow", "--tag", "--since", "--limit", "--cursor", "--json"],
     "repair": ["REQUEST_ID", "--json"],
     "gc": ["--completed-older-than", "--failed-older-than", "--dry-run", "--json"],
-    "submit": ["file", "--input", "--input-file", "--request-id", "--priority"],
+    "submit": ["file", "--input", "--input-file", "--request-id", "--tag", "--priority"],
     "worker": ["--concurrency", "--workflow-limit", "--grace", "--max-runs", "--schedule"],
     "schedules": ["--json"],
     "wait": ["REQUEST_ID", "--timeout"],
