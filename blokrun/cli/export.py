@@ -3,13 +3,14 @@ seed 000 stores them, for tools that read the store's data rather than blokrun's
 
 Each checkpoint, in sequence order, as ``{"stepName", "timestamp" (ISO 8601, UTC), "vars"
 (the whole vars at that step: deltas and large values resolved, decrypted), "metadata":
-{"workflowId", "requestId", "seq", "status" (the run's status at that checkpoint),
-"runStatus" (the run's status now)}}``. ``json`` prints one object ``{"requestId",
-"workflowId", "status", "checkpoints": [...]}``; ``jsonl`` one checkpoint per line. ``--step``
-keeps that step's checkpoints (a step run again by a later attempt has several). Values JSON
-has no type for print as ``blokrun run`` prints them (``Decimal`` and ``datetime`` as
-strings). The run is located and its history listed once; each checkpoint is rebuilt and
-printed in turn, so ``jsonl`` holds one checkpoint's vars in memory at a time.
+{"workflowId", "requestId", "seq", "status" (the checkpoint's: ``completed``, or
+``skipped``, ``edited``, ``forked``), "runStatus" (the run's status now)}}``. ``json``
+prints one object ``{"requestId", "workflowId", "status", "checkpoints": [...]}``;
+``jsonl`` one checkpoint per line. ``--step`` keeps that step's checkpoints (a step run
+again by a later attempt has several). Values JSON has no type for print as ``blokrun run``
+prints them (``Decimal`` and ``datetime`` as strings). The run is located and its history
+listed once; each checkpoint is rebuilt and printed in turn, so ``jsonl`` holds one
+checkpoint's vars in memory at a time.
 """
 
 from __future__ import annotations
