@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import re
 import sys
 from typing import TYPE_CHECKING, Any
@@ -21,11 +22,28 @@ from blokrun.spec.nodes import NodeRef
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["NodeRef", "NodeRegistry", "resolve_node"]
+__all__ = ["NodeRef", "NodeRegistry", "how_to_resolve", "resolve_node"]
 
 _MODULE_RE = re.compile(
     r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 )
+#: What a registered node name may look like: no ``:`` (that is a module node), no spaces.
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+
+
+def how_to_resolve(node: str) -> str:
+    """How to make ``node`` resolve, for its error: register the name (when it can be one)
+    -- ``Runner(nodes={"data-loader": data_loader})`` -- or name the function."""
+    function = re.sub(r"\W", "_", node.rpartition(":")[2]) or "function"
+    if function[0].isdigit():
+        function = "_" + function
+    named = f'name the function: "node": "your_package.your_module:{function}"'
+    if not _NAME_RE.fullmatch(node) or node in BUILTINS:
+        return named
+    return (
+        f"register it: Runner(nodes={{{json.dumps(node)}: {function}}}) in every process "
+        f"that runs or resumes it (workers too); or, for the blokrun command, {named}"
+    )
 
 
 def _import(module_name: str, search_paths: Sequence[str]) -> Any:
@@ -61,8 +79,8 @@ def resolve_node(
         if node not in BUILTINS:
             raise WorkflowError(
                 f"unknown built-in node {node!r}; expected one of: {', '.join(sorted(BUILTINS))} "
-                f"(or your own: 'package.module:function', or a name registered with "
-                f"Runner(nodes={{{node!r}: your_function}}))",
+                f"(or your own, 'package.module:function' or registered -- "
+                f"{how_to_resolve(node)})",
                 source=source,
                 path=f"{path}.node",
             )
@@ -70,8 +88,8 @@ def resolve_node(
         return NodeRef(node, fn, True, True, allowed, required)
     if not _MODULE_RE.fullmatch(node):
         raise WorkflowError(
-            f"node {node!r}: expected 'package.module:function', or a name registered with "
-            f"Runner(nodes={{{node!r}: your_function}}) in every process that runs or resumes it",
+            f"node {node!r}: expected 'package.module:function' or a registered name -- "
+            f"{how_to_resolve(node)}",
             source=source,
             path=f"{path}.node",
         )
@@ -100,10 +118,6 @@ def resolve_node(
             path=f"{path}.node",
         )
     return NodeRef(node, found, inspect.iscoroutinefunction(found), False)
-
-
-#: What a registered node name may look like: no ``:`` (that is a module node), no spaces.
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 
 
 class NodeRegistry:
@@ -155,9 +169,8 @@ class NodeRegistry:
                 if node not in BUILTINS:
                     raise WorkflowError(
                         f"node {node!r} is neither a built-in nor registered in this process; "
-                        f"registered: {', '.join(self.names()) or 'none'} (register it: "
-                        f"Runner(nodes={{{node!r}: your_function}}), in every process that "
-                        "runs or resumes it -- or name it 'package.module:function')",
+                        f"registered: {', '.join(self.names()) or 'none'} -- "
+                        f"{how_to_resolve(node)}",
                         source=source,
                         path=f"{path}.node",
                     )

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from blokrun import Context, Runner, WorkflowError
-from blokrun.config import DatasourceSettings
+from blokrun.config import DatasourceSettings, settings_from_env
 from blokrun.persistence.envelope import Envelope
 from blokrun.persistence.records import ALIAS_MAGIC
 from tests.integration.test_cli import REPO
@@ -47,20 +47,49 @@ def mem(*names: str) -> list[DatasourceSettings]:
     return [DatasourceSettings(name=n, type="memory") for n in names]
 
 
+def objects(text: str) -> list[Any]:
+    """The JSON values written one after another in ``text``."""
+    decoder, found, at = json.JSONDecoder(), [], 0
+    while text[at:].strip():
+        at += len(text[at:]) - len(text[at:].lstrip())
+        value, at = decoder.raw_decode(text, at)
+        found.append(value)
+    return found
+
+
 @pytest.mark.skipif(not SEED.exists(), reason=f"the seed documents are not here ({SEED})")
 def test_the_fixtures_are_the_seeds_own_json_unchanged() -> None:
     blocks = re.findall(r"```json\n(.*?)```", SEED.read_text(), re.S)
-    workflows = {}
+    workflows, not_one_document = {}, []
     for block in blocks:
         try:
             doc = json.loads(block)
-        except ValueError:  # the seed's pattern 2 holds two objects in one block
+        except ValueError:
+            not_one_document.append([d["name"] for d in objects(block)])
             continue
         if isinstance(doc, dict) and "steps" in doc:
             workflows[doc["name"]] = block
+    # the one block that is not valid JSON: pattern 2, two workflows written one after the
+    # other (each a sketch whose steps name no node, so neither would load on its own)
+    assert not_one_document == [["data-extractor", "data-processor"]]
     assert {p.stem for p in FIXTURES.glob("*.json")} == set(workflows)
     for name, block in workflows.items():
         assert (FIXTURES / f"{name}.json").read_text() == block
+
+
+@pytest.mark.parametrize("name", ["advanced-data-pipeline", "large-dataset-pipeline"])
+def test_each_seed_workflow_loads_with_its_datasources_and_nodes(name: str, tmp_path: Path) -> None:
+    path = FIXTURES / f"{name}.json"
+    named = json.loads(path.read_text())["datasources"]
+    # configured as the seed says, by environment variables (memory driver); blokrun adds
+    # its embedded 'default' checkpoint store, as for every command
+    env = {f"DATASOURCE_{n.upper()}_TYPE": "memory" for n in named}
+    settings = settings_from_env({**env, "BLOKRUN_HOME": str(tmp_path)})
+    assert sorted(settings.datasources) == sorted([*named, "default"])
+    wf = Runner(settings.datasources.values(), nodes=NODES).load(path)
+    assert wf.name == name and [s.node.name for s in wf.steps] == [
+        s["node"] for s in json.loads(path.read_text())["steps"]
+    ]
 
 
 async def test_the_seeds_pipeline_runs_unchanged_with_its_nodes_registered() -> None:
@@ -122,8 +151,24 @@ def test_unregistered_seed_nodes_say_how_to_register_them() -> None:
         )
     text = str(info.value)
     assert "$.steps[0].node: node 'data-loader': expected 'package.module:function'" in text
-    assert "Runner(nodes={'data-loader': your_function})" in text
+    assert 'Runner(nodes={"data-loader": data_loader})' in text
+    assert '"node": "your_package.your_module:data_loader"' in text
     assert "$.steps[1].node: node 'parallel-processor'" in text
+
+
+def test_a_runner_missing_one_seed_node_names_it_and_how() -> None:
+    runner = Runner(mem("cache", "db", "storage"), nodes={"data-loader": data_loader})
+    with pytest.raises(WorkflowError) as info:
+        runner.load(FIXTURES / "advanced-data-pipeline.json")
+    text = str(info.value)
+    assert "$.steps[0]" not in text  # data-loader is registered
+    assert (
+        "$.steps[1].node: node 'parallel-processor' is neither a built-in nor registered in "
+        "this process; registered: data-loader -- register it: "
+        'Runner(nodes={"parallel-processor": parallel_processor}) in every process that runs '
+        'or resumes it (workers too); or, for the blokrun command, name the function: "node": '
+        '"your_package.your_module:parallel_processor"'
+    ) in text
 
 
 async def step_output(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
