@@ -20,7 +20,9 @@ listing still narrows by prefix, and only those rare names cost a ``HEAD`` in ``
 
 **Folders.** The datasource's ``PREFIX`` (``workflows/``) keeps its ``/`` as folders, as S3
 users expect: key ``raw-data-r1`` is object ``workflows/raw-data-r1`` (each segment of the
-prefix encoded as above; the key after it encoded whole). A bucket written by an older
+prefix up to its last ``/`` encoded as above; the rest of the prefix and the key after it
+encoded whole, so ``team/blok-`` gives ``team/blok-raw-data-r1``; a prefix with an empty
+segment, ``a//b/``, stays encoded whole). A bucket written by an older
 blokrun, which encoded that ``/`` too (``workflows%2Fraw-data-r1``), is found at connect
 (one listing) and kept in that form, with a warning, so nothing stored becomes unreadable.
 
@@ -152,7 +154,8 @@ class S3Store:
 
     __slots__ = (
         "_bucket", "_client", "_concurrency", "_connected", "_cut", "_endpoint", "_folders",
-        "_folders_enc", "_marker_at", "_opts", "_prefix", "_room", "_stack", "_ttl_seen",
+        "_folders_enc", "_legacy", "_marker_at", "_opts", "_prefix", "_room", "_stack",
+        "_ttl_seen",
     )  # fmt: skip
 
     def __init__(
@@ -169,10 +172,11 @@ class S3Store:
         concurrency: int = 32,
         folders: str = "",
     ) -> None:
-        # the datasource's PREFIX, as folders: only when every segment is non-empty
-        parts = folders.split("/")[:-1] if folders.endswith("/") else []
-        self._folders = folders if parts and all(parts) else ""
+        # the datasource's PREFIX up to its last '/', as folders: when no segment is empty
+        parts = folders.split("/")[:-1]
+        self._folders = "".join(p + "/" for p in parts) if parts and all(parts) else ""
         self._folders_enc = "".join(encode_key(p) + "/" for p in parts) if self._folders else ""
+        self._legacy = encode_key(folders) if self._folders else ""  # the PREFIX's old form
         if prefix and not prefix.endswith("/"):
             prefix += "/"
         self._room = _MAX_NAME - len(prefix.encode("utf-8"))
@@ -223,7 +227,7 @@ class S3Store:
         """A bucket whose PREFIX ``/`` was encoded by an older blokrun stays in that form."""
         if not self._folders:
             return
-        old = self._prefix + encode_key(self._folders)
+        old = self._prefix + self._legacy
         listed = await self._client.list_objects_v2(Bucket=self._bucket, Prefix=old, MaxKeys=1)
         if listed.get("KeyCount", 0) or listed.get("Contents"):
             log.warning(

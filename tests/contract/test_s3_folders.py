@@ -106,3 +106,40 @@ async def test_a_bucket_written_before_folders_stays_readable(moto: MotoServer, 
         await ds.save("raw-data-new", b"new")
         assert sorted(await ds.keys()) == ["raw-data-new", "raw-data-old"]
     assert await names(raw, url + "/") == ["workflows%2Fraw-data-new", "workflows%2Fraw-data-old"]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "name"),
+    [
+        ("team/blok-", "team/blok-raw-data-r1"),  # folders up to the last '/'
+        ("a/b c/", "a/b%20c/raw-data-r1"),  # each folder encoded
+        ("a//b/", "a%2F%2Fb%2Fraw-data-r1"),  # an empty segment: encoded whole
+        ("blok-cache", "blok-cacheraw-data-r1"),  # no '/': as before
+    ],
+)
+async def test_where_the_prefix_puts_an_object(
+    moto: MotoServer, raw: Any, prefix: str, name: str
+) -> None:
+    settings = replace(moto.settings(), prefix=prefix)
+    async with Datasource(settings, create_store(settings)) as ds:
+        await ds.save("raw-data-r1", b"1")
+        assert await names(raw, url_prefix(ds)) == [name]
+        assert await ds.keys() == ["raw-data-r1"] and await ds.load("raw-data-r1") == b"1"
+
+
+async def test_a_neighbours_old_objects_do_not_hold_back_folders(
+    moto: MotoServer, raw: Any
+) -> None:
+    settings = replace(moto.settings(), prefix="team/blok-")
+    url = (settings.url or "").split("/", 3)[3]
+    old = S3Store(
+        BUCKET, url, endpoint_url=moto.endpoint,
+        access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY,
+    )  # fmt: skip
+    await old.connect()
+    await old.save("team/other-x", b"theirs")  # another datasource's, in the old form
+    await old.close()
+    async with Datasource(settings, create_store(settings)) as ds:
+        await ds.save("r1", b"mine")
+        assert await ds.keys() == ["r1"]
+    assert await names(raw, url + "/") == ["team%2Fother-x", "team/blok-r1"]
