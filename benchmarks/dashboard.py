@@ -1,5 +1,6 @@
 """The dashboard's server time: the runs list over 10,000 stored runs (first page, and
-filtered by status), and one run's page with 200 checkpoints.
+filtered by status), the live refresh of the rows shown, and one run's page with 200
+checkpoints.
 
 The runs are real runs of a two-step workflow (one in ten failed) on the embedded default
 (the filesystem), made 100 at a time; the pages are served by ``blokrun_app`` in-process
@@ -84,9 +85,14 @@ async def run(report: Report, quick: bool = False) -> None:
             failed = await timed(http, "/api/runs?limit=50&status=failed")
             page = await timed(http, "/")
             one = await timed(http, "/runs/long-1")
+            shown = (await http.get("/api/runs?limit=50")).json()["runs"]
+            ids = "&".join(f"id={r['request_id']}" for r in shown)
+            live = await timed(http, f"/api/statuses?{ids}")
     note = f"{count:,} runs on the filesystem default (made in {made:.1f} s)"
     report.add(SECTION, "runs list, first page (API)", first, "s", note)
     report.add(SECTION, "runs list, failed only (API)", failed, "s", note)
     report.add(SECTION, "runs page (HTML, with counts per status)", page, "s", note)
+    report.add(SECTION, "live refresh of the 50 runs shown (API)", live, "s",
+               "what an open runs page polls every 2 s: one head read per row")  # fmt: skip
     report.add(SECTION, "a run's page, 200 checkpoints (HTML)", one, "s",
                "timeline, table and the state at the latest checkpoint")  # fmt: skip

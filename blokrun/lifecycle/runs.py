@@ -28,7 +28,7 @@ from blokrun.persistence.records import HeadRecord, decode_record
 from blokrun.types import RunStatus
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+    from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 
     from blokrun.datasources import Datasource
     from blokrun.persistence.store import RunStore
@@ -41,6 +41,7 @@ __all__ = [
     "iter_runs",
     "list_runs",
     "run_order",
+    "runs_by_id",
 ]
 
 log = logging.getLogger("blokrun.lifecycle")
@@ -170,14 +171,33 @@ async def iter_runs(store: RunStore, *, batch_size: int = BATCH) -> AsyncIterato
     rids = list(where)
     for start in range(0, len(rids), batch_size):
         chunk = rids[start : start + batch_size]
-        best, shown = await _read_heads(store, chunk, where)
-        interrupted = await _interrupted(store, best)
-        for rid in chunk:
-            if rid not in best:
-                continue
-            head, name = best[rid]
-            views = shown.get(rid, {})
-            yield RunSummary(
+        for summary in await _summaries(store, chunk, where):
+            yield summary
+
+
+async def runs_by_id(store: RunStore, request_ids: Sequence[str]) -> list[RunSummary]:
+    """The runs named (those with a readable head), as :func:`iter_runs` shows them: one
+    batch read of their heads per datasource, however many runs are stored."""
+    store.require_started()
+    names = list(store.datasources)
+    return await _summaries(
+        store, list(dict.fromkeys(request_ids)), dict.fromkeys(request_ids, names)
+    )
+
+
+async def _summaries(
+    store: RunStore, chunk: list[str], where: Mapping[str, list[str]]
+) -> list[RunSummary]:
+    best, shown = await _read_heads(store, chunk, dict(where))
+    interrupted = await _interrupted(store, best)
+    out = []
+    for rid in chunk:
+        if rid not in best:
+            continue
+        head, name = best[rid]
+        views = shown.get(rid, {})
+        out.append(
+            RunSummary(
                 request_id=head.request_id,
                 workflow=head.workflow,
                 version=head.version,
@@ -192,11 +212,13 @@ async def iter_runs(store: RunStore, *, batch_size: int = BATCH) -> AsyncIterato
                 failed_step=head.failed_step,
                 definition_hash=head.definition_hash,
                 datasource=name,
-                datasources=tuple(where[rid]),
+                datasources=tuple(views) or tuple(where[rid]),
                 disagreement=views if len(set(views.values())) > 1 else {},
                 incarnation=head.incarnation,
                 tags=head.tags,
             )
+        )
+    return out
 
 
 async def _head_locations(store: RunStore) -> dict[str, list[str]]:

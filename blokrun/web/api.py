@@ -24,6 +24,7 @@ from blokrun.errors import (
     RunNotFound,
     WorkflowError,
 )
+from blokrun.lifecycle.runs import runs_by_id
 from blokrun.web.views import counts, diff, run_detail, runs_page, shorten
 from blokrun.workers.presence import read_workers
 
@@ -92,6 +93,8 @@ async def read(runner: Runner, route: str, rid: str | None, params: Any) -> Any:
                 "keys": report.keys_deleted, "bytes": report.bytes_deleted}  # fmt: skip
     if route == "queue":
         return await _queue(runner)
+    if route == "statuses":
+        return await _statuses(runner, params)
     assert rid is not None
     if route == "run":
         return run_detail(await runner.inspect(rid))
@@ -103,6 +106,27 @@ async def read(runner: Runner, route: str, rid: str | None, params: Any) -> Any:
         a, b = int(_number(params, "a") or 0), int(_number(params, "b") or 0)
         return await diff(runner, rid, a, b)
     raise ApiError(404, f"no view {route!r}")
+
+
+#: Most runs one ``/api/statuses`` call looks up (a page of the runs table).
+MAX_STATUSES = 200
+
+
+async def _statuses(runner: Runner, params: Any) -> dict[str, Any]:
+    """The current status of the runs named (``id=...`` repeated): what a page showing them
+    polls -- one head read per run, whatever the number of runs stored."""
+    ids = params.getlist("id") if hasattr(params, "getlist") else []
+    if len(ids) > MAX_STATUSES:
+        raise ApiError(400, f"id: at most {MAX_STATUSES} runs at once, got {len(ids)}")
+    return {
+        run.request_id: {
+            "status": run.status,
+            "step": run.stopped_at or run.last_done,
+            "error": run.error,
+            "updated_at": run.updated_at,
+        }
+        for run in await runs_by_id(runner.store, ids)
+    }
 
 
 async def _queue(runner: Runner) -> dict[str, Any]:

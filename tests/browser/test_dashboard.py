@@ -86,3 +86,23 @@ async def test_a_user_finds_a_failed_run_resumes_it_and_answers_an_input(tmp_pat
         final = await runner.inspect("order-7")
     assert final.status == "completed"
     assert [s for r, s in wfnodes.CALLS if r == "order-7"] == ["charge", "ship", "ship"]
+
+
+async def test_the_runs_table_follows_a_run_live(tmp_path: Path) -> None:
+    """The open runs list shows a run's new status within a refresh (2 s), no reload."""
+    settings = DatasourceSettings(name="default", type="filesystem", path=str(tmp_path / "ck"))
+    async with Runner([settings]) as runner:
+        wfnodes.FAIL_AT.add("ship")
+        with pytest.raises(StepFailed):
+            await runner.run(order(), {"total": 0}, request_id="live-1")
+        wfnodes.FAIL_AT.clear()
+        async with served(blokrun_app(runner)) as base, browser_page() as (page, dialogs):
+            await page.goto(base + "/")
+            cell = page.locator("#runs tbody tr td.status")
+            assert await cell.inner_text() == "failed"
+            await runner.resume("live-1")
+            await page.wait_for_function(
+                "document.querySelector('#runs tbody tr td.status').textContent === 'completed'",
+                timeout=5000,
+            )
+            assert dialogs == []

@@ -323,3 +323,15 @@ async def test_loopback_serving_answers_loopback_host_names_only(runner: Runner)
         evil = await http.get("/api/runs", headers={"Host": "evil.example:8765"})
         good = await http.get("/api/runs", headers={"Host": "127.0.0.1:8765"})
     assert evil.status_code == 400 and good.status_code == 200
+
+
+async def test_statuses_are_read_per_run_shown(runner: Runner) -> None:
+    await failed_run(runner)
+    await runner.run(flow("other"), {"total": 0}, request_id="r-2")
+    async with client(blokrun_app(runner)) as http:
+        got = (await http.get("/api/statuses", params=[("id", "r-1"), ("id", "r-2"),
+                                                         ("id", "nope")])).json()  # fmt: skip
+        many = await http.get("/api/statuses", params=[("id", f"x{i}") for i in range(201)])
+    assert got["r-1"]["status"] == "failed" and got["r-1"]["step"] == "ship"
+    assert got["r-2"]["status"] == "completed" and "nope" not in got
+    assert many.status_code == 400

@@ -12,16 +12,17 @@
       .catch(function () {});
   }
   function refreshRuns() {
+    // one head read per row shown (not a listing of every run): O(page), whatever is stored
     var rows = document.querySelectorAll("#runs tbody tr");
-    get("/api/runs" + location.search, function (data) {
-      var byId = {};
-      data.runs.forEach(function (r) { byId[r.request_id] = r; });
+    if (!rows.length) { return; }
+    var query = [];
+    rows.forEach(function (tr) { query.push("id=" + encodeURIComponent(tr.cells[0].textContent)); });
+    get("/api/statuses?" + query.join("&"), function (byId) {
       rows.forEach(function (tr) {
-        var id = tr.cells[0].textContent;
-        var r = byId[id];
+        var r = byId[tr.cells[0].textContent];
         if (!r) { return; }
         tr.cells[2].textContent = r.status;
-        tr.cells[3].textContent = r.stopped_at || r.last_done || "";
+        tr.cells[3].textContent = r.step || "";
         tr.cells[7].textContent = (r.error || "").slice(0, 200);
         tr.className = "st-" + r.status;
       });
