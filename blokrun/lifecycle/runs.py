@@ -177,7 +177,8 @@ async def iter_runs(store: RunStore, *, batch_size: int = BATCH) -> AsyncIterato
 
 async def runs_by_id(store: RunStore, request_ids: Sequence[str]) -> list[RunSummary]:
     """The runs named (those with a readable head), as :func:`iter_runs` shows them: one
-    batch read of their heads per datasource, however many runs are stored."""
+    batch read of their heads per datasource, however many runs are stored. (Their
+    ``datasources`` names every datasource looked at: for display, not for gc.)"""
     store.require_started()
     names = list(store.datasources)
     return await _summaries(
@@ -212,7 +213,7 @@ async def _summaries(
                 failed_step=head.failed_step,
                 definition_hash=head.definition_hash,
                 datasource=name,
-                datasources=tuple(views) or tuple(where[rid]),
+                datasources=tuple(where[rid]),
                 disagreement=views if len(set(views.values())) > 1 else {},
                 incarnation=head.incarnation,
                 tags=head.tags,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -128,6 +129,13 @@ class _Deferred:
     last: bool
     done: tuple[str, ...]
     skipped: bool = False
+
+
+def _trace(error: BaseException) -> str:
+    """The traceback of what failed: the node's own exception (a StepFailed's cause)."""
+    cause = error.__cause__ if error.__cause__ is not None else error
+    text = "".join(traceback.format_exception(cause))
+    return text[-8000:]
 
 
 class RunRecorder(Hook):
@@ -749,6 +757,8 @@ class RunRecorder(Hook):
             message = getattr(error, "detail", None) or str(error) or type(error).__name__
         failed_step = getattr(error, "step", None)
         head = self._head(status, error=message[:2000], failed_step=failed_step)
+        if status == "failed" and error is not None:
+            head = msgspec.structs.replace(head, trace=_trace(error))
         if isinstance(error, CheckpointError):
             self.unreachable.update(error.unreachable)
         try:

@@ -179,6 +179,7 @@ class HeadRecord(msgspec.Struct, frozen=True, kw_only=True):
     key_id: str | None = None  # the encryption key the run is sealed with (never downgraded)
     wake_at: float | None = None  # sleeping: when its timer step (waiting_step) wakes
     tags: dict[str, str] = msgspec.field(default_factory=dict)  # the user's, to filter runs on
+    trace: str | None = None  # failed: the node's traceback (its last 8,000 characters)
 
 
 class RunRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -232,6 +232,11 @@ def run_page(
         facts.append(
             f"<pre class=error>{esc(run['failed_step'] or 'run')}: {esc(run['error'])}</pre>"
         )
+    if run.get("trace"):
+        facts.append(
+            f"<details class=trace><summary>traceback</summary><pre>{esc(run['trace'])}</pre>"
+            "</details>"
+        )
     if notice:
         facts.append(f"<p class=notice>{esc(notice)}</p>")
     for child in run["children"]:

@@ -141,6 +141,7 @@ def run_detail(info: RunInfo) -> dict[str, Any]:
         "version": head.version if head else None,
         "attempt": head.attempt if head else None,
         "error": head.error if head else None,
+        "trace": head.trace if head else None,
         "failed_step": head.failed_step if head else None,
         "waiting_step": head.waiting_step if head else None,
         "wake_at": head.wake_at if head else None,

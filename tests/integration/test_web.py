@@ -335,3 +335,20 @@ async def test_statuses_are_read_per_run_shown(runner: Runner) -> None:
     assert got["r-1"]["status"] == "failed" and got["r-1"]["step"] == "ship"
     assert got["r-2"]["status"] == "completed" and "nope" not in got
     assert many.status_code == 400
+
+
+async def test_a_failed_runs_traceback_is_stored_and_shown(runner: Runner) -> None:
+    await failed_run(runner)
+    head = await runner.head("r-1")
+    assert head is not None and head.trace is not None
+    assert "Traceback (most recent call last)" in head.trace
+    assert "RuntimeError: ship failed on purpose" in head.trace
+    assert "wfnodes.py" in head.trace  # the node's own frame
+    async with client(blokrun_app(runner)) as http:
+        html = (await http.get("/runs/r-1")).text
+        detail = (await http.get("/api/runs/r-1")).json()
+    assert "<details class=trace><summary>traceback</summary>" in html
+    assert detail["trace"] == head.trace
+    await runner.resume("r-1")
+    done = await runner.head("r-1")
+    assert done is not None and done.trace is None  # a completed run carries none

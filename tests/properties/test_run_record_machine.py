@@ -462,7 +462,7 @@ class RunRecordMachine(RuleBasedStateMachine):
                 assert failed or run.status == "crashed", (rid, run.status)
         for rid, run in self.runs.items():
             if run.status == "completed" and completed and not run.tampered:
-                raise AssertionError(f"gc kept completed run {rid}")
+                raise AssertionError(f"gc kept completed run {rid}: {report}")
 
     # -- invariants ----------------------------------------------------------------------------
 
