@@ -12,6 +12,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from blokrun.cli.common import with_runner
+from blokrun.cli.inputs import add_set_argument
 
 if TYPE_CHECKING:
     import argparse
@@ -32,13 +33,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="NAME",
         help="start from the state before NAME ran (default: the latest checkpoint)",
     )
-    p.add_argument(
-        "--set",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="edit vars first (VALUE is JSON, else text; KEY may be a.b.c)",
-    )
+    add_set_argument(p)
     p.add_argument(
         "--as",
         dest="new_id",

@@ -33,6 +33,17 @@ def add_new_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_tag_argument(parser, "a tag kept with the run, to filter runs on (repeatable)")
 
 
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE`` (``resume``, ``fork``): vars edited first."""
+    parser.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="edit vars first (VALUE is JSON, else text; KEY may be a.b.c)",
+    )
+
+
 def add_tag_argument(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--tag", metavar="KEY=VALUE", action="append", default=[], help=help)
 

@@ -11,6 +11,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from blokrun.cli.common import EXIT_OK, with_runner
+from blokrun.cli.inputs import add_set_argument
 
 if TYPE_CHECKING:
     import argparse
@@ -40,13 +41,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="NAME",
         help="restart from the checkpoint before NAME ran (history is kept)",
     )
-    p.add_argument(
-        "--set",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="edit vars first (VALUE is JSON, else text; KEY may be a.b.c)",
-    )
+    add_set_argument(p)
     p.add_argument(
         "--input",
         metavar="JSON",

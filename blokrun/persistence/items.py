@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import msgspec
 
 from blokrun.errors import RecordError
 from blokrun.persistence.keys import items_key, items_prefix
@@ -108,16 +109,7 @@ class ItemLog:
         n = len(self.written) + 1
         key = items_key(record.request_id, record.incarnation, record.step, record.attempt, n)
         sealed = encode_record(
-            ItemsRecord(
-                request_id=record.request_id,
-                incarnation=record.incarnation,
-                started_at=record.started_at,
-                step=record.step,
-                attempt=record.attempt,
-                n=n,
-                of=record.of,
-                items=batch.items,
-            ),
+            msgspec.structs.replace(record, n=n, items=batch.items),
             self._envelope,
             bind=key,
         )

@@ -307,57 +307,51 @@ class RunStore:
     ) -> RunRecorder:
         """The hook that records an attempt: a new run's first (of ``incarnation``), a
         planned resume, or (``fork_of``: the source run and its planned state) a fork."""
+        common: dict[str, Any] = {
+            "request_id": request_id,
+            "workflow": workflow,
+            "inputs": inputs,
+            "started_at": started_at,
+            "durability": durability,
+            "lease": lease,
+        }
         if fork_of is not None:
             source, state = fork_of
-            last = state.position.last_step
+            head = state.plan.head
             return RunRecorder(
                 self._recording,
-                request_id=request_id,
-                workflow=workflow,
-                inputs=inputs,
-                started_at=started_at,
+                **common,
                 incarnation=1,
                 attempt=1,
                 resumed=False,
                 recoveries=0,
-                position=Position(0, 0, last, None),
-                durability=durability,
-                lease=lease,
+                position=Position(0, 0, state.position.last_step, None),
                 forked=(source, state.plan.run[0] if state.plan.run else None),
-                tags=state.plan.head.tags if state.plan.head is not None else None,
+                tags=head.tags if head is not None else None,
             )
         if prepared is None:
             return RunRecorder(
                 self._recording,
-                request_id=request_id,
-                workflow=workflow,
-                inputs=inputs,
-                started_at=started_at,
+                **common,
                 incarnation=incarnation,
                 attempt=1,
                 resumed=False,
                 recoveries=0,
                 position=Position(),
-                durability=durability,
-                lease=lease,
                 parent=parent,
                 tags=tags,
             )
+        head = prepared.plan.head
         return RunRecorder(
             self._recording,
-            request_id=request_id,
-            workflow=workflow,
-            inputs=inputs,
-            started_at=started_at,
+            **common,
             incarnation=prepared.incarnation,
             attempt=prepared.attempt,
             resumed=True,
             recoveries=prepared.recoveries,
             position=prepared.position,
-            durability=durability,
-            lease=lease,
             edited=prepared.edited,
-            tags=prepared.plan.head.tags if prepared.plan.head is not None else None,
+            tags=head.tags if head is not None else None,
         )
 
     async def mark_unloadable(
