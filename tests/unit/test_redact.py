@@ -8,7 +8,7 @@ import string
 from urllib.parse import quote
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from blokrun.config import DatasourceSettings
@@ -59,6 +59,8 @@ def test_no_password_no_change() -> None:
 def test_any_password_is_removed_from_any_message(password: str) -> None:
     """Whatever a library does with the URL -- quote it, unquote it, cut it at a delimiter --
     what it prints carries no piece of the password of 4 characters or more."""
+    # a "password" that is a piece of the URL's other parts (e.g. "127.") is not secret there
+    assume(password not in "redis://user:@127.0.0.1:6379/0")
     url = f"redis://user:{password}@127.0.0.1:6379/0"
     redactor = Redactor.for_urls(url)
     messages = [
