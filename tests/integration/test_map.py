@@ -255,3 +255,32 @@ def test_crash_at_item_7000_of_10000_resumes_only_the_missing_items(
     again = Counter(int(x) for x in ledger.read_text().split())
     assert set(again) == set(range(n)) - stored  # exactly the missing items, once each
     assert set(again.values()) == {1}
+
+
+async def test_a_tampered_or_copied_item_batch_is_never_taken_for_results(tmp_path: Path) -> None:
+    """A batch record flipped on disk, or another run's batch copied under this run's key,
+    does not verify: its items run again instead of lending their results."""
+    ds = fs(tmp_path)
+    wfnodes.FAIL_AT.add("item:3")
+    async with Runner([ds]) as runner:
+        for rid in ("x-1", "y-1"):
+            with pytest.raises(StepFailed):
+                await runner.run(mapped(5, concurrency=1), request_id=rid)
+        x_keys = sorted(await ds.keys(f"{ITEMS_PREFIX}x-1/"))
+        y_keys = sorted(await ds.keys(f"{ITEMS_PREFIX}y-1/"))
+        assert len(x_keys) == 3 and len(y_keys) == 3  # items 0, 1, 2: a batch each
+        raw = await ds.load(x_keys[0])
+        assert raw is not None
+        await ds.save(x_keys[0], raw[:-1] + bytes([raw[-1] ^ 1]))  # flipped
+        await ds.save(y_keys[1], await ds.load(x_keys[1]) or b"")  # x's batch, y's key
+        wfnodes.FAIL_AT.clear()
+        before = {rid: item_calls(rid) for rid in ("x-1", "y-1")}
+        x = await runner.resume("x-1")
+        y = await runner.resume("y-1")
+    assert sorted(item_calls("x-1") - before["x-1"]) == [0, 3, 4]
+    assert sorted(item_calls("y-1") - before["y-1"]) == [1, 3, 4]
+    assert (
+        x.vars["square"]["results"]
+        == y.vars["square"]["results"]
+        == [{"sq": i * i} for i in range(5)]
+    )
