@@ -37,6 +37,7 @@ from blokrun.execution.hooks import CallableHook, Hook
 from blokrun.execution.nodes import NodeRegistry
 from blokrun.execution.workflows import load_workflow
 from blokrun.lifecycle import collect_garbage, iter_runs, list_runs, resume_failed
+from blokrun.lifecycle.runs import count_runs
 from blokrun.persistence.records import DEFAULT_ENVELOPE, new_request_id, validate_request_id
 from blokrun.persistence.state import BlobPolicy
 from blokrun.persistence.store import RunStore
@@ -476,6 +477,7 @@ class Runner:
         limit: int = 100,
         cursor: str | None = None,
         tags: Mapping[str, str] | None = None,
+        search: str | None = None,
     ) -> RunPage:
         """Stored runs, newest first, a page at a time (:func:`blokrun.lifecycle.list_runs`)."""
         return await list_runs(
@@ -486,9 +488,14 @@ class Runner:
             limit=limit,
             cursor=cursor,
             tags=tags,
+            search=search,
         )
 
     runs = list_runs  # the name the CLI uses too: ``blokrun runs``
+
+    async def count_runs(self) -> dict[str, int]:
+        """Stored runs per status (:func:`blokrun.lifecycle.runs.count_runs`)."""
+        return await count_runs(self._store)
 
     def iter_runs(self, *, batch_size: int = 500) -> AsyncIterator[RunSummary]:
         """Every stored run, once each, in no order (:func:`blokrun.lifecycle.iter_runs`)."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Self
 import anyio
 
 from blokrun.datasources.groupcommit import GroupCommit
+from blokrun.datasources.index import INDEX_KEY, IndexQuery, IndexRow, IndexStore, space_key
 from blokrun.datasources.protocol import GroupStore, HealthStore, StoreHealth
 from blokrun.errors import BlokrunError, DatasourceError, DatasourceUnavailable
 
@@ -66,6 +67,7 @@ class Datasource:
     """A configured, named store. Use ``async with`` or :meth:`connect` / :meth:`close`."""
 
     __slots__ = (
+        "_index",
         "_prefix",
         "_redactor",
         "_timeout",
@@ -84,6 +86,8 @@ class Datasource:
         self._prefix = settings.prefix
         self._timeout = settings.timeout
         self._redactor = settings.redactor()
+        #: the driver's run index, if it keeps one (see blokrun.datasources.index)
+        self._index: IndexStore | None = store if isinstance(store, IndexStore) else None
         #: Coalesces concurrent saves into one round trip, when the driver can.
         self.group_commit: GroupCommit | None = None
         if store.capabilities.group_commit:
@@ -191,6 +195,18 @@ class Datasource:
         validate_key(key)
         return self._prefix + key if self._prefix else key
 
+    def _batch(self, entries: Sequence[Entry]) -> list[Entry]:
+        """``entries`` as the driver gets them: keys prefixed, TTLs defaulted, index entries
+        given this datasource's space (or dropped when the driver keeps no index)."""
+        out: list[Entry] = []
+        for k, d, t in entries:
+            if k == INDEX_KEY:
+                if self._index is not None:
+                    out.append((space_key(self._prefix), d, None))
+            else:
+                out.append((self._full(k), d, self._ttl(t)))
+        return out
+
     def _ttl(self, ttl: float | None) -> float | None:
         value = self.ttl if ttl is None else ttl
         if value is not None and (not math.isfinite(value) or value <= 0):
@@ -222,9 +238,9 @@ class Datasource:
             return await self.store.delete(full)
 
     async def save_batch(self, entries: Sequence[Entry]) -> None:
-        if not entries:
+        full = self._batch(entries)
+        if not full:
             return
-        full = [(self._full(k), d, self._ttl(t)) for k, d, t in entries]
         async with self._guard(entries[0][0] if len(entries) == 1 else None, "save_batch"):
             if self.group_commit is not None:
                 await self.group_commit.save(full, None, 0)
@@ -269,6 +285,52 @@ class Datasource:
         if cut == len(pattern):
             return [k for k in candidates if k == pattern]
         return [k for k in candidates if fnmatch.fnmatchcase(k, pattern)]
+
+    # -- the run index (blokrun.datasources.index) -------------------------------------------
+
+    @property
+    def indexed(self) -> bool:
+        """Whether the driver keeps a run index."""
+        return self._index is not None
+
+    def _index_store(self) -> IndexStore:
+        if self._index is None:
+            raise DatasourceError(
+                f"the {self.type} driver keeps no run index", datasource=self.name
+            )
+        return self._index
+
+    async def index_query(self, query: IndexQuery) -> list[IndexRow]:
+        store = self._index_store()
+        async with self._guard(None, "index_query"):
+            return await store.index_query(self._prefix, query)
+
+    async def index_counts(self) -> dict[str, int]:
+        store = self._index_store()
+        async with self._guard(None, "index_counts"):
+            return await store.index_counts(self._prefix)
+
+    async def index_fix(self, expected: IndexRow, actual: IndexRow | None) -> bool:
+        store = self._index_store()
+        async with self._guard(None, "index_fix"):
+            return await store.index_fix(self._prefix, expected, actual)
+
+    async def index_fill(self, rows: Sequence[IndexRow], *, built: bool = False) -> None:
+        store = self._index_store()
+        async with self._guard(None, "index_fill"):
+            await store.index_fill(self._prefix, rows, built=built)
+
+    async def index_built(self) -> bool:
+        store = self._index_store()
+        async with self._guard(None, "index_built"):
+            return await store.index_built(self._prefix)
+
+    async def index_remove(self, request_ids: Sequence[str]) -> None:
+        if not request_ids:
+            return
+        store = self._index_store()
+        async with self._guard(None, "index_remove"):
+            await store.index_remove(self._prefix, request_ids)
 
     async def describe(self) -> StoreHealth:
         """The server's version and the state of blokrun's schema there (``blokrun doctor``),
@@ -326,7 +388,7 @@ class Datasource:
     async def save_batch_fenced(self, entries: Sequence[Entry], lease_key: str, token: int) -> bool:
         """``save_batch`` iff ``token`` is still the latest token of ``lease_key``."""
         store, fence = self._lease_store(), self._full(lease_key)
-        full = [(self._full(k), d, self._ttl(t)) for k, d, t in entries]
+        full = self._batch(entries)
         async with self._guard(entries[0][0] if len(entries) == 1 else None, "save_batch"):
             if self.group_commit is not None:
                 return await self.group_commit.save(full, fence, token)

@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING
 
 from anyio.lowlevel import checkpoint
 
+from blokrun.datasources.index import MemoryIndex, split_index
 from blokrun.datasources.protocol import Capabilities, LeaseState, StoreHealth
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
 
+    from blokrun.datasources.index import IndexQuery, IndexRow
     from blokrun.datasources.protocol import Entry
     from blokrun.datasources.settings import DatasourceSettings
 
@@ -32,12 +34,13 @@ _CAPS = Capabilities(
 class MemoryStore:
     """A dict of ``key -> (bytes, expires_at_monotonic | None)``."""
 
-    __slots__ = ("_clock", "_connected", "_data", "_leases", "extras")
+    __slots__ = ("_clock", "_connected", "_data", "_indexes", "_leases", "extras")
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock  # wall-clock seconds for lease expiry (tests pass a fake)
         self._data: dict[str, tuple[bytes, float | None]] = {}
         self._leases: dict[str, LeaseState] = {}
+        self._indexes: dict[str, MemoryIndex] = {}  # run index per space (datasource prefix)
         self.extras: dict[str, object] = {}  # in-process features kept with the store (queue)
         self._connected = False
 
@@ -90,6 +93,9 @@ class MemoryStore:
 
     async def save_batch(self, entries: Sequence[Entry]) -> None:
         now = time.monotonic()
+        entries, rows = split_index(entries)
+        for space, row in rows:
+            self._space(space).put(row)
         for key, data, ttl in entries:
             self._data[key] = (bytes(data), None if ttl is None else now + ttl)
         await checkpoint()  # after the write, so save_batch_fenced's check stays atomic
@@ -154,6 +160,36 @@ class MemoryStore:
 
     async def delete_lease(self, key: str) -> bool:
         return self._leases.pop(key, None) is not None
+
+    # -- the run index (blokrun.datasources.index) ------------------------------------------
+
+    def _space(self, space: str) -> MemoryIndex:
+        index = self._indexes.get(space)
+        if index is None:
+            index = self._indexes[space] = MemoryIndex()
+            index.built = True  # a memory store starts empty: nothing to build from
+        return index
+
+    async def index_query(self, space: str, query: IndexQuery) -> list[IndexRow]:
+        await checkpoint()
+        return self._space(space).query(query)
+
+    async def index_counts(self, space: str) -> dict[str, int]:
+        return self._space(space).counts()
+
+    async def index_fix(self, space: str, expected: IndexRow, actual: IndexRow | None) -> bool:
+        return self._space(space).fix(expected, actual)
+
+    async def index_fill(
+        self, space: str, rows: Sequence[IndexRow], *, built: bool = False
+    ) -> None:
+        self._space(space).fill(rows, built)
+
+    async def index_built(self, space: str) -> bool:
+        return self._space(space).built
+
+    async def index_remove(self, space: str, request_ids: Sequence[str]) -> None:
+        self._space(space).remove(request_ids)
 
 
 def create(settings: DatasourceSettings) -> MemoryStore:

@@ -40,6 +40,7 @@ from blokrun.lifecycle.runs import BATCH, decode_head, iter_runs
 from blokrun.persistence.keys import (
     BLOB_PREFIX,
     BLOBREF_PREFIX,
+    HEAD_PREFIX,
     alias_key,
     definition_key,
     head_key,
@@ -319,6 +320,10 @@ async def _delete(plans: list[tuple[Datasource, list[str]]], rid: str, lease: Le
                     expires_at=0.0,
                 )
             await ds.delete_batch(doomed[start : start + BATCH])
+        if ds.indexed and any(key.startswith(HEAD_PREFIX) for key in doomed):
+            # After the head: a crash before this leaves a row with no head, which the
+            # next listing drops; never a head without its row.
+            await ds.index_remove([rid])
 
 
 # -- blobs ----------------------------------------------------------------------------------------

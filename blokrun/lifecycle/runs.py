@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import orjson
 
+from blokrun.datasources.index import IndexQuery, IndexRow, order_key
 from blokrun.errors import ArgumentError, KeyMissing, RecordError
+from blokrun.persistence.indexing import head_row
 from blokrun.persistence.keys import HEAD_PREFIX, head_key, lease_key
 from blokrun.persistence.leases import shown_status
 from blokrun.persistence.records import HeadRecord, decode_record
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HEAD_PREFIX",
+    "count_runs",
     "RunPage",
     "RunSummary",
     "decode_head",
@@ -187,9 +190,12 @@ async def runs_by_id(store: RunStore, request_ids: Sequence[str]) -> list[RunSum
 
 
 async def _summaries(
-    store: RunStore, chunk: list[str], where: Mapping[str, list[str]]
+    store: RunStore,
+    chunk: list[str],
+    where: Mapping[str, list[str]],
+    by_ds: dict[str, dict[str, HeadRecord]] | None = None,
 ) -> list[RunSummary]:
-    best, shown = await _read_heads(store, chunk, dict(where))
+    best, shown = await _read_heads(store, chunk, dict(where), by_ds)
     interrupted = await _interrupted(store, best)
     out = []
     for rid in chunk:
@@ -234,10 +240,14 @@ async def _head_locations(store: RunStore) -> dict[str, list[str]]:
 
 
 async def _read_heads(
-    store: RunStore, chunk: list[str], where: dict[str, list[str]]
+    store: RunStore,
+    chunk: list[str],
+    where: dict[str, list[str]],
+    by_ds: dict[str, dict[str, HeadRecord]] | None = None,
 ) -> tuple[dict[str, tuple[HeadRecord, str]], dict[str, dict[str, str]]]:
     """The most advanced readable head of each run of ``chunk`` (and where it is), and what
-    every datasource's head says (to show targets that disagree)."""
+    every datasource's head says (to show targets that disagree). ``by_ds``, if given,
+    receives every datasource's readable heads (``{datasource: {request id: head}}``)."""
     per_ds: dict[str, list[str]] = {}
     for rid in chunk:
         for name in where[rid]:
@@ -251,6 +261,8 @@ async def _read_heads(
             head = decode_head(store, ds, key, raw)
             if head is None:
                 continue
+            if by_ds is not None:
+                by_ds.setdefault(name, {})[head.request_id] = head
             shown.setdefault(head.request_id, {})[name] = _shown(head)
             known = best.get(head.request_id)
             if known is None or _newer(head, known[0]):
@@ -348,10 +360,17 @@ async def list_runs(
     limit: int = 100,
     cursor: str | None = None,
     tags: Mapping[str, str] | None = None,
+    search: str | None = None,
 ) -> RunPage:
     """Runs stored on the store's datasources, newest first (by ``started_at``, ties by id).
 
-    ``tags``: runs carrying every one of these tags. ``status``: one status or several;
+    When every datasource keeps a run index (:mod:`blokrun.datasources.index`: the
+    filesystem, Redis, PostgreSQL and memory drivers do), a page costs what the page holds:
+    the index gives the candidates, their heads are read and checked (a row that disagrees
+    with its head is repaired, never shown). Otherwise every head is read.
+
+    ``search``: runs whose request id contains this text. ``tags``: runs carrying every one
+    of these tags (checked on the heads). ``status``: one status or several;
     ``workflow``: a workflow name; ``since``: runs started
     at or after it (unix seconds or a datetime, naive = UTC). At most ``limit`` runs are
     returned; ``RunPage.cursor`` (opaque) gives the next page when there are more. Paging is
@@ -363,16 +382,14 @@ async def list_runs(
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ArgumentError(f"limit {limit!r}: expected a whole number >= 1", argument="limit")
     after = decode_cursor(cursor) if cursor else None
+    store.require_started()
+    where = _Filter(statuses, workflow, since_ts, dict(tags or {}), search or None)
+    if await _indexed(store):
+        return await _list_indexed(store, where, limit, after)
     keep: list[tuple[tuple[float, str], RunSummary]] = []
     pending = 0
     async for run in iter_runs(store):
-        if statuses is not None and run.status not in statuses:
-            continue
-        if workflow is not None and run.workflow != workflow:
-            continue
-        if since_ts is not None and run.started_at < since_ts:
-            continue
-        if tags and any(run.tags.get(k) != v for k, v in tags.items()):
+        if not where.keeps(run):
             continue
         key = run_order(run)
         if after is not None and key <= after:
@@ -384,3 +401,151 @@ async def list_runs(
     keep = _top(keep, limit + 1)
     runs = [run for _, run in keep[:limit]]
     return RunPage(runs, encode_cursor(runs[-1]) if len(keep) > limit else None)
+
+
+# -- listing through the run index ---------------------------------------------------------------
+
+
+#: "interrupted" is a running head nobody drives: the index knows it as running
+_INDEXED_AS = {"interrupted": "running"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Filter:
+    statuses: frozenset[str] | None
+    workflow: str | None
+    since: float | None
+    tags: Mapping[str, str]
+    search: str | None
+
+    def keeps(self, run: RunSummary) -> bool:
+        if self.statuses is not None and run.status not in self.statuses:
+            return False
+        if self.workflow is not None and run.workflow != self.workflow:
+            return False
+        if self.since is not None and run.started_at < self.since:
+            return False
+        if self.search and self.search not in run.request_id:
+            return False
+        return not any(run.tags.get(k) != v for k, v in self.tags.items())
+
+    def query(self, after: tuple[int, str] | None, limit: int) -> IndexQuery:
+        statuses = None
+        if self.statuses is not None:
+            statuses = tuple(
+                sorted({"running" if s == "interrupted" else s for s in self.statuses})
+            )
+        return IndexQuery(
+            statuses=statuses,
+            workflow=self.workflow,
+            since=self.since,
+            contains=self.search,
+            after=after,
+            limit=limit,
+        )
+
+
+async def _indexed(store: RunStore) -> bool:
+    """Whether every datasource of ``store`` keeps a run index, built."""
+    for ds in store.datasources.values():
+        if not ds.indexed or not await ds.index_built():
+            return False
+    return True
+
+
+#: Rows asked of each index per round: enough for a page and the rows a filter on tags or
+#: a stale row may drop, never more than a head batch.
+_MIN_CHUNK = 25
+
+
+async def _list_indexed(
+    store: RunStore, where: _Filter, limit: int, after: tuple[float, str] | None
+) -> RunPage:
+    """:func:`list_runs` through the indexes: rows in order from every datasource, merged;
+    each candidate's heads read and checked; rounds until the page is full."""
+    datasources = list(store.datasources.values())
+    pos = None if after is None else (round(after[0] * 1_000_000), after[1])
+    chunk = min(max(limit + 1, _MIN_CHUNK), BATCH)
+    out: list[RunSummary] = []
+    while len(out) <= limit:
+        answers = [await ds.index_query(where.query(pos, chunk)) for ds in datasources]
+        # Rows up to the first full answer's last row are complete on every datasource.
+        bound: tuple[int, str] | None = None
+        for rows in answers:
+            if len(rows) >= chunk:
+                last = order_key(rows[-1].request_id, rows[-1].started_at)
+                bound = last if bound is None or last < bound else bound
+        seen: dict[str, tuple[int, str]] = {}
+        rows_of: dict[str, dict[str, IndexRow]] = {}
+        for ds, rows in zip(datasources, answers, strict=True):
+            for row in rows:
+                key = order_key(row.request_id, row.started_at)
+                if bound is not None and key > bound:
+                    continue
+                seen[row.request_id] = min(key, seen.get(row.request_id, key))
+                rows_of.setdefault(ds.name, {})[row.request_id] = row
+        order = sorted(seen, key=seen.__getitem__)
+        for run in await _checked(store, order, seen, rows_of):
+            if where.keeps(run):
+                out.append(run)
+        if bound is None:
+            break
+        pos = bound
+        chunk = min(chunk * 2, BATCH)
+    runs = out[:limit]
+    return RunPage(runs, encode_cursor(runs[-1]) if len(out) > limit else None)
+
+
+async def _checked(
+    store: RunStore,
+    order: list[str],
+    keys: Mapping[str, tuple[int, str]],
+    rows_of: Mapping[str, Mapping[str, IndexRow]],
+) -> list[RunSummary]:
+    """The runs of ``order`` whose heads agree with the rows that placed them, in that order.
+    Rows that disagree with their datasource's head are repaired (compare-and-set)."""
+    if not order:
+        return []
+    names = list(store.datasources)
+    by_ds: dict[str, dict[str, HeadRecord]] = {}
+    runs = await _summaries(store, order, dict.fromkeys(order, names), by_ds)
+    for name, rows in rows_of.items():
+        heads = by_ds.get(name, {})
+        for rid, row in rows.items():
+            head = heads.get(rid)
+            actual = None if head is None else head_row(head)
+            if actual is not None and actual.same(row) and not row.pending:
+                continue
+            if row.pending and (actual is None or not actual.same(row)):
+                continue  # being written now, or a write that crashed: checked every time
+            await store.datasources[name].index_fix(row, actual)
+    # a run placed by a row whose start time is not its head's is left to the repaired row
+    return [
+        run for run in runs if order_key(run.request_id, run.started_at) == keys[run.request_id]
+    ]
+
+
+async def count_runs(store: RunStore) -> dict[str, int]:
+    """Runs per status. Through the run indexes when every datasource keeps one (with
+    several datasources: the largest count any of them holds per status); ``interrupted`` is
+    told from ``running`` when at most 200 runs are running. Otherwise every head is read."""
+    store.require_started()
+    if not await _indexed(store):
+        tally: dict[str, int] = {}
+        async for run in iter_runs(store):
+            tally[run.status] = tally.get(run.status, 0) + 1
+        return dict(sorted(tally.items()))
+    counts: dict[str, int] = {}
+    for ds in store.datasources.values():
+        for status, n in (await ds.index_counts()).items():
+            counts[status] = max(counts.get(status, 0), n)
+    running = counts.get("running", 0)
+    if 0 < running <= _SPLIT_RUNNING:
+        page = await list_runs(store, status=("running", "interrupted"), limit=_SPLIT_RUNNING)
+        counts.pop("running")
+        for run in page:
+            counts[run.status] = counts.get(run.status, 0) + 1
+    return dict(sorted((s, n) for s, n in counts.items() if n))
+
+
+_SPLIT_RUNNING = 200

@@ -39,6 +39,7 @@ from blokrun.errors import (
     RecordError,
     ResumeError,
 )
+from blokrun.persistence.indexing import head_index_entry
 from blokrun.persistence.keys import (
     checkpoint_key,
     definition_key,
@@ -562,5 +563,8 @@ class Locator:
             ]
             if entries:  # the head last: it must not point at records not there yet
                 entries.sort(key=lambda e: e[0] == head_key(found.request_id))
+                head = found.best.head
+                if head is not None and entries[-1][0] == head_key(found.request_id):
+                    entries.append(head_index_entry(head))
                 out.append((view.datasource, entries))
         return out

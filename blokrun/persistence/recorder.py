@@ -36,6 +36,7 @@ from blokrun.errors import CheckpointError, DatasourceError, DatasourceUnavailab
 from blokrun.execution.hooks import Hook
 from blokrun.persistence.codec import Kind, dumps_value
 from blokrun.persistence.fanout import save_everywhere
+from blokrun.persistence.indexing import head_index_entry
 from blokrun.persistence.items import ItemLog
 from blokrun.persistence.keys import (
     KeyScope,
@@ -194,6 +195,8 @@ class RunRecorder(Hook):
         self._pending: _Pending | None = None
         self._deferred: _Deferred | None = None
         self._head_completed = False
+        #: the index row (status, started_at, workflow) last sent with a head, if all went
+        self._indexed: tuple[str, float, str] | None = None
         #: alias key -> whether this run may write it (see _may_write_alias)
         self._aliases: dict[str, bool] = {}
         #: targets the alias of the step being checkpointed could not be read from
@@ -263,11 +266,23 @@ class RunRecorder(Hook):
             )
         except CheckpointError as exc:
             self.unreachable.update(exc.unreachable)
+            self._indexed = None  # some target may lack the row: send it again
+            raise
+        except BaseException:
+            self._indexed = None
             raise
 
-    def _head_entry(self, head: HeadRecord) -> Entry:
+    def _head_entries(self, head: HeadRecord) -> list[Entry]:
+        """The head's entry, and the run index's when its row changes (its status, a new
+        attempt): a run's index row is sent on its first write and at every status
+        change, not with every checkpoint."""
         key = head_key(self.request_id)
-        return (key, encode_record(head, self._shared.envelope, bind=key), self.workflow.ttl)
+        entries = [(key, encode_record(head, self._shared.envelope, bind=key), self.workflow.ttl)]
+        row = (head.status, head.started_at, head.workflow)
+        if row != self._indexed:
+            entries.append(head_index_entry(head))
+            self._indexed = row
+        return entries
 
     async def _save_head(
         self, head: HeadRecord, step: str | None, what: str, *, bounded: bool = False
@@ -276,7 +291,7 @@ class RunRecorder(Hook):
         not be reached during this attempt is tried once more for at most
         :data:`RETRY_BOUND` seconds -- a transient outage still gets the status, a frozen
         server costs the run one ``TIMEOUT`` (already spent) plus that bound, not another."""
-        entries = [self._head_entry(head)]
+        entries = self._head_entries(head)
         if not bounded:
             await self._save(self.targets, entries, step, what)
             return
@@ -355,7 +370,7 @@ class RunRecorder(Hook):
                 parent=self.parent,
             )
             entries.append((rkey, encode_record(record, envelope, bind=rkey), ttl))
-        entries.append(self._head_entry(self._head("running")))
+        entries += self._head_entries(self._head("running"))
         # The definition goes first: a head must never point at a missing definition. In
         # one batch where batches are atomic; a separate save before it elsewhere.
         atomic = [ds for ds in self.targets if ds.capabilities.atomic_batch]
@@ -666,7 +681,7 @@ class RunRecorder(Hook):
             step=step.name,
             key=key,
         )
-        entries: list[Entry] = [(key, record, step.ttl), self._head_entry(head)]
+        entries: list[Entry] = [(key, record, step.ttl), *self._head_entries(head)]
         self._unread = None
         if await self._may_write_alias(alias, step.name):
             entries.append(

@@ -25,6 +25,7 @@ import msgspec
 from blokrun.errors import BlokrunError, DatasourceError, ResumeError
 from blokrun.persistence.fanout import save_everywhere
 from blokrun.persistence.history import History
+from blokrun.persistence.indexing import build_index, head_index_entry
 from blokrun.persistence.keys import (
     CHECKPOINT_PREFIX,
     RUN_PREFIX,
@@ -176,6 +177,12 @@ class RunStore:
                 datasource=failures[0][0].name,
             ) from failures[0][1]
         self._stack = stack
+        try:
+            for ds in self._datasources.values():
+                await build_index(ds, self._envelope)  # a no-op once built
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         if self._stack is not None:
@@ -410,6 +417,7 @@ class RunStore:
             (head_key(request_id), head),  # last: it must not point at records not there
         ):
             entries.append((key, encode_record(record, self._envelope, bind=key), None))
+        entries.append(head_index_entry(head))
         await save_everywhere(
             [self._datasources[n] for n in names],
             entries,
@@ -433,7 +441,7 @@ class RunStore:
                 entry = (key, encode_record(dead, self._envelope, bind=key), wf.ttl)
                 await save_everywhere(
                     targets,
-                    [entry],
+                    [entry, head_index_entry(dead)],
                     request_id=head.request_id,
                     lease=lease,
                     step=None,

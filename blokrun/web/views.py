@@ -7,7 +7,6 @@ settings (URLs, passwords) are never part of it: runs name their datasource only
 from __future__ import annotations
 
 import time
-from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from blokrun.lifecycle.diff import diff_vars
@@ -63,24 +62,21 @@ async def runs_page(
 ) -> dict[str, Any]:
     """A page of runs, newest first; ``query`` keeps ids containing it; ``tags``: runs
     with every one of them."""
-    rows: list[dict[str, Any]] = []
-    while len(rows) < limit:
-        page = await runner.list_runs(
-            status=status, workflow=workflow, since=since, limit=limit, cursor=cursor, tags=tags
-        )
-        rows.extend(run_row(r) for r in page if not query or query in r.request_id)
-        cursor = page.cursor
-        if cursor is None:
-            break
-    return {"runs": rows[:limit], "cursor": cursor if len(rows) >= limit else None}
+    page = await runner.list_runs(
+        status=status,
+        workflow=workflow,
+        since=since,
+        limit=limit,
+        cursor=cursor,
+        tags=tags,
+        search=query or None,
+    )
+    return {"runs": [run_row(r) for r in page], "cursor": page.cursor}
 
 
 async def counts(runner: Runner) -> dict[str, int]:
-    """Runs per status (over every stored run)."""
-    tally: Counter[str] = Counter()
-    async for run in runner.iter_runs():
-        tally[run.status] += 1
-    return dict(sorted(tally.items()))
+    """Runs per status (over every stored run; through the run index where there is one)."""
+    return await runner.count_runs()
 
 
 def shorten(value: Any, depth: int = 0) -> Any:
