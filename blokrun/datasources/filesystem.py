@@ -66,12 +66,15 @@ from typing import TYPE_CHECKING
 import anyio
 import orjson
 
+from blokrun.datasources.fs_index import SqliteIndex
+from blokrun.datasources.index import split_index
 from blokrun.datasources.protocol import Capabilities, LeaseState, StoreHealth
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
 
+    from blokrun.datasources.index import IndexQuery, IndexRow
     from blokrun.datasources.protocol import Entry
     from blokrun.datasources.settings import DatasourceSettings
 
@@ -127,7 +130,7 @@ def _hashed(key: str) -> str:
 class FilesystemStore:
     """A folder of files; see the module docstring."""
 
-    __slots__ = ("_clock", "_connected", "_dir_fd", "_fsync", "_root", "_timeout")
+    __slots__ = ("_clock", "_connected", "_dir_fd", "_fsync", "_index", "_root", "_timeout")
 
     def __init__(
         self,
@@ -143,6 +146,8 @@ class FilesystemStore:
         self._timeout = timeout  # bounds a wait for a lease lock
         self._connected = False
         self._dir_fd: int | None = None
+        #: the run index (blokrun.datasources.fs_index), opened on first use
+        self._index = SqliteIndex(self._root, fsync=fsync, timeout=timeout)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -175,6 +180,7 @@ class FilesystemStore:
             ) from exc
 
     async def close(self) -> None:
+        self._index.close()
         if self._dir_fd is not None:
             os.close(self._dir_fd)
             self._dir_fd = None
@@ -251,9 +257,14 @@ class FilesystemStore:
         return data
 
     def _save_sync(self, entries: Sequence[Entry]) -> None:
+        entries, rows = split_index(entries)
+        if rows:  # pending and durable before the files: see blokrun.datasources.fs_index
+            self._index.write(rows, pending=True)
         for key, data, ttl in entries:
             self._write_one(key, data, ttl)
         self._sync_dir()
+        if rows:
+            self._index.confirm(rows)
 
     def _load_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         now = self._clock()
@@ -512,6 +523,28 @@ class FilesystemStore:
 
     async def delete_lease(self, key: str) -> bool:
         return await anyio.to_thread.run_sync(self._delete_lease_sync, key)
+
+    # -- the run index (blokrun.datasources.fs_index) ---------------------------------------
+
+    async def index_query(self, space: str, query: IndexQuery) -> list[IndexRow]:
+        return await anyio.to_thread.run_sync(self._index.query, space, query)
+
+    async def index_counts(self, space: str) -> dict[str, int]:
+        return await anyio.to_thread.run_sync(self._index.counts, space)
+
+    async def index_fix(self, space: str, expected: IndexRow, actual: IndexRow | None) -> bool:
+        return await anyio.to_thread.run_sync(self._index.fix, space, expected, actual)
+
+    async def index_fill(
+        self, space: str, rows: Sequence[IndexRow], *, built: bool = False
+    ) -> None:
+        await anyio.to_thread.run_sync(self._index.fill, space, list(rows), built)
+
+    async def index_built(self, space: str) -> bool:
+        return await anyio.to_thread.run_sync(self._index.built, space)
+
+    async def index_remove(self, space: str, request_ids: Sequence[str]) -> None:
+        await anyio.to_thread.run_sync(self._index.remove, space, list(request_ids))
 
 
 def create(settings: DatasourceSettings) -> FilesystemStore:

@@ -193,7 +193,7 @@ async def _summaries(
     store: RunStore,
     chunk: list[str],
     where: Mapping[str, list[str]],
-    by_ds: dict[str, dict[str, HeadRecord]] | None = None,
+    by_ds: dict[str, dict[str, HeadRecord | None]] | None = None,
 ) -> list[RunSummary]:
     best, shown = await _read_heads(store, chunk, dict(where), by_ds)
     interrupted = await _interrupted(store, best)
@@ -219,7 +219,11 @@ async def _summaries(
                 failed_step=head.failed_step,
                 definition_hash=head.definition_hash,
                 datasource=name,
-                datasources=tuple(where[rid]),
+                datasources=tuple(
+                    where[rid]
+                    if by_ds is None
+                    else (n for n in where[rid] if rid in by_ds.get(n, {}))
+                ),
                 disagreement=views if len(set(views.values())) > 1 else {},
                 incarnation=head.incarnation,
                 tags=head.tags,
@@ -243,7 +247,7 @@ async def _read_heads(
     store: RunStore,
     chunk: list[str],
     where: dict[str, list[str]],
-    by_ds: dict[str, dict[str, HeadRecord]] | None = None,
+    by_ds: dict[str, dict[str, HeadRecord | None]] | None = None,
 ) -> tuple[dict[str, tuple[HeadRecord, str]], dict[str, dict[str, str]]]:
     """The most advanced readable head of each run of ``chunk`` (and where it is), and what
     every datasource's head says (to show targets that disagree). ``by_ds``, if given,
@@ -259,10 +263,10 @@ async def _read_heads(
         found = await ds.load_batch(keys)
         for key, raw in found.items():  # a key missing was deleted or expired meanwhile
             head = decode_head(store, ds, key, raw)
+            if by_ds is not None:  # None: stored but unreadable
+                by_ds.setdefault(name, {})[key[len(HEAD_PREFIX) :]] = head
             if head is None:
                 continue
-            if by_ds is not None:
-                by_ds.setdefault(name, {})[head.request_id] = head
             shown.setdefault(head.request_id, {})[name] = _shown(head)
             known = best.get(head.request_id)
             if known is None or _newer(head, known[0]):
@@ -485,9 +489,15 @@ async def _list_indexed(
                 seen[row.request_id] = min(key, seen.get(row.request_id, key))
                 rows_of.setdefault(ds.name, {})[row.request_id] = row
         order = sorted(seen, key=seen.__getitem__)
-        for run in await _checked(store, order, seen, rows_of):
-            if where.keeps(run):
-                out.append(run)
+        # Placed by their heads: a row that disagreed was repaired, and its run is shown
+        # here if its head puts it in this window, or found in a later one
+        found = []
+        for run in await _checked(store, order, rows_of):
+            key = order_key(run.request_id, run.started_at)
+            if (pos is None or key > pos) and (bound is None or key <= bound):
+                found.append((key, run))
+        found.sort(key=lambda item: item[0])
+        out += (run for _, run in found if where.keeps(run))
         if bound is None:
             break
         pos = bound
@@ -497,21 +507,20 @@ async def _list_indexed(
 
 
 async def _checked(
-    store: RunStore,
-    order: list[str],
-    keys: Mapping[str, tuple[int, str]],
-    rows_of: Mapping[str, Mapping[str, IndexRow]],
+    store: RunStore, order: list[str], rows_of: Mapping[str, Mapping[str, IndexRow]]
 ) -> list[RunSummary]:
-    """The runs of ``order`` whose heads agree with the rows that placed them, in that order.
-    Rows that disagree with their datasource's head are repaired (compare-and-set)."""
+    """The runs of ``order`` that have a head, as their heads say. Rows that disagree with
+    their datasource's head are repaired (compare-and-set)."""
     if not order:
         return []
     names = list(store.datasources)
-    by_ds: dict[str, dict[str, HeadRecord]] = {}
+    by_ds: dict[str, dict[str, HeadRecord | None]] = {}
     runs = await _summaries(store, order, dict.fromkeys(order, names), by_ds)
     for name, rows in rows_of.items():
         heads = by_ds.get(name, {})
         for rid, row in rows.items():
+            if rid in heads and heads[rid] is None:
+                continue  # a head there but unreadable (warned): its row stays
             head = heads.get(rid)
             actual = None if head is None else head_row(head)
             if actual is not None and actual.same(row) and not row.pending:
@@ -519,10 +528,7 @@ async def _checked(
             if row.pending and (actual is None or not actual.same(row)):
                 continue  # being written now, or a write that crashed: checked every time
             await store.datasources[name].index_fix(row, actual)
-    # a run placed by a row whose start time is not its head's is left to the repaired row
-    return [
-        run for run in runs if order_key(run.request_id, run.started_at) == keys[run.request_id]
-    ]
+    return runs
 
 
 async def count_runs(store: RunStore) -> dict[str, int]:

@@ -161,8 +161,21 @@ async def test_unreadable_heads_are_skipped_with_a_warning(
     await runner.datasources["b"].save(head_key("impostor"), raw)  # names another run
     with caplog.at_level(logging.WARNING, logger="blokrun.lifecycle"):
         page = await runner.list_runs()
-    assert sorted(r.request_id for r in page.runs) == ["good", "other"]
+        assert sorted(r.request_id for r in page.runs) == ["good", "other"]
+        # heads written behind blokrun's back have no index row: a full scan finds them
+        assert sorted([r.request_id async for r in runner.iter_runs()]) == ["good", "other"]
     assert "broken" in caplog.text and "impostor" in caplog.text
+    # a run whose head became unreadable is skipped with a warning, and its index row kept:
+    # once the head is readable again, the run is listed again
+    good = await runner.datasources["a"].load(head_key("good"))
+    assert good is not None
+    await runner.datasources["a"].save(head_key("good"), good[:-3])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="blokrun.lifecycle"):
+        assert [r.request_id for r in await runner.list_runs()] == ["other"]
+    assert "good" in caplog.text
+    await runner.datasources["a"].save(head_key("good"), good)
+    assert sorted(r.request_id for r in await runner.list_runs()) == ["good", "other"]
 
 
 async def test_batches_of_heads_cover_every_run(runner: Runner) -> None:
