@@ -46,6 +46,7 @@ __all__ = [
     "decode_row",
     "encode_row",
     "index_entry",
+    "is_index_key",
     "micros",
     "order_key",
     "split_index",
@@ -142,6 +143,11 @@ def split_index(entries: Sequence[Entry]) -> tuple[list[Entry], list[tuple[str, 
         else:
             data.append(entry)
     return data, rows
+
+
+def is_index_key(key: str) -> bool:
+    """Whether a key a driver got is an index entry's (see :func:`split_index`)."""
+    return key.startswith(_MARK)
 
 
 def space_key(space: str) -> str:

@@ -32,6 +32,14 @@ LEASE_COLUMNS: Layout = {
     "token": ("bigint", True, None),
     "expires_at": (_TZ, True, None),
 }
+RUNS_COLUMNS: Layout = {
+    "space": ("text", True, "C"),
+    "rid": ("text", True, "C"),
+    "status": ("text", True, None),
+    "neg": ("bigint", True, None),
+    "started_at": ("double precision", True, None),
+    "workflow": ("text", True, None),
+}
 _PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 
 _COLUMNS = (
@@ -49,7 +57,9 @@ _MISSING_PRIVILEGES = (
 )
 
 
-async def _table(con: Any, name: str, expected: Layout) -> list[str]:
+async def _table(
+    con: Any, name: str, expected: Layout, primary_key: tuple[str, ...] = ("key",)
+) -> list[str]:
     """What is wrong with table ``name`` (unquoted) against ``expected``; [] if nothing."""
     quoted = f'"{name}"'
     if not await con.fetchval("SELECT to_regclass($1) IS NOT NULL", quoted):
@@ -72,9 +82,11 @@ async def _table(con: Any, name: str, expected: Layout) -> list[str]:
                 f"{collation!r} (the key range scans rely on it)"
             )
     primary = await con.fetchrow(_PRIMARY, quoted)
-    if primary is None or list(primary[1]) != ["key"]:
+    if primary is None or tuple(primary[1]) != primary_key:
         shown = "none" if primary is None else f"({', '.join(primary[1])})"
-        problems.append(f"table {name!r}: primary key is {shown}, expected (key)")
+        problems.append(
+            f"table {name!r}: primary key is {shown}, expected ({', '.join(primary_key)})"
+        )
     elif not primary[0]:
         problems.append(f"table {name!r}: its primary key index is invalid (REINDEX it)")
     lacking = [row[0] for row in await con.fetch(_MISSING_PRIVILEGES, quoted, list(_PRIVILEGES))]
@@ -93,13 +105,17 @@ async def _migration(con: Any, table: str) -> int | None:
     return done
 
 
-async def describe(con: Any, table: str, leases: str, known: int) -> StoreHealth:
-    """The server and blokrun's tables ``table`` and ``leases`` on connection ``con``
-    (asyncpg); ``known``: the newest migration version this blokrun has."""
+async def describe(
+    con: Any, table: str, leases: str, known: int, runs: str | None = None
+) -> StoreHealth:
+    """The server and blokrun's tables ``table``, ``leases`` and ``runs`` (the run index) on
+    connection ``con`` (asyncpg); ``known``: the newest migration version this blokrun has."""
     version: str = await con.fetchval("SHOW server_version")
     database: str = await con.fetchval("SELECT current_database()")
     problems = await _table(con, table, STORE_COLUMNS)
     problems += await _table(con, leases, LEASE_COLUMNS)
+    if runs is not None:
+        problems += await _table(con, runs, RUNS_COLUMNS, ("space", "rid"))
     done = await _migration(con, table)
     if done is None:
         problems.append("table 'blokrun_migrations' is missing")
@@ -109,7 +125,8 @@ async def describe(con: Any, table: str, leases: str, known: int) -> StoreHealth
     return StoreHealth(
         server="PostgreSQL",
         version=version,
-        schema=f"{table} + {leases}, migration {done or 0}/{known}: {state}",
+        schema=f"{table} + {leases}{' + ' + runs if runs else ''}, "
+        f"migration {done or 0}/{known}: {state}",
         notes=(f"database {database}",),
         problems=tuple(problems),
     )

@@ -76,6 +76,7 @@ from urllib.parse import urlsplit
 import anyio
 import asyncpg  # type: ignore[import-untyped,unused-ignore]  # asyncpg ships no type hints
 
+from blokrun.datasources.index import IndexRow, decode_row, is_index_key, micros, split_index
 from blokrun.datasources.protocol import Capabilities, LeaseState, StoreHealth
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 from blokrun.redact import mask_url
@@ -83,6 +84,7 @@ from blokrun.redact import mask_url
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
+    from blokrun.datasources.index import IndexQuery
     from blokrun.datasources.protocol import Entry, Group
     from blokrun.datasources.settings import DatasourceSettings
 
@@ -154,6 +156,42 @@ _SQL = {  # {t}: the quoted table, {l}: its quoted lease table
     "now() + make_interval(secs => s) FROM unnest($1::text[], $2::bytea[], $3::float8[], "
     "$4::int8[]) WITH ORDINALITY AS u(k, d, s, gi, n) WHERE gi IN (SELECT gi FROM ok) "
     "ORDER BY k, n DESC {upsert}) SELECT coalesce(array_agg(gi), '{{}}') FROM ok",
+    # -- the run index (see "Run index" above) --
+    "save_batch_ix": "WITH w AS (INSERT INTO {t} (key, data, expires_at) {rows} {upsert}) "
+    "INSERT INTO {r} AS r (space, rid, status, neg, started_at, workflow) "
+    "SELECT * FROM unnest($4::text[], $5::text[], $6::text[], $7::int8[], $8::float8[], "
+    "$9::text[]) {ix_upsert}",
+    "save_batch_fenced_ix": "WITH fence AS (SELECT FROM {l} WHERE key = $4 AND token = $5 "
+    "FOR SHARE), w AS (INSERT INTO {t} (key, data, expires_at) {rows} "
+    "WHERE EXISTS (SELECT FROM fence) {upsert}), ix AS (INSERT INTO {r} AS r (space, rid, "
+    "status, neg, started_at, workflow) SELECT * FROM unnest($6::text[], $7::text[], "
+    "$8::text[], $9::int8[], $10::float8[], $11::text[]) WHERE EXISTS (SELECT FROM fence) "
+    "{ix_upsert}) SELECT EXISTS (SELECT FROM fence)",
+    "ix_query": "SELECT rid, status, started_at, workflow FROM {r} WHERE space = $1",
+    "ix_counts": "SELECT status, count(*) FROM {r} WHERE space = $1 GROUP BY status",
+    "ix_drop": "DELETE FROM {r} WHERE space = $1 AND rid = $2 AND status = $3 AND neg = $4 "
+    "AND workflow = $5",
+    "ix_replace": "UPDATE {r} SET status = $6, neg = $7, started_at = $8, workflow = $9 "
+    "WHERE space = $1 AND rid = $2 AND status = $3 AND neg = $4 AND workflow = $5",
+    "ix_fill": "INSERT INTO {r} (space, rid, status, neg, started_at, workflow) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::float8[], "
+    "$6::text[]) ON CONFLICT (space, rid) DO NOTHING",
+    "ix_built": "SELECT EXISTS (SELECT FROM {b} WHERE space = $1)",
+    "ix_mark_built": "INSERT INTO {b} (space) VALUES ($1) ON CONFLICT DO NOTHING",
+    "ix_remove": "DELETE FROM {r} WHERE space = $1 AND rid = ANY($2::text[])",
+    "save_groups_ix": "WITH g AS (SELECT * FROM unnest($5::text[], $6::int8[]) "
+    "WITH ORDINALITY AS g(lk, tok, gi)), "
+    "fence AS (SELECT g.gi FROM g JOIN {l} AS l ON l.key = g.lk AND l.token = g.tok "
+    "FOR SHARE OF l), ok AS (SELECT gi FROM fence UNION ALL SELECT gi FROM g WHERE lk IS NULL), "
+    "w AS (INSERT INTO {t} (key, data, expires_at) SELECT DISTINCT ON (k) k, d, "
+    "now() + make_interval(secs => s) FROM unnest($1::text[], $2::bytea[], $3::float8[], "
+    "$4::int8[]) WITH ORDINALITY AS u(k, d, s, gi, n) WHERE gi IN (SELECT gi FROM ok) "
+    "ORDER BY k, n DESC {upsert}), "
+    "ix AS (INSERT INTO {r} AS r (space, rid, status, neg, started_at, workflow) "
+    "SELECT sp, ri, st, ng, sa, wf FROM unnest($7::text[], $8::text[], $9::text[], "
+    "$10::int8[], $11::float8[], $12::text[], $13::int8[]) AS x(sp, ri, st, ng, sa, wf, gi) "
+    "WHERE gi IN (SELECT gi FROM ok) {ix_upsert}) "
+    "SELECT coalesce(array_agg(gi), '{{}}') FROM ok",
     "read_lease": "SELECT {lease} FROM {l} WHERE key = $1",
     "delete_lease": "DELETE FROM {l} WHERE key = $1",
 }
@@ -168,6 +206,25 @@ _MIGRATIONS = (  # append only: version N is _MIGRATIONS[N - 1]
         owner text NOT NULL,
         token bigint NOT NULL,
         expires_at timestamptz NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS {r} (
+        space text COLLATE "C" NOT NULL,
+        rid text COLLATE "C" NOT NULL,
+        status text NOT NULL,
+        neg bigint NOT NULL,
+        started_at float8 NOT NULL,
+        workflow text NOT NULL,
+        PRIMARY KEY (space, rid));
+    CREATE INDEX IF NOT EXISTS {r_time} ON {r} (space, neg, rid);
+    CREATE INDEX IF NOT EXISTS {r_status} ON {r} (space, status, neg, rid);
+    CREATE INDEX IF NOT EXISTS {r_workflow} ON {r} (space, workflow, neg, rid);
+    CREATE TABLE IF NOT EXISTS {b} (space text COLLATE "C" PRIMARY KEY)""",
+)
+#: the run index's upsert: a row that has not changed is not written again
+_IX_UPSERT = (
+    "ON CONFLICT (space, rid) DO UPDATE SET status = EXCLUDED.status, neg = EXCLUDED.neg, "
+    "started_at = EXCLUDED.started_at, workflow = EXCLUDED.workflow "
+    "WHERE (r.status, r.neg, r.workflow) IS DISTINCT FROM "
+    "(EXCLUDED.status, EXCLUDED.neg, EXCLUDED.workflow)"
 )
 _ACQUIRE_TRIES = 5  # a refused acquire re-runs only while racing a first acquire
 
@@ -178,6 +235,14 @@ def lease_table(table: str) -> str:
         return f"{table}_leases"
     digest = hashlib.sha256(table.encode()).hexdigest()[:8]
     return f"{table[:47]}_{digest}_leases"
+
+
+def side_table(table: str, suffix: str) -> str:
+    """A table beside ``table``: ``<table><suffix>``, hashed to fit 63 bytes."""
+    if len(table) + len(suffix) <= 63:
+        return f"{table}{suffix}"
+    digest = hashlib.sha256(table.encode()).hexdigest()[:8]
+    return f"{table[: 63 - len(suffix) - 9]}_{digest}{suffix}"
 
 
 def prefix_end(prefix: str) -> str | None:
@@ -236,8 +301,23 @@ class PostgresStore:
         except ValueError:
             self._password = None
         # The table name is a checked identifier, quoted; values are always $n parameters.
-        self._names = {"t": f'"{table}"', "l": f'"{lease_table(table)}"'}
-        fill = {"live": _LIVE, "page": PAGE, "upsert": _UPSERT, "rows": _ROWS, "lease": _LEASE}
+        self._names = {
+            "t": f'"{table}"',
+            "l": f'"{lease_table(table)}"',
+            "r": f'"{side_table(table, "_runs")}"',
+            "b": f'"{side_table(table, "_runs_built")}"',
+            "r_time": f'"{side_table(table, "_runs_time")}"',
+            "r_status": f'"{side_table(table, "_runs_status")}"',
+            "r_workflow": f'"{side_table(table, "_runs_workflow")}"',
+        }
+        fill = {
+            "live": _LIVE,
+            "page": PAGE,
+            "upsert": _UPSERT,
+            "rows": _ROWS,
+            "lease": _LEASE,
+            "ix_upsert": _IX_UPSERT,
+        }
         fill.update(self._names)
         self._sql = {name: sql.format(**fill) for name, sql in _SQL.items()}
 
@@ -367,7 +447,11 @@ class PostgresStore:
 
         async with self.connection("describe") as con:
             return await pg_schema.describe(
-                con, self._table, lease_table(self._table), len(_MIGRATIONS)
+                con,
+                self._table,
+                lease_table(self._table),
+                len(_MIGRATIONS),
+                side_table(self._table, "_runs"),
             )
 
     # -- the contract --------------------------------------------------------------------------
@@ -394,8 +478,12 @@ class PostgresStore:
     async def save_batch(self, entries: Sequence[Entry]) -> None:
         if not entries:
             return
+        entries, rows = split_index(entries)
         async with self.connection("save_batch") as con:
-            await con.execute(self._sql["save_batch"], *_columns(entries))
+            if rows:
+                await con.execute(self._sql["save_batch_ix"], *_columns(entries), *_ix(rows))
+            else:
+                await con.execute(self._sql["save_batch"], *_columns(entries))
 
     async def load_batch(self, keys: Sequence[str]) -> dict[str, bytes]:
         if not keys:
@@ -459,9 +547,14 @@ class PostgresStore:
             await con.execute(self._sql["release"], key, token)
 
     async def save_batch_fenced(self, entries: Sequence[Entry], lease_key: str, token: int) -> bool:
+        entries, rows = split_index(entries)
         async with self.connection("save_batch_fenced") as con:
-            args = (*_columns(entries), lease_key, token)
-            held: bool = await con.fetchval(self._sql["save_batch_fenced"], *args)
+            if rows:
+                args = (*_columns(entries), lease_key, token, *_ix(rows))
+                held: bool = await con.fetchval(self._sql["save_batch_fenced_ix"], *args)
+            else:
+                args = (*_columns(entries), lease_key, token)
+                held = await con.fetchval(self._sql["save_batch_fenced"], *args)
         return held
 
     async def save_groups(self, groups: Sequence[Group]) -> list[bool]:
@@ -471,20 +564,26 @@ class PostgresStore:
         data: list[bytes] = []
         ttls: list[float | None] = []
         owners: list[int] = []
+        rows: dict[tuple[str, str], tuple[str, IndexRow, int]] = {}  # a run twice: last wins
         for number, (entries, _, _) in enumerate(groups, 1):
             for key, value, ttl in entries:
+                if is_index_key(key):
+                    row = decode_row(value)
+                    rows[key, row.request_id] = (key[1:], row, number)
+                    continue
                 keys.append(key)
                 data.append(value)
                 ttls.append(ttl)
                 owners.append(number)
         fences = [lease for _, lease, _ in groups]
         tokens = [token for _, _, token in groups]
+        args: list[Any] = [keys, data, ttls, owners, fences, tokens]
+        if rows:
+            args += _ix([(space, row) for space, row, _ in rows.values()])
+            args.append([number for _, _, number in rows.values()])
         async with self.connection("save_groups") as con:
-            written = set(
-                await con.fetchval(
-                    self._sql["save_groups"], keys, data, ttls, owners, fences, tokens
-                )
-            )
+            sql = self._sql["save_groups_ix" if rows else "save_groups"]
+            written = set(await con.fetchval(sql, *args))
         return [number in written for number in range(1, len(groups) + 1)]
 
     async def read_lease(self, key: str) -> LeaseState | None:
@@ -496,6 +595,91 @@ class PostgresStore:
         async with self.connection("delete_lease") as con:
             status: str = await con.execute(self._sql["delete_lease"], key)
         return status == "DELETE 1"
+
+    # -- the run index ----------------------------------------------------------------------
+
+    async def index_query(self, space: str, query: IndexQuery) -> list[IndexRow]:
+        """One ordered index range per status asked (``(space, status, neg, rid)``), or one
+        over ``(space, workflow, ...)`` / ``(space, neg, rid)``, each ``LIMIT``-ed."""
+        where = [self._sql["ix_query"]]
+        args: list[Any] = [space]
+
+        def param(sql: str, value: Any) -> None:
+            args.append(value)
+            where.append(sql.replace("?", f"${len(args)}"))
+
+        if query.workflow is not None:
+            param("workflow = ?", query.workflow)
+        if query.since is not None:
+            param("neg <= ?", -micros(query.since))
+        if query.after is not None:
+            args.append(query.after[0])
+            param(f"(neg, rid) > (${len(args)}, ?)", query.after[1])
+        if query.contains:
+            param("strpos(rid, ?) > 0", query.contains)
+        tail = f" ORDER BY neg, rid LIMIT {int(query.limit)}"
+        found: list[IndexRow] = []
+        async with self.connection("index_query") as con:
+            for status in query.statuses if query.statuses is not None else (None,):
+                sql = " AND ".join(where)
+                extra = args
+                if status is not None:
+                    sql += f" AND status = ${len(args) + 1}"
+                    extra = [*args, status]
+                for row in await con.fetch(sql + tail, *extra):
+                    found.append(IndexRow(row[0], row[1], row[2], row[3]))
+        found.sort(key=lambda r: (-micros(r.started_at), r.request_id))
+        return found[: query.limit]
+
+    async def index_counts(self, space: str) -> dict[str, int]:
+        async with self.connection("index_counts") as con:
+            rows = await con.fetch(self._sql["ix_counts"], space)
+        return {row[0]: row[1] for row in rows}
+
+    async def index_fix(self, space: str, expected: IndexRow, actual: IndexRow | None) -> bool:
+        if expected.pending:
+            return False  # this driver never writes a pending row
+        old = (space, expected.request_id, expected.status, -micros(expected.started_at))
+        async with self.connection("index_fix") as con:
+            if actual is None:
+                status: str = await con.execute(self._sql["ix_drop"], *old, expected.workflow)
+            else:
+                new = (actual.status, -micros(actual.started_at), actual.started_at)
+                status = await con.execute(
+                    self._sql["ix_replace"], *old, expected.workflow, *new, actual.workflow
+                )
+        return status.endswith(" 1")
+
+    async def index_fill(
+        self, space: str, rows: Sequence[IndexRow], *, built: bool = False
+    ) -> None:
+        async with self.connection("index_fill") as con, con.transaction():
+            if rows:
+                await con.execute(self._sql["ix_fill"], *_ix([(space, r) for r in rows]))
+            if built:
+                await con.execute(self._sql["ix_mark_built"], space)
+
+    async def index_built(self, space: str) -> bool:
+        async with self.connection("index_built") as con:
+            found: bool = await con.fetchval(self._sql["ix_built"], space)
+        return found
+
+    async def index_remove(self, space: str, request_ids: Sequence[str]) -> None:
+        async with self.connection("index_remove") as con:
+            await con.execute(self._sql["ix_remove"], space, list(request_ids))
+
+
+def _ix(rows: Sequence[tuple[str, IndexRow]]) -> tuple[list[Any], ...]:
+    """Index rows as the six arrays of the run index upsert (a run twice: the last wins)."""
+    last = {(space, row.request_id): (space, row) for space, row in rows}
+    return (
+        [space for space, _ in last.values()],
+        [row.request_id for _, row in last.values()],
+        [row.status for _, row in last.values()],
+        [-micros(row.started_at) for _, row in last.values()],
+        [row.started_at for _, row in last.values()],
+        [row.workflow for _, row in last.values()],
+    )
 
 
 def _columns(entries: Sequence[Entry]) -> tuple[list[str], list[bytes], list[float | None]]:

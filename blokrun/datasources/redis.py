@@ -65,6 +65,8 @@ from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from blokrun.datasources import redis_index
+from blokrun.datasources.index import decode_row, is_index_key
 from blokrun.datasources.protocol import Capabilities, LeaseState, StoreHealth
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 from blokrun.redact import mask_url
@@ -74,6 +76,7 @@ if TYPE_CHECKING:
 
     from redis.commands.core import AsyncScript
 
+    from blokrun.datasources.index import IndexQuery, IndexRow
     from blokrun.datasources.protocol import Entry, Group
     from blokrun.datasources.settings import DatasourceSettings
 
@@ -140,11 +143,17 @@ return 1
 # KEYS: lease, then the entry keys; ARGV: token, then data and px ('' = no TTL) per entry.
 # Nothing is written unless the token is the latest; then every SET runs (SET cannot fail
 # on a key of another type, and once a script has written Redis does not stop it on OOM).
-_SAVE_FENCED = """
+# An entry whose px is 'ix' is a run index row (blokrun.datasources.redis_index): KEYS holds
+# the index's space, ARGV the packed row.
+_SAVE_FENCED = (
+    redis_index.PUT
+    + """
 if tonumber(redis.call('HGET', KEYS[1], 'token')) ~= tonumber(ARGV[1]) then return 0 end
 for i = 2, #KEYS do
   local px = ARGV[2 * i - 1]
-  if px == '' then
+  if px == 'ix' then
+    ix_put(KEYS[i], ARGV[2 * i - 2], false)
+  elseif px == '' then
     redis.call('SET', KEYS[i], ARGV[2 * i - 2])
   else
     redis.call('SET', KEYS[i], ARGV[2 * i - 2], 'PX', px)
@@ -152,11 +161,14 @@ for i = 2, #KEYS do
 end
 return 1
 """
+)
 
 # Group commit: many runs' saves in one script. Per group, ARGV holds its entry count, '1'
 # if fenced (its lease key then comes first in KEYS) and its token, then data and px per
 # entry; KEYS the lease key (if fenced) and the entry keys. Returns 1/0 per group.
-_SAVE_GROUPS = """
+_SAVE_GROUPS = (
+    redis_index.PUT
+    + """
 local out, k, a = {}, 1, 1
 while a <= #ARGV do
   local n, fenced, token = tonumber(ARGV[a]), ARGV[a + 1] == '1', tonumber(ARGV[a + 2])
@@ -168,7 +180,9 @@ while a <= #ARGV do
   end
   for _ = 1, n do
     if ok then
-      if ARGV[a + 1] == '' then
+      if ARGV[a + 1] == 'ix' then
+        ix_put(KEYS[k], ARGV[a], false)
+      elseif ARGV[a + 1] == '' then
         redis.call('SET', KEYS[k], ARGV[a])
       else
         redis.call('SET', KEYS[k], ARGV[a], 'PX', ARGV[a + 1])
@@ -180,6 +194,7 @@ while a <= #ARGV do
 end
 return out
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +204,10 @@ class _Scripts:
     release: AsyncScript
     save_fenced: AsyncScript
     save_groups: AsyncScript
+    ix_query: AsyncScript
+    ix_fix: AsyncScript
+    ix_fill: AsyncScript
+    ix_remove: AsyncScript
 
     @classmethod
     def register(cls, client: Redis) -> _Scripts:
@@ -199,6 +218,10 @@ class _Scripts:
             client.register_script(_RELEASE),
             client.register_script(_SAVE_FENCED),
             client.register_script(_SAVE_GROUPS),
+            client.register_script(redis_index.QUERY),
+            client.register_script(redis_index.FIX),
+            client.register_script(redis_index.FILL),
+            client.register_script(redis_index.REMOVE),
         )
 
 
@@ -464,6 +487,9 @@ class RedisStore:
     async def save_batch(self, entries: Sequence[Entry]) -> None:
         if not entries:
             return
+        if any(is_index_key(key) for key, _, _ in entries):
+            await self.save_groups([(entries, None, 0)])  # one script: rows with the data
+            return
         client = self.client()
         final = {key: (data, ttl) for key, data, ttl in entries}  # a repeated key: last wins
         plain = {key: data for key, (data, ttl) in final.items() if ttl is None}
@@ -542,12 +568,14 @@ class RedisStore:
 
     async def save_batch_fenced(self, entries: Sequence[Entry], lease_key: str, token: int) -> bool:
         lua = self._lua()
-        final = {key: (data, ttl) for key, data, ttl in entries}  # a repeated key: last wins
+        keys: list[str] = [lease_key]
         args: list[bytes | str | int] = [token]
-        for data, ttl in final.values():
-            args += (data, "" if ttl is None else _ttl_ms(ttl))
+        for entry in _last_wins(entries):
+            key, value, px = _script_entry(*entry)
+            keys.append(key)
+            args += (value, px)
         with self.errors("save_batch"):
-            return bool(await lua.save_fenced(keys=[lease_key, *final], args=args))
+            return bool(await lua.save_fenced(keys=keys, args=args))
 
     async def save_groups(self, groups: Sequence[Group]) -> list[bool]:
         """Many runs' saves in one EVALSHA (group commit); per group, whether it was written."""
@@ -558,9 +586,10 @@ class RedisStore:
             args += (len(entries), "0" if lease_key is None else "1", token)
             if lease_key is not None:
                 keys.append(lease_key)
-            for key, data, ttl in entries:
+            for entry in entries:
+                key, value, px = _script_entry(*entry)
                 keys.append(key)
-                args += (data, "" if ttl is None else _ttl_ms(ttl))
+                args += (value, px)
         with self.errors("save_batch"):
             reply = await lua.save_groups(keys=keys, args=args)
         return [bool(x) for x in cast("list[int]", reply)]
@@ -586,6 +615,67 @@ class RedisStore:
         client = self.client()
         with self.errors("delete_lease"):
             return bool(await client.delete(key))
+
+    # -- the run index (blokrun.datasources.redis_index) -------------------------------------
+
+    async def index_query(self, space: str, query: IndexQuery) -> list[IndexRow]:
+        lua = self._lua()
+        with self.errors("index_query"):
+            reply = await lua.ix_query(
+                keys=[redis_index.space(space)], args=redis_index.query_args(query)
+            )
+        return redis_index.rows_of(cast("list[bytes]", reply), query.limit)
+
+    async def index_counts(self, space: str) -> dict[str, int]:
+        client = self.client()
+        with self.errors("index_counts"):
+            raw = cast("dict[bytes, bytes]", await client.hgetall(redis_index.counts_key(space)))
+        return {k.decode("utf-8"): int(v) for k, v in raw.items() if int(v) > 0}
+
+    async def index_fix(self, space: str, expected: IndexRow, actual: IndexRow | None) -> bool:
+        if expected.pending:
+            return False  # this driver never writes a pending row
+        lua = self._lua()
+        args = [
+            expected.request_id,
+            redis_index.value(expected),
+            "" if actual is None else redis_index.pack(actual),
+        ]
+        with self.errors("index_fix"):
+            return bool(await lua.ix_fix(keys=[redis_index.space(space)], args=args))
+
+    async def index_fill(
+        self, space: str, rows: Sequence[IndexRow], *, built: bool = False
+    ) -> None:
+        lua = self._lua()
+        args = ["1" if built else "0", *(redis_index.pack(r) for r in rows)]
+        with self.errors("index_fill"):
+            await lua.ix_fill(keys=[redis_index.space(space)], args=args)
+
+    async def index_built(self, space: str) -> bool:
+        client = self.client()
+        with self.errors("index_built"):
+            return bool(await client.hexists(redis_index.meta_key(space), "built"))
+
+    async def index_remove(self, space: str, request_ids: Sequence[str]) -> None:
+        lua = self._lua()
+        with self.errors("index_remove"):
+            await lua.ix_remove(keys=[redis_index.space(space)], args=list(request_ids))
+
+
+def _last_wins(entries: Sequence[Entry]) -> list[Entry]:
+    """``entries`` with a repeated key kept once, its last value (index entries all kept:
+    they share their space's key)."""
+    final = {key: (data, ttl) for key, data, ttl in entries if not is_index_key(key)}
+    return [(k, d, t) for k, (d, t) in final.items()] + [e for e in entries if is_index_key(e[0])]
+
+
+def _script_entry(key: str, data: bytes, ttl: float | None) -> tuple[str, bytes | str, str | int]:
+    """An entry as the save scripts take it: key, data and px ('' = no TTL); an index entry
+    becomes its index's space, the packed row and ``ix``."""
+    if is_index_key(key):
+        return (redis_index.space(key[1:]), redis_index.pack(decode_row(data)), redis_index.MARK)
+    return (key, data, "" if ttl is None else _ttl_ms(ttl))
 
 
 def create(settings: DatasourceSettings) -> RedisStore:

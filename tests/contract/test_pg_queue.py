@@ -98,7 +98,7 @@ async def test_many_workers_set_up_one_fresh_table_at_once(pg: PostgresServer) -
             f"{settings.table}_queue",
         )
     assert comment == f"blokrun queue v{SCHEMA_VERSION}"
-    assert [v[0] for v in store_versions] == [1, 2]  # the store's own version is untouched
+    assert [v[0] for v in store_versions] == [1, 2, 3]  # the store's own version is untouched
     assert [c[0] for c in cols] == ["prefix", "request_id", "priority", "enqueued_at", "job",
                                     "worker", "claimed_until", "deliveries"]  # fmt: skip
     assert cols[1][3] == "C"

@@ -84,7 +84,7 @@ async def test_schema_and_versioned_migration(pg: PostgresServer) -> None:
         ("expires_at", "timestamp with time zone", "YES", None),
         ("updated_at", "timestamp with time zone", "NO", None),
     ]
-    assert [v[0] for v in versions] == [1, 2]  # 2: the lease table
+    assert [v[0] for v in versions] == [1, 2, 3]  # 2: the lease table, 3: the run index
 
 
 async def test_concurrent_first_connects_do_not_race(pg: PostgresServer) -> None:
@@ -100,7 +100,7 @@ async def test_concurrent_first_connects_do_not_race(pg: PostgresServer) -> None
         n = await con.fetchval(
             "SELECT count(*) FROM blokrun_migrations WHERE table_name = $1", settings.table
         )
-    assert n == 2  # each migration once
+    assert n == 3  # each migration once
 
 
 async def test_newer_schema_version_is_refused(pg: PostgresServer) -> None:

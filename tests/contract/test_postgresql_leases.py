@@ -118,7 +118,7 @@ async def test_lease_table_schema_and_migration_from_version_1(pg: PostgresServe
             "FROM information_schema.columns WHERE table_name = $1 ORDER BY ordinal_position",
             f"{settings.table}_leases",
         )
-    assert [v[0] for v in versions] == [1, 2]
+    assert [v[0] for v in versions] == [1, 2, 3]
     assert [tuple(c) for c in cols] == [
         ("key", "text", "NO", "C"),
         ("owner", "text", "NO", None),

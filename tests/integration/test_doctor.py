@@ -132,7 +132,9 @@ def test_redis_and_postgresql_report_the_versions_the_servers_give(
     assert by_name["cache"]["version"] == redis_version
     assert by_name["pg"]["version"] == pg_version
     table = env["DATASOURCE_PG_TABLE"]
-    assert by_name["pg"]["schema"] == f"{table} + {table}_leases, migration 2/2: ok"
+    assert by_name["pg"]["schema"] == (
+        f"{table} + {table}_leases + {table}_runs, migration 3/3: ok"
+    )
     for d in by_name.values():
         assert set(d) >= _FIELDS, d
         assert d["status"] == "ok" and d["problems"] == [] and d["reachable"] is True
