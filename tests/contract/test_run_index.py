@@ -38,7 +38,7 @@ def row(rid: str, status: str = "running", at: float = T0, workflow: str = "wf")
     return IndexRow(rid, status, at, workflow)
 
 
-def entry(r: IndexRow) -> tuple[str, bytes, None]:
+def entry(r: IndexRow) -> tuple[str, bytes, float | None]:
     return index_entry(r.request_id, r.status, r.started_at, r.workflow)
 
 
@@ -115,9 +115,10 @@ async def test_filters_and_paging_cover_each_row_once(server: ThrowawayServer) -
         assert await page(ds, contains="-05", limit=100) == [r for r in expected if "-05" in r]
         assert await page(ds, statuses=("dead",)) == []
         # several statuses: one page, merged, cut at the limit
-        assert await page(ds, statuses=("failed", "running"), limit=5) == [
-            r for r in expected if int(r[-3:]) % 3 in (0, 2)
-        ][:5]
+        assert (
+            await page(ds, statuses=("failed", "running"), limit=5)
+            == [r for r in expected if int(r[-3:]) % 3 in (0, 2)][:5]
+        )
 
 
 async def test_a_fenced_batch_refused_writes_no_row(server: ThrowawayServer) -> None:
