@@ -14,9 +14,17 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Self
 
 import anyio
+import msgspec
 
 from blokrun.datasources.groupcommit import GroupCommit
-from blokrun.datasources.index import INDEX_KEY, IndexQuery, IndexRow, IndexStore, space_key
+from blokrun.datasources.index import (
+    INDEX_KEY,
+    IndexQuery,
+    IndexRow,
+    IndexStore,
+    decode_row,
+    space_key,
+)
 from blokrun.datasources.protocol import GroupStore, HealthStore, StoreHealth
 from blokrun.errors import BlokrunError, DatasourceError, DatasourceUnavailable
 
@@ -201,6 +209,12 @@ class Datasource:
         out: list[Entry] = []
         for k, d, t in entries:
             if k == INDEX_KEY:
+                try:
+                    decode_row(d)
+                except msgspec.DecodeError as exc:
+                    raise DatasourceError(
+                        f"invalid run index entry: {exc}", datasource=self.name
+                    ) from None
                 if self._index is not None:
                     out.append((space_key(self._prefix), d, None))
             else:

@@ -84,6 +84,9 @@ class SqliteIndex:
         self._lock = threading.Lock()
         self._con: sqlite3.Connection | None = None
 
+    def _exists(self) -> bool:
+        return self._con is not None or self._path.exists()
+
     def _open(self) -> sqlite3.Connection:
         if self._con is None:
             try:
@@ -152,6 +155,8 @@ class SqliteIndex:
 
     def fix(self, space: str, expected: IndexRow, actual: IndexRow | None) -> bool:
         with self._lock:
+            if not self._exists():
+                return False
             con = self._open()
             try:
                 con.execute(self._sync(True))
@@ -204,6 +209,8 @@ class SqliteIndex:
 
     def remove(self, space: str, request_ids: Sequence[str]) -> None:
         with self._lock:
+            if not self._exists():
+                return
             con = self._open()
             try:
                 con.execute(self._sync(True))
@@ -217,7 +224,10 @@ class SqliteIndex:
     # -- reads -------------------------------------------------------------------------------
 
     def built(self, space: str) -> bool:
+        """Whether every run of ``space`` has its row (``index_fill(..., built=True)``)."""
         with self._lock:
+            if not self._exists():
+                return False
             con = self._open()
             try:
                 found = con.execute("SELECT 1 FROM built WHERE space = ?", (space,)).fetchone()
@@ -227,6 +237,8 @@ class SqliteIndex:
 
     def counts(self, space: str) -> dict[str, int]:
         with self._lock:
+            if not self._exists():
+                return {}
             con = self._open()
             try:
                 found = con.execute(
@@ -257,6 +269,8 @@ class SqliteIndex:
         # every part is one of the constants above; values are parameters
         sql = " AND ".join([_SELECT, *where[1:]])
         with self._lock:
+            if not self._exists():
+                return []
             con = self._open()
             try:
                 found: list[IndexRow] = []
