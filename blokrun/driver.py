@@ -81,7 +81,10 @@ class RunDriver:
         self.durability: Durability = durability
 
     def _hooks(self, recorder: RunRecorder) -> list[Hook]:
-        return [recorder, *self.hooks] if recorder.targets else self.hooks
+        if not recorder.targets:
+            return self.hooks
+        first = [hook for hook in self.hooks if hook.first]
+        return [*first, recorder, *(hook for hook in self.hooks if not hook.first)]
 
     async def run(
         self,
@@ -312,6 +315,7 @@ class RunDriver:
         """The executor with the recorder first among the hooks, the lease's heartbeat
         beside it, write-behind saves in the same task group."""
         hooks = self._hooks(recorder)
+        recorder.context = run.context  # filled by tracing hooks, kept on the run's head
         reads = self.store.reads
         if run.children is None:
             run.children = self._children(run.request_id)
@@ -424,7 +428,11 @@ class RunDriver:
             done=prepared.done,
             provided=accept_input(prepared, value, token),
             park_after=park_after,
+            from_step=plan.after,
+            from_seq=plan.from_seq,
         )
+        if plan.head is not None:
+            run.previous = dict(plan.head.context)
         if not plan.run:
             if plan.head_status != "completed":
                 await emit_end(run, self._hooks(recorder), "completed")

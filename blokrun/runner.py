@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from blokrun.persistence.records import HeadRecord
     from blokrun.persistence.store import Repair
     from blokrun.queues import Queue
+    from blokrun.tracing import JobTracing
     from blokrun.types import Durability
 
 __all__ = ["RunResult", "Runner"]
@@ -139,6 +140,8 @@ class Runner:
             built, check_datasource("BLOKRUN_QUEUE_DATASOURCE", queue_datasource, built)
         )
         self._search_paths = tuple(search_paths)
+        #: carries traces through the queue when a tracing integration set it (blokrun.otel)
+        self.tracing: JobTracing | None = None
 
     @classmethod
     def from_env(
@@ -172,6 +175,10 @@ class Runner:
     @property
     def datasources(self) -> Mapping[str, Datasource]:
         return self._datasources
+
+    def add_hook(self, hook: HookLike) -> None:
+        """Add a hook to every run this runner starts or resumes from now on."""
+        self._driver.hooks.append(hook if isinstance(hook, Hook) else CallableHook(hook))
 
     @property
     def store(self) -> RunStore:
@@ -402,6 +409,7 @@ class Runner:
             tags=checked_tags(tags),
             enqueued_at=time.time(),
             source=wf.source,
+            context=self.tracing.inject() if self.tracing is not None else {},
         )
         if not await queue.enqueue(job):
             log.warning("run %s is in the queue already: not queued again (de-duplicated)", rid)
@@ -426,7 +434,7 @@ class Runner:
                 )
             if head is not None and head.status == "completed":
                 try:
-                    return await self.resume(request_id)  # runs nothing: the final vars
+                    return await Runner.resume(self, request_id)  # runs nothing: the final vars
                 except RunBusy:
                     pass  # its worker is still letting go of it
             elif head is not None and head.status == "suspended":

@@ -11,7 +11,7 @@ import fnmatch
 import math
 import re
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Protocol, Self
 
 import anyio
 import msgspec
@@ -31,6 +31,7 @@ from blokrun.errors import BlokrunError, DatasourceError, DatasourceUnavailable
 if TYPE_CHECKING:
     import builtins
     from collections.abc import AsyncIterator, Sequence
+    from contextlib import AbstractAsyncContextManager
     from types import TracebackType
 
     from blokrun.datasources.protocol import (
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     )
     from blokrun.datasources.settings import DatasourceSettings
 
-__all__ = ["MAX_KEY_BYTES", "Datasource", "validate_key"]
+__all__ = ["MAX_KEY_BYTES", "Datasource", "DatasourceObserver", "validate_key"]
 
 MAX_KEY_BYTES = 1024
 
@@ -71,6 +72,23 @@ def validate_key(key: str) -> None:
         raise DatasourceError(f"invalid key {key!r}: control characters are not allowed")
 
 
+class DatasourceObserver(Protocol):
+    """Sees a datasource's writes (telemetry; :mod:`blokrun.otel`). Set as
+    ``datasource.observer``; with none set a write costs one attribute check more."""
+
+    def writing(
+        self, ds: Datasource, entries: Sequence[Entry]
+    ) -> AbstractAsyncContextManager[None]:
+        """Entered around one batch write (``entries`` as the caller gave them)."""
+        ...
+
+    def flushed(self, ds: Datasource, groups: int) -> None:
+        """A group-commit flush of ``groups`` runs' saves is about to go."""
+
+    def lease_event(self, ds: Datasource, request_id: str, event: str) -> None:
+        """Something happened to a run's lease: ``taken_from_dead``, ``lost``."""
+
+
 class Datasource:
     """A configured, named store. Use ``async with`` or :meth:`connect` / :meth:`close`."""
 
@@ -81,6 +99,7 @@ class Datasource:
         "_timeout",
         "group_commit",
         "name",
+        "observer",
         "settings",
         "store",
         "ttl",
@@ -96,6 +115,8 @@ class Datasource:
         self._redactor = settings.redactor()
         #: the driver's run index, if it keeps one (see blokrun.datasources.index)
         self._index: IndexStore | None = store if isinstance(store, IndexStore) else None
+        #: Sees every write and group-commit flush (telemetry: blokrun.otel); None: off
+        self.observer: DatasourceObserver | None = None
         #: Coalesces concurrent saves into one round trip, when the driver can.
         self.group_commit: GroupCommit | None = None
         if store.capabilities.group_commit:
@@ -104,7 +125,7 @@ class Datasource:
                     f"driver {settings.type!r} says it has group commit but no save_groups",
                     datasource=settings.name,
                 )
-            self.group_commit = GroupCommit(store.save_groups, self._save_one)
+            self.group_commit = GroupCommit(self._save_groups, self._save_one)
 
     def __repr__(self) -> str:
         return f"Datasource({self.settings.describe()})"
@@ -255,6 +276,13 @@ class Datasource:
         full = self._batch(entries)
         if not full:
             return
+        if self.observer is not None:
+            async with self.observer.writing(self, entries):
+                await self._save_batch(entries, full)
+        else:
+            await self._save_batch(entries, full)
+
+    async def _save_batch(self, entries: Sequence[Entry], full: list[Entry]) -> None:
         async with self._guard(entries[0][0] if len(entries) == 1 else None, "save_batch"):
             if self.group_commit is not None:
                 await self.group_commit.save(full, None, 0)
@@ -364,6 +392,12 @@ class Datasource:
                 n += 1
             return n
 
+    async def _save_groups(self, groups: Sequence[Group]) -> list[bool]:
+        """A group-commit flush: many runs' saves in one round trip."""
+        if self.observer is not None:
+            self.observer.flushed(self, len(groups))
+        return await self.store.save_groups(groups)  # type: ignore[attr-defined,no-any-return]
+
     async def _save_one(self, group: Group) -> bool:
         """A save that found no other to share its round trip with (group commit)."""
         entries, lease_key, token = group
@@ -403,6 +437,19 @@ class Datasource:
         """``save_batch`` iff ``token`` is still the latest token of ``lease_key``."""
         store, fence = self._lease_store(), self._full(lease_key)
         full = self._batch(entries)
+        if self.observer is not None:
+            async with self.observer.writing(self, entries):
+                return await self._save_fenced(store, entries, full, fence, token)
+        return await self._save_fenced(store, entries, full, fence, token)
+
+    async def _save_fenced(
+        self,
+        store: LeaseStore,
+        entries: Sequence[Entry],
+        full: list[Entry],
+        fence: str,
+        token: int,
+    ) -> bool:
         async with self._guard(entries[0][0] if len(entries) == 1 else None, "save_batch"):
             if self.group_commit is not None:
                 return await self.group_commit.save(full, fence, token)

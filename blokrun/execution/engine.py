@@ -117,6 +117,14 @@ class Attempt:
     #: results of map items stored before this attempt:
     #: (step, fingerprint of its list of items) -> index -> result
     items: dict[tuple[str, str], dict[int, Any]] = field(default_factory=dict)
+    #: this attempt's trace context (W3C ``traceparent``...), filled by the hooks that run
+    #: before the recorder (``Hook.first``) and stored with the run's head
+    context: dict[str, str] = field(default_factory=dict)
+    #: a resume: the trace context the attempt it continues stored, and the checkpoint
+    #: (step, sequence number) it continues from
+    previous: dict[str, str] = field(default_factory=dict)
+    from_step: str | None = None
+    from_seq: int = 0
 
     @property
     def view(self) -> Mapping[str, Any]:
@@ -594,6 +602,10 @@ async def run_attempt(run: Attempt, *, hooks: Sequence[Hook], reader: Datasource
         run.started_at,
         tuple(run.done),
         run.view,
+        run.context,
+        run.previous,
+        run.from_step,
+        run.from_seq,
     )
     try:
         for hook in hooks:

@@ -10,7 +10,7 @@ that step's retry policy within this attempt.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -55,6 +55,14 @@ class RunStarted:
     started_at: float
     done: tuple[str, ...]
     vars: Mapping[str, Any]
+    #: the attempt's trace context: a hook that runs before the recorder (``Hook.first``)
+    #: may put its propagation headers here; they are stored with the run's head
+    context: dict[str, str] = field(default_factory=dict)
+    #: a resume: what the attempt it continues put in its ``context``
+    previous: Mapping[str, str] = field(default_factory=dict)
+    #: a resume: the step and sequence number of the checkpoint it continues from
+    from_step: str | None = None
+    from_seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)

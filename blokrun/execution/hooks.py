@@ -10,7 +10,7 @@ Hooks run in order, in the run's task; a hook that raises fails the run.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -28,7 +28,14 @@ __all__ = ["CallableHook", "Hook"]
 
 
 class Hook:
-    """Subclass and override any of these; every method is awaited in the run's task."""
+    """Subclass and override any of these; every method is awaited in the run's task.
+
+    ``first``: run before the recorder (which stores each step's checkpoint in its
+    ``after_step``) instead of after it -- for hooks that must see a moment before it is
+    stored, such as tracing, whose ``on_run_start`` puts the trace context in
+    ``RunStarted.context`` for the run's head to keep."""
+
+    first: ClassVar[bool] = False
 
     async def on_run_start(self, event: RunStarted) -> None:
         """Before the first step of a run (or of a resume)."""

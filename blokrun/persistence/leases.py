@@ -178,6 +178,10 @@ class Lease:
                         "run %s: lease taken over by another process; stopping",
                         self.request_id,
                     )
+                    if self.datasource.observer is not None:
+                        self.datasource.observer.lease_event(
+                            self.datasource, self.request_id, "lost"
+                        )
                     on_lost.cancel()
                     return
             except BlokrunError as exc:
@@ -226,6 +230,8 @@ async def acquire(
             request_id,
             state.owner,
         )
+        if ds.observer is not None:
+            ds.observer.lease_event(ds, request_id, "taken_from_dead")
         dead = await ds.acquire_lease(key, state.owner, ttl)
         if dead.owner == state.owner:
             await ds.release_lease(key, dead.owner, dead.token)

@@ -195,6 +195,8 @@ class RunRecorder(Hook):
         self._pending: _Pending | None = None
         self._deferred: _Deferred | None = None
         self._head_completed = False
+        #: the attempt's trace context (a tracing hook's propagation headers), on its heads
+        self.context: dict[str, str] = {}
         #: the index row (status, started_at, workflow) last sent with a head, if all went
         self._indexed: tuple[str, float, str] | None = None
         #: alias key -> whether this run may write it (see _may_write_alias)
@@ -250,6 +252,7 @@ class RunRecorder(Hook):
             layout=LAYOUT,
             key_id=self._shared.envelope.key_id,
             tags=self.tags,
+            context=self.context,
         )
 
     async def _save(

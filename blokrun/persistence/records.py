@@ -180,6 +180,8 @@ class HeadRecord(msgspec.Struct, frozen=True, kw_only=True):
     wake_at: float | None = None  # sleeping: when its timer step (waiting_step) wakes
     tags: dict[str, str] = msgspec.field(default_factory=dict)  # the user's, to filter runs on
     trace: str | None = None  # failed: the node's traceback (its last 8,000 characters)
+    #: the attempt's trace context (W3C traceparent...), when a tracing hook gave one
+    context: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class RunRecord(msgspec.Struct, frozen=True, kw_only=True):

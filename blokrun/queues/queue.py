@@ -52,6 +52,8 @@ class Job(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     enqueued_at: float = 0.0
     source: str = "<queue>"
     tags: dict[str, str] = msgspec.field(default_factory=dict)
+    #: the submitter's trace context (propagation headers; see blokrun.tracing)
+    context: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class Claim(msgspec.Struct, frozen=True):

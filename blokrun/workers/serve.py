@@ -68,9 +68,12 @@ async def serve(
         sleep_after=sleep_after,
     )
     stop = stop or anyio.Event()
+    watch = getattr(runner.tracing, "watch", None)  # queue gauges (blokrun.otel)
     async with anyio.create_task_group() as tg:
         if scheduled:
             tg.start_soon(Scheduler(runner, scheduled).run, stop)
+        if watch is not None:
+            tg.start_soon(watch, worker)
         await worker.serve(stop, max_runs=max_runs)
         tg.cancel_scope.cancel()
     return worker.stats

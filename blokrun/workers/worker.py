@@ -132,6 +132,8 @@ class Worker:
         self.sleep_after = claim_ttl if sleep_after is None else sleep_after
         self._wake: dict[str, float] = {}  # sleeping runs: request id -> wake-up time
         self._running: dict[str, anyio.CancelScope] = {}
+        #: when each run this worker drives now was handed to it (Unix seconds; metrics)
+        self.claimed_at: dict[str, float] = {}
         self._slots: dict[str, Lease] = {}  # request id -> the workflow slot it holds
         self._parked: dict[str, Claim] = {}  # claimed, waiting for a workflow slot
         self.park_limit = 4 * concurrency
@@ -218,6 +220,7 @@ class Worker:
         self._parked.pop(job.request_id, None)
         scope = anyio.CancelScope()
         self._running[job.request_id] = scope
+        self.claimed_at[job.request_id] = time.time()
         tg.start_soon(self._run, claim, scope, name=f"blokrun run {job.request_id}")
         return True
 
@@ -227,6 +230,7 @@ class Worker:
             outcome, ack = await self._outcome(claim, scope)
         finally:
             self._running.pop(rid, None)
+            self.claimed_at.pop(rid, None)
             slot = self._slots.pop(rid, None)
             if slot is not None:
                 await slot.release()
@@ -316,6 +320,13 @@ class Worker:
         return None
 
     async def _drive(self, claim: Claim) -> str:
+        tracing = self.runner.tracing
+        if tracing is None:
+            return await self._drive_job(claim)
+        with tracing.job(claim.job.context, claim.job.request_id, claim.deliveries):
+            return await self._drive_job(claim)
+
+    async def _drive_job(self, claim: Claim) -> str:
         job = claim.job
         if claim.deliveries > 1:
             try:

@@ -30,7 +30,7 @@ class GatedStore(MemoryStore):
         self.fail_key: str | None = None
 
     async def save_batch(self, entries: Sequence[Entry]) -> None:
-        keys = [k for k, _, _ in entries if not k.startswith("_blokrun.")]
+        keys = [k for k, _, _ in entries if not k.startswith(("_blokrun.", "\x1e"))]
         for key in keys:
             self.events.append(f"save {key} start")
             if key == self.fail_key:

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2] / "blokrun"
 
 #: Lowest first. Groups in one layer are independent of each other.
 LAYERS: list[set[str]] = [
-    {"blokrun.errors", "blokrun.types", "blokrun.redact"},
+    {"blokrun.errors", "blokrun.types", "blokrun.redact", "blokrun.tracing"},
     {"blokrun.expressions"},
     {"blokrun.spec", "blokrun.datasources"},
     {"blokrun.execution", "blokrun.queues"},
@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"blokrun.driver"},
     {"blokrun.runner"},
     {"blokrun.workers"},
-    {"blokrun.web"},
+    {"blokrun.web", "blokrun.otel"},
     {"blokrun.cli", "blokrun"},
     {"blokrun.__main__"},
 ]
