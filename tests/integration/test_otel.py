@@ -80,6 +80,10 @@ def make_runner(
     return runner, telemetry
 
 
+def attr(span: ReadableSpan | Any) -> dict[str, Any]:
+    return dict(span.attributes or {})
+
+
 def named(spans: tuple[ReadableSpan, ...] | list[ReadableSpan], name: str) -> list[ReadableSpan]:
     return [s for s in spans if s.name == name]
 
@@ -120,14 +124,14 @@ async def test_a_failed_run_and_its_resume_make_one_linked_story(
         # the run is a child of the request that started it, in its trace
         assert run.parent is not None and run.parent.span_id == request.get_span_context().span_id
         assert run.context.trace_id == request.get_span_context().trace_id
-        assert run.attributes["blokrun.request_id"] == "r-1"
-        assert run.attributes["blokrun.workflow.name"] == "lin"
-        assert run.attributes["blokrun.workflow.version"] == "7"
-        assert run.attributes["blokrun.outcome"] == "failed"
+        assert attr(run)["blokrun.request_id"] == "r-1"
+        assert attr(run)["blokrun.workflow.name"] == "lin"
+        assert attr(run)["blokrun.workflow.version"] == "7"
+        assert attr(run)["blokrun.outcome"] == "failed"
         assert run.status.status_code.name == "ERROR"
         assert any(e.name == "exception" for e in run.events)
         steps = named(first, "blokrun.step")
-        assert [s.attributes["blokrun.step"] for s in steps] == ["s1", "s2", "s3"]
+        assert [attr(s)["blokrun.step"] for s in steps] == ["s1", "s2", "s3"]
         assert all(parent_of(s, first) is run for s in steps)
         failed = steps[-1]
         assert failed.status.status_code.name == "ERROR"
@@ -135,11 +139,11 @@ async def test_a_failed_run_and_its_resume_make_one_linked_story(
         checkpoints = named(first, "blokrun.checkpoint")
         # two checkpoints (s1, s2), each on both datasources, under the run, after its step
         assert sorted(
-            (c.attributes["blokrun.step"], c.attributes["blokrun.datasource"]) for c in checkpoints
+            (attr(c)["blokrun.step"], attr(c)["blokrun.datasource"]) for c in checkpoints
         ) == [("s1", "default"), ("s1", "mirror"), ("s2", "default"), ("s2", "mirror")]
-        assert {c.attributes["db.system"] for c in checkpoints} == {"filesystem", "memory"}
+        assert {attr(c)["db.system"] for c in checkpoints} == {"filesystem", "memory"}
         assert all(parent_of(c, first) is run for c in checkpoints)
-        assert sorted(c.attributes["blokrun.sequence"] for c in checkpoints) == [1, 1, 2, 2]
+        assert sorted(attr(c)["blokrun.sequence"] for c in checkpoints) == [1, 1, 2, 2]
 
         exporter.clear()
         wfnodes.FAIL_AT.clear()
@@ -149,14 +153,12 @@ async def test_a_failed_run_and_its_resume_make_one_linked_story(
         (resume,) = named(second, "blokrun.resume")
         (again,) = named(second, "blokrun.run")
         assert parent_of(again, second) is resume
-        assert resume.attributes["blokrun.resume.from_step"] == "s2"
-        assert resume.attributes["blokrun.resume.from_seq"] == 2
-        assert (
-            again.attributes["blokrun.resumed"] is True and again.attributes["blokrun.attempt"] == 2
-        )
+        assert attr(resume)["blokrun.resume.from_step"] == "s2"
+        assert attr(resume)["blokrun.resume.from_seq"] == 2
+        assert attr(again)["blokrun.resumed"] is True and attr(again)["blokrun.attempt"] == 2
         # the resumed attempt links to the attempt it continues (stored with the run's head)
         assert [link.context.span_id for link in again.links] == [run.context.span_id]
-        assert [s.attributes["blokrun.step"] for s in named(second, "blokrun.step")] == ["s3"]
+        assert [attr(s)["blokrun.step"] for s in named(second, "blokrun.step")] == ["s3"]
         # no var value anywhere
         for span in first + second:
             assert SECRET not in str(dict(span.attributes or {}))
@@ -190,10 +192,11 @@ async def test_a_nodes_own_spans_nest_under_its_step_in_a_parallel_level(
         await runner.run(wf, request_id="fan-1")
     spans = list(exporter.get_finished_spans())
     (run,) = named(spans, "blokrun.run")
-    steps = {s.attributes["blokrun.step"]: s for s in named(spans, "blokrun.step")}
+    steps = {attr(s)["blokrun.step"]: s for s in named(spans, "blokrun.step")}
     assert set(steps) == {"a", "b", "c", "d"}
     assert all(parent_of(s, spans) is run for s in steps.values())
     b, c = steps["b"], steps["c"]
+    assert b.start_time and b.end_time and c.start_time and c.end_time
     assert b.start_time < c.end_time and c.start_time < b.end_time  # side by side
     for name, step in steps.items():
         (own,) = [s for s in spans if s.name == f"work {name}"]
@@ -244,18 +247,16 @@ async def test_metrics_after_known_runs(
             with pytest.raises(StepFailed):
                 await runner.run(wf, request_id=f"bad-{i}")
     points = metric_points(reader)
-    started = {
-        p.attributes["blokrun.workflow.name"]: p.value for p in points["blokrun.runs.started"]
-    }
+    started = {attr(p)["blokrun.workflow.name"]: p.value for p in points["blokrun.runs.started"]}
     assert started == {"lin": 6}
-    ended = {p.attributes["blokrun.outcome"]: p.value for p in points["blokrun.runs.ended"]}
+    ended = {attr(p)["blokrun.outcome"]: p.value for p in points["blokrun.runs.ended"]}
     assert ended == {"completed": 4, "failed": 2}
     assert [p.value for p in points["blokrun.runs.in_flight"]] == [0]
-    steps = {p.attributes["blokrun.step"]: p.count for p in points["blokrun.step.duration"]}
+    steps = {attr(p)["blokrun.step"]: p.count for p in points["blokrun.step.duration"]}
     assert steps == {"s1": 6, "s2": 4, "s3": 4}  # a failed step has no duration recorded
-    per_ds = {}
+    per_ds: dict[str, int] = {}
     for p in points["blokrun.checkpoint.duration"]:
-        key = p.attributes["blokrun.datasource"]
+        key = attr(p)["blokrun.datasource"]
         per_ds[key] = per_ds.get(key, 0) + p.count
     assert per_ds == {"default": 14, "mirror": 14}  # 4 runs x 3 + 2 runs x 1, on each
 
