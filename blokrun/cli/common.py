@@ -60,8 +60,19 @@ async def with_runner(
     runner: Runner | None = None,
     *,
     progress: bool = False,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> int:
-    """Start ``runner`` (by default :func:`make_runner`), run ``body`` on it, stop it."""
+    """Start ``runner`` (by default :func:`make_runner`), run ``body`` on it, stop it.
+
+    OpenTelemetry is set up when ``OTEL_*`` variables or ``metrics_port`` ask for it
+    (:func:`blokrun.cli.telemetry.enable`), and flushed when the command ends."""
+    from blokrun.cli.telemetry import enable
+
     runner = runner or make_runner(progress=progress)
-    async with runner:
-        return await body(runner)
+    shutdown = enable(runner, metrics_port=metrics_port, metrics_host=metrics_host)
+    try:
+        async with runner:
+            return await body(runner)
+    finally:
+        shutdown()

@@ -14,6 +14,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from blokrun.cli.common import EXIT_OK, with_runner
+from blokrun.cli.telemetry import add_metrics_options
 
 if TYPE_CHECKING:
     import argparse
@@ -31,6 +32,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     p.add_argument("--read-only", action="store_true", help="hide and refuse every action")
+    add_metrics_options(p)
     p.set_defaults(handler=handle)
     return p
 
@@ -76,4 +78,4 @@ async def handle(args: argparse.Namespace) -> int:
         await server.serve()
         return EXIT_OK
 
-    return await with_runner(body)
+    return await with_runner(body, metrics_port=args.metrics_port, metrics_host=args.metrics_host)

@@ -13,6 +13,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from blokrun.cli.common import EXIT_OK, with_runner
+from blokrun.cli.telemetry import add_metrics_options
 
 if TYPE_CHECKING:
     import argparse
@@ -51,13 +52,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="a workflow file with a 'schedule': submit its due ticks (repeatable; give every "
         "worker the same: each tick runs once)",
     )
+    add_metrics_options(p)
     p.set_defaults(handler=handle)
     return p
 
 
 async def handle(args: argparse.Namespace) -> int:
     """Serve the queue as ``args`` ask until a signal (or ``--max-runs``); the exit code."""
-    return await with_runner(lambda runner: run(args, runner))
+    return await with_runner(
+        lambda runner: run(args, runner),
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+    )
 
 
 async def run(args: argparse.Namespace, runner: Runner) -> int:

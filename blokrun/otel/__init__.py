@@ -20,7 +20,7 @@ goes with a submitted job to the worker that claims it). Nothing is threaded thr
 engine, and nothing of this package is imported unless you import it: without it, or with
 no SDK configured (the API's no-op providers), blokrun costs what it did.
 
-No var value and no secret becomes an attribute; sizes do (``blokrun.checkpoint.bytes``).
+No var value and no secret becomes an attribute; sizes do (``blokrun.bytes``).
 
 The CLI sets up the SDK from the standard variables (:func:`configure_from_env`):
 ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER`` (``otlp``, ``console``, ``none``),

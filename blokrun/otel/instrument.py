@@ -271,7 +271,7 @@ class Telemetry(Hook):
             "blokrun.datasource": ds.name,
             "db.system": ds.type,
             "blokrun.entries": len(entries),
-            "blokrun.checkpoint.bytes": size,
+            "blokrun.bytes": size,
         }
         if step is not None:
             attrs["blokrun.request_id"] = step[0]

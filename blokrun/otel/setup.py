@@ -12,6 +12,7 @@ A Prometheus port (``blokrun worker --metrics-port``) adds a reader serving ``/m
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -99,7 +100,9 @@ def configure_from_env(
         tracer_provider = TracerProvider(resource=resource)
         for name in traces:
             if name == "console":
-                tracer_provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+                tracer_provider.add_span_processor(
+                    SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr))
+                )
             else:
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
                     OTLPSpanExporter,
@@ -118,7 +121,7 @@ def configure_from_env(
         readers: list[MetricReader] = []
         for name in metric_exporters:
             if name == "console":
-                readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
+                readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter(out=sys.stderr)))
             else:
                 from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
                     OTLPMetricExporter,
