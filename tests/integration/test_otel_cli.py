@@ -122,7 +122,8 @@ def _scrape(port: int, deadline: float) -> str:
     while True:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-                return r.read().decode()
+                body: bytes = r.read()
+                return body.decode()
         except OSError:
             if time.monotonic() > deadline:
                 raise
