@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from benchmarks import dashboard, drivers, lifecycle, map_items, runner_overhead, startup, state
+from benchmarks import (
+    dashboard,
+    drivers,
+    lifecycle,
+    map_items,
+    otel,
+    runner_overhead,
+    startup,
+    state,
+)
 from benchmarks.harness import Report, write_results
 
 if TYPE_CHECKING:
@@ -30,6 +39,7 @@ BENCHMARKS: dict[str, Callable[..., Awaitable[None]]] = {
     "lifecycle": lifecycle.run,
     "map_items": map_items.run,
     "dashboard": dashboard.run,
+    "otel": otel.run,
 }
 
 

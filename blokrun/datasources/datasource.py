@@ -31,7 +31,6 @@ from blokrun.errors import BlokrunError, DatasourceError, DatasourceUnavailable
 if TYPE_CHECKING:
     import builtins
     from collections.abc import AsyncIterator, Sequence
-    from contextlib import AbstractAsyncContextManager
     from types import TracebackType
 
     from blokrun.datasources.protocol import (
@@ -76,11 +75,13 @@ class DatasourceObserver(Protocol):
     """Sees a datasource's writes (telemetry; :mod:`blokrun.otel`). Set as
     ``datasource.observer``; with none set a write costs one attribute check more."""
 
-    def writing(
-        self, ds: Datasource, entries: Sequence[Entry]
-    ) -> AbstractAsyncContextManager[None]:
-        """Entered around one batch write (``entries`` as the caller gave them)."""
+    def write_started(self, ds: Datasource, entries: Sequence[Entry]) -> object:
+        """A batch write starts (``entries`` as the caller gave them); returns what
+        :meth:`write_ended` gets back."""
         ...
+
+    def write_ended(self, started: object, error: BaseException | None) -> None:
+        """That write ended (``error``: how it failed)."""
 
     def flushed(self, ds: Datasource, groups: int) -> None:
         """A group-commit flush of ``groups`` runs' saves is about to go."""
@@ -276,11 +277,17 @@ class Datasource:
         full = self._batch(entries)
         if not full:
             return
-        if self.observer is not None:
-            async with self.observer.writing(self, entries):
-                await self._save_batch(entries, full)
-        else:
+        observer = self.observer
+        if observer is None:
             await self._save_batch(entries, full)
+            return
+        started = observer.write_started(self, entries)
+        try:
+            await self._save_batch(entries, full)
+        except BaseException as exc:
+            observer.write_ended(started, exc)
+            raise
+        observer.write_ended(started, None)
 
     async def _save_batch(self, entries: Sequence[Entry], full: list[Entry]) -> None:
         async with self._guard(entries[0][0] if len(entries) == 1 else None, "save_batch"):
@@ -437,10 +444,17 @@ class Datasource:
         """``save_batch`` iff ``token`` is still the latest token of ``lease_key``."""
         store, fence = self._lease_store(), self._full(lease_key)
         full = self._batch(entries)
-        if self.observer is not None:
-            async with self.observer.writing(self, entries):
-                return await self._save_fenced(store, entries, full, fence, token)
-        return await self._save_fenced(store, entries, full, fence, token)
+        observer = self.observer
+        if observer is None:
+            return await self._save_fenced(store, entries, full, fence, token)
+        started = observer.write_started(self, entries)
+        try:
+            held = await self._save_fenced(store, entries, full, fence, token)
+        except BaseException as exc:
+            observer.write_ended(started, exc)
+            raise
+        observer.write_ended(started, None)
+        return held
 
     async def _save_fenced(
         self,

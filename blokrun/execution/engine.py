@@ -581,8 +581,14 @@ async def emit_end(
         suspension,
         sleeping,
     )
-    for hook in hooks:
+    for hook in _end_order(hooks):
         await hook.on_run_end(event)
+
+
+def _end_order(hooks: Sequence[Hook]) -> list[Hook]:
+    """The order hooks hear of a run's end: the ``first`` hooks (which ran before the
+    recorder) last, so they see the whole attempt -- its final status stored too."""
+    return [h for h in hooks if not h.first] + [h for h in hooks if h.first]
 
 
 async def run_attempt(run: Attempt, *, hooks: Sequence[Hook], reader: DatasourceReader) -> Outcome:
@@ -635,7 +641,7 @@ async def run_attempt(run: Attempt, *, hooks: Sequence[Hook], reader: Datasource
             tuple(run.steps_run),
             run.view,
         )
-        for hook in hooks:
+        for hook in _end_order(hooks):
             try:
                 with anyio.CancelScope(shield=True):
                     await hook.on_run_end(event)

@@ -31,9 +31,10 @@ class Hook:
     """Subclass and override any of these; every method is awaited in the run's task.
 
     ``first``: run before the recorder (which stores each step's checkpoint in its
-    ``after_step``) instead of after it -- for hooks that must see a moment before it is
-    stored, such as tracing, whose ``on_run_start`` puts the trace context in
-    ``RunStarted.context`` for the run's head to keep."""
+    ``after_step``) instead of after it, and hear of the run's end after it -- for hooks
+    that wrap what the recorder does, such as tracing: its ``on_run_start`` puts the trace
+    context in ``RunStarted.context`` for the run's head to keep, and its ``on_run_end``
+    comes once the final status is stored."""
 
     first: ClassVar[bool] = False
 

@@ -226,12 +226,16 @@ async def test_submit_to_worker_is_one_trace(
     (run,) = named(spans, "blokrun.run")
     assert claim.parent is not None and claim.parent.span_id == request.get_span_context().span_id
     assert parent_of(run, spans) is claim
-    # every span of the job (the worker's own presence writes are traces of their own)
-    ours = [s for s in spans if (s.attributes or {}).get("blokrun.request_id") == "job-1"]
-    assert {s.context.trace_id for s in ours} == {trace_id}
+    # the job's spans, all in the submitter's trace: claim, run, its steps and checkpoints
+    ours = [s for s in spans if s.context.trace_id == trace_id]
     assert {"blokrun.claim", "blokrun.run", "blokrun.step", "blokrun.checkpoint"} <= {
         s.name for s in ours
     }
+    steps = named(spans, "blokrun.step")
+    assert len(steps) == 2 and all(s.context.trace_id == trace_id for s in steps)
+    # the worker's own presence writes are traces of their own, never the job's
+    others = [s for s in spans if s.context.trace_id != trace_id]
+    assert all(s.name == "blokrun.datasource.write" for s in others)
 
 
 async def test_metrics_after_known_runs(
