@@ -134,6 +134,8 @@ class Telemetry(Hook):
         self._runs: dict[str, _Run] = {}
         self._workers: list[Worker] = []
         self._queue: dict[str, int] = {}
+        #: seconds between two reads of the queue's counts by a worker's watch
+        self.queue_poll = 5.0
         #: metric attributes of checkpoints, per (datasource, workflow, step)
         self._ds_labels: dict[tuple[str, str, str], dict[str, str]] = {}
         self.step_duration = meter.create_histogram(
@@ -351,8 +353,9 @@ class Telemetry(Hook):
         ):
             yield
 
-    async def watch(self, worker: Worker, every: float = 5.0) -> None:
-        """Keep the queue gauges of ``worker`` current (a worker's task runs this)."""
+    async def watch(self, worker: Worker) -> None:
+        """Keep the queue gauges of ``worker`` current (a worker's task runs this), reading
+        the queue's counts every :attr:`queue_poll` seconds."""
         import anyio
 
         self._workers.append(worker)
@@ -363,7 +366,7 @@ class Telemetry(Hook):
                     self._queue = {"waiting": stats.waiting, "claimed": stats.claimed}
                 except Exception as exc:  # a gauge must never stop a worker
                     log.debug("queue gauges: could not read the queue's counts: %s", exc)
-                await anyio.sleep(every)
+                await anyio.sleep(self.queue_poll)
         finally:
             self._workers.remove(worker)
 

@@ -5,9 +5,13 @@ secret in any attribute."""
 
 from __future__ import annotations
 
+import os
+import socket
+from functools import partial
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import anyio
 import pytest
@@ -21,7 +25,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from blokrun import Runner, StepFailed
 from blokrun.config import DatasourceSettings
 from blokrun.otel import Telemetry, instrument
+from blokrun.persistence import leases
 from blokrun.workers import serve
+from tests.conftest import ServerPool
 from tests.integration import wfnodes
 
 NODE = "tests.integration.wfnodes"
@@ -280,3 +286,75 @@ async def test_instrument_twice_is_one_telemetry_and_off_costs_no_spans(
         await plain.run(linear(2), request_id="plain")
     assert exporter.get_finished_spans() == ()
     assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+async def test_lease_takeovers_and_group_commit_sizes_are_counted(
+    server_pool: ServerPool, provider: TracerProvider, reader: InMemoryMetricReader
+) -> None:
+    settings = server_pool.get("redis").settings("default", prefix=f"ot-{uuid4().hex[:8]}/")
+    runner = Runner([settings])
+    instrument(
+        runner, tracer_provider=provider, meter_provider=MeterProvider(metric_readers=[reader])
+    )
+    async with runner:
+        wfnodes.FAIL_AT.add("s2")
+        with pytest.raises(StepFailed):
+            await runner.run(linear(2), request_id="taken")
+        wfnodes.FAIL_AT.clear()
+        # a holder of this machine whose process is gone (its pid is ours, its name unknown
+        # here: no code of this process holds it)
+        dead = f"{socket.gethostname()}/{leases._NODE}:{os.getpid()}:deadbeef0000"
+        await runner.datasources["default"].acquire_lease("_blokrun.lease.taken", dead, 60)
+        assert (await runner.resume("taken")).status == "completed"
+        async with anyio.create_task_group() as tg:  # concurrent runs share round trips
+            for i in range(40):
+                tg.start_soon(partial(runner.run, linear(3), request_id=f"many-{i}"))
+    points = metric_points(reader)
+    (taken,) = points["blokrun.lease.takeovers"]
+    assert attr(taken)["blokrun.lease.event"] == "taken_from_dead" and taken.value == 1
+    (sizes,) = points["blokrun.group_commit.size"]
+    assert sizes.count >= 1 and sizes.max > 1  # some flush carried several runs' saves
+
+
+async def test_queue_gauges_on_a_worker(
+    provider: TracerProvider, reader: InMemoryMetricReader
+) -> None:
+    gate = anyio.Event()
+
+    async def wait_gate(ctx: Any, inputs: dict[str, Any]) -> Any:
+        await gate.wait()
+        return {}
+
+    runner = Runner(
+        [DatasourceSettings(name="default", type="memory")],
+        lease_ttl=5.0,
+        nodes={"gate": wait_gate},
+    )
+    telemetry = instrument(
+        runner, tracer_provider=provider, meter_provider=MeterProvider(metric_readers=[reader])
+    )
+    telemetry.queue_poll = 0.02
+    flow = {"name": "gated", "steps": [{"name": "g", "node": "gate"}]}
+    async with runner:
+        for i in range(5):
+            await runner.submit(flow, request_id=f"q-{i}")
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: serve(runner, concurrency=2, stop=stop))
+            depth: dict[str, float] = {}
+            age: list[float] = []
+            with anyio.fail_after(10):
+                while depth.get("claimed") != 2 or not age or age[0] <= 0:
+                    await anyio.sleep(0.05)
+                    points = metric_points(reader)
+                    depth = {
+                        attr(p)["blokrun.queue.state"]: p.value
+                        for p in points.get("blokrun.queue.depth", [])
+                    }
+                    age = [p.value for p in points.get("blokrun.queue.claim_age", [])]
+            assert depth == {"waiting": 3, "claimed": 2}
+            gate.set()
+            with anyio.fail_after(10):
+                for i in range(5):
+                    await runner.wait(f"q-{i}")
+            stop.set()
