@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import socket
-from functools import partial
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
