@@ -84,6 +84,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--status", choices=_STATUSES, help="only runs with this status")
     p.add_argument("--workflow", metavar="NAME", help="only runs of this workflow")
+    p.add_argument("--search", metavar="TEXT", help="only runs whose request id contains TEXT")
     add_tag_argument(p, "only runs with this tag (repeatable: every one)")
     p.add_argument(
         "--since",
@@ -163,6 +164,7 @@ async def run(args: argparse.Namespace, runner: Runner) -> int:
         since=args.since,
         limit=args.limit,
         cursor=args.cursor,
+        search=args.search,
         tags=parse_tags(args.tag) or None,
     )
     if args.json:

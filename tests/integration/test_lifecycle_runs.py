@@ -318,6 +318,10 @@ async def test_cli_json(runner: Runner, capsys: pytest.CaptureFixture[str]) -> N
     first = doc["runs"][0]
     assert first["status"] == "failed" and first["failed_step"] == "s2"
     assert first["started_at"] == 1_700_000_024.0 and first["datasources"] == ["a"]
+    code = await runs_cli.run(parse("--json", "--search", "-1"), runner)
+    assert code == 0
+    doc = orjson.loads(capsys.readouterr().out)
+    assert [r["request_id"] for r in doc["runs"]] == [f"run-1{i}" for i in range(9, -1, -1)]
     code = await runs_cli.run(parse("--json", "--since", "2023-11-14T22:13:40Z"), runner)
     assert code == 0
     doc = orjson.loads(capsys.readouterr().out)
