@@ -9,6 +9,8 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from blokrun.errors import ConfigError
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -28,8 +30,6 @@ def enable(
 ) -> Callable[[], None]:
     """Instrument ``runner`` if the environment or ``metrics_port`` asks; returns what to
     call when the command ends (flush and stop the exporters)."""
-    from blokrun.cli.common import Usage
-
     environ = dict(os.environ)
     wanted = any(k.startswith("OTEL_") for k in environ) or metrics_port is not None
     if not wanted:
@@ -38,8 +38,9 @@ def enable(
         from blokrun.otel import configure_from_env, instrument
     except ImportError:
         if metrics_port is not None:
-            raise Usage(
-                "--metrics-port needs the otel extra: pip install 'blokrun[otel]'"
+            raise ConfigError(
+                "--metrics-port needs the otel extra: pip install 'blokrun[otel]'",
+                variable="--metrics-port",
             ) from None
         log.warning(
             "OTEL_* variables are set but the otel extra is not installed "
