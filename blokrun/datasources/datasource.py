@@ -25,7 +25,7 @@ from blokrun.datasources.index import (
     decode_row,
     space_key,
 )
-from blokrun.datasources.protocol import GroupStore, HealthStore, StoreHealth
+from blokrun.datasources.protocol import OWNED_MARK, GroupStore, HealthStore, StoreHealth
 from blokrun.errors import BlokrunError, DatasourceError, DatasourceUnavailable
 
 if TYPE_CHECKING:
@@ -230,7 +230,14 @@ class Datasource:
         given this datasource's space (or dropped when the driver keeps no index)."""
         out: list[Entry] = []
         for k, d, t in entries:
-            if k == INDEX_KEY:
+            if k[:1] == OWNED_MARK:
+                if not self.store.capabilities.owned_writes:
+                    raise DatasourceError(
+                        f"the {self.type} driver does not write owned entries (key {k[1:]!r})",
+                        datasource=self.name,
+                    )
+                out.append((OWNED_MARK + self._full(k[1:]), d, self._ttl(t)))
+            elif k == INDEX_KEY:
                 try:
                     decode_row(d)
                 except msgspec.DecodeError as exc:
@@ -334,6 +341,19 @@ class Datasource:
         if cut == len(pattern):
             return [k for k in candidates if k == pattern]
         return [k for k in candidates if fnmatch.fnmatchcase(k, pattern)]
+
+    def refused(self, key: str) -> bool:
+        """Whether an owned write of ``key`` was refused since last asked (another owner
+        holds it); asking forgets it. A driver with ``owned_writes`` keeps the keys it
+        refused in ``refused_owned``."""
+        refused: set[str] | None = getattr(self.store, "refused_owned", None)
+        if not refused:
+            return False
+        full = self._full(key)
+        if full in refused:
+            refused.discard(full)
+            return True
+        return False
 
     # -- the run index (blokrun.datasources.index) -------------------------------------------
 

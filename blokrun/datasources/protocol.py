@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
 __all__ = [
+    "OWNED_MARK",
     "Capabilities",
     "Entry",
     "Group",
@@ -44,7 +45,33 @@ __all__ = [
     "LeaseStore",
     "Store",
     "StoreHealth",
+    "may_own",
+    "owned_key",
+    "owner_of",
 ]
+
+#: The mark of an owned entry's key in a batch (see ``Capabilities.owned_writes``); a key
+#: never starts with a control character, so no stored key can be taken for one.
+OWNED_MARK = "\x1f"
+
+
+def owned_key(key: str) -> str:
+    """``key`` as an owned entry: written only where it is free or already this owner's."""
+    return OWNED_MARK + key
+
+
+def owner_of(data: bytes) -> bytes | None:
+    """The owner of an owned entry's value: its bytes up to and including the first NUL
+    (``None``: no NUL, no owner -- such a value is never written as owned)."""
+    end = data.find(b"\x00")
+    return None if end < 0 else data[: end + 1]
+
+
+def may_own(current: bytes | None, data: bytes) -> bool:
+    """Whether an owned entry ``data`` may replace ``current`` (``None``: nothing live)."""
+    owner = owner_of(data)
+    return owner is not None and (current is None or current.startswith(owner))
+
 
 #: One item of a batch save: ``(key, data, ttl_seconds_or_None)``.
 Entry: TypeAlias = "tuple[str, bytes, float | None]"
@@ -86,6 +113,15 @@ class Capabilities:
         The driver has ``save_groups(groups) -> list[bool]``: the saves of many runs (each
         fenced or not) in one round trip and one command or statement, each group written
         all or nothing. The wrapper then coalesces concurrent saves into it.
+    owned_writes
+        The driver writes **owned entries** (:func:`owned_key`) in its batches: such an
+        entry is written only if its key holds no live value, or a value with the same
+        *owner* -- the bytes up to and including the first NUL of the new value -- checked
+        and written in one atomic step. The run recorder then stores a step's key-pattern
+        alias with its checkpoint without reading it first (one round trip per step
+        less); without it, it reads the alias and decides. Such a driver keeps the (full)
+        keys of the owned entries it refused in a set ``refused_owned`` until the wrapper
+        asks (:meth:`~blokrun.datasources.datasource.Datasource.refused`).
     """
 
     native_ttl: bool = False
@@ -97,6 +133,7 @@ class Capabilities:
     leases: bool = False
     atomic_fencing: bool = False
     group_commit: bool = False
+    owned_writes: bool = False
 
 
 @dataclass(frozen=True, slots=True)

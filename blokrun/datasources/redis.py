@@ -67,7 +67,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from blokrun.datasources import redis_index
 from blokrun.datasources.index import decode_row, is_index_key
-from blokrun.datasources.protocol import Capabilities, LeaseState, StoreHealth
+from blokrun.datasources.protocol import OWNED_MARK, Capabilities, LeaseState, StoreHealth
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 from blokrun.redact import mask_url
 
@@ -93,6 +93,7 @@ _CAPS = Capabilities(
     leases=True,
     atomic_fencing=True,
     group_commit=True,
+    owned_writes=True,
 )
 _GLOB = frozenset(b"*?[]\\")
 
@@ -144,22 +145,49 @@ return 1
 # Nothing is written unless the token is the latest; then every SET runs (SET cannot fail
 # on a key of another type, and once a script has written Redis does not stop it on OOM).
 # An entry whose px is 'ix' is a run index row (blokrun.datasources.redis_index): KEYS holds
-# the index's space, ARGV the packed row.
+# the index's space, ARGV the packed row. A px starting with 'o' is an owned entry (the rest
+# is its px): set only if the key holds nothing or a value with the same owner -- the bytes
+# up to the first NUL (Capabilities.owned_writes).
+_OWNED = """
+local refused = {}
+local function owned(key, data)
+  local z = string.find(data, '\\0', 1, true)
+  if not z then return false end
+  local cur = redis.pcall('GET', key)
+  if type(cur) == 'table' then return false end
+  return (not cur) or string.sub(cur, 1, z) == string.sub(data, 1, z)
+end
+local function put(key, data, px)
+  if string.sub(px, 1, 1) == 'o' then
+    if not owned(key, data) then
+      refused[#refused + 1] = key
+      return
+    end
+    px = string.sub(px, 2)
+  end
+  if px == '' then
+    redis.call('SET', key, data)
+  else
+    redis.call('SET', key, data, 'PX', px)
+  end
+end
+"""
 _SAVE_FENCED = (
     redis_index.PUT
+    + _OWNED
     + """
 if tonumber(redis.call('HGET', KEYS[1], 'token')) ~= tonumber(ARGV[1]) then return 0 end
 for i = 2, #KEYS do
   local px = ARGV[2 * i - 1]
   if px == 'ix' then
     ix_put(KEYS[i], ARGV[2 * i - 2], false)
-  elseif px == '' then
-    redis.call('SET', KEYS[i], ARGV[2 * i - 2])
   else
-    redis.call('SET', KEYS[i], ARGV[2 * i - 2], 'PX', px)
+    put(KEYS[i], ARGV[2 * i - 2], px)
   end
 end
-return 1
+local reply = {1}
+for _, key in ipairs(refused) do reply[#reply + 1] = key end
+return reply
 """
 )
 
@@ -168,6 +196,7 @@ return 1
 # entry; KEYS the lease key (if fenced) and the entry keys. Returns 1/0 per group.
 _SAVE_GROUPS = (
     redis_index.PUT
+    + _OWNED
     + """
 local out, k, a = {}, 1, 1
 while a <= #ARGV do
@@ -182,16 +211,15 @@ while a <= #ARGV do
     if ok then
       if ARGV[a + 1] == 'ix' then
         ix_put(KEYS[k], ARGV[a], false)
-      elseif ARGV[a + 1] == '' then
-        redis.call('SET', KEYS[k], ARGV[a])
       else
-        redis.call('SET', KEYS[k], ARGV[a], 'PX', ARGV[a + 1])
+        put(KEYS[k], ARGV[a], ARGV[a + 1])
       end
     end
     k, a = k + 1, a + 2
   end
   out[#out + 1] = ok and 1 or 0
 end
+for _, key in ipairs(refused) do out[#out + 1] = key end
 return out
 """
 )
@@ -321,6 +349,7 @@ class RedisStore:
         "_timeout",
         "_url",
         "_where",
+        "refused_owned",
     )
 
     def __init__(
@@ -341,6 +370,8 @@ class RedisStore:
         self._timeout = timeout
         self._secrets: tuple[str, ...] = ()
         self._scripts: _Scripts | None = None
+        #: owned entries a write refused (another owner's), until the wrapper asks
+        self.refused_owned: set[str] = set()
         if url is not None:
             self._where = _where(url)
             self._secrets = _passwords(url)
@@ -487,8 +518,8 @@ class RedisStore:
     async def save_batch(self, entries: Sequence[Entry]) -> None:
         if not entries:
             return
-        if any(is_index_key(key) for key, _, _ in entries):
-            await self.save_groups([(entries, None, 0)])  # one script: rows with the data
+        if any(is_index_key(key) or key[:1] == OWNED_MARK for key, _, _ in entries):
+            await self.save_groups([(entries, None, 0)])  # one script: rows, owned entries
             return
         client = self.client()
         final = {key: (data, ttl) for key, data, ttl in entries}  # a repeated key: last wins
@@ -575,7 +606,11 @@ class RedisStore:
             keys.append(key)
             args += (value, px)
         with self.errors("save_batch"):
-            return bool(await lua.save_fenced(keys=keys, args=args))
+            reply = await lua.save_fenced(keys=keys, args=args)
+        if isinstance(reply, list):  # written: 1, then the owned keys it refused
+            self._refused(reply[1:])
+            return True
+        return False
 
     async def save_groups(self, groups: Sequence[Group]) -> list[bool]:
         """Many runs' saves in one EVALSHA (group commit); per group, whether it was written."""
@@ -591,8 +626,9 @@ class RedisStore:
                 keys.append(key)
                 args += (value, px)
         with self.errors("save_batch"):
-            reply = await lua.save_groups(keys=keys, args=args)
-        return [bool(x) for x in cast("list[int]", reply)]
+            reply = cast("list[int | bytes]", await lua.save_groups(keys=keys, args=args))
+        self._refused(reply[len(groups) :])  # after one flag per group: refused owned keys
+        return [bool(x) for x in reply[: len(groups)]]
 
     async def read_lease(self, key: str) -> LeaseState | None:
         client = self.client()
@@ -615,6 +651,13 @@ class RedisStore:
         client = self.client()
         with self.errors("delete_lease"):
             return bool(await client.delete(key))
+
+    def _refused(self, keys: Sequence[Any]) -> None:
+        for raw in keys:
+            if isinstance(raw, bytes):
+                self.refused_owned.add(raw.decode("utf-8", "replace"))
+        if len(self.refused_owned) > 10_000:  # nobody asked: forget the oldest half
+            self.refused_owned.clear()
 
     # -- the run index (blokrun.datasources.redis_index) -------------------------------------
 
@@ -675,7 +718,10 @@ def _script_entry(key: str, data: bytes, ttl: float | None) -> tuple[str, bytes 
     becomes its index's space, the packed row and ``ix``."""
     if is_index_key(key):
         return (redis_index.space(key[1:]), redis_index.pack(decode_row(data)), redis_index.MARK)
-    return (key, data, "" if ttl is None else _ttl_ms(ttl))
+    px: str | int = "" if ttl is None else _ttl_ms(ttl)
+    if key[:1] == OWNED_MARK:
+        return (key[1:], data, f"o{px}")
+    return (key, data, px)
 
 
 def create(settings: DatasourceSettings) -> RedisStore:

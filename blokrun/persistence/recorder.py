@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 import msgspec
 
+from blokrun.datasources.protocol import OWNED_MARK, owned_key
 from blokrun.errors import CheckpointError, DatasourceError, DatasourceUnavailable
 from blokrun.execution.hooks import Hook
 from blokrun.persistence.codec import Kind, dumps_value
@@ -186,6 +187,11 @@ class RunRecorder(Hook):
         #: where write-behind saves run (durability "async"); set by whoever drives the run
         self.background: TaskGroup | None = None
         self.targets = [shared.datasources[name] for name in workflow.targets]
+        #: every target keeps an alias's first writer itself (Capabilities.owned_writes):
+        #: an alias is written with its checkpoint, not read first
+        self._owned_aliases = bool(self.targets) and all(
+            ds.capabilities.owned_writes for ds in self.targets
+        )
         #: datasources that could not be reached during this attempt
         self.unreachable: set[str] = set()
         #: until when the failure path may try unreachable targets again (one bound shared
@@ -549,6 +555,7 @@ class RunRecorder(Hook):
                     writer.blob_written(blob)
             if unread is None:
                 await self._save(self.targets, entries, step, "the checkpoint")
+                await self._owned_refused(entries, step)
                 return
             skip, error = unread
             rest = [ds for ds in self.targets if ds.name not in skip]
@@ -616,6 +623,31 @@ class RunRecorder(Hook):
             )
         self._aliases[alias] = not taken
         return not taken
+
+    async def _owned_refused(self, entries: Sequence[Entry], step: str) -> None:
+        """Warn (once per alias and attempt) where a target kept what another run or
+        program wrote under the alias (read only then, to name it)."""
+        for key, _, _ in entries:
+            if key[:1] != OWNED_MARK:
+                continue
+            alias = key[1:]
+            refused = [ds for ds in self.targets if ds.refused(alias)]
+            if not refused or self._aliases.get(alias) is False:
+                continue
+            self._aliases[alias] = False
+            try:
+                holder = alias_holder(await refused[0].load(alias) or b"")
+            except DatasourceError:
+                holder = None
+            log.warning(
+                "run %s: key %r (step %s under the key pattern) already holds %s on %r; it "
+                "is left as it is, and the step's checkpoint is stored under the run's own key",
+                self.request_id,
+                alias,
+                step,
+                f"an alias of run {holder!r}" if holder else "data blokrun did not write",
+                refused[0].name,
+            )
 
     async def _checkpoint(
         self,
@@ -686,10 +718,12 @@ class RunRecorder(Hook):
         )
         entries: list[Entry] = [(key, record, step.ttl), *self._head_entries(head)]
         self._unread = None
-        if await self._may_write_alias(alias, step.name):
-            entries.append(
-                (alias, encode_alias(pointer, self._shared.envelope, key=alias), step.ttl)
-            )
+        value = encode_alias(pointer, self._shared.envelope, key=alias)
+        if self._owned_aliases:
+            # the stores keep the first writer's alias themselves, checked in the write
+            entries.append((owned_key(alias), value, step.ttl))
+        elif await self._may_write_alias(alias, step.name):
+            entries.append((alias, value, step.ttl))
         before = self.position
         if behind and self.background is not None:
             pending = _Pending(
