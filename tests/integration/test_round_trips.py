@@ -92,7 +92,7 @@ def flow(n: int) -> dict[str, Any]:
 async def counted(request: pytest.FixtureRequest, server_pool: ServerPool) -> Any:
     settings = server_pool.get(request.param).settings("default", prefix=f"rt-{uuid4().hex[:8]}/")
     store = Counting(create_store(settings))
-    async with Runner([Datasource(settings, store)]) as runner:  # type: ignore[arg-type]
+    async with Runner([Datasource(settings, store)]) as runner:
         yield runner, store, 0 if store.capabilities.atomic_batch else 1
 
 
