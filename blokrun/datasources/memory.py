@@ -8,13 +8,7 @@ from typing import TYPE_CHECKING
 from anyio.lowlevel import checkpoint
 
 from blokrun.datasources.index import MemoryIndex, split_index
-from blokrun.datasources.protocol import (
-    OWNED_MARK,
-    Capabilities,
-    LeaseState,
-    StoreHealth,
-    may_own,
-)
+from blokrun.datasources.protocol import Capabilities, LeaseState, StoreHealth
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -34,22 +28,19 @@ _CAPS = Capabilities(
     self_timed=True,
     leases=True,
     atomic_fencing=True,
-    owned_writes=True,
 )
 
 
 class MemoryStore:
     """A dict of ``key -> (bytes, expires_at_monotonic | None)``."""
 
-    __slots__ = ("_clock", "_connected", "_data", "_indexes", "_leases", "extras", "refused_owned")
+    __slots__ = ("_clock", "_connected", "_data", "_indexes", "_leases", "extras")
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock  # wall-clock seconds for lease expiry (tests pass a fake)
         self._data: dict[str, tuple[bytes, float | None]] = {}
         self._leases: dict[str, LeaseState] = {}
         self._indexes: dict[str, MemoryIndex] = {}  # run index per space (datasource prefix)
-        #: owned entries a write refused (another owner's), until the wrapper asks
-        self.refused_owned: set[str] = set()
         self.extras: dict[str, object] = {}  # in-process features kept with the store (queue)
         self._connected = False
 
@@ -106,11 +97,6 @@ class MemoryStore:
         for space, row in rows:
             self._space(space).put(row)
         for key, data, ttl in entries:
-            if key[:1] == OWNED_MARK:
-                key = key[1:]  # noqa: PLW2901
-                if not may_own(self._live(key, now), data):
-                    self.refused_owned.add(key)
-                    continue  # another owner's: left as it is
             self._data[key] = (bytes(data), None if ttl is None else now + ttl)
         await checkpoint()  # after the write, so save_batch_fenced's check stays atomic
 

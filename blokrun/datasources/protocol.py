@@ -117,7 +117,8 @@ class Capabilities:
         The driver writes **owned entries** (:func:`owned_key`) in its batches: such an
         entry is written only if its key holds no live value, or a value with the same
         *owner* -- the bytes up to and including the first NUL of the new value -- checked
-        and written in one atomic step. The run recorder then stores a step's key-pattern
+        and written in one atomic step (Redis: in its save scripts). The run recorder
+        then stores a step's key-pattern
         alias with its checkpoint without reading it first (one round trip per step
         less); without it, it reads the alias and decides. Such a driver keeps the (full)
         keys of the owned entries it refused in a set ``refused_owned`` until the wrapper

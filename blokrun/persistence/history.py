@@ -94,7 +94,7 @@ class History:
         """The run's head and every checkpoint, ordered by sequence number."""
         found = await self._planner.locate(request_id, None)
         ds = found.datasource
-        listed = await self._planner.locator.history(ds, request_id, found.incarnation)
+        listed = await self._planner.locator.history(ds, request_id, found.incarnation, found.upto)
         infos = tuple(
             CheckpointInfo(
                 key=s.key,
@@ -158,11 +158,14 @@ class History:
         found = await self._planner.locate(request_id, None)
         ds = found.datasource
         locator = self._planner.locator
-        listed = [
-            s.record
-            for s in await locator.history(ds, request_id, found.incarnation)
-            if s.record is not None
-        ]
+        one = None
+        if seq is not None and step is None:  # one record, read by its key
+            one = await locator.stored(ds, request_id, found.incarnation, seq)
+        if one is not None and one.record is not None and one.record.seq == seq:
+            history = [one]
+        else:  # every record (a step's latest, or to name those there are)
+            history = await locator.history(ds, request_id, found.incarnation, found.upto)
+        listed = [s.record for s in history if s.record is not None]
         if step is not None:
             chosen = next((r for r in reversed(listed) if r.step == step), None)
             what = f"step {step!r}"
@@ -183,7 +186,8 @@ class History:
         order: the run located and its history listed once (``blokrun export``)."""
         found = await self._planner.locate(request_id, None)
         ds = found.datasource
-        for s in await self._planner.locator.history(ds, request_id, found.incarnation):
+        history = await self._planner.locator.history(ds, request_id, found.incarnation, found.upto)
+        for s in history:
             if s.record is not None and step in (None, s.record.step):
                 yield await self._state(ds, s.record, f"checkpoint #{s.record.seq}", request_id)
 

@@ -154,6 +154,17 @@ class FoundRun:
                 return rec.definition_hash
         return None
 
+    @property
+    def upto(self) -> int:
+        """The highest sequence number any head or verified checkpoint of the best
+        incarnation names (time travel keeps the history above its own head: ``high_seq``)."""
+        heads = [
+            max(v.head.seq, v.head.high_seq)
+            for v in self.views
+            if v.head is not None and v.head.incarnation == self.incarnation
+        ]
+        return max([self.seq, *heads])
+
     def claimed_seq(self) -> int:
         """The highest sequence any head of the best incarnation says was stored."""
         return max(
@@ -501,10 +512,19 @@ class Locator:
     # -- history -------------------------------------------------------------------------
 
     async def history(
-        self, ds: Datasource, request_id: str, incarnation: int
+        self, ds: Datasource, request_id: str, incarnation: int, upto: int | None = None
     ) -> list[StoredCheckpoint]:
-        """Every checkpoint key of one incarnation on ``ds``, in sequence order."""
-        keys = sorted(await ds.keys(runs_checkpoints_prefix(request_id, incarnation)))
+        """Every checkpoint of one incarnation on ``ds``, in sequence order.
+
+        ``upto``: the highest sequence number the run is known to have used (its heads and
+        its latest verified checkpoint say; :attr:`FoundRun.upto`): the records 1..upto (and
+        the few a crash may have stored after the head) are read by key, which costs what
+        the run holds, not what the datasource holds. Without it the keys are listed.
+        """
+        if upto is not None:
+            keys = [checkpoint_key(request_id, incarnation, s) for s in range(1, upto + _PROBE + 1)]
+        else:
+            keys = sorted(await ds.keys(runs_checkpoints_prefix(request_id, incarnation)))
         out: list[StoredCheckpoint] = []
         for start in range(0, len(keys), _BATCH):
             chunk = keys[start : start + _BATCH]
@@ -517,6 +537,18 @@ class Locator:
                 rec = self.checkpoint(raw, ds, key, problems)
                 out.append(StoredCheckpoint(key, len(raw), rec, problems[0] if problems else None))
         return out
+
+    async def stored(
+        self, ds: Datasource, request_id: str, incarnation: int, seq: int
+    ) -> StoredCheckpoint | None:
+        """Checkpoint ``seq`` of one incarnation on ``ds``, or None if there is none."""
+        key = checkpoint_key(request_id, incarnation, seq)
+        raw = await ds.load(key)
+        if raw is None:
+            return None
+        problems: list[str] = []
+        rec = self.checkpoint(raw, ds, key, problems)
+        return StoredCheckpoint(key, len(raw), rec, problems[0] if problems else None)
 
     async def rebuild(
         self, ds: Datasource, rec: CheckpointRecord

@@ -278,7 +278,7 @@ class Planner:
                 request_id=found.request_id,
             )
         ds = found.datasource
-        listed = await self.locator.history(ds, found.request_id, found.incarnation)
+        listed = await self.locator.history(ds, found.request_id, found.incarnation, found.upto)
         for stored in reversed(listed):
             rec = stored.record
             if rec is None or step in rec.done:

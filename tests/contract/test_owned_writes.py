@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from blokrun.datasources import Datasource
     from tests.servers.base import ThrowawayServer
 
-pytestmark = pytest.mark.parametrize("server", ["memory", "redis"], indirect=True)
+#: Redis writes owned entries in its save scripts; the memory driver, where a read costs no
+#: round trip, and the others keep the recorder's read-then-write
+pytestmark = pytest.mark.parametrize("server", ["redis"], indirect=True)
 
 
 def value(owner: str, body: str = "v") -> bytes:

@@ -9,7 +9,7 @@ The design, per run of N checkpointed steps on one datasource with leases on:
   one batch where batches are atomic);
 * each step: its checkpoint (1: checkpoint, head and alias in one fenced batch) and, where
   the driver cannot keep an alias's first writer itself (``Capabilities.owned_writes``:
-  Redis and memory can), the alias ownership read (1);
+  Redis can), the alias ownership read (1);
 * end: the lease's release (1). The last checkpoint marks the run completed.
 
 So N + 4 on Redis, 2N + 4 on PostgreSQL, and 2N + 5 on the filesystem, whose batches are
