@@ -208,18 +208,8 @@ class Lease:
         return not scope.cancelled_caught
 
 
-async def acquire(
-    ds: Datasource,
-    request_id: str,
-    ttl: float,
-    owner: str | None = None,
-    *,
-    prefix: str = LEASE_PREFIX,
-) -> Lease:
-    """Take the run's lease (or another lease under ``prefix``) or raise :class:`RunBusy`
-    naming the live holder."""
-    key = prefix + request_id
-    me = owner or new_owner()
+async def _take(ds: Datasource, key: str, me: str, ttl: float, request_id: str) -> LeaseState:
+    """The lease's state once ``me`` holds it; :class:`RunBusy` naming a live holder."""
     state = await ds.acquire_lease(key, me, ttl)
     if state.owner != me and holder_is_dead(state.owner):
         # The holder was killed on this machine (SIGKILL, OOM): take over now rather than
@@ -246,5 +236,27 @@ async def acquire(
             owner=state.owner,
             expires_at=state.expires_at,
         )
+    return state
+
+
+async def acquire(
+    ds: Datasource,
+    request_id: str,
+    ttl: float,
+    owner: str | None = None,
+    *,
+    prefix: str = LEASE_PREFIX,
+) -> Lease:
+    """Take the run's lease (or another lease under ``prefix``) or raise :class:`RunBusy`
+    naming the live holder."""
+    key = prefix + request_id
+    me = owner or new_owner()
+    # Held here from the moment it is asked for: another Runner of this process whose
+    # acquire answers first must see a live holder in this process, not a dead one.
     _HELD_HERE.add(me)
+    try:
+        state = await _take(ds, key, me, ttl, request_id)
+    except BaseException:
+        _HELD_HERE.discard(me)
+        raise
     return Lease(ds, request_id, key, me, state.token, ttl, state.expires_at)
