@@ -81,7 +81,7 @@ class _Write:
     """A datasource write being traced: its span, its metric attributes (checkpoints
     only), when it started."""
 
-    span: Span
+    span: Span | None  # None: the run records no spans
     labels: dict[str, str] | None
     t0: float
 
@@ -91,6 +91,9 @@ class _Run:
     run: _Open
     workflow: str
     steps: dict[str, _Open] = field(default_factory=dict)
+    #: the run's span records nothing (no SDK, or not sampled): its children would not
+    #: either, so no step or write span is made for it (metrics still are)
+    quiet: bool = False
     _labels: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def labels(self, step: str) -> dict[str, str]:
@@ -213,14 +216,16 @@ class Telemetry(Hook):
         ctx = trace.set_span_in_context(span)
         token = otel_context.attach(ctx)
         inject(event.context, context=ctx)  # kept with the run's head: a resume links here
-        self._runs[event.request_id] = _Run(_Open(span, token, _task()), wf.name)
+        self._runs[event.request_id] = _Run(
+            _Open(span, token, _task()), wf.name, quiet=not span.is_recording()
+        )
         _CHECKPOINTING.set((event.request_id, wf.name, ""))  # the run's start record
         self.runs_started.add(1, {"blokrun.workflow.name": wf.name})
         self.in_flight.add(1, {"blokrun.workflow.name": wf.name})
 
     async def before_step(self, event: StepStarted) -> None:
         state = self._runs.get(event.request_id)
-        if state is None:
+        if state is None or state.quiet:
             return
         # the run's span (its parent) names the run, workflow and attempt: a step's span
         # names the step (each attribute costs the SDK ~0.5 µs to check)
@@ -301,6 +306,10 @@ class Telemetry(Hook):
     def write_started(self, ds: Datasource, entries: Sequence[Entry]) -> object:
         seq = self._sequence(entries)
         step = _CHECKPOINTING.get()
+        quiet = self._runs.get(step[0]) if step is not None else None
+        if quiet is not None and quiet.quiet:  # no span; the checkpoint's time is measured
+            labels = self._labels(ds, step[1], step[2]) if seq is not None and step else None
+            return _Write(None, labels, time.perf_counter())
         attrs: dict[str, Any] = {"blokrun.datasource": ds.name, "db.system": ds.type}
         # a run's writes are children of its run span, also when written while a step's
         # span is current (a failed step's status)
@@ -322,10 +331,12 @@ class Telemetry(Hook):
 
     def write_ended(self, started: object, error: BaseException | None) -> None:
         assert isinstance(started, _Write)
-        if error is not None:
-            started.span.record_exception(error)
-            started.span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-        started.span.end()
+        span = started.span
+        if span is not None:
+            if error is not None:
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            span.end()
         if started.labels is not None and error is None:
             self.checkpoint_duration.record(time.perf_counter() - started.t0, started.labels)
 

@@ -358,3 +358,27 @@ async def test_queue_gauges_on_a_worker(
                 for i in range(5):
                     await runner.wait(f"q-{i}")
             stop.set()
+
+
+async def test_without_an_sdk_runs_make_no_spans_and_still_measure(
+    tmp_path: Path, reader: InMemoryMetricReader
+) -> None:
+    """Instrumented with the API's no-op tracer (no SDK set up, or a trace not sampled):
+    no step or write span is made, the trace context stays valid, metrics are recorded."""
+    from opentelemetry.trace import NoOpTracerProvider
+
+    runner = Runner(
+        [DatasourceSettings(name="default", type="filesystem", path=str(tmp_path / "q"))]
+    )
+    telemetry = instrument(
+        runner,
+        tracer_provider=NoOpTracerProvider(),
+        meter_provider=MeterProvider(metric_readers=[reader]),
+    )
+    async with runner:
+        await runner.run(linear(3), request_id="quiet")
+        assert telemetry._runs == {}
+    points = metric_points(reader)
+    assert sum(p.count for p in points["blokrun.step.duration"]) == 3
+    assert sum(p.count for p in points["blokrun.checkpoint.duration"]) == 3
+    assert trace.get_current_span() is trace.INVALID_SPAN
