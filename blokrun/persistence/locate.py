@@ -289,7 +289,7 @@ class Locator:
             incarnation = max(inc for inc, _ in found)
             listed = sorted(seq for inc, seq in found if inc == incarnation)
             start = listed[-1]
-        await self._read_run(view, request_id, incarnation)
+        await self._read_run(view, request_id, incarnation, (first, loaded.get(first)))
         latest = await self._roll_forward(view, request_id, incarnation, start)
         if latest is None and start > 0:
             if view.head is not None:
@@ -304,7 +304,16 @@ class Locator:
             latest = await self._latest_listed(view, request_id, incarnation, listed, start)
         await self._settle(view, request_id, incarnation, latest)
 
-    async def _read_run(self, view: TargetView, request_id: str, incarnation: int | None) -> None:
+    async def _read_run(
+        self,
+        view: TargetView,
+        request_id: str,
+        incarnation: int | None,
+        read: tuple[str, bytes | None] | None = None,
+    ) -> None:
+        """The run record of ``incarnation`` (the latest listed if None); ``read``: a run
+        record key already read and what it held (the first incarnation's comes with the
+        head), not read again."""
         ds = view.datasource
         if incarnation is None:
             keys = [
@@ -317,7 +326,7 @@ class Locator:
             key = max(keys, key=lambda k: int(k.rsplit("/", 1)[1]))
         else:
             key = run_key(request_id, incarnation)
-        raw = await ds.load(key)
+        raw = read[1] if read is not None and read[0] == key else await ds.load(key)
         view.run = self.decode(raw, RunRecord, ds, key, view.warnings)
         if view.run is not None and raw is not None:
             if view.run.request_id != request_id:

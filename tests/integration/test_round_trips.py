@@ -125,11 +125,11 @@ async def test_a_resume_costs_what_its_reads_and_remaining_steps_do(counted: Any
         # locate: the head and run record, then the records after the head (roll-forward
         # probe) with the latest checkpoint
         load_batch=2,
-        # the alias reads (not on Redis); the run record again (already read by locate: a lever for issue
-        # 18), the definition, the head again under the lease (unchanged since planned?)
-        load=reads + 3,
+        # the alias reads (not on Redis); the definition; the head again under the lease
+        # (unchanged since the resume was planned?)
+        load=reads + 2,
         acquire_lease=1,
         save_batch_fenced=left + 1 + loose,  # the resume's start record, then each step
         release_lease=1,
     ), store.calls
-    assert store.total == left + reads + 8 + loose
+    assert store.total == left + reads + 7 + loose
