@@ -77,7 +77,7 @@ import anyio
 import asyncpg  # type: ignore[import-untyped,unused-ignore]  # asyncpg ships no type hints
 
 from blokrun.datasources.index import IndexRow, decode_row, is_index_key, micros, split_index
-from blokrun.datasources.protocol import Capabilities, LeaseState, StoreHealth
+from blokrun.datasources.protocol import OWNED_MARK, Capabilities, LeaseState, StoreHealth
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 from blokrun.redact import mask_url
 
@@ -101,6 +101,7 @@ _CAPS = Capabilities(
     leases=True,
     atomic_fencing=True,
     group_commit=True,
+    owned_writes=True,
 )
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _LOCK_ID = 0x626C6F6B72756E  # "blokrun": the advisory lock serialising migrations
@@ -195,6 +196,84 @@ _SQL = {  # {t}: the quoted table, {l}: its quoted lease table
     "read_lease": "SELECT {lease} FROM {l} WHERE key = $1",
     "delete_lease": "DELETE FROM {l} WHERE key = $1",
 }
+# (Every part of these statements is a constant of this module; values are $n parameters.)
+# -- owned entries (Capabilities.owned_writes): written by a CTE of the save's own statement,
+# only where the key holds no live row or a row with the same owner (the value's bytes up to
+# its first NUL); the keys it refused come back. {a}: its first parameter; {gate}: the
+# fence or group condition. Then the run index's CTE (ix_*) when the save carries rows.
+_NUL = "'\\x00'::bytea"
+_OWNED_CTE = (
+    "o AS (INSERT INTO {{t}} AS t (key, data, expires_at) SELECT k, d, "  # noqa: S608
+    "now() + make_interval(secs => s) FROM {source} WHERE position(" + _NUL + " in d) > 0 "
+    "{gate} ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data, expires_at = "
+    "EXCLUDED.expires_at, updated_at = now() WHERE (t.expires_at IS NOT NULL AND "
+    "t.expires_at <= now()) OR substring(t.data from 1 for position(" + _NUL + " in "
+    "EXCLUDED.data)) = substring(EXCLUDED.data from 1 for position(" + _NUL + " in "
+    "EXCLUDED.data)) RETURNING key)"
+)
+_IX_CTE = (
+    "ix AS (INSERT INTO {{r}} AS r (space, rid, status, neg, started_at, workflow) "
+    "SELECT * FROM unnest(${p}::text[], ${p1}::text[], ${p2}::text[], ${p3}::int8[], "
+    "${p4}::float8[], ${p5}::text[]) {gate} {{ix_upsert}})"
+)
+_IX_CTE_GROUPED = (
+    "ix AS (INSERT INTO {{r}} AS r (space, rid, status, neg, started_at, workflow) "
+    "SELECT sp, ri, st, ng, sa, wf FROM unnest(${p}::text[], ${p1}::text[], ${p2}::text[], "
+    "${p3}::int8[], ${p4}::float8[], ${p5}::text[], ${p6}::int8[]) AS x(sp, ri, st, ng, sa, "
+    "wf, gi) WHERE gi IN (SELECT gi FROM ok) {{ix_upsert}})"
+)
+
+
+def _owned_statement(op: str, ix: bool) -> str:
+    """The save statement ``op`` (save_batch, save_batch_fenced, save_groups) with owned
+    rows, and the run index's rows when ``ix`` (a template for ``str.format``)."""
+
+    def ix_cte(first: int, gate: str, grouped: bool = False) -> str:
+        if not ix:
+            return ""
+        n = {f"p{i}" if i else "p": first + i for i in range(7)}
+        return ", " + (_IX_CTE_GROUPED if grouped else _IX_CTE).format(gate=gate, **n)
+
+    if op == "save_batch":  # $1-$3 rows, $4-$6 owned, then the index's
+        source = "unnest($4::text[], $5::bytea[], $6::float8[]) AS u(k, d, s)"
+        return (
+            "WITH w AS (INSERT INTO {t} (key, data, expires_at) {rows} {upsert}), "  # noqa: S608
+            + _OWNED_CTE.format(source=source, gate="")
+            + ix_cte(7, "")
+            + " SELECT coalesce(array_agg(k), '{{}}') FROM unnest($4::text[]) AS k "
+            "WHERE k NOT IN (SELECT key FROM o)"
+        )
+    if op == "save_batch_fenced":  # $1-$3 rows, $4/$5 fence, $6-$8 owned, then the index's
+        source = "unnest($6::text[], $7::bytea[], $8::float8[]) AS u(k, d, s)"
+        fenced = "AND EXISTS (SELECT FROM fence)"
+        return (
+            "WITH fence AS (SELECT FROM {l} WHERE key = $4 AND token = $5 FOR SHARE), "  # noqa: S608
+            "w AS (INSERT INTO {t} (key, data, expires_at) {rows} WHERE EXISTS "
+            "(SELECT FROM fence) {upsert}), "
+            + _OWNED_CTE.format(source=source, gate=fenced)
+            + ix_cte(9, "WHERE EXISTS (SELECT FROM fence)")
+            + " SELECT EXISTS (SELECT FROM fence), coalesce((SELECT array_agg(k) FROM "
+            "unnest($6::text[]) AS k WHERE EXISTS (SELECT FROM fence) AND k NOT IN "
+            "(SELECT key FROM o)), '{{}}')"
+        )
+    # save_groups: $1-$4 rows, $5/$6 fences, $7-$10 owned (with their group), the index's
+    source = "unnest($7::text[], $8::bytea[], $9::float8[], $10::int8[]) AS u(k, d, s, gi)"
+    return (
+        "WITH g AS (SELECT * FROM unnest($5::text[], $6::int8[]) WITH ORDINALITY AS "  # noqa: S608
+        "g(lk, tok, gi)), fence AS (SELECT g.gi FROM g JOIN {l} AS l ON l.key = g.lk AND "
+        "l.token = g.tok FOR SHARE OF l), ok AS (SELECT gi FROM fence UNION ALL SELECT gi "
+        "FROM g WHERE lk IS NULL), w AS (INSERT INTO {t} (key, data, expires_at) SELECT "
+        "DISTINCT ON (k) k, d, now() + make_interval(secs => s) FROM unnest($1::text[], "
+        "$2::bytea[], $3::float8[], $4::int8[]) WITH ORDINALITY AS u(k, d, s, gi, n) WHERE "
+        "gi IN (SELECT gi FROM ok) ORDER BY k, n DESC {upsert}), "
+        + _OWNED_CTE.format(source=source, gate="AND gi IN (SELECT gi FROM ok)")
+        + ix_cte(11, "", grouped=True)
+        + " SELECT coalesce((SELECT array_agg(gi) FROM ok), '{{}}'), coalesce((SELECT "
+        "array_agg(k) FROM unnest($7::text[], $10::int8[]) AS x(k, gi) WHERE gi IN (SELECT "
+        "gi FROM ok) AND k NOT IN (SELECT key FROM o)), '{{}}')"
+    )
+
+
 _MIGRATIONS = (  # append only: version N is _MIGRATIONS[N - 1]
     """CREATE TABLE IF NOT EXISTS {t} (
         key text COLLATE "C" PRIMARY KEY,
@@ -276,7 +355,7 @@ class PostgresStore:
     """A table of ``key -> bytea``; see the module docstring."""
 
     __slots__ = ("_names", "_owned", "_password", "_pool", "_pool_size", "_ready", "_sql",
-                 "_table", "_timeout", "_url", "_where")  # fmt: skip
+                 "_table", "_timeout", "_url", "_where", "refused_owned")  # fmt: skip
 
     def __init__(
         self,
@@ -320,6 +399,12 @@ class PostgresStore:
         }
         fill.update(self._names)
         self._sql = {name: sql.format(**fill) for name, sql in _SQL.items()}
+        for op in ("save_batch", "save_batch_fenced", "save_groups"):
+            for ix in (False, True):
+                name = f"{op}_owned{'_ix' if ix else ''}"
+                self._sql[name] = _owned_statement(op, ix).format(**fill)
+        #: owned entries a write refused (another owner's), until the wrapper asks
+        self.refused_owned: set[str] = set()
 
     @property
     def capabilities(self) -> Capabilities:
@@ -479,9 +564,17 @@ class PostgresStore:
         if not entries:
             return
         entries, rows = split_index(entries)
+        entries, owned = _split_owned(entries)
+        ix = _ix(rows) if rows else ()
         async with self.connection("save_batch") as con:
-            if rows:
-                await con.execute(self._sql["save_batch_ix"], *_columns(entries), *_ix(rows))
+            if owned:
+                name = "save_batch_owned_ix" if rows else "save_batch_owned"
+                refused = await con.fetchval(
+                    self._sql[name], *_columns(entries), *_columns(owned), *ix
+                )
+                self._refused(refused)
+            elif rows:
+                await con.execute(self._sql["save_batch_ix"], *_columns(entries), *ix)
             else:
                 await con.execute(self._sql["save_batch"], *_columns(entries))
 
@@ -548,10 +641,18 @@ class PostgresStore:
 
     async def save_batch_fenced(self, entries: Sequence[Entry], lease_key: str, token: int) -> bool:
         entries, rows = split_index(entries)
+        entries, owned = _split_owned(entries)
+        ix = _ix(rows) if rows else ()
         async with self.connection("save_batch_fenced") as con:
-            if rows:
-                args = (*_columns(entries), lease_key, token, *_ix(rows))
-                held: bool = await con.fetchval(self._sql["save_batch_fenced_ix"], *args)
+            if owned:
+                name = "save_batch_fenced_owned_ix" if rows else "save_batch_fenced_owned"
+                args = (*_columns(entries), lease_key, token, *_columns(owned), *ix)
+                row = await con.fetchrow(self._sql[name], *args)
+                held: bool = row[0]
+                self._refused(row[1])
+            elif rows:
+                args = (*_columns(entries), lease_key, token, *ix)
+                held = await con.fetchval(self._sql["save_batch_fenced_ix"], *args)
             else:
                 args = (*_columns(entries), lease_key, token)
                 held = await con.fetchval(self._sql["save_batch_fenced"], *args)
@@ -565,11 +666,22 @@ class PostgresStore:
         ttls: list[float | None] = []
         owners: list[int] = []
         rows: dict[tuple[str, str], tuple[str, IndexRow, int]] = {}  # a run twice: last wins
+        # owned rows: a key twice in one flush (two runs' aliases): the first group's goes,
+        # the later ones are refused -- one statement cannot write a row twice
+        owned: dict[str, tuple[bytes, float | None, int]] = {}
+        doubled: list[str] = []
         for number, (entries, _, _) in enumerate(groups, 1):
             for key, value, ttl in entries:
                 if is_index_key(key):
                     row = decode_row(value)
                     rows[key, row.request_id] = (key[1:], row, number)
+                    continue
+                if key[:1] == OWNED_MARK:
+                    known = owned.get(key[1:])
+                    if known is None or known[2] == number:
+                        owned[key[1:]] = (value, ttl, number)
+                    else:
+                        doubled.append(key[1:])
                     continue
                 keys.append(key)
                 data.append(value)
@@ -578,13 +690,33 @@ class PostgresStore:
         fences = [lease for _, lease, _ in groups]
         tokens = [token for _, _, token in groups]
         args: list[Any] = [keys, data, ttls, owners, fences, tokens]
+        if owned:
+            args += [
+                list(owned),
+                [v for v, _, _ in owned.values()],
+                [t for _, t, _ in owned.values()],
+                [n for _, _, n in owned.values()],
+            ]
         if rows:
             args += _ix([(space, row) for space, row, _ in rows.values()])
             args.append([number for _, _, number in rows.values()])
         async with self.connection("save_groups") as con:
-            sql = self._sql["save_groups_ix" if rows else "save_groups"]
-            written = set(await con.fetchval(sql, *args))
+            if owned:
+                sql = self._sql["save_groups_owned_ix" if rows else "save_groups_owned"]
+                row = await con.fetchrow(sql, *args)
+                written = set(row[0])
+                self._refused([*row[1], *doubled])
+            else:
+                sql = self._sql["save_groups_ix" if rows else "save_groups"]
+                written = set(await con.fetchval(sql, *args))
+                self._refused(doubled)
         return [number in written for number in range(1, len(groups) + 1)]
+
+    def _refused(self, keys: Sequence[str] | None) -> None:
+        if keys:
+            if len(self.refused_owned) > 10_000:  # nobody asked: start over
+                self.refused_owned.clear()
+            self.refused_owned.update(keys)
 
     async def read_lease(self, key: str) -> LeaseState | None:
         async with self.connection("read_lease") as con:
@@ -667,6 +799,14 @@ class PostgresStore:
     async def index_remove(self, space: str, request_ids: Sequence[str]) -> None:
         async with self.connection("index_remove") as con:
             await con.execute(self._sql["ix_remove"], space, list(request_ids))
+
+
+def _split_owned(entries: Sequence[Entry]) -> tuple[list[Entry], list[Entry]]:
+    """The plain entries and the owned ones (their mark taken off)."""
+    plain = [e for e in entries if e[0][:1] != OWNED_MARK]
+    if len(plain) == len(entries):
+        return plain, []
+    return plain, [(k[1:], d, t) for k, d, t in entries if k[:1] == OWNED_MARK]
 
 
 def _ix(rows: Sequence[tuple[str, IndexRow]]) -> tuple[list[Any], ...]:

@@ -5,7 +5,7 @@ group-committed batches, checked and written in one step."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 import anyio
@@ -18,9 +18,10 @@ if TYPE_CHECKING:
     from blokrun.datasources import Datasource
     from tests.servers.base import ThrowawayServer
 
-#: Redis writes owned entries in its save scripts; the memory driver, where a read costs no
-#: round trip, and the others keep the recorder's read-then-write
-pytestmark = pytest.mark.parametrize("server", ["redis"], indirect=True)
+#: Redis writes owned entries in its save scripts, PostgreSQL in a CTE of its save statement;
+#: the memory driver (where a read costs no round trip) and the others keep the recorder's
+#: read-then-write
+pytestmark = pytest.mark.parametrize("server", ["redis", "postgresql"], indirect=True)
 
 
 def value(owner: str, body: str = "v") -> bytes:
@@ -57,7 +58,7 @@ async def test_foreign_values_and_values_without_an_owner(server: ThrowawayServe
         assert ds.refused("data")
         await ds.save_batch([(owned_key("none"), b"no NUL here", None)])
         assert await ds.load("none") is None  # no owner: never written as owned
-        # a lease (no value there) is never replaced by an owned write
+        # a lease is never replaced by an owned write
         await ds.acquire_lease("_blokrun.lease.r", "me", 30)
         await ds.save_batch([(owned_key("_blokrun.lease.r"), value("a"), None)])
         assert (await ds.read_lease("_blokrun.lease.r")) is not None
@@ -105,3 +106,37 @@ async def test_fenced_and_grouped_writes_keep_the_rule(server: ThrowawayServer) 
         for j in range(3):
             raw = await ds.load(f"g{j}")
             assert raw is not None and raw.startswith(b"\xb1BKArun")
+
+
+async def test_owned_rows_beside_index_rows_and_a_doubled_key_in_one_flush(
+    server: ThrowawayServer,
+) -> None:
+    """The statement variants: owned entries with run index rows, and two runs' saves that
+    carry the same owned key in one group-commit flush (the first one's is kept)."""
+    from blokrun.datasources.index import IndexQuery, index_entry
+
+    async with open_ds(server) as ds:
+        await ds.save_batch(
+            [(owned_key("a1"), value("r1"), None), index_entry("r1", "running", 1.0, "w")]
+        )
+        assert await ds.load("a1") == value("r1")
+        held = await ds.acquire_lease("_blokrun.lease.r2", "me", 30)
+        assert await ds.save_batch_fenced(
+            [(owned_key("a1"), value("r2"), None), index_entry("r2", "failed", 2.0, "w")],
+            "_blokrun.lease.r2",
+            held.token,
+        )
+        assert await ds.load("a1") == value("r1") and ds.refused("a1")
+        assert [r.request_id for r in await ds.index_query(IndexQuery())] == ["r2", "r1"]
+        if not ds.capabilities.group_commit:
+            return
+        store: Any = ds.store
+        p = ds.settings.prefix
+        groups = [
+            ([("\x1f" + p + "dup", value("g1"), None)], None, 0),
+            ([("\x1f" + p + "dup", value("g2"), None), (p + "other", b"x", None)], None, 0),
+        ]
+        assert await store.save_groups(groups) == [True, True]
+        assert await ds.load("dup") == value("g1")  # the first group's
+        assert await ds.load("other") == b"x"
+        assert ds.refused("dup")

@@ -9,12 +9,12 @@ The design, per run of N checkpointed steps on one datasource with leases on:
   one batch where batches are atomic);
 * each step: its checkpoint (1: checkpoint, head and alias in one fenced batch) and, where
   the driver cannot keep an alias's first writer itself (``Capabilities.owned_writes``:
-  Redis can), the alias ownership read (1);
+  Redis and PostgreSQL can), the alias ownership read (1);
 * end: the lease's release (1). The last checkpoint marks the run completed.
 
-So N + 4 on Redis, 2N + 4 on PostgreSQL, and 2N + 5 on the filesystem, whose batches are
-not atomic: the definition is written before the start record, so a head never points at
-a missing definition. A resume adds the reads that find the run's latest checkpoint.
+So N + 4 on Redis and PostgreSQL, and 2N + 5 on the filesystem, whose batches are not
+atomic (the definition is written before the start record, so a head never points at a
+missing definition) and whose alias is read first. A resume adds the reads that find the run's latest checkpoint.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ async def test_a_resume_costs_what_its_reads_and_remaining_steps_do(counted: Any
         # locate: the head and run record, then the records after the head (roll-forward
         # probe) with the latest checkpoint
         load_batch=2,
-        # the alias reads (not on Redis); the definition; the head again under the lease
+        # the alias reads (not on Redis or PostgreSQL); the definition; the head again under the lease
         # (unchanged since the resume was planned?)
         load=reads + 2,
         acquire_lease=1,

@@ -26,6 +26,14 @@ from tests.conftest import ServerPool
 from tests.integration import wfnodes
 
 NODE = "tests.integration.wfnodes"
+#: request id -> the step that fails in it (the racing test: per run, not global)
+FAILING: dict[str, str] = {}
+
+
+async def flaky(ctx: Any, inputs: dict[str, Any]) -> Any:
+    if FAILING.get(ctx.request.id) == ctx.step:
+        raise RuntimeError(f"{ctx.step} of {ctx.request.id} fails on purpose")
+    return {"ok": ctx.step}
 
 
 def wf(name: str = "alpha", steps: int = 2) -> dict[str, Any]:
@@ -216,17 +224,24 @@ async def test_listings_racing_writers_leave_every_row_equal_to_its_head(
     """Runs start, fail and get resumed while listings (which repair rows) run beside them:
     at the end every run's row says what its head says."""
     ds = runner.datasources["default"]
+    racing = {
+        "name": "racing",
+        "steps": [
+            {"name": f"s{i}", "node": "tests.integration.test_run_index_runs:flaky"}
+            for i in range(3)
+        ],
+    }
 
     async def work(i: int) -> None:
         rid = f"race-{i}"
         if i % 2:
-            wfnodes.FAIL_AT.add(f"s{i % 3}")
+            FAILING[rid] = f"s{i % 3}"
         try:
-            await runner.run(wf(steps=3), request_id=rid)
+            await runner.run(racing, request_id=rid)
         except StepFailed:
             pass
         if i % 4 == 1:
-            wfnodes.FAIL_AT.discard(f"s{i % 3}")
+            del FAILING[rid]
             await runner.resume(rid)
 
     async def look(stop: anyio.Event) -> None:
@@ -243,7 +258,7 @@ async def test_listings_racing_writers_leave_every_row_equal_to_its_head(
             for i in range(24):
                 workers.start_soon(work, i)
         stop.set()
-    wfnodes.FAIL_AT.clear()
+    FAILING.clear()
     heads = {r.request_id: r async for r in runner.iter_runs()}
     rows = {r.request_id: r for r in await ds.index_query(IndexQuery(limit=100))}
     assert set(rows) == set(heads)
