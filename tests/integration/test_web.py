@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import anyio
 import httpx
 import pytest
 
@@ -352,3 +353,25 @@ async def test_a_failed_runs_traceback_is_stored_and_shown(runner: Runner) -> No
     await runner.resume("r-1")
     done = await runner.head("r-1")
     assert done is not None and done.trace is None  # a completed run carries none
+
+
+async def test_workers_on_redis_are_one_hash_read_not_a_keyspace_scan(
+    server_pool: ServerPool,
+) -> None:
+    """On Redis the workers' records are fields of one hash: the dashboard reads them with
+    one HGETALL whatever the store holds; a dead worker's field is dropped once expired."""
+    from blokrun.workers.presence import WORKERS_HASH, forget, read_workers, tell
+
+    settings = server_pool.get("redis").settings("default", prefix=f"wp-{uuid4().hex[:8]}/")
+    async with Runner([settings]) as rt:
+        ds = rt.datasources["default"]
+        await tell(ds, "w-live", concurrency=2, running=["r1"], parked=[], ttl=30)
+        await tell(ds, "w-dead", concurrency=2, running=[], parked=["r2"], ttl=0.05)
+        assert not [k for k in await ds.keys() if "worker" in k]  # no key per worker
+        await anyio.sleep(0.1)
+        seen = await read_workers(ds)
+        assert [w.name for w in seen] == ["w-live"] and seen[0].running == ["r1"]
+        client = ds.store.client()  # type: ignore[attr-defined]
+        assert await client.hkeys(settings.prefix + WORKERS_HASH) == [b"w-live"]  # dropped
+        await forget(ds, "w-live")
+        assert await read_workers(ds) == []
