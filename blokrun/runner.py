@@ -313,7 +313,7 @@ class Runner:
         """
         self._store.require_started()
         given = self.load(workflow) if workflow is not None else None
-        return await self._driver.resume(
+        resume = self._driver.resume(
             request_id,
             given,
             force=force,
@@ -323,6 +323,10 @@ class Runner:
             token=token,
             park_after=park_timers_after,
         )
+        if self.tracing is None:
+            return await resume
+        with self.tracing.resuming(request_id):
+            return await resume
 
     async def plan_resume(
         self,
@@ -434,7 +438,11 @@ class Runner:
                 )
             if head is not None and head.status == "completed":
                 try:
-                    return await Runner.resume(self, request_id)  # runs nothing: the final vars
+                    # runs nothing: the stored final vars (no resume to trace)
+                    return await self._driver.resume(
+                        request_id, None, force=False, from_step=None, set_vars=None,
+                        input=None, token=None,
+                    )  # fmt: skip
                 except RunBusy:
                     pass  # its worker is still letting go of it
             elif head is not None and head.status == "suspended":

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from blokrun.datasources.index import IndexQuery, IndexRow, matches, micros
+from blokrun.datasources.index import IndexQuery, IndexRow, matches, micros, ordered
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
     from pathlib import Path
 
 __all__ = ["INDEX_FILE", "SqliteIndex"]
@@ -118,134 +119,99 @@ class SqliteIndex:
     def _sync(self, durable: bool) -> str:
         return "PRAGMA synchronous=" + ("FULL" if durable and self._fsync else "OFF")
 
+    @contextmanager
+    def _session(
+        self, op: str, *, durable: bool | None = None, transaction: bool = False
+    ) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock, for ``op``: ``durable`` sets how the next commit
+        is synced (None: as it is), ``transaction`` wraps the work in ``BEGIN IMMEDIATE`` /
+        ``COMMIT`` (rolled back on any error); SQLite's errors become blokrun's."""
+        with self._lock:
+            con = self._open()
+            try:
+                if durable is not None:
+                    con.execute(self._sync(durable))
+                if not transaction:
+                    yield con
+                    return
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    yield con
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise self._error(exc, op) from exc
+
     # -- writes ------------------------------------------------------------------------------
 
     def write(self, rows: Sequence[tuple[str, IndexRow]], *, pending: bool) -> None:
         """Upsert ``rows`` (pending: durable, before the files they describe)."""
-        with self._lock:
-            con = self._open()
-            try:
-                con.execute(self._sync(pending))
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    con.executemany(_UPSERT, [_values(s, r, pending) for s, r in rows])
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise self._error(exc, "write") from exc
+        with self._session("write", durable=pending, transaction=True) as con:
+            con.executemany(_UPSERT, [_values(s, r, pending) for s, r in rows])
 
     def confirm(self, rows: Sequence[tuple[str, IndexRow]]) -> None:
         """Clear the pending mark of rows still as written (not synced: see the module)."""
-        with self._lock:
-            con = self._open()
-            try:
-                con.execute(self._sync(False))
-                con.executemany(
-                    "UPDATE runs SET pending = 0 WHERE space = ? AND rid = ? AND status = ? "
-                    "AND neg = ? AND workflow = ? AND pending = 1",
-                    [
-                        (s, r.request_id, r.status, -micros(r.started_at), r.workflow)
-                        for s, r in rows
-                    ],
-                )
-            except sqlite3.Error as exc:
-                raise self._error(exc, "confirm") from exc
+        with self._session("confirm", durable=False) as con:
+            con.executemany(
+                "UPDATE runs SET pending = 0 WHERE space = ? AND rid = ? AND status = ? "
+                "AND neg = ? AND workflow = ? AND pending = 1",
+                [(s, r.request_id, r.status, -micros(r.started_at), r.workflow) for s, r in rows],
+            )
 
     def fix(self, space: str, expected: IndexRow, actual: IndexRow | None) -> bool:
-        with self._lock:
-            if not self._exists():
+        if not self._exists():
+            return False
+        with self._session("fix", durable=True, transaction=True) as con:
+            found = con.execute(_SELECT + " AND rid = ?", (space, expected.request_id)).fetchone()
+            now = None if found is None else _row(found)
+            if now is None or not now.same(expected) or now.pending != expected.pending:
                 return False
-            con = self._open()
-            try:
-                con.execute(self._sync(True))
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    found = con.execute(
-                        _SELECT + " AND rid = ?",
-                        (space, expected.request_id),
-                    ).fetchone()
-                    now = None if found is None else _row(found)
-                    same = (
-                        now is not None and now.same(expected) and now.pending == expected.pending
-                    )
-                    if same:
-                        if actual is None:
-                            con.execute(
-                                "DELETE FROM runs WHERE space = ? AND rid = ?",
-                                (space, expected.request_id),
-                            )
-                        else:
-                            con.execute(_UPSERT, _values(space, actual, False))
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise self._error(exc, "fix") from exc
-            return same
+            if actual is None:
+                con.execute(
+                    "DELETE FROM runs WHERE space = ? AND rid = ?", (space, expected.request_id)
+                )
+            else:
+                con.execute(_UPSERT, _values(space, actual, False))
+        return True
 
     def fill(self, space: str, rows: Sequence[IndexRow], built: bool) -> None:
-        with self._lock:
-            con = self._open()
-            try:
-                con.execute(self._sync(True))
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    con.executemany(
-                        "INSERT OR IGNORE INTO runs (space, rid, status, neg, started_at, "
-                        "workflow, pending) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [_values(space, r, False) for r in rows],
-                    )
-                    if built:
-                        con.execute("INSERT OR IGNORE INTO built (space) VALUES (?)", (space,))
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise self._error(exc, "fill") from exc
+        with self._session("fill", durable=True, transaction=True) as con:
+            con.executemany(
+                "INSERT OR IGNORE INTO runs (space, rid, status, neg, started_at, "
+                "workflow, pending) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [_values(space, r, False) for r in rows],
+            )
+            if built:
+                con.execute("INSERT OR IGNORE INTO built (space) VALUES (?)", (space,))
 
     def remove(self, space: str, request_ids: Sequence[str]) -> None:
-        with self._lock:
-            if not self._exists():
-                return
-            con = self._open()
-            try:
-                con.execute(self._sync(True))
-                con.executemany(
-                    "DELETE FROM runs WHERE space = ? AND rid = ?",
-                    [(space, rid) for rid in request_ids],
-                )
-            except sqlite3.Error as exc:
-                raise self._error(exc, "remove") from exc
+        if not self._exists():
+            return
+        with self._session("remove", durable=True) as con:
+            con.executemany(
+                "DELETE FROM runs WHERE space = ? AND rid = ?",
+                [(space, rid) for rid in request_ids],
+            )
 
     # -- reads -------------------------------------------------------------------------------
 
     def built(self, space: str) -> bool:
         """Whether every run of ``space`` has its row (``index_fill(..., built=True)``)."""
-        with self._lock:
-            if not self._exists():
-                return False
-            con = self._open()
-            try:
-                found = con.execute("SELECT 1 FROM built WHERE space = ?", (space,)).fetchone()
-            except sqlite3.Error as exc:
-                raise self._error(exc, "read") from exc
+        if not self._exists():
+            return False
+        with self._session("read") as con:
+            found = con.execute("SELECT 1 FROM built WHERE space = ?", (space,)).fetchone()
         return found is not None
 
     def counts(self, space: str) -> dict[str, int]:
-        with self._lock:
-            if not self._exists():
-                return {}
-            con = self._open()
-            try:
-                found = con.execute(
-                    "SELECT status, count(*) FROM runs WHERE space = ? GROUP BY status", (space,)
-                ).fetchall()
-            except sqlite3.Error as exc:
-                raise self._error(exc, "count") from exc
+        if not self._exists():
+            return {}
+        with self._session("count") as con:
+            found = con.execute(
+                "SELECT status, count(*) FROM runs WHERE space = ? GROUP BY status", (space,)
+            ).fetchall()
         return {status: n for status, n in found}
 
     def query(self, space: str, query: IndexQuery) -> list[IndexRow]:
@@ -268,22 +234,15 @@ class SqliteIndex:
         tail = f" ORDER BY neg, rid LIMIT {int(query.limit)}"
         # every part is one of the constants above; values are parameters
         sql = " AND ".join([_SELECT, *where[1:]])
-        with self._lock:
-            if not self._exists():
-                return []
-            con = self._open()
-            try:
-                found: list[IndexRow] = []
-                if query.statuses is None:
-                    found += map(_row, con.execute(sql + tail, args))
-                else:
-                    for status in query.statuses:
-                        rows = con.execute(sql + " AND status = ?" + tail, [*args, status])
-                        found += map(_row, rows)
-                pending = con.execute(_SELECT + " AND pending = 1", (space,))
-                found += (row for row in map(_row, pending) if matches(row, query))
-            except sqlite3.Error as exc:
-                raise self._error(exc, "query") from exc
-        unique = {row.request_id: row for row in found}
-        ordered = sorted(unique.values(), key=lambda r: (-micros(r.started_at), r.request_id))
-        return ordered[: query.limit]
+        if not self._exists():
+            return []
+        found: list[IndexRow] = []
+        with self._session("query") as con:
+            if query.statuses is None:
+                found += map(_row, con.execute(sql + tail, args))
+            else:
+                for status in query.statuses:
+                    found += map(_row, con.execute(sql + " AND status = ?" + tail, [*args, status]))
+            pending = con.execute(_SELECT + " AND pending = 1", (space,))
+            found += (row for row in map(_row, pending) if matches(row, query))
+        return ordered(found, query.limit)

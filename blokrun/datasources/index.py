@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import msgspec
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
     from blokrun.datasources.protocol import Entry
 
@@ -49,6 +49,7 @@ __all__ = [
     "is_index_key",
     "micros",
     "order_key",
+    "ordered",
     "split_index",
 ]
 
@@ -191,6 +192,13 @@ class IndexStore(Protocol):
     async def index_remove(self, space: str, request_ids: Sequence[str]) -> None: ...
 
 
+def ordered(rows: Iterable[IndexRow], limit: int) -> list[IndexRow]:
+    """``rows`` in index order, each run once, at most ``limit`` (drivers that merge the
+    answers of several ranges)."""
+    unique = {row.request_id: row for row in rows}
+    return sorted(unique.values(), key=lambda r: order_key(r.request_id, r.started_at))[:limit]
+
+
 def matches(row: IndexRow, query: IndexQuery) -> bool:
     """Whether ``row`` belongs in ``query``'s answer (drivers that filter in Python)."""
     if query.since is not None and micros(row.started_at) < micros(query.since):
@@ -220,9 +228,7 @@ class MemoryIndex:
         self.rows[row.request_id] = row
 
     def query(self, query: IndexQuery) -> list[IndexRow]:
-        found = [row for row in self.rows.values() if matches(row, query)]
-        found.sort(key=lambda r: order_key(r.request_id, r.started_at))
-        return found[: query.limit]
+        return ordered((row for row in self.rows.values() if matches(row, query)), query.limit)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

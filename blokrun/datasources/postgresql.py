@@ -76,7 +76,14 @@ from urllib.parse import urlsplit
 import anyio
 import asyncpg  # type: ignore[import-untyped,unused-ignore]  # asyncpg ships no type hints
 
-from blokrun.datasources.index import IndexRow, decode_row, is_index_key, micros, split_index
+from blokrun.datasources.index import (
+    IndexRow,
+    decode_row,
+    is_index_key,
+    micros,
+    ordered,
+    split_index,
+)
 from blokrun.datasources.protocol import OWNED_MARK, Capabilities, LeaseState, StoreHealth
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 from blokrun.redact import mask_url
@@ -760,8 +767,7 @@ class PostgresStore:
                     extra = [*args, status]
                 for row in await con.fetch(sql + tail, *extra):
                     found.append(IndexRow(row[0], row[1], row[2], row[3]))
-        found.sort(key=lambda r: (-micros(r.started_at), r.request_id))
-        return found[: query.limit]
+        return ordered(found, query.limit)
 
     async def index_counts(self, space: str) -> dict[str, int]:
         async with self.connection("index_counts") as con:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from blokrun.datasources.index import IndexQuery, IndexRow, micros
+from blokrun.datasources.index import IndexQuery, IndexRow, micros, ordered
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -194,9 +194,5 @@ def query_args(query: IndexQuery) -> list[str | int]:
 
 def rows_of(reply: Sequence[bytes], limit: int) -> list[IndexRow]:
     """The rows of a :data:`QUERY` reply, in index order, at most ``limit``."""
-    rows = {
-        reply[i].decode("utf-8"): parse(reply[i].decode("utf-8"), reply[i + 1])
-        for i in range(0, len(reply), 2)
-    }
-    ordered = sorted(rows.values(), key=lambda r: (-micros(r.started_at), r.request_id))
-    return ordered[:limit]
+    ids = [raw.decode("utf-8") for raw in reply[::2]]
+    return ordered((parse(rid, raw) for rid, raw in zip(ids, reply[1::2], strict=True)), limit)

@@ -33,7 +33,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from blokrun.datasources.index import INDEX_KEY, decode_row
 from blokrun.execution.hooks import Hook
-from blokrun.persistence.keys import CHECKPOINT_PREFIX
+from blokrun.persistence.keys import parse_checkpoint_key
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -287,8 +287,8 @@ class Telemetry(Hook):
                     self.runs_ended.add(
                         1, {"blokrun.workflow.name": row.workflow, "blokrun.outcome": "dead"}
                     )
-            elif seq is None and key.startswith(CHECKPOINT_PREFIX):
-                seq = int(key.rpartition("/")[2])
+            elif seq is None and (parsed := parse_checkpoint_key(key)) is not None:
+                seq = parsed[2]
         return seq
 
     def _labels(self, ds: Datasource, workflow: str, step: str) -> dict[str, str]:
@@ -354,6 +354,13 @@ class Telemetry(Hook):
         return carrier
 
     @contextmanager
+    def resuming(self, request_id: str) -> Iterator[None]:
+        with self.tracer.start_as_current_span(
+            "blokrun.resume", attributes={"blokrun.request_id": request_id}
+        ):
+            yield
+
+    @contextmanager
     def job(self, carrier: Mapping[str, str], request_id: str, deliveries: int) -> Iterator[None]:
         parent = extract(dict(carrier))
         with self.tracer.start_as_current_span(
@@ -412,14 +419,4 @@ def instrument(
     for ds in runner.datasources.values():
         ds.observer = telemetry
     runner.tracing = telemetry
-    resume = runner.resume
-
-    async def traced_resume(request_id: str, *args: Any, **kwargs: Any) -> Any:
-        with telemetry.tracer.start_as_current_span(
-            "blokrun.resume", attributes={"blokrun.request_id": request_id}
-        ):
-            return await resume(request_id, *args, **kwargs)
-
-    traced_resume.__doc__ = resume.__doc__
-    setattr(runner, "resume", traced_resume)  # noqa: B010 -- an instance's own method
     return telemetry

@@ -34,8 +34,12 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def cli(env: dict[str, str], *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return python(env, "-m", "blokrun", *args, cwd=cwd)
+
+
+def python(env: dict[str, str], *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "blokrun", *args],
+        [sys.executable, *args],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -102,10 +106,7 @@ def test_without_otel_variables_nothing_is_set_up(tmp_path: Path) -> None:
         "try:\n    main(['run', sys.argv[1]])\nexcept SystemExit: pass\n"
         "print(sorted(m for m in sys.modules if 'opentelemetry' in m or 'blokrun.otel' in m))"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(flow(tmp_path))],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    proc = python(env, "-c", code, str(flow(tmp_path)), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("[]"), proc.stdout
 
@@ -196,10 +197,7 @@ def test_submit_inside_a_trace_gives_the_worker_that_trace(
         "        print(format(span.get_span_context().trace_id, '032x'))\n"
         "anyio.run(main)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(flow(tmp_path))],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    proc = python(env, "-c", script, str(flow(tmp_path)), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     trace_id = proc.stdout.strip()
     worker = cli(env, "worker", "--max-runs", "1", cwd=tmp_path)
