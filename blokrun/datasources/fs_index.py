@@ -19,8 +19,11 @@ guarded by a lock, serves the store's threads.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -34,6 +37,10 @@ if TYPE_CHECKING:
 __all__ = ["INDEX_FILE", "SqliteIndex"]
 
 INDEX_FILE = ".index.sqlite"
+#: held (``flock``) while a connection sets the file up: SQLite answers a journal-mode
+#: switch that meets another connection with "database is locked" at once, without
+#: waiting, so processes opening a new folder's index together take turns here
+_OPEN_LOCK = ".index.lock"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -91,18 +98,48 @@ class SqliteIndex:
     def _open(self) -> sqlite3.Connection:
         if self._con is None:
             try:
-                con = sqlite3.connect(
-                    self._path,
-                    timeout=self._timeout,
-                    isolation_level=None,  # autocommit; transactions are explicit
-                    check_same_thread=False,  # one connection, used under self._lock
-                )
-                con.execute("PRAGMA journal_mode=WAL")
-                con.executescript(_SCHEMA)
+                with self._opening():
+                    con = sqlite3.connect(
+                        self._path,
+                        timeout=self._timeout,
+                        isolation_level=None,  # autocommit; transactions are explicit
+                        check_same_thread=False,  # one connection, used under self._lock
+                    )
+                    try:
+                        con.execute("PRAGMA journal_mode=WAL")
+                        con.executescript(_SCHEMA)
+                    except BaseException:
+                        con.close()
+                        raise
             except sqlite3.Error as exc:
                 raise self._error(exc, "open") from exc
             self._con = con
         return self._con
+
+    @contextmanager
+    def _opening(self) -> Iterator[None]:
+        """``flock`` on the folder's open lock, waiting up to the driver's timeout."""
+        path = self._path.with_name(_OPEN_LOCK)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise DatasourceError(f"run index {str(path)!r}: open failed: {exc}") from exc
+        try:
+            deadline = time.monotonic() + self._timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise DatasourceUnavailable(
+                            f"run index {str(self._path)!r}: another process kept it "
+                            f"opening for more than {self._timeout:g}s"
+                        ) from None
+                    time.sleep(0.005)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _error(self, exc: sqlite3.Error, op: str) -> DatasourceError:
         text = f"run index {str(self._path)!r}: {op} failed: {exc}"

@@ -246,9 +246,12 @@ def test_a_crashed_run_is_listed_as_interrupted_and_resume_failed_picks_it_up(
     live = _popen(env, "run", str(wf), "--request-id", "live")
     crashed = _popen(env, "run", str(wf), "--request-id", "crashed")
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while _ledger(tmp_path)["s2"] < 2:
-            assert time.monotonic() < deadline
+            ended = [p for p in (live, crashed) if p.poll() is not None]
+            assert not ended and time.monotonic() < deadline, [
+                (p.args[-1], p.poll(), p.communicate()) for p in ended
+            ]
             time.sleep(0.02)
         crashed.kill()
         crashed.communicate(timeout=10)
@@ -271,5 +274,6 @@ def test_a_crashed_run_is_listed_as_interrupted_and_resume_failed_picks_it_up(
         assert [(o.request_id, o.ok) for o in outcomes] == [("crashed", True)]
         assert after == {"live": "running", "crashed": "completed"}
     finally:
-        live.kill()
-        live.communicate(timeout=10)
+        for proc in (live, crashed):
+            proc.kill()
+            proc.communicate(timeout=10)
