@@ -22,7 +22,8 @@ from blokrun.execution.builtins import TIMERS
 from blokrun.execution.engine import Attempt, ChildRunner, emit_end, run_attempt
 from blokrun.persistence.codec import dumps_value, loads_value
 from blokrun.persistence.items import load_items
-from blokrun.persistence.keys import items_prefix, timers_prefix
+from blokrun.persistence.keys import head_key, items_prefix, timers_prefix
+from blokrun.persistence.locate import first_keys
 from blokrun.persistence.planner import accept_input
 from blokrun.persistence.recorder import RETRY_BOUND
 from blokrun.persistence.timers import load_timers
@@ -104,13 +105,16 @@ class RunDriver:
         :class:`~blokrun.errors.RunExists` -- unless ``restart``, which starts it over as a
         new incarnation (the old one's records are never read by it).
         """
-        lease = await self.store.acquire(request_id, wf)
+        # the lease datasource's part of the existence check is read with the lease
+        lease = await self.store.acquire(
+            request_id, wf, first_keys(request_id) if wf.targets else ()
+        )
         recorder: RunRecorder | None = None
         try:
             # a new id costs one read per target, not a key scan; a run lost but for stray
             # checkpoints is never mixed with this one (they belong to another start time)
             found = (
-                await self.store.planner.find(request_id, wf, scan=False)
+                await self.store.planner.find(request_id, wf, scan=False, lease=lease)
                 if wf.targets  # nothing of a run without persistence is ever stored
                 else None
             )
@@ -164,10 +168,14 @@ class RunDriver:
             source_id, given, force=force, from_step=from_step, set_vars=set_vars
         )
         wf = state.workflow
-        lease = await self.store.acquire(request_id, wf)
+        lease = await self.store.acquire(
+            request_id, wf, first_keys(request_id) if wf.targets else ()
+        )
         recorder: RunRecorder | None = None
         try:
-            if wf.targets and await self.store.planner.find(request_id, wf, scan=False):
+            if wf.targets and await self.store.planner.find(
+                request_id, wf, scan=False, lease=lease
+            ):
                 raise RunExists(
                     "exists: a fork starts a new run; choose another request id",
                     request_id=request_id,
@@ -376,7 +384,8 @@ class RunDriver:
             )
 
         prepared = await prepare()
-        lease = await store.acquire(request_id, prepared.workflow)
+        # the head is read again with the lease (one round trip where the driver can)
+        lease = await store.acquire(request_id, prepared.workflow, (head_key(request_id),))
         recorder: RunRecorder | None = None
         try:
             if lease is not None and not await store.planner.unchanged(lease, prepared.found):

@@ -11,7 +11,7 @@ import fnmatch
 import math
 import re
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self, cast
 
 import anyio
 import msgspec
@@ -25,7 +25,13 @@ from blokrun.datasources.index import (
     decode_row,
     space_key,
 )
-from blokrun.datasources.protocol import OWNED_MARK, GroupStore, HealthStore, StoreHealth
+from blokrun.datasources.protocol import (
+    OWNED_MARK,
+    RELEASE_KEY,
+    GroupStore,
+    HealthStore,
+    StoreHealth,
+)
 from blokrun.errors import BlokrunError, DatasourceError, DatasourceUnavailable
 
 if TYPE_CHECKING:
@@ -39,6 +45,7 @@ if TYPE_CHECKING:
         Group,
         LeaseState,
         LeaseStore,
+        ReadingLeaseStore,
         Store,
     )
     from blokrun.datasources.settings import DatasourceSettings
@@ -225,12 +232,16 @@ class Datasource:
         validate_key(key)
         return self._prefix + key if self._prefix else key
 
-    def _batch(self, entries: Sequence[Entry]) -> list[Entry]:
+    def _batch(self, entries: Sequence[Entry], *, fenced: bool = False) -> list[Entry]:
         """``entries`` as the driver gets them: keys prefixed, TTLs defaulted, index entries
-        given this datasource's space (or dropped when the driver keeps no index)."""
+        given this datasource's space (or dropped when the driver keeps no index), the
+        release entry kept only in a fenced batch of a driver that honours it."""
         out: list[Entry] = []
         for k, d, t in entries:
-            if k[:1] == OWNED_MARK:
+            if k == RELEASE_KEY:
+                if fenced and self.store.capabilities.release_in_batch:
+                    out.append((RELEASE_KEY, b"", None))
+            elif k[:1] == OWNED_MARK:
                 if not self.store.capabilities.owned_writes:
                     raise DatasourceError(
                         f"the {self.type} driver does not write owned entries (key {k[1:]!r})",
@@ -450,6 +461,28 @@ class Datasource:
         async with self._guard(key, "acquire_lease"):
             return await store.acquire_lease(full, owner, ttl)
 
+    async def acquire_lease_reading(
+        self, key: str, owner: str, ttl: float, keys: Sequence[str]
+    ) -> tuple[LeaseState, dict[str, bytes]]:
+        """:meth:`acquire_lease`, then ``load_batch(keys)``: one round trip where the driver
+        has ``Capabilities.lease_reads``, two otherwise (same answer)."""
+        store, full = self._lease_store(), self._full(key)
+        loaded: dict[str, bytes] | None = None
+        if self.store.capabilities.lease_reads:
+            reading = cast("ReadingLeaseStore", store)
+            wanted = [self._full(k) for k in keys]
+            async with self._guard(key, "acquire_lease"):
+                state, found = await reading.acquire_lease_reading(full, owner, ttl, wanted)
+            if found is not None:
+                cut = len(self._prefix)
+                loaded = {k[cut:]: v for k, v in found.items()}
+        else:
+            async with self._guard(key, "acquire_lease"):
+                state = await store.acquire_lease(full, owner, ttl)
+        if loaded is None:
+            loaded = await self.load_batch(keys)
+        return state, loaded
+
     async def renew_lease(self, key: str, owner: str, token: int, ttl: float) -> bool:
         store, full = self._lease_store(), self._full(key)
         async with self._guard(key, "renew_lease"):
@@ -463,7 +496,7 @@ class Datasource:
     async def save_batch_fenced(self, entries: Sequence[Entry], lease_key: str, token: int) -> bool:
         """``save_batch`` iff ``token`` is still the latest token of ``lease_key``."""
         store, fence = self._lease_store(), self._full(lease_key)
-        full = self._batch(entries)
+        full = self._batch(entries, fenced=True)
         observer = self.observer
         if observer is None:
             return await self._save_fenced(store, entries, full, fence, token)

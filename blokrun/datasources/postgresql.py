@@ -84,7 +84,13 @@ from blokrun.datasources.index import (
     ordered,
     split_index,
 )
-from blokrun.datasources.protocol import OWNED_MARK, Capabilities, LeaseState, StoreHealth
+from blokrun.datasources.protocol import (
+    OWNED_MARK,
+    RELEASE_KEY,
+    Capabilities,
+    LeaseState,
+    StoreHealth,
+)
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 from blokrun.redact import mask_url
 
@@ -109,6 +115,8 @@ _CAPS = Capabilities(
     atomic_fencing=True,
     group_commit=True,
     owned_writes=True,
+    release_in_batch=True,
+    lease_reads=True,
 )
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _LOCK_ID = 0x626C6F6B72756E  # "blokrun": the advisory lock serialising migrations
@@ -147,6 +155,18 @@ _SQL = {  # {t}: the quoted table, {l}: its quoted lease table
     "WHERE l.expires_at <= now() OR l.owner = EXCLUDED.owner RETURNING {lease}) "
     "SELECT * FROM won UNION ALL SELECT * FROM (SELECT {lease} FROM {l} "
     "WHERE key = $1 AND NOT EXISTS (SELECT FROM won) FOR SHARE) AS held",
+    # acquire, then the rows of keys $4 -- read in the statement's snapshot, which may
+    # predate a previous holder's last write (the acquire waited for it): used only when
+    # the lease is new (token 1), when no holder wrote before (see acquire_lease_reading)
+    "acquire_reading": "WITH won AS (INSERT INTO {l} AS l (key, owner, token, expires_at) "
+    "VALUES ($1, $2, 1, now() + make_interval(secs => $3)) ON CONFLICT (key) DO UPDATE "
+    "SET owner = EXCLUDED.owner, token = l.token + 1, expires_at = EXCLUDED.expires_at "
+    "WHERE l.expires_at <= now() OR l.owner = EXCLUDED.owner RETURNING {lease}), "
+    "got AS (SELECT key, data FROM {t} WHERE key = ANY($4::text[]) AND {live}) "
+    "SELECT *, ARRAY(SELECT key FROM got ORDER BY key), "
+    "ARRAY(SELECT data FROM got ORDER BY key) FROM (SELECT * FROM won UNION ALL "
+    "SELECT * FROM (SELECT {lease} FROM {l} WHERE key = $1 AND NOT EXISTS (SELECT FROM won) "
+    "FOR SHARE) AS held) AS lease",
     "renew": "UPDATE {l} SET owner = $2, expires_at = now() + make_interval(secs => $4) "
     "WHERE key = $1 AND token = $3",
     "release": "UPDATE {l} SET expires_at = 'epoch' WHERE key = $1 AND token = $2",
@@ -281,6 +301,28 @@ def _owned_statement(op: str, ix: bool) -> str:
     )
 
 
+def _with_release(sql: str, leases: str) -> str:
+    """A fenced save statement that also ends its fencing lease (as ``release`` does) when
+    the fence holds (``Capabilities.release_in_batch``): a CTE after the fence's. For
+    ``save_groups``, the numbers of the groups whose lease ends are one more parameter."""
+    grouped = sql.startswith("WITH g AS")
+    anchor = "FOR SHARE OF l), " if grouped else "FOR SHARE), "
+    assert sql.count(anchor) >= 1, sql
+    if grouped:
+        last = max(int(n) for n in re.findall(r"\$(\d+)", sql))
+        cte = (
+            f"rl AS (UPDATE {leases} AS rl SET expires_at = 'epoch' FROM g WHERE "  # noqa: S608
+            f"rl.key = g.lk AND rl.token = g.tok AND g.gi = ANY(${last + 1}::int8[]) "
+            "AND g.gi IN (SELECT gi FROM fence)), "
+        )
+    else:
+        cte = (
+            f"rl AS (UPDATE {leases} SET expires_at = 'epoch' WHERE key = $4 "  # noqa: S608
+            "AND token = $5 AND EXISTS (SELECT FROM fence)), "
+        )
+    return sql.replace(anchor, anchor + cte, 1)
+
+
 _MIGRATIONS = (  # append only: version N is _MIGRATIONS[N - 1]
     """CREATE TABLE IF NOT EXISTS {t} (
         key text COLLATE "C" PRIMARY KEY,
@@ -358,6 +400,48 @@ _DRIVER_ERRORS = (
 )
 
 
+class _Groups:
+    """The entries of a group commit sorted by kind, each with its group's number."""
+
+    __slots__ = ("data", "doubled", "keys", "owned", "owners", "releasing", "rows", "ttls")
+
+    def __init__(self, groups: Sequence[Group]) -> None:
+        self.keys: list[str] = []
+        self.data: list[bytes] = []
+        self.ttls: list[float | None] = []
+        self.owners: list[int] = []
+        #: index rows: a run twice, the last wins
+        self.rows: dict[tuple[str, str], tuple[str, IndexRow, int]] = {}
+        #: owned rows: a key twice in one flush (two runs' aliases): the first group's goes,
+        #: the later ones are refused -- one statement cannot write a row twice
+        self.owned: dict[str, tuple[bytes, float | None, int]] = {}
+        self.doubled: list[str] = []
+        #: the fenced groups whose lease ends with the write (Capabilities.release_in_batch)
+        self.releasing: list[int] = []
+        for number, (entries, fence, _) in enumerate(groups, 1):
+            for key, value, ttl in entries:
+                if key == RELEASE_KEY:
+                    if fence is not None:
+                        self.releasing.append(number)
+                elif is_index_key(key):
+                    row = decode_row(value)
+                    self.rows[key, row.request_id] = (key[1:], row, number)
+                elif key[:1] == OWNED_MARK:
+                    self._own(key[1:], value, ttl, number)
+                else:
+                    self.keys.append(key)
+                    self.data.append(value)
+                    self.ttls.append(ttl)
+                    self.owners.append(number)
+
+    def _own(self, key: str, value: bytes, ttl: float | None, number: int) -> None:
+        known = self.owned.get(key)
+        if known is None or known[2] == number:
+            self.owned[key] = (value, ttl, number)
+        else:
+            self.doubled.append(key)
+
+
 class PostgresStore:
     """A table of ``key -> bytea``; see the module docstring."""
 
@@ -410,6 +494,8 @@ class PostgresStore:
             for ix in (False, True):
                 name = f"{op}_owned{'_ix' if ix else ''}"
                 self._sql[name] = _owned_statement(op, ix).format(**fill)
+        for name in [n for n in self._sql if n.startswith(("save_batch_fenced", "save_groups"))]:
+            self._sql[name + "_rl"] = _with_release(self._sql[name], self._names["l"])
         #: owned entries a write refused (another owner's), until the wrapper asks
         self.refused_owned: set[str] = set()
 
@@ -637,6 +723,25 @@ class PostgresStore:
             f"({_ACQUIRE_TRIES} tries)"
         )
 
+    async def acquire_lease_reading(
+        self, key: str, owner: str, ttl: float, keys: Sequence[str]
+    ) -> tuple[LeaseState, dict[str, bytes] | None]:
+        """The values are given only for a new lease (token 1): a later acquire may have
+        waited for a previous holder's fenced write, which the statement's snapshot then
+        does not show -- the caller reads those itself."""
+        async with self.connection("acquire_lease") as con:
+            for _ in range(_ACQUIRE_TRIES):
+                row = await con.fetchrow(self._sql["acquire_reading"], key, owner, ttl, keys)
+                if row is not None:
+                    state = LeaseState(row[0], row[1], row[2])
+                    if state.owner != owner or state.token != 1:
+                        return state, None
+                    return state, dict(zip(row[3], row[4], strict=True))
+        raise DatasourceError(
+            f"acquire_lease: PostgreSQL at {self._where}: the lease row kept changing "
+            f"({_ACQUIRE_TRIES} tries)"
+        )
+
     async def renew_lease(self, key: str, owner: str, token: int, ttl: float) -> bool:
         async with self.connection("renew_lease") as con:
             status: str = await con.execute(self._sql["renew"], key, owner, token, ttl)
@@ -647,6 +752,9 @@ class PostgresStore:
             await con.execute(self._sql["release"], key, token)
 
     async def save_batch_fenced(self, entries: Sequence[Entry], lease_key: str, token: int) -> bool:
+        release = "_rl" if any(key == RELEASE_KEY for key, _, _ in entries) else ""
+        if release:
+            entries = [e for e in entries if e[0] != RELEASE_KEY]
         entries, rows = split_index(entries)
         entries, owned = _split_owned(entries)
         ix = _ix(rows) if rows else ()
@@ -654,49 +762,25 @@ class PostgresStore:
             if owned:
                 name = "save_batch_fenced_owned_ix" if rows else "save_batch_fenced_owned"
                 args = (*_columns(entries), lease_key, token, *_columns(owned), *ix)
-                row = await con.fetchrow(self._sql[name], *args)
+                row = await con.fetchrow(self._sql[name + release], *args)
                 held: bool = row[0]
                 self._refused(row[1])
             elif rows:
                 args = (*_columns(entries), lease_key, token, *ix)
-                held = await con.fetchval(self._sql["save_batch_fenced_ix"], *args)
+                held = await con.fetchval(self._sql["save_batch_fenced_ix" + release], *args)
             else:
                 args = (*_columns(entries), lease_key, token)
-                held = await con.fetchval(self._sql["save_batch_fenced"], *args)
+                held = await con.fetchval(self._sql["save_batch_fenced" + release], *args)
         return held
 
     async def save_groups(self, groups: Sequence[Group]) -> list[bool]:
         """Many runs' saves in one statement (group commit); per group, whether it was
         written (``False``: its fence no longer holds). See :class:`Capabilities`."""
-        keys: list[str] = []
-        data: list[bytes] = []
-        ttls: list[float | None] = []
-        owners: list[int] = []
-        rows: dict[tuple[str, str], tuple[str, IndexRow, int]] = {}  # a run twice: last wins
-        # owned rows: a key twice in one flush (two runs' aliases): the first group's goes,
-        # the later ones are refused -- one statement cannot write a row twice
-        owned: dict[str, tuple[bytes, float | None, int]] = {}
-        doubled: list[str] = []
-        for number, (entries, _, _) in enumerate(groups, 1):
-            for key, value, ttl in entries:
-                if is_index_key(key):
-                    row = decode_row(value)
-                    rows[key, row.request_id] = (key[1:], row, number)
-                    continue
-                if key[:1] == OWNED_MARK:
-                    known = owned.get(key[1:])
-                    if known is None or known[2] == number:
-                        owned[key[1:]] = (value, ttl, number)
-                    else:
-                        doubled.append(key[1:])
-                    continue
-                keys.append(key)
-                data.append(value)
-                ttls.append(ttl)
-                owners.append(number)
+        parts = _Groups(groups)
         fences = [lease for _, lease, _ in groups]
         tokens = [token for _, _, token in groups]
-        args: list[Any] = [keys, data, ttls, owners, fences, tokens]
+        args: list[Any] = [parts.keys, parts.data, parts.ttls, parts.owners, fences, tokens]
+        owned, rows = parts.owned, parts.rows
         if owned:
             args += [
                 list(owned),
@@ -707,16 +791,20 @@ class PostgresStore:
         if rows:
             args += _ix([(space, row) for space, row, _ in rows.values()])
             args.append([number for _, _, number in rows.values()])
+        release = ""
+        if parts.releasing:
+            args.append(parts.releasing)
+            release = "_rl"
         async with self.connection("save_groups") as con:
             if owned:
-                sql = self._sql["save_groups_owned_ix" if rows else "save_groups_owned"]
+                sql = self._sql[("save_groups_owned_ix" if rows else "save_groups_owned") + release]
                 row = await con.fetchrow(sql, *args)
                 written = set(row[0])
-                self._refused([*row[1], *doubled])
+                self._refused([*row[1], *parts.doubled])
             else:
-                sql = self._sql["save_groups_ix" if rows else "save_groups"]
+                sql = self._sql[("save_groups_ix" if rows else "save_groups") + release]
                 written = set(await con.fetchval(sql, *args))
-                self._refused(doubled)
+                self._refused(parts.doubled)
         return [number in written for number in range(1, len(groups) + 1)]
 
     def _refused(self, keys: Sequence[str] | None) -> None:

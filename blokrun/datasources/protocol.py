@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OWNED_MARK",
+    "RELEASE_ENTRY",
+    "RELEASE_KEY",
     "Capabilities",
     "Entry",
     "Group",
@@ -43,6 +45,7 @@ __all__ = [
     "HealthStore",
     "LeaseState",
     "LeaseStore",
+    "ReadingLeaseStore",
     "Store",
     "StoreHealth",
     "may_own",
@@ -53,6 +56,14 @@ __all__ = [
 #: The mark of an owned entry's key in a batch (see ``Capabilities.owned_writes``); a key
 #: never starts with a control character, so no stored key can be taken for one.
 OWNED_MARK = "\x1f"
+
+
+#: The key of the release entry (:data:`RELEASE_ENTRY`); no stored key can equal it.
+RELEASE_KEY = "\x1dblokrun.release"
+#: Put in a batch fenced by a lease, it ends that lease once the batch is written, in the
+#: same atomic step, on a driver with ``Capabilities.release_in_batch`` (a run's last
+#: checkpoint: one round trip less); the wrapper drops it anywhere else.
+RELEASE_ENTRY: Entry = (RELEASE_KEY, b"", None)
 
 
 def owned_key(key: str) -> str:
@@ -123,6 +134,16 @@ class Capabilities:
         less); without it, it reads the alias and decides. Such a driver keeps the (full)
         keys of the owned entries it refused in a set ``refused_owned`` until the wrapper
         asks (:meth:`~blokrun.datasources.datasource.Datasource.refused`).
+    release_in_batch
+        The driver ends the fencing lease of a fenced batch (``save_batch_fenced``, a fenced
+        group of ``save_groups``) that holds the entry ``(RELEASE_KEY, b"", None)`` -- as
+        the wrapper gives it -- in the same atomic step as the batch, like
+        :meth:`LeaseStore.release_lease`, and only if the batch is written. The run
+        recorder puts :data:`RELEASE_ENTRY` in a run's last checkpoint.
+    lease_reads
+        The driver is a :class:`ReadingLeaseStore`: it takes a lease and reads keys in one
+        round trip, the read made after the acquire (a run's lease and its head: one round
+        trip at a run's start instead of two).
     """
 
     native_ttl: bool = False
@@ -135,6 +156,8 @@ class Capabilities:
     atomic_fencing: bool = False
     group_commit: bool = False
     owned_writes: bool = False
+    release_in_batch: bool = False
+    lease_reads: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +262,22 @@ class LeaseStore(Protocol):
     async def read_lease(self, key: str) -> LeaseState | None: ...
 
     async def delete_lease(self, key: str) -> bool: ...
+
+
+class ReadingLeaseStore(Protocol):
+    """A driver with ``Capabilities.lease_reads``.
+
+    :meth:`acquire_lease_reading` is :meth:`LeaseStore.acquire_lease` and then
+    ``load_batch(keys)`` in one round trip: the values as they are once the acquire is
+    done -- after every write fenced by an earlier token. A driver that cannot promise that
+    for this acquire (PostgreSQL when the lease had a holder before: its statement's
+    snapshot may predate that holder's last write) returns ``None`` for the values, and the
+    caller reads them itself.
+    """
+
+    async def acquire_lease_reading(
+        self, key: str, owner: str, ttl: float, keys: Sequence[str]
+    ) -> tuple[LeaseState, dict[str, bytes] | None]: ...
 
 
 @runtime_checkable

@@ -67,7 +67,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from blokrun.datasources import redis_index
 from blokrun.datasources.index import decode_row, is_index_key
-from blokrun.datasources.protocol import OWNED_MARK, Capabilities, LeaseState, StoreHealth
+from blokrun.datasources.protocol import (
+    OWNED_MARK,
+    RELEASE_KEY,
+    Capabilities,
+    LeaseState,
+    StoreHealth,
+)
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 from blokrun.redact import mask_url
 
@@ -94,6 +100,8 @@ _CAPS = Capabilities(
     atomic_fencing=True,
     group_commit=True,
     owned_writes=True,
+    release_in_batch=True,
+    lease_reads=True,
 )
 _GLOB = frozenset(b"*?[]\\")
 
@@ -123,6 +131,32 @@ return {ARGV[1], token, expires}
 """
 )
 
+# _ACQUIRE, then the values of KEYS[2..] (MGET: false where none, or not a string):
+# {owner, token, expires_ms, value...}. A script runs alone, so the values are read after
+# every write fenced by an earlier token.
+_ACQUIRE_READING = (
+    _NOW_MS
+    + """
+local cur = redis.call('HMGET', KEYS[1], 'owner', 'token', 'expires_ms')
+local token = tonumber(cur[2]) or 0
+local expires = tonumber(cur[3]) or 0
+local held = cur[1]
+if not (held and held ~= ARGV[1] and expires > now) then
+  held = ARGV[1]
+  token = token + 1
+  expires = now + tonumber(ARGV[2])
+  redis.call('HSET', KEYS[1], 'owner', held, 'token', string.format('%d', token),
+             'expires_ms', string.format('%d', expires))
+end
+local reply = {held, token, expires}
+if #KEYS > 1 then
+  local values = redis.call('MGET', unpack(KEYS, 2))
+  for i = 1, #KEYS - 1 do reply[3 + i] = values[i] end
+end
+return reply
+"""
+)
+
 # ARGV: owner, token, ttl_ms. Returns 1 if renewed.
 _RENEW = (
     _NOW_MS
@@ -147,7 +181,8 @@ return 1
 # An entry whose px is 'ix' is a run index row (blokrun.datasources.redis_index): KEYS holds
 # the index's space, ARGV the packed row. A px starting with 'o' is an owned entry (the rest
 # is its px): set only if the key holds nothing or a value with the same owner -- the bytes
-# up to the first NUL (Capabilities.owned_writes).
+# up to the first NUL (Capabilities.owned_writes). An entry whose px is 'rl' (its key: the
+# lease key) ends the fencing lease, as _RELEASE does (Capabilities.release_in_batch).
 _OWNED = """
 local refused = {}
 local function owned(key, data)
@@ -181,6 +216,8 @@ for i = 2, #KEYS do
   local px = ARGV[2 * i - 1]
   if px == 'ix' then
     ix_put(KEYS[i], ARGV[2 * i - 2], false)
+  elseif px == 'rl' then
+    redis.call('HSET', KEYS[1], 'expires_ms', '0')
   else
     put(KEYS[i], ARGV[2 * i - 2], px)
   end
@@ -211,6 +248,8 @@ while a <= #ARGV do
     if ok then
       if ARGV[a + 1] == 'ix' then
         ix_put(KEYS[k], ARGV[a], false)
+      elseif ARGV[a + 1] == 'rl' then
+        if fenced then redis.call('HSET', KEYS[k], 'expires_ms', '0') end
       else
         put(KEYS[k], ARGV[a], ARGV[a + 1])
       end
@@ -228,6 +267,7 @@ return out
 @dataclass(frozen=True, slots=True)
 class _Scripts:
     acquire: AsyncScript
+    acquire_reading: AsyncScript
     renew: AsyncScript
     release: AsyncScript
     save_fenced: AsyncScript
@@ -242,6 +282,7 @@ class _Scripts:
         """Hash the scripts for ``client`` (no round trip: loaded on first NOSCRIPT)."""
         return cls(
             client.register_script(_ACQUIRE),
+            client.register_script(_ACQUIRE_READING),
             client.register_script(_RENEW),
             client.register_script(_RELEASE),
             client.register_script(_SAVE_FENCED),
@@ -587,6 +628,19 @@ class RedisStore:
         assert isinstance(held, bytes) and isinstance(token, int) and isinstance(expires_ms, int)
         return LeaseState(held.decode("utf-8", "replace"), token, expires_ms / 1000)
 
+    async def acquire_lease_reading(
+        self, key: str, owner: str, ttl: float, keys: Sequence[str]
+    ) -> tuple[LeaseState, dict[str, bytes] | None]:
+        lua = self._lua()
+        with self.errors("acquire_lease"):
+            reply = await lua.acquire_reading(keys=[key, *keys], args=[owner, _ttl_ms(ttl)])
+        held, token, expires_ms, *values = cast("list[Any]", reply)
+        assert isinstance(held, bytes) and isinstance(token, int) and isinstance(expires_ms, int)
+        state = LeaseState(held.decode("utf-8", "replace"), token, expires_ms / 1000)
+        values += [None] * (len(keys) - len(values))  # Lua drops trailing nils from a table
+        found = {k: v for k, v in zip(keys, values, strict=True) if isinstance(v, bytes)}
+        return state, found
+
     async def renew_lease(self, key: str, owner: str, token: int, ttl: float) -> bool:
         lua = self._lua()
         with self.errors("renew_lease"):
@@ -602,7 +656,7 @@ class RedisStore:
         keys: list[str] = [lease_key]
         args: list[bytes | str | int] = [token]
         for entry in _last_wins(entries):
-            key, value, px = _script_entry(*entry)
+            key, value, px = _script_entry(*entry, lease_key)
             keys.append(key)
             args += (value, px)
         with self.errors("save_batch"):
@@ -617,12 +671,14 @@ class RedisStore:
         lua = self._lua()
         keys: list[str] = []
         args: list[bytes | str | int] = []
-        for entries, lease_key, token in groups:
+        for given, lease_key, token in groups:
+            # an unfenced group ends no lease
+            entries = given if lease_key else [e for e in given if e[0] != RELEASE_KEY]
             args += (len(entries), "0" if lease_key is None else "1", token)
             if lease_key is not None:
                 keys.append(lease_key)
             for entry in entries:
-                key, value, px = _script_entry(*entry)
+                key, value, px = _script_entry(*entry, lease_key)
                 keys.append(key)
                 args += (value, px)
         with self.errors("save_batch"):
@@ -713,9 +769,16 @@ def _last_wins(entries: Sequence[Entry]) -> list[Entry]:
     return [(k, d, t) for k, (d, t) in final.items()] + [e for e in entries if is_index_key(e[0])]
 
 
-def _script_entry(key: str, data: bytes, ttl: float | None) -> tuple[str, bytes | str, str | int]:
+def _script_entry(
+    key: str, data: bytes, ttl: float | None, lease_key: str | None = None
+) -> tuple[str, bytes | str, str | int]:
     """An entry as the save scripts take it: key, data and px ('' = no TTL); an index entry
-    becomes its index's space, the packed row and ``ix``."""
+    becomes its index's space, the packed row and ``ix``; the release entry of a batch
+    fenced by ``lease_key``, that key and ``rl``."""
+    if key == RELEASE_KEY:
+        if lease_key is None:
+            raise DatasourceError("a release entry in a batch no lease fences")
+        return (lease_key, b"", "rl")
     if is_index_key(key):
         return (redis_index.space(key[1:]), redis_index.pack(decode_row(data)), redis_index.MARK)
     px: str | int = "" if ttl is None else _ttl_ms(ttl)

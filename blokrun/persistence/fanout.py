@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from blokrun.datasources.protocol import RELEASE_ENTRY
 from blokrun.errors import BlokrunError, CheckpointError, DatasourceUnavailable, LeaseLost
 
 if TYPE_CHECKING:
@@ -82,8 +83,13 @@ class _Save:
         lease = self.lease
         if lease is not None and ds is lease.datasource:
             # Fenced: stored only while this run's lease token is the latest.
+            releases = bool(self.entries) and self.entries[-1] is RELEASE_ENTRY  # the last write
+            if releases:
+                lease.releasing()
             if lease.lost or not await ds.save_batch_fenced(self.entries, lease.key, lease.token):
                 raise lease.lost_error(self.step)
+            if releases and ds.capabilities.release_in_batch:
+                lease.released_with_write()
         else:
             await ds.save_batch(self.entries)
 

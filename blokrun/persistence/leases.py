@@ -39,6 +39,8 @@ from blokrun.errors import BlokrunError, LeaseLost, RunBusy
 from blokrun.persistence.keys import LEASE_PREFIX, SLOT_PREFIX, lease_key
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from blokrun.datasources import Datasource, LeaseState
 
 __all__ = [
@@ -135,6 +137,11 @@ class Lease:
     lost: bool = False
     released: bool = False
     renewals: int = field(default=0)
+    #: ended by the run's last write (``Capabilities.release_in_batch``): no release to send
+    released_by_write: bool = False
+    #: the values of the keys asked for with the lease (``acquire(..., reading=...)``), as
+    #: they were once it was taken; ``None`` if they were not read with it
+    read: dict[str, bytes] | None = None
 
     def lost_error(self, step: str | None = None) -> LeaseLost:
         self.lost = True
@@ -187,6 +194,15 @@ class Lease:
             except BlokrunError as exc:
                 log.warning("run %s: could not renew its lease: %s", self.request_id, exc)
 
+    def releasing(self) -> None:
+        """A write that ends the lease is on its way: renew no more (a renewal already on
+        its way that lands after it is undone: see :meth:`renew`)."""
+        self.released = True
+
+    def released_with_write(self) -> None:
+        """The write that ends the lease was stored: :meth:`release` has nothing to send."""
+        self.released_by_write = True
+
     def abandon(self) -> None:
         """Stop holding the lease here without telling the datasource (unreachable)."""
         _HELD_HERE.discard(self.owner)
@@ -199,6 +215,8 @@ class Lease:
         clock)."""
         _HELD_HERE.discard(self.owner)
         self.released = True
+        if self.released_by_write:
+            return True
         with anyio.CancelScope(shield=True), anyio.CancelScope(deadline=deadline) as scope:
             try:
                 await self.datasource.release_lease(self.key, self.owner, self.token)
@@ -208,10 +226,19 @@ class Lease:
         return not scope.cancelled_caught
 
 
-async def _take(ds: Datasource, key: str, me: str, ttl: float, request_id: str) -> LeaseState:
-    """The lease's state once ``me`` holds it; :class:`RunBusy` naming a live holder."""
-    state = await ds.acquire_lease(key, me, ttl)
+async def _take(
+    ds: Datasource, key: str, me: str, ttl: float, request_id: str, *, reading: Sequence[str]
+) -> tuple[LeaseState, dict[str, bytes] | None]:
+    """The lease's state once ``me`` holds it, and the values of ``reading`` read with it
+    (``None`` when it had to be taken over: read them afterwards); :class:`RunBusy` naming
+    a live holder."""
+    read: dict[str, bytes] | None = None
+    if reading:
+        state, read = await ds.acquire_lease_reading(key, me, ttl, reading)
+    else:
+        state = await ds.acquire_lease(key, me, ttl)
     if state.owner != me and holder_is_dead(state.owner):
+        read = None
         # The holder was killed on this machine (SIGKILL, OOM): take over now rather than
         # after its TTL. Re-acquiring under its name succeeds only while it still holds the
         # lease, so of several processes doing this at once one ends up with the lease.
@@ -236,7 +263,7 @@ async def _take(ds: Datasource, key: str, me: str, ttl: float, request_id: str) 
             owner=state.owner,
             expires_at=state.expires_at,
         )
-    return state
+    return state, read
 
 
 async def acquire(
@@ -246,17 +273,19 @@ async def acquire(
     owner: str | None = None,
     *,
     prefix: str = LEASE_PREFIX,
+    reading: Sequence[str] = (),
 ) -> Lease:
     """Take the run's lease (or another lease under ``prefix``) or raise :class:`RunBusy`
-    naming the live holder."""
+    naming the live holder. ``reading``: keys of ``ds`` to read once the lease is taken --
+    in the same round trip where the driver can (``Lease.read``)."""
     key = prefix + request_id
     me = owner or new_owner()
     # Held here from the moment it is asked for: another Runner of this process whose
     # acquire answers first must see a live holder in this process, not a dead one.
     _HELD_HERE.add(me)
     try:
-        state = await _take(ds, key, me, ttl, request_id)
+        state, read = await _take(ds, key, me, ttl, request_id, reading=reading)
     except BaseException:
         _HELD_HERE.discard(me)
         raise
-    return Lease(ds, request_id, key, me, state.token, ttl, state.expires_at)
+    return Lease(ds, request_id, key, me, state.token, ttl, state.expires_at, read=read)

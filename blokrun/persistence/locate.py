@@ -65,7 +65,7 @@ if TYPE_CHECKING:
     from blokrun.datasources import Datasource, Entry
     from blokrun.persistence.envelope import Envelope
 
-__all__ = ["FoundRun", "Locator", "StoredCheckpoint", "TargetView"]
+__all__ = ["FoundRun", "Locator", "StoredCheckpoint", "TargetView", "first_keys"]
 
 log = logging.getLogger("blokrun.resume")
 T = TypeVar("T", bound=msgspec.Struct)
@@ -201,6 +201,11 @@ def _describe(view: TargetView) -> str:
     return f"{status} at #{view.seq} (incarnation {view.incarnation})"
 
 
+def first_keys(request_id: str) -> tuple[str, str]:
+    """What every look at a run reads first: its head and its first run record."""
+    return head_key(request_id), run_key(request_id, 1)
+
+
 class Locator:
     """Reads what a run stored, through one envelope (the store's)."""
 
@@ -247,24 +252,33 @@ class Locator:
 
     # -- one target ----------------------------------------------------------------------
 
-    async def view(self, ds: Datasource, request_id: str, *, scan: bool = True) -> TargetView:
+    async def view(
+        self,
+        ds: Datasource,
+        request_id: str,
+        *,
+        scan: bool = True,
+        first: dict[str, bytes] | None = None,
+    ) -> TargetView:
         """What ``ds`` holds of run ``request_id`` (see the module docstring). ``scan=False``:
         a target with neither the run's head nor its first run record is taken not to hold
-        it, without listing keys (a new request id costs one read, not a key scan)."""
+        it, without listing keys (a new request id costs one read, not a key scan).
+        ``first``: the values of :func:`first_keys` on ``ds``, if already read."""
         view = TargetView(ds)
         try:
-            await self._fill(view, request_id, scan)
+            await self._fill(view, request_id, scan, first)
         except (FormatVersionError, KeyMissing):
             raise
         except BlokrunError as exc:
             view.error = exc
         return view
 
-    async def _fill(self, view: TargetView, request_id: str, scan: bool) -> None:
+    async def _fill(
+        self, view: TargetView, request_id: str, scan: bool, known: dict[str, bytes] | None
+    ) -> None:
         ds = view.datasource
-        hk = head_key(request_id)
-        first = run_key(request_id, 1)
-        loaded = await ds.load_batch([hk, first])
+        hk, first = first_keys(request_id)
+        loaded = known if known is not None else await ds.load_batch([hk, first])
         if not scan and not loaded:
             return  # neither head nor run record: every write of a run begins with them
         if hk in loaded:
@@ -453,16 +467,23 @@ class Locator:
     # -- every target --------------------------------------------------------------------
 
     async def locate(
-        self, request_id: str, datasources: Sequence[Datasource], *, scan: bool = True
+        self,
+        request_id: str,
+        datasources: Sequence[Datasource],
+        *,
+        scan: bool = True,
+        read: tuple[Datasource, dict[str, bytes]] | None = None,
     ) -> FoundRun | None:
         """The run as every one of ``datasources`` holds it; ``None`` if none knows it
-        (``scan``: see :meth:`view`)."""
+        (``scan``: see :meth:`view`; ``read``: a datasource's :func:`first_keys`, already
+        read)."""
         views: list[TargetView] = []
         fatal: list[BaseException] = []
 
         async def one(ds: Datasource) -> None:
+            first = read[1] if read is not None and read[0] is ds else None
             try:
-                views.append(await self.view(ds, request_id, scan=scan))
+                views.append(await self.view(ds, request_id, scan=scan, first=first))
             except BlokrunError as exc:  # a key missing, a newer format, an old layout
                 fatal.append(exc)
 

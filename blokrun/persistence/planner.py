@@ -123,15 +123,22 @@ class Planner:
         return list(self._datasources.values())
 
     async def find(
-        self, request_id: str, wf: Workflow | None, *, scan: bool = True
+        self,
+        request_id: str,
+        wf: Workflow | None,
+        *,
+        scan: bool = True,
+        lease: Lease | None = None,
     ) -> FoundRun | None:
         """The run as its targets hold it, or ``None`` (``scan=False``: a target holding
-        neither its head nor its first run record does not hold it; no key listing)."""
+        neither its head nor its first run record does not hold it; no key listing).
+        ``lease``: the run's lease, taken reading :func:`first_keys` (not read again)."""
         try:
             validate_request_id(request_id)
         except ValueError as exc:
             raise RunNotFound(str(exc), request_id=str(request_id)[:200]) from None
-        return await self.locator.locate(request_id, self.candidates(wf), scan=scan)
+        read = None if lease is None or lease.read is None else (lease.datasource, lease.read)
+        return await self.locator.locate(request_id, self.candidates(wf), scan=scan, read=read)
 
     async def locate(self, request_id: str, wf: Workflow | None) -> FoundRun:
         """The run as its targets hold it, or :class:`~blokrun.errors.RunNotFound`."""
@@ -293,7 +300,10 @@ class Planner:
         key = head_key(lease.request_id)
         view = next((v for v in found.views if v.datasource is lease.datasource), None)
         head = view.head if view is not None else None
-        raw = await lease.datasource.load(key)
+        if lease.read is not None:  # read with the lease (Store.acquire(..., reading=...))
+            raw = lease.read.get(key)
+        else:
+            raw = await lease.datasource.load(key)
         if raw is None:
             return head is None
         try:

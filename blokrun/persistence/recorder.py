@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 import msgspec
 
-from blokrun.datasources.protocol import OWNED_MARK, owned_key
+from blokrun.datasources.protocol import OWNED_MARK, RELEASE_ENTRY, owned_key
 from blokrun.errors import CheckpointError, DatasourceError, DatasourceUnavailable
 from blokrun.execution.hooks import Hook
 from blokrun.persistence.codec import Kind, dumps_value
@@ -191,6 +191,11 @@ class RunRecorder(Hook):
         #: an alias is written with its checkpoint, not read first
         self._owned_aliases = bool(self.targets) and all(
             ds.capabilities.owned_writes for ds in self.targets
+        )
+        #: the run's last checkpoint ends its lease in the same write, where the lease's
+        #: datasource can (Capabilities.release_in_batch): no release round trip after it
+        self._release_with_last = (
+            lease is not None and lease.datasource.capabilities.release_in_batch
         )
         #: datasources that could not be reached during this attempt
         self.unreachable: set[str] = set()
@@ -724,6 +729,8 @@ class RunRecorder(Hook):
             entries.append((owned_key(alias), value, step.ttl))
         elif await self._may_write_alias(alias, step.name):
             entries.append((alias, value, step.ttl))
+        if last and self._release_with_last:
+            entries.append(RELEASE_ENTRY)  # kept last: fanout looks for it there
         before = self.position
         if behind and self.background is not None:
             pending = _Pending(

@@ -224,16 +224,19 @@ class RunStore:
                 return ds
         return None
 
-    async def acquire(self, request_id: str, wf: Workflow) -> Lease | None:
+    async def acquire(
+        self, request_id: str, wf: Workflow, reading: Sequence[str] = ()
+    ) -> Lease | None:
         """Take the run's lease (:class:`~blokrun.errors.RunBusy` if another holds it);
-        ``None`` when leases are off or no target keeps them."""
+        ``None`` when leases are off or no target keeps them. ``reading``: keys to read
+        from the lease's datasource with it (``Lease.read``)."""
         ds = self.lease_datasource(wf)
         if ds is None or self.lease_ttl is None:
             return None
         stale = self._unreleased.pop(request_id, None)
         if stale is not None and not await stale.release():
             self._unreleased[request_id] = stale
-        return await acquire(ds, request_id, self.lease_ttl)
+        return await acquire(ds, request_id, self.lease_ttl, reading=reading)
 
     async def release(self, lease: Lease, *, deadline: float = math.inf) -> None:
         if not await lease.release(deadline=deadline):
