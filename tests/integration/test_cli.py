@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.processes import reap, reaped
+
 REPO = Path(__file__).resolve().parents[2]
 NODE = "tests.integration.wfnodes"
 
@@ -352,11 +354,15 @@ def _start_and_wait(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 30
-    while not marker.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the hanging step never started"
-        time.sleep(0.02)
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the hanging step never started"
+            time.sleep(0.02)
+    except BaseException:
+        reap(proc)
+        raise
     return proc
 
 
@@ -380,13 +386,14 @@ def test_sigkill_in_the_middle_of_a_parallel_level_then_resume(tmp_path: Path) -
     wf = write_wf(tmp_path, doc)
     ledger, marker = tmp_path / "ledger.txt", tmp_path / "hanging"
     proc = _start_and_wait(tmp_path, wf, "pk-1", ledger, marker)
-    deadline = time.monotonic() + 30
-    while not all((tmp_path / "checkpoints" / f"pk-1-{s}").exists() for s in ("a", "c")):
-        assert time.monotonic() < deadline, "the sibling branches never checkpointed"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
-    proc.communicate()
+    with reaped(proc):
+        deadline = time.monotonic() + 30
+        while not all((tmp_path / "checkpoints" / f"pk-1-{s}").exists() for s in ("a", "c")):
+            assert time.monotonic() < deadline, "the sibling branches never checkpointed"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        proc.communicate()
     resumed = blokrun(tmp_path, "resume", "pk-1", WF_LEDGER=str(ledger))
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["total"] == 1 + 10 + 1000 + 100 + 5
@@ -405,8 +412,9 @@ def test_sigint_or_sigterm_cancels_the_run_which_can_then_be_resumed(
     wf = write_wf(tmp_path, doc)
     ledger, marker = tmp_path / "ledger.txt", tmp_path / "hanging"
     proc = _start_and_wait(tmp_path, wf, "sig-1", ledger, marker)
-    proc.send_signal(sig)
-    _out, err = proc.communicate(timeout=20)
+    with reaped(proc):
+        proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 128 + sig, err
     assert f"cancelled by {sig.name}" in err.decode() and "blokrun resume sig-1" in err.decode()
     status = json.loads(blokrun(tmp_path, "inspect", "sig-1", "--json").stdout)

@@ -28,6 +28,7 @@ from tests.servers.base import settings_env
 
 if TYPE_CHECKING:
     from tests.conftest import ServerPool
+from tests.processes import reap
 
 REPO = Path(__file__).resolve().parents[2]
 NODE = "tests.integration.wfnodes"
@@ -248,10 +249,11 @@ def test_a_crashed_run_is_listed_as_interrupted_and_resume_failed_picks_it_up(
     try:
         deadline = time.monotonic() + 30
         while _ledger(tmp_path)["s2"] < 2:
-            ended = [p for p in (live, crashed) if p.poll() is not None]
-            assert not ended and time.monotonic() < deadline, [
-                (p.args[-1], p.poll(), p.communicate()) for p in ended
-            ]
+            procs = {"live": live, "crashed": crashed}
+            ended = {name: p for name, p in procs.items() if p.poll() is not None}
+            assert not ended and time.monotonic() < deadline, {
+                name: (p.returncode, p.communicate()) for name, p in ended.items()
+            }
             time.sleep(0.02)
         crashed.kill()
         crashed.communicate(timeout=10)
@@ -274,6 +276,5 @@ def test_a_crashed_run_is_listed_as_interrupted_and_resume_failed_picks_it_up(
         assert [(o.request_id, o.ok) for o in outcomes] == [("crashed", True)]
         assert after == {"live": "running", "crashed": "completed"}
     finally:
-        for proc in (live, crashed):
-            proc.kill()
-            proc.communicate(timeout=10)
+        reap(live)
+        reap(crashed)

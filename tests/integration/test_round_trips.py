@@ -12,10 +12,10 @@ The design, per run of N checkpointed steps on one datasource with leases on:
   the driver cannot keep an alias's first writer itself (``Capabilities.owned_writes``:
   Redis and PostgreSQL can), the alias ownership read (1);
 * end: the lease's release: in the last checkpoint's write where the driver can
-  (``Capabilities.release_in_batch``: Redis), else 1. The last checkpoint marks the run
+  (``Capabilities.release_in_batch``: Redis, PostgreSQL), else 1. The last checkpoint marks the run
   completed.
 
-So N + 2 on Redis, N + 3 on PostgreSQL, and 2N + 5 on the filesystem, whose batches are not
+So N + 2 on Redis and PostgreSQL, and 2N + 5 on the filesystem, whose batches are not
 atomic (the definition is written before the start record, so a head never points at a
 missing definition) and whose alias is read first. A resume adds the reads that find the run's latest checkpoint.
 """

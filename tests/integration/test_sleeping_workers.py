@@ -21,6 +21,7 @@ from blokrun.workers import Worker
 from tests.conftest import ServerPool
 from tests.integration import wfnodes
 from tests.integration.test_cli import REPO
+from tests.processes import reaped
 from tests.servers.base import settings_env
 
 NODE = "tests.integration.wfnodes"
@@ -98,12 +99,13 @@ def test_a_sleeping_run_is_woken_by_another_worker_process_on_redis(
         async with Runner.from_env(env) as rt:
             return await status(rt, rid)
 
-    deadline = time.monotonic() + 20
-    while anyio.run(shown) != "sleeping":
-        assert time.monotonic() < deadline and first.poll() is None
-        time.sleep(0.1)
-    first.send_signal(signal.SIGKILL)  # the worker that parked it is gone
-    first.communicate(timeout=10)
+    with reaped(first):
+        deadline = time.monotonic() + 20
+        while anyio.run(shown) != "sleeping":
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.1)
+        first.send_signal(signal.SIGKILL)  # the worker that parked it is gone
+        first.communicate(timeout=10)
     second = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
@@ -115,8 +117,9 @@ def test_a_sleeping_run_is_woken_by_another_worker_process_on_redis(
 
         result = anyio.run(wait)
     finally:
-        second.send_signal(signal.SIGTERM)
-        second.communicate(timeout=30)
+        with reaped(second):
+            second.send_signal(signal.SIGTERM)
+            second.communicate(timeout=30)
     assert result.status == "completed" and result.vars["total"] == 3
     ran = (tmp_path / "ledger").read_text().split()
     assert ran == ["nap-1", "before", "nap-1", "after"]

@@ -21,6 +21,7 @@ from blokrun.datasources import Datasource, build_datasource
 from blokrun.persistence.keys import TIMER_PREFIX
 from tests.integration import wfnodes
 from tests.integration.test_cli import REPO, cli_env, write_wf
+from tests.processes import reaped
 
 NODE = "tests.integration.wfnodes"
 
@@ -122,13 +123,14 @@ def test_a_process_killed_during_a_sleep_resumes_with_what_is_left(tmp_path: Pat
          "--input", '{"total": 0}'],
         cwd=REPO, env=cli_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while not any("timer" in p.name for p in home.rglob("*")):  # the wake-up time is stored
-        assert time.monotonic() < deadline, sorted(p.name for p in home.rglob("*"))
-        time.sleep(0.05)
-    time.sleep(1.0)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    with reaped(child):
+        deadline = time.monotonic() + 10
+        while not any("timer" in p.name for p in home.rglob("*")):  # the wake-up time is stored
+            assert time.monotonic() < deadline, sorted(p.name for p in home.rglob("*"))
+            time.sleep(0.05)
+        time.sleep(1.0)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
     t0 = time.monotonic()
     resumed = subprocess.run(
         [sys.executable, "-m", "blokrun", "resume", "k-1"],

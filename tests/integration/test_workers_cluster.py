@@ -25,6 +25,7 @@ import pytest
 from blokrun import Runner
 from blokrun.persistence.keys import CHECKPOINT_PREFIX
 from blokrun.persistence.records import CheckpointRecord, decode_record
+from tests.processes import reaped
 from tests.servers.base import settings_env
 
 if TYPE_CHECKING:
@@ -170,12 +171,13 @@ def test_sigterm_stops_taking_work_drains_and_another_worker_finishes(
     ids = anyio.run(submit)
     cmd = [sys.executable, "-m", "blokrun", "worker", "--concurrency", "4", "--grace", "0.5"]
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while len(_ledger(tmp_path / "ledger")) < 8:  # every run is in its second step
-        assert time.monotonic() < deadline and first.poll() is None
-        time.sleep(0.02)
-    first.send_signal(signal.SIGTERM)
-    _, err = first.communicate(timeout=20)
+    with reaped(first):
+        deadline = time.monotonic() + 30
+        while len(_ledger(tmp_path / "ledger")) < 8:  # every run is in its second step
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.02)
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=20)
     assert first.returncode == 0, err
     assert "SIGTERM: finishing running runs" in err and "4 cancelled" in err, err
 
