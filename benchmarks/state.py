@@ -5,6 +5,16 @@
   with persistence off. 10 MB load: ``runner.resume`` of that completed run (head,
   checkpoint, decode), which returns the 10 MB of vars. Medians of a few runs; default
   envelope (zstd level 1 above 4 KiB). Targets: the filesystem (fsync on) and Redis.
+- Decode vs the floor (issue 18), Redis, records: decoding ~100k small records is CPython
+  building ~800k objects, so the floor is ``orjson.loads`` of the same JSON (the vars as one
+  orjson document). Interleaved, sample by sample: the floor; ``orjson.loads`` with the
+  collector on; blokrun's decode of the stored checkpoint bytes (read once, no round trip:
+  open -- crc32, zstd -- orjson, record checks, vars rebuilt); and the whole load through
+  the driver (``runner.resume``). GC state, the same for every sample: a full
+  ``gc.collect()`` first (the young generations empty), the collector *on* when the call
+  starts, the result freed after the timer stops; the floor pauses the collector around
+  ``orjson.loads`` (gc.disable/enable), the cheapest way CPython builds these objects. A
+  first round of the four is run and not kept.
 - Bytes written: a 200-step run where every step adds a 50 KB value (10 MB in all), stored
   without compression so the ratio shows the delta design, not zstd; full snapshots at
   every step would write ~100x.
@@ -12,11 +22,14 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import statistics
 import tempfile
 import time
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from blokrun import Runner
 from blokrun.config import DatasourceSettings
@@ -24,9 +37,11 @@ from blokrun.datasources import Datasource
 from blokrun.datasources.memory import MemoryStore
 from blokrun.persistence.codec import dumps_value
 from blokrun.persistence.envelope import Envelope
+from blokrun.persistence.locate import Locator
+from blokrun.persistence.state import rebuild_vars
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from benchmarks.harness import Report
 
@@ -96,6 +111,7 @@ async def save_and_load(
         result = await runner.resume(rid)
         loads.append(time.perf_counter() - t0)
         assert len(result.vars["make"]) in (len(payload()), len(documents()))
+        del result  # freed here, not inside the next load's timer
     data = payload() if shape == "records" else documents()
     size = len(dumps_value(data))
     what_shape = "~100k small records" if shape == "records" else "ten 1 MB documents"
@@ -110,6 +126,117 @@ async def save_and_load(
             f"{size / 1e6:.1f} MB JSON of {what_shape}; median of {reps}; "
             f"{verdict} the 100 ms goal",
         )
+
+
+def _sample(fn: Callable[[], Any]) -> float:
+    """One timed call, every sample from the same GC state (see the module docstring)."""
+    gc.collect()
+    t0 = time.perf_counter()
+    out = fn()
+    elapsed = time.perf_counter() - t0
+    del out
+    return elapsed
+
+
+async def _sample_async(fn: Callable[[], Awaitable[Any]]) -> float:
+    gc.collect()
+    t0 = time.perf_counter()
+    out = await fn()
+    elapsed = time.perf_counter() - t0
+    del out
+    return elapsed
+
+
+def _floor(doc: bytes) -> Any:
+    gc.disable()
+    try:
+        return orjson.loads(doc)
+    finally:
+        gc.enable()
+
+
+async def decode_vs_floor(report: Report, runner: Runner, target: str, reps: int) -> None:
+    """Issue 18: blokrun's decode of the 10 MB records context beside the orjson floor."""
+    rid = f"big-{target}-records-0"  # stored by save_and_load
+    ds = runner.datasources[target]
+    locator = Locator(runner.envelope)
+    found = await locator.locate(rid, [ds])
+    assert found is not None and found.checkpoint is not None
+    key = found.checkpoint.key
+    raw = found.best.raw[key]
+    doc = orjson.dumps({"make": payload()})  # the vars as one orjson document
+
+    def decode() -> Any:
+        rec = locator.checkpoint(raw, ds, key, [])
+        assert rec is not None
+        return rebuild_vars(rec, [])
+
+    assert decode()[0] == orjson.loads(doc)
+    names = ("floor", "floor, collector on", "decode", "load")
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    # a first round not kept: the first samples of a process are slower (memory settling)
+    for i in range(-1, reps):
+        for name in names[i % 4 :] + names[: i % 4]:  # each first in turn
+            if name == "load":
+                value = await _sample_async(lambda: runner.resume(rid))
+            elif name == "decode":
+                value = _sample(decode)
+            else:
+                on = name != "floor"
+                value = _sample((lambda: orjson.loads(doc)) if on else (lambda: _floor(doc)))
+            if i >= 0:
+                samples[name].append(value)
+    med = {name: statistics.median(values) for name, values in samples.items()}
+    mb = len(doc) / 1e6
+    common = (
+        f"median of {reps} after one round not kept, interleaved; gc.collect() before each, "
+        "collector on at the call"
+    )
+    report.add(
+        SECTION,
+        "10 MB records: orjson.loads floor",
+        med["floor"],
+        "s",
+        f"orjson.loads of the same {mb:.1f} MB JSON, collector paused around it; {common}",
+    )
+    report.add(
+        SECTION,
+        "10 MB records: orjson.loads, collector on",
+        med["floor, collector on"],
+        "s",
+        f"the same without the pause (the cyclic GC rescans the young objects); {common}",
+    )
+    report.add(
+        SECTION,
+        "10 MB records: blokrun decode of the stored record",
+        med["decode"],
+        "s",
+        f"{len(raw) / 1e6:.1f} MB stored (zstd): crc32, decompress, orjson, record checks, "
+        f"vars rebuilt; no round trip; {common}",
+    )
+    report.add(
+        SECTION,
+        f"10 MB records: {target} load, interleaved",
+        med["load"],
+        "s",
+        f"runner.resume through the driver; {common}",
+    )
+    pairs = sorted(d / f for d, f in zip(samples["decode"], samples["floor"], strict=True))
+    report.add(
+        SECTION,
+        "10 MB records: blokrun decode / orjson floor",
+        med["decode"] / med["floor"],
+        "x",
+        f"ratio of the medians; per-sample pairs {pairs[0]:.2f}-{pairs[-1]:.2f}x; goal <= 1.2x",
+    )
+    report.add(
+        SECTION,
+        f"10 MB records: {target} load / orjson floor",
+        med["load"] / med["floor"],
+        "x",
+        "ratio of the medians; the load adds the round trips of a resume (head, run record, "
+        "checkpoint, definition, lease)",
+    )
 
 
 class Counting(MemoryStore):
@@ -174,6 +301,7 @@ async def run(report: Report, quick: bool = False) -> None:
                 ) as runner:
                     for shape in ("documents", "records"):
                         await save_and_load(report, runner, "redis", "Redis", reps, shape)
+                    await decode_vs_floor(report, runner, "redis", 3 if quick else 9)
             finally:
                 server.stop()
     await growth(report)

@@ -20,7 +20,10 @@ import base64
 import datetime as dt
 import gc
 import math
+import sys
+import sysconfig
 import uuid
+from contextlib import contextmanager
 from decimal import Decimal
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -28,12 +31,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 from blokrun.errors import RecordError, ValueNotStorable
 
 __all__ = [
     "Kind",
+    "bulk_decoding",
     "decode_foreign",
     "dumps_value",
     "find_unstorable",
@@ -43,7 +47,14 @@ __all__ = [
 MAGIC = b"\xb1BK"
 _TAG = "$blokrun"
 _TAG_BYTES = b'"$blokrun"'
-_GC_PAUSE_BYTES = 1 << 20
+_GC_PAUSE_BYTES = 1 << 20  # see bulk_decoding
+#: Whether bulk_decoding moves what it built to the oldest generation: measured on CPython
+#: 3.11-3.13 (generational collector); not on 3.14 (incremental) or free-threaded builds.
+_PROMOTE = (
+    sys.implementation.name == "cpython"
+    and sys.version_info < (3, 14)
+    and not sysconfig.get_config_var("Py_GIL_DISABLED")
+)
 _OPTS = (
     orjson.OPT_PASSTHROUGH_DATETIME
     | orjson.OPT_PASSTHROUGH_SUBCLASS
@@ -248,19 +259,56 @@ def dumps_value(value: Any, *, path: str = "vars") -> bytes:
     return out
 
 
+@contextmanager
+def bulk_decoding(size: int) -> Iterator[None]:
+    """Around decoding ``size`` bytes of JSON: from 1 MiB, with the cyclic collector paused.
+
+    Decoding builds many small containers (~200k for 10 MB of small records). With the
+    collector on, each 700 new ones start a young collection that rescans them as they are
+    built (``orjson.loads`` of 10 MB of records: ~235 ms instead of ~95 ms here); and were it
+    merely turned back on after, the next allocation would scan them all again (~45 ms), and
+    the middle generation's collection once more later. So the young generations are
+    collected first (cheap: they hold a few thousand objects at most), the objects are built
+    with the collector paused, and then moved as they are to the oldest generation
+    (``gc.freeze()`` + ``gc.unfreeze()``), which only a full collection scans, as it would
+    have once they had survived the young ones. JSON builds no reference cycles: what a
+    decode builds is freed by reference counting whatever its generation. Measured in
+    ``benchmarks/PROFILE.md`` (issue 18).
+
+    Nothing is changed when the collector is already off (the program's choice, or a decode
+    around this one), and nothing is moved when the program has frozen objects of its own
+    (``gc.freeze()`` before forking: unfreezing would move them too) or on a collector this
+    was not measured on (``_PROMOTE``).
+    """
+    if size < _GC_PAUSE_BYTES or not gc.isenabled():
+        yield
+        return
+    promote = _PROMOTE and gc.get_freeze_count() == 0
+    if promote:
+        gc.collect(1)
+    gc.disable()
+    try:
+        yield
+    finally:
+        if promote and gc.get_freeze_count() == 0:
+            gc.freeze()
+            gc.unfreeze()
+        gc.enable()
+
+
+def _has_tag_bytes(data: bytes) -> bool:
+    """Whether ``data`` holds ``"$blokrun"``. Searching JSON for it as such scans 10 MB in
+    ~4.5 ms here (its last byte, ``"``, is in JSON everywhere); most states hold no ``$``
+    at all, which one ``memchr`` finds in ~0.1 ms, and the search starts from the first."""
+    first = data.find(b"$")
+    return first >= 0 and data.find(_TAG_BYTES, max(first - 1, 0)) >= 0
+
+
 def loads_value(data: bytes) -> Any:
-    if len(data) >= _GC_PAUSE_BYTES and gc.isenabled():
-        # Decoding builds many small containers; the cyclic collector would scan them over
-        # and over while they are created (about twice the time: benchmarks/PROFILE.md).
-        gc.disable()
-        try:
-            obj = orjson.loads(data)
-        finally:
-            gc.enable()
-    else:
+    with bulk_decoding(len(data)):
         obj = orjson.loads(data)
-    if _TAG_BYTES in data:
-        return _untag(obj)
+        if _has_tag_bytes(data):
+            return _untag(obj)
     return obj
 
 
