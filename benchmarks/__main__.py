@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING
 import anyio
 
 from benchmarks import (
+    bars,
     dashboard,
     drivers,
     lifecycle,
     map_items,
     otel,
+    redis_clients,
     runner_overhead,
     startup,
     state,
@@ -35,6 +37,8 @@ BENCHMARKS: dict[str, Callable[..., Awaitable[None]]] = {
     "runner_overhead": runner_overhead.run,
     "startup": startup.run,
     "drivers": drivers.run,
+    "bars": bars.run,
+    "redis_clients": redis_clients.run,
     "state": state.run,
     "lifecycle": lifecycle.run,
     "map_items": map_items.run,
