@@ -142,6 +142,8 @@ class Lease:
     #: the values of the keys asked for with the lease (``acquire(..., reading=...)``), as
     #: they were once it was taken; ``None`` if they were not read with it
     read: dict[str, bytes] | None = None
+    #: a renewal's answer never came (cancelled): it may land after the lease ended
+    renewal_unsettled: bool = False
 
     def lost_error(self, step: str | None = None) -> LeaseLost:
         self.lost = True
@@ -159,9 +161,17 @@ class Lease:
     async def renew(self) -> bool:
         if self.released:  # a renewal must never bring back a lease its holder let go
             return False
-        ok = await self.datasource.renew_lease(self.key, self.owner, self.token, self.ttl)
-        if ok and self.is_released():  # released while this renewal was on its way: again
-            await self.datasource.release_lease(self.key, self.owner, self.token)
+        try:
+            ok = await self.datasource.renew_lease(self.key, self.owner, self.token, self.ttl)
+        except BaseException:
+            # cancelled (the run ended) or failed with its answer outstanding: the server
+            # may still execute it, after the write that ended the lease -- release() must
+            # then send a release of its own
+            self.renewal_unsettled = True
+            raise
+        if self.is_released():  # released while this renewal was on its way: not lost
+            if ok:
+                await self.datasource.release_lease(self.key, self.owner, self.token)
             return False
         if ok:
             self.renewals += 1
@@ -181,6 +191,8 @@ class Lease:
             await anyio.sleep(interval)
             try:
                 if not await self.renew():
+                    if self.released:  # ended here (the run's last write): not taken over
+                        return
                     log.warning(
                         "run %s: lease taken over by another process; stopping",
                         self.request_id,
@@ -215,7 +227,7 @@ class Lease:
         clock)."""
         _HELD_HERE.discard(self.owner)
         self.released = True
-        if self.released_by_write:
+        if self.released_by_write and not self.renewal_unsettled:
             return True
         with anyio.CancelScope(shield=True), anyio.CancelScope(deadline=deadline) as scope:
             try:

@@ -195,7 +195,9 @@ class RunRecorder(Hook):
         #: the run's last checkpoint ends its lease in the same write, where the lease's
         #: datasource can (Capabilities.release_in_batch): no release round trip after it
         self._release_with_last = (
-            lease is not None and lease.datasource.capabilities.release_in_batch
+            lease is not None
+            and lease.datasource.capabilities.release_in_batch
+            and len(self.targets) == 1  # else the lease would end before the others' writes
         )
         #: datasources that could not be reached during this attempt
         self.unreachable: set[str] = set()
