@@ -25,8 +25,9 @@ from tests.docs.samples import (
 
 #: at least this many blocks run in all (today: more); a rule that skipped them would fail
 MIN_RUN = 30
-#: the README stays an introduction, the reference lives in docs/
-README_MAX_LINES = 120
+#: the README stays an introduction (with the speed figures issue 18 asks for), the reference
+#: lives in docs/
+README_MAX_LINES = 130
 
 
 def _runnable(page: Path) -> list[Block]:
