@@ -89,6 +89,9 @@ class TargetView:
     warnings: list[str] = field(default_factory=list)
     error: BlokrunError | None = None
     probed: dict[str, bytes] = field(default_factory=dict, repr=False)  # verified, read
+    #: the stored definition named by the head, read with the first roll-forward probe
+    #: (key, bytes or None when absent), so that a resume does not read it on its own
+    definition: tuple[str, bytes | None] | None = field(default=None, repr=False)
 
     @property
     def incarnation(self) -> int:
@@ -372,9 +375,15 @@ class Locator:
         ds = view.datasource
         latest: CheckpointRecord | None = None
         seq = max(start, 1)
+        # the definition the head names rides along with the first probe (no round trip
+        # of its own when the run is resumed or inspected)
+        extra = [] if view.head is None else [definition_key(view.head.definition_hash)]
         while True:
             keys = [checkpoint_key(request_id, incarnation, n) for n in range(seq, seq + _PROBE)]
-            loaded = await ds.load_batch(keys)
+            loaded = await ds.load_batch(keys + extra)
+            if extra:
+                view.definition = (extra[0], loaded.get(extra[0]))
+                extra = []
             newest = None
             for key in keys:
                 rec = self.checkpoint(loaded.get(key), ds, key, view.warnings)
@@ -522,10 +531,13 @@ class Locator:
         for view in sorted(found.views, key=lambda v: v is not found.best):
             if view.error is not None:
                 continue
-            try:
-                raw = await view.datasource.load(key)
-            except BlokrunError:
-                continue
+            if view.definition is not None and view.definition[0] == key:
+                raw = view.definition[1]  # read with the chain (see _roll_forward)
+            else:
+                try:
+                    raw = await view.datasource.load(key)
+                except BlokrunError:
+                    continue
             record = self.decode(raw, DefinitionRecord, view.datasource, key, found.warnings)
             if record is not None and raw is not None and record.definition_hash == digest:
                 return record, raw
