@@ -26,7 +26,8 @@ from tests.integration.crash_child import STEPS
 from tests.servers.base import settings_env
 
 REPO = Path(__file__).resolve().parents[2]
-TRIALS = int(os.environ.get("BLOKRUN_CRASH_TRIALS", "32"))  # 8 per crash point; more: set it
+#: 6 per crash point (a whole suite must stay under 10 minutes on 2 cores); more: set it
+TRIALS = int(os.environ.get("BLOKRUN_CRASH_TRIALS", "24"))
 #: The emulated servers answer a fresh process more slowly (moto: ~1.7 s a trial): fewer
 #: trials there, still every crash point several times, to keep ``make test`` in its budget.
 SLOW_SERVERS = {"mongodb": 2, "s3": 2}  # divide TRIALS by
