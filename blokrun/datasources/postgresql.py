@@ -131,6 +131,20 @@ _ROWS = (  # the rows of save_batch: $1 keys, $2 data, $3 ttls
     "FROM unnest($1::text[], $2::bytea[], $3::float8[]) AS u(k, d, s)"
 )
 _LEASE = "owner, token, extract(epoch FROM expires_at)::float8"
+# The lease $1 taken for owner $2 (ttl $3 s) when it is free, expired or already $2's: the
+# CTE ``won``, then the lease as stored -- the holder, read FOR SHARE so that a version newer
+# than the snapshot (the one ON CONFLICT saw) is followed; empty only if the row is newer
+# than the snapshot (a racing first acquire: the statement is run again).
+_WON = (
+    "won AS (INSERT INTO {l} AS l (key, owner, token, expires_at) "
+    "VALUES ($1, $2, 1, now() + make_interval(secs => $3)) ON CONFLICT (key) DO UPDATE "
+    "SET owner = EXCLUDED.owner, token = l.token + 1, expires_at = EXCLUDED.expires_at "
+    "WHERE l.expires_at <= now() OR l.owner = EXCLUDED.owner RETURNING {lease})"
+)
+_TAKEN = (
+    "SELECT * FROM won UNION ALL SELECT * FROM (SELECT {lease} FROM {l} "
+    "WHERE key = $1 AND NOT EXISTS (SELECT FROM won) FOR SHARE) AS held"
+)
 _SQL = {  # {t}: the quoted table, {l}: its quoted lease table
     "save": "INSERT INTO {t} (key, data, expires_at) "
     "VALUES ($1, $2, now() + make_interval(secs => $3)) {upsert}",
@@ -147,26 +161,13 @@ _SQL = {  # {t}: the quoted table, {l}: its quoted lease table
     "ORDER BY key LIMIT {page}",
     "size": "SELECT count(*) FROM {t} WHERE {live}",
     "purge": "DELETE FROM {t} WHERE expires_at <= now()",
-    # Refused: the holder, read FOR SHARE so that a version newer than the snapshot (the
-    # one ON CONFLICT saw) is followed; empty only if the row is newer than the snapshot.
-    "acquire": "WITH won AS (INSERT INTO {l} AS l (key, owner, token, expires_at) "
-    "VALUES ($1, $2, 1, now() + make_interval(secs => $3)) ON CONFLICT (key) DO UPDATE "
-    "SET owner = EXCLUDED.owner, token = l.token + 1, expires_at = EXCLUDED.expires_at "
-    "WHERE l.expires_at <= now() OR l.owner = EXCLUDED.owner RETURNING {lease}) "
-    "SELECT * FROM won UNION ALL SELECT * FROM (SELECT {lease} FROM {l} "
-    "WHERE key = $1 AND NOT EXISTS (SELECT FROM won) FOR SHARE) AS held",
+    "acquire": "WITH " + _WON + " " + _TAKEN,
     # acquire, then the rows of keys $4 -- read in the statement's snapshot, which may
     # predate a previous holder's last write (the acquire waited for it): used only when
     # the lease is new (token 1), when no holder wrote before (see acquire_lease_reading)
-    "acquire_reading": "WITH won AS (INSERT INTO {l} AS l (key, owner, token, expires_at) "
-    "VALUES ($1, $2, 1, now() + make_interval(secs => $3)) ON CONFLICT (key) DO UPDATE "
-    "SET owner = EXCLUDED.owner, token = l.token + 1, expires_at = EXCLUDED.expires_at "
-    "WHERE l.expires_at <= now() OR l.owner = EXCLUDED.owner RETURNING {lease}), "
-    "got AS (SELECT key, data FROM {t} WHERE key = ANY($4::text[]) AND {live}) "
-    "SELECT *, ARRAY(SELECT key FROM got ORDER BY key), "
-    "ARRAY(SELECT data FROM got ORDER BY key) FROM (SELECT * FROM won UNION ALL "
-    "SELECT * FROM (SELECT {lease} FROM {l} WHERE key = $1 AND NOT EXISTS (SELECT FROM won) "
-    "FOR SHARE) AS held) AS lease",
+    "acquire_reading": "WITH " + _WON + ", got AS (SELECT key, data FROM {t} WHERE key = "  # noqa: S608 -- constants only
+    "ANY($4::text[]) AND {live}) SELECT *, ARRAY(SELECT key FROM got ORDER BY key), "
+    "ARRAY(SELECT data FROM got ORDER BY key) FROM (" + _TAKEN + ") AS lease",
     "renew": "UPDATE {l} SET owner = $2, expires_at = now() + make_interval(secs => $4) "
     "WHERE key = $1 AND token = $3",
     "release": "UPDATE {l} SET expires_at = 'epoch' WHERE key = $1 AND token = $2",
@@ -712,16 +713,21 @@ class PostgresStore:
 
     # -- leases (see the module docstring) -------------------------------------------------
 
-    async def acquire_lease(self, key: str, owner: str, ttl: float) -> LeaseState:
+    async def _take(self, statement: str, *args: Any) -> Any:
+        """The acquire ``statement``'s row, run again while it races a first acquire."""
         async with self.connection("acquire_lease") as con:
             for _ in range(_ACQUIRE_TRIES):
-                row = await con.fetchrow(self._sql["acquire"], key, owner, ttl)
+                row = await con.fetchrow(self._sql[statement], *args)
                 if row is not None:
-                    return LeaseState(row[0], row[1], row[2])
+                    return row
         raise DatasourceError(
             f"acquire_lease: PostgreSQL at {self._where}: the lease row kept changing "
             f"({_ACQUIRE_TRIES} tries)"
         )
+
+    async def acquire_lease(self, key: str, owner: str, ttl: float) -> LeaseState:
+        row = await self._take("acquire", key, owner, ttl)
+        return LeaseState(row[0], row[1], row[2])
 
     async def acquire_lease_reading(
         self, key: str, owner: str, ttl: float, keys: Sequence[str]
@@ -729,18 +735,11 @@ class PostgresStore:
         """The values are given only for a new lease (token 1): a later acquire may have
         waited for a previous holder's fenced write, which the statement's snapshot then
         does not show -- the caller reads those itself."""
-        async with self.connection("acquire_lease") as con:
-            for _ in range(_ACQUIRE_TRIES):
-                row = await con.fetchrow(self._sql["acquire_reading"], key, owner, ttl, keys)
-                if row is not None:
-                    state = LeaseState(row[0], row[1], row[2])
-                    if state.owner != owner or state.token != 1:
-                        return state, None
-                    return state, dict(zip(row[3], row[4], strict=True))
-        raise DatasourceError(
-            f"acquire_lease: PostgreSQL at {self._where}: the lease row kept changing "
-            f"({_ACQUIRE_TRIES} tries)"
-        )
+        row = await self._take("acquire_reading", key, owner, ttl, keys)
+        state = LeaseState(row[0], row[1], row[2])
+        if state.owner != owner or state.token != 1:
+            return state, None
+        return state, dict(zip(row[3], row[4], strict=True))
 
     async def renew_lease(self, key: str, owner: str, token: int, ttl: float) -> bool:
         async with self.connection("renew_lease") as con:

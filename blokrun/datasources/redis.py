@@ -113,28 +113,9 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# ARGV: owner, ttl_ms. Returns {owner, token, expires_ms} as stored.
-_ACQUIRE = (
-    _NOW_MS
-    + """
-local cur = redis.call('HMGET', KEYS[1], 'owner', 'token', 'expires_ms')
-local token = tonumber(cur[2]) or 0
-local expires = tonumber(cur[3]) or 0
-if cur[1] and cur[1] ~= ARGV[1] and expires > now then
-  return {cur[1], token, expires}
-end
-token = token + 1
-expires = now + tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', string.format('%d', token),
-           'expires_ms', string.format('%d', expires))
-return {ARGV[1], token, expires}
-"""
-)
-
-# _ACQUIRE, then the values of KEYS[2..] (MGET: false where none, or not a string):
-# {owner, token, expires_ms, value...}. A script runs alone, so the values are read after
-# every write fenced by an earlier token.
-_ACQUIRE_READING = (
+# Takes the lease at KEYS[1] for ARGV[1] (ttl_ms ARGV[2]) when it is free, expired or already
+# ARGV[1]'s; leaves held, token, expires as stored.
+_TAKE = (
     _NOW_MS
     + """
 local cur = redis.call('HMGET', KEYS[1], 'owner', 'token', 'expires_ms')
@@ -148,6 +129,16 @@ if not (held and held ~= ARGV[1] and expires > now) then
   redis.call('HSET', KEYS[1], 'owner', held, 'token', string.format('%d', token),
              'expires_ms', string.format('%d', expires))
 end
+"""
+)
+# ARGV: owner, ttl_ms. Returns {owner, token, expires_ms} as stored.
+_ACQUIRE = _TAKE + "return {held, token, expires}\n"
+# _ACQUIRE, then the values of KEYS[2..] (MGET: false where none, or not a string):
+# {owner, token, expires_ms, value...}. A script runs alone, so the values are read after
+# every write fenced by an earlier token.
+_ACQUIRE_READING = (
+    _TAKE
+    + """
 local reply = {held, token, expires}
 if #KEYS > 1 then
   local values = redis.call('MGET', unpack(KEYS, 2))
