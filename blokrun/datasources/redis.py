@@ -61,11 +61,22 @@ import anyio
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from blokrun.datasources import redis_index
+
+try:  # redis[hiredis]: the C packer (redis-py's asyncio connections pack in Python)
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is a dependency
+    _hiredis_pack = None
 from blokrun.datasources.index import decode_row, is_index_key
 from blokrun.datasources.protocol import (
     OWNED_MARK,
@@ -614,7 +625,7 @@ class RedisStore:
     async def acquire_lease(self, key: str, owner: str, ttl: float) -> LeaseState:
         lua = self._lua()
         with self.errors("acquire_lease"):
-            reply = await lua.acquire(keys=[key], args=[owner, _ttl_ms(ttl)])
+            reply = await self._eval(lua.acquire, [key], [owner, _ttl_ms(ttl)])
         held, token, expires_ms = cast("list[bytes | int]", reply)
         assert isinstance(held, bytes) and isinstance(token, int) and isinstance(expires_ms, int)
         return LeaseState(held.decode("utf-8", "replace"), token, expires_ms / 1000)
@@ -624,7 +635,7 @@ class RedisStore:
     ) -> tuple[LeaseState, dict[str, bytes] | None]:
         lua = self._lua()
         with self.errors("acquire_lease"):
-            reply = await lua.acquire_reading(keys=[key, *keys], args=[owner, _ttl_ms(ttl)])
+            reply = await self._eval(lua.acquire_reading, [key, *keys], [owner, _ttl_ms(ttl)])
         held, token, expires_ms, *values = cast("list[Any]", reply)
         assert isinstance(held, bytes) and isinstance(token, int) and isinstance(expires_ms, int)
         state = LeaseState(held.decode("utf-8", "replace"), token, expires_ms / 1000)
@@ -635,12 +646,12 @@ class RedisStore:
     async def renew_lease(self, key: str, owner: str, token: int, ttl: float) -> bool:
         lua = self._lua()
         with self.errors("renew_lease"):
-            return bool(await lua.renew(keys=[key], args=[owner, token, _ttl_ms(ttl)]))
+            return bool(await self._eval(lua.renew, [key], [owner, token, _ttl_ms(ttl)]))
 
     async def release_lease(self, key: str, owner: str, token: int) -> None:
         lua = self._lua()
         with self.errors("release_lease"):
-            await lua.release(keys=[key], args=[token])
+            await self._eval(lua.release, [key], [token])
 
     async def save_batch_fenced(self, entries: Sequence[Entry], lease_key: str, token: int) -> bool:
         lua = self._lua()
@@ -651,7 +662,7 @@ class RedisStore:
             keys.append(key)
             args += (value, px)
         with self.errors("save_batch"):
-            reply = await lua.save_fenced(keys=keys, args=args)
+            reply = await self._eval(lua.save_fenced, keys, args)
         if isinstance(reply, list):  # written: 1, then the owned keys it refused
             self._refused(reply[1:])
             return True
@@ -673,7 +684,7 @@ class RedisStore:
                 keys.append(key)
                 args += (value, px)
         with self.errors("save_batch"):
-            reply = cast("list[int | bytes]", await lua.save_groups(keys=keys, args=args))
+            reply = cast("list[int | bytes]", await self._eval(lua.save_groups, keys, args))
         self._refused(reply[len(groups) :])  # after one flag per group: refused owned keys
         return [bool(x) for x in reply[: len(groups)]]
 
@@ -698,6 +709,40 @@ class RedisStore:
         client = self.client()
         with self.errors("delete_lease"):
             return bool(await client.delete(key))
+
+    async def _eval(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[bytes | str | int]
+    ) -> Any:
+        """``EVALSHA`` of ``script`` on a pooled connection: the command packed by hiredis
+        and its reply read straight off the connection, without redis-py's per-command
+        machinery (its retry wrapper, observability hooks and Python packer cost more than
+        the script's own run on the server: ``benchmarks/PROFILE.md``, "direct script
+        path"). Same behaviour: a dropped connection is closed and the command sent once
+        more (every script here may run twice: see the module), a timeout or any other
+        error closes the connection, and a server that lost the script gets it again."""
+        client = self.client()
+        if client.connection is not None or _hiredis_pack is None:  # a single-connection
+            return await script(keys=keys, args=args)  # client: its own lock and path
+        pool = client.connection_pool
+        resent = reloaded = False
+        while True:
+            command = _hiredis_pack(("EVALSHA", script.sha, len(keys), *keys, *args))
+            conn = await pool.get_connection()
+            try:
+                await conn.send_packed_command(command)
+                return await conn.read_response()
+            except NoScriptError:
+                if reloaded:
+                    raise
+                reloaded = True
+                script.sha = await client.script_load(script.script)
+            except RedisConnectionError:
+                await conn.disconnect()
+                if resent:
+                    raise
+                resent = True
+            finally:
+                await pool.release(conn)
 
     def _refused(self, keys: Sequence[Any]) -> None:
         for raw in keys:

@@ -1,0 +1,161 @@
+"""The Redis driver's direct script path (``RedisStore._eval``): ``EVALSHA`` packed by
+hiredis and read straight off a pooled connection, bypassing redis-py's command machinery.
+
+What that machinery did must still hold, attacked where a hand-driven connection goes wrong:
+a reply must never be read by the wrong caller (a cancelled or timed-out command leaves its
+connection closed, not back in the pool with a reply in flight), a connection the server
+dropped is replaced and the command sent once more, a script the server lost is loaded
+again, and every script call goes through it (one ``EVALSHA`` each, nothing else).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from blokrun.datasources.datasource import Datasource
+from blokrun.datasources.redis import RedisStore
+from blokrun.datasources.registry import create_store
+from blokrun.errors import DatasourceUnavailable
+from tests.servers.redis import RedisServer
+
+if TYPE_CHECKING:
+    from tests.conftest import ServerPool
+
+pytestmark = pytest.mark.server
+
+LEASE = "_blokrun.lease.run-1"
+
+
+@pytest.fixture
+def server(server_pool: ServerPool) -> RedisServer:
+    srv = server_pool.get("redis")
+    assert isinstance(srv, RedisServer)
+    return srv
+
+
+@pytest.fixture
+async def pair(server: RedisServer) -> AsyncIterator[tuple[Datasource, aioredis.Redis]]:
+    settings = server.settings(prefix="p/", pool_size=4, timeout=0.5)
+    ds = Datasource(settings, create_store(settings))
+    await ds.connect()
+    assert settings.url is not None
+    raw = aioredis.Redis.from_url(settings.url)
+    yield ds, raw
+    await raw.aclose()
+    await ds.close()
+
+
+async def _check_every_connection_answers_its_own(ds: Datasource, token: int) -> None:
+    """Many concurrent fenced saves and reads of distinct values: a connection left with an
+    unread reply would hand one caller another's answer (a wrong value, or a list where a
+    value was expected)."""
+    results: dict[int, bytes | None] = {}
+
+    async def one(i: int) -> None:
+        assert await ds.save_batch_fenced([(f"c{i}", f"v{i}".encode(), None)], LEASE, token)
+        results[i] = await ds.load(f"c{i}")
+
+    async with anyio.create_task_group() as tg:
+        for i in range(40):
+            tg.start_soon(one, i)
+    assert results == {i: f"v{i}".encode() for i in range(40)}
+
+
+async def test_cancelled_script_calls_never_hand_a_reply_to_another_caller(
+    pair: tuple[Datasource, aioredis.Redis],
+) -> None:
+    ds, _ = pair
+    token = (await ds.acquire_lease(LEASE, "me", 30)).token
+    store = ds.store  # the driver itself: the wrapper's group commit shields its calls
+    assert isinstance(store, RedisStore)
+    rng = random.Random(7)
+    cancelled = 0
+    for i in range(300):  # cancelled before, during and after the send and the read
+        entries = [(f"p/x{i}", b"x" * rng.randrange(1, 200_000), None)]
+        with anyio.move_on_after(rng.random() * 0.002) as scope:
+            if i % 2:
+                await store.save_batch_fenced(entries, "p/" + LEASE, token)
+            else:
+                await store.acquire_lease_reading("p/" + LEASE, "me", 30, ["p/c1", "p/c2"])
+        cancelled += scope.cancelled_caught
+    assert cancelled > 20, "the cancellations must land inside the calls"
+    lease = await ds.read_lease(LEASE)  # each acquire by the same owner took the next token
+    assert lease is not None
+    await _check_every_connection_answers_its_own(ds, lease.token)
+
+
+async def test_a_connection_the_server_dropped_is_replaced_and_the_script_sent_again(
+    pair: tuple[Datasource, aioredis.Redis],
+) -> None:
+    ds, raw = pair
+    token = (await ds.acquire_lease(LEASE, "me", 30)).token
+    for round_ in range(5):
+        me = (await raw.client_info())["id"]
+        for client in await raw.client_list():  # every connection of the datasource's pool
+            if int(client["id"]) != int(me):
+                await raw.client_kill_filter(_id=client["id"])
+        assert await ds.save_batch_fenced([("k", f"{round_}".encode(), None)], LEASE, token)
+        assert await raw.get("p/k") == f"{round_}".encode()
+    await _check_every_connection_answers_its_own(ds, token)
+
+
+async def test_a_timed_out_script_call_closes_its_connection(
+    pair: tuple[Datasource, aioredis.Redis], server: RedisServer
+) -> None:
+    ds, raw = pair
+    token = (await ds.acquire_lease(LEASE, "me", 30)).token
+    blocker = aioredis.Redis.from_url(server.url)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(blocker.execute_command, "DEBUG", "SLEEP", "0.8")
+            await anyio.sleep(0.05)
+            with pytest.raises(DatasourceUnavailable):  # 0.5 s timeout, server asleep 0.8 s
+                await ds.save_batch_fenced([("late", b"1", None)], LEASE, token)
+    finally:
+        await blocker.aclose()
+    # the late reply (written after the timeout) went to a closed connection, not a caller
+    await _check_every_connection_answers_its_own(ds, token)
+    assert await raw.get("p/late") == b"1"  # it did run: a timeout is not a refusal
+
+
+async def test_a_lost_script_is_loaded_again_on_every_script_call(
+    pair: tuple[Datasource, aioredis.Redis],
+) -> None:
+    ds, raw = pair
+    state, found = await ds.acquire_lease_reading(LEASE, "me", 30, ["a"])
+    assert found == {}
+    await raw.script_flush()
+    state, found = await ds.acquire_lease_reading(LEASE, "me", 30, ["a"])
+    await raw.script_flush()
+    assert await ds.save_batch_fenced([("a", b"1", None)], LEASE, state.token)
+    await raw.script_flush()
+    assert await ds.renew_lease(LEASE, "me", state.token, 30)
+    await raw.script_flush()
+    assert (await ds.acquire_lease_reading(LEASE, "me", 30, ["a"]))[1] == {"a": b"1"}
+
+
+async def test_each_script_call_is_one_evalsha_and_nothing_else(
+    pair: tuple[Datasource, aioredis.Redis],
+) -> None:
+    ds, raw = pair
+    token = (await ds.acquire_lease(LEASE, "me", 30)).token
+    await ds.save_batch_fenced([], LEASE, token)  # scripts loaded before counting
+    await ds.renew_lease(LEASE, "me", token, 30)
+    await raw.config_resetstat()
+    for i in range(10):
+        assert await ds.save_batch_fenced([(f"k{i}", b"v", None)], LEASE, token)
+    assert await ds.renew_lease(LEASE, "me", token, 30)
+    stats = await raw.info("commandstats")
+    calls = {name: v["calls"] for name, v in stats.items()}
+    calls.pop("cmdstat_info", None)
+    calls.pop("cmdstat_config|resetstat", None)
+    calls.pop("cmdstat_config", None)
+    assert calls.pop("cmdstat_evalsha") == 11
+    # what the scripts do inside (HGET, SET, HSET) is counted too; no other client command
+    assert set(calls) <= {"cmdstat_hget", "cmdstat_set", "cmdstat_hset", "cmdstat_time"}
