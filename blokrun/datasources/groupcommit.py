@@ -73,6 +73,8 @@ class GroupCommit:
 
     async def save(self, entries: Sequence[Entry], lease_key: str | None, token: int) -> bool:
         """Store ``entries`` (fenced by ``lease_key``/``token`` when given); see the module."""
+        if not self._busy and not self._queue and self._one is not None:  # alone: at once
+            return await self._alone((entries, lease_key, token))
         slot = _Slot((entries, lease_key, token))
         self._queue.append(slot)
         while True:
@@ -98,6 +100,22 @@ class GroupCommit:
             self._queue.remove(slot)
         if not self._busy and self._queue:
             self._queue[0].event.set()
+
+    async def _alone(self, group: Group) -> bool:
+        """A save that found no flush in flight: :meth:`_lead` for one group, without the
+        slot (its answer and error are its own)."""
+        assert self._one is not None and not self._queue
+        self._busy = True
+        try:
+            with anyio.CancelScope(shield=True):  # the others that queue meanwhile wait on it
+                result = await self._one(group)
+        finally:
+            self._busy = False
+            if self._queue:
+                self._queue[0].event.set()  # the next waiter sends what queued meanwhile
+        self.flushes += 1
+        self.groups += 1
+        return result
 
     async def _lead(self) -> None:
         self._busy = True
