@@ -169,9 +169,7 @@ class _StepScope:
 
 def is_linear(wf: Workflow) -> bool:
     """Whether every step waits exactly for the one before it (the default)."""
-    return all(
-        s.depends_on == ((wf.steps[i - 1].name,) if i else ()) for i, s in enumerate(wf.steps)
-    )
+    return wf.linear
 
 
 def _retryable(exc: BaseException, retry: RetrySpec) -> bool:
@@ -553,7 +551,7 @@ async def _execute(run: Attempt, hooks: Sequence[Hook], reader: DatasourceReader
     done = set(run.done)
     remaining = [s for s in wf.steps if s.name not in done]
     executor = _Executor(run, hooks, reader)
-    if is_linear(wf):
+    if wf.linear:
         await executor.linear(remaining)
     else:
         await executor.graph(remaining)

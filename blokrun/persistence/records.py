@@ -394,8 +394,23 @@ def decode_record(
                 free[name] = value
                 obj[name] = {}
         record = msgspec.convert(obj, expected)
-        return msgspec.structs.replace(record, **free) if free else record
+        if free:
+            record = msgspec.structs.replace(record, **free)
+        if isinstance(record, DefinitionRecord):
+            _check_definition(record)
+        return record
     except (msgspec.ValidationError, ValueError, TypeError, ArithmeticError) as exc:
         raise RecordError(
             f"stored {expected.__name__} is invalid: {exc}", datasource=datasource, key=key
         ) from None
+
+
+def _check_definition(record: DefinitionRecord) -> None:
+    """A stored definition's document must hash to the hash it is stored under: runs name
+    their definition by that hash, and a resume drives the run with the document."""
+    from blokrun.spec.loader import definition_hash
+
+    if definition_hash(record.document) != record.definition_hash:
+        raise ValueError(
+            "its document does not hash to its definition_hash (changed after it was stored)"
+        )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -129,16 +129,24 @@ class Workflow:
     schedule: Schedule | None = None
     #: folders module nodes were looked for in (besides ``sys.path``), absolute
     search_paths: tuple[str, ...] = ()
+    #: the steps' names in order (computed once: every run and resume asks)
+    step_names: tuple[str, ...] = field(init=False, repr=False)
+    #: whether every step waits exactly for the one before it (the default)
+    linear: bool = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        steps = self.steps
+        object.__setattr__(self, "step_names", tuple(s.name for s in steps))
+        linear = all(
+            s.depends_on == ((steps[i - 1].name,) if i else ()) for i, s in enumerate(steps)
+        )
+        object.__setattr__(self, "linear", linear)
 
     def step(self, name: str) -> Step:
         for step in self.steps:
             if step.name == name:
                 return step
         raise KeyError(name)
-
-    @property
-    def step_names(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.steps)
 
 
 def definition_hash(document: Mapping[str, Any]) -> str:

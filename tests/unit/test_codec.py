@@ -42,6 +42,7 @@ from blokrun.persistence.records import (
     new_request_id,
     validate_request_id,
 )
+from blokrun.spec.loader import definition_hash
 
 UTC2 = dt.timezone(dt.timedelta(hours=2))
 HEADER = struct.Struct(">3sBBBBI")  # v2 with no key id
@@ -531,7 +532,10 @@ def test_records_round_trip() -> None:
             started_at=1.0,
             source="flow.json",
         ),
-        DefinitionRecord(definition_hash="h", document={"name": "wf", "steps": []}),
+        DefinitionRecord(
+            definition_hash=definition_hash({"name": "wf", "steps": []}),
+            document={"name": "wf", "steps": []},
+        ),
         CheckpointRecord(
             request_id="r1",
             workflow="wf",
