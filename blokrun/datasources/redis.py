@@ -397,6 +397,12 @@ class _QuickPool(BlockingConnectionPool):
         self._available_connections.append(connection)
 
 
+def _direct_ok(client: Redis) -> bool:
+    """Whether commands may take :meth:`RedisStore._direct`: hiredis is there to pack them,
+    and the client is not a single-connection one (which has its own lock and path)."""
+    return _hiredis_pack is not None and client.connection is None
+
+
 def escape_glob(prefix: str) -> bytes:
     """``prefix`` as a literal Redis glob: every ``* ? [ ] \\`` preceded by a backslash."""
     out = bytearray()
@@ -641,7 +647,10 @@ class RedisStore:
             return {}
         client = self.client()
         with self.errors("load_batch"):
-            values = cast("list[bytes | None]", await client.mget(list(keys)))
+            if _direct_ok(client):  # a resume's reads: the direct path, as the scripts take
+                values = cast("list[bytes | None]", await self._direct(client, ("MGET", *keys)))
+            else:
+                values = cast("list[bytes | None]", await client.mget(list(keys)))
         return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
 
     async def delete_batch(self, keys: Sequence[str]) -> int:
@@ -773,29 +782,34 @@ class RedisStore:
     async def _eval(
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[bytes | str | int]
     ) -> Any:
-        """``EVALSHA`` of ``script`` on a pooled connection: the command packed by hiredis
-        and its reply read straight off the connection, without redis-py's per-command
-        machinery (its retry wrapper, observability hooks and Python packer cost more than
-        the script's own run on the server: ``benchmarks/PROFILE.md``, "direct script
-        path"). Same behaviour: a dropped connection is closed and the command sent once
-        more (every script here may run twice: see the module), a timeout or any other
-        error closes the connection, and a server that lost the script gets it again."""
+        """``EVALSHA`` of ``script`` on the direct path (:meth:`_direct`); a server that
+        lost the script gets it again."""
         client = self.client()
-        if client.connection is not None or _hiredis_pack is None:  # a single-connection
-            return await script(keys=keys, args=args)  # client: its own lock and path
+        if not _direct_ok(client):
+            return await script(keys=keys, args=args)
+        try:
+            return await self._direct(client, ("EVALSHA", script.sha, len(keys), *keys, *args))
+        except NoScriptError:
+            script.sha = await client.script_load(script.script)
+            return await self._direct(client, ("EVALSHA", script.sha, len(keys), *keys, *args))
+
+    async def _direct(self, client: Redis, command: tuple[Any, ...]) -> Any:
+        """``command`` on a pooled connection: packed by hiredis and its reply read straight
+        off the connection, without redis-py's per-command machinery (its retry wrapper,
+        observability hooks and Python packer cost more than a script's own run on the
+        server: ``benchmarks/PROFILE.md``, "direct script path"). Same behaviour: a dropped
+        connection is closed and the command sent once more (every command sent this way
+        may run twice: see the module), a timeout or any other error closes the connection
+        (redis-py's read does), so no reply is ever left for the next caller."""
+        assert _hiredis_pack is not None  # _direct_ok
+        packed = _hiredis_pack(command)
         pool = client.connection_pool
-        resent = reloaded = False
+        resent = False
         while True:
-            command = _hiredis_pack(("EVALSHA", script.sha, len(keys), *keys, *args))
             conn = await pool.get_connection()  # type: ignore[no-untyped-call]
             try:
-                await conn.send_packed_command(command)
+                await conn.send_packed_command(packed)
                 return await conn.read_response()
-            except NoScriptError:
-                if reloaded:
-                    raise
-                reloaded = True
-                script.sha = await client.script_load(script.script)
             except RedisConnectionError:
                 await conn.disconnect()
                 if resent:

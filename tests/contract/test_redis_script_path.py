@@ -1,5 +1,6 @@
-"""The Redis driver's direct script path (``RedisStore._eval``): ``EVALSHA`` packed by
-hiredis and read straight off a pooled connection, bypassing redis-py's command machinery.
+"""The Redis driver's direct path (``RedisStore._direct``: the scripts' ``EVALSHA`` and
+``load_batch``'s ``MGET``): packed by hiredis and read straight off a pooled connection,
+bypassing redis-py's command machinery.
 
 What that machinery did must still hold, attacked where a hand-driven connection goes wrong:
 a reply must never be read by the wrong caller (a cancelled or timed-out command leaves its
@@ -80,10 +81,12 @@ async def test_cancelled_script_calls_never_hand_a_reply_to_another_caller(
     for i in range(300):  # cancelled before, during and after the send and the read
         entries = [(f"p/x{i}", b"x" * rng.randrange(1, 200_000), None)]
         with anyio.move_on_after(rng.random() * 0.0004) as scope:
-            if i % 2:
+            if i % 3 == 0:
                 await store.save_batch_fenced(entries, "p/" + LEASE, token)
-            else:
+            elif i % 3 == 1:
                 await store.acquire_lease_reading("p/" + LEASE, "me", 30, ["p/c1", "p/c2"])
+            else:  # MGET takes the same path
+                await store.load_batch([f"p/x{i - 2}", "p/c1"])
         cancelled += scope.cancelled_caught
     assert cancelled > 20, "the cancellations must land inside the calls"
     lease = await ds.read_lease(LEASE)  # each acquire by the same owner took the next token
