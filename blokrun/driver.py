@@ -334,8 +334,7 @@ class RunDriver:
         else:
             error: BaseException | None = None
             async with anyio.create_task_group() as tg:
-                if lease is not None:
-                    tg.start_soon(lease.heartbeat, tg.cancel_scope)
+                beat = lease.keep(tg) if lease is not None else None
                 recorder.background = tg  # write-behind saves; flushed by the run's end
                 try:
                     outcome = await run_attempt(run, hooks=hooks, reader=reads)
@@ -343,7 +342,10 @@ class RunDriver:
                     error = exc
                 finally:
                     recorder.background = None
-                tg.cancel_scope.cancel()
+                    if beat is not None:
+                        beat.cancel()  # the heartbeat's timer, if it has not started it
+                if lease is not None and lease.beating:
+                    tg.cancel_scope.cancel()  # the heartbeat (the saves are done by now)
             if lease is not None and lease.lost and not isinstance(error, LeaseLost):
                 raise lease.lost_error() from error
             if error is not None:

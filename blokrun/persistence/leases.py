@@ -22,13 +22,14 @@ renews the lease every third of its TTL; when it ends the lease is released.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import logging
 import math
 import os
 import socket
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +41,8 @@ from blokrun.persistence.keys import LEASE_PREFIX, SLOT_PREFIX, lease_key
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from anyio.abc import TaskGroup
 
     from blokrun.datasources import Datasource, LeaseState
 
@@ -78,7 +81,15 @@ _HELD_HERE: set[str] = set()
 
 def new_owner() -> str:
     """A name for one holder, unique per acquisition: ``host/node:pid:random``."""
-    return f"{socket.gethostname()}/{_NODE}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    return f"{_host()}/{_NODE}:{os.getpid()}:{os.urandom(6).hex()}"
+
+
+@functools.cache
+def _host() -> str:
+    """This machine's name, asked once (a system call per run was a tenth of a run's own
+    start-up cost: benchmarks/PROFILE.md); a renamed host keeps its old name here, which
+    only labels the owner (liveness is judged by node and PID)."""
+    return socket.gethostname()
 
 
 def holder_is_dead(owner: str) -> bool:
@@ -144,6 +155,8 @@ class Lease:
     read: dict[str, bytes] | None = None
     #: a renewal's answer never came (cancelled): it may land after the lease ended
     renewal_unsettled: bool = False
+    #: the heartbeat task was started (:meth:`keep`)
+    beating: bool = False
 
     def lost_error(self, step: str | None = None) -> LeaseLost:
         self.lost = True
@@ -180,15 +193,38 @@ class Lease:
             self.lost = True
         return ok
 
-    async def heartbeat(self, on_lost: anyio.CancelScope) -> None:
-        """Renew every ``ttl / 3`` until cancelled; cancel ``on_lost`` if the lease is gone.
+    @property
+    def interval(self) -> float:
+        """How often the heartbeat renews the lease: a third of its TTL."""
+        return max(self.ttl / 3, 0.05)
+
+    def keep(self, tg: TaskGroup) -> asyncio.TimerHandle:
+        """Start :meth:`heartbeat` in ``tg`` once one :attr:`interval` has passed, from a
+        timer: a run that ends sooner (most runs) never starts a task for it. Cancel the
+        returned timer when the run ends; if :attr:`beating`, cancel ``tg`` too.
+
+        Spawning and cancelling a task per run was ~15% of a run's own start and end cost
+        (benchmarks/PROFILE.md, "lazy heartbeat"); the first renewal is at the same time
+        as before."""
+
+        def start() -> None:
+            self.beating = True
+            tg.start_soon(self.heartbeat, tg.cancel_scope, False, name=f"lease {self.key}")
+
+        return asyncio.get_running_loop().call_later(self.interval, start)
+
+    async def heartbeat(self, on_lost: anyio.CancelScope, wait_first: bool = True) -> None:
+        """Renew every ``ttl / 3`` until cancelled (at once first unless ``wait_first``);
+        cancel ``on_lost`` if the lease is gone.
 
         A renewal that fails because the datasource is unreachable is retried at the next
         beat: the run's own fenced writes are what decide, not the heartbeat.
         """
-        interval = max(self.ttl / 3, 0.05)
+        interval = self.interval
         while True:
-            await anyio.sleep(interval)
+            if wait_first:
+                await anyio.sleep(interval)
+            wait_first = True
             try:
                 if not await self.renew():
                     if self.released:  # ended here (the run's last write): not taken over

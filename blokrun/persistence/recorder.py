@@ -89,6 +89,8 @@ log = logging.getLogger("blokrun.persistence")
 #: how long the failure path tries again a target that could not be reached during the
 #: attempt (seconds): a frozen datasource ends a run within one TIMEOUT plus this
 RETRY_BOUND = 1.0
+#: how many workflows' sealed definition records a store keeps (RecorderContext)
+_DEFINITIONS_KEPT = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,27 @@ class RecorderContext:
     datasources: Mapping[str, Datasource]
     envelope: Envelope
     blobs: BlobPolicy
+    #: definition records as sealed for storing, by workflow (hash, source, search paths):
+    #: every run of a workflow stores the same record, sealed once (same bytes: a sealed
+    #: record may be stored again, encrypted or not)
+    definitions: dict[tuple[str, str, tuple[str, ...]], bytes] = field(default_factory=dict)
+
+    def sealed_definition(self, wf: Workflow, key: str) -> bytes:
+        """``wf``'s definition record sealed for ``key`` (its definition key)."""
+        known = (wf.definition_hash, wf.source, wf.search_paths)
+        sealed = self.definitions.get(known)
+        if sealed is None:
+            record = DefinitionRecord(
+                definition_hash=wf.definition_hash,
+                document=wf.document,
+                source=wf.source,
+                search_paths=list(wf.search_paths),
+            )
+            sealed = encode_record(record, self.envelope, bind=key)
+            if len(self.definitions) >= _DEFINITIONS_KEPT:
+                self.definitions.pop(next(iter(self.definitions)))  # the oldest
+            self.definitions[known] = sealed
+        return sealed
 
 
 @dataclass(slots=True)
@@ -355,20 +378,7 @@ class RunRecorder(Hook):
         ttl = wf.ttl
         envelope = self._shared.envelope
         dkey = definition_key(wf.definition_hash)
-        definition = (
-            dkey,
-            encode_record(
-                DefinitionRecord(
-                    definition_hash=wf.definition_hash,
-                    document=wf.document,
-                    source=wf.source,
-                    search_paths=list(wf.search_paths),
-                ),
-                envelope,
-                bind=dkey,
-            ),
-            ttl,
-        )
+        definition = (dkey, self._shared.sealed_definition(wf, dkey), ttl)
         entries: list[Entry] = []
         if not self.resumed:
             rkey = run_key(self.request_id, self.incarnation)
@@ -401,11 +411,14 @@ class RunRecorder(Hook):
             except CheckpointError as exc:  # raised as itself below, not in an ExceptionGroup
                 errors.append(exc)
 
-        async with anyio.create_task_group() as tg:
-            if atomic:
+        if atomic and loose:
+            async with anyio.create_task_group() as tg:
                 tg.start_soon(start, atomic, [definition, *entries])
-            if loose:
                 tg.start_soon(start, loose, entries)
+        elif atomic:  # the common case: no task group for one save
+            await start(atomic, [definition, *entries])
+        else:
+            await start(loose, entries)
         if errors:
             raise errors[0]
         if (self.edited or self.forked) and self.position.last_step is not None:
