@@ -27,6 +27,7 @@ or ``job``'s sequence 12 and ``job-1``'s sequence 2, name different keys.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -153,6 +154,12 @@ def blob_key(sha256: str) -> str:
     return BLOB_PREFIX + sha256
 
 
+@functools.lru_cache(maxsize=256)
+def _day(started_at: float) -> str:
+    """The UTC date of a run's start (every step of a run asks: formatted once)."""
+    return time.strftime("%Y-%m-%d", time.gmtime(started_at))
+
+
 class KeyScope:
     """The expression scope of key patterns: ``ctx.request.id``, ``stepName``, dates,
     the workflow's identity and the run's vars."""
@@ -176,7 +183,7 @@ class KeyScope:
             "workflow": {"name": workflow, "version": version, "hash": definition_hash},
             "vars": vars,
             "timestamp": int(started_at * 1000),
-            "date": time.strftime("%Y-%m-%d", time.gmtime(started_at)),
+            "date": _day(started_at),
             "step": step,
             "idempotency_key": f"{request_id}:{step}",
         }

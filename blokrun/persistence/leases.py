@@ -22,7 +22,6 @@ renews the lease every third of its TTL; when it ends the lease is released.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import logging
@@ -40,6 +39,7 @@ from blokrun.errors import BlokrunError, LeaseLost, RunBusy
 from blokrun.persistence.keys import LEASE_PREFIX, SLOT_PREFIX, lease_key
 
 if TYPE_CHECKING:
+    from asyncio import TimerHandle
     from collections.abc import Sequence
 
     from anyio.abc import TaskGroup
@@ -198,7 +198,7 @@ class Lease:
         """How often the heartbeat renews the lease: a third of its TTL."""
         return max(self.ttl / 3, 0.05)
 
-    def keep(self, tg: TaskGroup) -> asyncio.TimerHandle:
+    def keep(self, tg: TaskGroup) -> TimerHandle:
         """Start :meth:`heartbeat` in ``tg`` once one :attr:`interval` has passed, from a
         timer: a run that ends sooner (most runs) never starts a task for it. Cancel the
         returned timer when the run ends; if :attr:`beating`, cancel ``tg`` too.
@@ -206,6 +206,8 @@ class Lease:
         Spawning and cancelling a task per run was ~15% of a run's own start and end cost
         (benchmarks/PROFILE.md, "lazy heartbeat"); the first renewal is at the same time
         as before."""
+
+        import asyncio  # not at import: `blokrun validate` starts no event loop machinery
 
         def start() -> None:
             self.beating = True

@@ -12,7 +12,10 @@ import zlib
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blokrun.errors import (
     BlokrunError,
@@ -552,6 +555,46 @@ def test_records_round_trip() -> None:
     ]
     for record in records:
         assert decode_record(encode_record(record, bind="k"), type(record), bind="k") == record
+
+
+_TEXT = st.text(max_size=20)
+_FLOAT = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    error=st.none() | _TEXT,
+    started=_FLOAT,
+    updated=_FLOAT,
+    seq=st.integers(0, 2**53),
+    tags=st.dictionaries(_TEXT, _TEXT, max_size=3),
+    context=st.dictionaries(_TEXT, _TEXT, max_size=3),
+    step=st.none() | _TEXT,
+)
+def test_plain_records_are_stored_as_their_fields_under_stored_names(
+    error: str | None,
+    started: float,
+    updated: float,
+    seq: int,
+    tags: dict[str, str],
+    context: dict[str, str],
+    step: str | None,
+) -> None:
+    """encode_record writes head, alias and timer records with msgspec (fast): the JSON
+    must be what the stored field names and values say (as asdict + renames + orjson wrote
+    it before), and decode back to the record."""
+    from blokrun.persistence.codec import Kind
+    from blokrun.persistence.records import AliasRecord, _as_stored
+
+    rec = head(error=error, started_at=started, updated_at=updated, seq=seq, tags=tags,
+               context=context, last_done=step)  # fmt: skip
+    alias = AliasRecord(request_id="r1", incarnation=1, seq=seq, step=step or "s", key="k")
+    for record in (rec, alias):
+        raw = encode_record(record, bind="k")
+        kind, payload = DEFAULT_ENVELOPE.open(raw, bind="k")
+        assert kind in (Kind.HEAD, Kind.ALIAS)
+        assert orjson.loads(payload) == orjson.loads(orjson.dumps(_as_stored(record)))
+        assert decode_record(raw, type(record), bind="k") == record
 
 
 def test_encode_checkpoint_matches_encode_record() -> None:
