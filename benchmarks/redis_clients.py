@@ -19,7 +19,10 @@ Run from the repository root; with the project's ``.venv`` the alternatives prin
   record, head record, owned alias: 4 keys, 7 args, ~1.4 KB). Every client must get the
   driver's reply (``[1]``: written) or the benchmark stops.
 - **redis-py** is configured as blokrun configures it (a :class:`RedisStore`: blocking
-  pool of 32, hiredis, the send without ``wait_for``); coredis and glide with their
+  pool of 32, hiredis, the send without ``wait_for``) and called through its ``Script``;
+  **blokrun direct** is the driver's own path since issue 18 (``RedisStore._eval``: the
+  same pool and connection, the command packed by hiredis and read straight off the
+  connection, none of redis-py's per-command machinery); coredis and glide with their
   defaults (both multiplex concurrent commands over one connection).
 - Per client, in rounds (order rotated, each client connected anew each round, so machine
   noise hits all alike): (a) one ``EVALSHA`` at a time: median µs per call; (b) 100
@@ -58,10 +61,14 @@ if TYPE_CHECKING:
     Call = Callable[[], Awaitable[Any]]
 
 SECTION = "Redis clients: one checkpoint EVALSHA (issue 18)"
-CLIENTS = ("redis-py", "coredis", "valkey-glide")
+CLIENTS = ("redis-py", "blokrun direct", "coredis", "valkey-glide")
 #: the import each client needs, and how to get it
-NEEDS = {"redis-py": ("redis", "redis[hiredis]"), "coredis": ("coredis", "coredis"),
-         "valkey-glide": ("glide", "valkey-glide")}  # fmt: skip
+NEEDS = {
+    "redis-py": ("redis", "redis[hiredis]"),
+    "blokrun direct": ("hiredis", "redis[hiredis]"),
+    "coredis": ("coredis", "coredis"),
+    "valkey-glide": ("glide", "valkey-glide"),
+}
 CONCURRENCY = 100
 CAPTURE_STEPS = 10
 
@@ -102,25 +109,23 @@ class Figures:
 
 
 async def capture(settings: Any) -> Shape:
-    """The fenced save of a mid-run step of a real 10-step run, as redis-py was asked to send
-    it (the driver's own script object, spied on for the run)."""
-    from redis.commands.core import AsyncScript
-
+    """The fenced save of a mid-run step of a real 10-step run, as the driver sends it (its
+    script calls spied on for the run)."""
     seen: list[tuple[list[str], list[bytes | str | int]]] = []
-    original = AsyncScript.__call__
+    original = redis_driver.RedisStore._eval
 
-    async def spy(self: Any, keys: Any = None, args: Any = None, client: Any = None) -> Any:
-        if self.script == redis_driver._SAVE_FENCED:
-            seen.append((list(keys or ()), list(args or ())))
-        return await original(self, keys=keys, args=args, client=client)
+    async def spy(self: Any, script: Any, keys: Any, args: Any) -> Any:
+        if script.script == redis_driver._SAVE_FENCED:
+            seen.append((list(keys), list(args)))
+        return await original(self, script, keys, args)
 
-    AsyncScript.__call__ = spy  # type: ignore[method-assign]
+    redis_driver.RedisStore._eval = spy  # type: ignore[method-assign]
     try:
         async with Runner([settings]) as runner:
             await runner.run(runner.load(workflow(CAPTURE_STEPS, persistence=True,
                                                   target=settings.name)))  # fmt: skip
     finally:
-        AsyncScript.__call__ = original  # type: ignore[method-assign]
+        redis_driver.RedisStore._eval = original  # type: ignore[method-assign]
     counts = statistics.multimode(len(keys) for keys, _ in seen)  # the per-step shape
     steps = [call for call in seen if len(call[0]) == counts[0]]
     if not steps:
@@ -162,6 +167,24 @@ async def redis_py(server: Any, db: int, shape: Shape) -> AsyncIterator[Call]:
 
 
 @asynccontextmanager
+async def blokrun_direct(server: Any, db: int, shape: Shape) -> AsyncIterator[Call]:
+    """The same redis-py connection pool, with the command packed by hiredis and read off
+    the connection as the driver does (``RedisStore._eval``)."""
+    store = redis_driver.RedisStore(f"{server.url}/{db}")
+    await store.connect()
+    try:
+        script = store._lua().save_fenced
+        keys, args = shape.keys, shape.args
+
+        async def call() -> Any:
+            return await store._eval(script, keys, args)
+
+        yield call
+    finally:
+        await store.close()
+
+
+@asynccontextmanager
 async def coredis_client(server: Any, db: int, shape: Shape) -> AsyncIterator[Call]:
     coredis: Any = importlib.import_module("coredis")
     client = coredis.Redis(host="127.0.0.1", port=server.port, db=db, decode_responses=False,
@@ -196,7 +219,8 @@ async def glide_client(server: Any, db: int, shape: Shape) -> AsyncIterator[Call
         await client.close()
 
 
-OPEN = {"redis-py": redis_py, "coredis": coredis_client, "valkey-glide": glide_client}
+OPEN = {"redis-py": redis_py, "blokrun direct": blokrun_direct, "coredis": coredis_client,
+        "valkey-glide": glide_client}  # fmt: skip
 
 
 def installed(name: str) -> str | None:
@@ -348,10 +372,11 @@ def table(shape: Shape, figures: dict[str, Figures], missing: dict[str, str]) ->
         "| server CPU/call | threads started |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    dist = {"redis-py": "redis", "coredis": "coredis", "valkey-glide": "valkey-glide"}
+    dist = {"redis-py": "redis", "blokrun direct": "redis", "coredis": "coredis",
+            "valkey-glide": "valkey-glide"}  # fmt: skip
     for name in CLIENTS:
-        ver = version(dist[name]) + (f" + hiredis {version('hiredis')}" if name == "redis-py"
-                                     else "")  # fmt: skip
+        ver = version(dist[name]) + (f" + hiredis {version('hiredis')}"
+                                     if dist[name] == "redis" else "")  # fmt: skip
         if name in missing:
             lines.append(f"| {name} | - | {missing[name]} | | | | | |")
             continue
