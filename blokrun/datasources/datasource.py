@@ -11,7 +11,7 @@ import fnmatch
 import math
 import re
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Protocol, Self, cast
+from typing import TYPE_CHECKING, NoReturn, Protocol, Self, cast
 
 import anyio
 import msgspec
@@ -194,15 +194,19 @@ class Datasource:
             else:
                 yield
         except BaseException as exc:
-            error = self._translated(exc, key, op)
-            if self._redactor:
-                self._redactor.exception(exc)
-                self._redactor.exception(error)
-            if error is exc:
-                raise
-            if isinstance(exc, TimeoutError):
-                raise error from None
-            raise error from exc
+            self._fail(exc, key, op)
+
+    def _fail(self, exc: BaseException, key: str | None, op: str) -> NoReturn:
+        """Raise what ``exc`` from the driver becomes (:meth:`_guard`'s translation)."""
+        error = self._translated(exc, key, op)
+        if self._redactor:
+            self._redactor.exception(exc)
+            self._redactor.exception(error)
+        if error is exc:
+            raise exc
+        if isinstance(exc, TimeoutError):
+            raise error from None
+        raise error from exc
 
     def _translated(self, exc: BaseException, key: str | None, op: str) -> BaseException:
         """What ``exc`` from the driver becomes: a timeout or an OS-level failure is
@@ -352,6 +356,11 @@ class Datasource:
         if cut == len(pattern):
             return [k for k in candidates if k == pattern]
         return [k for k in candidates if fnmatch.fnmatchcase(k, pattern)]
+
+    @property
+    def refusing(self) -> bool:
+        """Whether any owned write was refused and not asked about yet (:meth:`refused`)."""
+        return bool(getattr(self.store, "refused_owned", None))
 
     def refused(self, key: str) -> bool:
         """Whether an owned write of ``key`` was refused since last asked (another owner
@@ -517,10 +526,21 @@ class Datasource:
         fence: str,
         token: int,
     ) -> bool:
-        async with self._guard(entries[0][0] if len(entries) == 1 else None, "save_batch"):
-            if self.group_commit is not None:
-                return await self.group_commit.save(full, fence, token)
-            return await store.save_batch_fenced(full, fence, token)
+        key = entries[0][0] if len(entries) == 1 else None
+        if not self.store.capabilities.self_timed:
+            async with self._guard(key, "save_batch"):
+                return await self._send_fenced(store, full, fence, token)
+        try:  # the hot path: _guard's translation, without a generator per checkpoint
+            return await self._send_fenced(store, full, fence, token)
+        except BaseException as exc:
+            self._fail(exc, key, "save_batch")
+
+    async def _send_fenced(
+        self, store: LeaseStore, full: list[Entry], fence: str, token: int
+    ) -> bool:
+        if self.group_commit is not None:
+            return await self.group_commit.save(full, fence, token)
+        return await store.save_batch_fenced(full, fence, token)
 
     async def read_lease(self, key: str) -> LeaseState | None:
         store, full = self._lease_store(), self._full(key)

@@ -647,6 +647,8 @@ class RunRecorder(Hook):
     async def _owned_refused(self, entries: Sequence[Entry], step: str) -> None:
         """Warn (once per alias and attempt) where a target kept what another run or
         program wrote under the alias (read only then, to name it)."""
+        if not any(ds.refusing for ds in self.targets):  # the hot path: nothing refused
+            return
         for key, _, _ in entries:
             if key[:1] != OWNED_MARK:
                 continue

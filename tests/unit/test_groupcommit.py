@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import anyio
@@ -127,3 +128,55 @@ async def test_a_lone_save_takes_the_plain_path_when_there_is_one() -> None:
         for i in range(5):
             tg.start_soon(gc.save, [(f"k{i}", b"v", None)], None, 0)
     assert len(lone) == 2 and [len(b) for b in flush.batches] == [4]  # one alone, then 4
+
+
+async def _crowd(gc: GroupCommit, rng: random.Random) -> tuple[dict[int, bool], set[int]]:
+    """60 callers of ``gc``, about a third cancelled at a random moment; their answers,
+    and who was cancelled."""
+    answers: dict[int, bool] = {}
+    cancelled: set[int] = set()
+
+    async def caller(i: int, scope: anyio.CancelScope) -> None:
+        with scope:
+            answers[i] = await gc.save([(f"k{i}", b"v", None)], "lease", 2)
+        if scope.cancelled_caught:
+            cancelled.add(i)
+
+    with anyio.fail_after(10):  # a stalled caller would wait forever
+        async with anyio.create_task_group() as tg:
+            for i in range(60):
+                scope = anyio.CancelScope()
+                tg.start_soon(caller, i, scope)
+                if rng.random() < 0.3:  # waiting, promoted or leading: whatever it is now
+                    await anyio.sleep(rng.random() * 0.002)
+                    scope.cancel()
+                elif rng.random() < 0.3:
+                    await anyio.sleep(rng.random() * 0.001)
+    return answers, cancelled
+
+
+@pytest.mark.parametrize("lone", [False, True])
+@pytest.mark.parametrize("seed", range(12))
+async def test_random_cancellations_never_stall_or_cross_answers(seed: int, lone: bool) -> None:
+    """Many callers, flushes of random length, callers cancelled at random moments:
+    every caller that is not cancelled gets its own answer, each group is flushed at most
+    once, and nobody waits forever (with and without a lone-save path)."""
+    rng = random.Random(seed)
+    flushed: list[str] = []
+
+    async def flush(groups: Sequence[Group]) -> list[bool]:
+        await anyio.sleep(rng.random() * 0.004)
+        keys = [entries[0][0] for entries, _, _ in groups]
+        flushed.extend(keys)
+        return [int(k[1:]) % 3 != 0 for k in keys]  # the answer depends on the caller
+
+    async def alone(group: Group) -> bool:
+        return (await flush([group]))[0]
+
+    answers, cancelled = await _crowd(GroupCommit(flush, alone if lone else None), rng)
+    assert len(flushed) == len(set(flushed))  # never flushed twice
+    for i in range(60):
+        if i in answers:
+            assert answers[i] == (i % 3 != 0)  # its own answer
+        else:
+            assert i in cancelled  # only a cancelled caller has none
