@@ -101,8 +101,9 @@ GOALS = [
     Goal(
         "100 runs at once ≥ 10,000 checkpointed steps/s on Redis",
         at_least("redis: leases + group commit (default)", 10_000, "/s"),
-        "one Python process: ~100 µs of CPU per checkpointed step even with 40-50 saves per "
-        "round trip; without leases it passes (see the row); more worker processes scale it",
+        "one Python process on 2 cores shared with redis-server: ~90-100 µs of client CPU per "
+        "checkpointed step with 45-50 saves per round trip (the engine, records, group "
+        "commit); 11-12k/s on a quiet box (PROFILE.md); more worker processes scale it",
     ),
     Goal(
         "100 runs at once ≥ 10,000 checkpointed steps/s on PostgreSQL",
@@ -164,27 +165,32 @@ GOALS = [
 
 _REDIS_STEP = (
     "each checkpoint is one fenced EVALSHA (checkpoint, head and alias records, 4 keys, "
-    "~1.4 KB) costing 1.3-1.7x the floor's SET through redis-py, plus ~120 µs of blokrun's "
-    "own Python per step (record encoding, group commit, datasource wrapper, engine): all "
-    "client CPU on this 2-core box (PROFILE.md, Issue 18 bars)"
+    "~1.4 KB) on the driver's direct path, ~1.1x the floor's SET through redis-py by itself, "
+    "plus ~100 µs of blokrun's own Python per step (the engine, record encoding, group "
+    "commit, the datasource wrapper): client CPU on this 2-core box, ~190 µs a step against "
+    "the floor's ~60 (PROFILE.md, Issue 18 round three)"
 )
 _PG_STEP = (
-    "the fenced statement costs about the floor's upsert, but each step adds ~170 µs of "
-    "blokrun's own Python (record encoding, group commit, datasource wrapper, engine)"
+    "the fenced statement (lease check, checkpoint, head and owned alias upserts) costs "
+    "about the floor's one-row upsert (366 µs against a 413 µs floor step in one profile "
+    "run), and blokrun's own Python adds ~110 µs a step (the engine, record encoding, group "
+    "commit, the datasource wrapper)"
 )
 _SHORT = (
-    "; a run also pays a fixed ~0.6-2 ms (the lease with the existence check, and the start "
-    "record: 2 round trips more than the floor's N, and Python at start and end) over 10 steps"
+    "; a run also pays a fixed ~0.6-1 ms (the lease with the existence check and the start "
+    "record: 2 round trips more than the floor's N, and ~0.5 ms of Python at start and end) "
+    "over 10 steps"
 )
 _RESUME_START = (
-    "~2 ms before the first re-run step on Redis (5 sequential round trips: head and run "
-    "record, the chain's latest records, the definition, the lease, the attempt's start "
-    "record, ~0.9 ms; and ~0.9 ms of locating, decoding and planning in Python)"
+    "~1.4 ms before the first re-run step on Redis: 4 sequential round trips (head and run "
+    "record; the chain's latest records with the stored definition; the lease; the "
+    "attempt's start record: ~0.7 ms) and ~0.7 ms of locating, decoding and planning in "
+    "Python"
 )
 _PG_RESUME_START = (
-    "~3-4 ms before the first re-run step: 6 sequential round trips (as on Redis, plus the "
+    "~2.2-3 ms before the first re-run step: 5 sequential round trips (as on Redis, plus the "
     "head re-read after a lease that had a holder: the acquire's snapshot may predate its "
-    "last write) of ~0.3-0.4 ms each, and ~1 ms of blokrun's Python"
+    "last write) of ~0.3 ms each, and ~0.6 ms of blokrun's Python"
 )
 
 
@@ -203,7 +209,7 @@ GOALS += [
     _bar("postgresql", "per step", 10, 1.3, _PG_STEP + _SHORT),
     _bar("postgresql", "per step", 100, 1.3, _PG_STEP),
     _bar(
-        "redis", "warm resume", 10, 1.5, _RESUME_START + ", by itself 2x the floor's whole resume"
+        "redis", "warm resume", 10, 1.5, _RESUME_START + ", by itself 1.5x the floor's whole resume"
     ),
     _bar(
         "redis",
@@ -212,7 +218,7 @@ GOALS += [
         1.5,
         "the 50 re-run steps at the per-step cost, and " + _RESUME_START,
     ),
-    _bar("postgresql", "warm resume", 10, 1.5, _PG_RESUME_START + ", by itself 1.5x the floor's"),
+    _bar("postgresql", "warm resume", 10, 1.5, _PG_RESUME_START + ", by itself ~the floor's"),
     _bar(
         "postgresql",
         "warm resume",
