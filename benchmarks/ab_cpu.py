@@ -8,7 +8,9 @@ The workload and the floor are ``benchmarks.bars``'s, on a throwaway server. Per
 rounds of RUNS runs (default 10), each round followed by RUNS floor runs; medians of the
 rounds. CPU is ``time.process_time()`` of this process (the client: the server is another
 process), so it moves less with the machine's load than wall time does. Resume: 3 rounds
-of 20 runs failed at step N/2, each resumed, the floor's resume beside it.
+of 20 runs failed at step N/2, each resumed, the floor's resume beside it. Then 100 runs
+at once: ``benchmarks.throughput``'s default row (a 10-step workflow, leases and group
+commit on), checkpointed steps per second, the median of 5 batches.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import anyio
@@ -66,9 +69,22 @@ async def main(driver: str, n: int, runs: int) -> None:
                 f"{med(whole) * 1e3:.2f} ms, floor {med(floor_resume) * 1e3:.2f} ms "
                 f"({med(whole) / med(floor_resume):.2f}x)"
             )
+            await at_once(driver, server)
         finally:
             await bars.close_target(t)
             await anyio.to_thread.run_sync(_stop, server)
+
+
+async def at_once(driver: str, server: Any) -> None:
+    from benchmarks import throughput
+    from benchmarks.runner_overhead import workflow
+    from blokrun import Runner
+
+    settings = server.settings("tp", prefix=f"tp-{uuid4().hex[:6]}/")
+    async with Runner([settings], lease_ttl=30.0) as runner:
+        wf = runner.load(workflow(10, persistence=True, target="tp"))
+        rate = await throughput._steps_per_second(runner, wf, 100, 5)
+    print(f"{driver}: 100 runs at once: {rate:,.0f} checkpointed steps/s")
 
 
 if __name__ == "__main__":
