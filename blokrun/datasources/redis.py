@@ -36,6 +36,12 @@ Design decisions:
   Redis Cluster would need the lease and the run's keys in one hash slot (a ``{tag}``);
   not supported. ``expires_at`` is server time, so ``live()`` on a host whose clock is
   skewed is off by the skew.
+* **The hot path** (the scripts, ``load_batch``'s ``MGET``) skips redis-py's per-command
+  machinery: the command is packed by hiredis (C) and its reply read straight off a pooled
+  connection (``RedisStore._direct``), with redis-py's semantics kept (one resend on a
+  dropped connection, a timeout or a cancellation closes the connection). The pool hands a
+  free connection out without its condition when nobody waits (``_QuickPool``). Client CPU
+  of a checkpoint: ``benchmarks/PROFILE.md``, "Issue 18, round three".
 * **Bounded.** ``socket_connect_timeout`` and ``socket_timeout`` are the datasource timeout;
   the pool blocks at most that long for a free connection (``POOL_SIZE``, default 32) instead
   of failing a burst; one immediate retry on a dropped connection (every command here is
