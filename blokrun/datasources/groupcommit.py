@@ -10,7 +10,6 @@ round trip, so the cost per save falls as concurrency rises.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from typing import TYPE_CHECKING
 
@@ -19,6 +18,7 @@ import anyio
 from blokrun.errors import DatasourceError
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Awaitable, Callable, Sequence
 
     from blokrun.datasources.protocol import Entry, Group
@@ -44,6 +44,12 @@ def _own_error(exc: Exception, group: Group) -> Exception:
     return own
 
 
+def _future() -> asyncio.Future[None]:
+    import asyncio  # here, not at import: `blokrun validate` starts no event loop machinery
+
+    return asyncio.get_running_loop().create_future()
+
+
 class _Slot:
     """One caller's save in the queue; ``wake`` resolves when it is served or promoted.
 
@@ -55,7 +61,7 @@ class _Slot:
 
     def __init__(self, group: Group) -> None:
         self.group = group
-        self.wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.wake: asyncio.Future[None] = _future()
         self.served = False
         self.result = False
         self.error: BaseException | None = None
@@ -100,7 +106,7 @@ class GroupCommit:
                     raise
             if slot.served:
                 break
-            slot.wake = asyncio.get_running_loop().create_future()  # promoted: sends next
+            slot.wake = _future()  # promoted: sends next
         if slot.error is not None:
             raise slot.error
         return slot.result
