@@ -228,3 +228,34 @@ async def test_the_pool_stays_bounded_and_a_waiting_caller_gets_its_turn(
     finally:
         await raw.aclose()
         await ds.close()
+
+
+@pytest.mark.parametrize("how", ["single-connection client", "no hiredis packer"])
+async def test_the_paths_around_the_direct_one_give_the_same_answers(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Where the direct path is not taken (an injected single-connection client has its
+    own lock; without hiredis there is no C packer), redis-py's own path answers alike."""
+    from blokrun.datasources import redis as redis_driver
+
+    url = f"{server.url}/{server.fresh_db()}"
+    if how == "no hiredis packer":
+        monkeypatch.setattr(redis_driver, "_hiredis_pack", None)
+        client = aioredis.Redis.from_url(url)
+    else:
+        client = aioredis.Redis.from_url(url, single_connection_client=True)
+    store = RedisStore(client=client)
+    await store.connect()
+    try:
+        assert not redis_driver._direct_ok(client)
+        state, found = await store.acquire_lease_reading(LEASE, "me", 30, ["a", "b"])
+        assert found == {}
+        entries = [("a", b"1", None), ("b", b"2", 60.0)]
+        assert await store.save_batch_fenced(entries, LEASE, state.token)
+        assert await store.load_batch(["a", "b", "c"]) == {"a": b"1", "b": b"2"}
+        assert not await store.save_batch_fenced(entries, LEASE, state.token - 1)  # stale
+        await client.script_flush()
+        assert await store.renew_lease(LEASE, "me", state.token, 30)  # reloaded there too
+    finally:
+        await store.close()
+        await client.aclose()
