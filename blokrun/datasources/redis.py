@@ -360,7 +360,7 @@ class _QuickPool(BlockingConnectionPool):
 
     Measured: with the direct script path, ``get_connection`` and ``release`` were ~7% of a
     checkpointed step's client CPU on Redis and a fenced save costs ~50 µs less without
-    them (``benchmarks/PROFILE.md``, "direct script path"); a lone caller finding a free
+    them (``benchmarks/PROFILE.md``, "Issue 18, round three"); a lone caller finding a free
     connection needs none of it. The rest is the base class: a caller that finds no free
     connection (or others waiting) waits as before, bounded by the pool's timeout; a
     connection is still checked (connected, nothing unread) before it is used, and one that
@@ -803,7 +803,7 @@ class RedisStore:
         """``command`` on a pooled connection: packed by hiredis and its reply read straight
         off the connection, without redis-py's per-command machinery (its retry wrapper,
         observability hooks and Python packer cost more than a script's own run on the
-        server: ``benchmarks/PROFILE.md``, "direct script path"). Same behaviour: a dropped
+        server: ``benchmarks/PROFILE.md``, "Issue 18, round three"). Same behaviour: a dropped
         connection is closed and the command sent once more (every command sent this way
         may run twice: see the module), a timeout or any other error closes the connection
         (redis-py's read does), so no reply is ever left for the next caller."""

@@ -204,7 +204,7 @@ class Lease:
         returned timer when the run ends; if :attr:`beating`, cancel ``tg`` too.
 
         Spawning and cancelling a task per run was ~15% of a run's own start and end cost
-        (benchmarks/PROFILE.md, "lazy heartbeat"); the first renewal is at the same time
+        (benchmarks/PROFILE.md, "Issue 18, round three"); the first renewal is at the same time
         as before."""
 
         import asyncio  # not at import: `blokrun validate` starts no event loop machinery
