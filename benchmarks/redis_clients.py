@@ -43,6 +43,7 @@ import tempfile
 import time
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,7 @@ from blokrun.datasources import redis as redis_driver
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+    from contextlib import AbstractAsyncContextManager
 
     Call = Callable[[], Awaitable[Any]]
 
@@ -151,7 +153,10 @@ async def prepare(server: Any, shape: Shape) -> int:
 
 
 @asynccontextmanager
-async def redis_py(server: Any, db: int, shape: Shape) -> AsyncIterator[Call]:
+async def _store(server: Any, db: int, shape: Shape, *, direct: bool) -> AsyncIterator[Call]:
+    """A :class:`RedisStore` sending the fenced save through redis-py's ``Script``, or
+    (``direct``) packed by hiredis and read off the connection as the driver does
+    (``RedisStore._eval``), on the same connection pool."""
     store = redis_driver.RedisStore(f"{server.url}/{db}")
     await store.connect()
     try:
@@ -159,6 +164,8 @@ async def redis_py(server: Any, db: int, shape: Shape) -> AsyncIterator[Call]:
         keys, args = shape.keys, shape.args
 
         async def call() -> Any:
+            if direct:
+                return await store._eval(script, keys, args)
             return await script(keys=keys, args=args)
 
         yield call
@@ -166,22 +173,8 @@ async def redis_py(server: Any, db: int, shape: Shape) -> AsyncIterator[Call]:
         await store.close()
 
 
-@asynccontextmanager
-async def blokrun_direct(server: Any, db: int, shape: Shape) -> AsyncIterator[Call]:
-    """The same redis-py connection pool, with the command packed by hiredis and read off
-    the connection as the driver does (``RedisStore._eval``)."""
-    store = redis_driver.RedisStore(f"{server.url}/{db}")
-    await store.connect()
-    try:
-        script = store._lua().save_fenced
-        keys, args = shape.keys, shape.args
-
-        async def call() -> Any:
-            return await store._eval(script, keys, args)
-
-        yield call
-    finally:
-        await store.close()
+redis_py = partial(_store, direct=False)
+blokrun_direct = partial(_store, direct=True)
 
 
 @asynccontextmanager
@@ -219,8 +212,12 @@ async def glide_client(server: Any, db: int, shape: Shape) -> AsyncIterator[Call
         await client.close()
 
 
-OPEN = {"redis-py": redis_py, "blokrun direct": blokrun_direct, "coredis": coredis_client,
-        "valkey-glide": glide_client}  # fmt: skip
+OPEN: dict[str, Callable[[Any, int, Shape], AbstractAsyncContextManager[Call]]] = {
+    "redis-py": redis_py,
+    "blokrun direct": blokrun_direct,
+    "coredis": coredis_client,
+    "valkey-glide": glide_client,
+}
 
 
 def installed(name: str) -> str | None:

@@ -65,7 +65,6 @@ __all__ = [
     "Outcome",
     "child_id",
     "emit_end",
-    "is_linear",
     "run_attempt",
     "token_hash",
 ]
@@ -165,11 +164,6 @@ class _StepScope:
 
     async def call_datasource(self, name: Any, key: Any) -> Any:
         return await self._ctx.datasource(name, key)
-
-
-def is_linear(wf: Workflow) -> bool:
-    """Whether every step waits exactly for the one before it (the default)."""
-    return wf.linear
 
 
 def _retryable(exc: BaseException, retry: RetrySpec) -> bool:

@@ -121,9 +121,6 @@ class RunStore:
         self._envelope = envelope
         self._compile = compile
         self._compiled: dict[tuple[str, str], Workflow] = {}
-        #: the workflow of a definition record object seen before (the locator hands out
-        #: the same object for the same stored bytes): its document is not hashed again
-        self._of_record: dict[int, tuple[DefinitionRecord, Workflow]] = {}
         self.lease_ttl = lease_ttl
         self.max_resumes = max_resumes
         #: Leases this store could not release (the datasource was down): released before
@@ -206,16 +203,6 @@ class RunStore:
 
     def load_stored(self, stored: DefinitionRecord) -> Workflow:
         """The workflow of a stored definition, compiled once per store (by its hash)."""
-        seen = self._of_record.get(id(stored))
-        if seen is not None and seen[0] is stored:  # held in the entry: its id is not reused
-            return seen[1]
-        wf = self._load_stored(stored)
-        if len(self._of_record) >= _COMPILED_MAX:
-            self._of_record.pop(next(iter(self._of_record)))
-        self._of_record[id(stored)] = (stored, wf)
-        return wf
-
-    def _load_stored(self, stored: DefinitionRecord) -> Workflow:
         # a record read from a datasource was checked to hash to its definition_hash
         # (decode_record); one built here comes from a workflow's own document and hash
         key = (stored.definition_hash, stored.source or "")
