@@ -105,12 +105,29 @@ class RunDriver:
         :class:`~blokrun.errors.RunExists` -- unless ``restart``, which starts it over as a
         new incarnation (the old one's records are never read by it).
         """
-        # the lease datasource's part of the existence check is read with the lease
+        # the lease datasource's part of the existence check is read with the lease, and
+        # where the driver can, a new run's start record is written with it too
+        folded = self._folded(wf, inputs, request_id, parent, tags)
         lease = await self.store.acquire(
-            request_id, wf, first_keys(request_id) if wf.targets else ()
+            request_id,
+            wf,
+            first_keys(request_id) if wf.targets else (),
+            folded.start_batch() if folded is not None else (),
         )
         recorder: RunRecorder | None = None
         try:
+            if folded is not None and lease is not None and lease.wrote:
+                # the id was free and the run's start is stored: no run to find
+                folded.held(lease)
+                recorder = folded
+                attempt = Attempt(
+                    request_id=request_id,
+                    workflow=wf,
+                    vars=dict(inputs),
+                    started_at=folded.started_at,
+                    park_after=park_after,
+                )
+                return await self._drive(attempt, recorder, lease)
             # a new id costs one read per target, not a key scan; a run lost but for stray
             # checkpoints is never mixed with this one (they belong to another start time)
             found = (
@@ -147,6 +164,32 @@ class RunDriver:
         finally:
             if lease is not None:
                 await self._release(lease, recorder)
+
+    def _folded(
+        self,
+        wf: Workflow,
+        inputs: Mapping[str, Any],
+        request_id: str,
+        parent: str | None,
+        tags: Mapping[str, str] | None,
+    ) -> RunRecorder | None:
+        """The recorder of a new run whose start record can be written with its lease
+        (``RunStore.writes_with_lease``), or ``None``. Not when a hook runs before the
+        recorder: it may fill the head's trace context at the run's start."""
+        if not wf.targets or any(hook.first for hook in self.hooks):
+            return None
+        if not self.store.writes_with_lease(wf):
+            return None
+        return self.store.recorder(
+            request_id=request_id,
+            workflow=wf,
+            inputs=inputs,
+            started_at=time.time(),
+            durability=wf.durability or self.durability,
+            lease=None,
+            parent=parent,
+            tags=tags,
+        )
 
     async def fork(
         self,

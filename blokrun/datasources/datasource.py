@@ -47,6 +47,7 @@ if TYPE_CHECKING:
         LeaseStore,
         ReadingLeaseStore,
         Store,
+        WritingLeaseStore,
     )
     from blokrun.datasources.settings import DatasourceSettings
 
@@ -491,6 +492,40 @@ class Datasource:
         if loaded is None:
             loaded = await self.load_batch(keys)
         return state, loaded
+
+    @property
+    def lease_writes(self) -> bool:
+        """Whether :meth:`acquire_lease_writing` can write with the acquire (one round
+        trip): the driver has ``Capabilities.lease_writes`` and no observer counts writes
+        (it would not see this one)."""
+        return self.store.capabilities.lease_writes and self.observer is None
+
+    async def acquire_lease_writing(
+        self, key: str, owner: str, ttl: float, keys: Sequence[str], entries: Sequence[Entry]
+    ) -> tuple[LeaseState, dict[str, bytes], bool]:
+        """:meth:`acquire_lease_reading` of ``keys`` and, if the lease was taken and none
+        of ``keys`` holds anything, ``entries`` written fenced by the new token, in the same
+        round trip and atomic step (``Capabilities.lease_writes``). The third value: whether
+        ``entries`` were written; where the driver cannot (or would not vouch for the
+        check), nothing is written and the caller saves them itself."""
+        if not self.lease_writes:
+            state, loaded = await self.acquire_lease_reading(key, owner, ttl, keys)
+            return state, loaded, False
+        if any(k == RELEASE_KEY or k[:1] == OWNED_MARK for k, _, _ in entries):
+            raise DatasourceError(
+                "acquire_lease_writing takes plain and index entries only", datasource=self.name
+            )
+        store = cast("WritingLeaseStore", self._lease_store())
+        full, wanted = self._full(key), [self._full(k) for k in keys]
+        batch = self._batch(entries, fenced=True)
+        async with self._guard(key, "acquire_lease"):
+            state, found, written = await store.acquire_lease_writing(
+                full, owner, ttl, wanted, batch
+            )
+        if found is None:
+            return state, await self.load_batch(keys), written
+        cut = len(self._prefix)
+        return state, {k[cut:]: v for k, v in found.items()}, written
 
     async def renew_lease(self, key: str, owner: str, token: int, ttl: float) -> bool:
         store, full = self._lease_store(), self._full(key)

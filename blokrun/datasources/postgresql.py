@@ -117,6 +117,7 @@ _CAPS = Capabilities(
     owned_writes=True,
     release_in_batch=True,
     lease_reads=True,
+    lease_writes=True,
 )
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _LOCK_ID = 0x626C6F6B72756E  # "blokrun": the advisory lock serialising migrations
@@ -168,6 +169,28 @@ _SQL = {  # {t}: the quoted table, {l}: its quoted lease table
     "acquire_reading": "WITH " + _WON + ", got AS (SELECT key, data FROM {t} WHERE key = "  # noqa: S608 -- constants only
     "ANY($4::text[]) AND {live}) SELECT *, ARRAY(SELECT key FROM got ORDER BY key), "
     "ARRAY(SELECT data FROM got ORDER BY key) FROM (" + _TAKEN + ") AS lease",
+    # acquire_reading, then -- only for a new lease (token 1: no holder wrote before, so the
+    # snapshot shows every write there is) of which none of keys $4 has a live row -- the
+    # rows $5-$7 written in the same statement (Capabilities.lease_writes); the last
+    # column says whether they were
+    "acquire_writing": "WITH " + _WON + ", got AS (SELECT key, data FROM {t} WHERE key = "  # noqa: S608 -- constants only
+    "ANY($4::text[]) AND {live}), ok AS (SELECT FROM won WHERE token = 1 AND NOT EXISTS "
+    "(SELECT FROM got)), w AS (INSERT INTO {t} (key, data, expires_at) SELECT k, d, now() + "
+    "make_interval(secs => s) FROM unnest($5::text[], $6::bytea[], $7::float8[]) AS u(k, d, s) "
+    "WHERE EXISTS (SELECT FROM ok) {upsert}) SELECT *, ARRAY(SELECT key FROM got ORDER BY "
+    "key), ARRAY(SELECT data FROM got ORDER BY key), EXISTS (SELECT FROM ok) FROM ("
+    + _TAKEN
+    + ") AS lease",
+    # the same with run index rows ($8-$13)
+    "acquire_writing_ix": "WITH " + _WON + ", got AS (SELECT key, data FROM {t} WHERE key = "  # noqa: S608 -- constants only
+    "ANY($4::text[]) AND {live}), ok AS (SELECT FROM won WHERE token = 1 AND NOT EXISTS "
+    "(SELECT FROM got)), w AS (INSERT INTO {t} (key, data, expires_at) SELECT k, d, now() + "
+    "make_interval(secs => s) FROM unnest($5::text[], $6::bytea[], $7::float8[]) AS u(k, d, s) "
+    "WHERE EXISTS (SELECT FROM ok) {upsert}), ix AS (INSERT INTO {r} AS r (space, rid, status, "
+    "neg, started_at, workflow) SELECT * FROM unnest($8::text[], $9::text[], $10::text[], "
+    "$11::int8[], $12::float8[], $13::text[]) WHERE EXISTS (SELECT FROM ok) {ix_upsert}) "
+    "SELECT *, ARRAY(SELECT key FROM got ORDER BY key), ARRAY(SELECT data FROM got ORDER BY "
+    "key), EXISTS (SELECT FROM ok) FROM (" + _TAKEN + ") AS lease",
     "renew": "UPDATE {l} SET owner = $2, expires_at = now() + make_interval(secs => $4) "
     "WHERE key = $1 AND token = $3",
     "release": "UPDATE {l} SET expires_at = 'epoch' WHERE key = $1 AND token = $2",
@@ -740,6 +763,26 @@ class PostgresStore:
         if state.owner != owner or state.token != 1:
             return state, None
         return state, dict(zip(row[3], row[4], strict=True))
+
+    async def acquire_lease_writing(
+        self, key: str, owner: str, ttl: float, keys: Sequence[str], entries: Sequence[Entry]
+    ) -> tuple[LeaseState, dict[str, bytes] | None, bool]:
+        """Writes only with a new lease (token 1), as its values are given only then (see
+        :meth:`acquire_lease_reading`)."""
+        plain, rows = split_index(entries)
+        if any(k == RELEASE_KEY or k[:1] == OWNED_MARK for k, _, _ in plain):
+            raise DatasourceError("acquire_lease_writing takes plain and index entries only")
+        if rows:
+            row = await self._take(
+                "acquire_writing_ix", key, owner, ttl, keys, *_columns(plain), *_ix(rows)
+            )
+        else:
+            row = await self._take("acquire_writing", key, owner, ttl, keys, *_columns(plain))
+        state = LeaseState(row[0], row[1], row[2])
+        written = bool(row[5])
+        if state.owner != owner or state.token != 1:
+            return state, None, written
+        return state, dict(zip(row[3], row[4], strict=True)), written
 
     async def renew_lease(self, key: str, owner: str, token: int, ttl: float) -> bool:
         async with self.connection("renew_lease") as con:

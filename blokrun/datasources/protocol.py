@@ -48,6 +48,7 @@ __all__ = [
     "ReadingLeaseStore",
     "Store",
     "StoreHealth",
+    "WritingLeaseStore",
     "may_own",
     "owned_key",
     "owner_of",
@@ -144,6 +145,11 @@ class Capabilities:
         The driver is a :class:`ReadingLeaseStore`: it takes a lease and reads keys in one
         round trip, the read made after the acquire (a run's lease and its head: one round
         trip at a run's start instead of two).
+    lease_writes
+        The driver is a :class:`WritingLeaseStore`: it takes a lease, reads keys and, when
+        the lease was taken and none of those keys holds anything, writes a batch fenced by
+        the new token -- in one round trip and one atomic step (a new run's lease, its
+        existence check and its start record: one round trip instead of two).
     """
 
     native_ttl: bool = False
@@ -158,6 +164,7 @@ class Capabilities:
     owned_writes: bool = False
     release_in_batch: bool = False
     lease_reads: bool = False
+    lease_writes: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +285,22 @@ class ReadingLeaseStore(Protocol):
     async def acquire_lease_reading(
         self, key: str, owner: str, ttl: float, keys: Sequence[str]
     ) -> tuple[LeaseState, dict[str, bytes] | None]: ...
+
+
+class WritingLeaseStore(Protocol):
+    """A driver with ``Capabilities.lease_writes``.
+
+    :meth:`acquire_lease_writing` is :meth:`ReadingLeaseStore.acquire_lease_reading` of
+    ``keys`` and then, only if ``owner`` now holds the lease and none of ``keys`` holds a
+    value (of any type), ``save_batch_fenced(entries, key, new token)`` -- all in one atomic
+    step. ``entries`` hold plain and index entries only (no owned or release entry). The
+    third value says whether they were written; a driver that cannot vouch that the keys
+    are free (PostgreSQL when the lease had a holder before) writes nothing and says so.
+    """
+
+    async def acquire_lease_writing(
+        self, key: str, owner: str, ttl: float, keys: Sequence[str], entries: Sequence[Entry]
+    ) -> tuple[LeaseState, dict[str, bytes] | None, bool]: ...
 
 
 @runtime_checkable

@@ -120,6 +120,7 @@ _CAPS = Capabilities(
     owned_writes=True,
     release_in_batch=True,
     lease_reads=True,
+    lease_writes=True,
 )
 _GLOB = frozenset(b"*?[]\\")
 
@@ -273,10 +274,46 @@ return out
 )
 
 
+# _ACQUIRE_READING of ARGV[3] keys (KEYS[2..]), then -- if ARGV[1] now holds the lease and
+# none of those keys exists (of any type) -- the entries after them written as _SAVE_FENCED
+# writes them (data and px per entry from ARGV[4]; plain and index entries). Returns
+# {owner, token, expires_ms, written (0/1), value...}.
+_ACQUIRE_WRITING = (
+    redis_index.PUT
+    + _OWNED
+    + _TAKE
+    + """
+local r = tonumber(ARGV[3])
+local reply = {held, token, expires, 0}
+local free = held == ARGV[1]
+if r > 0 then
+  local values = redis.call('MGET', unpack(KEYS, 2, 1 + r))
+  for i = 1, r do
+    reply[4 + i] = values[i]
+    if free and redis.call('EXISTS', KEYS[1 + i]) == 1 then free = false end
+  end
+end
+if free then
+  for i = 2 + r, #KEYS do
+    local a = 4 + 2 * (i - 2 - r)
+    if ARGV[a + 1] == 'ix' then
+      ix_put(KEYS[i], ARGV[a], false)
+    else
+      put(KEYS[i], ARGV[a], ARGV[a + 1])
+    end
+  end
+  reply[4] = 1
+end
+return reply
+"""
+)
+
+
 @dataclass(frozen=True, slots=True)
 class _Scripts:
     acquire: AsyncScript
     acquire_reading: AsyncScript
+    acquire_writing: AsyncScript
     renew: AsyncScript
     release: AsyncScript
     save_fenced: AsyncScript
@@ -292,6 +329,7 @@ class _Scripts:
         return cls(
             client.register_script(_ACQUIRE),
             client.register_script(_ACQUIRE_READING),
+            client.register_script(_ACQUIRE_WRITING),
             client.register_script(_RENEW),
             client.register_script(_RELEASE),
             client.register_script(_SAVE_FENCED),
@@ -717,6 +755,27 @@ class RedisStore:
         values += [None] * (len(keys) - len(values))  # Lua drops trailing nils from a table
         found = {k: v for k, v in zip(keys, values, strict=True) if isinstance(v, bytes)}
         return state, found
+
+    async def acquire_lease_writing(
+        self, key: str, owner: str, ttl: float, keys: Sequence[str], entries: Sequence[Entry]
+    ) -> tuple[LeaseState, dict[str, bytes] | None, bool]:
+        lua = self._lua()
+        script_keys: list[str] = [key, *keys]
+        args: list[bytes | str | int] = [owner, _ttl_ms(ttl), len(keys)]
+        for entry in _last_wins(entries):
+            k, value, px = _script_entry(*entry, key)
+            if px == "rl" or (isinstance(px, str) and px[:1] == "o"):
+                raise DatasourceError("acquire_lease_writing takes plain and index entries only")
+            script_keys.append(k)
+            args += (value, px)
+        with self.errors("acquire_lease"):
+            reply = await self._eval(lua.acquire_writing, script_keys, args)
+        held, token, expires_ms, written, *values = cast("list[Any]", reply)
+        assert isinstance(held, bytes) and isinstance(token, int) and isinstance(expires_ms, int)
+        state = LeaseState(held.decode("utf-8", "replace"), token, expires_ms / 1000)
+        values += [None] * (len(keys) - len(values))  # Lua drops trailing nils from a table
+        found = {k: v for k, v in zip(keys, values, strict=True) if isinstance(v, bytes)}
+        return state, found, written == 1
 
     async def renew_lease(self, key: str, owner: str, token: int, ttl: float) -> bool:
         lua = self._lua()

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
-    from blokrun.datasources import Datasource, LeaseState
+    from blokrun.datasources import Datasource, Entry, LeaseState
 
 __all__ = [
     "LEASE_PREFIX",
@@ -157,6 +157,9 @@ class Lease:
     renewal_unsettled: bool = False
     #: the heartbeat task was started (:meth:`keep`)
     beating: bool = False
+    #: the entries given to ``acquire(..., writing=...)`` were written with the lease (the
+    #: keys read were all free): the caller does not save them again
+    wrote: bool = False
 
     def lost_error(self, step: str | None = None) -> LeaseLost:
         self.lost = True
@@ -277,13 +280,23 @@ class Lease:
 
 
 async def _take(
-    ds: Datasource, key: str, me: str, ttl: float, request_id: str, *, reading: Sequence[str]
-) -> tuple[LeaseState, dict[str, bytes] | None]:
-    """The lease's state once ``me`` holds it, and the values of ``reading`` read with it
-    (``None`` when it had to be taken over: read them afterwards); :class:`RunBusy` naming
-    a live holder."""
+    ds: Datasource,
+    key: str,
+    me: str,
+    ttl: float,
+    request_id: str,
+    *,
+    reading: Sequence[str],
+    writing: Sequence[Entry],
+) -> tuple[LeaseState, dict[str, bytes] | None, bool]:
+    """The lease's state once ``me`` holds it, the values of ``reading`` read with it
+    (``None`` when it had to be taken over: read them afterwards) and whether ``writing``
+    was written with it; :class:`RunBusy` naming a live holder."""
     read: dict[str, bytes] | None = None
-    if reading:
+    wrote = False
+    if writing:
+        state, read, wrote = await ds.acquire_lease_writing(key, me, ttl, reading, writing)
+    elif reading:
         state, read = await ds.acquire_lease_reading(key, me, ttl, reading)
     else:
         state = await ds.acquire_lease(key, me, ttl)
@@ -313,7 +326,7 @@ async def _take(
             owner=state.owner,
             expires_at=state.expires_at,
         )
-    return state, read
+    return state, read, wrote
 
 
 async def acquire(
@@ -324,18 +337,25 @@ async def acquire(
     *,
     prefix: str = LEASE_PREFIX,
     reading: Sequence[str] = (),
+    writing: Sequence[Entry] = (),
 ) -> Lease:
     """Take the run's lease (or another lease under ``prefix``) or raise :class:`RunBusy`
     naming the live holder. ``reading``: keys of ``ds`` to read once the lease is taken --
-    in the same round trip where the driver can (``Lease.read``)."""
+    in the same round trip where the driver can (``Lease.read``). ``writing``: entries to
+    write fenced by the new lease if every key of ``reading`` is free, in the same round
+    trip and atomic step where the driver can (``Lease.wrote``; else nothing is written)."""
     key = prefix + request_id
     me = owner or new_owner()
     # Held here from the moment it is asked for: another Runner of this process whose
     # acquire answers first must see a live holder in this process, not a dead one.
     _HELD_HERE.add(me)
     try:
-        state, read = await _take(ds, key, me, ttl, request_id, reading=reading)
+        state, read, wrote = await _take(
+            ds, key, me, ttl, request_id, reading=reading, writing=writing
+        )
     except BaseException:
         _HELD_HERE.discard(me)
         raise
-    return Lease(ds, request_id, key, me, state.token, ttl, state.expires_at, read=read)
+    return Lease(
+        ds, request_id, key, me, state.token, ttl, state.expires_at, read=read, wrote=wrote
+    )

@@ -244,6 +244,8 @@ class RunRecorder(Hook):
         #: item batches stored by earlier attempts (set on resume), deleted once their
         #: step's checkpoint holds every result
         self.stale_items: list[str] = []
+        #: this attempt's start record was written with its lease (:meth:`held`)
+        self._started = False
 
     # -- records ---------------------------------------------------------------------------
 
@@ -371,9 +373,23 @@ class RunRecorder(Hook):
 
     # -- hook events -----------------------------------------------------------------------
 
-    async def on_run_start(self, event: RunStarted) -> None:
-        if not self.targets:
-            return
+    def start_batch(self) -> list[Entry]:
+        """A new run's start record as one batch -- its definition, run record, head and
+        index row -- to be written with its lease (``RunStore.acquire(..., writing=...)``,
+        then :meth:`held`)."""
+        definition, entries = self._start_entries()
+        return [definition, *entries]
+
+    def held(self, lease: Lease) -> None:
+        """The run's lease, taken with :meth:`start_batch` written: this attempt's start
+        is stored, and :meth:`on_run_start` writes it no more."""
+        self.lease = lease
+        self._release_with_last = (
+            lease.datasource.capabilities.release_in_batch and len(self.targets) == 1
+        )
+        self._started = True
+
+    def _start_entries(self) -> tuple[Entry, list[Entry]]:
         wf = self.workflow
         ttl = wf.ttl
         envelope = self._shared.envelope
@@ -397,6 +413,25 @@ class RunRecorder(Hook):
             )
             entries.append((rkey, encode_record(record, envelope, bind=rkey), ttl))
         entries += self._head_entries(self._head("running"))
+        return definition, entries
+
+    async def on_run_start(self, event: RunStarted) -> None:
+        if not self.targets:
+            return
+        if not self._started:
+            await self._save_start()
+        if (self.edited or self.forked) and self.position.last_step is not None:
+            # vars were edited before this attempt (resume --set), or a fork starts from
+            # another run's state: store it as a version of the checkpoint it starts from,
+            # so it survives a failure.
+            self.edited = False
+            step = self.workflow.step(self.position.last_step)
+            status: Literal["edited", "forked"] = "forked" if self.forked else "edited"
+            self.forked = None
+            await self._checkpoint(step, 0.0, 1, event.done, event.vars, last=False, status=status)
+
+    async def _save_start(self) -> None:
+        definition, entries = self._start_entries()
         # The definition goes first: a head must never point at a missing definition. In
         # one batch where batches are atomic; a separate save before it elsewhere.
         atomic = [ds for ds in self.targets if ds.capabilities.atomic_batch]
@@ -421,15 +456,6 @@ class RunRecorder(Hook):
             await start(loose, entries)
         if errors:
             raise errors[0]
-        if (self.edited or self.forked) and self.position.last_step is not None:
-            # vars were edited before this attempt (resume --set), or a fork starts from
-            # another run's state: store it as a version of the checkpoint it starts from,
-            # so it survives a failure.
-            self.edited = False
-            step = wf.step(self.position.last_step)
-            status: Literal["edited", "forked"] = "forked" if self.forked else "edited"
-            self.forked = None
-            await self._checkpoint(step, 0.0, 1, event.done, event.vars, last=False, status=status)
 
     async def after_item(self, event: ItemFinished) -> None:
         """Store a map item's result (grouped with the others arriving meanwhile)."""

@@ -227,18 +227,30 @@ class RunStore:
         return None
 
     async def acquire(
-        self, request_id: str, wf: Workflow, reading: Sequence[str] = ()
+        self,
+        request_id: str,
+        wf: Workflow,
+        reading: Sequence[str] = (),
+        writing: Sequence[Entry] = (),
     ) -> Lease | None:
         """Take the run's lease (:class:`~blokrun.errors.RunBusy` if another holds it);
         ``None`` when leases are off or no target keeps them. ``reading``: keys to read
-        from the lease's datasource with it (``Lease.read``)."""
+        from the lease's datasource with it (``Lease.read``); ``writing``: entries to write
+        there with it if all of ``reading`` are free (``Lease.wrote``; see
+        :meth:`writes_with_lease`)."""
         ds = self.lease_datasource(wf)
         if ds is None or self.lease_ttl is None:
             return None
         stale = self._unreleased.pop(request_id, None)
         if stale is not None and not await stale.release():
             self._unreleased[request_id] = stale
-        return await acquire(ds, request_id, self.lease_ttl, reading=reading)
+        return await acquire(ds, request_id, self.lease_ttl, reading=reading, writing=writing)
+
+    def writes_with_lease(self, wf: Workflow) -> bool:
+        """Whether a new run of ``wf`` can write its start record with its lease, in one
+        round trip: its only target keeps its leases and can (``Capabilities.lease_writes``)."""
+        ds = self.lease_datasource(wf)
+        return ds is not None and ds.lease_writes and list(wf.targets) == [ds.name]
 
     async def release(self, lease: Lease, *, deadline: float = math.inf) -> None:
         if not await lease.release(deadline=deadline):

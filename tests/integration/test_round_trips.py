@@ -4,10 +4,12 @@ benchmark (issue 18).
 
 The design, per run of N checkpointed steps on one datasource with leases on:
 
-* start: the lease and the existence check of the request id (a read of its head and run
-  record): 1 where the driver reads with the lease (``Capabilities.lease_reads``: Redis,
-  PostgreSQL), 2 elsewhere; the start record (1: definition, run record, head and index
-  row in one batch where batches are atomic);
+* start: the lease, the existence check of the request id (a read of its head and run
+  record) and the start record (definition, run record, head and index row): 1 where the
+  driver writes with the lease when the id is free (``Capabilities.lease_writes``: Redis,
+  PostgreSQL); elsewhere the lease and the check (1 where the driver reads with the
+  lease, ``Capabilities.lease_reads``, else 2), then the start record (1 in one batch
+  where batches are atomic);
 * each step: its checkpoint (1: checkpoint, head and alias in one fenced batch) and, where
   the driver cannot keep an alias's first writer itself (``Capabilities.owned_writes``:
   Redis and PostgreSQL can), the alias ownership read (1);
@@ -15,9 +17,12 @@ The design, per run of N checkpointed steps on one datasource with leases on:
   (``Capabilities.release_in_batch``: Redis, PostgreSQL), else 1. The last checkpoint marks the run
   completed.
 
-So N + 2 on Redis and PostgreSQL, and 2N + 5 on the filesystem, whose batches are not
-atomic (the definition is written before the start record, so a head never points at a
-missing definition) and whose alias is read first. A resume adds the reads that find the run's latest checkpoint.
+So N + 1 on Redis and PostgreSQL (the floor's N, plus one), and 2N + 5 on the
+filesystem, whose batches are not atomic (the definition is written before the start
+record, so a head never points at a missing definition) and whose alias is read first. A
+resume adds the reads that find the run's latest checkpoint. A run whose id is taken
+(``--restart``), or that a hook sees before the recorder (tracing), writes its start
+record in a round trip of its own.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ import pytest
 from blokrun import Runner, StepFailed
 from blokrun.datasources import Datasource, create_store
 from blokrun.datasources.postgresql import PostgresStore
+from blokrun.execution.events import RunStarted
+from blokrun.execution.hooks import Hook
 from tests.conftest import ServerPool
 from tests.integration import wfnodes
 
@@ -46,6 +53,7 @@ TRIPS = {
     "delete_batch",
     "acquire_lease",
     "acquire_lease_reading",
+    "acquire_lease_writing",
     "renew_lease",
     "release_lease",
     "save_batch_fenced",
@@ -116,12 +124,51 @@ async def test_a_run_costs_what_the_design_says(counted: Any, n: int) -> None:
     store.calls.clear()
     await runner.run(flow(n), request_id=f"run-{n}")
     release = 0 if store.capabilities.release_in_batch else 1
-    expected = _lease_and_read(store, reliable=True) + Counter(
-        save_batch_fenced=n + 1 + loose, load=reads, release_lease=release
-    )
+    if store.capabilities.lease_writes:
+        start = Counter(acquire_lease_writing=1)
+        expected = start + Counter(save_batch_fenced=n, load=reads, release_lease=release)
+    else:
+        start = _lease_and_read(store, reliable=True) + Counter(save_batch_fenced=1 + loose)
+        expected = start + Counter(save_batch_fenced=n, load=reads, release_lease=release)
     assert store.calls == +expected, store.calls
-    start = 1 if store.capabilities.lease_reads else 2
-    assert store.total == n + start + 1 + release + loose + reads
+    assert store.total == n + sum(start.values()) + release + reads
+    if store.capabilities.lease_writes:
+        assert store.total == n + 1  # the issue's bar: the floor's N round trips, plus one
+
+
+async def test_a_taken_id_or_a_hook_first_costs_the_start_record_its_own_trip(
+    counted: Any,
+) -> None:
+    """Where the start record cannot go with the lease -- the id is taken (a restart),
+    or a hook that runs before the recorder may fill the head's context -- it is written
+    in a round trip of its own, after the lease and the existence check."""
+    runner, store, loose = counted
+    await runner.run(flow(3), request_id="again")
+    store.calls.clear()
+    result = await runner.run(flow(3), request_id="again", restart=True)
+    assert result.status == "completed"
+    assert store.calls["acquire_lease_writing"] == (1 if store.capabilities.lease_writes else 0)
+    assert store.calls["save_batch_fenced"] == 3 + 1 + loose
+
+
+class _Context(Hook):
+    first = True
+
+    async def on_run_start(self, event: RunStarted) -> None:
+        event.context["traceparent"] = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+
+
+async def test_a_hook_first_gets_the_start_record_written_after_it(counted: Any) -> None:
+    """A hook that runs before the recorder may fill the head's context at the run's
+    start: the start record then waits for it (its own round trip) and carries it."""
+    runner, store, loose = counted
+    runner.add_hook(_Context())  # the fixture's runner is this test's own
+    store.calls.clear()
+    await runner.run(flow(2), request_id="hooked")
+    assert store.calls["acquire_lease_writing"] == 0
+    assert store.calls["save_batch_fenced"] == 2 + 1 + loose
+    head = await runner.store.head("hooked")
+    assert head is not None and head.context["traceparent"].startswith("00-111")
 
 
 async def test_a_resume_costs_what_its_reads_and_remaining_steps_do(counted: Any) -> None:

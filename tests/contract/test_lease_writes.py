@@ -1,0 +1,149 @@
+"""Taking a lease, checking keys are free and writing a batch in one round trip and one
+atomic step (``Capabilities.lease_writes``: Redis in one script, PostgreSQL in one
+statement), against the real servers; the other drivers write nothing with the lease and
+say so, and the caller saves the batch itself.
+
+What a new run's start relies on: its start record is written only by the holder of a
+new lease, only where nothing of the run exists yet -- never over another run's record,
+never by two racing starts of the same id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+from uuid import uuid4
+
+import pytest
+
+from blokrun.datasources import build_datasource
+from blokrun.datasources.index import index_entry
+from blokrun.datasources.protocol import RELEASE_ENTRY, owned_key
+from blokrun.errors import DatasourceError
+
+if TYPE_CHECKING:
+    from blokrun.datasources import Datasource
+    from tests.servers.base import ThrowawayServer
+
+LEASE = "_blokrun.lease.run-1"
+KEYS = ["head", "run"]
+BATCH = [("definition", b"def", None), ("run", b"run record", None), ("head", b"running", None)]
+pytestmark = pytest.mark.parametrize(
+    "server", ["memory", "filesystem", "redis", "postgresql"], indirect=True
+)
+
+
+def open_ds(server: ThrowawayServer) -> Datasource:
+    return build_datasource(server.settings("lw", prefix=f"lw-{uuid4().hex[:8]}/"))
+
+
+def one_trip(server: ThrowawayServer) -> bool:
+    return server.driver in ("redis", "postgresql")
+
+
+async def test_writes_with_a_new_lease_when_every_key_is_free(server: ThrowawayServer) -> None:
+    async with open_ds(server) as ds:
+        assert ds.capabilities.lease_writes == one_trip(server)
+        state, values, written = await ds.acquire_lease_writing(LEASE, "me", 30, KEYS, BATCH)
+        assert (state.owner, state.token) == ("me", 1)
+        assert values == {}
+        assert written == one_trip(server)
+        stored = await ds.load_batch([k for k, _, _ in BATCH])
+        expected = {k: v for k, v, _ in BATCH} if written else {}
+        assert stored == expected
+        # the writes were fenced by the new token: the lease is the one that wrote them
+        assert await ds.save_batch_fenced([("after", b"x", None)], LEASE, state.token)
+
+
+async def test_a_key_that_holds_anything_stops_the_write(server: ThrowawayServer) -> None:
+    async with open_ds(server) as ds:
+        await ds.save("run", b"another run's record")
+        state, values, written = await ds.acquire_lease_writing(LEASE, "me", 30, KEYS, BATCH)
+        assert state.owner == "me"  # the lease is taken all the same: the caller decides
+        assert not written
+        assert values == {"run": b"another run's record"}
+        assert await ds.load_batch(["definition", "head", "run"]) == {
+            "run": b"another run's record"
+        }
+
+
+async def test_another_holder_stops_the_write(server: ThrowawayServer) -> None:
+    async with open_ds(server) as ds:
+        held = await ds.acquire_lease(LEASE, "you", 30)
+        state, _, written = await ds.acquire_lease_writing(LEASE, "me", 30, KEYS, BATCH)
+        assert (state.owner, state.token) == ("you", held.token)
+        assert not written
+        assert await ds.load_batch([k for k, _, _ in BATCH]) == {}
+
+
+async def test_a_lease_that_had_a_holder_writes_only_where_the_check_is_sure(
+    server: ThrowawayServer,
+) -> None:
+    """Taken again after a release (token 2), with the keys free: Redis checks inside its
+    script and writes; PostgreSQL's statement snapshot may predate the last holder's write,
+    so it writes nothing and says so (the caller saves, as before)."""
+    async with open_ds(server) as ds:
+        first = await ds.acquire_lease(LEASE, "old", 30)
+        await ds.release_lease(LEASE, "old", first.token)
+        state, values, written = await ds.acquire_lease_writing(LEASE, "me", 30, KEYS, BATCH)
+        assert (state.owner, state.token) == ("me", 2)
+        assert values == {}
+        assert written == (server.driver == "redis")
+
+
+async def test_an_expired_value_counts_as_free(server: ThrowawayServer) -> None:
+    async with open_ds(server) as ds:
+        await ds.save("head", b"old", ttl=0.05)
+        await asyncio.sleep(0.15)
+        _, values, written = await ds.acquire_lease_writing(LEASE, "me", 30, KEYS, BATCH)
+        assert values == {}
+        assert written == one_trip(server)
+        if written:
+            assert await ds.load("head") == b"running"
+
+
+async def test_an_owned_or_release_entry_is_refused_before_anything_is_taken(
+    server: ThrowawayServer,
+) -> None:
+    async with open_ds(server) as ds:
+        for bad in ((owned_key("alias"), b"me\x00x", None), RELEASE_ENTRY):
+            if not ds.capabilities.lease_writes:
+                break  # nothing is written with the lease there: nothing to refuse
+            with pytest.raises(DatasourceError, match="plain and index entries only"):
+                await ds.acquire_lease_writing(LEASE, "me", 30, KEYS, [*BATCH, bad])
+        assert await ds.read_lease(LEASE) is None
+        assert await ds.load_batch([k for k, _, _ in BATCH]) == {}
+
+
+async def test_the_index_row_goes_with_the_batch(server: ThrowawayServer) -> None:
+    async with open_ds(server) as ds:
+        if not ds.indexed:
+            pytest.skip(f"{server.driver}: keeps no run index")
+        batch = [*BATCH, index_entry("run-1", "running", 1.5, "wf")]
+        _, _, written = await ds.acquire_lease_writing(LEASE, "me", 30, KEYS, batch)
+        if not written:
+            await ds.save_batch(batch)  # what the caller does where it was not written
+        counts = await ds.index_counts()
+        assert counts == {"running": 1}
+
+
+async def test_of_racing_starts_of_one_id_exactly_one_writes(server: ThrowawayServer) -> None:
+    """Twenty processes start the same new run at once: one lease, one start record -- the
+    winner's -- and every other gets the winner as the holder."""
+    async with open_ds(server) as ds:
+
+        async def start(i: int) -> tuple[str, bool]:
+            batch = [(k, f"{v.decode()} of {i}".encode(), t) for k, v, t in BATCH]
+            state, _, written = await ds.acquire_lease_writing(LEASE, f"p{i}", 30, KEYS, batch)
+            return state.owner, written
+
+        results = await asyncio.gather(*(start(i) for i in range(20)))
+        owners = {owner for owner, _ in results}
+        assert len(owners) == 1
+        (winner,) = owners
+        writers = [i for i, (_, written) in enumerate(results) if written]
+        if one_trip(server):
+            assert writers == [int(winner[1:])]
+            assert await ds.load("head") == f"running of {winner[1:]}".encode()
+        else:
+            assert writers == []
