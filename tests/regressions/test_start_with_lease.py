@@ -33,8 +33,7 @@ def flow(n: int = 3, node: str = "add") -> dict[str, Any]:
     return {
         "name": "folded",
         "steps": [
-            {"name": f"s{i}", "node": f"{NODE}:{node}", "inputs": {"n": i}}
-            for i in range(1, n + 1)
+            {"name": f"s{i}", "node": f"{NODE}:{node}", "inputs": {"n": i}} for i in range(1, n + 1)
         ],
     }
 
@@ -50,7 +49,7 @@ def _ds(settings: DatasourceSettings) -> Datasource:
 
 
 async def test_a_run_failed_in_its_first_step_is_resumed_with_its_inputs(
-    settings: DatasourceSettings
+    settings: DatasourceSettings,
 ) -> None:
     async with Runner([_ds(settings)]) as runner:
         wfnodes.FAIL_AT.add("s1")
@@ -68,7 +67,7 @@ async def test_a_run_failed_in_its_first_step_is_resumed_with_its_inputs(
 
 
 async def test_a_run_cancelled_in_its_first_step_is_listed_and_resumable(
-    settings: DatasourceSettings
+    settings: DatasourceSettings,
 ) -> None:
     wf: dict[str, Any] = {
         "name": "slow",
@@ -99,7 +98,7 @@ async def test_a_run_cancelled_in_its_first_step_is_listed_and_resumable(
 
 
 async def test_of_two_racing_starts_of_one_id_one_runs_and_keeps_its_inputs(
-    settings: DatasourceSettings
+    settings: DatasourceSettings,
 ) -> None:
     ds_a, ds_b = _ds(settings), _ds(settings)
     outcomes: dict[str, Any] = {}
@@ -138,7 +137,7 @@ async def test_bytes_blokrun_never_wrote_under_the_id_are_left_as_they_are(
 
 
 async def test_a_lease_that_outlived_its_records_starts_a_run_anew(
-    settings: DatasourceSettings
+    settings: DatasourceSettings,
 ) -> None:
     """The run's records deleted, its lease row kept (token 1, released): the id is free
     again; its start record is written (with the lease where the driver can vouch for the
@@ -155,9 +154,7 @@ async def test_a_lease_that_outlived_its_records_starts_a_run_anew(
         assert again.existing and again.vars["total"] == 16
 
 
-async def test_a_restart_of_a_folded_run_is_a_new_incarnation(
-    settings: DatasourceSettings
-) -> None:
+async def test_a_restart_of_a_folded_run_is_a_new_incarnation(settings: DatasourceSettings) -> None:
     async with Runner([_ds(settings)]) as runner:
         first = await runner.run(flow(), {"total": 1}, request_id="twice")
         with pytest.raises(RunExists):
