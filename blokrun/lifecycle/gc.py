@@ -13,7 +13,9 @@
    from every datasource holding it: its checkpoints
    (``_blokrun.ckpt.<id>/``), the aliases it owns (read from its checkpoints; an alias that
    another run owns is left alone), its run records, its blob marks, then its head (last, so
-   an interrupted collection leaves a run the next one still finds), and its lease. Running
+   an interrupted collection leaves a run the next one still finds), and its lease; and
+   whatever of the run the other datasources hold without a head (a write or a repair cut
+   short there): it goes too, or a later run under the same id would find it. Running
    and suspended runs are never deleted. A checkpoint that cannot be read is skipped and
    reported, never a reason to stop.
 3. **Blobs.** A blob is kept while any run has a mark for it (``_blokrun.blobref.<id>/<sha>``,
@@ -254,10 +256,17 @@ async def _collect_run(state: _State, run: RunSummary) -> GcRun | None:
         log.info("run %s is being run or resumed (its lease is held); kept", rid)
         return None
     try:
+        # Under the lease: every other datasource is looked at too. One with a head of the
+        # run is a holder that the listing missed; one without may still hold records of
+        # it (a write or a repair cut short, a target that lost the rest): they go with it,
+        # or a later run under this id would find them and take them for its own.
+        others = [ds for ds in store.datasources.values() if ds not in holders]
+        holders += [ds for ds in others if await ds.exists(head_key(rid))]
         if not await _still_eligible(state, rid, holders):
             log.info("run %s changed since it was listed; kept", rid)
             return None
-        plans, checkpoints, size = await _plan(state, run, holders)
+        strays = [ds for ds in others if ds not in holders]
+        plans, checkpoints, size = await _plan(state, run, [*holders, *strays])
         if not state.dry_run:
             await _delete(plans, rid, lease)
             if lease is not None:
