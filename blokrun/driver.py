@@ -429,10 +429,25 @@ class RunDriver:
             )
 
         prepared = await prepare()
-        # the head is read again with the lease (one round trip where the driver can)
-        lease = await store.acquire(request_id, prepared.workflow, (head_key(request_id),))
+        hk = head_key(request_id)
+        answered = input is not None or token is not None
+        folded = self._resume_folded(prepared, force=force, answered=answered)
+        # the head is read again with the lease (one round trip where the driver can); where
+        # the driver can also write, the attempt's start goes with it if the head is still
+        # the one planned on, byte for byte
+        lease = await store.acquire(
+            request_id,
+            prepared.workflow,
+            (hk,),
+            folded.start_batch() if folded is not None else (),
+            {hk: self._planned_head(prepared)} if folded is not None else None,
+        )
         recorder: RunRecorder | None = None
         try:
+            if folded is not None and lease is not None and lease.wrote:
+                recorder = folded
+                recorder.held(lease)
+                return await self._resume(prepared, recorder, lease, (input, token), park_after)
             if lease is not None and not await store.planner.unchanged(lease, prepared.found):
                 # Another process moved the run on between our read and our lease: read again.
                 prepared = await prepare()
@@ -448,6 +463,49 @@ class RunDriver:
         finally:
             if lease is not None:
                 await self._release(lease, recorder)
+
+    def _planned_head(self, prepared: Prepared) -> bytes:
+        """The head the resume was planned on, as stored on the lease's datasource."""
+        ds = self.store.lease_datasource(prepared.workflow)
+        view = next(v for v in prepared.found.views if v.datasource is ds)
+        return view.raw[head_key(prepared.plan.request_id)]
+
+    def _resume_folded(
+        self, prepared: Prepared, *, force: bool, answered: bool
+    ) -> RunRecorder | None:
+        """The recorder of a resume whose start can be written with its lease, as a
+        compare-and-set on the head it was planned on (``RunStore.writes_with_lease``), or
+        ``None``. Only a plain continuation: a failed, cancelled or interrupted run with
+        steps left, not dead-lettered, with nothing to repair, no input to check, no time
+        travel (its stored progress is deleted before its start), no timer or map
+        progress to read first, and no hook before the recorder -- everything that could
+        still refuse or fail the resume is decided before its head says running."""
+        wf, plan = prepared.workflow, prepared.plan
+        head = plan.head
+        if (
+            answered
+            or head is None
+            or head.status not in ("failed", "cancelled", "running")
+            or prepared.repairs
+            or not plan.run
+            or prepared.from_step is not None
+            or (not force and self.store.dead_letter_due(head))
+            or any(hook.first for hook in self.hooks)
+            or not self.store.writes_with_lease(wf, matching=True)
+        ):
+            return None
+        done = set(prepared.done)
+        if any(
+            s.map is not None or (s.node.builtin and s.node.name in TIMERS)
+            for s in wf.steps
+            if s.name not in done
+        ):
+            return None  # _map_progress reads after the lease
+        ds = self.store.lease_datasource(wf)
+        view = next((v for v in prepared.found.views if v.datasource is ds), None)
+        if view is None or view.head != head or head_key(plan.request_id) not in view.raw:
+            return None
+        return self._recorder(prepared, None)
 
     def _recorder(self, prepared: Prepared, lease: Lease | None) -> RunRecorder:
         wf = prepared.workflow

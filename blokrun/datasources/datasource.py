@@ -36,7 +36,7 @@ from blokrun.errors import BlokrunError, DatasourceError, DatasourceUnavailable
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Mapping, Sequence
     from types import TracebackType
 
     from blokrun.datasources.protocol import (
@@ -500,14 +500,33 @@ class Datasource:
         (it would not see this one)."""
         return self.store.capabilities.lease_writes and self.observer is None
 
+    @property
+    def lease_matches(self) -> bool:
+        """Whether :meth:`acquire_lease_writing` can write where keys must hold given bytes
+        (``Capabilities.lease_matches``), in one round trip."""
+        return self.lease_writes and self.store.capabilities.lease_matches
+
     async def acquire_lease_writing(
-        self, key: str, owner: str, ttl: float, keys: Sequence[str], entries: Sequence[Entry]
+        self,
+        key: str,
+        owner: str,
+        ttl: float,
+        keys: Sequence[str],
+        entries: Sequence[Entry],
+        *,
+        match: Mapping[str, bytes] | None = None,
     ) -> tuple[LeaseState, dict[str, bytes], bool]:
-        """:meth:`acquire_lease_reading` of ``keys`` and, if the lease was taken and none
-        of ``keys`` holds anything, ``entries`` written fenced by the new token, in the same
-        round trip and atomic step (``Capabilities.lease_writes``). The third value: whether
-        ``entries`` were written; where the driver cannot (or would not vouch for the
-        check), nothing is written and the caller saves them itself."""
+        """:meth:`acquire_lease_reading` of ``keys`` and, if the lease was taken and each
+        of ``keys`` holds what ``match`` gives for it (nothing where it gives nothing),
+        ``entries`` written fenced by the new token, in the same round trip and atomic step
+        (``Capabilities.lease_writes``). The third value: whether ``entries`` were written;
+        where the driver cannot (or would not vouch for the check), nothing is written and
+        the caller saves them itself."""
+        if match and not set(match) <= set(keys):
+            raise DatasourceError(
+                "acquire_lease_writing: every key to match must be among the keys read",
+                datasource=self.name,
+            )
         if not self.lease_writes:
             state, loaded = await self.acquire_lease_reading(key, owner, ttl, keys)
             return state, loaded, False
@@ -518,9 +537,10 @@ class Datasource:
         store = cast("WritingLeaseStore", self._lease_store())
         full, wanted = self._full(key), [self._full(k) for k in keys]
         batch = self._batch(entries, fenced=True)
+        expected = {self._full(k): v for k, v in (match or {}).items()}
         async with self._guard(key, "acquire_lease"):
             state, found, written = await store.acquire_lease_writing(
-                full, owner, ttl, wanted, batch
+                full, owner, ttl, wanted, batch, match=expected
             )
         if found is None:
             return state, await self.load_batch(keys), written

@@ -95,7 +95,7 @@ from blokrun.errors import DatasourceError, DatasourceUnavailable
 from blokrun.redact import mask_url
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Mapping, Sequence
 
     from blokrun.datasources.index import IndexQuery
     from blokrun.datasources.protocol import Entry, Group
@@ -765,13 +765,25 @@ class PostgresStore:
         return state, dict(zip(row[3], row[4], strict=True))
 
     async def acquire_lease_writing(
-        self, key: str, owner: str, ttl: float, keys: Sequence[str], entries: Sequence[Entry]
+        self,
+        key: str,
+        owner: str,
+        ttl: float,
+        keys: Sequence[str],
+        entries: Sequence[Entry],
+        *,
+        match: Mapping[str, bytes] | None = None,
     ) -> tuple[LeaseState, dict[str, bytes] | None, bool]:
         """Writes only with a new lease (token 1), as its values are given only then (see
-        :meth:`acquire_lease_reading`)."""
+        :meth:`acquire_lease_reading`), and only where every key must be free: a key
+        expected to hold something (``match``) has had a writer, whose write the statement's
+        snapshot may not show."""
         plain, rows = split_index(entries)
         if any(k == RELEASE_KEY or k[:1] == OWNED_MARK for k, _, _ in plain):
             raise DatasourceError("acquire_lease_writing takes plain and index entries only")
+        if match:
+            state, found = await self.acquire_lease_reading(key, owner, ttl, keys)
+            return state, found, False
         if rows:
             row = await self._take(
                 "acquire_writing_ix", key, owner, ttl, keys, *_columns(plain), *_ix(rows)

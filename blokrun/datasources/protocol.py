@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Mapping, Sequence
 
 __all__ = [
     "OWNED_MARK",
@@ -147,9 +147,16 @@ class Capabilities:
         trip at a run's start instead of two).
     lease_writes
         The driver is a :class:`WritingLeaseStore`: it takes a lease, reads keys and, when
-        the lease was taken and none of those keys holds anything, writes a batch fenced by
-        the new token -- in one round trip and one atomic step (a new run's lease, its
-        existence check and its start record: one round trip instead of two).
+        the lease was taken and those keys hold what was expected (nothing, or given
+        bytes), writes a batch fenced by the new token -- in one round trip and one atomic
+        step (a new run's lease, its existence check and its start record; a resume's lease,
+        the check that its head did not move and the attempt's start: one round trip
+        instead of two).
+    lease_matches
+        :meth:`WritingLeaseStore.acquire_lease_writing` can write where a key must hold
+        given bytes (``match``), not only where keys must be free: Redis (its script sees
+        the latest value); not PostgreSQL (its statement's snapshot may predate a holder's
+        write).
     """
 
     native_ttl: bool = False
@@ -165,6 +172,7 @@ class Capabilities:
     release_in_batch: bool = False
     lease_reads: bool = False
     lease_writes: bool = False
+    lease_matches: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,15 +299,23 @@ class WritingLeaseStore(Protocol):
     """A driver with ``Capabilities.lease_writes``.
 
     :meth:`acquire_lease_writing` is :meth:`ReadingLeaseStore.acquire_lease_reading` of
-    ``keys`` and then, only if ``owner`` now holds the lease and none of ``keys`` holds a
-    value (of any type), ``save_batch_fenced(entries, key, new token)`` -- all in one atomic
-    step. ``entries`` hold plain and index entries only (no owned or release entry). The
-    third value says whether they were written; a driver that cannot vouch that the keys
-    are free (PostgreSQL when the lease had a holder before) writes nothing and says so.
+    ``keys`` and then, only if ``owner`` now holds the lease and each of ``keys`` holds
+    exactly what ``match`` gives for it -- nothing (of any type) for a key not in
+    ``match`` --, ``save_batch_fenced(entries, key, new token)``: all in one atomic step.
+    ``entries`` hold plain and index entries only (no owned or release entry). The third
+    value says whether they were written; a driver that cannot vouch for the check
+    (PostgreSQL when the lease had a holder before) writes nothing and says so.
     """
 
     async def acquire_lease_writing(
-        self, key: str, owner: str, ttl: float, keys: Sequence[str], entries: Sequence[Entry]
+        self,
+        key: str,
+        owner: str,
+        ttl: float,
+        keys: Sequence[str],
+        entries: Sequence[Entry],
+        *,
+        match: Mapping[str, bytes] | None = None,
     ) -> tuple[LeaseState, dict[str, bytes] | None, bool]: ...
 
 

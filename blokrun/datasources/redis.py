@@ -90,7 +90,7 @@ from blokrun.errors import DatasourceError, DatasourceUnavailable
 from blokrun.redact import mask_url
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 
     from redis.commands.core import AsyncScript
 
@@ -121,6 +121,7 @@ _CAPS = Capabilities(
     release_in_batch=True,
     lease_reads=True,
     lease_writes=True,
+    lease_matches=True,
 )
 _GLOB = frozenset(b"*?[]\\")
 
@@ -275,9 +276,10 @@ return out
 
 
 # _ACQUIRE_READING of ARGV[3] keys (KEYS[2..]), then -- if ARGV[1] now holds the lease and
-# none of those keys exists (of any type) -- the entries after them written as _SAVE_FENCED
-# writes them (data and px per entry from ARGV[4]; plain and index entries). Returns
-# {owner, token, expires_ms, written (0/1), value...}.
+# each of those keys holds what ARGV[3 + i] expects ('-': nothing of any type; '=' and
+# bytes: a string of exactly those bytes) -- the entries after them written as
+# _SAVE_FENCED writes them (data and px per entry from ARGV[4 + r]; plain and index
+# entries). Returns {owner, token, expires_ms, written (0/1), value...}.
 _ACQUIRE_WRITING = (
     redis_index.PUT
     + _OWNED
@@ -290,12 +292,19 @@ if r > 0 then
   local values = redis.call('MGET', unpack(KEYS, 2, 1 + r))
   for i = 1, r do
     reply[4 + i] = values[i]
-    if free and redis.call('EXISTS', KEYS[1 + i]) == 1 then free = false end
+    if free then
+      local want = ARGV[3 + i]
+      if want == '-' then
+        free = redis.call('EXISTS', KEYS[1 + i]) == 0
+      else
+        free = values[i] == string.sub(want, 2)
+      end
+    end
   end
 end
 if free then
   for i = 2 + r, #KEYS do
-    local a = 4 + 2 * (i - 2 - r)
+    local a = 4 + r + 2 * (i - 2 - r)
     if ARGV[a + 1] == 'ix' then
       ix_put(KEYS[i], ARGV[a], false)
     else
@@ -757,11 +766,20 @@ class RedisStore:
         return state, found
 
     async def acquire_lease_writing(
-        self, key: str, owner: str, ttl: float, keys: Sequence[str], entries: Sequence[Entry]
+        self,
+        key: str,
+        owner: str,
+        ttl: float,
+        keys: Sequence[str],
+        entries: Sequence[Entry],
+        *,
+        match: Mapping[str, bytes] | None = None,
     ) -> tuple[LeaseState, dict[str, bytes] | None, bool]:
         lua = self._lua()
         script_keys: list[str] = [key, *keys]
         args: list[bytes | str | int] = [owner, _ttl_ms(ttl), len(keys)]
+        match = match or {}
+        args += [b"=" + match[k] if k in match else "-" for k in keys]
         for entry in _last_wins(entries):
             k, value, px = _script_entry(*entry, key)
             if px == "rl" or (isinstance(px, str) and px[:1] == "o"):

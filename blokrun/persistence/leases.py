@@ -40,7 +40,7 @@ from blokrun.persistence.keys import LEASE_PREFIX, SLOT_PREFIX, lease_key
 
 if TYPE_CHECKING:
     from asyncio import TimerHandle
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from anyio.abc import TaskGroup
 
@@ -288,6 +288,7 @@ async def _take(
     *,
     reading: Sequence[str],
     writing: Sequence[Entry],
+    match: Mapping[str, bytes] | None,
 ) -> tuple[LeaseState, dict[str, bytes] | None, bool]:
     """The lease's state once ``me`` holds it, the values of ``reading`` read with it
     (``None`` when it had to be taken over: read them afterwards) and whether ``writing``
@@ -295,7 +296,9 @@ async def _take(
     read: dict[str, bytes] | None = None
     wrote = False
     if writing:
-        state, read, wrote = await ds.acquire_lease_writing(key, me, ttl, reading, writing)
+        state, read, wrote = await ds.acquire_lease_writing(
+            key, me, ttl, reading, writing, match=match
+        )
     elif reading:
         state, read = await ds.acquire_lease_reading(key, me, ttl, reading)
     else:
@@ -338,12 +341,14 @@ async def acquire(
     prefix: str = LEASE_PREFIX,
     reading: Sequence[str] = (),
     writing: Sequence[Entry] = (),
+    match: Mapping[str, bytes] | None = None,
 ) -> Lease:
     """Take the run's lease (or another lease under ``prefix``) or raise :class:`RunBusy`
     naming the live holder. ``reading``: keys of ``ds`` to read once the lease is taken --
     in the same round trip where the driver can (``Lease.read``). ``writing``: entries to
-    write fenced by the new lease if every key of ``reading`` is free, in the same round
-    trip and atomic step where the driver can (``Lease.wrote``; else nothing is written)."""
+    write fenced by the new lease if every key of ``reading`` is free -- or holds exactly
+    what ``match`` gives for it --, in the same round trip and atomic step where the driver
+    can (``Lease.wrote``; else nothing is written)."""
     key = prefix + request_id
     me = owner or new_owner()
     # Held here from the moment it is asked for: another Runner of this process whose
@@ -351,7 +356,7 @@ async def acquire(
     _HELD_HERE.add(me)
     try:
         state, read, wrote = await _take(
-            ds, key, me, ttl, request_id, reading=reading, writing=writing
+            ds, key, me, ttl, request_id, reading=reading, writing=writing, match=match
         )
     except BaseException:
         _HELD_HERE.discard(me)

@@ -232,25 +232,31 @@ class RunStore:
         wf: Workflow,
         reading: Sequence[str] = (),
         writing: Sequence[Entry] = (),
+        match: Mapping[str, bytes] | None = None,
     ) -> Lease | None:
         """Take the run's lease (:class:`~blokrun.errors.RunBusy` if another holds it);
         ``None`` when leases are off or no target keeps them. ``reading``: keys to read
         from the lease's datasource with it (``Lease.read``); ``writing``: entries to write
-        there with it if all of ``reading`` are free (``Lease.wrote``; see
-        :meth:`writes_with_lease`)."""
+        there with it if all of ``reading`` are free, or hold what ``match`` gives
+        (``Lease.wrote``; see :meth:`writes_with_lease`)."""
         ds = self.lease_datasource(wf)
         if ds is None or self.lease_ttl is None:
             return None
         stale = self._unreleased.pop(request_id, None)
         if stale is not None and not await stale.release():
             self._unreleased[request_id] = stale
-        return await acquire(ds, request_id, self.lease_ttl, reading=reading, writing=writing)
+        return await acquire(
+            ds, request_id, self.lease_ttl, reading=reading, writing=writing, match=match
+        )
 
-    def writes_with_lease(self, wf: Workflow) -> bool:
-        """Whether a new run of ``wf`` can write its start record with its lease, in one
-        round trip: its only target keeps its leases and can (``Capabilities.lease_writes``)."""
+    def writes_with_lease(self, wf: Workflow, *, matching: bool = False) -> bool:
+        """Whether an attempt of ``wf`` can write its start record with its lease, in one
+        round trip: its only target keeps its leases and can (``Capabilities.lease_writes``;
+        ``matching``: where a key must hold given bytes, ``Capabilities.lease_matches``)."""
         ds = self.lease_datasource(wf)
-        return ds is not None and ds.lease_writes and list(wf.targets) == [ds.name]
+        if ds is None or list(wf.targets) != [ds.name]:
+            return False
+        return ds.lease_matches if matching else ds.lease_writes
 
     async def release(self, lease: Lease, *, deadline: float = math.inf) -> None:
         if not await lease.release(deadline=deadline):
@@ -444,11 +450,16 @@ class RunStore:
             what="the dead mark",
         )
 
+    def dead_letter_due(self, head: HeadRecord) -> bool:
+        """Whether :meth:`check_dead_letter` would refuse a resume from ``head``."""
+        # waiting for input and answering it does not count as a recovery
+        return head.status == "dead" or head.recoveries >= self.max_resumes
+
     async def check_dead_letter(self, wf: Workflow, head: HeadRecord, lease: Lease | None) -> None:
         """Refuse a run that keeps failing in recovery: mark it dead instead of looping.
         Called holding the run's lease: the mark is a fenced write like a checkpoint."""
-        resumes = head.recoveries  # waiting for input and answering it does not count
-        if head.status != "dead" and resumes < self.max_resumes:
+        resumes = head.recoveries
+        if not self.dead_letter_due(head):
             return
         if head.status != "dead":
             dead = msgspec.structs.replace(head, status="dead", updated_at=time.time())

@@ -147,3 +147,52 @@ async def test_of_racing_starts_of_one_id_exactly_one_writes(server: ThrowawaySe
             assert await ds.load("head") == f"running of {winner[1:]}".encode()
         else:
             assert writers == []
+
+
+async def test_a_key_to_match_must_hold_exactly_those_bytes(server: ThrowawayServer) -> None:
+    """A resume's compare-and-set on its head: written only where the head is byte for byte
+    the one planned on -- on a driver that can check it in the same step (Redis); the
+    others take the lease and write nothing."""
+    async with open_ds(server) as ds:
+        matches = server.driver == "redis"
+        assert ds.lease_matches == matches
+        await ds.save("head", b"planned on")
+        for stored in (b"planned on!", b"planned o", b""):
+            if stored:
+                await ds.save("head", stored)
+            else:
+                await ds.delete("head")
+            state, _, written = await ds.acquire_lease_writing(
+                LEASE, "me", 30, KEYS, BATCH, match={"head": b"planned on"}
+            )
+            assert state.owner == "me" and not written, stored
+            await ds.release_lease(LEASE, "me", state.token)
+        await ds.save("head", b"planned on")
+        state, values, written = await ds.acquire_lease_writing(
+            LEASE, "me", 30, KEYS, BATCH, match={"head": b"planned on"}
+        )
+        assert values == {"head": b"planned on"}
+        assert written == matches
+        assert await ds.load("head") == (b"running" if matches else b"planned on")
+
+
+async def test_a_key_to_match_that_is_not_read_is_refused(server: ThrowawayServer) -> None:
+    async with open_ds(server) as ds:
+        with pytest.raises(DatasourceError, match="among the keys read"):
+            await ds.acquire_lease_writing(LEASE, "me", 30, ["run"], BATCH, match={"head": b"x"})
+        assert await ds.read_lease(LEASE) is None
+
+
+async def test_a_key_of_another_type_is_neither_free_nor_a_match(server: ThrowawayServer) -> None:
+    if server.driver != "redis":
+        pytest.skip(f"{server.driver}: keys hold bytes only")
+    async with open_ds(server) as ds:
+        client = ds.store.client()  # type: ignore[attr-defined]
+        await client.hset(ds.settings.prefix + "head", "field", "value")
+        for match in (None, {"head": b"value"}, {"head": b""}):
+            state, values, written = await ds.acquire_lease_writing(
+                LEASE, "me", 30, KEYS, BATCH, match=match
+            )
+            assert not written and "head" not in values, match
+            await ds.release_lease(LEASE, "me", state.token)
+        assert await client.type(ds.settings.prefix + "head") == b"hash"
