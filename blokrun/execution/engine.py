@@ -583,6 +583,13 @@ def _end_order(hooks: Sequence[Hook]) -> list[Hook]:
     return [h for h in hooks if not h.first] + [h for h in hooks if h.first]
 
 
+def new_resume_token() -> str:
+    """A suspended run's resume token: 128 random bits as 32 hex digits. Never starting
+    with ``-`` (``secrets.token_urlsafe`` did 1 time in 64): the printed ``blokrun resume
+    ... --token TOKEN`` must parse as it is shown."""
+    return secrets.token_hex(16)
+
+
 async def run_attempt(run: Attempt, *, hooks: Sequence[Hook], reader: DatasourceReader) -> Outcome:
     """Run one attempt: emit RunStarted, run the remaining steps, emit RunEnded.
 
@@ -610,7 +617,7 @@ async def run_attempt(run: Attempt, *, hooks: Sequence[Hook], reader: Datasource
             await hook.on_run_start(started)
         await _execute(run, hooks, reader)
     except Suspend as sus:
-        token = secrets.token_urlsafe(16)
+        token = new_resume_token()
         suspension = Suspension(sus.step, sus.prompt, token_hash(run.request_id, sus.step, token))
         with anyio.CancelScope(shield=True):
             await emit_end(run, hooks, "suspended", sus, suspension=suspension)

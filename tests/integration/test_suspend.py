@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import pytest
 
 from blokrun import ResumeError, Runner, WorkflowError
 from blokrun.config import DatasourceSettings
+from blokrun.execution.engine import new_resume_token
 from tests.integration import wfnodes
 from tests.integration.test_cli import blokrun, write_wf
 
@@ -54,7 +57,7 @@ async def test_a_run_suspends_and_resumes_with_input_and_token() -> None:
         assert result.status == "suspended" and result.waiting_step == "approve"
         assert result.prompt == "approve the refund?"
         token = result.token
-        assert token is not None and len(token) >= 22  # >= 128 random bits, URL-safe
+        assert token is not None and re.fullmatch("[0-9a-f]{32}", token)  # 128 random bits
         head = await runner.head("sus-1")
         assert head is not None and head.status == "suspended" and head.waiting_step == "approve"
         assert head.token_hash and token not in head.token_hash  # stored hashed
@@ -92,6 +95,18 @@ def test_a_bad_schema_is_a_load_error() -> None:
         Runner([DatasourceSettings(name="default", type="memory")]).load(wf)
     assert "$.steps[1].inputs.schema.properties.a.type" in str(info.value)
     assert "unknown type 'strnig'" in str(info.value)
+
+
+def test_a_resume_token_never_reads_as_an_option() -> None:
+    """The printed ``--token TOKEN`` must parse as shown: a token starting with '-' (as 1 in
+    64 did when tokens were URL-safe base64) was taken by argparse for an option."""
+    tokens = {new_resume_token() for _ in range(5000)}
+    assert len(tokens) == 5000
+    assert all(re.fullmatch("[0-9a-f]{32}", t) for t in tokens)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--token")
+    for token in list(tokens)[:200]:
+        assert parser.parse_args(["--token", token]).token == token
 
 
 def test_cli_suspends_with_exit_3_and_resumes_with_input_and_token(tmp_path: Path) -> None:
