@@ -414,6 +414,19 @@ async def _keep_session(connection: Any) -> None:
     """Pool ``reset`` hook: nothing to undo (see the module docstring)."""
 
 
+async def _generic_plans(connection: Any) -> None:
+    """Pool ``init`` hook: every statement of this module is planned once per connection
+    (``plan_cache_mode``, PostgreSQL 12+), not again on each of its first five executions.
+    Those statements are CTEs whose planning costs more than their execution: a resume's
+    acquire, rarer than a run's, paid ~0.35 ms for it (benchmarks/PROFILE.md, "Issue 18,
+    round four"). Their parameters never change which plan is best: keys are looked up by
+    primary key or range. A server without the setting keeps its default."""
+    try:
+        await connection.execute("SET plan_cache_mode = force_generic_plan")
+    except asyncpg.PostgresError:
+        pass
+
+
 #: what asyncpg raises; every one of them becomes a DatasourceError (the protocol's
 #: InternalClientError too: seen when the server dies under concurrent statements)
 _DRIVER_ERRORS = (
@@ -594,6 +607,7 @@ class PostgresStore:
                         timeout=self._timeout,
                         command_timeout=self._timeout,
                         reset=_keep_session,
+                        init=_generic_plans,
                     )
                 await self._migrate()
         except BaseException as exc:

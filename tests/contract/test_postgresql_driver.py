@@ -16,7 +16,13 @@ import pytest
 
 from blokrun.config import DatasourceSettings
 from blokrun.datasources.datasource import Datasource
-from blokrun.datasources.postgresql import PAGE, PostgresStore, create, prefix_end
+from blokrun.datasources.postgresql import (
+    PAGE,
+    PostgresStore,
+    _generic_plans,
+    create,
+    prefix_end,
+)
 from blokrun.datasources.registry import create_store
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 from tests.servers.base import free_port
@@ -63,6 +69,23 @@ async def test_round_trip_and_capabilities(pg: PostgresServer) -> None:
         assert await ds.delete("a") is True
         assert await ds.delete("a") is False
         assert await ds.load("a") is None
+
+
+async def test_the_pool_plans_each_statement_once(pg: PostgresServer) -> None:
+    """Every pooled connection plans generically (``plan_cache_mode``), so a statement run
+    rarely -- a resume's acquire -- is not planned again on each of its first five
+    executions; a server that refuses the setting still connects."""
+    async with opened(pg.settings()) as ds:
+        store = ds.store
+        assert isinstance(store, PostgresStore)
+        async with store.connection("test") as con:
+            assert await con.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+
+    class Refusing:
+        async def execute(self, sql: str) -> None:
+            raise asyncpg.UndefinedObjectError('unrecognized configuration parameter "x"')
+
+    await _generic_plans(Refusing())  # PostgreSQL 11 and older: left as it is
 
 
 async def test_schema_and_versioned_migration(pg: PostgresServer) -> None:
