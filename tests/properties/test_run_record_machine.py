@@ -66,10 +66,10 @@ async def node(ctx: Any, inputs: dict[str, Any]) -> Any:
     return f"{ctx.request.id}/{ctx.step}/{inputs['seed']}"
 
 
-def workflow(steps: Sequence[str]) -> dict[str, Any]:
+def workflow(steps: Sequence[str], targets: Sequence[str] = ("a", "b")) -> dict[str, Any]:
     return {
         "name": "prop",
-        "persistence": {"targets": ["a", "b"]},
+        "persistence": {"targets": list(targets)},
         "steps": [
             {"name": s, "node": f"{__name__}:node", "inputs": {"seed": "${ctx.vars.seed}"}}
             for s in steps
@@ -184,6 +184,9 @@ class Run:
 
 
 class RunRecordMachine(RuleBasedStateMachine):
+    #: the workflow's checkpoint targets (``a`` never loses data; ``b``, if there, may)
+    TARGETS: tuple[str, ...] = ("a", "b")
+
     def __init__(self) -> None:
         super().__init__()
         LOG.clear()
@@ -204,11 +207,13 @@ class RunRecordMachine(RuleBasedStateMachine):
             name=name, type="filesystem", path=str(self.root / name), fsync=False
         )
 
+    def _mortal(self, settings: DatasourceSettings) -> Store:
+        return cast("Store", Mortal(create_store(settings), self.fate))
+
     def _start_process(self) -> None:
         self.fate = Crash()
         datasources = [
-            Datasource(s, cast("Store", Mortal(create_store(s), self.fate)))
-            for s in (self._settings("a"), self._settings("b"))
+            Datasource(s, self._mortal(s)) for s in (self._settings(t) for t in self.TARGETS)
         ]
         self.runner = Runner(datasources)
         self.portal.call(self.runner.__aenter__)
@@ -301,7 +306,11 @@ class RunRecordMachine(RuleBasedStateMachine):
         mark = len(LOG)
         try:
             result = self._call(
-                self._runner.run, workflow(steps), {"seed": seed}, request_id=rid, restart=restart
+                self._runner.run,
+                workflow(steps, self.TARGETS),
+                {"seed": seed},
+                request_id=rid,
+                restart=restart,
             )
         except RunExists:
             assert known is not None and not restart, (rid, known)
@@ -377,7 +386,7 @@ class RunRecordMachine(RuleBasedStateMachine):
         try:
             if known is None:
                 result = self._call(
-                    self._runner.run, workflow(steps), {"seed": seed}, request_id=rid
+                    self._runner.run, workflow(steps, self.TARGETS), {"seed": seed}, request_id=rid
                 )
             else:
                 result = self._call(self._runner.resume, rid)
@@ -416,7 +425,7 @@ class RunRecordMachine(RuleBasedStateMachine):
         )
 
         async def go() -> None:
-            ds = self._runner.datasources[where]
+            ds = self._runner.datasources[where if where in self.TARGETS else self.TARGETS[0]]
             keys = sorted(await ds.keys(f"_blokrun.ckpt.{rid}/"))
             if not keys:
                 return
@@ -436,6 +445,7 @@ class RunRecordMachine(RuleBasedStateMachine):
         self._call(go)
         self.runs[rid].tampered = True
 
+    @precondition(lambda self: "b" in self.TARGETS)
     @rule()
     def lose_target_b(self) -> None:
         """Target ``b`` comes back empty (a server restarted without persistence)."""
