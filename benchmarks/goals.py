@@ -73,9 +73,9 @@ CPU = (
     "pre-encoded bytes"
 )
 RESUME_CAUSE = (
-    "8-9 round trips of ~0.3-0.6 ms on this shared box (head, definition, chain read, lease, "
-    "head re-check under the lease, the attempt's start record, the step's checkpoint, "
-    "release); 3.0-4.8 ms in quieter runs"
+    "round trips of ~0.3-0.6 ms on this shared box before the re-run steps' own (Redis 3: "
+    "head and run record, chain and definition, the lease with the start; PostgreSQL 5: "
+    "also the head re-read under the lease and the start record)"
 )
 GOALS = [
     Goal(
@@ -177,20 +177,21 @@ _PG_STEP = (
     "commit, the datasource wrapper)"
 )
 _SHORT = (
-    "; a run also pays a fixed ~0.6-1 ms (the lease with the existence check and the start "
-    "record: 2 round trips more than the floor's N, and ~0.5 ms of Python at start and end) "
-    "over 10 steps"
+    "; a run also pays a fixed ~0.4-0.7 ms over 10 steps: one round trip more than the "
+    "floor's N (the lease, the id's existence check and the start record, in one script or "
+    "statement) and ~0.4 ms of Python at start and end"
 )
 _RESUME_START = (
-    "~1.4 ms before the first re-run step on Redis: 4 sequential round trips (head and run "
-    "record; the chain's latest records with the stored definition; the lease; the "
-    "attempt's start record: ~0.7 ms) and ~0.7 ms of locating, decoding and planning in "
-    "Python"
+    "~0.8-1.2 ms before the first re-run step on Redis: 3 sequential round trips (head and "
+    "run record; the chain's latest records with the stored definition; the lease with the "
+    "attempt's start, a compare-and-set on the head: ~0.4 ms) and ~0.5 ms of locating, "
+    "decoding and planning in Python"
 )
 _PG_RESUME_START = (
-    "~2.2-3 ms before the first re-run step: 5 sequential round trips (as on Redis, plus the "
-    "head re-read after a lease that had a holder: the acquire's snapshot may predate its "
-    "last write) of ~0.3 ms each, and ~0.6 ms of blokrun's Python"
+    "~2-2.5 ms before the first re-run step: 5 sequential round trips (head and run record; "
+    "the chain with the definition; the lease; the head re-read, as the acquire's snapshot "
+    "may predate a previous holder's last write; the attempt's start record: PostgreSQL "
+    "cannot check the head in the acquire) of ~0.3 ms each, and ~0.6 ms of blokrun's Python"
 )
 
 
