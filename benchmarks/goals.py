@@ -166,9 +166,10 @@ GOALS = [
 _REDIS_STEP = (
     "each checkpoint is one fenced EVALSHA (checkpoint, head and alias records, 4 keys, "
     "~1.4 KB) on the driver's direct path, ~1.1x the floor's SET through redis-py by itself, "
-    "plus ~100 µs of blokrun's own Python per step (the engine, record encoding, group "
-    "commit, the datasource wrapper): client CPU on this 2-core box, ~190 µs a step against "
-    "the floor's ~60 (PROFILE.md, Issue 18 round three)"
+    "plus ~90 µs of blokrun's own Python per step (the engine, record encoding, group "
+    "commit, the datasource wrapper; at N=100 compressing the whole-state checkpoint once "
+    "it passes 4 KB): client CPU on this 2-core box, ~165-185 µs a step against the floor's "
+    "~60 (PROFILE.md, Issue 18 rounds three and four)"
 )
 _PG_STEP = (
     "the fenced statement (lease check, checkpoint, head and owned alias upserts) costs "
