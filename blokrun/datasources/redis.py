@@ -277,9 +277,10 @@ return out
 
 # _ACQUIRE_READING of ARGV[3] keys (KEYS[2..]), then -- if ARGV[1] now holds the lease and
 # each of those keys holds what ARGV[3 + i] expects ('-': nothing of any type; '=' and
-# bytes: a string of exactly those bytes) -- the entries after them written as
-# _SAVE_FENCED writes them (data and px per entry from ARGV[4 + r]; plain and index
-# entries). Returns {owner, token, expires_ms, written (0/1), value...}.
+# bytes: a string of exactly those bytes), or already the bytes this very call writes
+# there (the same command run again after its reply was lost: idempotent) -- the entries
+# after them written as _SAVE_FENCED writes them (data and px per entry from ARGV[4 + r];
+# plain and index entries). Returns {owner, token, expires_ms, written (0/1), value...}.
 _ACQUIRE_WRITING = (
     redis_index.PUT
     + _OWNED
@@ -289,10 +290,12 @@ local r = tonumber(ARGV[3])
 local reply = {held, token, expires, 0}
 local free = held == ARGV[1]
 if r > 0 then
+  local mine = {}
+  for i = 2 + r, #KEYS do mine[KEYS[i]] = ARGV[4 + r + 2 * (i - 2 - r)] end
   local values = redis.call('MGET', unpack(KEYS, 2, 1 + r))
   for i = 1, r do
     reply[4 + i] = values[i]
-    if free then
+    if free and not (values[i] and values[i] == mine[KEYS[1 + i]]) then
       local want = ARGV[3 + i]
       if want == '-' then
         free = redis.call('EXISTS', KEYS[1 + i]) == 0

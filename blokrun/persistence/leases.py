@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from blokrun.errors import BlokrunError, LeaseLost, RunBusy
+from blokrun.errors import BlokrunError, DatasourceError, LeaseLost, RunBusy
 from blokrun.persistence.keys import LEASE_PREFIX, SLOT_PREFIX, lease_key
 
 if TYPE_CHECKING:
@@ -332,6 +332,40 @@ async def _take(
     return state, read, wrote
 
 
+#: how long an acquire that wrote may spend finding out whether it landed (see _landed)
+LANDED_BOUND = 1.0
+
+
+async def _landed(
+    ds: Datasource, key: str, me: str, reading: Sequence[str], writing: Sequence[Entry]
+) -> tuple[LeaseState, dict[str, bytes], bool] | None:
+    """After an acquire with entries to write failed without an answer (a connection lost
+    or timed out after the server ran it): whether it landed. It did if ``me`` holds the
+    lease -- only that acquire could have given it to ``me`` --, and wrote ``writing`` if
+    the keys read hold exactly its bytes. ``None`` (raise the error) if it did not land, or
+    the datasource cannot say within :data:`LANDED_BOUND` seconds: then the lease, if it
+    was taken, expires by itself, and a start record that landed stands for an interrupted
+    run (resumable), as a start record whose own write lost its answer always did."""
+    mine = {k: v for k, v, _ in writing}
+    with anyio.move_on_after(LANDED_BOUND):
+        try:
+            state = await ds.read_lease(key)
+            if state is None or state.owner != me:
+                return None
+            values = await ds.load_batch(reading)
+        except BlokrunError:
+            return None
+        checked = [k for k in reading if k in mine]
+        wrote = bool(checked) and all(values.get(k) == mine[k] for k in checked)
+        log.warning(
+            "lease %s: the acquire's answer was lost, but it was taken%s",
+            key,
+            " with its write" if wrote else "",
+        )
+        return state, values, wrote
+    return None
+
+
 async def acquire(
     ds: Datasource,
     request_id: str,
@@ -355,9 +389,15 @@ async def acquire(
     # acquire answers first must see a live holder in this process, not a dead one.
     _HELD_HERE.add(me)
     try:
-        state, read, wrote = await _take(
-            ds, key, me, ttl, request_id, reading=reading, writing=writing, match=match
-        )
+        try:
+            state, read, wrote = await _take(
+                ds, key, me, ttl, request_id, reading=reading, writing=writing, match=match
+            )
+        except DatasourceError:
+            landed = await _landed(ds, key, me, reading, writing) if writing else None
+            if landed is None:
+                raise
+            state, read, wrote = landed
     except BaseException:
         _HELD_HERE.discard(me)
         raise
