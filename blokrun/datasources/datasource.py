@@ -543,6 +543,9 @@ class Datasource:
                 full, owner, ttl, wanted, batch, match=expected
             )
         if found is None:
+            if written:  # the keys read hold what was just written there
+                mine = {k: v for k, v, _ in entries}
+                return state, {k: mine[k] for k in keys if k in mine}, written
             return state, await self.load_batch(keys), written
         cut = len(self._prefix)
         return state, {k[cut:]: v for k, v in found.items()}, written

@@ -118,6 +118,7 @@ _CAPS = Capabilities(
     release_in_batch=True,
     lease_reads=True,
     lease_writes=True,
+    lease_matches=True,
 )
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _LOCK_ID = 0x626C6F6B72756E  # "blokrun": the advisory lock serialising migrations
@@ -191,6 +192,28 @@ _SQL = {  # {t}: the quoted table, {l}: its quoted lease table
     "$11::int8[], $12::float8[], $13::text[]) WHERE EXISTS (SELECT FROM ok) {ix_upsert}) "
     "SELECT *, ARRAY(SELECT key FROM got ORDER BY key), ARRAY(SELECT data FROM got ORDER BY "
     "key), EXISTS (SELECT FROM ok) FROM (" + _TAKEN + ") AS lease",
+    # acquire, then a compare-and-set of one key ($4): its live row updated to $5 (ttl $6)
+    # only where it holds exactly $7, and then the rows $8-$10 written -- an UPDATE's
+    # condition is checked again on the row's latest version (a previous holder's write
+    # the statement's snapshot predates included), so this holds whatever the lease's past
+    # (Capabilities.lease_matches). The last column says whether it was written.
+    "acquire_matching": "WITH " + _WON + ", h AS (UPDATE {t} SET data = $5, expires_at = "  # noqa: S608 -- constants only
+    "now() + make_interval(secs => $6), updated_at = now() WHERE key = $4 AND data = $7 AND "
+    "{live} AND EXISTS (SELECT FROM won) RETURNING key), w AS (INSERT INTO {t} (key, data, "
+    "expires_at) SELECT k, d, now() + make_interval(secs => s) FROM unnest($8::text[], "
+    "$9::bytea[], $10::float8[]) AS u(k, d, s) WHERE EXISTS (SELECT FROM h) {upsert}) "
+    "SELECT *, EXISTS (SELECT FROM h) FROM (" + _TAKEN + ") AS lease",
+    # the same with run index rows ($11-$16)
+    "acquire_matching_ix": "WITH " + _WON + ", h AS (UPDATE {t} SET data = $5, expires_at = "  # noqa: S608 -- constants only
+    "now() + make_interval(secs => $6), updated_at = now() WHERE key = $4 AND data = $7 AND "
+    "{live} AND EXISTS (SELECT FROM won) RETURNING key), w AS (INSERT INTO {t} (key, data, "
+    "expires_at) SELECT k, d, now() + make_interval(secs => s) FROM unnest($8::text[], "
+    "$9::bytea[], $10::float8[]) AS u(k, d, s) WHERE EXISTS (SELECT FROM h) {upsert}), ix AS "
+    "(INSERT INTO {r} AS r (space, rid, status, neg, started_at, workflow) SELECT * FROM "
+    "unnest($11::text[], $12::text[], $13::text[], $14::int8[], $15::float8[], $16::text[]) "
+    "WHERE EXISTS (SELECT FROM h) {ix_upsert}) SELECT *, EXISTS (SELECT FROM h) FROM ("
+    + _TAKEN
+    + ") AS lease",
     "renew": "UPDATE {l} SET owner = $2, expires_at = now() + make_interval(secs => $4) "
     "WHERE key = $1 AND token = $3",
     "release": "UPDATE {l} SET expires_at = 'epoch' WHERE key = $1 AND token = $2",
@@ -788,16 +811,17 @@ class PostgresStore:
         *,
         match: Mapping[str, bytes] | None = None,
     ) -> tuple[LeaseState, dict[str, bytes] | None, bool]:
-        """Writes only with a new lease (token 1), as its values are given only then (see
-        :meth:`acquire_lease_reading`), and only where every key must be free: a key
-        expected to hold something (``match``) has had a writer, whose write the statement's
-        snapshot may not show."""
+        """Where keys must be free: writes only with a new lease (token 1), as its values
+        are given only then (see :meth:`acquire_lease_reading`). Where one key must hold
+        given bytes (``match``: a resume's head): a compare-and-set by UPDATE, whose
+        condition is checked on the row's latest version (:meth:`_acquire_matching`)."""
         plain, rows = split_index(entries)
         if any(k == RELEASE_KEY or k[:1] == OWNED_MARK for k, _, _ in plain):
             raise DatasourceError("acquire_lease_writing takes plain and index entries only")
         if match:
-            state, found = await self.acquire_lease_reading(key, owner, ttl, keys)
-            return state, found, False
+            return await self._acquire_matching(
+                key, owner, ttl, keys, plain=plain, rows=rows, match=match
+            )
         if rows:
             row = await self._take(
                 "acquire_writing_ix", key, owner, ttl, keys, *_columns(plain), *_ix(rows)
@@ -809,6 +833,32 @@ class PostgresStore:
         if state.owner != owner or state.token != 1:
             return state, None, written
         return state, dict(zip(row[3], row[4], strict=True)), written
+
+    async def _acquire_matching(
+        self,
+        key: str,
+        owner: str,
+        ttl: float,
+        keys: Sequence[str],
+        *,
+        plain: list[Entry],
+        rows: list[tuple[str, IndexRow]],
+        match: Mapping[str, bytes],
+    ) -> tuple[LeaseState, dict[str, bytes] | None, bool]:
+        """A compare-and-set of one key read with the lease, written in the batch (a
+        resume's head); anything else is not checked here: taken, and nothing written."""
+        new = next((e for e in plain if e[0] in match), None)
+        if len(match) != 1 or set(keys) != set(match) or new is None:
+            state, found = await self.acquire_lease_reading(key, owner, ttl, keys)
+            return state, found, False
+        mkey, data, mttl = new
+        rest = [e for e in plain if e[0] != mkey]
+        cas = (mkey, data, mttl, match[mkey], *_columns(rest))
+        if rows:
+            row = await self._take("acquire_matching_ix", key, owner, ttl, *cas, *_ix(rows))
+        else:
+            row = await self._take("acquire_matching", key, owner, ttl, *cas)
+        return LeaseState(row[0], row[1], row[2]), None, bool(row[3])
 
     async def renew_lease(self, key: str, owner: str, token: int, ttl: float) -> bool:
         async with self.connection("renew_lease") as con:

@@ -155,8 +155,8 @@ class Capabilities:
     lease_matches
         :meth:`WritingLeaseStore.acquire_lease_writing` can write where a key must hold
         given bytes (``match``), not only where keys must be free: Redis (its script sees
-        the latest value); not PostgreSQL (its statement's snapshot may predate a holder's
-        write).
+        the latest value), PostgreSQL for one such key (an UPDATE, whose condition is
+        checked again on the row's latest version).
     """
 
     native_ttl: bool = False

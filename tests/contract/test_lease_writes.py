@@ -11,13 +11,15 @@ never by two racing starts of the same id.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
+import asyncpg  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
 from blokrun.datasources import build_datasource
 from blokrun.datasources.index import index_entry
+from blokrun.datasources.postgresql import lease_table
 from blokrun.datasources.protocol import RELEASE_ENTRY, owned_key
 from blokrun.errors import DatasourceError
 
@@ -151,10 +153,10 @@ async def test_of_racing_starts_of_one_id_exactly_one_writes(server: ThrowawaySe
 
 async def test_a_key_to_match_must_hold_exactly_those_bytes(server: ThrowawayServer) -> None:
     """A resume's compare-and-set on its head: written only where the head is byte for byte
-    the one planned on -- on a driver that can check it in the same step (Redis); the
-    others take the lease and write nothing."""
+    the one planned on -- on a driver that can check it in the same step (Redis in its
+    script, PostgreSQL by an UPDATE); the others take the lease and write nothing."""
     async with open_ds(server) as ds:
-        matches = server.driver == "redis"
+        matches = server.driver in ("redis", "postgresql")
         assert ds.lease_matches == matches
         await ds.save("head", b"planned on")
         for stored in (b"planned on!", b"planned o", b""):
@@ -168,11 +170,19 @@ async def test_a_key_to_match_must_hold_exactly_those_bytes(server: ThrowawaySer
             assert state.owner == "me" and not written, stored
             await ds.release_lease(LEASE, "me", state.token)
         await ds.save("head", b"planned on")
+        # the head to match, and the run record that must be free: only Redis checks both
         state, values, written = await ds.acquire_lease_writing(
             LEASE, "me", 30, KEYS, BATCH, match={"head": b"planned on"}
         )
         assert values == {"head": b"planned on"}
-        assert written == matches
+        assert written == (server.driver == "redis")
+        await ds.release_lease(LEASE, "me", state.token)
+        if not written:  # the head alone: a resume's compare-and-set
+            state, values, written = await ds.acquire_lease_writing(
+                LEASE, "me", 30, ["head"], BATCH, match={"head": b"planned on"}
+            )
+            assert written == matches
+            assert values["head"] in (b"planned on", b"running")  # as read, or as written
         assert await ds.load("head") == (b"running" if matches else b"planned on")
 
 
@@ -196,3 +206,44 @@ async def test_a_key_of_another_type_is_neither_free_nor_a_match(server: Throwaw
             assert not written and "head" not in values, match
             await ds.release_lease(LEASE, "me", state.token)
         assert await client.type(ds.settings.prefix + "head") == b"hash"
+
+
+async def test_the_compare_sees_a_write_the_acquire_waited_for(server: ThrowawayServer) -> None:
+    """PostgreSQL: a takeover that meets the old holder's write in flight (it holds the
+    lease row FOR SHARE and has moved the head on, not yet committed) waits for it, and
+    its compare-and-set then sees the head it wrote -- not the statement's older snapshot --
+    and writes nothing."""
+    if server.driver != "postgresql":
+        pytest.skip(f"{server.driver}: no statement snapshot to predate a write")
+    settings = server.settings("lw", prefix="")
+    async with build_datasource(settings) as ds:
+        old = await ds.acquire_lease(LEASE, "old", 0.2)
+        await ds.save("head", b"planned on")
+        await asyncio.sleep(0.3)  # expired: anyone may take the run over
+        con: Any = await asyncpg.connect(settings.url)
+        try:
+            tx = con.transaction()
+            await tx.start()
+            await con.execute(
+                f'SELECT FROM "{lease_table(settings.table or "")}" '
+                "WHERE key = $1 AND token = $2 FOR SHARE",
+                LEASE,
+                old.token,
+            )
+            await con.execute(
+                f'UPDATE "{settings.table}" SET data = $2 WHERE key = $1', "head", b"moved on"
+            )
+            takeover = asyncio.ensure_future(
+                ds.acquire_lease_writing(
+                    LEASE, "new", 30, ["head"], BATCH, match={"head": b"planned on"}
+                )
+            )
+            await asyncio.sleep(0.3)
+            assert not takeover.done()  # waits for the write
+            await tx.commit()
+            state, _, written = await asyncio.wait_for(takeover, 5)
+        finally:
+            await con.close()
+        assert (state.owner, state.token) == ("new", old.token + 1)
+        assert not written
+        assert await ds.load_batch(["head", "definition", "run"]) == {"head": b"moved on"}
