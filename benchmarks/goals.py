@@ -73,9 +73,8 @@ CPU = (
     "pre-encoded bytes"
 )
 RESUME_CAUSE = (
-    "round trips of ~0.3-0.6 ms on this shared box before the re-run steps' own (Redis 3: "
-    "head and run record, chain and definition, the lease with the start; PostgreSQL 5: "
-    "also the head re-read under the lease and the start record)"
+    "round trips of ~0.3-0.6 ms on this shared box before the re-run steps' own (3: head "
+    "and run record, chain and definition, the lease with the attempt's start)"
 )
 GOALS = [
     Goal(
@@ -189,10 +188,9 @@ _RESUME_START = (
     "decoding and planning in Python"
 )
 _PG_RESUME_START = (
-    "~2-2.5 ms before the first re-run step: 5 sequential round trips (head and run record; "
-    "the chain with the definition; the lease; the head re-read, as the acquire's snapshot "
-    "may predate a previous holder's last write; the attempt's start record: PostgreSQL "
-    "cannot check the head in the acquire) of ~0.3 ms each, and ~0.6 ms of blokrun's Python"
+    "~1.2-1.5 ms before the first re-run step: 3 sequential round trips (head and run "
+    "record; the chain with the definition; the lease with the attempt's start, a "
+    "compare-and-set on the head) of ~0.3 ms each, and ~0.5 ms of blokrun's Python"
 )
 
 

@@ -22,7 +22,7 @@ filesystem, whose batches are not atomic (the definition is written before the s
 record, so a head never points at a missing definition) and whose alias is read first. A
 resume adds the reads that find the run's latest checkpoint; its start goes with its
 lease too where the driver can check the head it was planned on in the same step
-(``Capabilities.lease_matches``: Redis). A run whose id is taken
+(``Capabilities.lease_matches``: Redis, PostgreSQL). A run whose id is taken
 (``--restart``), or that a hook sees before the recorder (tracing), writes its start
 record in a round trip of its own.
 """
@@ -189,8 +189,8 @@ async def test_a_resume_costs_what_its_reads_and_remaining_steps_do(counted: Any
     # could predate a previous holder's last write): a resume's lease is not
     reliable = store.capabilities.lease_reads and not isinstance(store._inner, PostgresStore)
     if store.capabilities.lease_matches:
-        # Redis: the lease, the head's re-check and the attempt's start in one script (a
-        # compare-and-set on the head it was planned on): 3 round trips before s6 starts
+        # the lease, the head's re-check and the attempt's start in one script or statement
+        # (a compare-and-set on the head it was planned on): 3 round trips before s6 starts
         expected = Counter(acquire_lease_writing=1, load_batch=2, save_batch_fenced=left)
         assert store.calls == +expected, store.calls
         assert store.total == left + 3
