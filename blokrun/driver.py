@@ -120,50 +120,58 @@ class RunDriver:
                 # the id was free and the run's start is stored: no run to find
                 folded.held(lease)
                 recorder = folded
-                attempt = Attempt(
-                    request_id=request_id,
-                    workflow=wf,
-                    vars=dict(inputs),
-                    started_at=folded.started_at,
-                    park_after=park_after,
+            else:
+                # a new id costs one read per target, not a key scan; a run lost but for
+                # stray checkpoints is never mixed with this one (another start time)
+                found = (
+                    await self.store.planner.find(request_id, wf, scan=False, lease=lease)
+                    if wf.targets  # nothing of a run without persistence is ever stored
+                    else None
                 )
-                return await self._drive(attempt, recorder, lease)
-            # a new id costs one read per target, not a key scan; a run lost but for stray
-            # checkpoints is never mixed with this one (they belong to another start time)
-            found = (
-                await self.store.planner.find(request_id, wf, scan=False, lease=lease)
-                if wf.targets  # nothing of a run without persistence is ever stored
-                else None
-            )
-            incarnation = 1
-            if found is not None:
-                if not restart:
-                    return await self._existing(found, wf, inputs)
-                incarnation = max(v.incarnation for v in found.views) + 1
-                self.store.planner.check_encryption(found)
-            started_at = time.time()
+                incarnation = 1
+                if found is not None:
+                    if not restart:
+                        return await self._existing(found, wf, inputs)
+                    incarnation = max(v.incarnation for v in found.views) + 1
+                    self.store.planner.check_encryption(found)
+                recorder = self._new_recorder(
+                    wf, inputs, request_id, parent, tags, lease=lease, incarnation=incarnation
+                )
             attempt = Attempt(
                 request_id=request_id,
                 workflow=wf,
                 vars=dict(inputs),
-                started_at=started_at,
+                started_at=recorder.started_at,
                 park_after=park_after,
-            )
-            recorder = self.store.recorder(
-                request_id=request_id,
-                workflow=wf,
-                inputs=inputs,
-                started_at=started_at,
-                durability=wf.durability or self.durability,
-                lease=lease,
-                incarnation=incarnation,
-                parent=parent,
-                tags=tags,
             )
             return await self._drive(attempt, recorder, lease)
         finally:
             if lease is not None:
                 await self._release(lease, recorder)
+
+    def _new_recorder(
+        self,
+        wf: Workflow,
+        inputs: Mapping[str, Any],
+        request_id: str,
+        parent: str | None,
+        tags: Mapping[str, str] | None,
+        *,
+        lease: Lease | None,
+        incarnation: int = 1,
+    ) -> RunRecorder:
+        """The recorder of a new run (of ``incarnation``), starting now."""
+        return self.store.recorder(
+            request_id=request_id,
+            workflow=wf,
+            inputs=inputs,
+            started_at=time.time(),
+            durability=wf.durability or self.durability,
+            lease=lease,
+            incarnation=incarnation,
+            parent=parent,
+            tags=tags,
+        )
 
     def _folded(
         self,
@@ -180,16 +188,7 @@ class RunDriver:
             return None
         if not self.store.writes_with_lease(wf):
             return None
-        return self.store.recorder(
-            request_id=request_id,
-            workflow=wf,
-            inputs=inputs,
-            started_at=time.time(),
-            durability=wf.durability or self.durability,
-            lease=None,
-            parent=parent,
-            tags=tags,
-        )
+        return self._new_recorder(wf, inputs, request_id, parent, tags, lease=None)
 
     async def fork(
         self,
@@ -431,7 +430,7 @@ class RunDriver:
         prepared = await prepare()
         hk = head_key(request_id)
         answered = input is not None or token is not None
-        folded = self._resume_folded(prepared, force=force, answered=answered)
+        folded, planned = self._resume_folded(prepared, force=force, answered=answered)
         # the head is read again with the lease (one round trip where the driver can); where
         # the driver can also write, the attempt's start goes with it if the head is still
         # the one planned on, byte for byte
@@ -440,7 +439,7 @@ class RunDriver:
             prepared.workflow,
             (hk,),
             folded.start_batch() if folded is not None else (),
-            {hk: self._planned_head(prepared)} if folded is not None else None,
+            {hk: planned} if planned is not None else None,
         )
         recorder: RunRecorder | None = None
         try:
@@ -464,22 +463,17 @@ class RunDriver:
             if lease is not None:
                 await self._release(lease, recorder)
 
-    def _planned_head(self, prepared: Prepared) -> bytes:
-        """The head the resume was planned on, as stored on the lease's datasource."""
-        ds = self.store.lease_datasource(prepared.workflow)
-        view = next(v for v in prepared.found.views if v.datasource is ds)
-        return view.raw[head_key(prepared.plan.request_id)]
-
     def _resume_folded(
         self, prepared: Prepared, *, force: bool, answered: bool
-    ) -> RunRecorder | None:
+    ) -> tuple[RunRecorder | None, bytes | None]:
         """The recorder of a resume whose start can be written with its lease, as a
-        compare-and-set on the head it was planned on (``RunStore.writes_with_lease``), or
-        ``None``. Only a plain continuation: a failed, cancelled or interrupted run with
-        steps left, not dead-lettered, with nothing to repair, no input to check, no time
-        travel (its stored progress is deleted before its start), no timer or map
-        progress to read first, and no hook before the recorder -- everything that could
-        still refuse or fail the resume is decided before its head says running."""
+        compare-and-set on the head it was planned on (``RunStore.writes_with_lease``), and
+        that head's bytes as stored on the lease's datasource; ``(None, None)`` otherwise.
+        Only a plain continuation: a failed, cancelled or interrupted run with steps left,
+        not dead-lettered, with nothing to repair, no input to check, no time travel (its
+        stored progress is deleted before its start), no timer or map progress to read
+        first, and no hook before the recorder -- everything that could still refuse or
+        fail the resume is decided before its head says running."""
         wf, plan = prepared.workflow, prepared.plan
         head = plan.head
         if (
@@ -493,19 +487,20 @@ class RunDriver:
             or any(hook.first for hook in self.hooks)
             or not self.store.writes_with_lease(wf, matching=True)
         ):
-            return None
+            return None, None
         done = set(prepared.done)
         if any(
             s.map is not None or (s.node.builtin and s.node.name in TIMERS)
             for s in wf.steps
             if s.name not in done
         ):
-            return None  # _map_progress reads after the lease
+            return None, None  # _map_progress reads after the lease
         ds = self.store.lease_datasource(wf)
         view = next((v for v in prepared.found.views if v.datasource is ds), None)
-        if view is None or view.head != head or head_key(plan.request_id) not in view.raw:
-            return None
-        return self._recorder(prepared, None)
+        planned = view.raw.get(head_key(plan.request_id)) if view is not None else None
+        if view is None or view.head != head or planned is None:
+            return None, None
+        return self._recorder(prepared, None), planned
 
     def _recorder(self, prepared: Prepared, lease: Lease | None) -> RunRecorder:
         wf = prepared.workflow

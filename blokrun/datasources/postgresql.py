@@ -815,9 +815,7 @@ class PostgresStore:
         are given only then (see :meth:`acquire_lease_reading`). Where one key must hold
         given bytes (``match``: a resume's head): a compare-and-set by UPDATE, whose
         condition is checked on the row's latest version (:meth:`_acquire_matching`)."""
-        plain, rows = split_index(entries)
-        if any(k == RELEASE_KEY or k[:1] == OWNED_MARK for k, _, _ in plain):
-            raise DatasourceError("acquire_lease_writing takes plain and index entries only")
+        plain, rows = split_index(entries)  # plain and index entries only (the protocol)
         if match:
             return await self._acquire_matching(
                 key, owner, ttl, keys, plain=plain, rows=rows, match=match

@@ -784,9 +784,7 @@ class RedisStore:
         match = match or {}
         args += [b"=" + match[k] if k in match else "-" for k in keys]
         for entry in _last_wins(entries):
-            k, value, px = _script_entry(*entry, key)
-            if px == "rl" or (isinstance(px, str) and px[:1] == "o"):
-                raise DatasourceError("acquire_lease_writing takes plain and index entries only")
+            k, value, px = _script_entry(*entry, key)  # plain and index entries (protocol)
             script_keys.append(k)
             args += (value, px)
         with self.errors("acquire_lease"):

@@ -10,14 +10,13 @@ started over on top of itself).
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from uuid import uuid4
 
-import asyncpg  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
 from blokrun.datasources import build_datasource
-from blokrun.datasources.postgresql import lease_table
+from tests.contract.pg_stall import takeover_during_stalled_write
 
 if TYPE_CHECKING:
     from blokrun.datasources import Datasource
@@ -82,27 +81,13 @@ async def test_the_read_sees_a_fenced_write_the_acquire_waited_for(
         )
     settings = server.settings("lr", prefix="")
     async with build_datasource(settings) as ds:
-        old = await ds.acquire_lease(LEASE, "old", 0.2)
-        await asyncio.sleep(0.3)  # expired: anyone may take the run over
-        con: Any = await asyncpg.connect(settings.url)
-        try:
-            tx = con.transaction()
-            await tx.start()
-            await con.execute(
-                f'SELECT FROM "{lease_table(settings.table or "")}" '
-                "WHERE key = $1 AND token = $2 FOR SHARE",
-                LEASE,
-                old.token,
-            )
-            await con.execute(
-                f'INSERT INTO "{settings.table}" (key, data) VALUES ($1, $2)', "head", b"late"
-            )
-            takeover = asyncio.ensure_future(ds.acquire_lease_reading(LEASE, "new", 30, ["head"]))
-            await asyncio.sleep(0.3)
-            assert not takeover.done()  # waits for the write
-            await tx.commit()
-            state, values = await asyncio.wait_for(takeover, 5)
-        finally:
-            await con.close()
-        assert (state.owner, state.token) == ("new", old.token + 1)
+        old_token, (state, values) = await takeover_during_stalled_write(
+            ds,
+            settings,
+            LEASE,
+            "INSERT INTO {table} (key, data) VALUES ($1, $2)",
+            ("head", b"late"),
+            lambda: ds.acquire_lease_reading(LEASE, "new", 30, ["head"]),
+        )
+        assert (state.owner, state.token) == ("new", old_token + 1)
         assert values == {"head": b"late"}

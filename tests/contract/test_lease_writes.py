@@ -11,17 +11,16 @@ never by two racing starts of the same id.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from uuid import uuid4
 
-import asyncpg  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
 from blokrun.datasources import build_datasource
 from blokrun.datasources.index import index_entry
-from blokrun.datasources.postgresql import lease_table
 from blokrun.datasources.protocol import RELEASE_ENTRY, owned_key
 from blokrun.errors import DatasourceError
+from tests.contract.pg_stall import takeover_during_stalled_write
 
 if TYPE_CHECKING:
     from blokrun.datasources import Datasource
@@ -217,33 +216,17 @@ async def test_the_compare_sees_a_write_the_acquire_waited_for(server: Throwaway
         pytest.skip(f"{server.driver}: no statement snapshot to predate a write")
     settings = server.settings("lw", prefix="")
     async with build_datasource(settings) as ds:
-        old = await ds.acquire_lease(LEASE, "old", 0.2)
         await ds.save("head", b"planned on")
-        await asyncio.sleep(0.3)  # expired: anyone may take the run over
-        con: Any = await asyncpg.connect(settings.url)
-        try:
-            tx = con.transaction()
-            await tx.start()
-            await con.execute(
-                f'SELECT FROM "{lease_table(settings.table or "")}" '
-                "WHERE key = $1 AND token = $2 FOR SHARE",
-                LEASE,
-                old.token,
-            )
-            await con.execute(
-                f'UPDATE "{settings.table}" SET data = $2 WHERE key = $1', "head", b"moved on"
-            )
-            takeover = asyncio.ensure_future(
-                ds.acquire_lease_writing(
-                    LEASE, "new", 30, ["head"], BATCH, match={"head": b"planned on"}
-                )
-            )
-            await asyncio.sleep(0.3)
-            assert not takeover.done()  # waits for the write
-            await tx.commit()
-            state, _, written = await asyncio.wait_for(takeover, 5)
-        finally:
-            await con.close()
-        assert (state.owner, state.token) == ("new", old.token + 1)
+        old_token, (state, _, written) = await takeover_during_stalled_write(
+            ds,
+            settings,
+            LEASE,
+            "UPDATE {table} SET data = $2 WHERE key = $1",
+            ("head", b"moved on"),
+            lambda: ds.acquire_lease_writing(
+                LEASE, "new", 30, ["head"], BATCH, match={"head": b"planned on"}
+            ),
+        )
+        assert (state.owner, state.token) == ("new", old_token + 1)
         assert not written
         assert await ds.load_batch(["head", "definition", "run"]) == {"head": b"moved on"}
