@@ -29,7 +29,8 @@ start with ``.``, which no key file name does, so ``keys()`` and ``size()`` neve
   hold the lock on "the" lease.
 * ``.lease-<name>``: the state, JSON ``{"owner", "token", "expires_at"}`` (wall clock
   ``time.time()``), replaced by temp file + fsync + rename under the exclusive lock, so it
-  is never torn, not even by a crash, and the token count never goes back. It is read
+  is never torn, not even by a crash, and the token never goes back (a new lease file's
+  token is the clock in microseconds: ``next_token``). It is read
   without a lock (``read_lease``): a rename is atomic.
 
 ``acquire_lease`` / ``renew_lease`` / ``release_lease`` / ``delete_lease`` take the
@@ -68,7 +69,7 @@ import orjson
 
 from blokrun.datasources.fs_index import SqliteIndex
 from blokrun.datasources.index import split_index
-from blokrun.datasources.protocol import Capabilities, LeaseState, StoreHealth
+from blokrun.datasources.protocol import Capabilities, LeaseState, StoreHealth, next_token
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 
 if TYPE_CHECKING:
@@ -437,7 +438,7 @@ class FilesystemStore:
             current = self._read_state(name)
             if current is not None and current.live(now) and current.owner != owner:
                 return current
-            state = LeaseState(owner, (current.token if current else 0) + 1, now + ttl)
+            state = LeaseState(owner, next_token(current.token if current else None), now + ttl)
             self._write_state(name, state)
             return state
         finally:

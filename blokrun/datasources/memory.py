@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from anyio.lowlevel import checkpoint
 
 from blokrun.datasources.index import MemoryIndex, split_index
-from blokrun.datasources.protocol import Capabilities, LeaseState, StoreHealth
+from blokrun.datasources.protocol import Capabilities, LeaseState, StoreHealth, next_token
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -131,7 +131,7 @@ class MemoryStore:
         current = self._leases.get(key)
         if current is not None and current.live(now) and current.owner != owner:
             return current
-        state = LeaseState(owner, (current.token if current else 0) + 1, now + ttl)
+        state = LeaseState(owner, next_token(current.token if current else None), now + ttl)
         self._leases[key] = state
         return state
 

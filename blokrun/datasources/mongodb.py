@@ -31,8 +31,10 @@ of the database named by ``settings.database``, else the URL's path, else ``blok
 * Leases (:class:`~blokrun.datasources.protocol.LeaseStore`) live in ``<collection>_leases``
   as ``{_id: key, owner, token, expires_at: datetime (UTC)}``, with no TTL index (an expired
   lease keeps its token count). ``acquire_lease`` is one ``find_one_and_update`` with
-  ``upsert``: filter ``_id`` and (expired or same owner), ``$set`` owner and expiry,
-  ``$inc`` token. A live lease of another owner fails the filter, so the upsert's insert
+  ``upsert``: filter ``_id`` and (expired or same owner), an update pipeline that sets
+  owner, expiry and the token (``next_token``: this process's clock in microseconds for a
+  new document, else max(token, clock) + 1, so a deleted lease never issues an old token
+  again). A live lease of another owner fails the filter, so the upsert's insert
   hits the ``_id`` index: ``DuplicateKeyError``, then the holder is read and returned (or,
   if it was released or deleted meanwhile, the update is tried again). The unique ``_id``
   serialises racing acquirers, so exactly one wins. ``renew``/``release`` are
@@ -65,7 +67,7 @@ from pymongo import AsyncMongoClient, ReadPreference, ReplaceOne, ReturnDocument
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
-from blokrun.datasources.protocol import Capabilities, LeaseState, StoreHealth
+from blokrun.datasources.protocol import Capabilities, LeaseState, StoreHealth, next_token
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 from blokrun.redact import mask_url
 
@@ -352,13 +354,28 @@ class MongoStore:
         with self._errors("acquire_lease"):
             for _ in range(_ACQUIRE_TRIES):
                 now = _now()
+                us = next_token(None)
+                # next_token, as an update pipeline: the clock in microseconds for a new
+                # document, else max(token, clock) + 1
+                token = {
+                    "$cond": [
+                        {"$eq": [{"$type": "$token"}, "missing"]},
+                        us,
+                        {"$add": [{"$max": ["$token", us]}, 1]},
+                    ]
+                }
                 try:
                     doc = await leases.find_one_and_update(
                         {"_id": key, "$or": [{"expires_at": {"$lte": now}}, {"owner": owner}]},
-                        {
-                            "$set": {"owner": owner, "expires_at": now + dt.timedelta(seconds=ttl)},
-                            "$inc": {"token": 1},
-                        },
+                        [
+                            {
+                                "$set": {
+                                    "owner": owner,
+                                    "expires_at": now + dt.timedelta(seconds=ttl),
+                                    "token": token,
+                                }
+                            }
+                        ],
                         upsert=True,
                         return_document=ReturnDocument.AFTER,
                     )

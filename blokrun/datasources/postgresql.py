@@ -43,13 +43,16 @@ Design decisions:
   or cursors outside a transaction). An injected pool keeps its own ``reset`` policy.
 * Leases (:class:`~blokrun.datasources.protocol.LeaseStore`) are rows of the lease table,
   timed by the server's ``now()``; each operation is one autocommit statement.
-  ``acquire_lease`` is ``INSERT ... ON CONFLICT DO UPDATE SET token = token + 1 ... WHERE
-  expired OR same owner``: the unique key serialises racing acquirers, so exactly one wins.
+  ``acquire_lease`` is ``INSERT ... ON CONFLICT DO UPDATE SET token = GREATEST(token,
+  clock) + 1 ... WHERE expired OR same owner`` (a new row's token is the server clock in
+  microseconds, so a deleted row never issues an old token again): the unique key
+  serialises racing acquirers, so exactly one wins.
   A refused acquire reads the holder in the same statement (``FOR SHARE``, which follows
   the row to its newest version); only when the holder's row was inserted after the
   statement's snapshot (a racing first acquire) is the statement run again. Release sets
-  ``expires_at`` to the epoch and keeps the token; ``delete_lease`` drops the row, and the
-  count with it. A table name too long for ``_leases`` gets a hashed lease table name.
+  ``expires_at`` to the epoch and keeps the token; ``delete_lease`` drops the row (the next
+  token still comes from the clock, above any issued before). A table name too long for
+  ``_leases`` gets a hashed lease table name.
 * Fencing is atomic (``atomic_fencing``): ``save_batch_fenced`` is the ``save_batch``
   statement behind a CTE that locks the lease row ``FOR SHARE`` where ``token = $n``; the
   rows are written only if it found one. The lock conflicts with every ``UPDATE`` of the
@@ -137,12 +140,18 @@ _LEASE = "owner, token, extract(epoch FROM expires_at)::float8"
 # CTE ``won``, then the lease as stored -- the holder, read FOR SHARE so that a version newer
 # than the snapshot (the one ON CONFLICT saw) is followed; empty only if the row is newer
 # than the snapshot (a racing first acquire: the statement is run again).
+# The token (protocol.next_token): the server clock in microseconds for a new row, else
+# max(token, that clock) + 1 -- so it never goes back, not even once the row was deleted
+# (gc), and a new row's token is exactly _US while any other is above it (_FRESH).
+_US = "floor(extract(epoch FROM now()) * 1000000)::int8"
 _WON = (
     "won AS (INSERT INTO {l} AS l (key, owner, token, expires_at) "
-    "VALUES ($1, $2, 1, now() + make_interval(secs => $3)) ON CONFLICT (key) DO UPDATE "
-    "SET owner = EXCLUDED.owner, token = l.token + 1, expires_at = EXCLUDED.expires_at "
+    "VALUES ($1, $2, " + _US + ", now() + make_interval(secs => $3)) ON CONFLICT (key) DO "
+    "UPDATE SET owner = EXCLUDED.owner, token = GREATEST(l.token, EXCLUDED.token) + 1, "
+    "expires_at = EXCLUDED.expires_at "
     "WHERE l.expires_at <= now() OR l.owner = EXCLUDED.owner RETURNING {lease})"
 )
+_FRESH = "EXISTS (SELECT FROM won WHERE token = " + _US + ")"
 _TAKEN = (
     "SELECT * FROM won UNION ALL SELECT * FROM (SELECT {lease} FROM {l} "
     "WHERE key = $1 AND NOT EXISTS (SELECT FROM won) FOR SHARE) AS held"
@@ -166,32 +175,35 @@ _SQL = {  # {t}: the quoted table, {l}: its quoted lease table
     "acquire": "WITH " + _WON + " " + _TAKEN,
     # acquire, then the rows of keys $4 -- read in the statement's snapshot, which may
     # predate a previous holder's last write (the acquire waited for it): used only when
-    # the lease is new (token 1), when no holder wrote before (see acquire_lease_reading)
+    # the lease row is new (the last column), when no holder wrote before (see
+    # acquire_lease_reading)
     "acquire_reading": "WITH " + _WON + ", got AS (SELECT key, data FROM {t} WHERE key = "  # noqa: S608 -- constants only
     "ANY($4::text[]) AND {live}) SELECT *, ARRAY(SELECT key FROM got ORDER BY key), "
-    "ARRAY(SELECT data FROM got ORDER BY key) FROM (" + _TAKEN + ") AS lease",
-    # acquire_reading, then -- only for a new lease (token 1: no holder wrote before, so the
+    "ARRAY(SELECT data FROM got ORDER BY key), " + _FRESH + " FROM (" + _TAKEN + ") AS lease",
+    # acquire_reading, then -- only for a new lease row (no holder wrote before, so the
     # snapshot shows every write there is) of which none of keys $4 has a live row -- the
     # rows $5-$7 written in the same statement (Capabilities.lease_writes); the last
-    # column says whether they were
+    # columns say whether they were, and whether the row is new
     "acquire_writing": "WITH " + _WON + ", got AS (SELECT key, data FROM {t} WHERE key = "  # noqa: S608 -- constants only
-    "ANY($4::text[]) AND {live}), ok AS (SELECT FROM won WHERE token = 1 AND NOT EXISTS "
+    "ANY($4::text[]) AND {live}), ok AS (SELECT FROM won WHERE token = " + _US + " AND NOT EXISTS "
     "(SELECT FROM got)), w AS (INSERT INTO {t} (key, data, expires_at) SELECT k, d, now() + "
     "make_interval(secs => s) FROM unnest($5::text[], $6::bytea[], $7::float8[]) AS u(k, d, s) "
     "WHERE EXISTS (SELECT FROM ok) {upsert}) SELECT *, ARRAY(SELECT key FROM got ORDER BY "
-    "key), ARRAY(SELECT data FROM got ORDER BY key), EXISTS (SELECT FROM ok) FROM ("
+    "key), ARRAY(SELECT data FROM got ORDER BY key), EXISTS (SELECT FROM ok), "
+    + _FRESH
+    + " FROM ("
     + _TAKEN
     + ") AS lease",
     # the same with run index rows ($8-$13)
     "acquire_writing_ix": "WITH " + _WON + ", got AS (SELECT key, data FROM {t} WHERE key = "  # noqa: S608 -- constants only
-    "ANY($4::text[]) AND {live}), ok AS (SELECT FROM won WHERE token = 1 AND NOT EXISTS "
+    "ANY($4::text[]) AND {live}), ok AS (SELECT FROM won WHERE token = " + _US + " AND NOT EXISTS "
     "(SELECT FROM got)), w AS (INSERT INTO {t} (key, data, expires_at) SELECT k, d, now() + "
     "make_interval(secs => s) FROM unnest($5::text[], $6::bytea[], $7::float8[]) AS u(k, d, s) "
     "WHERE EXISTS (SELECT FROM ok) {upsert}), ix AS (INSERT INTO {r} AS r (space, rid, status, "
     "neg, started_at, workflow) SELECT * FROM unnest($8::text[], $9::text[], $10::text[], "
     "$11::int8[], $12::float8[], $13::text[]) WHERE EXISTS (SELECT FROM ok) {ix_upsert}) "
     "SELECT *, ARRAY(SELECT key FROM got ORDER BY key), ARRAY(SELECT data FROM got ORDER BY "
-    "key), EXISTS (SELECT FROM ok) FROM (" + _TAKEN + ") AS lease",
+    "key), EXISTS (SELECT FROM ok), " + _FRESH + " FROM (" + _TAKEN + ") AS lease",
     # acquire, then a compare-and-set of one key ($4): its live row updated to $5 (ttl $6)
     # only where it holds exactly $7, and then the rows $8-$10 written -- an UPDATE's
     # condition is checked again on the row's latest version (a previous holder's write
@@ -792,12 +804,12 @@ class PostgresStore:
     async def acquire_lease_reading(
         self, key: str, owner: str, ttl: float, keys: Sequence[str]
     ) -> tuple[LeaseState, dict[str, bytes] | None]:
-        """The values are given only for a new lease (token 1): a later acquire may have
-        waited for a previous holder's fenced write, which the statement's snapshot then
-        does not show -- the caller reads those itself."""
+        """The values are given only for a new lease row: a later acquire may have waited
+        for a previous holder's fenced write, which the statement's snapshot then does not
+        show -- the caller reads those itself."""
         row = await self._take("acquire_reading", key, owner, ttl, keys)
         state = LeaseState(row[0], row[1], row[2])
-        if state.owner != owner or state.token != 1:
+        if state.owner != owner or not row[5]:
             return state, None
         return state, dict(zip(row[3], row[4], strict=True))
 
@@ -811,7 +823,7 @@ class PostgresStore:
         *,
         match: Mapping[str, bytes] | None = None,
     ) -> tuple[LeaseState, dict[str, bytes] | None, bool]:
-        """Where keys must be free: writes only with a new lease (token 1), as its values
+        """Where keys must be free: writes only with a new lease row, as its values
         are given only then (see :meth:`acquire_lease_reading`). Where one key must hold
         given bytes (``match``: a resume's head): a compare-and-set by UPDATE, whose
         condition is checked on the row's latest version (:meth:`_acquire_matching`)."""
@@ -828,7 +840,7 @@ class PostgresStore:
             row = await self._take("acquire_writing", key, owner, ttl, keys, *_columns(plain))
         state = LeaseState(row[0], row[1], row[2])
         written = bool(row[5])
-        if state.owner != owner or state.token != 1:
+        if state.owner != owner or not row[6]:
             return state, None, written
         return state, dict(zip(row[3], row[4], strict=True)), written
 

@@ -28,6 +28,7 @@ Rules every driver follows (the contract suite in ``tests/contract`` checks them
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 
@@ -49,6 +50,7 @@ __all__ = [
     "Store",
     "StoreHealth",
     "WritingLeaseStore",
+    "next_token",
     "may_own",
     "owned_key",
     "owner_of",
@@ -179,8 +181,9 @@ class Capabilities:
 class LeaseState:
     """A lease as stored: who holds it, its fencing token, until when (unix seconds).
 
-    ``token`` grows by one on every successful :meth:`LeaseStore.acquire_lease` and never
-    goes back, also across releases and expiries: it is the fencing token.
+    ``token`` grows on every successful :meth:`LeaseStore.acquire_lease` and never goes
+    back, also across releases, expiries, a deleted lease and a store that lost its data:
+    it is the fencing token (see :func:`next_token`).
     """
 
     owner: str
@@ -189,6 +192,21 @@ class LeaseState:
 
     def live(self, now: float) -> bool:
         return self.expires_at > now
+
+
+def next_token(previous: int | None, now_us: int | None = None) -> int:
+    """The fencing token an acquire issues after ``previous`` (``None``: no lease stored).
+
+    A token is the clock in microseconds (``now_us``, else this process's), or one more
+    than the previous token where that is higher. So tokens never go back, not even once a
+    lease was deleted (gc) or lost with a store's data: the old holder's token, issued at
+    least a lease's lifetime ago, is below the clock a new lease starts from, and a paused
+    holder can never find its token issued again to someone else. (This needs the clock
+    that issues tokens not to step back by more than a lease's TTL; drivers use the
+    server's clock where there is one.)
+    """
+    us = time.time_ns() // 1000 if now_us is None else now_us
+    return us if previous is None else max(previous, us) + 1
 
 
 @runtime_checkable
@@ -248,8 +266,10 @@ class LeaseStore(Protocol):
     contract suite checks them against every driver, across processes where it can):
 
     * :meth:`acquire_lease` succeeds when no live lease exists or ``owner`` already holds
-      it; it then stores ``owner``, a token one higher than any token ever issued for
-      ``key``, and ``expires_at = now + ttl`` (server time where the server has a clock).
+      it; it then stores ``owner``, a token higher than any token ever issued for ``key``
+      -- also before a :meth:`delete_lease` or a loss of the store's data: the clock in
+      microseconds, or the previous token + 1 where that is higher (:func:`next_token`) --
+      and ``expires_at = now + ttl`` (server time where the server has a clock).
       It returns the stored state: the caller holds the lease iff ``state.owner == owner``
       and the state is fresh; otherwise the state names the live holder.
     * :meth:`renew_lease` extends the lease iff ``token`` is still the latest token issued
@@ -260,8 +280,9 @@ class LeaseStore(Protocol):
       latest token of ``lease_key``, and returns ``True``; otherwise it writes nothing and
       returns ``False`` (a stale holder's write is rejected).
     * :meth:`read_lease` returns the stored state (live or expired), ``None`` if none.
-    * :meth:`delete_lease` forgets the lease and its token count (garbage collection of a
-      finished run); returns whether something was removed.
+    * :meth:`delete_lease` forgets the lease (garbage collection of a finished run); a
+      later acquire still issues a higher token, from the clock. Returns whether something
+      was removed.
     """
 
     async def acquire_lease(self, key: str, owner: str, ttl: float) -> LeaseState: ...

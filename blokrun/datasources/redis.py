@@ -26,7 +26,9 @@ Design decisions:
   expired and not been reclaimed yet (the contract forbids counting those) and keys some
   other program wrote that ``keys()`` would skip. Correct beats O(1) here.
 * **Leases** are a hash (``owner``, ``token``, ``expires_ms``) at the lease key, with no
-  Redis TTL, so the token count survives expiry and release (``delete_lease`` drops it).
+  Redis TTL, so the token count survives expiry and release; ``delete_lease`` drops it, and
+  a new hash's token is the server clock in microseconds (``next_token``), above any token
+  issued before the deletion or before the server lost its data.
   Each operation is one Lua script (``EVALSHA``, reloaded if the server lost it), atomic on
   the server and timed by its clock (``TIME``: allowed before writes since Redis 5 replicates
   script effects, the only mode in 7). ``save_batch_fenced`` is one script that compares
@@ -134,21 +136,26 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 # Takes the lease at KEYS[1] for ARGV[1] (ttl_ms ARGV[2]) when it is free, expired or already
-# ARGV[1]'s; leaves held, token, expires as stored.
+# ARGV[1]'s; leaves held, token, expires as stored. The new token is the server clock in
+# microseconds for a lease with no hash, else max(its token, that clock) + 1: it never goes
+# back, not even once the hash was deleted (gc) or lost with the server's data, so a paused
+# holder's old token is never issued again (LeaseStore's rules).
 _TAKE = (
     _NOW_MS
     + """
 local cur = redis.call('HMGET', KEYS[1], 'owner', 'token', 'expires_ms')
-local token = tonumber(cur[2]) or 0
+local token = tonumber(cur[2])
 local expires = tonumber(cur[3]) or 0
 local held = cur[1]
 if not (held and held ~= ARGV[1] and expires > now) then
   held = ARGV[1]
-  token = token + 1
+  local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  if token then token = math.max(token, us) + 1 else token = us end
   expires = now + tonumber(ARGV[2])
   redis.call('HSET', KEYS[1], 'owner', held, 'token', string.format('%d', token),
              'expires_ms', string.format('%d', expires))
 end
+token = token or 0
 """
 )
 # ARGV: owner, ttl_ms. Returns {owner, token, expires_ms} as stored.

@@ -54,9 +54,11 @@ decide, then ``PutObject`` with ``IfNoneMatch='*'`` (create) or ``IfMatch=<ETag>
 (deleted meanwhile) someone else changed it first: re-read and decide again (at most
 ``_LEASE_TRIES`` times, with a short jittered pause). Of racing acquirers exactly one
 creates or replaces the object; the others re-read and see the winner. Release sets
-``expires_at`` to 0 and keeps the token; ``delete_lease`` removes the object, and the
-token count with it (so does a lifecycle rule that expires objects: give it N days well
-beyond a run's lifetime). A server that ignores the conditions makes leases unsafe.
+``expires_at`` to 0 and keeps the token; ``delete_lease`` removes the object (so does
+a lifecycle rule that expires objects); a new object's token is this process's clock in
+microseconds (``next_token``), above any token issued before as long as the clocks of the
+processes sharing the bucket agree to within a lease's TTL. A server that ignores the
+conditions makes leases unsafe.
 **Fencing is not atomic** (``atomic_fencing=False``): S3 cannot make a write conditional
 on another object, so ``save_batch_fenced`` reads the lease, compares the token, then
 writes like ``save_batch``. A holder that has just lost its lease can therefore still land
@@ -82,7 +84,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from blokrun.datasources.protocol import Capabilities, LeaseState, StoreHealth
+from blokrun.datasources.protocol import Capabilities, LeaseState, StoreHealth, next_token
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 from blokrun.redact import mask_url
 
@@ -574,7 +576,7 @@ class S3Store:
             now = time.time()
             if current is not None and current.live(now) and current.owner != owner:
                 return current
-            state = LeaseState(owner, (current.token if current else 0) + 1, now + ttl)
+            state = LeaseState(owner, next_token(current.token if current else None), now + ttl)
             if await self._put_lease(name, state, etag, "acquire_lease"):
                 return state
             attempt += 1

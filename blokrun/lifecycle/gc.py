@@ -272,7 +272,7 @@ async def _collect_run(state: _State, run: RunSummary) -> GcRun | None:
             if lease is not None:
                 await lease.datasource.delete_lease(lease_key(rid))
                 lease.abandon()
-                lease = None  # and its fencing-token count with it
+                lease = None  # a later run's token still comes from the clock: higher
         return GcRun(
             request_id=rid,
             workflow=run.workflow,

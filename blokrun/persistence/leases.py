@@ -3,8 +3,10 @@
 A run (``run`` or ``resume``) first takes the lease ``_blokrun.lease.<request id>`` in the
 *lease datasource* (by default the first configured datasource that keeps leases, shared
 ones before the in-process memory store). The datasource answers with a **fencing token**,
-one higher than any token issued for that run before. While the run goes on, a heartbeat
-renews the lease every third of its TTL; when it ends the lease is released.
+higher than any token issued for that run before -- also before gc deleted its lease or
+the datasource lost its data (the token is taken from the clock where the count is gone).
+While the run goes on, a heartbeat renews the lease every third of its TTL; when it ends
+the lease is released.
 
 * A second process that asks for the lease while it is live gets :class:`RunBusy` ("being
   resumed elsewhere") naming the holder and until when it holds it.

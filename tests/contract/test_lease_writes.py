@@ -46,7 +46,7 @@ async def test_writes_with_a_new_lease_when_every_key_is_free(server: ThrowawayS
     async with open_ds(server) as ds:
         assert ds.capabilities.lease_writes == one_trip(server)
         state, values, written = await ds.acquire_lease_writing(LEASE, "me", 30, KEYS, BATCH)
-        assert (state.owner, state.token) == ("me", 1)
+        assert state.owner == "me"
         assert values == {}
         assert written == one_trip(server)
         stored = await ds.load_batch([k for k, _, _ in BATCH])
@@ -87,7 +87,7 @@ async def test_a_lease_that_had_a_holder_writes_only_where_the_check_is_sure(
         first = await ds.acquire_lease(LEASE, "old", 30)
         await ds.release_lease(LEASE, "old", first.token)
         state, values, written = await ds.acquire_lease_writing(LEASE, "me", 30, KEYS, BATCH)
-        assert (state.owner, state.token) == ("me", 2)
+        assert state.owner == "me" and state.token > first.token
         assert values == {}
         assert written == (server.driver == "redis")
 
@@ -227,6 +227,6 @@ async def test_the_compare_sees_a_write_the_acquire_waited_for(server: Throwaway
                 LEASE, "new", 30, ["head"], BATCH, match={"head": b"planned on"}
             ),
         )
-        assert (state.owner, state.token) == ("new", old_token + 1)
+        assert state.owner == "new" and state.token > old_token
         assert not written
         assert await ds.load_batch(["head", "definition", "run"]) == {"head": b"moved on"}

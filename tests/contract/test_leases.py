@@ -95,16 +95,19 @@ async def test_a_free_lease_is_taken_and_a_held_one_is_refused(server: Throwaway
     async with _pair(server) as (a, b):
         assert a.supports_leases and a.capabilities.leases
         assert await a.read_lease(LEASE) is None
+        before = time.time_ns() // 1000
         mine = await a.acquire_lease(LEASE, "owner-a", 30)
-        assert (mine.owner, mine.token) == ("owner-a", 1)
+        # a new lease's token is the (server's) clock in microseconds: above any token a
+        # deleted lease of this key could have issued (protocol.next_token)
+        assert mine.owner == "owner-a" and abs(mine.token - before) < 60_000_000
         assert mine.expires_at > time.time() + 20
         theirs = await b.acquire_lease(LEASE, "owner-b", 30)
         assert theirs.owner == "owner-a"  # refused: the state names the live holder
-        assert theirs.token == 1
+        assert theirs.token == mine.token
         stored = await b.read_lease(LEASE)
-        assert stored is not None and (stored.owner, stored.token) == ("owner-a", 1)
+        assert stored is not None and (stored.owner, stored.token) == ("owner-a", mine.token)
         again = await a.acquire_lease(LEASE, "owner-a", 30)  # the holder may re-acquire
-        assert (again.owner, again.token) == ("owner-a", 2)
+        assert again.owner == "owner-a" and again.token > mine.token
 
 
 async def test_renew_and_release_follow_the_token(server: ThrowawayServer) -> None:
@@ -134,7 +137,7 @@ async def test_an_expired_lease_can_be_taken_over(server: ThrowawayServer) -> No
         assert await a.renew_lease(LEASE, "owner-a", first.token, ttl) is True
         await elapse(ttl + 0.3)
         taken = await b.acquire_lease(LEASE, "owner-b", 30)
-        assert (taken.owner, taken.token) == ("owner-b", first.token + 1)
+        assert taken.owner == "owner-b" and taken.token > first.token
         assert await a.renew_lease(LEASE, "owner-a", first.token, ttl) is False
 
 
@@ -174,7 +177,7 @@ async def test_only_one_of_many_racing_owners_wins(server: ThrowawayServer) -> N
         winners = [owner for owner, state in results.items() if state.owner == owner]
         assert len(winners) == 1, results
         assert {state.owner for state in results.values()} == set(winners)
-        assert {state.token for state in results.values()} == {1}
+        assert len({state.token for state in results.values()}) == 1  # one token issued
 
 
 async def test_leases_of_different_runs_are_independent_and_keys_are_safe(
@@ -188,18 +191,50 @@ async def test_leases_of_different_runs_are_independent_and_keys_are_safe(
         "_blokrun.lease." + "x" * 900,
     ]
     async with _pair(server) as (a, b):
+        last: dict[str, int] = {}
         for i, key in enumerate(keys):
             for _ in range(i + 1):
-                await a.release_lease(key, "o", (await a.acquire_lease(key, "o", 30)).token)
-        for i, key in enumerate(keys):
+                token = (await a.acquire_lease(key, "o", 30)).token
+                assert token > last.get(key, 0), key  # every acquire issues a higher token
+                last[key] = token
+                await a.release_lease(key, "o", token)
+        for key in keys:
             state = await b.read_lease(key)
-            assert state is not None and state.token == i + 1, key
+            assert state is not None and state.token == last[key], key
             assert not state.live(time.time())
         assert await b.delete_lease(keys[0]) is True
         assert await b.delete_lease(keys[0]) is False
         assert await b.read_lease(keys[0]) is None
         fresh = await b.acquire_lease(keys[0], "o", 30)
-        assert fresh.token == 1  # gc forgot the run, and its count with it
+        assert fresh.token > last[keys[0]]  # gc forgot the lease, not where its tokens were
+
+
+async def test_a_deleted_lease_never_issues_an_old_token_again(server: ThrowawayServer) -> None:
+    """gc deletes a run's lease (and a store may lose it): the tokens issued after that are
+    above every token issued before, however fast the old ones were issued -- so a holder
+    paused since then cannot find its token is the latest again (its write, renewal and
+    release do nothing)."""
+    async with _pair(server) as (a, b):
+        issued = []
+        for i in range(40):  # as fast as the store takes them: tokens outrun the clock
+            state = await a.acquire_lease(LEASE, f"owner-{i % 3}", 30)
+            issued.append(state.token)
+            await a.release_lease(LEASE, state.owner, state.token)
+        assert issued == sorted(set(issued))  # strictly increasing
+        for _ in range(3):
+            assert await b.delete_lease(LEASE)
+            new = await b.acquire_lease(LEASE, "new", 30)
+            assert new.token > max(issued), (new.token, max(issued))
+            for old in (issued[0], issued[-1]):
+                assert not await a.save_batch_fenced([("k", b"stale", None)], LEASE, old)
+                assert not await a.renew_lease(LEASE, "owner-0", old, 30)
+                await a.release_lease(LEASE, "owner-0", old)
+            assert await b.save_batch_fenced([("k", b"mine", None)], LEASE, new.token)
+            held = await b.read_lease(LEASE)
+            assert held is not None and (held.owner, held.token) == ("new", new.token)
+            assert held.live(time.time())
+            issued.append(new.token)
+        assert await b.load("k") == b"mine"
 
 
 async def test_a_stale_holder_cannot_overwrite_after_takeover(server: ThrowawayServer) -> None:

@@ -84,7 +84,7 @@ async def test_lease_objects_are_json_that_keys_never_lists(raw: Any, moto: Moto
     async with build_datasource(settings) as ds:
         await ds.save("k", b"v")
         state = await ds.acquire_lease(LEASE, "owner-a", 30)
-        assert (await ds.acquire_lease(long_key, "owner-a", 30)).token == 1
+        assert (await ds.acquire_lease(long_key, "owner-a", 30)).owner == "owner-a"
         assert await ds.keys() == ["k"]
         assert await ds.keys("_") == []
         assert await ds.size() == 1
@@ -96,7 +96,7 @@ async def test_lease_objects_are_json_that_keys_never_lists(raw: Any, moto: Moto
         assert names[2].startswith("~lease/_blokrun.lease.yyy") and len(prefix + names[2]) <= 1024
         obj = await raw.get_object(Bucket=BUCKET, Key=prefix + names[1])
         doc = json.loads(await obj["Body"].read())
-        assert doc == {"owner": "owner-a", "token": 1, "expires_at": state.expires_at}
+        assert doc == {"owner": "owner-a", "token": state.token, "expires_at": state.expires_at}
         assert obj["Metadata"] == {}  # no TTL: a lease never expires away
         await ds.save("t", b"ttl", ttl=60)  # TTLs in use: keys() HEADs objects, not leases
         assert sorted(await ds.keys()) == ["k", "t"]
@@ -115,12 +115,13 @@ async def test_a_write_from_a_stale_read_loses(moto: MotoServer) -> None:
         assert not await a._put_lease(name, first, None, "test")  # 412: exists
         assert await b.delete_lease(LEASE)
         assert not await a._put_lease(name, first, etag, "test")  # 404: deleted since read
-        assert (await a.acquire_lease(LEASE, "a", 30)).token == 1
+        assert (await a.acquire_lease(LEASE, "a", 30)).token > first.token  # from the clock
 
 
 async def test_racing_takeovers_of_an_expired_lease_issue_one_token(moto: MotoServer) -> None:
     async with stores(moto.settings(), 6) as racers:
-        for round_ in range(1, 4):
+        last = 0
+        for _round in range(1, 4):
             states: dict[int, Any] = {}
 
             async def race(i: int, store: S3Store) -> None:
@@ -131,7 +132,12 @@ async def test_racing_takeovers_of_an_expired_lease_issue_one_token(moto: MotoSe
                     tg.start_soon(race, i, store)
             winners = [i for i, st in states.items() if st.owner == f"o{i}"]
             assert len(winners) == 1, states
-            assert {(st.owner, st.token) for st in states.values()} == {(f"o{winners[0]}", round_)}
+            won = states[winners[0]]
+            assert {(st.owner, st.token) for st in states.values()} == {
+                (f"o{winners[0]}", won.token)
+            }
+            assert won.token > last  # one token per round, each higher
+            last = won.token
             await anyio.sleep(0.6)
 
 
@@ -142,7 +148,7 @@ async def test_release_keeps_the_token_and_renew_follows_it(moto: MotoServer) ->
         await store.release_lease(LEASE, "a", state.token)
         await store.release_lease(LEASE, "a", state.token)  # released already: no write
         released = await store.read_lease(LEASE)
-        assert released is not None and (released.token, released.expires_at) == (1, 0.0)
+        assert released is not None and (released.token, released.expires_at) == (state.token, 0.0)
         assert await store.renew_lease(LEASE, "a", state.token, 10) is True
         renewed = await store.read_lease(LEASE)
         assert renewed is not None and renewed.expires_at > time.time() + 5

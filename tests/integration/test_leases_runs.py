@@ -225,7 +225,7 @@ async def test_a_live_holder_elsewhere_is_waited_out_until_its_lease_expires(
         result = await runner.run(wf, {}, request_id="far")
         assert result.status == "completed"
         after = await ds.read_lease(lease_key("far"))
-        assert after is not None and after.token == elsewhere.token + 1
+        assert after is not None and after.token > elsewhere.token
         assert not after.live(time.time())  # released when the run ended
 
 

@@ -25,3 +25,17 @@ async def churn(ctx: Any, inputs: dict[str, Any]) -> Any:
         ctx.vars[f"progress-{i}"] = i
         await anyio.lowlevel.checkpoint()
     return "done"
+
+
+PAUSED: list[anyio.Event] = []
+PAUSED_ONCE: list[bool] = []
+
+
+async def pause_first(ctx: Any, inputs: dict[str, Any]) -> Any:
+    """The first call waits until the test sets ``PAUSED[0]`` (a holder frozen mid-step);
+    later calls add ``n`` to ``total`` at once."""
+    _ledger(ctx)
+    if PAUSED and not PAUSED[0].is_set() and not PAUSED_ONCE:
+        PAUSED_ONCE.append(True)
+        await PAUSED[0].wait()
+    ctx.vars["total"] = ctx.vars.get("total", 0) + int(inputs.get("n", 1))

@@ -81,7 +81,7 @@ async def test_a_late_started_heartbeat_still_stops_a_run_taken_over(
             lease = kept[0][0]
             await ds.release_lease(lease.key, lease.owner, lease.token)  # ended elsewhere
             taken = await ds.acquire_lease(lease.key, "thief", 30)
-            assert taken.token == lease.token + 1
+            assert taken.token > lease.token
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(steal)
