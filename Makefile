@@ -23,9 +23,9 @@ servers: $(STAMP)
 
 ## test: install everything the tests need; ruff and mypy (strict, over the package, tests,
 ## benchmarks, examples and scripts); the docs; then the whole suite, every throwaway server
-## required
+## required, on two workers (pytest-xdist: each starts its own throwaway servers)
 test: servers lint typecheck docs
-	BLOKRUN_TEST_SERVERS=required $(BIN)/python -m pytest
+	BLOKRUN_TEST_SERVERS=required $(BIN)/python -m pytest -n 2
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -x -q
