@@ -605,7 +605,15 @@ class Datasource:
         async with self._guard(key, "read_lease"):
             return await store.read_lease(full)
 
-    async def delete_lease(self, key: str) -> bool:
+    async def delete_lease(self, key: str, token: int | None = None) -> bool:
+        """Forget the lease ``key`` -- with ``token``, only while that is its latest."""
         store, full = self._lease_store(), self._full(key)
         async with self._guard(key, "delete_lease"):
-            return await store.delete_lease(full)
+            return await store.delete_lease(full, token)
+
+    async def delete_batch_fenced(self, keys: Sequence[str], lease_key: str, token: int) -> bool:
+        """``delete_batch`` iff ``token`` is still the latest token of ``lease_key``."""
+        store, fence = self._lease_store(), self._full(lease_key)
+        full = [self._full(k) for k in keys]
+        async with self._guard(None, "delete_batch"):
+            return await store.delete_batch_fenced(full, fence, token)

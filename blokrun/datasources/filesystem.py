@@ -484,12 +484,30 @@ class FilesystemStore:
         finally:
             os.close(fd)
 
-    def _delete_lease_sync(self, key: str) -> bool:
+    def _delete_fenced_sync(self, keys: Sequence[str], lease_key: str, token: int) -> bool:
+        name = self._lease_name(lease_key)
+        fd = self._lock(name, exclusive=False, create=False)
+        if fd is None:
+            return False
+        try:  # the shared lock is held until every key is deleted: no takeover between
+            current = self._read_state(name)
+            if current is None or current.token != token:
+                return False
+            self._delete_many(list(keys))
+            return True
+        finally:
+            os.close(fd)
+
+    def _delete_lease_sync(self, key: str, token: int | None) -> bool:
         name = self._lease_name(key)
         fd = self._lock(name, exclusive=True, create=False)
         if fd is None:
             return False
         try:
+            if token is not None:
+                current = self._read_state(name)
+                if current is None or current.token != token:
+                    return False
             try:
                 os.unlink(self._root / (_STATE + name))
                 removed = True
@@ -522,8 +540,13 @@ class FilesystemStore:
     async def read_lease(self, key: str) -> LeaseState | None:
         return await anyio.to_thread.run_sync(self._read_state, self._lease_name(key))
 
-    async def delete_lease(self, key: str) -> bool:
-        return await anyio.to_thread.run_sync(self._delete_lease_sync, key)
+    async def delete_batch_fenced(self, keys: Sequence[str], lease_key: str, token: int) -> bool:
+        return await anyio.to_thread.run_sync(
+            self._delete_fenced_sync, list(keys), lease_key, token
+        )
+
+    async def delete_lease(self, key: str, token: int | None = None) -> bool:
+        return await anyio.to_thread.run_sync(self._delete_lease_sync, key, token)
 
     # -- the run index (blokrun.datasources.fs_index) ---------------------------------------
 

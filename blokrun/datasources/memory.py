@@ -34,12 +34,13 @@ _CAPS = Capabilities(
 class MemoryStore:
     """A dict of ``key -> (bytes, expires_at_monotonic | None)``."""
 
-    __slots__ = ("_clock", "_connected", "_data", "_indexes", "_leases", "extras")
+    __slots__ = ("_clock", "_connected", "_data", "_indexes", "_issued", "_leases", "extras")
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock  # wall-clock seconds for lease expiry (tests pass a fake)
         self._data: dict[str, tuple[bytes, float | None]] = {}
         self._leases: dict[str, LeaseState] = {}
+        self._issued = 0  # the highest token of a deleted lease: new tokens start above it
         self._indexes: dict[str, MemoryIndex] = {}  # run index per space (datasource prefix)
         self.extras: dict[str, object] = {}  # in-process features kept with the store (queue)
         self._connected = False
@@ -131,7 +132,10 @@ class MemoryStore:
         current = self._leases.get(key)
         if current is not None and current.live(now) and current.owner != owner:
             return current
-        state = LeaseState(owner, next_token(current.token if current else None), now + ttl)
+        # a deleted lease's count is kept as a floor: this store's tokens never go back,
+        # whatever the clock does
+        previous = current.token if current else (self._issued or None)
+        state = LeaseState(owner, next_token(previous), now + ttl)
         self._leases[key] = state
         return state
 
@@ -158,8 +162,21 @@ class MemoryStore:
     async def read_lease(self, key: str) -> LeaseState | None:
         return self._leases.get(key)
 
-    async def delete_lease(self, key: str) -> bool:
-        return self._leases.pop(key, None) is not None
+    async def delete_batch_fenced(self, keys: Sequence[str], lease_key: str, token: int) -> bool:
+        current = self._leases.get(lease_key)
+        if current is None or current.token != token:
+            await checkpoint()
+            return False
+        await self.delete_batch(keys)  # deletes before it first yields: no takeover between
+        return True
+
+    async def delete_lease(self, key: str, token: int | None = None) -> bool:
+        current = self._leases.get(key)
+        if current is None or (token is not None and current.token != token):
+            return False
+        del self._leases[key]
+        self._issued = max(self._issued, current.token)
+        return True
 
     # -- the run index (blokrun.datasources.index) ------------------------------------------
 

@@ -424,9 +424,21 @@ class MongoStore:
             doc = await self.lease_collection.find_one({"_id": key})
         return None if doc is None else self._lease(doc)
 
-    async def delete_lease(self, key: str) -> bool:
+    async def delete_batch_fenced(self, keys: Sequence[str], lease_key: str, token: int) -> bool:
+        # Check, then delete: not atomic (see the module docstring).
+        with self._errors("delete_batch"):
+            held = await self.lease_collection.find_one(
+                {"_id": lease_key, "token": token}, {"_id": 1}
+            )
+        if held is None:
+            return False
+        await self.delete_batch(keys)
+        return True
+
+    async def delete_lease(self, key: str, token: int | None = None) -> bool:
+        which: dict[str, Any] = {"_id": key} if token is None else {"_id": key, "token": token}
         with self._errors("delete_lease"):
-            result = await self.lease_collection.delete_one({"_id": key})
+            result = await self.lease_collection.delete_one(which)
         return result.deleted_count == 1
 
     def _lease(self, doc: Doc) -> LeaseState:

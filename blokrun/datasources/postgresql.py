@@ -279,8 +279,13 @@ _SQL = {  # {t}: the quoted table, {l}: its quoted lease table
     "$10::int8[], $11::float8[], $12::text[], $13::int8[]) AS x(sp, ri, st, ng, sa, wf, gi) "
     "WHERE gi IN (SELECT gi FROM ok) {ix_upsert}) "
     "SELECT coalesce(array_agg(gi), '{{}}') FROM ok",
+    # delete_batch behind the fence of save_batch_fenced: $1 the keys, $2/$3 lease and token
+    "delete_batch_fenced": "WITH fence AS (SELECT FROM {l} WHERE key = $2 AND token = $3 "
+    "FOR SHARE), gone AS (DELETE FROM {t} WHERE key = ANY($1::text[]) AND EXISTS "
+    "(SELECT FROM fence)) SELECT EXISTS (SELECT FROM fence)",
     "read_lease": "SELECT {lease} FROM {l} WHERE key = $1",
     "delete_lease": "DELETE FROM {l} WHERE key = $1",
+    "delete_lease_fenced": "DELETE FROM {l} WHERE key = $1 AND token = $2",
 }
 # (Every part of these statements is a constant of this module; values are $n parameters.)
 # -- owned entries (Capabilities.owned_writes): written by a CTE of the save's own statement,
@@ -946,9 +951,19 @@ class PostgresStore:
             row = await con.fetchrow(self._sql["read_lease"], key)
         return None if row is None else LeaseState(row[0], row[1], row[2])
 
-    async def delete_lease(self, key: str) -> bool:
+    async def delete_batch_fenced(self, keys: Sequence[str], lease_key: str, token: int) -> bool:
+        async with self.connection("delete_batch") as con:
+            held: bool = await con.fetchval(
+                self._sql["delete_batch_fenced"], list(keys), lease_key, token
+            )
+        return held
+
+    async def delete_lease(self, key: str, token: int | None = None) -> bool:
         async with self.connection("delete_lease") as con:
-            status: str = await con.execute(self._sql["delete_lease"], key)
+            if token is None:
+                status: str = await con.execute(self._sql["delete_lease"], key)
+            else:
+                status = await con.execute(self._sql["delete_lease_fenced"], key, token)
         return status == "DELETE 1"
 
     # -- the run index ----------------------------------------------------------------------

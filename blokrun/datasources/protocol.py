@@ -199,11 +199,12 @@ def next_token(previous: int | None, now_us: int | None = None) -> int:
 
     A token is the clock in microseconds (``now_us``, else this process's), or one more
     than the previous token where that is higher. So tokens never go back, not even once a
-    lease was deleted (gc) or lost with a store's data: the old holder's token, issued at
-    least a lease's lifetime ago, is below the clock a new lease starts from, and a paused
-    holder can never find its token issued again to someone else. (This needs the clock
-    that issues tokens not to step back by more than a lease's TTL; drivers use the
-    server's clock where there is one.)
+    lease was deleted (gc) or lost with a store's data: a deleted lease's tokens were all
+    issued at or before the clock's time then (plus one per acquire in the same
+    microsecond), and a new lease starts from the clock's time now. A paused holder can
+    never find its token issued again to someone else -- as long as the clock that issues
+    the tokens does not step back: drivers use the server's clock where there is one
+    (Redis, PostgreSQL), and the in-process memory store keeps its own floor.
     """
     us = time.time_ns() // 1000 if now_us is None else now_us
     return us if previous is None else max(previous, us) + 1
@@ -279,10 +280,18 @@ class LeaseStore(Protocol):
     * :meth:`save_batch_fenced` stores ``entries`` like ``save_batch`` iff ``token`` is the
       latest token of ``lease_key``, and returns ``True``; otherwise it writes nothing and
       returns ``False`` (a stale holder's write is rejected).
+    * :meth:`delete_batch_fenced` deletes ``keys`` like ``delete_batch`` iff ``token`` is the
+      latest token of ``lease_key`` and returns ``True``; otherwise it deletes nothing and
+      returns ``False`` (gc holding a lease it lost cannot delete a run resumed meanwhile).
     * :meth:`read_lease` returns the stored state (live or expired), ``None`` if none.
-    * :meth:`delete_lease` forgets the lease (garbage collection of a finished run); a
-      later acquire still issues a higher token, from the clock. Returns whether something
-      was removed.
+    * :meth:`delete_lease` forgets the lease (garbage collection of a finished run) -- with
+      ``token``, only while that is its latest token (never a new holder's lease); a later
+      acquire still issues a higher token, from the clock. Returns whether something was
+      removed.
+
+    Where fencing is not atomic (``Capabilities.atomic_fencing`` false), the fenced
+    operations check the token, then act: a holder that lost its lease in that round trip
+    can still land one.
     """
 
     async def acquire_lease(self, key: str, owner: str, ttl: float) -> LeaseState: ...
@@ -295,9 +304,13 @@ class LeaseStore(Protocol):
         self, entries: Sequence[Entry], lease_key: str, token: int
     ) -> bool: ...
 
+    async def delete_batch_fenced(
+        self, keys: Sequence[str], lease_key: str, token: int
+    ) -> bool: ...
+
     async def read_lease(self, key: str) -> LeaseState | None: ...
 
-    async def delete_lease(self, key: str) -> bool: ...
+    async def delete_lease(self, key: str, token: int | None = None) -> bool: ...
 
 
 class ReadingLeaseStore(Protocol):

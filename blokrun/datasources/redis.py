@@ -186,6 +186,23 @@ return 1
 """
 )
 
+# KEYS: lease, then the keys to delete; ARGV: token. Deletes them iff the token is the
+# latest; returns 1 if it did, 0 if the lease was lost.
+_DELETE_FENCED = """
+if tonumber(redis.call('HGET', KEYS[1], 'token')) ~= tonumber(ARGV[1]) then return 0 end
+for i = 2, #KEYS, 1000 do
+  redis.call('DEL', unpack(KEYS, i, math.min(i + 999, #KEYS)))
+end
+return 1
+"""
+
+# ARGV: token. Drops the lease hash iff the token is the latest; returns 1 if it did.
+_DELETE_LEASE = """
+if tonumber(redis.call('HGET', KEYS[1], 'token')) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
 # ARGV: token. Ends the lease now, keeping owner and token.
 _RELEASE = """
 if tonumber(redis.call('HGET', KEYS[1], 'token')) ~= tonumber(ARGV[1]) then return 0 end
@@ -337,6 +354,8 @@ class _Scripts:
     release: AsyncScript
     save_fenced: AsyncScript
     save_groups: AsyncScript
+    delete_fenced: AsyncScript
+    delete_lease: AsyncScript
     ix_query: AsyncScript
     ix_fix: AsyncScript
     ix_fill: AsyncScript
@@ -353,6 +372,8 @@ class _Scripts:
             client.register_script(_RELEASE),
             client.register_script(_SAVE_FENCED),
             client.register_script(_SAVE_GROUPS),
+            client.register_script(_DELETE_FENCED),
+            client.register_script(_DELETE_LEASE),
             client.register_script(redis_index.QUERY),
             client.register_script(redis_index.FIX),
             client.register_script(redis_index.FILL),
@@ -865,7 +886,16 @@ class RedisStore:
                 f"redis at {self._where}: {key!r} is not a blokrun lease: {exc!r}"
             ) from exc
 
-    async def delete_lease(self, key: str) -> bool:
+    async def delete_batch_fenced(self, keys: Sequence[str], lease_key: str, token: int) -> bool:
+        lua = self._lua()
+        with self.errors("delete_batch"):
+            return bool(await self._eval(lua.delete_fenced, [lease_key, *keys], [token]))
+
+    async def delete_lease(self, key: str, token: int | None = None) -> bool:
+        if token is not None:
+            lua = self._lua()
+            with self.errors("delete_lease"):
+                return bool(await self._eval(lua.delete_lease, [key], [token]))
         client = self.client()
         with self.errors("delete_lease"):
             return bool(await client.delete(key))

@@ -620,9 +620,21 @@ class S3Store:
         state, _ = await self._get_lease(self._name(key, _LEASES), "read_lease")
         return state
 
-    async def delete_lease(self, key: str) -> bool:
+    async def delete_batch_fenced(self, keys: Sequence[str], lease_key: str, token: int) -> bool:
+        # Check, then delete: not atomic (see the module docstring).
+        current, _ = await self._get_lease(self._name(lease_key, _LEASES), "delete_batch")
+        if current is None or current.token != token:
+            return False
+        await self.delete_batch(keys)
+        return True
+
+    async def delete_lease(self, key: str, token: int | None = None) -> bool:
         name = self._name(key, _LEASES)
-        if await self._head(name) is None:
+        if token is not None:  # check, then delete: not atomic (see the module docstring)
+            current, _ = await self._get_lease(name, "delete_lease")
+            if current is None or current.token != token:
+                return False
+        elif await self._head(name) is None:
             return False
         with self._errors("delete_lease"):
             await self._client.delete_object(Bucket=self._bucket, Key=name)

@@ -270,7 +270,8 @@ async def _collect_run(state: _State, run: RunSummary) -> GcRun | None:
         if not state.dry_run:
             await _delete(plans, rid, lease)
             if lease is not None:
-                await lease.datasource.delete_lease(lease_key(rid))
+                # only while gc's token is the latest: never a new run's lease
+                await lease.datasource.delete_lease(lease_key(rid), lease.token)
                 lease.abandon()
                 lease = None  # a later run's token still comes from the clock: higher
         return GcRun(
@@ -318,21 +319,37 @@ async def _plan(
 
 
 async def _delete(plans: list[tuple[Datasource, list[str]]], rid: str, lease: Lease | None) -> None:
-    """Delete in batches, stopping if the run's lease was taken over meanwhile."""
+    """Delete in batches, stopping if the run's lease was taken over meanwhile: gc renews
+    it before each batch, and on the lease's datasource each batch is fenced by its token
+    -- a gc that outlived its lease (a pause, a slow store) never deletes a run that was
+    resumed meanwhile."""
     for ds, doomed in plans:
         for start in range(0, len(doomed), BATCH):
-            if lease is not None and lease.lost:
-                raise RunBusy(
-                    "its lease was taken over while gc deleted it; stopped",
-                    request_id=rid,
-                    owner="",
-                    expires_at=0.0,
-                )
-            await ds.delete_batch(doomed[start : start + BATCH])
+            chunk = doomed[start : start + BATCH]
+            if lease is None:
+                await ds.delete_batch(chunk)
+                continue
+            if lease.lost or not await lease.renew():
+                raise _taken_over(rid)
+            if ds is lease.datasource:
+                if not await ds.delete_batch_fenced(chunk, lease.key, lease.token):
+                    lease.lost = True
+                    raise _taken_over(rid)
+            else:
+                await ds.delete_batch(chunk)
         if ds.indexed and any(key.startswith(HEAD_PREFIX) for key in doomed):
             # After the head: a crash before this leaves a row with no head, which the
             # next listing drops; never a head without its row.
             await ds.index_remove([rid])
+
+
+def _taken_over(rid: str) -> RunBusy:
+    return RunBusy(
+        "its lease was taken over while gc deleted it; stopped",
+        request_id=rid,
+        owner="",
+        expires_at=0.0,
+    )
 
 
 # -- blobs ----------------------------------------------------------------------------------------

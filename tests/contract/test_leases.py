@@ -237,6 +237,28 @@ async def test_a_deleted_lease_never_issues_an_old_token_again(server: Throwaway
         assert await b.load("k") == b"mine"
 
 
+async def test_fenced_deletes_act_only_with_the_latest_token(server: ThrowawayServer) -> None:
+    """gc's deletes: a batch, and the lease itself, are deleted only while the token given
+    is the lease's latest -- a gc that lost its lease deletes nothing of whoever holds it."""
+    async with _pair(server) as (a, b):
+        old = await a.acquire_lease(LEASE, "gc", 30)
+        await a.save_batch([("k1", b"1", None), ("k2", b"2", None), ("k3", b"3", None)])
+        assert await a.delete_batch_fenced(["k1", "missing"], LEASE, old.token)
+        assert await b.load_batch(["k1", "k2", "k3"]) == {"k2": b"2", "k3": b"3"}
+        await a.release_lease(LEASE, "gc", old.token)
+        new = await b.acquire_lease(LEASE, "resumer", 30)  # the lease passed on
+        assert new.owner == "resumer"
+        assert not await a.delete_batch_fenced(["k2", "k3"], LEASE, old.token)
+        assert not await a.delete_batch_fenced(["k2"], LEASE + "-none", old.token)
+        assert await b.load_batch(["k2", "k3"]) == {"k2": b"2", "k3": b"3"}
+        assert not await a.delete_lease(LEASE, old.token)  # not gc's any more: kept
+        held = await b.read_lease(LEASE)
+        assert held is not None and (held.owner, held.token) == ("resumer", new.token)
+        assert await b.delete_lease(LEASE, new.token)
+        assert await b.read_lease(LEASE) is None
+        assert not await b.delete_lease(LEASE, new.token)  # gone already
+
+
 async def test_a_stale_holder_cannot_overwrite_after_takeover(server: ThrowawayServer) -> None:
     """The holder keeps writing while another takes over: once the takeover returned and
     the new holder wrote, the old holder's writes are rejected and the value stays."""

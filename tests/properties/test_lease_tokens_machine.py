@@ -5,8 +5,9 @@ of the lease (gc, or a store that lost it), checked against a model of the lease
 
 Invariants: every token issued for the key is higher than every token issued before it,
 deletes included (a holder frozen since then can never find its token is the latest
-again); a fenced write, a renewal and a release take effect iff their token is the latest
-issued and the lease was not deleted since; a live lease of another owner is never taken.
+again); a fenced write, a fenced delete, a renewal, a release and a delete of the lease
+with a token take effect iff their token is the latest issued and the lease was not
+deleted since; a live lease of another owner is never taken.
 Budget: ``BUDGET`` sequences per driver (``BLOKRUN_PROPERTY_EXAMPLES`` overrides).
 """
 
@@ -112,10 +113,24 @@ class LeaseTokenMachine(RuleBasedStateMachine):
         if ok:
             assert self._call(self.ds.load, "k") == value
 
-    @rule()
-    def delete(self) -> None:
-        """gc collected the run (or the store lost the lease)."""
-        removed = self._call(self.ds.delete_lease, LEASE)
+    @precondition(lambda self: self.issued)
+    @rule(pick=st.integers(min_value=0))
+    def fenced_delete(self, pick: int) -> None:
+        """gc deleting a batch of the run's keys, holding the token it was issued."""
+        token = self.issued[pick % len(self.issued)]
+        self._call(self.ds.save, "d", b"x")
+        held = self._call(self.ds.delete_batch_fenced, ["d"], LEASE, token)
+        assert held == (token == self.latest), (token, self.latest)
+        assert (self._call(self.ds.load, "d") is None) == held
+
+    @rule(pick=st.none() | st.integers(min_value=0))
+    def delete(self, pick: int | None) -> None:
+        """gc collected the run (with the token it holds), or the store lost the lease."""
+        token = None if pick is None or not self.issued else self.issued[pick % len(self.issued)]
+        removed = self._call(self.ds.delete_lease, LEASE, token)
+        if token is not None and token != self.latest:
+            assert not removed  # never a lease gc does not hold any more
+            return
         assert removed == (self.latest is not None)
         self.latest, self.holder, self.live = None, None, False
 
