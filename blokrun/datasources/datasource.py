@@ -415,12 +415,18 @@ class Datasource:
         async with self._guard(None, "index_built"):
             return await store.index_built(self._prefix)
 
-    async def index_remove(self, request_ids: Sequence[str]) -> None:
+    async def index_remove(
+        self, request_ids: Sequence[str], *, fence: tuple[str, int] | None = None
+    ) -> bool:
+        """Drop the index rows of ``request_ids``; with ``fence`` (a lease key and token),
+        only while that token is the lease's latest (gc: never a new run's row). Whether
+        they were dropped."""
         if not request_ids:
-            return
+            return True
         store = self._index_store()
+        lease = None if fence is None else (self._full(fence[0]), fence[1])
         async with self._guard(None, "index_remove"):
-            await store.index_remove(self._prefix, request_ids)
+            return await store.index_remove(self._prefix, request_ids, fence=lease)
 
     async def describe(self) -> StoreHealth:
         """The server's version and the state of blokrun's schema there (``blokrun doctor``),

@@ -567,8 +567,31 @@ class FilesystemStore:
     async def index_built(self, space: str) -> bool:
         return await anyio.to_thread.run_sync(self._index.built, space)
 
-    async def index_remove(self, space: str, request_ids: Sequence[str]) -> None:
-        await anyio.to_thread.run_sync(self._index.remove, space, list(request_ids))
+    async def index_remove(
+        self, space: str, request_ids: Sequence[str], *, fence: tuple[str, int] | None = None
+    ) -> bool:
+        return await anyio.to_thread.run_sync(
+            self._index_remove_sync, space, list(request_ids), fence
+        )
+
+    def _index_remove_sync(
+        self, space: str, request_ids: list[str], fence: tuple[str, int] | None
+    ) -> bool:
+        if fence is None:
+            self._index.remove(space, request_ids)
+            return True
+        name = self._lease_name(fence[0])
+        fd = self._lock(name, exclusive=False, create=False)
+        if fd is None:
+            return False
+        try:  # under the lease's shared lock, as a fenced save: no takeover between
+            current = self._read_state(name)
+            if current is None or current.token != fence[1]:
+                return False
+            self._index.remove(space, request_ids)
+            return True
+        finally:
+            os.close(fd)
 
 
 def create(settings: DatasourceSettings) -> FilesystemStore:

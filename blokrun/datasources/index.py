@@ -189,7 +189,12 @@ class IndexStore(Protocol):
 
     async def index_built(self, space: str) -> bool: ...
 
-    async def index_remove(self, space: str, request_ids: Sequence[str]) -> None: ...
+    async def index_remove(
+        self, space: str, request_ids: Sequence[str], *, fence: tuple[str, int] | None = None
+    ) -> bool:
+        """Drop the rows of ``request_ids``; with ``fence`` (a lease key and token of this
+        store), only while that token is the lease's latest. Whether it removed them."""
+        ...
 
 
 def ordered(rows: Iterable[IndexRow], limit: int) -> list[IndexRow]:

@@ -205,8 +205,15 @@ class MemoryStore:
     async def index_built(self, space: str) -> bool:
         return self._space(space).built
 
-    async def index_remove(self, space: str, request_ids: Sequence[str]) -> None:
+    async def index_remove(
+        self, space: str, request_ids: Sequence[str], *, fence: tuple[str, int] | None = None
+    ) -> bool:
+        if fence is not None:
+            current = self._leases.get(fence[0])
+            if current is None or current.token != fence[1]:
+                return False
         self._space(space).remove(request_ids)
+        return True
 
 
 def create(settings: DatasourceSettings) -> MemoryStore:

@@ -266,6 +266,10 @@ _SQL = {  # {t}: the quoted table, {l}: its quoted lease table
     "ix_built": "SELECT EXISTS (SELECT FROM {b} WHERE space = $1)",
     "ix_mark_built": "INSERT INTO {b} (space) VALUES ($1) ON CONFLICT DO NOTHING",
     "ix_remove": "DELETE FROM {r} WHERE space = $1 AND rid = ANY($2::text[])",
+    # ix_remove behind the fence of save_batch_fenced ($3/$4: lease key and token)
+    "ix_remove_fenced": "WITH fence AS (SELECT FROM {l} WHERE key = $3 AND token = $4 FOR "
+    "SHARE), gone AS (DELETE FROM {r} WHERE space = $1 AND rid = ANY($2::text[]) AND EXISTS "
+    "(SELECT FROM fence)) SELECT EXISTS (SELECT FROM fence)",
     "save_groups_ix": "WITH g AS (SELECT * FROM unnest($5::text[], $6::int8[]) "
     "WITH ORDINALITY AS g(lk, tok, gi)), "
     "fence AS (SELECT g.gi FROM g JOIN {l} AS l ON l.key = g.lk AND l.token = g.tok "
@@ -1033,9 +1037,17 @@ class PostgresStore:
             found: bool = await con.fetchval(self._sql["ix_built"], space)
         return found
 
-    async def index_remove(self, space: str, request_ids: Sequence[str]) -> None:
+    async def index_remove(
+        self, space: str, request_ids: Sequence[str], *, fence: tuple[str, int] | None = None
+    ) -> bool:
         async with self.connection("index_remove") as con:
-            await con.execute(self._sql["ix_remove"], space, list(request_ids))
+            if fence is None:
+                await con.execute(self._sql["ix_remove"], space, list(request_ids))
+                return True
+            held: bool = await con.fetchval(
+                self._sql["ix_remove_fenced"], space, list(request_ids), *fence
+            )
+        return held
 
 
 def _split_owned(entries: Sequence[Entry]) -> tuple[list[Entry], list[Entry]]:

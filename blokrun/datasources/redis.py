@@ -360,6 +360,7 @@ class _Scripts:
     ix_fix: AsyncScript
     ix_fill: AsyncScript
     ix_remove: AsyncScript
+    ix_remove_fenced: AsyncScript
 
     @classmethod
     def register(cls, client: Redis) -> _Scripts:
@@ -378,6 +379,7 @@ class _Scripts:
             client.register_script(redis_index.FIX),
             client.register_script(redis_index.FILL),
             client.register_script(redis_index.REMOVE),
+            client.register_script(redis_index.REMOVE_FENCED),
         )
 
 
@@ -987,10 +989,20 @@ class RedisStore:
         with self.errors("index_built"):
             return bool(await client.hexists(redis_index.meta_key(space), "built"))
 
-    async def index_remove(self, space: str, request_ids: Sequence[str]) -> None:
+    async def index_remove(
+        self, space: str, request_ids: Sequence[str], *, fence: tuple[str, int] | None = None
+    ) -> bool:
         lua = self._lua()
         with self.errors("index_remove"):
-            await lua.ix_remove(keys=[redis_index.space(space)], args=list(request_ids))
+            if fence is None:
+                await lua.ix_remove(keys=[redis_index.space(space)], args=list(request_ids))
+                return True
+            lease, token = fence
+            return bool(
+                await lua.ix_remove_fenced(
+                    keys=[redis_index.space(space), lease], args=[token, *request_ids]
+                )
+            )
 
 
 def _last_wins(entries: Sequence[Entry]) -> list[Entry]:

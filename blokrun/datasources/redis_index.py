@@ -110,6 +110,21 @@ return 1
 """
 )
 
+# REMOVE behind a fence: KEYS[1] space, KEYS[2] the lease; ARGV[1] its token, then the run
+# ids. Removes nothing (returns 0) unless the token is the lease's latest.
+REMOVE_FENCED = (
+    PUT
+    + """
+local S = KEYS[1]
+if tonumber(redis.call('HGET', KEYS[2], 'token')) ~= tonumber(ARGV[1]) then return 0 end
+for i = 2, #ARGV do
+  local old = redis.call('HGET', S .. 'rows', ARGV[i])
+  if old then ix_drop(S, ARGV[i], old) end
+end
+return 1
+"""
+)
+
 # KEYS[1]: space; ARGV: min, max (ZRANGEBYLEX bounds), limit, workflow filter ('' = any;
 # only used when reading a set other than w:), text the id must contain ('' = any), then
 # the sets to read (suffixes: t, s:<status>, w:<workflow>). Returns rid, value pairs: up

@@ -339,8 +339,13 @@ async def _delete(plans: list[tuple[Datasource, list[str]]], rid: str, lease: Le
                 await ds.delete_batch(chunk)
         if ds.indexed and any(key.startswith(HEAD_PREFIX) for key in doomed):
             # After the head: a crash before this leaves a row with no head, which the
-            # next listing drops; never a head without its row.
-            await ds.index_remove([rid])
+            # next listing drops; never a head without its row. Fenced where the lease is:
+            # a new run of this id may hold it by now, and its row stays.
+            fence = None
+            if lease is not None and ds is lease.datasource:
+                fence = (lease.key, lease.token)
+            if not await ds.index_remove([rid], fence=fence):
+                raise _taken_over(rid)
 
 
 def _taken_over(rid: str) -> RunBusy:

@@ -381,3 +381,57 @@ async def test_postgresql_same_owner_reacquire_in_one_transaction_is_not_fresh(
     # a delete and a new row inside one transaction: the same now(), the same token again
     # (no blokrun code does this: every lease statement is its own transaction)
     assert third[5] and third[1] == first[1]
+
+
+class FrozenUnindex:
+    """``ds``'s ``index_remove`` waits until thawed (gc paused after deleting the head,
+    before removing the run's index row)."""
+
+    def __init__(self, ds: Datasource, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.entered = anyio.Event()
+        self.thawed = anyio.Event()
+        original = type(ds).index_remove
+
+        async def index_remove(inner: Datasource, rids: Any, **kwargs: Any) -> Any:
+            if inner is ds:
+                self.entered.set()
+                await self.thawed.wait()
+            return await original(inner, rids, **kwargs)
+
+        monkeypatch.setattr(type(ds), "index_remove", index_remove)
+
+
+@pytest.mark.parametrize("driver", ["redis", "postgresql", "filesystem"])
+async def test_gc_that_outlives_its_lease_does_not_unlist_a_new_run(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    driver: str,
+) -> None:
+    """gc has deleted run ``z`` (its head included) and pauses before removing z's row from
+    the run index, longer than its lease's TTL. A new run of ``z`` runs and fails. gc wakes:
+    it must not remove the new run's row -- a failed run missing from the index is missing
+    from ``list_runs`` (``blokrun runs``), where users find runs to resume."""
+    settings = _settings(request, driver, tmp_path)
+    ds_g, ds_c = build_datasource(settings), build_datasource(settings)
+    frozen = FrozenUnindex(ds_g, monkeypatch)
+    async with Runner([ds_g], lease_ttl=0.3) as g, Runner([ds_c], lease_ttl=0.3) as c:
+        assert (await c.run(flow(), {"total": 0}, request_id="z")).status == "completed"
+
+        async def collect() -> None:
+            await g.collect_garbage(completed_older_than=0.0, failed_older_than=None)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(collect)
+            with anyio.fail_after(10):
+                await frozen.entered.wait()  # z is deleted; its index row not yet
+            await anyio.sleep(0.6)  # gc's lease runs out
+            wfnodes.FAIL_AT.add("s2")
+            try:
+                with pytest.raises(StepFailed):
+                    await c.run(flow("again"), {"total": 0}, request_id="z")
+            finally:
+                wfnodes.FAIL_AT.clear()
+            frozen.thawed.set()
+        listed = [r.request_id for r in (await c.list_runs(status="failed")).runs]
+    assert listed == ["z"], f"the new failed run z is not listed: {listed}"
