@@ -620,6 +620,8 @@ class Datasource:
     async def delete_batch_fenced(self, keys: Sequence[str], lease_key: str, token: int) -> bool:
         """``delete_batch`` iff ``token`` is still the latest token of ``lease_key``."""
         store, fence = self._lease_store(), self._full(lease_key)
-        full = [self._full(k) for k in keys]
+        # the lease itself goes only by delete_lease (drivers that keep leases beside the
+        # data would delete it here)
+        full = [f for f in (self._full(k) for k in keys) if f != fence]
         async with self._guard(None, "delete_batch"):
             return await store.delete_batch_fenced(full, fence, token)

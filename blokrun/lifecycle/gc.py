@@ -37,7 +37,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from blokrun.errors import ArgumentError, BlokrunError, DatasourceError, RecordError, RunBusy
+from blokrun.errors import (
+    ArgumentError,
+    BlokrunError,
+    DatasourceError,
+    RecordError,
+    RunBusy,
+    RunError,
+)
 from blokrun.lifecycle.runs import BATCH, decode_head, iter_runs
 from blokrun.persistence.keys import (
     BLOB_PREFIX,
@@ -161,11 +168,21 @@ async def _lease(state: _State, run: RunSummary, holders: list[Datasource]) -> L
         except RecordError:
             continue
         return await store.acquire(run.request_id, store.load_stored(record))
-    # The definition is gone: the first holder that keeps leases is where it would be.
-    lease_ds = next((ds for ds in holders if ds.supports_leases), None)
-    if lease_ds is None or store.lease_ttl is None:
+    # The definition is gone: the one holder that keeps leases is where its runs take it.
+    # With several, gc cannot tell which one a resume would lock: it keeps the run rather
+    # than hold a lease no run of it takes.
+    keeping = [ds for ds in holders if ds.supports_leases]
+    if not keeping or store.lease_ttl is None:
         return None
-    return await acquire(lease_ds, run.request_id, store.lease_ttl)
+    if len(keeping) > 1:
+        names = ", ".join(repr(ds.name) for ds in keeping)
+        raise RunError(
+            f"its stored definition is missing and several of its datasources keep leases "
+            f"({names}): gc cannot tell which one its runs lock; kept (pass its workflow to "
+            "'blokrun resume' once to store the definition again)",
+            request_id=run.request_id,
+        )
+    return await acquire(keeping[0], run.request_id, store.lease_ttl)
 
 
 async def _keys_of(state: _State, ds: Datasource, run: RunSummary) -> tuple[list[str], int, int]:
@@ -271,8 +288,11 @@ async def _collect_run(state: _State, run: RunSummary) -> GcRun | None:
             await _delete(plans, rid, lease)
             if lease is not None:
                 # only while gc's token is the latest: never a new run's lease
-                await lease.datasource.delete_lease(lease_key(rid), lease.token)
+                gone = await lease.datasource.delete_lease(lease_key(rid), lease.token)
                 lease.abandon()
+                if not gone:
+                    lease = None
+                    raise _taken_over(rid)
                 lease = None  # a later run's token still comes from the clock: higher
         return GcRun(
             request_id=rid,
@@ -325,18 +345,7 @@ async def _delete(plans: list[tuple[Datasource, list[str]]], rid: str, lease: Le
     resumed meanwhile."""
     for ds, doomed in plans:
         for start in range(0, len(doomed), BATCH):
-            chunk = doomed[start : start + BATCH]
-            if lease is None:
-                await ds.delete_batch(chunk)
-                continue
-            if lease.lost or not await lease.renew():
-                raise _taken_over(rid)
-            if ds is lease.datasource:
-                if not await ds.delete_batch_fenced(chunk, lease.key, lease.token):
-                    lease.lost = True
-                    raise _taken_over(rid)
-            else:
-                await ds.delete_batch(chunk)
+            await _delete_batch(ds, doomed[start : start + BATCH], rid, lease)
         if ds.indexed and any(key.startswith(HEAD_PREFIX) for key in doomed):
             # After the head: a crash before this leaves a row with no head, which the
             # next listing drops; never a head without its row. Fenced where the lease is:
@@ -346,6 +355,29 @@ async def _delete(plans: list[tuple[Datasource, list[str]]], rid: str, lease: Le
                 fence = (lease.key, lease.token)
             if not await ds.index_remove([rid], fence=fence):
                 raise _taken_over(rid)
+
+
+async def _delete_batch(ds: Datasource, chunk: list[str], rid: str, lease: Lease | None) -> None:
+    """One batch: fenced on the lease's datasource; elsewhere checked by a renewal before
+    and after it."""
+    if lease is None:
+        await ds.delete_batch(chunk)
+        return
+    if lease.lost or not await lease.renew():
+        raise _taken_over(rid)
+    if ds is lease.datasource:
+        if not await ds.delete_batch_fenced(chunk, lease.key, lease.token):
+            lease.lost = True
+            raise _taken_over(rid)
+        return
+    await ds.delete_batch(chunk)
+    if not await lease.renew():
+        # Lost while this unfenced batch was on its way: a run of this id may have marked
+        # a blob meanwhile. A mark kept too many only keeps a blob alive.
+        marks = [key for key in chunk if key.startswith(BLOBREF_PREFIX)]
+        if marks:
+            await ds.save_batch([(key, b"\x01", None) for key in marks])
+        raise _taken_over(rid)
 
 
 def _taken_over(rid: str) -> RunBusy:
