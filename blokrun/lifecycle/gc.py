@@ -37,6 +37,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from blokrun.errors import (
     ArgumentError,
     BlokrunError,
@@ -45,7 +47,7 @@ from blokrun.errors import (
     RunBusy,
     RunError,
 )
-from blokrun.lifecycle.runs import BATCH, decode_head, iter_runs
+from blokrun.lifecycle.runs import BATCH, decode_head, iter_runs, newer
 from blokrun.persistence.keys import (
     BLOB_PREFIX,
     BLOBREF_PREFIX,
@@ -66,6 +68,7 @@ from blokrun.persistence.records import (
     RunRecord,
     alias_owner,
     decode_record,
+    encode_record,
 )
 
 if TYPE_CHECKING:
@@ -74,6 +77,7 @@ if TYPE_CHECKING:
     from blokrun.datasources import Datasource
     from blokrun.lifecycle.runs import RunSummary
     from blokrun.persistence.leases import Lease
+    from blokrun.persistence.records import HeadRecord
     from blokrun.persistence.store import RunStore
 
 __all__ = ["BLOB_PREFIX", "GcReport", "GcRun", "collect_garbage"]
@@ -285,6 +289,8 @@ async def _collect_run(state: _State, run: RunSummary) -> GcRun | None:
         strays = [ds for ds in others if ds not in holders]
         plans, checkpoints, size = await _plan(state, run, [*holders, *strays])
         if not state.dry_run:
+            if lease is not None:
+                await _mark_collecting(state, rid, holders, lease)
             await _delete(plans, rid, lease)
             if lease is not None:
                 # only while gc's token is the latest: never a new run's lease
@@ -311,12 +317,45 @@ async def _collect_run(state: _State, run: RunSummary) -> GcRun | None:
 
 async def _still_eligible(state: _State, rid: str, holders: list[Datasource]) -> bool:
     """Read the heads again, now that nobody else can drive the run."""
+    best: HeadRecord | None = None
     for ds in holders:
         raw = await ds.load(head_key(rid))
         head = decode_head(state.store, ds, head_key(rid), raw) if raw is not None else None
-        if head is None or not _eligible(head.status, head.updated_at, state.cutoffs):
+        if head is None:
             return False
-    return True
+        if head.collecting:
+            return True  # a collection cut short: this gc finishes it
+        if best is None or newer(head, best):
+            best = head
+    # Judged as listings and resumes judge it: by its most advanced head. A target whose
+    # head fell behind (a write cut short there) does not keep a completed run for ever.
+    return best is not None and _eligible(best.status, best.updated_at, state.cutoffs)
+
+
+async def _mark_collecting(
+    state: _State, rid: str, holders: list[Datasource], lease: Lease
+) -> None:
+    """Before gc deletes anything of the run: each of its heads says so (``collecting``),
+    the lease's datasource first and fenced. From then on no run or resume takes the id
+    (the locator refuses it, and a resume planned before sees its head changed), so a
+    collection cut short -- a crash, a pause past the lease -- leaves a run nobody resumes
+    from half its records, which the next gc finishes (it is eligible whatever its age)."""
+    key = head_key(rid)
+    for ds in sorted(holders, key=lambda d: d is not lease.datasource):
+        raw = await ds.load(key)
+        head = decode_head(state.store, ds, key, raw) if raw is not None else None
+        if head is None or head.collecting:
+            continue
+        marked = msgspec.structs.replace(head, collecting=True, updated_at=time.time())
+        entry = [(key, encode_record(marked, state.store.envelope, bind=key), None)]
+        if ds is lease.datasource:
+            if not await ds.save_batch_fenced(entry, lease.key, lease.token):
+                lease.lost = True
+                raise _taken_over(rid)
+        elif await lease.renew():
+            await ds.save_batch(entry)
+        else:
+            raise _taken_over(rid)
 
 
 async def _plan(
@@ -482,7 +521,7 @@ async def collect_garbage(
     kept = 0
     candidates: list[RunSummary] = []
     async for run in iter_runs(store):
-        if _eligible(run.status, run.updated_at, cutoffs):
+        if run.collecting or _eligible(run.status, run.updated_at, cutoffs):
             candidates.append(run)
         else:
             kept += 1

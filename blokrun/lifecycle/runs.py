@@ -86,6 +86,8 @@ class RunSummary:
     incarnation: int = 1
     #: the user's tags (``Runner.run(tags=...)``, ``blokrun run --tag``)
     tags: Mapping[str, str] = field(default_factory=dict)
+    #: gc is deleting it (a collection began; one cut short is finished by the next gc)
+    collecting: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``datasources`` as a list)."""
@@ -151,7 +153,8 @@ def decode_head(store: RunStore, ds: Datasource, key: str, raw: bytes) -> HeadRe
     return head
 
 
-def _newer(candidate: HeadRecord, than: HeadRecord) -> bool:
+def newer(candidate: HeadRecord, than: HeadRecord) -> bool:
+    """Whether ``candidate`` is a more advanced head of its run than ``than``."""
     return (candidate.incarnation, candidate.seq, candidate.updated_at) > (
         than.incarnation,
         than.seq,
@@ -227,6 +230,7 @@ async def _summaries(
                 disagreement=views if len(set(views.values())) > 1 else {},
                 incarnation=head.incarnation,
                 tags=head.tags,
+                collecting=head.collecting,
             )
         )
     return out
@@ -269,7 +273,7 @@ async def _read_heads(
                 continue
             shown.setdefault(head.request_id, {})[name] = _shown(head)
             known = best.get(head.request_id)
-            if known is None or _newer(head, known[0]):
+            if known is None or newer(head, known[0]):
                 best[head.request_id] = (head, name)
     return best, shown
 

@@ -38,6 +38,7 @@ from blokrun.errors import (
     KeyMissing,
     RecordError,
     ResumeError,
+    RunBusy,
 )
 from blokrun.persistence.indexing import head_index_entry
 from blokrun.persistence.keys import (
@@ -204,6 +205,27 @@ def _describe(view: TargetView) -> str:
     return f"{status} at #{view.seq} (incarnation {view.incarnation})"
 
 
+def _usable(head: HeadRecord, ds: Datasource, request_id: str) -> None:
+    """Refuse a head no run may go on from."""
+    if head.collecting:
+        # gc began deleting it (under the run's lease): what is left may lack checkpoints,
+        # and must never be resumed or taken for a new run
+        raise RunBusy(
+            f"is being deleted by gc (its head on {ds.name!r} says so); if no gc is running "
+            "any more, 'blokrun gc' finishes the deletion",
+            request_id=request_id,
+            owner="gc",
+            expires_at=0.0,
+        )
+    if head.layout < LAYOUT:
+        raise ResumeError(
+            f"its records on {ds.name!r} were written by an older blokrun (store layout "
+            f"{head.layout}; this one reads layout {LAYOUT}): finish or resume it with the "
+            "blokrun that started it",
+            request_id=request_id,
+        )
+
+
 def first_keys(request_id: str) -> tuple[str, str]:
     """What every look at a run reads first: its head and its first run record."""
     return head_key(request_id), run_key(request_id, 1)
@@ -279,7 +301,7 @@ class Locator:
         view = TargetView(ds)
         try:
             await self._fill(view, request_id, scan, first)
-        except (FormatVersionError, KeyMissing):
+        except (FormatVersionError, KeyMissing, RunBusy):
             raise
         except BlokrunError as exc:
             view.error = exc
@@ -296,13 +318,7 @@ class Locator:
         if hk in loaded:
             view.head = self.decode(loaded[hk], HeadRecord, ds, hk, view.warnings)
             if view.head is not None:
-                if view.head.layout < LAYOUT:
-                    raise ResumeError(
-                        f"its records on {ds.name!r} were written by an older blokrun (store "
-                        f"layout {view.head.layout}; this one reads layout {LAYOUT}): "
-                        "finish or resume it with the blokrun that started it",
-                        request_id=request_id,
-                    )
+                _usable(view.head, ds, request_id)
                 view.raw[hk] = loaded[hk]
         incarnation = view.head.incarnation if view.head is not None else None
         start = view.head.seq if view.head is not None else 0

@@ -182,6 +182,9 @@ class HeadRecord(msgspec.Struct, frozen=True, kw_only=True):
     trace: str | None = None  # failed: the node's traceback (its last 8,000 characters)
     #: the attempt's trace context (W3C traceparent...), when a tracing hook gave one
     context: dict[str, str] = msgspec.field(default_factory=dict)
+    #: gc is deleting the run (written under gc's lease before it deletes anything): no
+    #: run or resume takes it any more, and the next gc finishes a collection cut short
+    collecting: bool = False
 
 
 class RunRecord(msgspec.Struct, frozen=True, kw_only=True):

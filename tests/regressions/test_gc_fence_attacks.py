@@ -9,13 +9,16 @@ is guarded by the renewal before the batch and checked again after it. Five find
    a new run's blob mark (unfenced), reported the old run deleted, and its sweep deleted
    the blob: the new completed run could not be read back. gc now renews after each
    unfenced batch; if the lease was lost it writes the marks back and reports the run kept.
-2. ``test_gc_that_outlives_its_lease_leaves_a_resumed_run_on_both_targets`` (OPEN, strict
-   xfail): the second target's records of a run resumed meanwhile still go (gc now reports
-   the run as taken over, not deleted). Needs a tombstone written under the fence before
-   any delete, which every run and resume of the id respects.
-3. ``test_gc_stopped_by_its_fence_does_not_make_a_resume_run_steps_again`` (OPEN, strict
-   xfail): a gc stopped mid-run (by its fence, or a crash) leaves the head without
-   checkpoints; a resume then runs completed steps again. Same tombstone needed.
+2. ``test_gc_that_outlives_its_lease_leaves_a_resumed_run_on_both_targets`` (fixed): the
+   second target's records of a run resumed meanwhile went.
+3. ``test_gc_stopped_by_its_fence_does_not_make_a_resume_run_steps_again`` (fixed): a gc
+   stopped mid-run (by its fence, or a crash) left the head without checkpoints; a resume
+   then ran completed steps again.
+
+   Both fixed by a tombstone: before it deletes anything, gc marks every head of the run
+   ``collecting`` (fenced on the lease's datasource). No run or resume takes such an id
+   (``RunBusy``: "being deleted by gc"), a resume planned before sees its head changed,
+   and the next gc finishes a collection cut short.
 4. ``test_delete_batch_fenced_naming_the_lease_key_keeps_the_lease`` (fixed): Redis deleted
    the lease hash when its key was among the keys; the wrapper now leaves the lease key out.
 5. ``test_gc_without_a_definition_keeps_a_run_it_cannot_lock`` (fixed): with the definition
@@ -36,6 +39,7 @@ import pytest
 from blokrun import Runner
 from blokrun.config import DatasourceSettings
 from blokrun.datasources import Datasource, build_datasource
+from blokrun.errors import RunBusy, RunNotFound
 from blokrun.persistence.keys import BLOB_PREFIX, BLOBREF_PREFIX
 from tests.integration import wfnodes
 
@@ -181,13 +185,8 @@ def two_target_flow(name: str = "two") -> dict[str, Any]:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: gc deletes on a second target are not fenced; needs a tombstone that "
-    "runs and resumes respect (see the module docstring, finding 2)",
-)
 @pytest.mark.parametrize("driver", ["filesystem", "redis", "postgresql"])
-async def test_gc_that_outlives_its_lease_leaves_a_resumed_run_on_both_targets(
+async def test_a_run_gc_began_deleting_is_not_resumed_from_its_second_target(
     request: pytest.FixtureRequest,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -196,10 +195,10 @@ async def test_gc_that_outlives_its_lease_leaves_a_resumed_run_on_both_targets(
     """Run ``z`` checkpoints to ``a`` (its lease) and ``b``, and failed at s2. gc collects
     it: ``a``'s records go, fenced; gc renews its lease and pauses just before its
     (unfenced) delete on ``b``, past the lease's TTL. The user resumes ``z`` -- ``b`` still
-    holds it -- and it completes on both targets. gc wakes and deletes what it planned on
-    ``b`` -- the resumed run's head and aliases there, under the same keys -- and drops its
-    index row on ``b``: the completed run, written to two targets for redundancy, is now
-    whole on one only, and its aliases (``z-s1``...) are gone from ``b``."""
+    holds it. Before, the resume completed on both targets and gc then deleted what it had
+    planned on ``b``: the resumed run's head and aliases there. Now gc marked every head
+    of ``z`` "collecting" before deleting anything: the resume is refused (being deleted
+    by gc), runs nothing, and gc, woken, finishes -- nothing of ``z`` is left anywhere."""
     tag = uuid4().hex[:8]
     a = _settings(request, driver, tmp_path, "a", tag)
     b = _settings(request, driver, tmp_path, "b", tag)
@@ -229,21 +228,20 @@ async def test_gc_that_outlives_its_lease_leaves_a_resumed_run_on_both_targets(
                 with anyio.fail_after(10):
                     await stall.entered.wait()  # z is gone from a; b not yet
                 await anyio.sleep(3 * TTL)  # gc's lease runs out
-                resumed = await c.resume("z")
-                assert resumed.status == "completed" and resumed.vars["total"] == 6
-                on_b = sorted(await c.datasources["b"].keys(""))
+                wfnodes.CALLS.clear()
+                with pytest.raises(RunBusy, match="being deleted by gc"):
+                    await c.resume("z")
+                assert wfnodes.CALLS == []  # nothing ran
                 stall.thawed.set()
-            b_after = sorted(await c.datasources["b"].keys(""))
-            a_after = sorted(await c.datasources["a"].keys(""))
-            listed_b = [r.request_id for r in (await c.list_runs()).runs if "b" in r.datasources]
+            left = {
+                name: [k for k in await c.datasources[name].keys("") if "_blokrun.def." not in k]
+                for name in ("a", "b")
+            }
+            listed = [r.request_id for r in (await c.list_runs()).runs]
     finally:
         wfnodes.FAIL_AT.clear()
-    missing = [k for k in on_b if k not in b_after]
-    assert not missing, (
-        f"gc (report: deleted {[r.request_id for r in reports[0].runs]}, errors "
-        f"{reports[0].errors}) deleted the resumed, completed run's records on b: {missing}; "
-        f"b now {b_after} (before gc: {b_before}); a now {a_after}; listed on b: {listed_b}"
-    )
+    assert [r.request_id for r in reports[0].runs] == ["z"], reports[0].errors
+    assert b_before and left == {"a": [], "b": []} and listed == [], (left, listed)
 
 
 # -- 3. a gc stopped by its fence leaves a half-deleted run to the next holder -------------
@@ -256,13 +254,8 @@ def long_flow(n: int) -> dict[str, Any]:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: a gc cut short leaves a head without checkpoints; needs a tombstone "
-    "that runs and resumes respect (see the module docstring, finding 3)",
-)
 @pytest.mark.parametrize("driver", ["filesystem", "redis", "postgresql"])
-async def test_gc_stopped_by_its_fence_does_not_make_a_resume_run_steps_again(
+async def test_a_gc_cut_short_leaves_nothing_a_resume_runs_again(
     request: pytest.FixtureRequest,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -272,9 +265,11 @@ async def test_gc_stopped_by_its_fence_does_not_make_a_resume_run_steps_again(
     300 aliases; gc deletes 500 keys per batch, checkpoints first). gc deletes its first
     batch -- every checkpoint -- fenced, renews, and pauses before the second (the run's
     head is deleted last), past its lease's TTL. The user resumes ``z``: the lease is free,
-    the head says failed at the last step. The fence then stops gc -- and the resume has
-    taken over a run gc had half deleted: it finds no checkpoint and runs every step that
-    had already run again (side effects twice), or fails."""
+    the head says failed at the last step. Before, the resume took over a run gc had half
+    deleted: it found no checkpoint and ran every step that had already run again (side
+    effects twice). Now the head says gc is deleting it: the resume (and a new run of the
+    id) is refused and runs nothing; the gc stopped by its fence leaves that mark, and the
+    next gc finishes the deletion whatever the run's age; then the id is free again."""
     n = 300
     settings = _settings(request, driver, tmp_path, "default", uuid4().hex[:8])
     last = f"s{n - 1}"
@@ -308,20 +303,26 @@ async def test_gc_stopped_by_its_fence_does_not_make_a_resume_run_steps_again(
                     await stall.entered.wait()  # every checkpoint of z is gone; its head not
                 await anyio.sleep(3 * TTL)  # gc's lease runs out
                 wfnodes.CALLS.clear()
-                try:
-                    outcome: Any = await c.resume("z")
-                except Exception as exc:
-                    outcome = exc
+                with pytest.raises(RunBusy, match="being deleted by gc"):
+                    await c.resume("z")
+                with pytest.raises(RunBusy, match="being deleted by gc"):
+                    await c.run(long_flow(3), {"total": 0}, request_id="z")
+                assert wfnodes.CALLS == []  # nothing ran again
                 stall.thawed.set()
-            again = [step for rid, step in wfnodes.CALLS if rid == "z"]
+            # the refused run took the lease on its way (a run's lease comes before its
+            # existence check): this gc stops; the next one finishes what is left
+            assert reports[0].runs == () or [r.request_id for r in reports[0].runs] == []
+            assert any("taken over" in e for e in reports[0].errors), reports[0].errors
+            with pytest.raises(RunBusy, match="being deleted by gc"):
+                await c.resume("z")
+            report = await g.collect_garbage(completed_older_than=None, failed_older_than=0.0)
+            assert [r.request_id for r in report.runs] == ["z"], report.errors
+            with pytest.raises(RunNotFound):
+                await c.resume("z")
+            fresh = await c.run(long_flow(3), {"total": 0}, request_id="z")
+            assert fresh.status == "completed" and not fresh.existing
     finally:
         wfnodes.FAIL_AT.clear()
-    shown = outcome if isinstance(outcome, Exception) else outcome.status
-    assert not isinstance(outcome, Exception) and again == [last], (
-        f"resuming z, which gc had half deleted before its fence stopped it (gc errors: "
-        f"{reports[0].errors}), gave {shown!r}, running {len(again)} steps again, not only "
-        f"{last}: {again[:4]}..."
-    )
 
 
 # -- 4. the driver methods themselves ---------------------------------------------------------

@@ -31,7 +31,7 @@ from blokrun import Runner, StepFailed
 from blokrun.config import DatasourceSettings
 from blokrun.datasources import Datasource, build_datasource, protocol
 from blokrun.datasources.memory import MemoryStore
-from blokrun.errors import RunNotFound
+from blokrun.errors import RunBusy, RunNotFound
 from blokrun.persistence.keys import lease_key
 from tests.integration import wfnodes
 from tests.regressions.test_token_after_gc import _zombie
@@ -92,17 +92,17 @@ class FrozenDeletes:
 
 
 @pytest.mark.parametrize("driver", ["redis", "postgresql", "filesystem"])
-async def test_gc_that_outlives_its_lease_deletes_a_run_resumed_meanwhile(
+async def test_gc_that_outlives_its_lease_leaves_no_half_resumed_run(
     request: pytest.FixtureRequest,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     driver: str,
 ) -> None:
     """A failed run ``z`` is collected by gc (process G), which takes ``z``'s lease and
-    starts deleting. G takes longer than the lease's TTL. B resumes ``z`` (the lease is
-    free) and completes it. G goes on: it must delete nothing of B's completed run (before,
-    its deletes were not fenced: the completed run was gone and a retry of the same
-    request id ran every step again)."""
+    starts deleting. G takes longer than the lease's TTL, and B resumes ``z``. Before, B
+    completed it and G, its deletes unfenced, deleted B's completed run (a retry of the id
+    then ran every step again). Now G marked z's head "collecting" before deleting
+    anything: B's resume is refused and runs nothing, and G finishes the deletion."""
     settings = _settings(request, driver, tmp_path)
     wfnodes.FAIL_AT.add("s2")
     ds_g, ds_b = build_datasource(settings), build_datasource(settings)
@@ -123,18 +123,16 @@ async def test_gc_that_outlives_its_lease_deletes_a_run_resumed_meanwhile(
             with anyio.fail_after(10):
                 await frozen.entered.wait()  # G holds z's lease and is about to delete
             await anyio.sleep(0.6)  # G's lease runs out (nobody renews it)
-            resumed = await b.resume("z")
-            assert resumed.status == "completed" and resumed.vars["total"] == 6
+            wfnodes.CALLS.clear()
+            with pytest.raises(RunBusy, match="being deleted by gc"):
+                await b.resume("z")
+            assert wfnodes.CALLS == []
             frozen.thawed.set()
-        try:
-            head = await b.head("z")
-        except RunNotFound:
-            head = None
+        with pytest.raises(RunNotFound):
+            await b.head("z")  # gc finished: nothing of z is left
         lease = await ds_b.read_lease(lease_key("z"))
-    assert head is not None and head.status == "completed", (
-        f"gc deleted the run that B resumed and completed while gc's lease had expired "
-        f"(gc report: {[r.request_id for r in reports[0].runs]}; lease now {lease})"
-    )
+    assert [r.request_id for r in reports[0].runs] == ["z"], reports[0].errors
+    assert lease is None
 
 
 class FrozenLeaseDelete:
