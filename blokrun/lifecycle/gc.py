@@ -82,6 +82,9 @@ if TYPE_CHECKING:
 
 __all__ = ["BLOB_PREFIX", "GcReport", "GcRun", "collect_garbage"]
 
+#: what gc deletes on one datasource, in order
+Plan = tuple["Datasource", list[str]]
+
 log = logging.getLogger("blokrun.lifecycle")
 
 _FAILED_LIKE = ("failed", "cancelled", "dead")
@@ -290,7 +293,10 @@ async def _collect_run(state: _State, run: RunSummary) -> GcRun | None:
         plans, checkpoints, size = await _plan(state, run, [*holders, *strays])
         if not state.dry_run:
             if lease is not None:
-                await _mark_collecting(state, rid, holders, lease)
+                await _mark_collecting(state, rid, holders, lease, plans)
+                # the lease's datasource last: its mark stays until the rest is gone
+                marked = lease.datasource
+                plans.sort(key=lambda plan: plan[0] is marked)
             await _delete(plans, rid, lease)
             if lease is not None:
                 # only while gc's token is the latest: never a new run's lease
@@ -333,29 +339,37 @@ async def _still_eligible(state: _State, rid: str, holders: list[Datasource]) ->
 
 
 async def _mark_collecting(
-    state: _State, rid: str, holders: list[Datasource], lease: Lease
+    state: _State, rid: str, holders: list[Datasource], lease: Lease, plans: list[Plan]
 ) -> None:
-    """Before gc deletes anything of the run: each of its heads says so (``collecting``),
-    the lease's datasource first and fenced. From then on no run or resume takes the id
-    (the locator refuses it, and a resume planned before sees its head changed), so a
-    collection cut short -- a crash, a pause past the lease -- leaves a run nobody resumes
-    from half its records, which the next gc finishes (it is eligible whatever its age)."""
+    """Before gc deletes anything of the run: its head on the lease's datasource says so
+    (``collecting``), written fenced by gc's token -- also where that datasource held no
+    head (it lost it), with the run's most advanced head. From then on no run or resume
+    takes the id (the locator refuses it whichever target it reads it on, and a resume
+    planned before sees that head changed), so a collection cut short -- a crash, a pause
+    past the lease -- leaves a run nobody resumes from half its records, which the next gc
+    finishes (it is eligible whatever its age). Only the lease's datasource is marked: a
+    mark written unfenced elsewhere could land late, over a new run of the id."""
     key = head_key(rid)
-    for ds in sorted(holders, key=lambda d: d is not lease.datasource):
-        raw = await ds.load(key)
-        head = decode_head(state.store, ds, key, raw) if raw is not None else None
-        if head is None or head.collecting:
-            continue
-        marked = msgspec.structs.replace(head, collecting=True, updated_at=time.time())
-        entry = [(key, encode_record(marked, state.store.envelope, bind=key), None)]
-        if ds is lease.datasource:
-            if not await ds.save_batch_fenced(entry, lease.key, lease.token):
-                lease.lost = True
-                raise _taken_over(rid)
-        elif await lease.renew():
-            await ds.save_batch(entry)
-        else:
-            raise _taken_over(rid)
+    ds = lease.datasource
+    best: HeadRecord | None = None
+    for holder in sorted(holders, key=lambda d: d is not ds):
+        raw = await holder.load(key)
+        head = decode_head(state.store, holder, key, raw) if raw is not None else None
+        if head is not None and (best is None or newer(head, best)):
+            best = head
+    if best is None or best.collecting:
+        return
+    marked = msgspec.structs.replace(best, collecting=True, updated_at=time.time())
+    entry = [(key, encode_record(marked, state.store.envelope, bind=key), None)]
+    if not await ds.save_batch_fenced(entry, lease.key, lease.token):
+        lease.lost = True
+        raise _taken_over(rid)
+    for where, doomed in plans:
+        if where is ds:
+            if key not in doomed:
+                doomed.append(key)  # the mark goes last, with the rest of the run there
+            return
+    plans.append((ds, [key]))
 
 
 async def _plan(

@@ -163,7 +163,8 @@ def newer(candidate: HeadRecord, than: HeadRecord) -> bool:
 
 
 def _shown(head: HeadRecord) -> str:
-    return f"{head.status} at #{head.seq} (incarnation {head.incarnation})"
+    shown = f"{head.status} at #{head.seq} (incarnation {head.incarnation})"
+    return shown + ", being deleted by gc" if head.collecting else shown
 
 
 async def iter_runs(store: RunStore, *, batch_size: int = BATCH) -> AsyncIterator[RunSummary]:
@@ -230,7 +231,8 @@ async def _summaries(
                 disagreement=views if len(set(views.values())) > 1 else {},
                 incarnation=head.incarnation,
                 tags=head.tags,
-                collecting=head.collecting,
+                # any head of it says so (gc marks one, on its lease's datasource)
+                collecting=any("being deleted by gc" in v for v in views.values()),
             )
         )
     return out

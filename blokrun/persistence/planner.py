@@ -305,12 +305,29 @@ class Planner:
         else:
             raw = await lease.datasource.load(key)
         if raw is None:
-            return head is None
+            if head is not None:
+                return False
+            # The lease's datasource held no head when planned (it lost it): the plan
+            # stood on another target's head -- is that one still the same? (gc may have
+            # marked and deleted the run meanwhile.)
+            for other in found.views:
+                if other is view or other.head is None:
+                    continue
+                if await self._head_now(other.datasource, key) != other.head:
+                    return False
+            return True
+        stored = self._decoded_head(raw, key)
+        return stored is not None and stored == head
+
+    async def _head_now(self, ds: Datasource, key: str) -> HeadRecord | None:
+        raw = await ds.load(key)
+        return None if raw is None else self._decoded_head(raw, key)
+
+    def _decoded_head(self, raw: bytes, key: str) -> HeadRecord | None:
         try:
-            stored = decode_record(raw, HeadRecord, envelope=self._envelope, bind=key)
+            return decode_record(raw, HeadRecord, envelope=self._envelope, bind=key)
         except BlokrunError:
-            return False
-        return stored == head
+            return None
 
 
 def check_unchanged(

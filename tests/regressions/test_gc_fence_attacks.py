@@ -119,9 +119,12 @@ async def test_gc_that_outlives_its_lease_does_not_delete_a_new_runs_blob(
     deleting z's blob mark on ``blobs`` (unfenced), past its lease's TTL. A new run of
     ``z`` (the id is free now) produces the same large value: it marks the blob
     (``_blokrun.blobref.z/<sha>`` -- the very key gc planned to delete), finds it present
-    and only refers to it, and completes. gc wakes, deletes that mark, reports z as
-    deleted, and its blob sweep then finds the blob unmarked and deletes it: the new
-    completed run refers to a blob that is gone."""
+    and only refers to it, and completes. gc woke, deleted that mark, reported z as
+    deleted, and its blob sweep then found the blob unmarked and deleted it: the new
+    completed run referred to a blob that was gone. Now z's head on ``a`` says gc is
+    deleting it until the rest is gone, so the new run is refused while gc is paused; it
+    takes the lease on its way, so gc stops (writing its marks back); the next gc finishes
+    z; a new run of z then keeps its blob through any later sweep."""
     tag = uuid4().hex[:8]
     a = _settings(request, driver, tmp_path, "a", tag)
     blobs = _settings(request, driver, tmp_path, "blobs", tag)
@@ -154,10 +157,16 @@ async def test_gc_that_outlives_its_lease_does_not_delete_a_new_runs_blob(
             with anyio.fail_after(10):
                 await stall.entered.wait()  # z is gone from a; its mark not yet
             await anyio.sleep(3 * TTL)  # gc's lease runs out
-            new = await c.run(blob_flow(1), request_id="z")
-            assert new.status == "completed"
-            assert new.vars["make"] == wfnodes._text(1, 5000)
+            with pytest.raises(RunBusy, match="being deleted by gc"):
+                await c.run(blob_flow(1), request_id="z")
             stall.thawed.set()
+        assert any("taken over" in e for e in reports[0].errors), reports[0].errors
+        finished = await g.collect_garbage(completed_older_than=0.0, failed_older_than=None)
+        assert [r.request_id for r in finished.runs] == ["z"], finished.errors
+        new = await c.run(blob_flow(1), request_id="z")
+        assert new.status == "completed" and not new.existing
+        swept = await g.collect_garbage(completed_older_than=None, failed_older_than=None)
+        assert swept.runs == ()
         left = await c.datasources["blobs"].keys(BLOB_PREFIX)
         marks = await c.datasources["blobs"].keys(BLOBREF_PREFIX)
         try:
