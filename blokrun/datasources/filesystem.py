@@ -470,33 +470,27 @@ class FilesystemStore:
         finally:
             os.close(fd)
 
-    def _save_fenced_sync(self, entries: Sequence[Entry], lease_key: str, token: int) -> bool:
+    def _fenced(self, lease_key: str, token: int, action: Callable[[], object]) -> bool:
+        """``action()`` iff ``token`` is the latest of ``lease_key``, under the lease's
+        shared lock, held until the action is done: no takeover between."""
         name = self._lease_name(lease_key)
         fd = self._lock(name, exclusive=False, create=False)
         if fd is None:
             return False
-        try:  # the shared lock is held until every entry is written: no takeover between
+        try:
             current = self._read_state(name)
             if current is None or current.token != token:
                 return False
-            self._save_sync(entries)
+            action()
             return True
         finally:
             os.close(fd)
 
+    def _save_fenced_sync(self, entries: Sequence[Entry], lease_key: str, token: int) -> bool:
+        return self._fenced(lease_key, token, lambda: self._save_sync(entries))
+
     def _delete_fenced_sync(self, keys: Sequence[str], lease_key: str, token: int) -> bool:
-        name = self._lease_name(lease_key)
-        fd = self._lock(name, exclusive=False, create=False)
-        if fd is None:
-            return False
-        try:  # the shared lock is held until every key is deleted: no takeover between
-            current = self._read_state(name)
-            if current is None or current.token != token:
-                return False
-            self._delete_many(list(keys))
-            return True
-        finally:
-            os.close(fd)
+        return self._fenced(lease_key, token, lambda: self._delete_many(list(keys)))
 
     def _delete_lease_sync(self, key: str, token: int | None) -> bool:
         name = self._lease_name(key)
@@ -580,18 +574,7 @@ class FilesystemStore:
         if fence is None:
             self._index.remove(space, request_ids)
             return True
-        name = self._lease_name(fence[0])
-        fd = self._lock(name, exclusive=False, create=False)
-        if fd is None:
-            return False
-        try:  # under the lease's shared lock, as a fenced save: no takeover between
-            current = self._read_state(name)
-            if current is None or current.token != fence[1]:
-                return False
-            self._index.remove(space, request_ids)
-            return True
-        finally:
-            os.close(fd)
+        return self._fenced(*fence, lambda: self._index.remove(space, request_ids))
 
 
 def create(settings: DatasourceSettings) -> FilesystemStore:

@@ -151,9 +151,12 @@ class MemoryStore:
         if current is not None and current.token == token:
             self._leases[key] = LeaseState(current.owner, token, 0.0)
 
-    async def save_batch_fenced(self, entries: Sequence[Entry], lease_key: str, token: int) -> bool:
+    def _latest(self, lease_key: str, token: int) -> bool:
         current = self._leases.get(lease_key)
-        if current is None or current.token != token:
+        return current is not None and current.token == token
+
+    async def save_batch_fenced(self, entries: Sequence[Entry], lease_key: str, token: int) -> bool:
+        if not self._latest(lease_key, token):
             await checkpoint()
             return False
         await self.save_batch(entries)  # writes before it first yields: no takeover between
@@ -163,8 +166,7 @@ class MemoryStore:
         return self._leases.get(key)
 
     async def delete_batch_fenced(self, keys: Sequence[str], lease_key: str, token: int) -> bool:
-        current = self._leases.get(lease_key)
-        if current is None or current.token != token:
+        if not self._latest(lease_key, token):
             await checkpoint()
             return False
         await self.delete_batch(keys)  # deletes before it first yields: no takeover between
@@ -208,10 +210,8 @@ class MemoryStore:
     async def index_remove(
         self, space: str, request_ids: Sequence[str], *, fence: tuple[str, int] | None = None
     ) -> bool:
-        if fence is not None:
-            current = self._leases.get(fence[0])
-            if current is None or current.token != fence[1]:
-                return False
+        if fence is not None and not self._latest(*fence):
+            return False
         self._space(space).remove(request_ids)
         return True
 

@@ -37,59 +37,14 @@ import anyio
 import pytest
 
 from blokrun import Runner
-from blokrun.config import DatasourceSettings
-from blokrun.datasources import Datasource, build_datasource
+from blokrun.datasources import build_datasource
 from blokrun.errors import RunBusy, RunNotFound
 from blokrun.persistence.keys import BLOB_PREFIX, BLOBREF_PREFIX
 from tests.integration import wfnodes
+from tests.regressions.gc_pause import NODE, TTL, Stall, pause_settings, two_target_flow
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from pathlib import Path
-
-    from tests.conftest import ServerPool
-
-NODE = "tests.integration.wfnodes"
-TTL = 0.3
-
-
-def _settings(
-    request: pytest.FixtureRequest, driver: str, tmp_path: Path, name: str, tag: str
-) -> DatasourceSettings:
-    if driver == "filesystem":
-        return DatasourceSettings(
-            name=name, type="filesystem", path=str(tmp_path / f"{tag}-{name}"), fsync=False
-        )
-    pool: ServerPool = request.getfixturevalue("server_pool")
-    return pool.get(driver).settings(name, prefix=f"gfa-{tag}-{name}/")
-
-
-class Stall:
-    """Calls of ``Datasource.<method>`` on the instance ``ds`` whose keys satisfy ``when``
-    wait until thawed, once: gc paused (a long GC pause, a frozen VM, a slow store) right
-    at that call -- after the renewal that preceded it."""
-
-    def __init__(
-        self,
-        ds: Datasource,
-        monkeypatch: pytest.MonkeyPatch,
-        method: str,
-        when: Callable[[list[str]], bool] = lambda keys: True,
-    ) -> None:
-        self.entered = anyio.Event()
-        self.thawed = anyio.Event()
-        self.done = False
-        original = getattr(type(ds), method)
-        stall = self
-
-        async def patched(inner: Datasource, keys: Any, *args: Any, **kwargs: Any) -> Any:
-            if inner is ds and not stall.done and when(list(keys)):
-                stall.done = True
-                stall.entered.set()
-                await stall.thawed.wait()
-            return await original(inner, keys, *args, **kwargs)
-
-        monkeypatch.setattr(type(ds), method, patched)
 
 
 # -- 1. the blob datasource's marks are deleted unfenced ------------------------------------
@@ -126,8 +81,8 @@ async def test_gc_that_outlives_its_lease_does_not_delete_a_new_runs_blob(
     takes the lease on its way, so gc stops (writing its marks back); the next gc finishes
     z; a new run of z then keeps its blob through any later sweep."""
     tag = uuid4().hex[:8]
-    a = _settings(request, driver, tmp_path, "a", tag)
-    blobs = _settings(request, driver, tmp_path, "blobs", tag)
+    a = pause_settings(request, driver, tmp_path, "a", tag)
+    blobs = pause_settings(request, driver, tmp_path, "blobs", tag)
 
     def runner() -> Runner:
         return Runner(
@@ -184,16 +139,6 @@ async def test_gc_that_outlives_its_lease_does_not_delete_a_new_runs_blob(
 # -- 2. a second target's deletes are unfenced ----------------------------------------------
 
 
-def two_target_flow(name: str = "two") -> dict[str, Any]:
-    return {
-        "name": name,
-        "persistence": {"targets": ["a", "b"]},
-        "steps": [
-            {"name": f"s{i}", "node": f"{NODE}:add", "inputs": {"n": i}} for i in range(1, 4)
-        ],
-    }
-
-
 @pytest.mark.parametrize("driver", ["filesystem", "redis", "postgresql"])
 async def test_a_run_gc_began_deleting_is_not_resumed_from_its_second_target(
     request: pytest.FixtureRequest,
@@ -209,8 +154,8 @@ async def test_a_run_gc_began_deleting_is_not_resumed_from_its_second_target(
     of ``z`` "collecting" before deleting anything: the resume is refused (being deleted
     by gc), runs nothing, and gc, woken, finishes -- nothing of ``z`` is left anywhere."""
     tag = uuid4().hex[:8]
-    a = _settings(request, driver, tmp_path, "a", tag)
-    b = _settings(request, driver, tmp_path, "b", tag)
+    a = pause_settings(request, driver, tmp_path, "a", tag)
+    b = pause_settings(request, driver, tmp_path, "b", tag)
 
     def runner() -> Runner:
         return Runner([build_datasource(a), build_datasource(b)], lease_ttl=TTL)
@@ -280,7 +225,7 @@ async def test_a_gc_cut_short_leaves_nothing_a_resume_runs_again(
     id) is refused and runs nothing; the gc stopped by its fence leaves that mark, and the
     next gc finishes the deletion whatever the run's age; then the id is free again."""
     n = 300
-    settings = _settings(request, driver, tmp_path, "default", uuid4().hex[:8])
+    settings = pause_settings(request, driver, tmp_path, "default", uuid4().hex[:8])
     last = f"s{n - 1}"
     wfnodes.FAIL_AT.add(last)
     try:
@@ -444,8 +389,8 @@ async def test_gc_without_a_definition_keeps_a_run_it_cannot_lock(
     no run of z takes -- so a resume ran unopposed while gc deleted, and gc deleted the
     completed run. Now gc keeps the run and says why; the run is still there to resume."""
     tag = uuid4().hex[:8]
-    a = _settings(request, driver, tmp_path, "a", tag)
-    b = _settings(request, driver, tmp_path, "b", tag)
+    a = pause_settings(request, driver, tmp_path, "a", tag)
+    b = pause_settings(request, driver, tmp_path, "b", tag)
     flow = two_target_flow("nodef") | {"persistence": {"targets": ["b", "a"]}}
     wfnodes.FAIL_AT.add("s2")
     try:

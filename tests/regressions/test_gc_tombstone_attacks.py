@@ -9,68 +9,14 @@ import anyio
 import pytest
 
 from blokrun import Runner, StepFailed
-from blokrun.config import DatasourceSettings
-from blokrun.datasources import Datasource, build_datasource
+from blokrun.datasources import build_datasource
 from blokrun.errors import RunBusy
 from blokrun.persistence.keys import HEAD_PREFIX, head_key
 from tests.integration import wfnodes
+from tests.regressions.gc_pause import TTL, Stall, pause_settings, two_target_flow
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from pathlib import Path
-
-    from tests.conftest import ServerPool
-
-NODE = "tests.integration.wfnodes"
-TTL = 0.3
-
-
-def _settings(
-    request: pytest.FixtureRequest, driver: str, tmp_path: Path, name: str, tag: str
-) -> DatasourceSettings:
-    if driver == "filesystem":
-        return DatasourceSettings(
-            name=name, type="filesystem", path=str(tmp_path / f"{tag}-{name}"), fsync=False
-        )
-    pool: ServerPool = request.getfixturevalue("server_pool")
-    return pool.get(driver).settings(name, prefix=f"gta-{tag}-{name}/")
-
-
-class Stall:
-    """The first call of ``Datasource.<method>`` on ``ds`` whose argument satisfies
-    ``when`` waits until thawed: a process paused right at that call."""
-
-    def __init__(
-        self,
-        ds: Datasource,
-        monkeypatch: pytest.MonkeyPatch,
-        method: str,
-        when: Callable[[list[Any]], bool] = lambda arg: True,
-    ) -> None:
-        self.entered = anyio.Event()
-        self.thawed = anyio.Event()
-        self.done = False
-        original = getattr(type(ds), method)
-        stall = self
-
-        async def patched(inner: Datasource, arg: Any, *args: Any, **kwargs: Any) -> Any:
-            if inner is ds and not stall.done and when(list(arg)):
-                stall.done = True
-                stall.entered.set()
-                await stall.thawed.wait()
-            return await original(inner, arg, *args, **kwargs)
-
-        monkeypatch.setattr(type(ds), method, patched)
-
-
-def two_target_flow(name: str = "two") -> dict[str, Any]:
-    return {
-        "name": name,
-        "persistence": {"targets": ["a", "b"]},
-        "steps": [
-            {"name": f"s{i}", "node": f"{NODE}:add", "inputs": {"n": i}} for i in range(1, 4)
-        ],
-    }
 
 
 def _head_entry(entries: list[Any]) -> bool:
@@ -95,8 +41,8 @@ async def test_a_stale_collecting_mark_does_not_doom_a_new_run(
     was deleted by a gc told to keep failed runs for an hour. Only the lease's datasource
     is marked now, fenced: gc1's mark is refused.)"""
     tag = uuid4().hex[:8]
-    a = _settings(request, driver, tmp_path, "a", tag)
-    b = _settings(request, driver, tmp_path, "b", tag)
+    a = pause_settings(request, driver, tmp_path, "a", tag)
+    b = pause_settings(request, driver, tmp_path, "b", tag)
 
     def runner() -> Runner:
         return Runner([build_datasource(a), build_datasource(b)], lease_ttl=TTL)
@@ -162,8 +108,8 @@ async def test_a_resume_planned_before_gc_does_not_bring_back_a_deleted_run(
     from its stale plan: the run gc reported deleted is back, with only what the resume
     carried in memory. The commit says a resume planned before the mark plans again."""
     tag = uuid4().hex[:8]
-    a = _settings(request, driver, tmp_path, "a", tag)
-    b = _settings(request, driver, tmp_path, "b", tag)
+    a = pause_settings(request, driver, tmp_path, "a", tag)
+    b = pause_settings(request, driver, tmp_path, "b", tag)
 
     def runner() -> Runner:
         return Runner([build_datasource(a), build_datasource(b)], lease_ttl=TTL)
@@ -237,8 +183,8 @@ async def test_a_collection_cut_short_is_finished_by_the_next_gc(
     (``collecting`` if any head says it, not only the most advanced one), and a gc with
     the default policy (failed runs kept 30 days) must finish it."""
     tag = uuid4().hex[:8]
-    a = _settings(request, driver, tmp_path, "a", tag)
-    b = _settings(request, driver, tmp_path, "b", tag)
+    a = pause_settings(request, driver, tmp_path, "a", tag)
+    b = pause_settings(request, driver, tmp_path, "b", tag)
 
     def runner() -> Runner:
         return Runner([build_datasource(a), build_datasource(b)], lease_ttl=TTL)
@@ -301,7 +247,7 @@ async def test_inspect_and_wait_show_a_run_being_collected(
     shows z as a plain failed run, while ``inspect`` -- a read -- and ``wait`` raise
     RunBusy ('being deleted by gc'): the dashboard's run page answers 409 for a run its
     own list shows. A read-only look should show the run (and that gc is deleting it)."""
-    settings = _settings(request, "filesystem", tmp_path, "a", uuid4().hex[:8])
+    settings = pause_settings(request, "filesystem", tmp_path, "a", uuid4().hex[:8])
 
     def runner() -> Runner:
         return Runner([build_datasource(settings)], lease_ttl=TTL)
