@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from blokrun.errors import LeaseLost, RunError, RunExists
-from blokrun.execution.builtins import TIMERS
 from blokrun.execution.engine import Attempt, ChildRunner, emit_end, run_attempt
 from blokrun.persistence.codec import dumps_value, loads_value
 from blokrun.persistence.items import load_items
@@ -488,11 +487,8 @@ class RunDriver:
             or not self.store.writes_with_lease(wf, matching=True)
         ):
             return None, None
-        done = set(prepared.done)
-        if any(
-            s.map is not None or (s.node.builtin and s.node.name in TIMERS)
-            for s in wf.steps
-            if s.name not in done
+        if wf.progress_steps and not set(prepared.done).issuperset(
+            s.name for s in wf.progress_steps
         ):
             return None, None  # _map_progress reads after the lease
         ds = self.store.lease_datasource(wf)
@@ -565,15 +561,13 @@ class RunDriver:
         """What steps still to finish stored before: timers' wake-up times (a resume waits
         only what is left), map items' results (not run again)."""
         wf = prepared.workflow
-        done = set(prepared.done)
         if prepared.from_step is not None:
             await self._forget_progress(prepared, recorder)
             return
-        timers = [
-            s.name
-            for s in wf.steps
-            if s.node.builtin and s.node.name in TIMERS and s.name not in done
-        ]
+        if not wf.progress_steps:
+            return
+        done = set(prepared.done)
+        timers = [s.name for s in wf.progress_steps if s.node.timer and s.name not in done]
         if timers and recorder.targets:
             run.timers = await load_timers(
                 recorder.targets,
@@ -583,7 +577,7 @@ class RunDriver:
                 steps=timers,
                 envelope=self.store.envelope,
             )
-        pending = [s.name for s in wf.steps if s.map is not None and s.name not in done]
+        pending = [s.name for s in wf.progress_steps if s.map is not None and s.name not in done]
         if not pending or not recorder.targets:
             return
         run.items, recorder.stale_items = await load_items(

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from blokrun.spec.nodes import TIMERS
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
@@ -139,6 +141,3 @@ BUILTINS: dict[
     "fail": (fail, frozenset({"message"}), frozenset()),
     "await-input": (await_input, frozenset({"prompt", "schema"}), frozenset()),
 }
-
-#: The built-ins whose wait is durable (the executor stores their wake-up time).
-TIMERS = frozenset({"sleep", "wait-until"})

@@ -35,7 +35,7 @@ from blokrun.errors import (
     StepFailed,
     ValueNotStorable,
 )
-from blokrun.execution.builtins import TIMERS, Sleeping, Suspend, wake_time
+from blokrun.execution.builtins import Sleeping, Suspend, wake_time
 from blokrun.execution.context import Context, PersistenceInfo, RequestInfo, WorkflowInfo
 from blokrun.execution.events import (
     ItemFinished,
@@ -250,7 +250,7 @@ class _Executor:
                 await hook.before_step(event)
         if step.map is not None:
             return await self._map(step, ctx)
-        if step.node.builtin and step.node.name in TIMERS:
+        if step.node.timer:
             return await self._timer(step, ctx)
         if step.child is not None:
             started = time.perf_counter()

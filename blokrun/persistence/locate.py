@@ -40,6 +40,7 @@ from blokrun.errors import (
     ResumeError,
     RunBusy,
 )
+from blokrun.persistence.hints import RecentRuns, Spot
 from blokrun.persistence.indexing import head_index_entry
 from blokrun.persistence.keys import (
     checkpoint_key,
@@ -231,6 +232,13 @@ def first_keys(request_id: str) -> tuple[str, str]:
     return head_key(request_id), run_key(request_id, 1)
 
 
+def _window(request_id: str, spot: Spot) -> list[str]:
+    """The keys the first roll-forward probe reads if the head says what ``spot`` does."""
+    first = max(spot.seq, 1)
+    keys = [checkpoint_key(request_id, spot.incarnation, n) for n in range(first, first + _PROBE)]
+    return [*keys, definition_key(spot.definition_hash)]
+
+
 #: How many decoded definition records a locator keeps, and the largest it keeps.
 _DEFINITION_CACHE_MAX = 32
 _DEFINITION_CACHE_BYTES = 1 << 20
@@ -239,10 +247,12 @@ _DEFINITION_CACHE_BYTES = 1 << 20
 class Locator:
     """Reads what a run stored, through one envelope (the store's)."""
 
-    __slots__ = ("_definitions", "envelope")
+    __slots__ = ("_definitions", "envelope", "recent")
 
-    def __init__(self, envelope: Envelope) -> None:
+    def __init__(self, envelope: Envelope, recent: RecentRuns | None = None) -> None:
         self.envelope = envelope
+        #: where this process last left runs: their latest records are read with the head
+        self.recent = recent if recent is not None else RecentRuns()
         #: definition records decoded before, by (key, stored bytes): a definition's key is
         #: its hash, so every run of a workflow stores the same bytes there, and the same
         #: bytes under the same key always decode the same (the envelope is the store's)
@@ -312,8 +322,14 @@ class Locator:
     ) -> None:
         ds = view.datasource
         hk, first = first_keys(request_id)
-        loaded = known if known is not None else await ds.load_batch([hk, first])
-        if not scan and not loaded:
+        early: list[str] = []
+        if known is None:
+            spot = self.recent.get(request_id)
+            early = [] if spot is None else _window(request_id, spot)
+            loaded = await ds.load_batch([hk, first, *early])
+        else:
+            loaded = known
+        if not scan and hk not in loaded and first not in loaded:
             return  # neither head nor run record: every write of a run begins with them
         if hk in loaded:
             view.head = self.decode(loaded[hk], HeadRecord, ds, hk, view.warnings)
@@ -332,7 +348,7 @@ class Locator:
             listed = sorted(seq for inc, seq in found if inc == incarnation)
             start = listed[-1]
         await self._read_run(view, request_id, incarnation, (first, loaded.get(first)))
-        latest = await self._roll_forward(view, request_id, incarnation, start)
+        latest = await self._roll_forward(view, request_id, incarnation, start, (early, loaded))
         if latest is None and start > 0:
             if view.head is not None:
                 view.warnings.append(
@@ -394,9 +410,16 @@ class Locator:
         return known is None or rec.started_at == known.started_at
 
     async def _roll_forward(
-        self, view: TargetView, request_id: str, incarnation: int, start: int
+        self,
+        view: TargetView,
+        request_id: str,
+        incarnation: int,
+        start: int,
+        early: tuple[list[str], dict[str, bytes]] = ([], {}),
     ) -> CheckpointRecord | None:
-        """The newest verified record numbered ``start`` or more, probing ahead of it."""
+        """The newest verified record numbered ``start`` or more, probing ahead of it.
+        ``early``: keys read with the head (a :class:`~blokrun.persistence.hints.Spot`'s
+        window) and what the batch held: the first probe's, if it names the same keys."""
         ds = view.datasource
         latest: CheckpointRecord | None = None
         seq = max(start, 1)
@@ -405,7 +428,11 @@ class Locator:
         extra = [] if view.head is None else [definition_key(view.head.definition_hash)]
         while True:
             keys = [checkpoint_key(request_id, incarnation, n) for n in range(seq, seq + _PROBE)]
-            loaded = await ds.load_batch(keys + extra)
+            if early[0] and early[0] == keys + extra:
+                loaded = early[1]  # read with the head, where this head points
+            else:
+                loaded = await ds.load_batch(keys + extra)
+            early = ([], {})
             if extra:
                 view.definition = (extra[0], loaded.get(extra[0]))
                 extra = []
@@ -511,23 +538,7 @@ class Locator:
         """The run as every one of ``datasources`` holds it; ``None`` if none knows it
         (``scan``: see :meth:`view`; ``read``: a datasource's :func:`first_keys`, already
         read)."""
-        views: list[TargetView] = []
-        fatal: list[BaseException] = []
-
-        async def one(ds: Datasource) -> None:
-            first = read[1] if read is not None and read[0] is ds else None
-            try:
-                views.append(await self.view(ds, request_id, scan=scan, first=first))
-            except BlokrunError as exc:  # a key missing, a newer format, an old layout
-                fatal.append(exc)
-
-        async with anyio.create_task_group() as tg:
-            for ds in datasources:
-                tg.start_soon(one, ds)
-        if fatal:
-            raise fatal[0]
-        order = {ds.name: i for i, ds in enumerate(datasources)}
-        views.sort(key=lambda v: order[v.datasource.name])
+        views = await self._views(request_id, datasources, scan, read)
         known = [v for v in views if v.known]
         if not known:
             errors = [v.error for v in views if v.error is not None]
@@ -546,6 +557,36 @@ class Locator:
         for warning in found.warnings:
             log.warning("%s", warning)
         return found
+
+    async def _views(
+        self,
+        request_id: str,
+        datasources: Sequence[Datasource],
+        scan: bool,
+        read: tuple[Datasource, dict[str, bytes]] | None,
+    ) -> list[TargetView]:
+        """Every target's view, read at once, in the order of ``datasources``."""
+        views: list[TargetView] = []
+        fatal: list[BaseException] = []
+
+        async def one(ds: Datasource) -> None:
+            first = read[1] if read is not None and read[0] is ds else None
+            try:
+                views.append(await self.view(ds, request_id, scan=scan, first=first))
+            except BlokrunError as exc:  # a key missing, a newer format, an old layout
+                fatal.append(exc)
+
+        if len(datasources) == 1:
+            await one(datasources[0])  # no task of its own: one target is the common case
+        else:
+            async with anyio.create_task_group() as tg:
+                for ds in datasources:
+                    tg.start_soon(one, ds)
+        if fatal:
+            raise fatal[0]
+        order = {ds.name: i for i, ds in enumerate(datasources)}
+        views.sort(key=lambda v: order[v.datasource.name])
+        return views
 
     async def definition(self, found: FoundRun) -> tuple[DefinitionRecord, bytes] | None:
         """The run's stored definition (from any target holding it) and its bytes."""

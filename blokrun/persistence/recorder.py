@@ -37,6 +37,7 @@ from blokrun.errors import CheckpointError, DatasourceError, DatasourceUnavailab
 from blokrun.execution.hooks import Hook
 from blokrun.persistence.codec import Kind, dumps_value
 from blokrun.persistence.fanout import save_everywhere
+from blokrun.persistence.hints import RecentRuns, Spot
 from blokrun.persistence.indexing import head_index_entry
 from blokrun.persistence.items import ItemLog
 from blokrun.persistence.keys import (
@@ -116,6 +117,8 @@ class RecorderContext:
     #: every run of a workflow stores the same record, sealed once (same bytes: a sealed
     #: record may be stored again, encrypted or not)
     definitions: dict[tuple[str, str, tuple[str, ...]], bytes] = field(default_factory=dict)
+    #: where each recorder left its run (the head's last word): read early by a resume
+    recent: RecentRuns = field(default_factory=RecentRuns)
 
     def sealed_definition(self, wf: Workflow, key: str) -> bytes:
         """``wf``'s definition record sealed for ``key`` (its definition key)."""
@@ -796,6 +799,12 @@ class RunRecorder(Hook):
         error: BaseException | None = event.error
         status = event.status
         final = await self._last_save(event)
+        if status == "completed" and final is None:
+            self._shared.recent.forget(self.request_id)  # runs resumed are the others
+        else:
+            at = self.position
+            spot = Spot(self.incarnation, at.last_seq, self.workflow.definition_hash)
+            self._shared.recent.note(self.request_id, spot)
         if final is not None:
             if status in ("completed", "suspended", "sleeping"):
                 # The run did not complete (or suspend) after all: record it as failed on

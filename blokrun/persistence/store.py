@@ -128,7 +128,7 @@ class RunStore:
         self._unreleased: dict[str, Lease] = {}
         self._stack: AsyncExitStack | None = None
         self._recording = RecorderContext(datasources, envelope, blobs)
-        self.locator = Locator(envelope)
+        self.locator = Locator(envelope, self._recording.recent)
         self.planner = Planner(self.locator, datasources, envelope, self.load_stored)
         self.history = History(self.planner, datasources, envelope)
         self.reads = DatasourceReads(datasources, envelope, self.locator)

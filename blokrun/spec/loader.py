@@ -133,6 +133,9 @@ class Workflow:
     step_names: tuple[str, ...] = field(init=False, repr=False)
     #: whether every step waits exactly for the one before it (the default)
     linear: bool = field(init=False, repr=False)
+    #: the steps whose progress is stored apart from checkpoints, in order: map steps
+    #: (their items' results) and durable timers (their wake-up times)
+    progress_steps: tuple[Step, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         steps = self.steps
@@ -141,6 +144,8 @@ class Workflow:
             s.depends_on == ((steps[i - 1].name,) if i else ()) for i, s in enumerate(steps)
         )
         object.__setattr__(self, "linear", linear)
+        progress = tuple(s for s in steps if s.map is not None or s.node.timer)
+        object.__setattr__(self, "progress_steps", progress)
 
     def step(self, name: str) -> Step:
         for step in self.steps:

@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-__all__ = ["NodeRef", "NodeResolver"]
+__all__ = ["TIMERS", "NodeRef", "NodeResolver"]
+
+#: The built-in nodes whose wait is durable (the executor stores their wake-up time).
+TIMERS = frozenset({"sleep", "wait-until"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,11 @@ class NodeRef:
     builtin: bool
     allowed_inputs: frozenset[str] | None = None
     required_inputs: frozenset[str] = frozenset()
+
+    @property
+    def timer(self) -> bool:
+        """A built-in whose wait is durable (:data:`TIMERS`)."""
+        return self.builtin and self.name in TIMERS
 
 
 class NodeResolver(Protocol):

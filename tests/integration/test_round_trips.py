@@ -20,8 +20,10 @@ The design, per run of N checkpointed steps on one datasource with leases on:
 So N + 1 on Redis and PostgreSQL (the floor's N, plus one), and 2N + 5 on the
 filesystem, whose batches are not atomic (the definition is written before the start
 record, so a head never points at a missing definition) and whose alias is read first. A
-resume adds the reads that find the run's latest checkpoint; its start goes with its
-lease too where the driver can check the head it was planned on in the same step
+resume adds the reads that find the run's latest checkpoint: its head, then the records
+the head points at (2), or both at once (1) in the process that last drove the run, which
+knows where it left it (:mod:`blokrun.persistence.hints`); its start goes with its lease
+too where the driver can check the head it was planned on in the same step
 (``Capabilities.lease_matches``: Redis, PostgreSQL). A run whose id is taken
 (``--restart``), or that a hook sees before the recorder (tracing), writes its start
 record in a round trip of its own.
@@ -173,7 +175,12 @@ async def test_a_hook_first_gets_the_start_record_written_after_it(counted: Any)
     assert head is not None and head.context["traceparent"].startswith("00-111")
 
 
-async def test_a_resume_costs_what_its_reads_and_remaining_steps_do(counted: Any) -> None:
+@pytest.mark.parametrize("where", ["same process", "another process"])
+async def test_a_resume_costs_what_its_reads_and_remaining_steps_do(
+    counted: Any, where: str
+) -> None:
+    """In the process that drove the run last, the records the head points at are read
+    with the head; elsewhere (a runner that never saw the run) after it."""
     runner, store, loose = counted
     wfnodes.FAIL_AT.add("s6")
     try:
@@ -181,8 +188,20 @@ async def test_a_resume_costs_what_its_reads_and_remaining_steps_do(counted: Any
             await runner.run(flow(10), request_id="res")
     finally:
         wfnodes.FAIL_AT.clear()
-    store.calls.clear()
-    await runner.resume("res")
+    if where == "same process":
+        store.calls.clear()
+        await runner.resume("res")
+        locating = 1
+    else:
+        settings = runner.store.datasources["default"].settings
+        store = Counting(create_store(settings))
+        async with Runner([Datasource(settings, store)]) as elsewhere:
+            store.calls.clear()  # its start checked the run index
+            await elsewhere.resume("res")
+        locating = 2
+    calls = +store.calls
+    head = await runner.store.head("res")
+    assert head is not None and head.status == "completed"
     left = 5  # s6..s10
     reads = 0 if store.capabilities.owned_writes else left
     # PostgreSQL reads with a lease only when the lease is new (its statement's snapshot
@@ -190,22 +209,24 @@ async def test_a_resume_costs_what_its_reads_and_remaining_steps_do(counted: Any
     reliable = store.capabilities.lease_reads and not isinstance(store._inner, PostgresStore)
     if store.capabilities.lease_matches:
         # the lease, the head's re-check and the attempt's start in one script or statement
-        # (a compare-and-set on the head it was planned on): 3 round trips before s6 starts
-        expected = Counter(acquire_lease_writing=1, load_batch=2, save_batch_fenced=left)
-        assert store.calls == +expected, store.calls
-        assert store.total == left + 3
+        # (a compare-and-set on the head it was planned on): 2 or 3 round trips before s6
+        expected = Counter(acquire_lease_writing=1, load_batch=locating, save_batch_fenced=left)
+        assert calls == +expected, calls
+        assert calls.total() == left + 1 + locating
         return
     expected = _lease_and_read(store, reliable=reliable) + Counter(
         # locate: the head and run record, then the records after the head (roll-forward
-        # probe) with the latest checkpoint and the definition the head names
-        load_batch=2,
+        # probe) with the latest checkpoint and the definition the head names; both at once
+        # where this process left the run
+        load_batch=locating,
         # the alias reads (not on Redis or PostgreSQL)
         load=reads,
         save_batch_fenced=left + 1 + loose,  # the resume's start record, then each step
         release_lease=0 if store.capabilities.release_in_batch else 1,
     )
-    assert store.calls == +expected, store.calls
-    assert store.total == sum(expected.values())
+    assert calls == +expected, calls
+    assert calls.total() == sum(expected.values())
     assert (
-        store.total == left + reads + 3 + loose + (1 if reliable else 2) + expected["release_lease"]
+        calls.total()
+        == left + reads + 1 + locating + loose + (1 if reliable else 2) + expected["release_lease"]
     )
