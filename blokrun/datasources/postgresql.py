@@ -41,6 +41,13 @@ Design decisions:
   ``reset=_keep_session`` (a no-op): asyncpg still rolls back a transaction left open, and
   this driver never changes session state (no ``SET``, ``LISTEN``, session advisory locks
   or cursors outside a transaction). An injected pool keeps its own ``reset`` policy.
+* One connection is kept out of the pool, and used by whichever operation finds it free
+  (with group commit, the checkpoint writer nearly always): asyncpg's acquire and release
+  cost ~45 µs of client CPU per statement, a tenth of a checkpoint. It goes back to the
+  pool (which rolls back, checks and replaces it) after any error or cancellation on it,
+  when its server closed it while idle, when the pool has no other connection to give
+  (a borrower may be waiting: a pool of one never keeps it), and on ``close``. Not with an
+  injected pool.
 * Leases (:class:`~blokrun.datasources.protocol.LeaseStore`) are rows of the lease table,
   timed by the server's ``now()``; each operation is one autocommit statement.
   ``acquire_lease`` is ``INSERT ... ON CONFLICT DO UPDATE SET token = GREATEST(token,
@@ -454,6 +461,21 @@ def prefix_end(prefix: str) -> str | None:
     return None
 
 
+def _open(con: Any) -> bool:
+    """Whether a pooled connection kept out of the pool can still run a statement: its
+    server did not close it (asyncpg's pool takes such a connection back at once)."""
+    try:
+        return not con.is_closed()
+    except asyncpg.InterfaceError:  # released back to the pool: it was closed
+        return False
+
+
+def _spare(pool: Any) -> bool:
+    """Whether a borrower waiting on ``pool`` can get a connection without the kept one:
+    one is idle, or the pool may open another."""
+    return bool(pool.get_idle_size() > 0 or pool.get_size() < pool.get_max_size())
+
+
 async def _keep_session(connection: Any) -> None:
     """Pool ``reset`` hook: nothing to undo (see the module docstring)."""
 
@@ -526,8 +548,9 @@ class _Groups:
 class PostgresStore:
     """A table of ``key -> bytea``; see the module docstring."""
 
-    __slots__ = ("_names", "_owned", "_password", "_pool", "_pool_size", "_ready", "_sql",
-                 "_table", "_timeout", "_url", "_where", "refused_owned")  # fmt: skip
+    __slots__ = ("_hot", "_hot_busy", "_names", "_owned", "_password", "_pool",
+                 "_pool_size", "_ready", "_sql", "_table", "_timeout", "_url", "_where",
+                 "refused_owned")  # fmt: skip
 
     def __init__(
         self,
@@ -545,6 +568,10 @@ class PostgresStore:
         self._url, self._table, self._pool_size, self._timeout = url, table, pool_size, timeout
         self._pool: Any = pool
         self._owned = pool is None
+        #: one connection kept out of the pool, for whichever operation finds it free (see
+        #: connection()); None until first used, and after a statement failed on it
+        self._hot: Any = None
+        self._hot_busy = False
         self._ready = False
         self._where = mask_url(url) if url else "an injected asyncpg pool"
         try:
@@ -618,23 +645,53 @@ class PostgresStore:
         if self._pool is None:
             raise DatasourceError(f"{op}: not connected (call connect() first)")
         pool = self._pool
-        try:
-            # asyncio.timeout, not acquire(timeout=...): on Python 3.11 that is wait_for, a
-            # new task per statement, a visible share of a checkpoint (PROFILE.md).
-            async with asyncio.timeout(self._timeout):
-                con = await pool.acquire()
-        except TimeoutError as exc:
-            raise self._error(exc, op) from exc
-        except _DRIVER_ERRORS as exc:
-            raise self._error(exc, op) from exc
+        # The kept connection, if free: asyncpg's acquire and release cost ~45 µs of CPU a
+        # statement (release shields itself in a new task), a tenth of a checkpoint
+        # (benchmarks/PROFILE.md, "round six"). Only for a pool of our own.
+        hot = self._owned and not self._hot_busy
+        con = await self._take_hot(pool, op) if hot else await self._acquire(pool, op)
+        clean = False
         try:
             yield con
+            clean = True
         except DatasourceError:
             raise
         except _DRIVER_ERRORS as exc:
             raise self._error(exc, op) from exc
         finally:
-            await pool.release(con)
+            if hot:
+                # kept while every statement on it succeeded, the pool is still ours and
+                # has another connection for a borrower that may be waiting; else back to
+                # the pool, which rolls back, checks and replaces it
+                self._hot = con if clean and self._pool is pool and _spare(pool) else None
+                self._hot_busy = False
+            if self._hot is not con:
+                await pool.release(con)
+
+    async def _take_hot(self, pool: Any, op: str) -> Any:
+        """The kept connection (marked busy), taken from the pool the first time, or again
+        if its server went away while it idled."""
+        self._hot_busy = True
+        try:
+            con, self._hot = self._hot, None
+            if con is not None and not _open(con):
+                await pool.release(con)  # (a no-op if the pool took it back already)
+                con = None
+            return con if con is not None else await self._acquire(pool, op)
+        except BaseException:
+            self._hot_busy = False
+            raise
+
+    async def _acquire(self, pool: Any, op: str) -> Any:
+        try:
+            # asyncio.timeout, not acquire(timeout=...): on Python 3.11 that is wait_for, a
+            # new task per statement, a visible share of a checkpoint (PROFILE.md).
+            async with asyncio.timeout(self._timeout):
+                return await pool.acquire()
+        except TimeoutError as exc:
+            raise self._error(exc, op) from exc
+        except _DRIVER_ERRORS as exc:
+            raise self._error(exc, op) from exc
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -693,8 +750,11 @@ class PostgresStore:
     async def close(self) -> None:
         pool, self._pool = self._pool, (None if self._owned else self._pool)
         self._ready = False
+        hot, self._hot = self._hot, None
         if pool is None or not self._owned:
             return
+        if hot is not None and not self._hot_busy:  # in use: its borrower gives it back
+            await pool.release(hot)
         with anyio.move_on_after(self._timeout) as scope:
             await pool.close()
         if scope.cancelled_caught:
