@@ -323,12 +323,10 @@ class Locator:
         ds = view.datasource
         hk, first = first_keys(request_id)
         early: list[str] = []
-        if known is None:
-            spot = self.recent.get(request_id)
-            early = [] if spot is None else _window(request_id, spot)
-            loaded = await ds.load_batch([hk, first, *early])
-        else:
+        if known is not None:
             loaded = known
+        else:
+            loaded, early = await self._first_read(ds, request_id, [hk, first])
         if not scan and hk not in loaded and first not in loaded:
             return  # neither head nor run record: every write of a run begins with them
         if hk in loaded:
@@ -400,6 +398,21 @@ class Locator:
             if parsed is not None and parsed[0] == request_id:
                 out.append(parsed[1:])
         return out
+
+    async def _first_read(
+        self, ds: Datasource, request_id: str, keys: list[str]
+    ) -> tuple[dict[str, bytes], list[str]]:
+        """The head and first run record, with the keys a hint names for the first probe
+        (and those keys); without them if reading them failed -- a damaged record the
+        head may not even point at is never read where a look without the hint would not."""
+        spot = self.recent.get(request_id)
+        if spot is not None:
+            early = _window(request_id, spot)
+            try:
+                return await ds.load_batch([*keys, *early]), early
+            except BlokrunError:
+                pass  # read as without the hint: the probe reads them again if it must
+        return await ds.load_batch(keys), []
 
     @staticmethod
     def _same_life(view: TargetView, rec: CheckpointRecord) -> bool:
