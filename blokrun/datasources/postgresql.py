@@ -45,8 +45,9 @@ Design decisions:
   (with group commit, the checkpoint writer nearly always): asyncpg's acquire and release
   cost ~45 µs of client CPU per statement, a tenth of a checkpoint. It goes back to the
   pool (which rolls back, checks and replaces it) after any error or cancellation on it,
-  when its server closed it while idle, when the pool has no other connection to give
-  (a borrower may be waiting: a pool of one never keeps it), and on ``close``. Not with an
+  when its borrower left a transaction open or a listener on it, when its server closed
+  it while idle, whenever a borrower waits in the pool for a connection, and on
+  ``close``; a handle used after its block refuses, as a pool's does. Not with an
   injected pool.
 * Leases (:class:`~blokrun.datasources.protocol.LeaseStore`) are rows of the lease table,
   timed by the server's ``now()``; each operation is one autocommit statement.
@@ -470,10 +471,39 @@ def _open(con: Any) -> bool:
         return False
 
 
-def _spare(pool: Any) -> bool:
-    """Whether a borrower waiting on ``pool`` can get a connection without the kept one:
-    one is idle, or the pool may open another."""
-    return bool(pool.get_idle_size() > 0 or pool.get_size() < pool.get_max_size())
+def _reusable(con: Any) -> bool:
+    """Whether a kept connection can be lent again as its borrower left it: no transaction
+    left open, no listener left on it (a pool's release undoes both)."""
+    try:
+        return not (
+            con.is_in_transaction()
+            or getattr(con, "_listeners", None)
+            or getattr(con, "_log_listeners", None)
+        )
+    except asyncpg.InterfaceError:
+        return False
+
+
+class _Lent:
+    """The kept connection, lent for one block: a handle used after its block refuses, as
+    a pool's connection does once released (another borrower may hold it by then)."""
+
+    __slots__ = ("_lent_con",)
+
+    def __init__(self, con: Any) -> None:
+        self._lent_con: Any = con
+
+    def given_back(self) -> None:
+        self._lent_con = None
+
+    def __getattr__(self, name: str) -> Any:
+        con = self._lent_con
+        if con is None:
+            raise asyncpg.InterfaceError(
+                f"cannot call Connection.{name}(): connection has been released (given "
+                "back at the end of its block)"
+            )
+        return getattr(con, name)
 
 
 async def _keep_session(connection: Any) -> None:
@@ -549,8 +579,8 @@ class PostgresStore:
     """A table of ``key -> bytea``; see the module docstring."""
 
     __slots__ = ("_hot", "_hot_busy", "_names", "_owned", "_password", "_pool",
-                 "_pool_size", "_ready", "_sql", "_table", "_timeout", "_url", "_where",
-                 "refused_owned")  # fmt: skip
+                 "_pool_size", "_ready", "_sql", "_table", "_timeout", "_url", "_waiting",
+                 "_where", "refused_owned")  # fmt: skip
 
     def __init__(
         self,
@@ -572,6 +602,7 @@ class PostgresStore:
         #: connection()); None until first used, and after a statement failed on it
         self._hot: Any = None
         self._hot_busy = False
+        self._waiting = 0  # borrowers waiting for the pool to hand them a connection
         self._ready = False
         self._where = mask_url(url) if url else "an injected asyncpg pool"
         try:
@@ -650,20 +681,23 @@ class PostgresStore:
         # (benchmarks/PROFILE.md, "round six"). Only for a pool of our own.
         hot = self._owned and not self._hot_busy
         con = await self._take_hot(pool, op) if hot else await self._acquire(pool, op)
+        lent = _Lent(con) if hot else None
         clean = False
         try:
-            yield con
+            yield con if lent is None else lent
             clean = True
         except DatasourceError:
             raise
         except _DRIVER_ERRORS as exc:
             raise self._error(exc, op) from exc
         finally:
-            if hot:
-                # kept while every statement on it succeeded, the pool is still ours and
-                # has another connection for a borrower that may be waiting; else back to
-                # the pool, which rolls back, checks and replaces it
-                self._hot = con if clean and self._pool is pool and _spare(pool) else None
+            if lent is not None:
+                lent.given_back()
+                # kept while every statement on it succeeded, the pool is still ours, no
+                # borrower waits in the pool for a connection, and the borrower left nothing
+                # a pool's release would undo; else back to the pool, which does
+                keep = clean and self._pool is pool and not self._waiting and _reusable(con)
+                self._hot = con if keep else None
                 self._hot_busy = False
             if self._hot is not con:
                 await pool.release(con)
@@ -683,6 +717,7 @@ class PostgresStore:
             raise
 
     async def _acquire(self, pool: Any, op: str) -> Any:
+        self._waiting += 1  # (the kept connection goes back to the pool while anyone waits)
         try:
             # asyncio.timeout, not acquire(timeout=...): on Python 3.11 that is wait_for, a
             # new task per statement, a visible share of a checkpoint (PROFILE.md).
@@ -692,6 +727,8 @@ class PostgresStore:
             raise self._error(exc, op) from exc
         except _DRIVER_ERRORS as exc:
             raise self._error(exc, op) from exc
+        finally:
+            self._waiting -= 1
 
     # -- lifecycle ------------------------------------------------------------------------------
 
