@@ -167,14 +167,16 @@ _REDIS_STEP = (
     "~1.4 KB) on the driver's direct path, ~1.1x the floor's SET through redis-py by itself, "
     "plus ~90 µs of blokrun's own Python per step (the engine, record encoding, group "
     "commit, the datasource wrapper; at N=100 compressing the whole-state checkpoint once "
-    "it passes 4 KB): client CPU on this 2-core box, ~165-185 µs a step against the floor's "
-    "~60 (PROFILE.md, Issue 18 rounds three and four)"
+    "it passes 4 KB): client CPU 244 µs a step against the floor's 146 in one busy-VM run "
+    "of `python -m benchmarks.ab_cpu redis 100` (PROFILE.md, Issue 18 rounds three to six)"
 )
 _PG_STEP = (
-    "the fenced statement (lease check, checkpoint, head and owned alias upserts) costs "
-    "about the floor's one-row upsert (366 µs against a 413 µs floor step in one profile "
-    "run), and blokrun's own Python adds ~110 µs a step (the engine, record encoding, group "
-    "commit, the datasource wrapper)"
+    "each checkpoint is one fenced statement (lease check, checkpoint, head and owned alias "
+    "upserts) on the driver's kept connection: one round trip, as the floor's upsert; what "
+    "is left is client CPU, ~185-360 µs a step on this VM against the floor's ~150 "
+    "(`python -m benchmarks.ab_cpu postgresql 100`): blokrun's own Python (the engine, "
+    "record encoding, group commit, the datasource wrapper) and asyncpg's statement with 11 "
+    "parameters (PROFILE.md, round six: until then the floor made two round trips a step)"
 )
 _SHORT = (
     "; a run also pays a fixed ~0.4-0.7 ms over 10 steps: one round trip more than the "
@@ -182,15 +184,15 @@ _SHORT = (
     "statement) and ~0.4 ms of Python at start and end"
 )
 _RESUME_START = (
-    "~0.8-1.2 ms before the first re-run step on Redis: 3 sequential round trips (head and "
-    "run record; the chain's latest records with the stored definition; the lease with the "
-    "attempt's start, a compare-and-set on the head: ~0.4 ms) and ~0.5 ms of locating, "
-    "decoding and planning in Python"
+    "~0.9-1.3 ms before the first re-run step on Redis (quiet to busy VM): 2 sequential "
+    "round trips in the process that drove the run (the head and run record read together "
+    "with the records the head points at and the definition; the lease with the attempt's "
+    "start, a compare-and-set on the head), 3 in another process, and ~0.5 ms of "
+    "locating, decoding and planning in Python (PROFILE.md, round six)"
 )
 _PG_RESUME_START = (
-    "~1.2-1.5 ms before the first re-run step: 3 sequential round trips (head and run "
-    "record; the chain with the definition; the lease with the attempt's start, a "
-    "compare-and-set on the head) of ~0.3 ms each, and ~0.5 ms of blokrun's Python"
+    "~0.9-1.8 ms before the first re-run step (quiet to busy VM): 2 sequential round trips "
+    "as on Redis, and ~0.5 ms of blokrun's Python"
 )
 
 
@@ -209,7 +211,11 @@ GOALS += [
     _bar("postgresql", "per step", 10, 1.3, _PG_STEP + _SHORT),
     _bar("postgresql", "per step", 100, 1.3, _PG_STEP),
     _bar(
-        "redis", "warm resume", 10, 1.5, _RESUME_START + ", by itself 1.5x the floor's whole resume"
+        "redis",
+        "warm resume",
+        10,
+        1.5,
+        _RESUME_START + ", by itself ~0.4-0.7x the floor's whole resume",
     ),
     _bar(
         "redis",
@@ -218,7 +224,13 @@ GOALS += [
         1.5,
         "the 50 re-run steps at the per-step cost, and " + _RESUME_START,
     ),
-    _bar("postgresql", "warm resume", 10, 1.5, _PG_RESUME_START + ", by itself ~the floor's"),
+    _bar(
+        "postgresql",
+        "warm resume",
+        10,
+        1.5,
+        _PG_RESUME_START + ", by itself ~0.6-0.8x the floor's whole resume",
+    ),
     _bar(
         "postgresql",
         "warm resume",

@@ -454,7 +454,8 @@ def render(
         f"{plural(p.resume_warm, 'warm resume')}); one new-process resume per round.",
         "- **floor**: no framework: the whole state JSON-encoded and written in one round "
         "trip per step (redis-py asyncio `SET`; asyncpg `INSERT … ON CONFLICT DO UPDATE`, "
-        "pool of 10; stdlib `sqlite3` upsert + commit in WAL mode with `synchronous=FULL`), "
+        "pool of 10 without asyncpg's reset query (which would be a second round trip); "
+        "stdlib `sqlite3` upsert + commit in WAL mode with `synchronous=FULL`), "
         "and for *off* a dict assignment. Same client libraries as blokrun.",
         "- **100 runs at once**: 100 runs of the 10-step workflow started together in one "
         "process with `asyncio.gather` (after a warm-up batch of 10), checkpointed steps per "
