@@ -72,6 +72,7 @@ def _as_json(info: RunInfo) -> dict[str, Any]:
         "status": info.status,
         "workflow": head.workflow if head else None,
         "error": head.error if head else None,
+        "collecting": bool(head and head.collecting),
         "incarnation": info.incarnation,
         "disagreement": dict(info.disagreement),
         "damaged": list(info.damaged),
@@ -126,6 +127,11 @@ def format_table(info: RunInfo) -> str:
             + (f"  incarnation {info.incarnation}" if info.incarnation > 1 else "")
             + f"  on {info.datasource!r}\n"
         )
+        if head.collecting:
+            lines.append(
+                "being deleted by gc (no resume or new run of this id until it is gone; if "
+                "no gc runs any more, 'blokrun gc' finishes the deletion)\n"
+            )
         if head.error:
             lines.append(f"last error ({head.failed_step or 'run'}): {head.error}\n")
         lease = holding(info.lease, time.time())

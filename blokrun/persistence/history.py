@@ -92,7 +92,7 @@ class History:
 
     async def inspect(self, request_id: str) -> RunInfo:
         """The run's head and every checkpoint, ordered by sequence number."""
-        found = await self._planner.locate(request_id, None)
+        found = await self._planner.locate(request_id, None, reading=True)
         ds = found.datasource
         listed = await self._planner.locator.history(ds, request_id, found.incarnation, found.upto)
         infos = tuple(
@@ -155,7 +155,7 @@ class History:
         self, request_id: str, *, step: str | None = None, seq: int | None = None
     ) -> tuple[CheckpointInfo, dict[str, Any]]:
         """The vars as they were at a checkpoint: the latest one of ``step``, or number ``seq``."""
-        found = await self._planner.locate(request_id, None)
+        found = await self._planner.locate(request_id, None, reading=True)
         ds = found.datasource
         locator = self._planner.locator
         one = None
@@ -184,7 +184,7 @@ class History:
     ) -> AsyncIterator[tuple[CheckpointInfo, dict[str, Any]]]:
         """Every checkpoint (of ``step`` only, if given) and the vars at it, in sequence
         order: the run located and its history listed once (``blokrun export``)."""
-        found = await self._planner.locate(request_id, None)
+        found = await self._planner.locate(request_id, None, reading=True)
         ds = found.datasource
         history = await self._planner.locator.history(ds, request_id, found.incarnation, found.upto)
         for s in history:

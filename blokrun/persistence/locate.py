@@ -206,18 +206,22 @@ def _describe(view: TargetView) -> str:
     return f"{status} at #{view.seq} (incarnation {view.incarnation})"
 
 
+def _not_collecting(views: Sequence[TargetView], request_id: str) -> None:
+    """Refuse a run gc began deleting (under its lease): what is left may lack checkpoints,
+    and must never be resumed or taken for a new run. Reads (``reading``) show it."""
+    for view in views:
+        if view.head is not None and view.head.collecting:
+            raise RunBusy(
+                f"is being deleted by gc (its head on {view.datasource.name!r} says so); if "
+                "no gc is running any more, 'blokrun gc' finishes the deletion",
+                request_id=request_id,
+                owner="gc",
+                expires_at=0.0,
+            )
+
+
 def _usable(head: HeadRecord, ds: Datasource, request_id: str) -> None:
     """Refuse a head no run may go on from."""
-    if head.collecting:
-        # gc began deleting it (under the run's lease): what is left may lack checkpoints,
-        # and must never be resumed or taken for a new run
-        raise RunBusy(
-            f"is being deleted by gc (its head on {ds.name!r} says so); if no gc is running "
-            "any more, 'blokrun gc' finishes the deletion",
-            request_id=request_id,
-            owner="gc",
-            expires_at=0.0,
-        )
     if head.layout < LAYOUT:
         raise ResumeError(
             f"its records on {ds.name!r} were written by an older blokrun (store layout "
@@ -547,11 +551,15 @@ class Locator:
         *,
         scan: bool = True,
         read: tuple[Datasource, dict[str, bytes]] | None = None,
+        reading: bool = False,
     ) -> FoundRun | None:
         """The run as every one of ``datasources`` holds it; ``None`` if none knows it
         (``scan``: see :meth:`view`; ``read``: a datasource's :func:`first_keys`, already
-        read)."""
+        read). A run gc is deleting raises :class:`~blokrun.errors.RunBusy`, unless
+        ``reading`` (a look that writes nothing and resumes nothing: it is shown)."""
         views = await self._views(request_id, datasources, scan, read)
+        if not reading:
+            _not_collecting(views, request_id)
         known = [v for v in views if v.known]
         if not known:
             errors = [v.error for v in views if v.error is not None]

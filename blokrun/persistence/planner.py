@@ -129,6 +129,7 @@ class Planner:
         *,
         scan: bool = True,
         lease: Lease | None = None,
+        reading: bool = False,
     ) -> FoundRun | None:
         """The run as its targets hold it, or ``None`` (``scan=False``: a target holding
         neither its head nor its first run record does not hold it; no key listing).
@@ -138,11 +139,16 @@ class Planner:
         except ValueError as exc:
             raise RunNotFound(str(exc), request_id=str(request_id)[:200]) from None
         read = None if lease is None or lease.read is None else (lease.datasource, lease.read)
-        return await self.locator.locate(request_id, self.candidates(wf), scan=scan, read=read)
+        return await self.locator.locate(
+            request_id, self.candidates(wf), scan=scan, read=read, reading=reading
+        )
 
-    async def locate(self, request_id: str, wf: Workflow | None) -> FoundRun:
-        """The run as its targets hold it, or :class:`~blokrun.errors.RunNotFound`."""
-        found = await self.find(request_id, wf)
+    async def locate(
+        self, request_id: str, wf: Workflow | None, *, reading: bool = False
+    ) -> FoundRun:
+        """The run as its targets hold it, or :class:`~blokrun.errors.RunNotFound`
+        (``reading``: see :meth:`Locator.locate`)."""
+        found = await self.find(request_id, wf, reading=reading)
         if found is None:
             where = ", ".join(ds.settings.located() for ds in self.candidates(wf))
             raise RunNotFound(

@@ -265,8 +265,9 @@ class RunStore:
     # -- reading -------------------------------------------------------------------------
 
     async def head(self, request_id: str) -> HeadRecord | None:
-        """The stored head record of a run, or ``None``."""
-        return (await self.planner.locate(request_id, None)).head
+        """The stored head record of a run, or ``None`` (a run gc is deleting too: its head
+        says ``collecting``)."""
+        return (await self.planner.locate(request_id, None, reading=True)).head
 
     # -- repairing -----------------------------------------------------------------------
 

@@ -9,8 +9,9 @@ import anyio
 import pytest
 
 from blokrun import Runner, StepFailed
+from blokrun.cli.inspect import format_table
 from blokrun.datasources import build_datasource
-from blokrun.errors import RunBusy
+from blokrun.errors import RunBusy, RunError
 from blokrun.persistence.keys import HEAD_PREFIX, head_key
 from tests.integration import wfnodes
 from tests.regressions.gc_pause import TTL, Stall, pause_settings, two_target_flow
@@ -235,18 +236,14 @@ async def test_a_collection_cut_short_is_finished_by_the_next_gc(
 # -- E. read-only looks at a run gc is collecting -------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: reads of a run being deleted (inspect, wait, history) are refused with "
-    "RunBusy -- fail closed -- rather than shown marked as being deleted",
-)
 async def test_inspect_and_wait_show_a_run_being_collected(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A gc cut short (it died after marking z's head, before deleting): ``list_runs``
-    shows z as a plain failed run, while ``inspect`` -- a read -- and ``wait`` raise
-    RunBusy ('being deleted by gc'): the dashboard's run page answers 409 for a run its
-    own list shows. A read-only look should show the run (and that gc is deleting it)."""
+    shows z as failed and being deleted, while ``inspect`` -- a read -- and ``wait``
+    raised RunBusy ('being deleted by gc'): the dashboard's run page answered 409 for a
+    run its own list shows. A read-only look now shows the run (its head says gc is
+    deleting it); a resume or a new run of the id is still refused (the tests above)."""
     settings = pause_settings(request, "filesystem", tmp_path, "a", uuid4().hex[:8])
 
     def runner() -> Runner:
@@ -280,3 +277,8 @@ async def test_inspect_and_wait_show_a_run_being_collected(
     assert not any(isinstance(v, RunBusy) for v in results.values()), (
         f"listed as {listed['z'].status!r}, but a read-only look is refused: {results}"
     )
+    info = results["inspect"]
+    assert info.head is not None and info.head.collecting and info.head.status == "failed"
+    assert "being deleted by gc" in format_table(info)  # what `blokrun inspect` prints
+    assert isinstance(results["wait"], RunError) and not isinstance(results["wait"], RunBusy)
+    assert "s2 failed on purpose" in str(results["wait"])
