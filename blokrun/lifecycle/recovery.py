@@ -90,7 +90,7 @@ async def resume_failed(
     Runs are taken newest first; ``limit`` caps how many. Each run's error is caught and
     reported in its :class:`ResumeOutcome` (``ok=False``), so one failure does not stop the
     others; outcomes come back in the order the runs were taken. Cancelled and dead-lettered
-    runs are not failed runs and are left alone.
+    runs are not failed runs and are left alone, and so are runs gc is deleting.
     """
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ArgumentError(
@@ -102,6 +102,7 @@ async def resume_failed(
         run
         async for run in iter_runs(store)
         if run.status in ("failed", "interrupted")
+        and not run.collecting  # gc is deleting it: never resumed
         and (workflow is None or run.workflow == workflow)
     ]
     failed.sort(key=run_order)

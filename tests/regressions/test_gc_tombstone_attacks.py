@@ -271,6 +271,7 @@ async def test_inspect_and_wait_show_a_run_being_collected(
                         results[name] = await call("z")
                 except Exception as exc:
                     results[name] = exc
+            outcomes = await c.resume_failed()  # a failed run, but gc is deleting it
     finally:
         wfnodes.FAIL_AT.clear()
     assert listed["z"].collecting
@@ -282,3 +283,4 @@ async def test_inspect_and_wait_show_a_run_being_collected(
     assert "being deleted by gc" in format_table(info)  # what `blokrun inspect` prints
     assert isinstance(results["wait"], RunError) and not isinstance(results["wait"], RunBusy)
     assert "s2 failed on purpose" in str(results["wait"])
+    assert outcomes == [], outcomes  # not picked up for a resume (it would be refused)
