@@ -790,7 +790,7 @@ class PostgresStore:
         hot, self._hot = self._hot, None
         if pool is None or not self._owned:
             return
-        if hot is not None and not self._hot_busy:  # in use: its borrower gives it back
+        if hot is not None:  # (one in use is not here: its borrower gives it back)
             await pool.release(hot)
         with anyio.move_on_after(self._timeout) as scope:
             await pool.close()

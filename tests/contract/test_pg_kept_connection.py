@@ -17,6 +17,7 @@ import pytest
 
 from blokrun.datasources.postgresql import PostgresStore
 from blokrun.errors import DatasourceError
+from tests.contract.pg_kept import store_of
 from tests.servers.postgresql import PostgresServer
 
 pytestmark = pytest.mark.server
@@ -26,13 +27,6 @@ pytestmark = pytest.mark.server
 def pg(server_pool: Any) -> PostgresServer:
     server: PostgresServer = server_pool.get("postgresql")
     return server
-
-
-def store_of(pg: PostgresServer, *, pool_size: int = 4, timeout: float = 2.0) -> PostgresStore:
-    settings = pg.settings(timeout=timeout)
-    return PostgresStore(
-        settings.url, table=settings.table or "", pool_size=pool_size, timeout=timeout
-    )
 
 
 async def backend(store: PostgresStore) -> int:

@@ -29,6 +29,7 @@ from blokrun.datasources.postgresql import PostgresStore
 from blokrun.errors import DatasourceError, DatasourceUnavailable
 from blokrun.queues.pg_queue import PostgresQueue
 from blokrun.queues.queue import Job, open_queue
+from tests.contract.pg_kept import disable_kept, opened, store_of
 from tests.integration import wfnodes
 from tests.servers.postgresql import PASSWORD_ROLE, PostgresServer
 
@@ -41,24 +42,6 @@ _LOCK_ID = 0x626C6F6B72756E  # the store's (and the queue's) migration advisory 
 def pg(server_pool: Any) -> PostgresServer:
     server: PostgresServer = server_pool.get("postgresql")
     return server
-
-
-def store_of(
-    pg: PostgresServer, *, pool_size: int = 4, timeout: float = 2.0, url: str | None = None
-) -> PostgresStore:
-    settings = pg.settings(timeout=timeout)
-    return PostgresStore(
-        url or settings.url, table=settings.table or "", pool_size=pool_size, timeout=timeout
-    )
-
-
-async def disable_kept(store: PostgresStore) -> None:
-    """The control: the kept connection (if any) back to the pool, and never taken again
-    (``_hot_busy`` stays set, so every borrower acquires from the pool, as before)."""
-    hot, store._hot = store._hot, None
-    store._hot_busy = True
-    if hot is not None:
-        await store._pool.release(hot)
 
 
 @contextlib.asynccontextmanager
@@ -236,11 +219,7 @@ async def test_a_transaction_left_open_does_not_swallow_the_next_save(
     open" -- the pool does on release. On the kept connection nothing rolled it back (the
     next store.save() ran inside it and was not committed) until the connection went back
     to the pool whenever a transaction is left open (``_reusable``)."""
-    store = store_of(pg, pool_size=4)
-    await store.connect()
-    try:
-        if not kept:
-            await disable_kept(store)
+    async with opened(pg, kept=kept) as store:
         async with store.connection("careless") as con:
             await con.execute("BEGIN")
             await con.execute(
@@ -251,8 +230,6 @@ async def test_a_transaction_left_open_does_not_swallow_the_next_save(
         assert await committed(pg, store, "acknowledged") == b"1", (
             "save() returned, but its row is in another borrower's open transaction"
         )
-    finally:
-        await store.close()
 
 
 @pytest.mark.parametrize("kept", [False, True])
@@ -262,17 +239,11 @@ async def test_a_handle_used_after_its_block_is_refused(pg: PostgresServer, kept
     handle (a task spawned in the block, a reference kept) ran statements on the connection
     another borrower was using, until each borrower got a handle of its own that refuses
     after its block (``_Lent``)."""
-    store = store_of(pg, pool_size=4)
-    await store.connect()
-    try:
-        if not kept:
-            await disable_kept(store)
+    async with opened(pg, kept=kept) as store:
         async with store.connection("first") as con:
             await con.fetchval("SELECT 1")
         with pytest.raises(asyncpg.InterfaceError, match="released"):
             await con.fetchval("SELECT 1")
-    finally:
-        await store.close()
 
 
 @pytest.mark.parametrize("kept", [False, True])

@@ -33,6 +33,7 @@ from blokrun.config import DatasourceSettings
 from blokrun.datasources import build_datasource
 from blokrun.errors import BlokrunError
 from blokrun.persistence.keys import checkpoint_key, head_key
+from tests.regressions.hinting import seen
 
 BUDGET = int(os.environ.get("BLOKRUN_PROPERTY_EXAMPLES", "40"))
 STEPS = 12
@@ -59,15 +60,6 @@ def workflow(steps: int, variant: int) -> dict[str, Any]:
             for i in range(1, steps + 1)
         ],
     }
-
-
-def _seen(found: Any) -> list[tuple[Any, ...]]:
-    if found is None:
-        return []
-    return [
-        (v.datasource.name, v.head, v.run, v.checkpoint, [c.key for c in v.chain], v.warnings)
-        for v in found.views
-    ]
 
 
 class HintMachine(RuleBasedStateMachine):
@@ -178,7 +170,7 @@ class HintMachine(RuleBasedStateMachine):
     def _look(self, runner: Runner, rid: str) -> tuple[Any, Any]:
         found: Any
         try:
-            found = _seen(self._call(runner.store.planner.find, rid, None))
+            found = seen(self._call(runner.store.planner.find, rid, None))
         except BlokrunError as exc:
             found = (type(exc).__name__, str(exc))
         try:

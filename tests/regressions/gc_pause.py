@@ -4,10 +4,13 @@ attacks on gc's fences and tombstone share."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from uuid import uuid4
 
 import anyio
 
+from blokrun import Runner
 from blokrun.config import DatasourceSettings
+from blokrun.datasources import build_datasource
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -70,3 +73,18 @@ def two_target_flow(name: str = "two") -> dict[str, Any]:
             {"name": f"s{i}", "node": f"{NODE}:add", "inputs": {"n": i}} for i in range(1, 4)
         ],
     }
+
+
+def two_target_runners(
+    request: pytest.FixtureRequest, driver: str, tmp_path: Path
+) -> Callable[[], Runner]:
+    """Makes runners (processes) on the same two targets ``a`` and ``b`` of ``driver``,
+    leases of :data:`TTL`."""
+    tag = uuid4().hex[:8]
+    a = pause_settings(request, driver, tmp_path, "a", tag)
+    b = pause_settings(request, driver, tmp_path, "b", tag)
+
+    def runner() -> Runner:
+        return Runner([build_datasource(a), build_datasource(b)], lease_ttl=TTL)
+
+    return runner

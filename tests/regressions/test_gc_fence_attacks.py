@@ -41,7 +41,14 @@ from blokrun.datasources import build_datasource
 from blokrun.errors import RunBusy, RunNotFound
 from blokrun.persistence.keys import BLOB_PREFIX, BLOBREF_PREFIX
 from tests.integration import wfnodes
-from tests.regressions.gc_pause import NODE, TTL, Stall, pause_settings, two_target_flow
+from tests.regressions.gc_pause import (
+    NODE,
+    TTL,
+    Stall,
+    pause_settings,
+    two_target_flow,
+    two_target_runners,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -153,12 +160,7 @@ async def test_a_run_gc_began_deleting_is_not_resumed_from_its_second_target(
     planned on ``b``: the resumed run's head and aliases there. Now gc marked every head
     of ``z`` "collecting" before deleting anything: the resume is refused (being deleted
     by gc), runs nothing, and gc, woken, finishes -- nothing of ``z`` is left anywhere."""
-    tag = uuid4().hex[:8]
-    a = pause_settings(request, driver, tmp_path, "a", tag)
-    b = pause_settings(request, driver, tmp_path, "b", tag)
-
-    def runner() -> Runner:
-        return Runner([build_datasource(a), build_datasource(b)], lease_ttl=TTL)
+    runner = two_target_runners(request, driver, tmp_path)
 
     wfnodes.FAIL_AT.add("s2")
     try:

@@ -14,7 +14,13 @@ from blokrun.datasources import build_datasource
 from blokrun.errors import RunBusy, RunError
 from blokrun.persistence.keys import HEAD_PREFIX, head_key
 from tests.integration import wfnodes
-from tests.regressions.gc_pause import TTL, Stall, pause_settings, two_target_flow
+from tests.regressions.gc_pause import (
+    TTL,
+    Stall,
+    pause_settings,
+    two_target_flow,
+    two_target_runners,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -41,12 +47,7 @@ async def test_a_stale_collecting_mark_does_not_doom_a_new_run(
     that mark landed over the new run's head there, which could then never be resumed and
     was deleted by a gc told to keep failed runs for an hour. Only the lease's datasource
     is marked now, fenced: gc1's mark is refused.)"""
-    tag = uuid4().hex[:8]
-    a = pause_settings(request, driver, tmp_path, "a", tag)
-    b = pause_settings(request, driver, tmp_path, "b", tag)
-
-    def runner() -> Runner:
-        return Runner([build_datasource(a), build_datasource(b)], lease_ttl=TTL)
+    runner = two_target_runners(request, driver, tmp_path)
 
     wfnodes.FAIL_AT.add("s2")
     try:
@@ -108,12 +109,7 @@ async def test_a_resume_planned_before_gc_does_not_bring_back_a_deleted_run(
     *on the lease's datasource*: absent when planned, absent now -- unchanged. It goes on
     from its stale plan: the run gc reported deleted is back, with only what the resume
     carried in memory. The commit says a resume planned before the mark plans again."""
-    tag = uuid4().hex[:8]
-    a = pause_settings(request, driver, tmp_path, "a", tag)
-    b = pause_settings(request, driver, tmp_path, "b", tag)
-
-    def runner() -> Runner:
-        return Runner([build_datasource(a), build_datasource(b)], lease_ttl=TTL)
+    runner = two_target_runners(request, driver, tmp_path)
 
     wfnodes.FAIL_AT.add("s2")
     try:
@@ -183,12 +179,7 @@ async def test_a_collection_cut_short_is_finished_by_the_next_gc(
     ('being deleted by gc ... blokrun gc finishes the deletion'); listings must say so
     (``collecting`` if any head says it, not only the most advanced one), and a gc with
     the default policy (failed runs kept 30 days) must finish it."""
-    tag = uuid4().hex[:8]
-    a = pause_settings(request, driver, tmp_path, "a", tag)
-    b = pause_settings(request, driver, tmp_path, "b", tag)
-
-    def runner() -> Runner:
-        return Runner([build_datasource(a), build_datasource(b)], lease_ttl=TTL)
+    runner = two_target_runners(request, driver, tmp_path)
 
     wfnodes.FAIL_AT.add("s2")
     try:

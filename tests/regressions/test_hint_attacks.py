@@ -27,6 +27,7 @@ from blokrun.persistence.envelope import Envelope
 from blokrun.persistence.hints import Spot
 from blokrun.persistence.keys import checkpoint_key, definition_key, head_key
 from tests.integration import wfnodes
+from tests.regressions.hinting import fail_at, resume_failing_at, seen
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -133,42 +134,6 @@ async def runner_on(
         yield runner
 
 
-async def fail_at(runner: Runner, step: str, wf: dict[str, Any], rid: str, **kw: Any) -> None:
-    wfnodes.FAIL_AT.add(step)
-    try:
-        with pytest.raises(StepFailed):
-            await runner.run(wf, request_id=rid, **kw)
-    finally:
-        wfnodes.FAIL_AT.discard(step)
-
-
-async def resume_failing_at(runner: Runner, step: str, rid: str, **kw: Any) -> None:
-    wfnodes.FAIL_AT.add(step)
-    try:
-        with pytest.raises(StepFailed):
-            await runner.resume(rid, **kw)
-    finally:
-        wfnodes.FAIL_AT.discard(step)
-
-
-def _seen(found: Any) -> list[tuple[Any, ...]]:
-    if found is None:
-        return []
-    return [
-        (
-            v.datasource.name,
-            v.head,
-            v.run,
-            v.checkpoint,
-            [c.key for c in v.chain],
-            v.warnings,
-            type(v.error),
-            v.definition,
-        )
-        for v in found.views
-    ]
-
-
 async def _outcome(call: Any) -> Any:
     """What ``call()`` returns, or the type and message of what it raises."""
     try:
@@ -195,7 +160,7 @@ async def same_as_stranger(
         mine = await _outcome(lambda: here.store.planner.find(rid, None))
         theirs = await _outcome(lambda: stranger.store.planner.find(rid, None))
         if mine[0] == "ok" and theirs[0] == "ok":
-            assert _seen(mine[1]) == _seen(theirs[1])
+            assert seen(mine[1], detail=True) == seen(theirs[1], detail=True)
         else:
             assert mine == theirs
         mine_plan = await _outcome(lambda: here.plan_resume(rid, **plan))

@@ -16,12 +16,13 @@ from uuid import uuid4
 
 import pytest
 
-from blokrun import Runner, StepFailed
+from blokrun import Runner
 from blokrun.config import DatasourceSettings
 from blokrun.datasources import build_datasource
 from blokrun.persistence.hints import RecentRuns, Spot
 from blokrun.persistence.keys import checkpoint_key, head_key
 from tests.integration import wfnodes
+from tests.regressions.hinting import fail_at, resume_failing_at, seen
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -73,34 +74,6 @@ async def pair(settings: DatasourceSettings) -> AsyncIterator[Pair]:
     wfnodes.reset()
 
 
-async def fail_at(runner: Runner, step: str, wf: dict[str, Any], rid: str, **kw: Any) -> None:
-    wfnodes.FAIL_AT.add(step)
-    try:
-        with pytest.raises(StepFailed):
-            await runner.run(wf, request_id=rid, **kw)
-    finally:
-        wfnodes.FAIL_AT.discard(step)
-
-
-async def resume_failing_at(runner: Runner, step: str, rid: str) -> None:
-    wfnodes.FAIL_AT.add(step)
-    try:
-        with pytest.raises(StepFailed):
-            await runner.resume(rid)
-    finally:
-        wfnodes.FAIL_AT.discard(step)
-
-
-def _seen(found: Any) -> list[tuple[Any, ...]]:
-    """What a look at a run found on each target, and what it warned about."""
-    if found is None:
-        return []
-    return [
-        (v.datasource.name, v.head, v.run, v.checkpoint, [c.key for c in v.chain], v.warnings)
-        for v in found.views
-    ]
-
-
 async def same_plan_as_a_stranger(pair: Pair, rid: str, settings: DatasourceSettings) -> None:
     """The hinted runner finds and plans exactly what a runner that never saw ``rid`` does."""
     assert pair.here.store.locator.recent.get(rid) is not None, "the case needs a hint"
@@ -108,7 +81,7 @@ async def same_plan_as_a_stranger(pair: Pair, rid: str, settings: DatasourceSett
         assert len(stranger.store.locator.recent) == 0
         mine = await pair.here.store.planner.find(rid, None)
         theirs = await stranger.store.planner.find(rid, None)
-        assert _seen(mine) == _seen(theirs)
+        assert seen(mine) == seen(theirs)
         assert await pair.here.plan_resume(rid) == await stranger.plan_resume(rid)
 
 
