@@ -50,6 +50,7 @@ from uuid import uuid4
 import anyio
 import orjson
 
+from benchmarks.bare import bare_run
 from benchmarks.drivers import _launch, _Skipped, _stop
 from benchmarks.harness import Report
 from benchmarks.peers.common import VALUE
@@ -259,6 +260,9 @@ async def per_step_medians(targets: dict[str, Target], p: Plan) -> dict[tuple[st
             jobs.append(
                 (f"{t.driver}: blokrun", n, partial(blokrun_run, t.runner, t.workflows[n], n))
             )
+            for fenced in (True, False):
+                what = f"{t.driver}: bare, {'fenced' if fenced else 'unfenced'}"
+                jobs.append((what, n, partial(bare_run, t.runner, t.driver, n, fenced=fenced)))
     samples: dict[tuple[str, int], list[float]] = defaultdict(list)
     for r in range(p.rounds + 1):  # round 0 warms up: connections, definitions, statements
         k = r % len(jobs)
@@ -285,6 +289,10 @@ async def per_step(report: Report, targets: dict[str, Target], p: Plan) -> None:
                 f"{ours / floor:.2f}x the floor (goal <= 1.3x); {trips[d][n]} round trips a run; "
                 f"{(ours - base) * 1e6:.0f} µs/step over persistence off",
             )  # fmt: skip
+            for kind, writes in BARE.items():
+                bare = med[(f"{d}: bare, {kind}", n)]
+                report.add(PER_STEP, f"{d}: bare loop, {kind}, N={n}", bare, "s",
+                           f"{bare / floor:.2f}x the floor; {writes[d]} (bare.py)")  # fmt: skip
         fixed, step = fit(med[(f"{d}: blokrun", SIZES[0])], med[(f"{d}: blokrun", SIZES[1])])
         report.add(PER_STEP, f"{d}: blokrun fixed cost per run", fixed, "s",
                    f"T(N) = fixed + N x step through the N={SIZES[0]} and N={SIZES[1]} "
@@ -296,6 +304,19 @@ async def per_step(report: Report, targets: dict[str, Target], p: Plan) -> None:
     for n in SIZES:
         report.add(PER_STEP, f"persistence off per step, N={n}", med[("off", n)], "s",
                    f"median of {count[n]} runs")  # fmt: skip
+
+
+#: what a bare loop's step writes (benchmarks/bare.py), by driver
+BARE = {
+    "fenced": {
+        "redis": "blokrun's 3 records in its fenced EVALSHA, nothing else of blokrun",
+        "postgresql": "blokrun's 3 records in its fenced statement, nothing else of blokrun",
+    },
+    "unfenced": {
+        "redis": "the same 3 records in one plain MSET: no lease check, no owned alias",
+        "postgresql": "the same 3 records in one plain upsert: no lease check, no owned alias",
+    },
+}
 
 
 def fit(small: float, large: float) -> tuple[float, float]:
