@@ -648,19 +648,24 @@ class RedisStore:
         """Translate redis-py errors raised inside into blokrun ones, password scrubbed."""
         try:
             yield
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except _REDIS_ERRORS as exc:
+            raise self._error(exc, op) from exc
+
+    def _error(self, exc: BaseException, op: str) -> DatasourceError:
+        """What a redis-py error (one of ``_REDIS_ERRORS``) raised during ``op`` becomes;
+        the hot saves call it from their own ``except`` (no generator per checkpoint)."""
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
             if _auth_failure(exc):  # a config problem: retrying will not help
-                raise DatasourceError(
+                return DatasourceError(
                     f"redis at {self._where}: authentication failed during {op}: {self._scrub(exc)}"
-                ) from exc
-            raise DatasourceUnavailable(
+                )
+            return DatasourceUnavailable(
                 f"redis at {self._where} unavailable during {op}: "
                 f"{type(exc).__name__}: {self._scrub(exc)}"
-            ) from exc
-        except RedisError as exc:
-            raise DatasourceError(
-                f"redis at {self._where}: {op} failed: {type(exc).__name__}: {self._scrub(exc)}"
-            ) from exc
+            )
+        return DatasourceError(
+            f"redis at {self._where}: {op} failed: {type(exc).__name__}: {self._scrub(exc)}"
+        )
 
     def _scrub(self, exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
@@ -844,8 +849,10 @@ class RedisStore:
             key, value, px = _script_entry(*entry, lease_key)
             keys.append(key)
             args += (value, px)
-        with self.errors("save_batch"):
+        try:  # self.errors("save_batch"), without a generator per checkpoint
             reply = await self._eval(lua.save_fenced, keys, args)
+        except _REDIS_ERRORS as exc:
+            raise self._error(exc, "save_batch") from exc
         if isinstance(reply, list):  # written: 1, then the owned keys it refused
             self._refused(reply[1:])
             return True
@@ -1005,11 +1012,24 @@ class RedisStore:
             )
 
 
+#: what redis-py raises; RedisStore.errors / _error make each a DatasourceError
+_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, RedisError)
+
+
 def _last_wins(entries: Sequence[Entry]) -> list[Entry]:
     """``entries`` with a repeated key kept once, its last value (index entries all kept:
     they share their space's key)."""
-    final = {key: (data, ttl) for key, data, ttl in entries if not is_index_key(key)}
-    return [(k, d, t) for k, (d, t) in final.items()] + [e for e in entries if is_index_key(e[0])]
+    final: dict[str, tuple[bytes, float | None]] = {}
+    rows: list[Entry] = []
+    for entry in entries:
+        key, data, ttl = entry
+        if is_index_key(key):
+            rows.append(entry)
+        else:
+            final[key] = (data, ttl)
+    if len(final) == len(entries):  # the hot path: no repeated key, no index entry
+        return list(entries)
+    return [(k, d, t) for k, (d, t) in final.items()] + rows
 
 
 def _script_entry(

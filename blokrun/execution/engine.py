@@ -47,6 +47,7 @@ from blokrun.execution.events import (
     TimerSet,
 )
 from blokrun.execution.groups import first_failure
+from blokrun.execution.hooks import Hook
 from blokrun.execution.mapping import MapRun, fingerprint, run_map
 from blokrun.execution.threads import run_in_daemon_thread
 
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
 
     from blokrun.execution.context import DatasourceReader
     from blokrun.execution.events import Ending
-    from blokrun.execution.hooks import Hook
     from blokrun.spec.loader import Step, Workflow
     from blokrun.spec.model import RetrySpec
 
@@ -202,12 +202,22 @@ async def _call(step: Step, ctx: Context, inputs: dict[str, Any]) -> Any:
     return await run_in_daemon_thread(node.fn, ctx, inputs)
 
 
+def _overriding(hooks: Sequence[Hook], method: str) -> tuple[Hook, ...]:
+    """The hooks whose ``method`` does something: not :class:`Hook`'s own (which does
+    nothing), so a step's event is neither built nor awaited for hooks that ignore it."""
+    default = getattr(Hook, method)
+    return tuple(
+        h for h in hooks if getattr(getattr(h, method, None), "__func__", None) is not default
+    )
+
+
 class _Executor:
-    __slots__ = ("_hook_lock", "_make_ctx", "hooks", "parallel", "run")
+    __slots__ = ("_before", "_hook_lock", "_make_ctx", "hooks", "parallel", "run")
 
     def __init__(self, run: Attempt, hooks: Sequence[Hook], reader: DatasourceReader) -> None:
         self.run = run
         self.hooks = hooks
+        self._before = _overriding(hooks, "before_step")
         self._hook_lock = anyio.Lock()
         self.parallel = False
         wf = run.workflow
@@ -244,9 +254,9 @@ class _Executor:
             decided = await self._decide(step, ctx)
             if decided is not None:
                 return decided, 0.0, 1
-        if self.hooks:
+        if self._before:
             event = StepStarted(run.request_id, run.workflow, run.attempt, step)
-            for hook in self.hooks:
+            for hook in self._before:
                 await hook.before_step(event)
         if step.map is not None:
             return await self._map(step, ctx)

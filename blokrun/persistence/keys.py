@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from blokrun.errors import DatasourceError
 from blokrun.expressions import render_key
+from blokrun.spec.model import DEFAULT_KEY_PATTERN
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -216,4 +217,6 @@ def alias_key(
 ) -> str:
     """The step's alias: the key pattern rendered for this run and step (its vars included,
     as they are when the step is checkpointed)."""
+    if wf.key_pattern == DEFAULT_KEY_PATTERN:  # what rendering it gives, without the scope
+        return f"{request_id}-{step}"
     return render_key(wf.key_template, KeyScope.of(wf, request_id, started_at, step, vars))

@@ -92,7 +92,8 @@ class Envelope:
     def seal(self, kind: Kind, payload: bytes, *, bind: str = "") -> bytes:
         """``payload`` as a stored record of ``kind`` (compressed and encrypted as configured),
         bound to ``bind`` -- the key it will be stored under (see :mod:`.format`)."""
-        kind = Kind(kind)
+        if type(kind) is not Kind:
+            kind = Kind(kind)
         compression, data = self._compressor.pack(payload)
         key_id = self._active_id
         binding = bind.encode()
