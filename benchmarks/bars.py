@@ -694,6 +694,11 @@ async def ladder(server: Any, calls: int = 50, rounds: int = 40) -> list[str]:
             "set", partial(client.set, "l", big)),
         "EVALSHA of `return {1}`, the same keys and args": (
             "evalsha", partial(noop, keys=keys, args=args)),
+        # what a script's arguments cost the server, by size (Lua copies and hashes each)
+        "EVALSHA of `return {1}`, one 5 KB argument": (
+            "evalsha", partial(noop, keys=[], args=[b"x" * 5_000])),
+        "EVALSHA of `return {1}`, one 50 KB argument": (
+            "evalsha", partial(noop, keys=[], args=[b"x" * 50_000])),
         f"the fenced EVALSHA: {len(keys)} keys, {len(args)} args, {size} B": (
             "evalsha", partial(script, keys=keys, args=args)),
         "the driver's save_batch_fenced (that EVALSHA)": (
