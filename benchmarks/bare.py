@@ -27,7 +27,7 @@ from uuid import uuid4
 import orjson
 
 from benchmarks.peers.common import VALUE
-from blokrun.datasources.protocol import OWNED_MARK
+from blokrun.datasources.protocol import OWNED_MARK, RELEASE_ENTRY
 from blokrun.persistence.keys import checkpoint_key, head_key, lease_key
 from blokrun.persistence.records import (
     LAYOUT,
@@ -40,6 +40,7 @@ from blokrun.persistence.records import (
 
 if TYPE_CHECKING:
     from blokrun import Runner
+    from blokrun.datasources.protocol import Entry
 
 __all__ = ["bare_run"]
 
@@ -85,11 +86,13 @@ async def bare_run(
         )
         sealed = encode_record(pointer, envelope, bind=head)
         if fenced:
-            entries = [
+            entries: list[Entry] = [
                 (prefix + key, record, None),
                 (prefix + head, sealed, None),
                 (OWNED_MARK + prefix + alias, named, None),
             ]
+            if seq == n:  # blokrun's last checkpoint ends its lease in the same write
+                entries.append(RELEASE_ENTRY)
             if not await store.save_batch_fenced(entries, lease, token):
                 raise AssertionError(f"bare run {rid}: its fence no longer holds")
         elif driver == "redis":  # the direct path the fenced script takes, one plain command

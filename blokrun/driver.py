@@ -81,8 +81,10 @@ class RunDriver:
         self.durability: Durability = durability
 
     def _hooks(self, recorder: RunRecorder) -> list[Hook]:
+        """The hooks of one attempt: a copy, so a hook added meanwhile (``add_hook``) joins
+        the runs started after it, as documented, not this one half-way."""
         if not recorder.targets:
-            return self.hooks
+            return list(self.hooks)
         first = [hook for hook in self.hooks if hook.first]
         return [*first, recorder, *(hook for hook in self.hooks if not hook.first)]
 

@@ -202,22 +202,23 @@ async def _call(step: Step, ctx: Context, inputs: dict[str, Any]) -> Any:
     return await run_in_daemon_thread(node.fn, ctx, inputs)
 
 
-def _overriding(hooks: Sequence[Hook], method: str) -> tuple[Hook, ...]:
-    """The hooks whose ``method`` does something: not :class:`Hook`'s own (which does
-    nothing), so a step's event is neither built nor awaited for hooks that ignore it."""
-    default = getattr(Hook, method)
-    return tuple(
-        h for h in hooks if getattr(getattr(h, method, None), "__func__", None) is not default
-    )
+#: :class:`Hook`'s own ``before_step``, which does nothing
+_NO_BEFORE = Hook.before_step
+
+
+def _noop(method: Any) -> bool:
+    """Whether the bound hook method ``method`` is :class:`Hook`'s own no-op ``before_step``:
+    a step's start event is neither built nor awaited for hooks that only inherit it.
+    Looked up at each step, as the call it replaces was (a hook may gain one mid-run)."""
+    return getattr(method, "__func__", None) is _NO_BEFORE
 
 
 class _Executor:
-    __slots__ = ("_before", "_hook_lock", "_make_ctx", "hooks", "parallel", "run")
+    __slots__ = ("_hook_lock", "_make_ctx", "hooks", "parallel", "run")
 
     def __init__(self, run: Attempt, hooks: Sequence[Hook], reader: DatasourceReader) -> None:
         self.run = run
         self.hooks = hooks
-        self._before = _overriding(hooks, "before_step")
         self._hook_lock = anyio.Lock()
         self.parallel = False
         wf = run.workflow
@@ -254,10 +255,14 @@ class _Executor:
             decided = await self._decide(step, ctx)
             if decided is not None:
                 return decided, 0.0, 1
-        if self._before:
-            event = StepStarted(run.request_id, run.workflow, run.attempt, step)
-            for hook in self._before:
-                await hook.before_step(event)
+        event: StepStarted | None = None
+        for hook in self.hooks:
+            before = hook.before_step
+            if _noop(before):
+                continue
+            if event is None:
+                event = StepStarted(run.request_id, run.workflow, run.attempt, step)
+            await before(event)
         if step.map is not None:
             return await self._map(step, ctx)
         if step.node.timer:

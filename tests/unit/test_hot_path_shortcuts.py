@@ -20,7 +20,7 @@ from blokrun import Runner
 from blokrun.datasources.index import INDEX_KEY
 from blokrun.datasources.redis import _last_wins
 from blokrun.datasources.settings import DatasourceSettings
-from blokrun.execution.engine import _overriding
+from blokrun.execution.engine import _noop
 from blokrun.execution.events import StepFinished, StepStarted
 from blokrun.execution.hooks import CallableHook, Hook
 from blokrun.expressions import render_key
@@ -115,9 +115,8 @@ def test_a_step_event_goes_to_every_hook_that_listens_and_no_other() -> None:
         pass
 
     hooks: list[Any] = [silent, listening, CallableHook(fn), duck, by_instance, Hook()]
-    listeners: tuple[Any, ...] = (listening, duck, by_instance)
-    assert _overriding(hooks, "before_step") == listeners
-    assert _overriding(hooks, "after_step")[:2] == (silent, hooks[2])
+    listeners: list[Any] = [listening, duck, by_instance]
+    assert [h for h in hooks if not _noop(h.before_step)] == listeners
 
 
 async def test_hooks_still_see_each_step_start_in_a_run() -> None:
