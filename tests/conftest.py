@@ -6,11 +6,15 @@ import importlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.integration import wfnodes
 from tests.servers.base import ServerUnavailable, ThrowawayServer
+
+if TYPE_CHECKING:
+    from tests.servers.redis import RedisServer
 
 #: Every driver the contract suite runs on, in the order they appear in test ids.
 DRIVERS = ["memory", "filesystem", "redis", "postgresql", "mongodb", "s3"]
@@ -89,6 +93,16 @@ def server_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool
 def server(request: pytest.FixtureRequest, server_pool: ServerPool) -> ThrowawayServer:
     """One throwaway server per driver (memory and filesystem need none)."""
     return server_pool.get(request.param)
+
+
+@pytest.fixture
+def redis_server(server_pool: ServerPool) -> RedisServer:
+    """The session's throwaway redis-server."""
+    from tests.servers.redis import RedisServer
+
+    srv = server_pool.get("redis")
+    assert isinstance(srv, RedisServer)
+    return srv
 
 
 @pytest.fixture(autouse=True)

@@ -382,6 +382,15 @@ async def test_a_transaction_on_it_that_does_not_finish_is_rolled_back(
         await close_promptly(store)
 
 
+async def _password_url(pg: PostgresServer, password: str) -> str:
+    """A URL of ``pg`` for the role PASSWORD_ROLE, (re)created with ``password``."""
+    async with raw(pg) as con:
+        exists = await con.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", PASSWORD_ROLE)
+        verb = "ALTER" if exists else "CREATE"
+        await con.execute(f"{verb} ROLE {PASSWORD_ROLE} LOGIN SUPERUSER PASSWORD '{password}'")
+    return f"postgresql://{PASSWORD_ROLE}:{password}@127.0.0.1:{pg.port}/postgres"
+
+
 async def test_a_backend_terminated_mid_statement_on_it_fails_that_statement_only(
     pg: PostgresServer,
 ) -> None:
@@ -389,11 +398,7 @@ async def test_a_backend_terminated_mid_statement_on_it_fails_that_statement_onl
     password): that statement fails as unavailable with the password masked; the next
     ones run on a new backend; the pool stays whole."""
     password = "Kept-Attack-Pw-77q"
-    async with raw(pg) as con:
-        exists = await con.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", PASSWORD_ROLE)
-        verb = "ALTER" if exists else "CREATE"
-        await con.execute(f"{verb} ROLE {PASSWORD_ROLE} LOGIN SUPERUSER PASSWORD '{password}'")
-    url = f"postgresql://{PASSWORD_ROLE}:{password}@127.0.0.1:{pg.port}/postgres"
+    url = await _password_url(pg, password)
     store = store_of(pg, pool_size=3, timeout=3.0, url=url)
     await store.connect()
     try:
@@ -436,11 +441,7 @@ async def test_the_server_down_while_kept_errors_scrub_the_password(pg: Postgres
     open a new connection and cannot) fails as unavailable, password masked; after the
     server is back, operations succeed without a reconnect."""
     password = "Kept-Attack-Pw-77q"
-    async with raw(pg) as con:
-        exists = await con.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", PASSWORD_ROLE)
-        verb = "ALTER" if exists else "CREATE"
-        await con.execute(f"{verb} ROLE {PASSWORD_ROLE} LOGIN SUPERUSER PASSWORD '{password}'")
-    url = f"postgresql://{PASSWORD_ROLE}:{password}@127.0.0.1:{pg.port}/postgres"
+    url = await _password_url(pg, password)
     store = store_of(pg, pool_size=3, timeout=2.0, url=url)
     await store.connect()
     try:

@@ -15,13 +15,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from blokrun.datasources.datasource import Datasource
-from blokrun.datasources.registry import create_store
 from blokrun.errors import DatasourceError, DatasourceUnavailable
+from tests.servers.base import connected as _open
 from tests.servers.redis import RedisServer, launch
 
 if TYPE_CHECKING:
-    from blokrun.config import DatasourceSettings
-    from tests.conftest import ServerPool
+    pass
 
 pytestmark = pytest.mark.server
 
@@ -31,16 +30,8 @@ QUOTED = quote(PASSWORD, safe="")
 
 
 @pytest.fixture
-def server(server_pool: ServerPool) -> RedisServer:
-    srv = server_pool.get("redis")
-    assert isinstance(srv, RedisServer)
-    return srv
-
-
-async def _open(settings: DatasourceSettings) -> Datasource:
-    ds = Datasource(settings, create_store(settings))
-    await ds.connect()
-    return ds
+def server(redis_server: RedisServer) -> RedisServer:
+    return redis_server
 
 
 @pytest.fixture

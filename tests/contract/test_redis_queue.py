@@ -14,17 +14,15 @@ import pytest
 import redis.asyncio as aioredis
 
 from blokrun.datasources.datasource import Datasource
-from blokrun.datasources.registry import create_store
 from blokrun.errors import DatasourceUnavailable
 from blokrun.queues.queue import Job, open_queue
 from blokrun.queues.redis_queue import GROUP, RedisQueue
+from tests.servers.base import connected as _open
 from tests.servers.redis import RedisServer, launch
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
-    from blokrun.config import DatasourceSettings
-    from tests.conftest import ServerPool
 
 pytestmark = pytest.mark.server
 
@@ -37,16 +35,8 @@ def job(rid: str, priority: int = 0) -> Job:
 
 
 @pytest.fixture
-def server(server_pool: ServerPool) -> RedisServer:
-    srv = server_pool.get("redis")
-    assert isinstance(srv, RedisServer)
-    return srv
-
-
-async def _open(settings: DatasourceSettings) -> Datasource:
-    ds = Datasource(settings, create_store(settings))
-    await ds.connect()
-    return ds
+def server(redis_server: RedisServer) -> RedisServer:
+    return redis_server
 
 
 @pytest.fixture

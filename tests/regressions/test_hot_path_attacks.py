@@ -38,7 +38,6 @@ from blokrun.datasources.datasource import Datasource
 from blokrun.datasources.index import INDEX_KEY
 from blokrun.datasources.protocol import OWNED_MARK, RELEASE_ENTRY, RELEASE_KEY, owner_of
 from blokrun.datasources.redis import _last_wins
-from blokrun.datasources.registry import create_store
 from blokrun.datasources.settings import DatasourceSettings
 from blokrun.errors import DatasourceError, DatasourceUnavailable, RecordError
 from blokrun.execution.events import StepFinished, StepStarted
@@ -48,10 +47,11 @@ from blokrun.persistence.codec import MAGIC, Kind
 from blokrun.persistence.envelope import Envelope
 from blokrun.persistence.keys import KeyScope, alias_key, checkpoint_key, head_key, lease_key
 from blokrun.spec.model import DEFAULT_KEY_PATTERN
+from tests.servers.base import connected as _open
 from tests.servers.redis import RedisServer, launch
 
 if TYPE_CHECKING:
-    from tests.conftest import ServerPool
+    pass
 
 MEMORY = DatasourceSettings(name="default", type="memory")
 
@@ -490,19 +490,6 @@ def test_last_wins_is_the_long_way_and_keeps_order(entries: list[Any]) -> None:
     got = _last_wins(entries)
     assert got == _long_way(entries)
     assert got is not entries
-
-
-@pytest.fixture
-def redis_server(server_pool: ServerPool) -> RedisServer:
-    srv = server_pool.get("redis")
-    assert isinstance(srv, RedisServer)
-    return srv
-
-
-async def _open(settings: DatasourceSettings) -> Datasource:
-    ds = Datasource(settings, create_store(settings))
-    await ds.connect()
-    return ds
 
 
 async def test_a_fenced_batch_with_repeats_owned_and_release_entries_on_a_real_server(

@@ -6,9 +6,12 @@ import socket
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from blokrun.config import DatasourceSettings
+
+if TYPE_CHECKING:
+    from blokrun.datasources.datasource import Datasource
 
 
 class ServerUnavailable(Exception):
@@ -78,6 +81,16 @@ class LocalServer:
 
     def start(self) -> None:
         pass
+
+
+async def connected(settings: DatasourceSettings) -> Datasource:
+    """A datasource of ``settings`` (its driver's store), connected; the caller closes it."""
+    from blokrun.datasources.datasource import Datasource
+    from blokrun.datasources.registry import create_store
+
+    ds = Datasource(settings, create_store(settings))
+    await ds.connect()
+    return ds
 
 
 def settings_env(name: str, settings: DatasourceSettings) -> dict[str, str]:

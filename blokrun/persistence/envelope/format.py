@@ -72,21 +72,18 @@ def header(kind: Kind, compression: Compression, key_id: bytes = b"") -> bytes:
     """The header of a record of ``kind``, compressed with ``compression`` (``"none"``
     when stored as is), encrypted under ``key_id`` unless it is empty."""
     if not key_id:
-        known = _PLAIN.get((kind, compression))
-        if known is not None:
-            return known
-        return _V2.pack(MAGIC, FORMAT_VERSION, _COMPRESSION_FLAGS[compression], kind, 0)
+        return _PLAIN.get((kind, compression)) or _plain(kind, compression)
     flags = _COMPRESSION_FLAGS[compression] | _ENCRYPTED
     return _V2.pack(MAGIC, FORMAT_VERSION, flags, kind, len(key_id)) + key_id
 
 
 #: the header of every unencrypted record, by kind and compression (one per stored record
 #: on the hot path: a lookup, not a pack)
-_PLAIN: Final = {
-    (kind, name): _V2.pack(MAGIC, FORMAT_VERSION, flags, kind, 0)
-    for kind in Kind
-    for name, flags in _COMPRESSION_FLAGS.items()
-}
+def _plain(kind: int, compression: Compression) -> bytes:
+    return _V2.pack(MAGIC, FORMAT_VERSION, _COMPRESSION_FLAGS[compression], kind, 0)
+
+
+_PLAIN: Final = {(kind, name): _plain(kind, name) for kind in Kind for name in _COMPRESSION_FLAGS}
 
 
 def record(head: bytes, payload: bytes, nonce: bytes = b"", bind: bytes = b"") -> bytes:
